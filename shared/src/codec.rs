@@ -1,0 +1,367 @@
+//! The versioned wire format.
+//!
+//! Every event message carries a `Content-Type` header that names both the encoding and the
+//! schema version:
+//!
+//! | header value                                  | payload                         |
+//! |-----------------------------------------------|---------------------------------|
+//! | `application/vnd.sightline.event.v1+bincode`  | bincode 2, standard config      |
+//! | `application/vnd.sightline.event.v1+json`     | UTF-8 JSON object (see README)  |
+//!
+//! Bincode is the default: compact and fast. JSON is there for people publishing with other
+//! tools (`nats pub -H 'Content-Type: application/vnd.sightline.event.v1+json' ...`).
+//! Decoding never panics: a missing or unknown header, an unknown version, garbage, an
+//! oversized payload or trailing bytes each come back as a [`CodecError`].
+
+use std::fmt;
+use std::str::FromStr;
+
+use thiserror::Error;
+
+use crate::event::{DetectionEvent, SCHEMA_VERSION};
+
+/// The NATS header that carries the [`ContentType`].
+pub const CONTENT_TYPE_HEADER: &str = "Content-Type";
+
+/// The largest payload the decoder accepts, matching NATS' default `max_payload` (1 MiB).
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+const MEDIA_TYPE_PREFIX: &str = "application/vnd.sightline.event.v";
+
+/// How an event is encoded on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Encoding {
+    /// bincode 2 with its standard configuration (varint integers, little endian).
+    #[default]
+    Bincode,
+    /// JSON, one object per message.
+    Json,
+}
+
+impl Encoding {
+    /// The suffix used in the content type and in configuration files.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Bincode => "bincode",
+            Self::Json => "json",
+        }
+    }
+}
+
+impl fmt::Display for Encoding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Encoding {
+    type Err = CodecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "bincode" => Ok(Self::Bincode),
+            "json" => Ok(Self::Json),
+            _ => Err(CodecError::UnsupportedContentType(s.to_owned())),
+        }
+    }
+}
+
+/// The value of the `Content-Type` header: encoding plus schema version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ContentType {
+    pub encoding: Encoding,
+    pub schema_version: u16,
+}
+
+impl ContentType {
+    /// The content type for the current schema version in `encoding`.
+    pub const fn current(encoding: Encoding) -> Self {
+        Self { encoding, schema_version: SCHEMA_VERSION }
+    }
+}
+
+impl fmt::Display for ContentType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{MEDIA_TYPE_PREFIX}{}+{}", self.schema_version, self.encoding)
+    }
+}
+
+impl FromStr for ContentType {
+    type Err = CodecError;
+
+    /// Parses `application/vnd.sightline.event.v<N>+<encoding>`, case-insensitively and
+    /// ignoring parameters after `;`. It does not check that the version is supported:
+    /// [`decode`] does, so the two failures stay distinct.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let unsupported = || CodecError::UnsupportedContentType(s.chars().take(200).collect());
+        let media = s.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        let rest = media.strip_prefix(MEDIA_TYPE_PREFIX).ok_or_else(unsupported)?;
+        let (version, encoding) = rest.split_once('+').ok_or_else(unsupported)?;
+        if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(unsupported());
+        }
+        let schema_version = version.parse().map_err(|_| unsupported())?;
+        let encoding = encoding.parse().map_err(|_| unsupported())?;
+        Ok(Self { encoding, schema_version })
+    }
+}
+
+/// Why a payload could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    #[error("missing {CONTENT_TYPE_HEADER} header (expected e.g. {})", ContentType::current(Encoding::Bincode))]
+    MissingContentType,
+    #[error("unsupported content type {0:?} (expected application/vnd.sightline.event.v<N>+bincode or +json)")]
+    UnsupportedContentType(String),
+    #[error("unsupported schema version {found} (this build reads version {SCHEMA_VERSION})")]
+    UnsupportedVersion { found: u16 },
+    #[error("payload of {len} bytes exceeds the limit of {MAX_PAYLOAD_BYTES} bytes")]
+    TooLarge { len: usize },
+    #[error("malformed {encoding} payload: {reason}")]
+    Malformed { encoding: Encoding, reason: String },
+    #[error("{extra} unexpected bytes after the {encoding} event")]
+    TrailingBytes { encoding: Encoding, extra: usize },
+    #[error("payload says schema_version {payload} but the content type says {header}")]
+    VersionMismatch { header: u16, payload: u16 },
+    #[error("failed to encode event as {encoding}: {reason}")]
+    Encode { encoding: Encoding, reason: String },
+}
+
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_PAYLOAD_BYTES>()
+}
+
+/// Encodes `event` in `encoding` for the current schema version.
+pub fn encode(event: &DetectionEvent, encoding: Encoding) -> Result<Vec<u8>, CodecError> {
+    let encode_err = |reason: String| CodecError::Encode { encoding, reason };
+    let bytes = match encoding {
+        Encoding::Bincode => bincode::serde::encode_to_vec(event, bincode_config())
+            .map_err(|e| encode_err(e.to_string()))?,
+        Encoding::Json => serde_json::to_vec(event).map_err(|e| encode_err(e.to_string()))?,
+    };
+    if bytes.len() > MAX_PAYLOAD_BYTES {
+        return Err(encode_err(format!("{} bytes exceeds the limit of {MAX_PAYLOAD_BYTES}", bytes.len())));
+    }
+    Ok(bytes)
+}
+
+/// Decodes a payload given the raw `Content-Type` header value, if there was one.
+///
+/// Validation of the contents (ranges, ids, clock) is separate:
+/// [`DetectionEvent::validate`].
+pub fn decode(content_type: Option<&str>, payload: &[u8]) -> Result<DetectionEvent, CodecError> {
+    let content_type: ContentType = content_type.ok_or(CodecError::MissingContentType)?.parse()?;
+    decode_as(content_type, payload)
+}
+
+/// Decodes a payload whose content type is already parsed.
+pub fn decode_as(content_type: ContentType, payload: &[u8]) -> Result<DetectionEvent, CodecError> {
+    if content_type.schema_version != SCHEMA_VERSION {
+        return Err(CodecError::UnsupportedVersion { found: content_type.schema_version });
+    }
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(CodecError::TooLarge { len: payload.len() });
+    }
+    let encoding = content_type.encoding;
+    let malformed = |reason: String| CodecError::Malformed { encoding, reason };
+    let event: DetectionEvent = match encoding {
+        Encoding::Bincode => {
+            let (event, used) = bincode::serde::decode_from_slice(payload, bincode_config())
+                .map_err(|e| malformed(e.to_string()))?;
+            if used != payload.len() {
+                return Err(CodecError::TrailingBytes { encoding, extra: payload.len() - used });
+            }
+            event
+        }
+        Encoding::Json => serde_json::from_slice(payload).map_err(|e| malformed(e.to_string()))?,
+    };
+    if event.schema_version != content_type.schema_version {
+        return Err(CodecError::VersionMismatch {
+            header: content_type.schema_version,
+            payload: event.schema_version,
+        });
+    }
+    Ok(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{BoundingBox, Detection, EventId, ModelInfo};
+    use crate::timestamp::Timestamp;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn arb_text(max: usize) -> impl Strategy<Value = String> {
+        proptest::string::string_regex(&format!("[ -~\\PC]{{0,{max}}}")).expect("valid regex")
+    }
+
+    fn arb_unit() -> impl Strategy<Value = f32> {
+        0.0f32..=1.0
+    }
+
+    prop_compose! {
+        fn arb_detection()(label in arb_text(20), class_id in any::<u32>(), confidence in arb_unit(),
+                           a in arb_unit(), b in arb_unit(), c in arb_unit(), d in arb_unit(),
+                           track_id in proptest::option::of(any::<u64>())) -> Detection {
+            Detection {
+                label, class_id, confidence,
+                bbox: BoundingBox { x_min: a.min(b), x_max: a.max(b), y_min: c.min(d), y_max: c.max(d) },
+                track_id,
+            }
+        }
+    }
+
+    prop_compose! {
+        fn arb_event()(millis in 946_684_800_000i64..4_000_000_000_000, rand in any::<u128>(),
+                       edge_id in "[A-Za-z0-9_-]{1,64}", camera_id in "[A-Za-z0-9_-]{1,64}",
+                       frame_seq in any::<u64>(), motion_score in arb_unit(),
+                       detections in proptest::collection::vec(arb_detection(), 0..8),
+                       name in arb_text(16), version in arb_text(16), inference_ms in 0.0f32..10_000.0,
+                       snapshot in proptest::option::of(arb_text(40)),
+                       description in proptest::option::of(arb_text(80)),
+                       attributes in proptest::collection::btree_map("[a-z_]{1,10}", arb_text(20), 0..5))
+                       -> DetectionEvent {
+            let mut id = *EventId::new_v7(Timestamp::from_millis(millis)).as_uuid().as_bytes();
+            id[8..].copy_from_slice(&rand.to_le_bytes()[8..]);
+            DetectionEvent {
+                event_id: EventId::from_uuid(uuid::Uuid::from_bytes(id)),
+                schema_version: SCHEMA_VERSION,
+                edge_id, camera_id,
+                captured_at: Timestamp::from_millis(millis),
+                frame_seq, motion_score, detections,
+                model: ModelInfo { name, version },
+                inference_ms, snapshot, description, attributes,
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips_in_both_encodings(event in arb_event()) {
+            for encoding in [Encoding::Bincode, Encoding::Json] {
+                let ct = ContentType::current(encoding).to_string();
+                let bytes = encode(&event, encoding).unwrap();
+                prop_assert_eq!(&decode(Some(&ct), &bytes).unwrap(), &event);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            for encoding in [Encoding::Bincode, Encoding::Json] {
+                let _ = decode_as(ContentType::current(encoding), &bytes);
+            }
+        }
+
+        #[test]
+        fn corrupted_payloads_never_panic(event in arb_event(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8), cut in any::<usize>()) {
+            for encoding in [Encoding::Bincode, Encoding::Json] {
+                let mut bytes = encode(&event, encoding).unwrap();
+                for (at, value) in &flips {
+                    let i = at % bytes.len();
+                    bytes[i] = *value;
+                }
+                let _ = decode_as(ContentType::current(encoding), &bytes);
+                bytes.truncate(cut % (bytes.len() + 1));
+                let _ = decode_as(ContentType::current(encoding), &bytes);
+            }
+        }
+
+        #[test]
+        fn arbitrary_content_types_never_panic(header in ".{0,80}") {
+            let _ = decode(Some(&header), b"{}");
+        }
+    }
+
+    fn sample() -> DetectionEvent {
+        let at = Timestamp::from_millis(1_795_000_000_123);
+        DetectionEvent {
+            event_id: EventId::new_v7(at),
+            schema_version: SCHEMA_VERSION,
+            edge_id: "edge-1".into(),
+            camera_id: "cam-1".into(),
+            captured_at: at,
+            frame_seq: 1,
+            motion_score: 0.5,
+            detections: vec![],
+            model: ModelInfo { name: "nanodet".into(), version: "1".into() },
+            inference_ms: 1.0,
+            snapshot: None,
+            description: None,
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn content_type_round_trips_and_is_lenient_on_case_and_parameters() {
+        for encoding in [Encoding::Bincode, Encoding::Json] {
+            let ct = ContentType::current(encoding);
+            assert_eq!(ct.to_string().parse::<ContentType>().unwrap(), ct);
+        }
+        let ct: ContentType = "Application/VND.Sightline.Event.V1+JSON; charset=utf-8".parse().unwrap();
+        assert_eq!(ct, ContentType::current(Encoding::Json));
+    }
+
+    #[test]
+    fn typed_errors_for_each_failure() {
+        let event = sample();
+        let bin = encode(&event, Encoding::Bincode).unwrap();
+        assert_eq!(decode(None, &bin), Err(CodecError::MissingContentType));
+        assert!(matches!(decode(Some("text/plain"), &bin), Err(CodecError::UnsupportedContentType(_))));
+        assert!(matches!(
+            decode(Some("application/vnd.sightline.event.v1+xml"), &bin),
+            Err(CodecError::UnsupportedContentType(_))
+        ));
+        assert_eq!(
+            decode(Some("application/vnd.sightline.event.v2+bincode"), &bin),
+            Err(CodecError::UnsupportedVersion { found: 2 })
+        );
+        let mut long = bin.clone();
+        long.push(0);
+        assert!(matches!(
+            decode(Some("application/vnd.sightline.event.v1+bincode"), &long),
+            Err(CodecError::TrailingBytes { extra: 1, .. })
+        ));
+        assert!(matches!(
+            decode(Some("application/vnd.sightline.event.v1+json"), b"garbage"),
+            Err(CodecError::Malformed { encoding: Encoding::Json, .. })
+        ));
+        let huge = vec![b' '; MAX_PAYLOAD_BYTES + 1];
+        assert!(matches!(
+            decode(Some("application/vnd.sightline.event.v1+json"), &huge),
+            Err(CodecError::TooLarge { .. })
+        ));
+        let mut json: serde_json::Value = serde_json::to_value(&event).unwrap();
+        json["schema_version"] = 2.into();
+        let bytes = serde_json::to_vec(&json).unwrap();
+        assert_eq!(
+            decode(Some("application/vnd.sightline.event.v1+json"), &bytes),
+            Err(CodecError::VersionMismatch { header: 1, payload: 2 })
+        );
+    }
+
+    #[test]
+    fn json_rejects_unknown_fields_and_names_them() {
+        let mut json: serde_json::Value = serde_json::to_value(sample()).unwrap();
+        json["colour"] = "red".into();
+        let err = decode(Some("application/vnd.sightline.event.v1+json"), &serde_json::to_vec(&json).unwrap())
+            .unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn json_is_readable() {
+        let event = sample();
+        let json = String::from_utf8(encode(&event, Encoding::Json).unwrap()).unwrap();
+        assert!(json.contains("\"captured_at\":\"2026-11-18T"), "{json}");
+        assert!(json.contains(&format!("\"event_id\":\"{}\"", event.event_id)), "{json}");
+    }
+
+    #[test]
+    fn bincode_is_compact() {
+        let bin = encode(&sample(), Encoding::Bincode).unwrap();
+        let json = encode(&sample(), Encoding::Json).unwrap();
+        assert!(bin.len() * 3 < json.len(), "bincode {} bytes vs json {}", bin.len(), json.len());
+    }
+}

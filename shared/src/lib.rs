@@ -1,0 +1,24 @@
+//! The Sightline event contract, shared by every service.
+//!
+//! * [`event`]: the detection event (schema v1) and its parts.
+//! * [`validate`]: the rules an event must satisfy before anyone stores it.
+//! * [`codec`]: the versioned wire format (bincode by default, JSON as the alternative),
+//!   selected by a `Content-Type` header that also names the schema version.
+//! * [`subjects`]: NATS subject and JetStream stream names.
+//! * [`config`]: connection settings that more than one service reads from its config file.
+//!
+//! Architecture invariant: this crate holds types and pure functions only. It has no tokio,
+//! no sockets, no ClickHouse and no DuckDB; anything that does I/O lives in a service crate.
+//! The current time is always a parameter, never read here.
+
+pub mod codec;
+pub mod config;
+pub mod event;
+pub mod subjects;
+pub mod timestamp;
+pub mod validate;
+
+pub use codec::{CodecError, ContentType, Encoding};
+pub use event::{BoundingBox, Detection, DetectionEvent, EventId, ModelInfo, SCHEMA_VERSION};
+pub use timestamp::Timestamp;
+pub use validate::ValidationError;

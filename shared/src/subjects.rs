@@ -1,0 +1,72 @@
+//! NATS subject and JetStream stream names.
+//!
+//! Events travel on `sightline.events.<edge_id>.<camera_id>`, stored by the stream
+//! [`EVENTS_STREAM`]. Messages that ingest cannot store go, with their original payload and
+//! the reason, to `sightline.deadletter.events.<edge_id>.<camera_id>` (or
+//! `sightline.deadletter.events._unknown` when the original subject was not an event subject),
+//! stored by [`DEADLETTER_STREAM`]. Edge and camera ids are restricted to
+//! `[A-Za-z0-9_-]` (see [`crate::validate::is_identifier`]) so they are always single,
+//! wildcard-free subject tokens.
+
+use crate::validate::is_identifier;
+
+/// The prefix shared by every Sightline subject.
+pub const ROOT: &str = "sightline";
+/// The JetStream stream that stores detection events.
+pub const EVENTS_STREAM: &str = "SIGHTLINE_EVENTS";
+/// The subjects of [`EVENTS_STREAM`].
+pub const EVENTS_SUBJECTS: &str = "sightline.events.>";
+/// The JetStream stream that keeps what ingest could not store.
+pub const DEADLETTER_STREAM: &str = "SIGHTLINE_DEADLETTER";
+/// The subjects of [`DEADLETTER_STREAM`].
+pub const DEADLETTER_SUBJECTS: &str = "sightline.deadletter.>";
+/// Header on a dead letter: why it was rejected.
+pub const DEADLETTER_REASON_HEADER: &str = "Sightline-Deadletter-Reason";
+/// Header on a dead letter: the subject the message was originally published on.
+pub const DEADLETTER_SUBJECT_HEADER: &str = "Sightline-Original-Subject";
+/// Header on a dead letter: the stream sequence of the original message.
+pub const DEADLETTER_SEQUENCE_HEADER: &str = "Sightline-Original-Sequence";
+
+/// The subject for events of one camera.
+///
+/// The ids must be valid identifiers; events that passed validation always are.
+pub fn event_subject(edge_id: &str, camera_id: &str) -> String {
+    debug_assert!(is_identifier(edge_id) && is_identifier(camera_id));
+    format!("{ROOT}.events.{edge_id}.{camera_id}")
+}
+
+/// Splits an event subject into `(edge_id, camera_id)`; `None` if it is not one.
+pub fn parse_event_subject(subject: &str) -> Option<(&str, &str)> {
+    let rest = subject.strip_prefix(ROOT)?.strip_prefix(".events.")?;
+    let (edge, camera) = rest.split_once('.')?;
+    (is_identifier(edge) && is_identifier(camera)).then_some((edge, camera))
+}
+
+/// The dead-letter subject for a message originally published on `original`.
+pub fn deadletter_subject(original: &str) -> String {
+    match parse_event_subject(original) {
+        Some((edge, camera)) => format!("{ROOT}.deadletter.events.{edge}.{camera}"),
+        None => format!("{ROOT}.deadletter.events._unknown"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_round_trip() {
+        let s = event_subject("edge-1", "cam_2");
+        assert_eq!(s, "sightline.events.edge-1.cam_2");
+        assert_eq!(parse_event_subject(&s), Some(("edge-1", "cam_2")));
+    }
+
+    #[test]
+    fn rejects_foreign_subjects() {
+        for s in ["sightline.events.a", "sightline.events.a.b.c", "other.events.a.b", "sightline.events.*.b", ""] {
+            assert_eq!(parse_event_subject(s), None, "{s}");
+        }
+        assert_eq!(deadletter_subject("sightline.events.a.b.c"), "sightline.deadletter.events._unknown");
+        assert_eq!(deadletter_subject("sightline.events.a.b"), "sightline.deadletter.events.a.b");
+    }
+}

@@ -1,0 +1,24 @@
+//! The ingest service: JetStream -> ClickHouse.
+//!
+//! A durable pull consumer reads events from the `SIGHTLINE_EVENTS` stream, decodes and
+//! validates each message, gathers valid events into batches by rows, bytes and time, writes
+//! each batch to ClickHouse in one `INSERT`, and acknowledges the messages only after that
+//! insert succeeded. What cannot be stored goes to the dead-letter stream with the reason.
+//!
+//! Stages, one file each: [`config`] -> [`consumer`] (fetch, decode, batch) -> [`sink`]
+//! (insert, retry, bisect) and [`deadletter`]; [`schema`] owns the ClickHouse tables and the
+//! row type the query service reads back; [`service`] wires them with [`http`] and
+//! [`metrics`].
+
+pub mod config;
+pub mod consumer;
+pub mod deadletter;
+pub mod http;
+pub mod metrics;
+pub mod nats;
+pub mod schema;
+pub mod service;
+pub mod sink;
+
+pub use config::IngestConfig;
+pub use service::run;

@@ -1,1 +1,47 @@
-fn main() {}
+//! `query-service`: the HTTP API over the events in ClickHouse.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use sightline_query::QueryConfig;
+
+/// Sightline query service: historical detection events over HTTP.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Config file (TOML). Without it, the built-in defaults are used (local servers).
+    #[arg(long, short, env = "SIGHTLINE_QUERY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address the API listens on.
+    #[arg(long, env = "SIGHTLINE_QUERY_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `sightline_query=debug`.
+    #[arg(long, env = "SIGHTLINE_LOG", default_value = "info")]
+    log: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "SIGHTLINE_LOG_JSON")]
+    log_json: bool,
+    /// Check the config file, print the effective config and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    sightline_runtime::init_tracing(&args.log, args.log_json)?;
+    let config = match &args.config {
+        Some(path) => QueryConfig::load(path)?,
+        None => QueryConfig::default(),
+    };
+    if args.check_config {
+        println!("{}", toml::to_string_pretty(&config).context("failed to print config")?);
+        return Ok(());
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", args.listen))?;
+    sightline_query::run(config, listener, sightline_runtime::shutdown_signal()).await
+}

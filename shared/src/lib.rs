@@ -11,6 +11,7 @@
 //! no sockets, no ClickHouse and no DuckDB; anything that does I/O lives in a service crate.
 //! The current time is always a parameter, never read here.
 
+pub mod backoff;
 pub mod codec;
 pub mod config;
 pub mod event;
@@ -18,6 +19,7 @@ pub mod subjects;
 pub mod timestamp;
 pub mod validate;
 
+pub use backoff::Backoff;
 pub use codec::{CodecError, ContentType, Encoding};
 pub use event::{BoundingBox, Detection, DetectionEvent, EventId, ModelInfo, SCHEMA_VERSION};
 pub use timestamp::Timestamp;

@@ -1,0 +1,242 @@
+//! The agent's one config file (TOML). It carries a `version` because devices lag the cloud:
+//! an agent refuses a config written for a format it does not know.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sightline_shared::Encoding;
+use sightline_shared::config::NatsConfig;
+use sightline_shared::validate::is_identifier;
+use thiserror::Error;
+
+/// The config format this build reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// Why a config could not be used. The message names the file and the field.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("failed to read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid config: {field}: {problem}")]
+    Invalid { field: String, problem: String },
+}
+
+/// The whole agent configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Config format version; must be 1.
+    pub version: u32,
+    /// This host's id: 1-64 characters of A-Z a-z 0-9 _ -; part of every subject.
+    pub edge_id: String,
+    /// How to reach NATS.
+    #[serde(default)]
+    pub nats: NatsConfig,
+    /// How events are published.
+    #[serde(default)]
+    pub publisher: PublisherConfig,
+    /// The cameras on this host.
+    pub cameras: Vec<CameraConfig>,
+}
+
+/// How events are published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublisherConfig {
+    /// Wire encoding: `bincode` (default, compact) or `json`.
+    #[serde(with = "encoding_name")]
+    pub encoding: Encoding,
+    /// Most publishes awaiting their JetStream ack at once.
+    pub max_in_flight: usize,
+    /// How long to wait for one publish ack, in milliseconds.
+    pub ack_timeout_ms: u64,
+    /// Events held between the cameras and the publisher; when full, cameras wait.
+    pub queue_capacity: usize,
+    /// On shutdown, how long to keep publishing what is queued, in seconds.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for PublisherConfig {
+    fn default() -> Self {
+        Self {
+            encoding: Encoding::Bincode,
+            max_in_flight: 256,
+            ack_timeout_ms: 5_000,
+            queue_capacity: 10_000,
+            drain_timeout_secs: 10,
+        }
+    }
+}
+
+mod encoding_name {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use sightline_shared::Encoding;
+
+    pub fn serialize<S: Serializer>(e: &Encoding, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(e.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Encoding, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse()
+            .map_err(|_| serde::de::Error::custom(format!("unknown encoding {name:?}, expected \"bincode\" or \"json\"")))
+    }
+}
+
+/// One camera.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    /// Camera id, unique on this host: 1-64 characters of A-Z a-z 0-9 _ -.
+    pub id: String,
+    /// Where its frames (or, for now, its events) come from.
+    pub source: SourceConfig,
+}
+
+/// A camera source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// Made-up detections at a steady rate, for demos and tests.
+    Synthetic(SyntheticConfig),
+}
+
+/// The synthetic source's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyntheticConfig {
+    /// Events per second.
+    pub events_per_second: f64,
+    /// Labels to draw from.
+    pub labels: Vec<String>,
+    /// Most detections per event.
+    pub max_detections: usize,
+    /// Stop after this many events (unset: run until shutdown).
+    pub max_events: Option<u64>,
+}
+
+impl Default for SyntheticConfig {
+    fn default() -> Self {
+        Self {
+            events_per_second: 2.0,
+            labels: ["person", "car", "bicycle", "dog", "truck"].map(String::from).to_vec(),
+            max_detections: 3,
+            max_events: None,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: shown, message },
+            other => other,
+        })
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: "<text>".into(), message: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, problem: &str| {
+            Err(ConfigError::Invalid { field: field.into(), problem: problem.into() })
+        };
+        if self.version != CONFIG_VERSION {
+            return invalid("version", &format!("this agent reads config version {CONFIG_VERSION}"));
+        }
+        if !is_identifier(&self.edge_id) {
+            return invalid("edge_id", "must be 1-64 characters of A-Z a-z 0-9 _ -");
+        }
+        let p = &self.publisher;
+        if p.max_in_flight == 0 || p.max_in_flight > 65_536 {
+            return invalid("publisher.max_in_flight", "must be 1 to 65536");
+        }
+        if p.queue_capacity == 0 {
+            return invalid("publisher.queue_capacity", "must be at least 1");
+        }
+        if p.ack_timeout_ms < 100 {
+            return invalid("publisher.ack_timeout_ms", "must be at least 100");
+        }
+        if self.cameras.is_empty() {
+            return invalid("cameras", "at least one camera is needed");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, camera) in self.cameras.iter().enumerate() {
+            if !is_identifier(&camera.id) {
+                return invalid(&format!("cameras[{i}].id"), "must be 1-64 characters of A-Z a-z 0-9 _ -");
+            }
+            if !seen.insert(&camera.id) {
+                return invalid(&format!("cameras[{i}].id"), &format!("{:?} is used twice", camera.id));
+            }
+            match &camera.source {
+                SourceConfig::Synthetic(s) => {
+                    if !(s.events_per_second > 0.0 && s.events_per_second <= 100_000.0) {
+                        return invalid(&format!("cameras[{i}].source.events_per_second"), "must be above 0 and at most 100000");
+                    }
+                    if s.labels.is_empty() || s.labels.iter().any(|l| l.is_empty() || l.len() > 64) {
+                        return invalid(&format!("cameras[{i}].source.labels"), "must be 1 or more labels of 1-64 bytes");
+                    }
+                    if s.max_detections > 64 {
+                        return invalid(&format!("cameras[{i}].source.max_detections"), "must be at most 64");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        version = 1
+        edge_id = "edge-1"
+        [[cameras]]
+        id = "gate"
+        source = { kind = "synthetic", events_per_second = 10.0 }
+    "#;
+
+    #[test]
+    fn parses_a_minimal_config() {
+        let c = AgentConfig::parse(GOOD).unwrap();
+        assert_eq!(c.publisher, PublisherConfig::default());
+        assert!(matches!(&c.cameras[0].source, SourceConfig::Synthetic(s) if s.events_per_second == 10.0));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        for (text, field) in [
+            (GOOD.replace("version = 1", "version = 2"), "version"),
+            (GOOD.replace("edge-1", "edge 1"), "edge_id"),
+            (GOOD.replace("10.0", "-1.0"), "cameras[0].source.events_per_second"),
+            (GOOD.replace("\"gate\"", "\"a.b\""), "cameras[0].id"),
+            (GOOD.replace("synthetic\"", "v4l3\""), "v4l3"),
+            (GOOD.replace("edge_id", "edgeid"), "edgeid"),
+            (format!("{GOOD}\n[publisher]\nencoding = \"xml\""), "xml"),
+            (format!("{GOOD}\n[publisher]\nmax_in_flight = 0"), "publisher.max_in_flight"),
+            (format!("{GOOD}\n[[cameras]]\nid = \"gate\"\nsource = {{ kind = \"synthetic\" }}"), "cameras[1].id"),
+        ] {
+            let err = AgentConfig::parse(&text).unwrap_err().to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
+    }
+}

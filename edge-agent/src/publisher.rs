@@ -1,0 +1,159 @@
+//! Store-and-forward publishing to JetStream.
+//!
+//! Each event goes out on `sightline.events.<edge>.<camera>` with `Nats-Msg-Id = event_id`
+//! and the versioned `Content-Type`. Up to `max_in_flight` publishes await their acks at once;
+//! when the window is full the publisher stops taking events from the outbox, so memory stays
+//! bounded and the backpressure reaches the cameras. An event is confirmed to the outbox only
+//! after JetStream acknowledged it. A failed publish (timeout, no responders, disconnected)
+//! is retried after a capped, jittered backoff; a retried event may land after newer ones, and
+//! a re-publish of one that did land is dropped by JetStream's duplicate window or, later, by
+//! ClickHouse's deduplication.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use sightline_shared::{Backoff, ContentType, DetectionEvent, Encoding, Timestamp, codec, subjects};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{DropReason, Metrics};
+use crate::outbox::Outbox;
+
+type AckFuture = Pin<Box<dyn Future<Output = (DetectionEvent, Result<jetstream::publish::PublishAck, String>)> + Send>>;
+
+/// What a publisher run ended with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublishReport {
+    /// Events JetStream acknowledged.
+    pub published: u64,
+    /// Events still unacknowledged when the run was stopped.
+    pub unpublished: u64,
+}
+
+/// Publishes events from an outbox.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    js: jetstream::Context,
+    encoding: Encoding,
+    max_in_flight: usize,
+    metrics: Metrics,
+}
+
+impl Publisher {
+    pub fn new(js: jetstream::Context, encoding: Encoding, max_in_flight: usize, metrics: Metrics) -> Self {
+        Self { js, encoding, max_in_flight, metrics }
+    }
+
+    /// Publishes until the outbox is closed and every event is acknowledged, or until `stop`
+    /// fires (then whatever is unacknowledged is reported, and stays in a durable outbox).
+    pub async fn run<O: Outbox>(&self, outbox: &mut O, stop: &CancellationToken) -> PublishReport {
+        let content_type = ContentType::current(self.encoding).to_string();
+        let mut in_flight: FuturesUnordered<AckFuture> = FuturesUnordered::new();
+        let mut retry: VecDeque<DetectionEvent> = VecDeque::new();
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut paused_until: Option<Instant> = None;
+        let mut outbox_open = true;
+        let mut report = PublishReport::default();
+        loop {
+            if !outbox_open && in_flight.is_empty() && retry.is_empty() {
+                break;
+            }
+            let window_open = in_flight.len() < self.max_in_flight && paused_until.is_none();
+            let resume_at = paused_until.unwrap_or_else(Instant::now);
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => {
+                    report.unpublished = (in_flight.len() + retry.len()) as u64;
+                    break;
+                }
+                Some((event, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                    self.metrics.in_flight.set(in_flight.len() as i64);
+                    match result {
+                        Ok(ack) => {
+                            if ack.duplicate {
+                                self.metrics.events_duplicate.inc();
+                            }
+                            backoff.reset();
+                            outbox.confirm(event.event_id).await;
+                            self.metrics.events_published.inc();
+                            report.published += 1;
+                        }
+                        Err(error) => self.failed(event, &error, &mut retry, &mut backoff, &mut paused_until),
+                    }
+                }
+                () = tokio::time::sleep_until(resume_at), if paused_until.is_some() => paused_until = None,
+                next = next_event(&mut retry, outbox), if window_open && (outbox_open || !retry.is_empty()) => {
+                    let Some(event) = next else {
+                        outbox_open = false;
+                        continue;
+                    };
+                    let Some(payload) = self.encode(&event) else { continue };
+                    let subject = subjects::event_subject(&event.edge_id, &event.camera_id);
+                    let message = PublishMessage::build()
+                        .payload(payload.into())
+                        .message_id(event.event_id.to_string())
+                        .header(codec::CONTENT_TYPE_HEADER, content_type.as_str());
+                    match self.js.send_publish(subject, message).await {
+                        Ok(ack) => {
+                            in_flight.push(Box::pin(async move {
+                                let result = ack.await.map_err(|e| e.to_string());
+                                (event, result)
+                            }));
+                            self.metrics.in_flight.set(in_flight.len() as i64);
+                        }
+                        Err(error) => {
+                            self.failed(event, &error.to_string(), &mut retry, &mut backoff, &mut paused_until);
+                        }
+                    }
+                }
+            }
+        }
+        report
+    }
+
+    fn failed(
+        &self,
+        event: DetectionEvent,
+        error: &str,
+        retry: &mut VecDeque<DetectionEvent>,
+        backoff: &mut Backoff,
+        paused_until: &mut Option<Instant>,
+    ) {
+        self.metrics.publish_errors.inc();
+        let delay = backoff.next_delay(rand::random());
+        tracing::warn!(event_id = %event.event_id, error, retry_in_ms = delay.as_millis() as u64, "publish failed, will retry");
+        retry.push_back(event);
+        *paused_until = Some(Instant::now() + delay);
+    }
+
+    /// Validates and encodes an event; an event that fails is dropped, counted and logged,
+    /// because retrying can never fix it.
+    fn encode(&self, event: &DetectionEvent) -> Option<Vec<u8>> {
+        let now = Timestamp::from_datetime(time::OffsetDateTime::now_utc());
+        let result = event
+            .validate(now)
+            .map_err(|e| e.to_string())
+            .and_then(|()| codec::encode(event, self.encoding).map_err(|e| e.to_string()));
+        match result {
+            Ok(payload) => Some(payload),
+            Err(error) => {
+                tracing::error!(event_id = %event.event_id, camera = %event.camera_id, error, "dropping an invalid event");
+                self.metrics.dropped(DropReason::Invalid, 1);
+                None
+            }
+        }
+    }
+}
+
+/// Retries first, then new events. Cancel-safe as long as the outbox's `next` is.
+async fn next_event<O: Outbox>(retry: &mut VecDeque<DetectionEvent>, outbox: &mut O) -> Option<DetectionEvent> {
+    match retry.pop_front() {
+        Some(event) => Some(event),
+        None => outbox.next().await,
+    }
+}

@@ -1,0 +1,211 @@
+//! The ingest service's config file (TOML). Runtime knobs (log level, HTTP listen address)
+//! are command-line flags instead.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sightline_shared::config::{ClickHouseConfig, NatsConfig};
+use sightline_shared::validate::is_identifier;
+use thiserror::Error;
+
+/// Why a config could not be used. The message names the file and the field.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("failed to read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid config: {field}: {problem}")]
+    Invalid { field: &'static str, problem: String },
+}
+
+/// The whole ingest configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// How to reach NATS.
+    #[serde(default)]
+    pub nats: NatsConfig,
+    /// How to reach ClickHouse.
+    #[serde(default)]
+    pub clickhouse: ClickHouseConfig,
+    /// The JetStream stream the service creates (or updates) at start-up.
+    #[serde(default)]
+    pub stream: StreamSettings,
+    /// The durable pull consumer it reads with.
+    #[serde(default)]
+    pub consumer: ConsumerSettings,
+    /// When a batch is written.
+    #[serde(default)]
+    pub batch: BatchSettings,
+}
+
+/// Settings of the events stream and the dead-letter stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamSettings {
+    /// How long the events stream keeps messages, in hours (a replay window for new consumers).
+    pub max_age_hours: u64,
+    /// Largest size of the events stream in bytes; -1 for no limit.
+    pub max_bytes: i64,
+    /// JetStream's duplicate window in seconds: a re-publish with the same `Nats-Msg-Id`
+    /// within it is dropped by the server. Older duplicates are removed by ClickHouse.
+    pub duplicate_window_secs: u64,
+    /// Stream replicas (1 for a single server, 3 for a cluster).
+    pub replicas: usize,
+    /// How long the dead-letter stream keeps messages, in days.
+    pub deadletter_max_age_days: u64,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            max_age_hours: 72,
+            max_bytes: -1,
+            duplicate_window_secs: 120,
+            replicas: 1,
+            deadletter_max_age_days: 30,
+        }
+    }
+}
+
+/// Settings of the durable pull consumer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsumerSettings {
+    /// Durable consumer name; all replicas of the service share it.
+    pub durable_name: String,
+    /// How long JetStream waits for an ack before redelivering, in seconds.
+    pub ack_wait_secs: u64,
+    /// Most unacknowledged messages across all replicas.
+    pub max_ack_pending: i64,
+    /// Messages requested per pull.
+    pub fetch_batch: usize,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        Self {
+            durable_name: "sightline-ingest".into(),
+            ack_wait_secs: 60,
+            max_ack_pending: 200_000,
+            fetch_batch: 5_000,
+        }
+    }
+}
+
+/// When a batch is written: whichever limit is reached first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchSettings {
+    /// Most rows in one INSERT.
+    pub max_rows: usize,
+    /// Most payload bytes in one INSERT.
+    pub max_bytes: usize,
+    /// Longest time the first message of a batch waits, in milliseconds.
+    pub max_wait_ms: u64,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        Self { max_rows: 50_000, max_bytes: 16 * 1024 * 1024, max_wait_ms: 1_000 }
+    }
+}
+
+impl BatchSettings {
+    /// The time limit as a duration.
+    pub fn max_wait(&self) -> Duration {
+        Duration::from_millis(self.max_wait_ms)
+    }
+}
+
+impl IngestConfig {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: shown, message },
+            other => other,
+        })
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: "<text>".into(), message: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, problem: &str| Err(ConfigError::Invalid { field, problem: problem.into() });
+        if !is_identifier(&self.clickhouse.database) {
+            return invalid("clickhouse.database", "must be 1-64 characters of A-Z a-z 0-9 _ -");
+        }
+        if !self.clickhouse.url.starts_with("http://") && !self.clickhouse.url.starts_with("https://") {
+            return invalid("clickhouse.url", "must start with http:// or https://");
+        }
+        if !is_identifier(&self.consumer.durable_name) {
+            return invalid("consumer.durable_name", "must be 1-64 characters of A-Z a-z 0-9 _ -");
+        }
+        if self.batch.max_rows == 0 {
+            return invalid("batch.max_rows", "must be at least 1");
+        }
+        if self.batch.max_bytes < 1024 {
+            return invalid("batch.max_bytes", "must be at least 1024");
+        }
+        if self.batch.max_wait_ms == 0 {
+            return invalid("batch.max_wait_ms", "must be at least 1");
+        }
+        if self.consumer.fetch_batch == 0 {
+            return invalid("consumer.fetch_batch", "must be at least 1");
+        }
+        if self.consumer.ack_wait_secs < 2 {
+            return invalid("consumer.ack_wait_secs", "must be at least 2");
+        }
+        if self.consumer.max_ack_pending < self.batch.max_rows as i64 {
+            return invalid("consumer.max_ack_pending", "must be at least batch.max_rows, or batches never fill");
+        }
+        if self.stream.duplicate_window_secs == 0 {
+            return invalid("stream.duplicate_window_secs", "must be at least 1");
+        }
+        if self.stream.max_age_hours == 0 || self.stream.duplicate_window_secs > self.stream.max_age_hours * 3600 {
+            return invalid("stream.max_age_hours", "must be at least 1 and cover the duplicate window");
+        }
+        if self.stream.replicas == 0 || self.stream.replicas > 5 {
+            return invalid("stream.replicas", "must be 1 to 5");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(IngestConfig::parse("").unwrap(), IngestConfig::default());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = IngestConfig::parse("[batch]\nmax_rows = 0").unwrap_err();
+        assert!(err.to_string().contains("batch.max_rows"), "{err}");
+        let err = IngestConfig::parse("[batch]\nmax_rowz = 1").unwrap_err();
+        assert!(err.to_string().contains("max_rowz"), "{err}");
+        let err = IngestConfig::parse("[clickhouse]\ndatabase = \"a;drop\"").unwrap_err();
+        assert!(err.to_string().contains("clickhouse.database"), "{err}");
+        let err = IngestConfig::parse("[stream]\nmax_age_hours = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("max_age_hours"), "{err}");
+    }
+}

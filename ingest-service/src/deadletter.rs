@@ -1,0 +1,96 @@
+//! The dead-letter path: what cannot be stored is kept, with the reason, never dropped.
+//!
+//! A dead letter carries the original payload and headers plus
+//! `Sightline-Deadletter-Reason`, `Sightline-Original-Subject` and
+//! `Sightline-Original-Sequence`, and is published with `Nats-Msg-Id = dlq-<sequence>` so a
+//! retry does not store it twice. Only after JetStream acknowledged the dead letter is the
+//! original message terminated (`AckKind::Term`).
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind, message::PublishMessage};
+use sightline_shared::{Backoff, subjects};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{DeadLetterReason, Metrics};
+
+/// Returned when shutdown interrupted a retry loop; the message stays unacknowledged and
+/// JetStream redelivers it later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cancelled;
+
+/// Publishes dead letters.
+#[derive(Debug, Clone)]
+pub struct DeadLetters {
+    js: jetstream::Context,
+    metrics: Metrics,
+}
+
+impl DeadLetters {
+    pub fn new(js: jetstream::Context, metrics: Metrics) -> Self {
+        Self { js, metrics }
+    }
+
+    /// Keeps `message` in the dead-letter stream with `reason`, then terminates it.
+    /// Retries the publish until it is acknowledged or `cancel` fires.
+    pub async fn send(
+        &self,
+        message: &jetstream::Message,
+        reason: DeadLetterReason,
+        detail: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(), Cancelled> {
+        let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let mut headers = message.headers.clone().unwrap_or_default();
+        headers.insert(subjects::DEADLETTER_REASON_HEADER, header_safe(&format!("{reason:?}: {detail}")).as_str());
+        headers.insert(subjects::DEADLETTER_SUBJECT_HEADER, header_safe(&message.subject).as_str());
+        headers.insert(subjects::DEADLETTER_SEQUENCE_HEADER, sequence.to_string().as_str());
+        let subject = subjects::deadletter_subject(&message.subject);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        loop {
+            match self.publish(&subject, message, headers.clone(), sequence).await {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::warn!(%error, sequence, "failed to publish dead letter, retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff.next_delay(rand::random())) => {}
+                        () = cancel.cancelled() => return Err(Cancelled),
+                    }
+                }
+            }
+        }
+        tracing::error!(
+            subject = %message.subject, sequence, reason = ?reason, detail,
+            "message could not be stored; kept in the dead-letter stream"
+        );
+        self.metrics.dead_letter(reason);
+        if let Err(error) = message.ack_with(AckKind::Term).await {
+            // The dead letter is safe; a redelivery would only make a duplicate dead letter,
+            // which the Nats-Msg-Id above suppresses.
+            tracing::warn!(%error, sequence, "failed to terminate dead-lettered message");
+            self.metrics.ack_errors.inc();
+        }
+        Ok(())
+    }
+
+    async fn publish(
+        &self,
+        subject: &str,
+        message: &jetstream::Message,
+        headers: HeaderMap,
+        sequence: u64,
+    ) -> Result<(), async_nats::Error> {
+        let publish = PublishMessage::build()
+            .payload(message.payload.clone())
+            .headers(headers)
+            .message_id(format!("dlq-{sequence}"));
+        self.js.send_publish(subject.to_owned(), publish).await?.await?;
+        Ok(())
+    }
+}
+
+/// NATS header values cannot hold line breaks; keep them on one bounded line.
+fn header_safe(s: &str) -> String {
+    s.chars().take(1000).map(|c| if c.is_control() { ' ' } else { c }).collect()
+}

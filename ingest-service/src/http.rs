@@ -1,0 +1,54 @@
+//! The ingest service's small HTTP endpoint: liveness, readiness and metrics.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::registry::Registry;
+use serde_json::json;
+
+use crate::sink::Sink;
+
+/// What the handlers need.
+#[derive(Debug, Clone)]
+pub struct HttpState {
+    pub registry: Arc<Registry>,
+    pub sink: Sink,
+    pub nats: async_nats::Client,
+}
+
+/// `/healthz` (the process runs), `/readyz` (NATS connected and ClickHouse answering) and
+/// `/metrics` (Prometheus text format).
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
+    let nats = state.nats.connection_state() == async_nats::connection::State::Connected;
+    let clickhouse = state.sink.ping().await;
+    let status = if nats && clickhouse { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({"nats": nats, "clickhouse": clickhouse})))
+}
+
+async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            body,
+        )
+            .into_response(),
+        Err(error) => {
+            tracing::error!(%error, "failed to encode metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! The ingest service's Prometheus metrics. Label sets are bounded: outcomes and reasons
+//! are fixed enums, never ids.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Why a message went to the dead-letter stream.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum DeadLetterReason {
+    /// The payload or its content type could not be decoded.
+    Decode,
+    /// The event decoded but broke the contract (ranges, ids, clock).
+    Validation,
+    /// The event's edge or camera does not match the subject it came on.
+    Subject,
+    /// ClickHouse rejected the row itself (a data error, isolated by bisecting the batch).
+    Insert,
+}
+
+/// How an INSERT ended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum InsertOutcome {
+    Ok,
+    TransientError,
+    PermanentError,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: DeadLetterReason,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: InsertOutcome,
+}
+
+/// Every metric the service exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub messages_received: Counter,
+    pub rows_inserted: Counter,
+    pub messages_acked: Counter,
+    pub ack_errors: Counter,
+    pub dead_letters: Family<ReasonLabel, Counter>,
+    pub inserts: Family<OutcomeLabel, Counter>,
+    pub insert_seconds: Histogram,
+    pub batch_rows: Histogram,
+    pub pending_rows: Gauge,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them under the `sightline_ingest` prefix.
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            messages_received: Counter::default(),
+            rows_inserted: Counter::default(),
+            messages_acked: Counter::default(),
+            ack_errors: Counter::default(),
+            dead_letters: Family::default(),
+            inserts: Family::default(),
+            insert_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            batch_rows: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
+            pending_rows: Gauge::default(),
+        };
+        let r = registry.sub_registry_with_prefix("sightline_ingest");
+        r.register("messages_received", "Messages fetched from JetStream", metrics.messages_received.clone());
+        r.register("rows_inserted", "Rows written to ClickHouse", metrics.rows_inserted.clone());
+        r.register("messages_acked", "Messages acknowledged after their insert", metrics.messages_acked.clone());
+        r.register("ack_errors", "Acks that could not be sent (the message will be redelivered)", metrics.ack_errors.clone());
+        r.register("dead_letters", "Messages sent to the dead-letter stream, by reason", metrics.dead_letters.clone());
+        r.register("inserts", "INSERT attempts by outcome", metrics.inserts.clone());
+        r.register("insert_duration_seconds", "Time of one INSERT attempt", metrics.insert_seconds.clone());
+        r.register("batch_rows", "Rows per INSERT", metrics.batch_rows.clone());
+        r.register("pending_rows", "Rows fetched and waiting for their INSERT", metrics.pending_rows.clone());
+        metrics
+    }
+
+    /// Counts one dead letter.
+    pub fn dead_letter(&self, reason: DeadLetterReason) {
+        self.dead_letters.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Counts one INSERT attempt.
+    pub fn insert(&self, outcome: InsertOutcome) {
+        self.inserts.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+}

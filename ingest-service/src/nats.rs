@@ -1,0 +1,66 @@
+//! Declaring the JetStream streams and the durable consumer.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer, stream};
+use sightline_shared::subjects;
+
+use crate::config::IngestConfig;
+
+/// The events stream's configuration.
+pub fn events_stream_config(config: &IngestConfig) -> stream::Config {
+    stream::Config {
+        name: subjects::EVENTS_STREAM.into(),
+        description: Some("Sightline detection events from edge agents".into()),
+        subjects: vec![subjects::EVENTS_SUBJECTS.into()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: Duration::from_secs(config.stream.max_age_hours * 3600),
+        max_bytes: config.stream.max_bytes,
+        max_message_size: sightline_shared::codec::MAX_PAYLOAD_BYTES as i32,
+        discard: stream::DiscardPolicy::Old,
+        duplicate_window: Duration::from_secs(config.stream.duplicate_window_secs),
+        num_replicas: config.stream.replicas,
+        ..Default::default()
+    }
+}
+
+/// Creates or updates both streams and returns the durable pull consumer.
+pub async fn declare(
+    js: &jetstream::Context,
+    config: &IngestConfig,
+) -> anyhow::Result<consumer::PullConsumer> {
+    js.create_or_update_stream(events_stream_config(config))
+        .await
+        .with_context(|| format!("failed to create or update stream {}", subjects::EVENTS_STREAM))?;
+    js.create_or_update_stream(stream::Config {
+        name: subjects::DEADLETTER_STREAM.into(),
+        description: Some("Messages Sightline ingest could not store, with the reason".into()),
+        subjects: vec![subjects::DEADLETTER_SUBJECTS.into()],
+        storage: stream::StorageType::File,
+        max_age: Duration::from_secs(config.stream.deadletter_max_age_days * 86_400),
+        duplicate_window: Duration::from_secs(config.stream.duplicate_window_secs),
+        num_replicas: config.stream.replicas,
+        ..Default::default()
+    })
+    .await
+    .with_context(|| format!("failed to create or update stream {}", subjects::DEADLETTER_STREAM))?;
+    let stream = js.get_stream(subjects::EVENTS_STREAM).await?;
+    let name = &config.consumer.durable_name;
+    let consumer_config = consumer::pull::Config {
+        durable_name: Some(name.clone()),
+        description: Some("Sightline ingest into ClickHouse".into()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(config.consumer.ack_wait_secs),
+        max_ack_pending: config.consumer.max_ack_pending,
+        deliver_policy: consumer::DeliverPolicy::All,
+        filter_subject: subjects::EVENTS_SUBJECTS.into(),
+        ..Default::default()
+    };
+    let consumer = stream
+        .get_or_create_consumer(name, consumer_config)
+        .await
+        .with_context(|| format!("failed to create consumer {name}"))?;
+    Ok(consumer)
+}

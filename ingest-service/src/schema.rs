@@ -1,0 +1,260 @@
+//! The ClickHouse schema and the row type stored in it.
+//!
+//! The DDL works on the oldest server we support (ClickHouse 18.16, Debian's package) and on
+//! modern ones: no DateTime64, Map or TTL here. The `events` table is a `ReplacingMergeTree`
+//! whose sorting key ends in `event_id`, so a redelivered event (same id, same camera, same
+//! capture time) collapses into one row when parts merge, and readers use `LIMIT 1 BY
+//! event_id` so they never see it twice before that.
+//!
+//! Column notes for SQL users:
+//! * `captured_at` is the capture time in whole seconds (partitioning and coarse filters);
+//!   `captured_at_ms` is the exact time in epoch milliseconds (ordering and precise filters).
+//! * `detections.*` and `attributes.*` are `Nested` columns: parallel arrays, one element per
+//!   detection or attribute (`ARRAY JOIN detections` turns them into rows).
+//! * `schema_version` is the first column on purpose: every RowBinary row then starts with
+//!   the byte `0x01`, which keeps old servers' chunked-HTTP parser away from a known bug with
+//!   chunks that start with `\r` (ClickHouse issue 44167).
+
+use anyhow::Context as _;
+use clickhouse::{Client, Row};
+use serde::{Deserialize, Serialize};
+use sightline_shared::config::ClickHouseConfig;
+use sightline_shared::{BoundingBox, Detection, DetectionEvent, EventId, ModelInfo, Timestamp};
+use uuid::Uuid;
+
+/// A ClickHouse client for `config`'s server and database.
+///
+/// Row validation is off: ClickHouse 18.16 cannot describe types the way the crate's
+/// validating format needs, and our row types are checked against the real servers in the
+/// integration tests instead.
+pub fn client(config: &ClickHouseConfig) -> anyhow::Result<Client> {
+    let mut client = Client::default()
+        .with_url(&config.url)
+        .with_user(&config.user)
+        .with_validation(false);
+    let password = match (&config.password, &config.password_file) {
+        (_, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("failed to read clickhouse.password_file {path}"))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        ),
+        (Some(password), None) => Some(password.clone()),
+        (None, None) => None,
+    };
+    if let Some(password) = password {
+        client = client.with_password(password);
+    }
+    Ok(client)
+}
+
+/// Creates the database and tables if they are missing.
+pub async fn ensure(client: &Client, database: &str) -> Result<(), clickhouse::error::Error> {
+    for statement in ddl(database) {
+        client.query(&statement).execute().await?;
+    }
+    Ok(())
+}
+
+/// The table that holds one row per event.
+pub const EVENTS_TABLE: &str = "events";
+
+/// Statements that create the schema; each is idempotent.
+pub fn ddl(database: &str) -> Vec<String> {
+    vec![
+        format!("CREATE DATABASE IF NOT EXISTS `{database}`"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS `{database}`.{EVENTS_TABLE} (
+                schema_version UInt16,
+                event_id UUID,
+                edge_id String,
+                camera_id String,
+                captured_at DateTime('UTC'),
+                captured_at_ms Int64,
+                frame_seq UInt64,
+                motion_score Float32,
+                detections Nested(
+                    label String,
+                    class_id UInt32,
+                    confidence Float32,
+                    x_min Float32,
+                    y_min Float32,
+                    x_max Float32,
+                    y_max Float32,
+                    track_id Nullable(UInt64)
+                ),
+                model_name String,
+                model_version String,
+                inference_ms Float32,
+                snapshot Nullable(String),
+                description Nullable(String),
+                attributes Nested(key String, value String),
+                ingested_at DateTime('UTC') DEFAULT now()
+            )
+            ENGINE = ReplacingMergeTree
+            PARTITION BY toYYYYMMDD(captured_at)
+            ORDER BY (camera_id, captured_at_ms, event_id)"
+        ),
+    ]
+}
+
+/// One row of the `events` table, in column order (RowBinary has no names).
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct EventRow {
+    pub schema_version: u16,
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub event_id: Uuid,
+    pub edge_id: String,
+    pub camera_id: String,
+    /// `DateTime` travels as seconds since the epoch.
+    pub captured_at: u32,
+    pub captured_at_ms: i64,
+    pub frame_seq: u64,
+    pub motion_score: f32,
+    #[serde(rename = "detections.label")]
+    pub det_label: Vec<String>,
+    #[serde(rename = "detections.class_id")]
+    pub det_class_id: Vec<u32>,
+    #[serde(rename = "detections.confidence")]
+    pub det_confidence: Vec<f32>,
+    #[serde(rename = "detections.x_min")]
+    pub det_x_min: Vec<f32>,
+    #[serde(rename = "detections.y_min")]
+    pub det_y_min: Vec<f32>,
+    #[serde(rename = "detections.x_max")]
+    pub det_x_max: Vec<f32>,
+    #[serde(rename = "detections.y_max")]
+    pub det_y_max: Vec<f32>,
+    #[serde(rename = "detections.track_id")]
+    pub det_track_id: Vec<Option<u64>>,
+    pub model_name: String,
+    pub model_version: String,
+    pub inference_ms: f32,
+    pub snapshot: Option<String>,
+    pub description: Option<String>,
+    #[serde(rename = "attributes.key")]
+    pub attr_key: Vec<String>,
+    #[serde(rename = "attributes.value")]
+    pub attr_value: Vec<String>,
+}
+
+impl From<&DetectionEvent> for EventRow {
+    fn from(e: &DetectionEvent) -> Self {
+        let d = &e.detections;
+        Self {
+            schema_version: e.schema_version,
+            event_id: *e.event_id.as_uuid(),
+            edge_id: e.edge_id.clone(),
+            camera_id: e.camera_id.clone(),
+            // Validated events are captured between 2000 and now + skew, well inside u32.
+            captured_at: u32::try_from(e.captured_at.as_secs()).unwrap_or(0),
+            captured_at_ms: e.captured_at.as_millis(),
+            frame_seq: e.frame_seq,
+            motion_score: e.motion_score,
+            det_label: d.iter().map(|d| d.label.clone()).collect(),
+            det_class_id: d.iter().map(|d| d.class_id).collect(),
+            det_confidence: d.iter().map(|d| d.confidence).collect(),
+            det_x_min: d.iter().map(|d| d.bbox.x_min).collect(),
+            det_y_min: d.iter().map(|d| d.bbox.y_min).collect(),
+            det_x_max: d.iter().map(|d| d.bbox.x_max).collect(),
+            det_y_max: d.iter().map(|d| d.bbox.y_max).collect(),
+            det_track_id: d.iter().map(|d| d.track_id).collect(),
+            model_name: e.model.name.clone(),
+            model_version: e.model.version.clone(),
+            inference_ms: e.inference_ms,
+            snapshot: e.snapshot.clone(),
+            description: e.description.clone(),
+            attr_key: e.attributes.keys().cloned().collect(),
+            attr_value: e.attributes.values().cloned().collect(),
+        }
+    }
+}
+
+impl EventRow {
+    /// Turns a stored row back into the event it came from.
+    ///
+    /// `Nested` columns always have equal lengths in ClickHouse; if a hand-made row breaks
+    /// that, the extra elements are ignored rather than panicking.
+    pub fn into_event(self) -> DetectionEvent {
+        let detections = self
+            .det_label
+            .into_iter()
+            .zip(self.det_class_id)
+            .zip(self.det_confidence)
+            .zip(self.det_x_min.into_iter().zip(self.det_y_min))
+            .zip(self.det_x_max.into_iter().zip(self.det_y_max))
+            .zip(self.det_track_id)
+            .map(|(((((label, class_id), confidence), (x_min, y_min)), (x_max, y_max)), track_id)| {
+                Detection {
+                    label,
+                    class_id,
+                    confidence,
+                    bbox: BoundingBox { x_min, y_min, x_max, y_max },
+                    track_id,
+                }
+            })
+            .collect();
+        DetectionEvent {
+            event_id: EventId::from_uuid(self.event_id),
+            schema_version: self.schema_version,
+            edge_id: self.edge_id,
+            camera_id: self.camera_id,
+            captured_at: Timestamp::from_millis(self.captured_at_ms),
+            frame_seq: self.frame_seq,
+            motion_score: self.motion_score,
+            detections,
+            model: ModelInfo { name: self.model_name, version: self.model_version },
+            inference_ms: self.inference_ms,
+            snapshot: self.snapshot,
+            description: self.description,
+            attributes: self.attr_key.into_iter().zip(self.attr_value).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sightline_shared::SCHEMA_VERSION;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn row_round_trips_an_event() {
+        let at = Timestamp::from_millis(1_795_000_000_123);
+        let event = DetectionEvent {
+            event_id: EventId::new_v7(at),
+            schema_version: SCHEMA_VERSION,
+            edge_id: "e".into(),
+            camera_id: "c".into(),
+            captured_at: at,
+            frame_seq: 9,
+            motion_score: 0.25,
+            detections: vec![
+                Detection {
+                    label: "person".into(),
+                    class_id: 0,
+                    confidence: 0.75,
+                    bbox: BoundingBox { x_min: 0.1, y_min: 0.2, x_max: 0.3, y_max: 0.4 },
+                    track_id: None,
+                },
+                Detection {
+                    label: "car".into(),
+                    class_id: 2,
+                    confidence: 0.5,
+                    bbox: BoundingBox { x_min: 0.0, y_min: 0.0, x_max: 1.0, y_max: 1.0 },
+                    track_id: Some(4),
+                },
+            ],
+            model: ModelInfo { name: "m".into(), version: "1".into() },
+            inference_ms: 3.5,
+            snapshot: Some("2026-11-18/c/x.jpg".into()),
+            description: None,
+            attributes: BTreeMap::from([("a".into(), "1".into()), ("b".into(), "2".into())]),
+        };
+        let row = EventRow::from(&event);
+        assert_eq!(row.captured_at, 1_795_000_000);
+        assert_eq!(row.into_event(), event);
+    }
+}

@@ -1,0 +1,130 @@
+//! Writing batches to ClickHouse, and telling transient failures from permanent ones.
+
+use std::time::{Duration, Instant};
+
+use clickhouse::Client;
+use thiserror::Error;
+
+use crate::metrics::{InsertOutcome, Metrics};
+use crate::schema::{EVENTS_TABLE, EventRow};
+
+/// ClickHouse error codes that mean "this data is wrong" rather than "try again later":
+/// retrying the same rows can never succeed, so they are isolated and dead-lettered.
+/// (6 CANNOT_PARSE_TEXT, 26 CANNOT_PARSE_QUOTED_STRING, 27 CANNOT_PARSE_INPUT_ASSERTION_FAILED,
+/// 33 CANNOT_READ_ALL_DATA, 38 CANNOT_PARSE_DATE, 41 CANNOT_PARSE_DATETIME, 53 TYPE_MISMATCH,
+/// 69 ARGUMENT_OUT_OF_BOUND, 70 CANNOT_CONVERT_TYPE, 72 CANNOT_PARSE_NUMBER,
+/// 117 INCORRECT_DATA, 131 TOO_LARGE_STRING_SIZE, 190 SIZES_OF_ARRAYS_DOESNT_MATCH.)
+/// Everything else (network, timeouts, too many parts, memory, missing table) is transient
+/// and retried forever: a schema or server problem must not empty the stream into the
+/// dead-letter stream.
+pub const PERMANENT_CODES: &[u32] = &[6, 26, 27, 33, 38, 41, 53, 69, 70, 72, 117, 131, 190];
+
+/// A failed INSERT, classified.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum InsertError {
+    #[error("transient ClickHouse error: {0}")]
+    Transient(#[source] clickhouse::error::Error),
+    #[error("ClickHouse rejected the data (code {code}): {source}")]
+    Permanent {
+        code: u32,
+        #[source]
+        source: clickhouse::error::Error,
+    },
+}
+
+impl InsertError {
+    /// Sorts a client error into transient or permanent.
+    pub fn classify(error: clickhouse::error::Error) -> Self {
+        use clickhouse::error::Error as E;
+        match &error {
+            E::BadResponse(text) => match server_code(text) {
+                Some(code) if PERMANENT_CODES.contains(&code) => Self::Permanent { code, source: error },
+                _ => Self::Transient(error),
+            },
+            // Our own rows failed to serialize: retrying cannot help.
+            E::Custom(_) | E::DataFormat(_) | E::SequenceMustHaveLength => {
+                Self::Permanent { code: 0, source: error }
+            }
+            _ => Self::Transient(error),
+        }
+    }
+}
+
+/// Extracts `N` from a ClickHouse error text such as `Code: 117. DB::Exception: ...`.
+pub fn server_code(text: &str) -> Option<u32> {
+    let rest = &text[text.find("Code: ")? + "Code: ".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Inserts batches of rows into the `events` table.
+#[derive(Debug, Clone)]
+pub struct Sink {
+    client: Client,
+    timeout: Duration,
+    metrics: Metrics,
+}
+
+impl Sink {
+    /// A sink writing through `client` (which names the database).
+    pub fn new(client: Client, timeout: Duration, metrics: Metrics) -> Self {
+        Self { client, timeout, metrics }
+    }
+
+    /// Writes `rows` in one INSERT; they are all stored or none is.
+    pub async fn insert(&self, rows: &[EventRow]) -> Result<(), InsertError> {
+        let started = Instant::now();
+        let result = self.try_insert(rows).await.map_err(InsertError::classify);
+        self.metrics.insert_seconds.observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(()) => {
+                self.metrics.insert(InsertOutcome::Ok);
+                self.metrics.batch_rows.observe(rows.len() as f64);
+                self.metrics.rows_inserted.inc_by(rows.len() as u64);
+            }
+            Err(InsertError::Transient(_)) => self.metrics.insert(InsertOutcome::TransientError),
+            Err(InsertError::Permanent { .. }) => self.metrics.insert(InsertOutcome::PermanentError),
+        }
+        result
+    }
+
+    async fn try_insert(&self, rows: &[EventRow]) -> Result<(), clickhouse::error::Error> {
+        let mut insert = self
+            .client
+            .insert::<EventRow>(EVENTS_TABLE)
+            .await?
+            .with_timeouts(Some(self.timeout), Some(self.timeout));
+        for row in rows {
+            insert.write(row).await?;
+        }
+        insert.end().await
+    }
+
+    /// Whether ClickHouse answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        self.client.query("SELECT 1").execute().await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_server_codes() {
+        assert_eq!(server_code("Code: 117, e.displayText() = DB::Exception: bad"), Some(117));
+        assert_eq!(server_code("bad response: Code: 53. DB::Exception: Type mismatch"), Some(53));
+        assert_eq!(server_code("connection refused"), None);
+    }
+
+    #[test]
+    fn classifies_data_errors_as_permanent() {
+        let e = InsertError::classify(clickhouse::error::Error::BadResponse("Code: 117. DB::Exception: x".into()));
+        assert!(matches!(e, InsertError::Permanent { code: 117, .. }));
+        let e = InsertError::classify(clickhouse::error::Error::BadResponse("Code: 252. Too many parts".into()));
+        assert!(matches!(e, InsertError::Transient(_)));
+        let e = InsertError::classify(clickhouse::error::Error::TimedOut);
+        assert!(matches!(e, InsertError::Transient(_)));
+    }
+}

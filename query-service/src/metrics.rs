@@ -1,0 +1,43 @@
+//! The query service's Prometheus metrics: requests by route and status, latency by route,
+//! events returned. Routes are the matched path templates, so the label set stays bounded.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteStatus {
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Route {
+    pub route: String,
+}
+
+/// Every metric the service exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub requests: Family<RouteStatus, Counter>,
+    pub latency: Family<Route, Histogram>,
+    pub events_returned: Counter,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them under the `sightline_query` prefix.
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
+            events_returned: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("sightline_query");
+        r.register("http_requests", "HTTP requests by route and status", metrics.requests.clone());
+        r.register("http_request_duration_seconds", "HTTP request latency by route", metrics.latency.clone());
+        r.register("events_returned", "Events returned to clients", metrics.events_returned.clone());
+        metrics
+    }
+}

@@ -1,0 +1,10 @@
+//! Test fixtures: real `nats-server` and `clickhouse-server` processes on free loopback
+//! ports with their own temporary data directories, stopped (killed) on drop, plus a
+//! [`Stack`] that runs the ingest and query services against them in-process through the
+//! same `run` functions their binaries call.
+
+pub mod fixtures;
+pub mod stack;
+
+pub use fixtures::{ClickHouseServer, NatsServer};
+pub use stack::Stack;

@@ -1,0 +1,183 @@
+//! Real servers as child processes.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use tempfile::TempDir;
+
+/// The ClickHouse server config template, shared with `deploy/local/stack.sh`.
+const CLICKHOUSE_CONFIG: &str = include_str!("../../deploy/local/clickhouse-config.xml");
+/// The ClickHouse users file, shared with `deploy/local/stack.sh`.
+const CLICKHOUSE_USERS: &str = include_str!("../../deploy/local/clickhouse-users.xml");
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+fn binary(env: &str, name: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(env) {
+        return path.into();
+    }
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/bin"] {
+        let path = Path::new(dir).join(name);
+        if path.exists() {
+            return path;
+        }
+    }
+    name.into()
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited during start-up with {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("{what} did not listen on port {port} within 20 s")
+}
+
+fn kill(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// A `nats-server` with JetStream, on a free loopback port.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+}
+
+impl NatsServer {
+    /// Starts a server and waits until it accepts connections.
+    pub fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("sightline-nats-").tempdir()?;
+        let mut server = Self { child: None, port: free_port(), dir };
+        server.start_again()?;
+        Ok(server)
+    }
+
+    /// Starts the server again on the same port and data directory (after [`Self::kill`]).
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::File::create(self.dir.path().join("nats.log"))?;
+        let mut child = Command::new(binary("SIGHTLINE_NATS_SERVER", "nats-server"))
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(self.dir.path().join("jetstream"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("failed to start nats-server (install it with deploy/local/stack.sh install)")?;
+        wait_for_port(self.port, &mut child, "nats-server")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to clients).
+    pub fn kill(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `clickhouse-server` on free loopback ports.
+#[derive(Debug)]
+pub struct ClickHouseServer {
+    child: Option<Child>,
+    http_port: u16,
+    tcp_port: u16,
+    dir: TempDir,
+}
+
+impl ClickHouseServer {
+    /// Starts a server and waits until it answers `/ping`.
+    pub fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("sightline-clickhouse-").tempdir()?;
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("log"))?;
+        let (http_port, tcp_port) = (free_port(), free_port());
+        let config = CLICKHOUSE_CONFIG
+            .replace("@DATA_DIR@", &d.display().to_string())
+            .replace("@HTTP_PORT@", &http_port.to_string())
+            .replace("@TCP_PORT@", &tcp_port.to_string())
+            .replace("@LISTEN_HOST@", "127.0.0.1");
+        std::fs::write(d.join("config.xml"), config)?;
+        std::fs::write(d.join("users.xml"), CLICKHOUSE_USERS)?;
+        let mut server = Self { child: None, http_port, tcp_port, dir };
+        server.start_again()?;
+        Ok(server)
+    }
+
+    /// Starts the server again on the same ports and data (after [`Self::kill`]).
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        let d = self.dir.path();
+        let log = std::fs::File::create(d.join("log").join("stderr.log"))?;
+        let mut child = Command::new(binary("SIGHTLINE_CLICKHOUSE_SERVER", "clickhouse-server"))
+            .arg(format!("--config-file={}", d.join("config.xml").display()))
+            .current_dir(d)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("failed to start clickhouse-server (install it with deploy/local/stack.sh install)")?;
+        wait_for_port(self.http_port, &mut child, "clickhouse-server")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// `http://127.0.0.1:<http port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// The native-protocol port (for `clickhouse-client --port`).
+    pub fn tcp_port(&self) -> u16 {
+        self.tcp_port
+    }
+
+    /// Runs a query over HTTP and returns the trimmed text result.
+    pub async fn query(&self, sql: &str) -> anyhow::Result<String> {
+        let response = reqwest::Client::new().post(self.url()).body(sql.to_owned()).send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            bail!("ClickHouse answered {status}: {text}");
+        }
+        Ok(text.trim().to_owned())
+    }
+
+    /// Kills the server (SIGKILL).
+    pub fn kill(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+impl Drop for ClickHouseServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

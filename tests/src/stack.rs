@@ -1,0 +1,180 @@
+//! The cloud side of the pipeline, in-process, against real servers.
+
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use sightline_edge_agent::metrics::Metrics as EdgeMetrics;
+use sightline_edge_agent::outbox::ChannelOutbox;
+use sightline_edge_agent::publisher::{PublishReport, Publisher};
+use sightline_ingest::IngestConfig;
+use sightline_query::QueryConfig;
+use sightline_shared::config::{ClickHouseConfig, NatsConfig};
+use sightline_shared::{DetectionEvent, Encoding, subjects};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::fixtures::{ClickHouseServer, NatsServer};
+
+/// Logs to the test output; `RUST_LOG` picks the level (default `warn`).
+pub fn init_tracing() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    });
+}
+
+/// NATS, ClickHouse, the ingest service and the query service.
+#[derive(Debug)]
+pub struct Stack {
+    pub nats: NatsServer,
+    pub clickhouse: ClickHouseServer,
+    pub ingest_config: IngestConfig,
+    /// Base URL of the query API.
+    pub api: String,
+    /// Base URL of the ingest service's health and metrics endpoint.
+    pub ingest_http: String,
+    pub http: reqwest::Client,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Stack {
+    /// Starts everything with test-friendly batch timing.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts everything; `tweak` adjusts the ingest config first.
+    pub async fn start_with(tweak: impl FnOnce(&mut IngestConfig)) -> anyhow::Result<Self> {
+        init_tracing();
+        let nats = NatsServer::start()?;
+        let clickhouse = ClickHouseServer::start()?;
+        let clickhouse_config = ClickHouseConfig { url: clickhouse.url(), timeout_ms: 5_000, ..Default::default() };
+        let mut ingest_config = IngestConfig {
+            nats: NatsConfig { url: nats.url(), credentials_file: None },
+            clickhouse: clickhouse_config.clone(),
+            ..Default::default()
+        };
+        ingest_config.batch.max_wait_ms = 100;
+        ingest_config.consumer.ack_wait_secs = 10;
+        tweak(&mut ingest_config);
+        ingest_config.validate()?;
+        let query_config = QueryConfig { clickhouse: clickhouse_config, ..Default::default() };
+
+        let stop = CancellationToken::new();
+        let ingest_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let ingest_http = format!("http://{}", ingest_listener.local_addr()?);
+        let query_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let api = format!("http://{}", query_listener.local_addr()?);
+        let tasks = vec![
+            tokio::spawn(sightline_ingest::run(ingest_config.clone(), ingest_listener, stop.clone().cancelled_owned())),
+            tokio::spawn(sightline_query::run(query_config, query_listener, stop.clone().cancelled_owned())),
+        ];
+        let stack = Self { nats, clickhouse, ingest_config, api, ingest_http, http: reqwest::Client::new(), stop, tasks };
+        stack.wait_until_ready().await?;
+        Ok(stack)
+    }
+
+    /// Waits until ingest is ready and has declared its streams.
+    async fn wait_until_ready(&self) -> anyhow::Result<()> {
+        let client = async_nats::connect(self.nats.url()).await?;
+        let js = async_nats::jetstream::new(client);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = self
+                .http
+                .get(format!("{}/readyz", self.ingest_http))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready
+                && js.get_stream(subjects::EVENTS_STREAM).await.is_ok()
+                && js.get_stream(subjects::DEADLETTER_STREAM).await.is_ok()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the stack did not become ready within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A JetStream context on the stack's NATS.
+    pub async fn jetstream(&self) -> anyhow::Result<async_nats::jetstream::Context> {
+        Ok(async_nats::jetstream::new(async_nats::connect(self.nats.url()).await?))
+    }
+
+    /// Publishes `events` the way the edge agent does, waiting for every ack.
+    pub async fn publish(&self, events: Vec<DetectionEvent>, encoding: Encoding) -> anyhow::Result<PublishReport> {
+        let js = self.jetstream().await?;
+        let (tx, mut outbox) = ChannelOutbox::new(events.len().max(1));
+        for event in events {
+            tx.send(event).await.context("outbox closed")?;
+        }
+        drop(tx);
+        let publisher = Publisher::new(js, encoding, 64, EdgeMetrics::default());
+        let stop = CancellationToken::new();
+        let report = tokio::time::timeout(Duration::from_secs(60), publisher.run(&mut outbox, &stop))
+            .await
+            .context("publishing took more than 60 s")?;
+        Ok(report)
+    }
+
+    /// `GET {api}{path}`: status and JSON body.
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, serde_json::Value)> {
+        let response = self.http.get(format!("{}{path}", self.api)).send().await?;
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(serde_json::Value::Null);
+        Ok((status, body))
+    }
+
+    /// Polls `GET /v1/events?{query}` until it returns `count` events (or times out) and
+    /// returns them decoded.
+    pub async fn wait_for_events(&self, query: &str, count: usize) -> anyhow::Result<Vec<DetectionEvent>> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = 0;
+        loop {
+            let (status, body) = self.get(&format!("/v1/events?{query}")).await?;
+            if status == 200 {
+                let events: Vec<DetectionEvent> = serde_json::from_value(body["events"].clone())?;
+                last = events.len();
+                if events.len() >= count {
+                    return Ok(events);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("expected {count} events for {query:?}, have {last} after 60 s (last status {status})");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Text of the ingest service's `/metrics`.
+    pub async fn ingest_metrics(&self) -> anyhow::Result<String> {
+        Ok(self.http.get(format!("{}/metrics", self.ingest_http)).send().await?.text().await?)
+    }
+
+    /// Stops both services in order and reports their errors.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        for task in self.tasks.drain(..) {
+            tokio::time::timeout(Duration::from_secs(30), task).await.context("service did not stop in 30 s")???;
+        }
+        Ok(())
+    }
+}
+
+/// Reads one counter value from Prometheus text, summing over label sets that contain
+/// `labels` (e.g. `reason="Decode"`).
+pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

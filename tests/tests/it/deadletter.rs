@@ -1,0 +1,75 @@
+//! Bad input on the subject: kept in the dead-letter stream with the reason, counted, and
+//! ingest keeps going.
+
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use sightline_shared::codec::{self, CONTENT_TYPE_HEADER};
+use sightline_shared::{ContentType, Encoding, subjects};
+use sightline_tests::Stack;
+use sightline_tests::stack::metric;
+
+use crate::known_events;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_is_dead_lettered_and_ingest_keeps_running() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let js = stack.jetstream().await?;
+    let json = ContentType::current(Encoding::Json).to_string();
+    let bincode = ContentType::current(Encoding::Bincode).to_string();
+    let mut invalid = known_events("edge-b", "cam", 1).remove(0);
+    invalid.detections = known_events("edge-b", "cam", 2).remove(1).detections;
+    invalid.motion_score = 3.5;
+    let good = known_events("edge-b", "cam", 3);
+    let headers = |ct: &str| {
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_TYPE_HEADER, ct);
+        h
+    };
+    let cases: Vec<(&str, Option<HeaderMap>, Vec<u8>, &str)> = vec![
+        ("sightline.events.edge-b.cam", Some(headers(&bincode)), b"\xff\xfe garbage".to_vec(), "Decode"),
+        ("sightline.events.edge-b.cam", None, codec::encode(&good[0], Encoding::Json)?, "Decode"),
+        ("sightline.events.edge-b.cam", Some(headers("application/vnd.sightline.event.v9+json")), b"{}".to_vec(), "Decode"),
+        ("sightline.events.edge-b.cam", Some(headers(&json)), codec::encode(&invalid, Encoding::Json)?, "Validation"),
+        ("sightline.events.edge-b.other", Some(headers(&json)), codec::encode(&good[1], Encoding::Json)?, "Subject"),
+    ];
+    for (subject, headers, payload, _) in &cases {
+        let publish = async_nats::jetstream::message::PublishMessage::build().payload(payload.clone().into());
+        let publish = match headers {
+            Some(h) => publish.headers(h.clone()),
+            None => publish,
+        };
+        js.send_publish(subject.to_string(), publish).await?.await?;
+    }
+    // Good events after the garbage still arrive.
+    stack.publish(good.clone(), Encoding::Bincode).await?;
+    let events = stack.wait_for_events("camera=cam", 3).await?;
+    assert_eq!(events.len(), 3);
+
+    // Every bad message is in the dead-letter stream, payload intact, reason attached.
+    let stream = js.get_stream(subjects::DEADLETTER_STREAM).await?;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+        .await?;
+    let mut messages = consumer.fetch().max_messages(10).expires(std::time::Duration::from_secs(2)).messages().await?;
+    let mut seen = Vec::new();
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(|e| anyhow::anyhow!(e))?;
+        let headers = message.headers.clone().unwrap_or_default();
+        let reason = headers.get(subjects::DEADLETTER_REASON_HEADER).map(|v| v.to_string()).unwrap_or_default();
+        let original = headers.get(subjects::DEADLETTER_SUBJECT_HEADER).map(|v| v.to_string()).unwrap_or_default();
+        seen.push((original, message.payload.to_vec(), reason));
+    }
+    assert_eq!(seen.len(), cases.len(), "{seen:?}");
+    for ((subject, _, payload, reason), (got_subject, got_payload, got_reason)) in cases.iter().zip(&seen) {
+        assert_eq!(subject, got_subject);
+        assert_eq!(payload, got_payload);
+        assert!(got_reason.starts_with(reason), "{got_reason} should start with {reason}");
+    }
+    assert!(seen[3].2.contains("motion_score"), "the reason names the field: {}", seen[3].2);
+
+    let metrics = stack.ingest_metrics().await?;
+    assert_eq!(metric(&metrics, "sightline_ingest_dead_letters_total", "reason=\"Decode\""), 3.0);
+    assert_eq!(metric(&metrics, "sightline_ingest_dead_letters_total", "reason=\"Validation\""), 1.0);
+    assert_eq!(metric(&metrics, "sightline_ingest_dead_letters_total", "reason=\"Subject\""), 1.0);
+    stack.stop().await
+}

@@ -20,11 +20,18 @@ use crate::synthetic;
 /// Shutdown order: stop the cameras, publish what is queued (up to `drain_timeout_secs`),
 /// flush the NATS connection. Events still unacknowledged after the drain are counted as
 /// dropped and logged at ERROR (the DuckDB buffer will keep them instead).
-pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<PublishReport> {
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<PublishReport> {
     config.validate()?;
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
-    let client = sightline_runtime::connect_nats(&config.nats, &format!("sightline-edge-{}", config.edge_id)).await?;
+    let client = sightline_runtime::connect_nats(
+        &config.nats,
+        &format!("sightline-edge-{}", config.edge_id),
+    )
+    .await?;
     let js = async_nats::jetstream::context::ContextBuilder::new()
         .timeout(Duration::from_millis(config.publisher.ack_timeout_ms))
         .build(client.clone());
@@ -50,7 +57,12 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
     tracing::info!(edge_id = %config.edge_id, cameras = config.cameras.len(), nats = %config.nats.url, "edge agent running");
 
     let stop_publisher = CancellationToken::new();
-    let publisher = Publisher::new(js, config.publisher.encoding, config.publisher.max_in_flight, metrics.clone());
+    let publisher = Publisher::new(
+        js,
+        config.publisher.encoding,
+        config.publisher.max_in_flight,
+        metrics.clone(),
+    );
     let mut publishing = tokio::spawn({
         let stop = stop_publisher.clone();
         async move {
@@ -77,7 +89,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
     let (report, queued) = match tokio::time::timeout(drain, &mut publishing).await {
         Ok(joined) => joined?,
         Err(_) => {
-            tracing::warn!(timeout_secs = drain.as_secs(), "drain timeout passed, stopping the publisher");
+            tracing::warn!(
+                timeout_secs = drain.as_secs(),
+                "drain timeout passed, stopping the publisher"
+            );
             stop_publisher.cancel();
             publishing.await?
         }
@@ -85,11 +100,17 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
     let lost = report.unpublished + queued as u64;
     if lost > 0 {
         metrics.dropped(DropReason::Shutdown, lost);
-        tracing::error!(lost, "events were not acknowledged by JetStream before shutdown and are lost");
+        tracing::error!(
+            lost,
+            "events were not acknowledged by JetStream before shutdown and are lost"
+        );
     }
     if let Err(error) = client.flush().await {
         tracing::warn!(%error, "failed to flush NATS on shutdown");
     }
     tracing::info!(published = report.published, lost, "edge agent stopped");
-    Ok(PublishReport { published: report.published, unpublished: lost })
+    Ok(PublishReport {
+        published: report.published,
+        unpublished: lost,
+    })
 }

@@ -85,8 +85,11 @@ mod encoding_name {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Encoding, D::Error> {
         let name = String::deserialize(d)?;
-        name.parse()
-            .map_err(|_| serde::de::Error::custom(format!("unknown encoding {name:?}, expected \"bincode\" or \"json\"")))
+        name.parse().map_err(|_| {
+            serde::de::Error::custom(format!(
+                "unknown encoding {name:?}, expected \"bincode\" or \"json\""
+            ))
+        })
     }
 }
 
@@ -126,7 +129,9 @@ impl Default for SyntheticConfig {
     fn default() -> Self {
         Self {
             events_per_second: 2.0,
-            labels: ["person", "car", "bicycle", "dog", "truck"].map(String::from).to_vec(),
+            labels: ["person", "car", "bicycle", "dog", "truck"]
+                .map(String::from)
+                .to_vec(),
             max_detections: 3,
             max_events: None,
         }
@@ -137,18 +142,25 @@ impl AgentConfig {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
         Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse { path: shown, message },
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: shown,
+                message,
+            },
             other => other,
         })
     }
 
     /// Parses and validates config text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: "<text>".into(), message: e.to_string() })?;
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "<text>".into(),
+            message: e.to_string(),
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -156,10 +168,16 @@ impl AgentConfig {
     /// Checks the values serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field: &str, problem: &str| {
-            Err(ConfigError::Invalid { field: field.into(), problem: problem.into() })
+            Err(ConfigError::Invalid {
+                field: field.into(),
+                problem: problem.into(),
+            })
         };
         if self.version != CONFIG_VERSION {
-            return invalid("version", &format!("this agent reads config version {CONFIG_VERSION}"));
+            return invalid(
+                "version",
+                &format!("this agent reads config version {CONFIG_VERSION}"),
+            );
         }
         if !is_identifier(&self.edge_id) {
             return invalid("edge_id", "must be 1-64 characters of A-Z a-z 0-9 _ -");
@@ -180,21 +198,37 @@ impl AgentConfig {
         let mut seen = std::collections::HashSet::new();
         for (i, camera) in self.cameras.iter().enumerate() {
             if !is_identifier(&camera.id) {
-                return invalid(&format!("cameras[{i}].id"), "must be 1-64 characters of A-Z a-z 0-9 _ -");
+                return invalid(
+                    &format!("cameras[{i}].id"),
+                    "must be 1-64 characters of A-Z a-z 0-9 _ -",
+                );
             }
             if !seen.insert(&camera.id) {
-                return invalid(&format!("cameras[{i}].id"), &format!("{:?} is used twice", camera.id));
+                return invalid(
+                    &format!("cameras[{i}].id"),
+                    &format!("{:?} is used twice", camera.id),
+                );
             }
             match &camera.source {
                 SourceConfig::Synthetic(s) => {
                     if !(s.events_per_second > 0.0 && s.events_per_second <= 100_000.0) {
-                        return invalid(&format!("cameras[{i}].source.events_per_second"), "must be above 0 and at most 100000");
+                        return invalid(
+                            &format!("cameras[{i}].source.events_per_second"),
+                            "must be above 0 and at most 100000",
+                        );
                     }
-                    if s.labels.is_empty() || s.labels.iter().any(|l| l.is_empty() || l.len() > 64) {
-                        return invalid(&format!("cameras[{i}].source.labels"), "must be 1 or more labels of 1-64 bytes");
+                    if s.labels.is_empty() || s.labels.iter().any(|l| l.is_empty() || l.len() > 64)
+                    {
+                        return invalid(
+                            &format!("cameras[{i}].source.labels"),
+                            "must be 1 or more labels of 1-64 bytes",
+                        );
                     }
                     if s.max_detections > 64 {
-                        return invalid(&format!("cameras[{i}].source.max_detections"), "must be at most 64");
+                        return invalid(
+                            &format!("cameras[{i}].source.max_detections"),
+                            "must be at most 64",
+                        );
                     }
                 }
             }
@@ -219,7 +253,9 @@ mod tests {
     fn parses_a_minimal_config() {
         let c = AgentConfig::parse(GOOD).unwrap();
         assert_eq!(c.publisher, PublisherConfig::default());
-        assert!(matches!(&c.cameras[0].source, SourceConfig::Synthetic(s) if s.events_per_second == 10.0));
+        assert!(
+            matches!(&c.cameras[0].source, SourceConfig::Synthetic(s) if s.events_per_second == 10.0)
+        );
     }
 
     #[test]
@@ -227,13 +263,22 @@ mod tests {
         for (text, field) in [
             (GOOD.replace("version = 1", "version = 2"), "version"),
             (GOOD.replace("edge-1", "edge 1"), "edge_id"),
-            (GOOD.replace("10.0", "-1.0"), "cameras[0].source.events_per_second"),
+            (
+                GOOD.replace("10.0", "-1.0"),
+                "cameras[0].source.events_per_second",
+            ),
             (GOOD.replace("\"gate\"", "\"a.b\""), "cameras[0].id"),
             (GOOD.replace("synthetic\"", "v4l3\""), "v4l3"),
             (GOOD.replace("edge_id", "edgeid"), "edgeid"),
             (format!("{GOOD}\n[publisher]\nencoding = \"xml\""), "xml"),
-            (format!("{GOOD}\n[publisher]\nmax_in_flight = 0"), "publisher.max_in_flight"),
-            (format!("{GOOD}\n[[cameras]]\nid = \"gate\"\nsource = {{ kind = \"synthetic\" }}"), "cameras[1].id"),
+            (
+                format!("{GOOD}\n[publisher]\nmax_in_flight = 0"),
+                "publisher.max_in_flight",
+            ),
+            (
+                format!("{GOOD}\n[[cameras]]\nid = \"gate\"\nsource = {{ kind = \"synthetic\" }}"),
+                "cameras[1].id",
+            ),
         ] {
             let err = AgentConfig::parse(&text).unwrap_err().to_string();
             assert!(err.contains(field), "{field}: {err}");

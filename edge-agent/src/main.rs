@@ -11,7 +11,13 @@ use sightline_edge_agent::AgentConfig;
 #[command(version, about)]
 struct Args {
     /// Config file (TOML).
-    #[arg(long, short, env = "SIGHTLINE_EDGE_CONFIG", global = true, default_value = "/etc/sightline/edge-agent.toml")]
+    #[arg(
+        long,
+        short,
+        env = "SIGHTLINE_EDGE_CONFIG",
+        global = true,
+        default_value = "/etc/sightline/edge-agent.toml"
+    )]
     config: PathBuf,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `sightline_edge_agent=debug`.
     #[arg(long, env = "SIGHTLINE_LOG", default_value = "info", global = true)]
@@ -38,7 +44,10 @@ async fn main() -> anyhow::Result<()> {
     let config = AgentConfig::load(&args.config)?;
     match args.command.unwrap_or(Command::Run) {
         Command::CheckConfig => {
-            println!("{}", toml::to_string_pretty(&config).context("failed to print config")?);
+            println!(
+                "{}",
+                toml::to_string_pretty(&config).context("failed to print config")?
+            );
             Ok(())
         }
         Command::Run => {

@@ -36,17 +36,43 @@ impl Metrics {
     pub fn new(registry: &mut Registry) -> Self {
         let metrics = Self::default();
         let r = registry.sub_registry_with_prefix("sightline_edge");
-        r.register("events_created", "Events created by the cameras", metrics.events_created.clone());
-        r.register("events_published", "Events acknowledged by JetStream", metrics.events_published.clone());
-        r.register("events_duplicate", "Publishes JetStream reported as duplicates (already stored)", metrics.events_duplicate.clone());
-        r.register("publish_errors", "Failed publish attempts (each is retried)", metrics.publish_errors.clone());
-        r.register("events_dropped", "Events dropped, by reason", metrics.events_dropped.clone());
-        r.register("publish_in_flight", "Publishes awaiting their ack", metrics.in_flight.clone());
+        r.register(
+            "events_created",
+            "Events created by the cameras",
+            metrics.events_created.clone(),
+        );
+        r.register(
+            "events_published",
+            "Events acknowledged by JetStream",
+            metrics.events_published.clone(),
+        );
+        r.register(
+            "events_duplicate",
+            "Publishes JetStream reported as duplicates (already stored)",
+            metrics.events_duplicate.clone(),
+        );
+        r.register(
+            "publish_errors",
+            "Failed publish attempts (each is retried)",
+            metrics.publish_errors.clone(),
+        );
+        r.register(
+            "events_dropped",
+            "Events dropped, by reason",
+            metrics.events_dropped.clone(),
+        );
+        r.register(
+            "publish_in_flight",
+            "Publishes awaiting their ack",
+            metrics.in_flight.clone(),
+        );
         metrics
     }
 
     /// Counts one dropped event.
     pub fn dropped(&self, reason: DropReason, count: u64) {
-        self.events_dropped.get_or_create(&DropLabel { reason }).inc_by(count);
+        self.events_dropped
+            .get_or_create(&DropLabel { reason })
+            .inc_by(count);
     }
 }

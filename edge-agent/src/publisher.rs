@@ -17,14 +17,25 @@ use std::time::Duration;
 use async_nats::jetstream::{self, message::PublishMessage};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use sightline_shared::{Backoff, ContentType, DetectionEvent, Encoding, Timestamp, codec, subjects};
+use sightline_shared::{
+    Backoff, ContentType, DetectionEvent, Encoding, Timestamp, codec, subjects,
+};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{DropReason, Metrics};
 use crate::outbox::Outbox;
 
-type AckFuture = Pin<Box<dyn Future<Output = (DetectionEvent, Result<jetstream::publish::PublishAck, String>)> + Send>>;
+type AckFuture = Pin<
+    Box<
+        dyn Future<
+                Output = (
+                    DetectionEvent,
+                    Result<jetstream::publish::PublishAck, String>,
+                ),
+            > + Send,
+    >,
+>;
 
 /// What a publisher run ended with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -45,8 +56,18 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(js: jetstream::Context, encoding: Encoding, max_in_flight: usize, metrics: Metrics) -> Self {
-        Self { js, encoding, max_in_flight, metrics }
+    pub fn new(
+        js: jetstream::Context,
+        encoding: Encoding,
+        max_in_flight: usize,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            js,
+            encoding,
+            max_in_flight,
+            metrics,
+        }
     }
 
     /// Publishes until the outbox is closed and every event is acknowledged, or until `stop`
@@ -151,7 +172,10 @@ impl Publisher {
 }
 
 /// Retries first, then new events. Cancel-safe as long as the outbox's `next` is.
-async fn next_event<O: Outbox>(retry: &mut VecDeque<DetectionEvent>, outbox: &mut O) -> Option<DetectionEvent> {
+async fn next_event<O: Outbox>(
+    retry: &mut VecDeque<DetectionEvent>,
+    outbox: &mut O,
+) -> Option<DetectionEvent> {
     match retry.pop_front() {
         Some(event) => Some(event),
         None => outbox.next().await,

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rand::Rng;
-use sightline_shared::{BoundingBox, Detection, DetectionEvent, EventId, ModelInfo, SCHEMA_VERSION, Timestamp};
+use sightline_shared::{
+    BoundingBox, Detection, DetectionEvent, EventId, ModelInfo, SCHEMA_VERSION, Timestamp,
+};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +38,14 @@ pub async fn run(
             tracing::info!(camera = %camera_id, events = frame_seq, "synthetic camera finished");
             break;
         }
-        let event = make_event(&edge_id, &camera_id, &config, frame_seq, &mut next_track, &mut rand::rng());
+        let event = make_event(
+            &edge_id,
+            &camera_id,
+            &config,
+            frame_seq,
+            &mut next_track,
+            &mut rand::rng(),
+        );
         frame_seq += 1;
         tokio::select! {
             () = stop.cancelled() => break,
@@ -61,14 +70,22 @@ pub fn make_event(
         .map(|_| {
             let class = rng.random_range(0..config.labels.len());
             let (x, y) = (rng.random_range(0.0f32..0.8), rng.random_range(0.0f32..0.8));
-            let (w, h) = (rng.random_range(0.05f32..0.2), rng.random_range(0.05f32..0.2));
+            let (w, h) = (
+                rng.random_range(0.05f32..0.2),
+                rng.random_range(0.05f32..0.2),
+            );
             let track_id = *next_track;
             *next_track += 1;
             Detection {
                 label: config.labels[class].clone(),
                 class_id: class as u32,
                 confidence: rng.random_range(0.35f32..0.99),
-                bbox: BoundingBox { x_min: x, y_min: y, x_max: x + w, y_max: y + h },
+                bbox: BoundingBox {
+                    x_min: x,
+                    y_min: y,
+                    x_max: x + w,
+                    y_max: y + h,
+                },
                 track_id: Some(track_id),
             }
         })
@@ -82,7 +99,10 @@ pub fn make_event(
         frame_seq,
         motion_score: rng.random_range(0.05f32..1.0),
         detections,
-        model: ModelInfo { name: "synthetic".into(), version: env!("CARGO_PKG_VERSION").into() },
+        model: ModelInfo {
+            name: "synthetic".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        },
         inference_ms: rng.random_range(5.0f32..20.0),
         snapshot: None,
         description: None,

@@ -22,7 +22,10 @@ pub enum ConfigError {
     #[error("invalid config file {path}: {message}")]
     Parse { path: String, message: String },
     #[error("invalid config: {field}: {problem}")]
-    Invalid { field: &'static str, problem: String },
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
 }
 
 /// The whole ingest configuration.
@@ -114,7 +117,11 @@ pub struct BatchSettings {
 
 impl Default for BatchSettings {
     fn default() -> Self {
-        Self { max_rows: 50_000, max_bytes: 16 * 1024 * 1024, max_wait_ms: 1_000 }
+        Self {
+            max_rows: 50_000,
+            max_bytes: 16 * 1024 * 1024,
+            max_wait_ms: 1_000,
+        }
     }
 }
 
@@ -129,33 +136,53 @@ impl IngestConfig {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
         Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse { path: shown, message },
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: shown,
+                message,
+            },
             other => other,
         })
     }
 
     /// Parses and validates config text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: "<text>".into(), message: e.to_string() })?;
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "<text>".into(),
+            message: e.to_string(),
+        })?;
         config.validate()?;
         Ok(config)
     }
 
     /// Checks the values serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field, problem: &str| Err(ConfigError::Invalid { field, problem: problem.into() });
+        let invalid = |field, problem: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                problem: problem.into(),
+            })
+        };
         if !is_identifier(&self.clickhouse.database) {
-            return invalid("clickhouse.database", "must be 1-64 characters of A-Z a-z 0-9 _ -");
+            return invalid(
+                "clickhouse.database",
+                "must be 1-64 characters of A-Z a-z 0-9 _ -",
+            );
         }
-        if !self.clickhouse.url.starts_with("http://") && !self.clickhouse.url.starts_with("https://") {
+        if !self.clickhouse.url.starts_with("http://")
+            && !self.clickhouse.url.starts_with("https://")
+        {
             return invalid("clickhouse.url", "must start with http:// or https://");
         }
         if !is_identifier(&self.consumer.durable_name) {
-            return invalid("consumer.durable_name", "must be 1-64 characters of A-Z a-z 0-9 _ -");
+            return invalid(
+                "consumer.durable_name",
+                "must be 1-64 characters of A-Z a-z 0-9 _ -",
+            );
         }
         if self.batch.max_rows == 0 {
             return invalid("batch.max_rows", "must be at least 1");
@@ -173,13 +200,21 @@ impl IngestConfig {
             return invalid("consumer.ack_wait_secs", "must be at least 2");
         }
         if self.consumer.max_ack_pending < self.batch.max_rows as i64 {
-            return invalid("consumer.max_ack_pending", "must be at least batch.max_rows, or batches never fill");
+            return invalid(
+                "consumer.max_ack_pending",
+                "must be at least batch.max_rows, or batches never fill",
+            );
         }
         if self.stream.duplicate_window_secs == 0 {
             return invalid("stream.duplicate_window_secs", "must be at least 1");
         }
-        if self.stream.max_age_hours == 0 || self.stream.duplicate_window_secs > self.stream.max_age_hours * 3600 {
-            return invalid("stream.max_age_hours", "must be at least 1 and cover the duplicate window");
+        if self.stream.max_age_hours == 0
+            || self.stream.duplicate_window_secs > self.stream.max_age_hours * 3600
+        {
+            return invalid(
+                "stream.max_age_hours",
+                "must be at least 1 and cover the duplicate window",
+            );
         }
         if self.stream.replicas == 0 || self.stream.replicas > 5 {
             return invalid("stream.replicas", "must be 1 to 5");

@@ -29,8 +29,11 @@ pub fn check_message(
     payload: &[u8],
     now: Timestamp,
 ) -> Result<DetectionEvent, (DeadLetterReason, String)> {
-    let event = codec::decode(content_type, payload).map_err(|e| (DeadLetterReason::Decode, e.to_string()))?;
-    event.validate(now).map_err(|e| (DeadLetterReason::Validation, e.to_string()))?;
+    let event = codec::decode(content_type, payload)
+        .map_err(|e| (DeadLetterReason::Decode, e.to_string()))?;
+    event
+        .validate(now)
+        .map_err(|e| (DeadLetterReason::Validation, e.to_string()))?;
     match subjects::parse_event_subject(subject) {
         Some((edge, camera)) if edge == event.edge_id && camera == event.camera_id => Ok(event),
         _ => Err((
@@ -51,7 +54,9 @@ fn content_type(message: &jetstream::Message) -> Option<&str> {
     }
     headers
         .iter()
-        .find(|(name, _): &(&async_nats::HeaderName, _)| AsRef::<str>::as_ref(*name).eq_ignore_ascii_case(codec::CONTENT_TYPE_HEADER))
+        .find(|(name, _): &(&async_nats::HeaderName, _)| {
+            AsRef::<str>::as_ref(*name).eq_ignore_ascii_case(codec::CONTENT_TYPE_HEADER)
+        })
         .and_then(|(_, values)| values.first())
         .map(|value| value.as_str())
 }
@@ -78,7 +83,9 @@ pub struct Consumer {
 
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Consumer").field("batch", &self.batch).finish_non_exhaustive()
+        f.debug_struct("Consumer")
+            .field("batch", &self.batch)
+            .finish_non_exhaustive()
     }
 }
 
@@ -91,7 +98,14 @@ impl Consumer {
         dead_letters: DeadLetters,
         metrics: Metrics,
     ) -> Self {
-        Self { consumer, settings, batch, sink, dead_letters, metrics }
+        Self {
+            consumer,
+            settings,
+            batch,
+            sink,
+            dead_letters,
+            metrics,
+        }
     }
 
     /// Runs until `cancel` fires, then flushes what it holds (if ClickHouse takes it) and
@@ -176,7 +190,10 @@ impl Consumer {
             let rows = batch.len();
             match self.flush(&mut batch, &last_try).await {
                 Ok(()) => tracing::info!(rows, "flushed the last batch on shutdown"),
-                Err(Cancelled) => tracing::warn!(rows, "could not flush on shutdown; JetStream will redeliver"),
+                Err(Cancelled) => tracing::warn!(
+                    rows,
+                    "could not flush on shutdown; JetStream will redeliver"
+                ),
             }
             timer.abort();
         }
@@ -185,7 +202,11 @@ impl Consumer {
 
     /// Stores and acknowledges every message of `batch` (emptying it), bisecting around rows
     /// ClickHouse rejects and retrying transient failures until `cancel` fires.
-    async fn flush(&self, batch: &mut Vec<Pending>, cancel: &CancellationToken) -> Result<(), Cancelled> {
+    async fn flush(
+        &self,
+        batch: &mut Vec<Pending>,
+        cancel: &CancellationToken,
+    ) -> Result<(), Cancelled> {
         let pending = std::mem::take(batch);
         self.metrics.pending_rows.set(0);
         let rows: Vec<EventRow> = pending.iter().map(|p| p.row.clone()).collect();
@@ -208,7 +229,12 @@ impl Consumer {
                 Err(error @ InsertError::Permanent { .. }) => {
                     let detail = error.to_string();
                     self.dead_letters
-                        .send(&pending[lo].message, DeadLetterReason::Insert, &detail, cancel)
+                        .send(
+                            &pending[lo].message,
+                            DeadLetterReason::Insert,
+                            &detail,
+                            cancel,
+                        )
                         .await?;
                 }
                 Err(error @ InsertError::Transient(_)) => {
@@ -270,7 +296,10 @@ mod tests {
             frame_seq: 1,
             motion_score: 0.1,
             detections: vec![],
-            model: ModelInfo { name: "m".into(), version: "1".into() },
+            model: ModelInfo {
+                name: "m".into(),
+                version: "1".into(),
+            },
             inference_ms: 1.0,
             snapshot: None,
             description: None,
@@ -283,16 +312,19 @@ mod tests {
         let ct = ContentType::current(Encoding::Json).to_string();
         let good = codec::encode(&event(), Encoding::Json).unwrap();
         assert!(check_message("sightline.events.e1.c1", Some(&ct), &good, now()).is_ok());
-        let (reason, detail) = check_message("sightline.events.e1.c2", Some(&ct), &good, now()).unwrap_err();
+        let (reason, detail) =
+            check_message("sightline.events.e1.c2", Some(&ct), &good, now()).unwrap_err();
         assert_eq!(reason, DeadLetterReason::Subject, "{detail}");
         let (reason, _) = check_message("sightline.events.e1.c1", None, &good, now()).unwrap_err();
         assert_eq!(reason, DeadLetterReason::Decode);
-        let (reason, _) = check_message("sightline.events.e1.c1", Some(&ct), b"\x00garbage", now()).unwrap_err();
+        let (reason, _) =
+            check_message("sightline.events.e1.c1", Some(&ct), b"\x00garbage", now()).unwrap_err();
         assert_eq!(reason, DeadLetterReason::Decode);
         let mut bad = event();
         bad.motion_score = 7.0;
         let bytes = codec::encode(&bad, Encoding::Json).unwrap();
-        let (reason, detail) = check_message("sightline.events.e1.c1", Some(&ct), &bytes, now()).unwrap_err();
+        let (reason, detail) =
+            check_message("sightline.events.e1.c1", Some(&ct), &bytes, now()).unwrap_err();
         assert_eq!(reason, DeadLetterReason::Validation);
         assert!(detail.contains("motion_score"), "{detail}");
     }

@@ -43,13 +43,25 @@ impl DeadLetters {
     ) -> Result<(), Cancelled> {
         let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
         let mut headers = message.headers.clone().unwrap_or_default();
-        headers.insert(subjects::DEADLETTER_REASON_HEADER, header_safe(&format!("{reason:?}: {detail}")).as_str());
-        headers.insert(subjects::DEADLETTER_SUBJECT_HEADER, header_safe(&message.subject).as_str());
-        headers.insert(subjects::DEADLETTER_SEQUENCE_HEADER, sequence.to_string().as_str());
+        headers.insert(
+            subjects::DEADLETTER_REASON_HEADER,
+            header_safe(&format!("{reason:?}: {detail}")).as_str(),
+        );
+        headers.insert(
+            subjects::DEADLETTER_SUBJECT_HEADER,
+            header_safe(&message.subject).as_str(),
+        );
+        headers.insert(
+            subjects::DEADLETTER_SEQUENCE_HEADER,
+            sequence.to_string().as_str(),
+        );
         let subject = subjects::deadletter_subject(&message.subject);
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
-            match self.publish(&subject, message, headers.clone(), sequence).await {
+            match self
+                .publish(&subject, message, headers.clone(), sequence)
+                .await
+            {
                 Ok(()) => break,
                 Err(error) => {
                     tracing::warn!(%error, sequence, "failed to publish dead letter, retrying");
@@ -85,12 +97,18 @@ impl DeadLetters {
             .payload(message.payload.clone())
             .headers(headers)
             .message_id(format!("dlq-{sequence}"));
-        self.js.send_publish(subject.to_owned(), publish).await?.await?;
+        self.js
+            .send_publish(subject.to_owned(), publish)
+            .await?
+            .await?;
         Ok(())
     }
 }
 
 /// NATS header values cannot hold line breaks; keep them on one bounded line.
 fn header_safe(s: &str) -> String {
-    s.chars().take(1000).map(|c| if c.is_control() { ' ' } else { c }).collect()
+    s.chars()
+        .take(1000)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }

@@ -15,7 +15,11 @@ struct Args {
     #[arg(long, short, env = "SIGHTLINE_INGEST_CONFIG")]
     config: Option<PathBuf>,
     /// Address for /healthz, /readyz and /metrics.
-    #[arg(long, env = "SIGHTLINE_INGEST_LISTEN", default_value = "127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "SIGHTLINE_INGEST_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
     listen: SocketAddr,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `sightline_ingest=debug`.
     #[arg(long, env = "SIGHTLINE_LOG", default_value = "info")]
@@ -37,7 +41,10 @@ async fn main() -> anyhow::Result<()> {
         None => IngestConfig::default(),
     };
     if args.check_config {
-        println!("{}", toml::to_string_pretty(&config).context("failed to print config")?);
+        println!(
+            "{}",
+            toml::to_string_pretty(&config).context("failed to print config")?
+        );
         return Ok(());
     }
     let listener = tokio::net::TcpListener::bind(args.listen)

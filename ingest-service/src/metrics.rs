@@ -68,21 +68,55 @@ impl Metrics {
             pending_rows: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("sightline_ingest");
-        r.register("messages_received", "Messages fetched from JetStream", metrics.messages_received.clone());
-        r.register("rows_inserted", "Rows written to ClickHouse", metrics.rows_inserted.clone());
-        r.register("messages_acked", "Messages acknowledged after their insert", metrics.messages_acked.clone());
-        r.register("ack_errors", "Acks that could not be sent (the message will be redelivered)", metrics.ack_errors.clone());
-        r.register("dead_letters", "Messages sent to the dead-letter stream, by reason", metrics.dead_letters.clone());
-        r.register("inserts", "INSERT attempts by outcome", metrics.inserts.clone());
-        r.register("insert_duration_seconds", "Time of one INSERT attempt", metrics.insert_seconds.clone());
+        r.register(
+            "messages_received",
+            "Messages fetched from JetStream",
+            metrics.messages_received.clone(),
+        );
+        r.register(
+            "rows_inserted",
+            "Rows written to ClickHouse",
+            metrics.rows_inserted.clone(),
+        );
+        r.register(
+            "messages_acked",
+            "Messages acknowledged after their insert",
+            metrics.messages_acked.clone(),
+        );
+        r.register(
+            "ack_errors",
+            "Acks that could not be sent (the message will be redelivered)",
+            metrics.ack_errors.clone(),
+        );
+        r.register(
+            "dead_letters",
+            "Messages sent to the dead-letter stream, by reason",
+            metrics.dead_letters.clone(),
+        );
+        r.register(
+            "inserts",
+            "INSERT attempts by outcome",
+            metrics.inserts.clone(),
+        );
+        r.register(
+            "insert_duration_seconds",
+            "Time of one INSERT attempt",
+            metrics.insert_seconds.clone(),
+        );
         r.register("batch_rows", "Rows per INSERT", metrics.batch_rows.clone());
-        r.register("pending_rows", "Rows fetched and waiting for their INSERT", metrics.pending_rows.clone());
+        r.register(
+            "pending_rows",
+            "Rows fetched and waiting for their INSERT",
+            metrics.pending_rows.clone(),
+        );
         metrics
     }
 
     /// Counts one dead letter.
     pub fn dead_letter(&self, reason: DeadLetterReason) {
-        self.dead_letters.get_or_create(&ReasonLabel { reason }).inc();
+        self.dead_letters
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Counts one INSERT attempt.

@@ -33,7 +33,12 @@ pub async fn declare(
 ) -> anyhow::Result<consumer::PullConsumer> {
     js.create_or_update_stream(events_stream_config(config))
         .await
-        .with_context(|| format!("failed to create or update stream {}", subjects::EVENTS_STREAM))?;
+        .with_context(|| {
+            format!(
+                "failed to create or update stream {}",
+                subjects::EVENTS_STREAM
+            )
+        })?;
     js.create_or_update_stream(stream::Config {
         name: subjects::DEADLETTER_STREAM.into(),
         description: Some("Messages Sightline ingest could not store, with the reason".into()),
@@ -45,7 +50,12 @@ pub async fn declare(
         ..Default::default()
     })
     .await
-    .with_context(|| format!("failed to create or update stream {}", subjects::DEADLETTER_STREAM))?;
+    .with_context(|| {
+        format!(
+            "failed to create or update stream {}",
+            subjects::DEADLETTER_STREAM
+        )
+    })?;
     let stream = js.get_stream(subjects::EVENTS_STREAM).await?;
     let name = &config.consumer.durable_name;
     let consumer_config = consumer::pull::Config {

@@ -186,15 +186,25 @@ impl EventRow {
             .zip(self.det_x_min.into_iter().zip(self.det_y_min))
             .zip(self.det_x_max.into_iter().zip(self.det_y_max))
             .zip(self.det_track_id)
-            .map(|(((((label, class_id), confidence), (x_min, y_min)), (x_max, y_max)), track_id)| {
-                Detection {
-                    label,
-                    class_id,
-                    confidence,
-                    bbox: BoundingBox { x_min, y_min, x_max, y_max },
+            .map(
+                |(
+                    ((((label, class_id), confidence), (x_min, y_min)), (x_max, y_max)),
                     track_id,
-                }
-            })
+                )| {
+                    Detection {
+                        label,
+                        class_id,
+                        confidence,
+                        bbox: BoundingBox {
+                            x_min,
+                            y_min,
+                            x_max,
+                            y_max,
+                        },
+                        track_id,
+                    }
+                },
+            )
             .collect();
         DetectionEvent {
             event_id: EventId::from_uuid(self.event_id),
@@ -205,7 +215,10 @@ impl EventRow {
             frame_seq: self.frame_seq,
             motion_score: self.motion_score,
             detections,
-            model: ModelInfo { name: self.model_name, version: self.model_version },
+            model: ModelInfo {
+                name: self.model_name,
+                version: self.model_version,
+            },
             inference_ms: self.inference_ms,
             snapshot: self.snapshot,
             description: self.description,
@@ -236,18 +249,31 @@ mod tests {
                     label: "person".into(),
                     class_id: 0,
                     confidence: 0.75,
-                    bbox: BoundingBox { x_min: 0.1, y_min: 0.2, x_max: 0.3, y_max: 0.4 },
+                    bbox: BoundingBox {
+                        x_min: 0.1,
+                        y_min: 0.2,
+                        x_max: 0.3,
+                        y_max: 0.4,
+                    },
                     track_id: None,
                 },
                 Detection {
                     label: "car".into(),
                     class_id: 2,
                     confidence: 0.5,
-                    bbox: BoundingBox { x_min: 0.0, y_min: 0.0, x_max: 1.0, y_max: 1.0 },
+                    bbox: BoundingBox {
+                        x_min: 0.0,
+                        y_min: 0.0,
+                        x_max: 1.0,
+                        y_max: 1.0,
+                    },
                     track_id: Some(4),
                 },
             ],
-            model: ModelInfo { name: "m".into(), version: "1".into() },
+            model: ModelInfo {
+                name: "m".into(),
+                version: "1".into(),
+            },
             inference_ms: 3.5,
             snapshot: Some("2026-11-18/c/x.jpg".into()),
             description: None,

@@ -45,7 +45,11 @@ pub async fn run(
     let nats = sightline_runtime::connect_nats(&config.nats, "sightline-ingest").await?;
 
     let http = tokio::spawn({
-        let state = HttpState { registry: Arc::new(registry), sink: sink.clone(), nats: nats.clone() };
+        let state = HttpState {
+            registry: Arc::new(registry),
+            sink: sink.clone(),
+            nats: nats.clone(),
+        };
         let cancel = cancel.clone();
         async move {
             axum::serve(http_listener, router(state))
@@ -54,14 +58,21 @@ pub async fn run(
         }
     });
 
-    if retry("create the ClickHouse schema", &cancel, || schema::ensure(&admin, &config.clickhouse.database))
-        .await
-        .is_none()
+    if retry("create the ClickHouse schema", &cancel, || {
+        schema::ensure(&admin, &config.clickhouse.database)
+    })
+    .await
+    .is_none()
     {
         return finish(http, nats).await;
     }
     let js = async_nats::jetstream::new(nats.clone());
-    let Some(consumer) = retry("declare the JetStream streams and consumer", &cancel, || nats::declare(&js, &config)).await
+    let Some(consumer) = retry(
+        "declare the JetStream streams and consumer",
+        &cancel,
+        || nats::declare(&js, &config),
+    )
+    .await
     else {
         return finish(http, nats).await;
     };
@@ -72,9 +83,16 @@ pub async fn run(
         "ingest running"
     );
     let dead_letters = DeadLetters::new(js, metrics.clone());
-    Consumer::new(consumer, config.consumer.clone(), config.batch.clone(), sink, dead_letters, metrics)
-        .run(cancel.clone())
-        .await?;
+    Consumer::new(
+        consumer,
+        config.consumer.clone(),
+        config.batch.clone(),
+        sink,
+        dead_letters,
+        metrics,
+    )
+    .run(cancel.clone())
+    .await?;
     finish(http, nats).await
 }
 
@@ -86,7 +104,9 @@ async fn finish(
     if let Err(error) = nats.flush().await {
         tracing::warn!(%error, "failed to flush NATS on shutdown");
     }
-    http.await.context("HTTP task panicked")?.context("HTTP server failed")?;
+    http.await
+        .context("HTTP task panicked")?
+        .context("HTTP server failed")?;
     tracing::info!("ingest stopped");
     Ok(())
 }

@@ -39,13 +39,17 @@ impl InsertError {
         use clickhouse::error::Error as E;
         match &error {
             E::BadResponse(text) => match server_code(text) {
-                Some(code) if PERMANENT_CODES.contains(&code) => Self::Permanent { code, source: error },
+                Some(code) if PERMANENT_CODES.contains(&code) => Self::Permanent {
+                    code,
+                    source: error,
+                },
                 _ => Self::Transient(error),
             },
             // Our own rows failed to serialize: retrying cannot help.
-            E::Custom(_) | E::DataFormat(_) | E::SequenceMustHaveLength => {
-                Self::Permanent { code: 0, source: error }
-            }
+            E::Custom(_) | E::DataFormat(_) | E::SequenceMustHaveLength => Self::Permanent {
+                code: 0,
+                source: error,
+            },
             _ => Self::Transient(error),
         }
     }
@@ -69,14 +73,20 @@ pub struct Sink {
 impl Sink {
     /// A sink writing through `client` (which names the database).
     pub fn new(client: Client, timeout: Duration, metrics: Metrics) -> Self {
-        Self { client, timeout, metrics }
+        Self {
+            client,
+            timeout,
+            metrics,
+        }
     }
 
     /// Writes `rows` in one INSERT; they are all stored or none is.
     pub async fn insert(&self, rows: &[EventRow]) -> Result<(), InsertError> {
         let started = Instant::now();
         let result = self.try_insert(rows).await.map_err(InsertError::classify);
-        self.metrics.insert_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .insert_seconds
+            .observe(started.elapsed().as_secs_f64());
         match &result {
             Ok(()) => {
                 self.metrics.insert(InsertOutcome::Ok);
@@ -84,7 +94,9 @@ impl Sink {
                 self.metrics.rows_inserted.inc_by(rows.len() as u64);
             }
             Err(InsertError::Transient(_)) => self.metrics.insert(InsertOutcome::TransientError),
-            Err(InsertError::Permanent { .. }) => self.metrics.insert(InsertOutcome::PermanentError),
+            Err(InsertError::Permanent { .. }) => {
+                self.metrics.insert(InsertOutcome::PermanentError)
+            }
         }
         result
     }
@@ -113,16 +125,26 @@ mod tests {
 
     #[test]
     fn reads_server_codes() {
-        assert_eq!(server_code("Code: 117, e.displayText() = DB::Exception: bad"), Some(117));
-        assert_eq!(server_code("bad response: Code: 53. DB::Exception: Type mismatch"), Some(53));
+        assert_eq!(
+            server_code("Code: 117, e.displayText() = DB::Exception: bad"),
+            Some(117)
+        );
+        assert_eq!(
+            server_code("bad response: Code: 53. DB::Exception: Type mismatch"),
+            Some(53)
+        );
         assert_eq!(server_code("connection refused"), None);
     }
 
     #[test]
     fn classifies_data_errors_as_permanent() {
-        let e = InsertError::classify(clickhouse::error::Error::BadResponse("Code: 117. DB::Exception: x".into()));
+        let e = InsertError::classify(clickhouse::error::Error::BadResponse(
+            "Code: 117. DB::Exception: x".into(),
+        ));
         assert!(matches!(e, InsertError::Permanent { code: 117, .. }));
-        let e = InsertError::classify(clickhouse::error::Error::BadResponse("Code: 252. Too many parts".into()));
+        let e = InsertError::classify(clickhouse::error::Error::BadResponse(
+            "Code: 252. Too many parts".into(),
+        ));
         assert!(matches!(e, InsertError::Transient(_)));
         let e = InsertError::classify(clickhouse::error::Error::TimedOut);
         assert!(matches!(e, InsertError::Transient(_)));

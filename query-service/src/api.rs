@@ -66,9 +66,10 @@ impl IntoResponse for ApiError {
                 StatusCode::BAD_REQUEST,
                 json!({"error": {"code": "bad_parameter", "parameter": e.parameter, "message": e.message}}),
             ),
-            Self::NotFound(message) => {
-                (StatusCode::NOT_FOUND, json!({"error": {"code": "not_found", "message": message}}))
-            }
+            Self::NotFound(message) => (
+                StatusCode::NOT_FOUND,
+                json!({"error": {"code": "not_found", "message": message}}),
+            ),
             Self::Store(error @ StoreError::Unavailable(_)) => {
                 tracing::error!(%error, "storage unavailable");
                 (
@@ -97,7 +98,10 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, request_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::GATEWAY_TIMEOUT,
+            request_timeout,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
@@ -118,10 +122,15 @@ async fn get_event(
     RawQuery(query): RawQuery,
 ) -> Result<Json<DetectionEvent>, ApiError> {
     params::pairs(query.as_deref(), &[])?;
-    let id: EventId = id
-        .parse()
-        .map_err(|_| ParamError { parameter: "id".into(), message: "must be a UUID such as 0190b1d2-...".into() })?;
-    let event = state.store.get_event(id).await?.ok_or_else(|| ApiError::NotFound(format!("no event {id}")))?;
+    let id: EventId = id.parse().map_err(|_| ParamError {
+        parameter: "id".into(),
+        message: "must be a UUID such as 0190b1d2-...".into(),
+    })?;
+    let event = state
+        .store
+        .get_event(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no event {id}")))?;
     state.metrics.events_returned.inc();
     Ok(Json(event))
 }
@@ -131,7 +140,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
         Ok(()) => Json(json!({"status": "ready", "clickhouse": true})).into_response(),
         Err(error) => {
             tracing::warn!(%error, "not ready");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not ready", "clickhouse": false}))).into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "not ready", "clickhouse": false})),
+            )
+                .into_response()
         }
     }
 }
@@ -140,7 +153,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
         Ok(()) => (
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             body,
         )
             .into_response(),
@@ -162,12 +178,17 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
     state
         .metrics
         .latency
-        .get_or_create(&Route { route: route.clone() })
+        .get_or_create(&Route {
+            route: route.clone(),
+        })
         .observe(started.elapsed().as_secs_f64());
     state
         .metrics
         .requests
-        .get_or_create(&RouteStatus { route, status: response.status().as_u16() })
+        .get_or_create(&RouteStatus {
+            route,
+            status: response.status().as_u16(),
+        })
         .inc();
     response
 }

@@ -20,7 +20,10 @@ pub enum ConfigError {
     #[error("invalid config file {path}: {message}")]
     Parse { path: String, message: String },
     #[error("invalid config: {field}: {problem}")]
-    Invalid { field: &'static str, problem: String },
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
 }
 
 /// The whole query-service configuration.
@@ -55,19 +58,31 @@ impl QueryConfig {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
-        let config: Self =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: shown, message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let config: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: shown,
+            message: e.to_string(),
+        })?;
         config.validate()?;
         Ok(config)
     }
 
     /// Checks the values serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field, problem: &str| Err(ConfigError::Invalid { field, problem: problem.into() });
+        let invalid = |field, problem: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                problem: problem.into(),
+            })
+        };
         if !is_identifier(&self.clickhouse.database) {
-            return invalid("clickhouse.database", "must be 1-64 characters of A-Z a-z 0-9 _ -");
+            return invalid(
+                "clickhouse.database",
+                "must be 1-64 characters of A-Z a-z 0-9 _ -",
+            );
         }
         if self.max_limit == 0 || self.max_limit > 100_000 {
             return invalid("max_limit", "must be 1 to 100000");
@@ -91,7 +106,8 @@ mod tests {
 
     #[test]
     fn names_the_bad_field() {
-        let dir = std::env::temp_dir().join(format!("sightline-query-config-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("sightline-query-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("bad.toml");
         std::fs::write(&path, "default_limit = 5000\n").unwrap();
@@ -99,7 +115,10 @@ mod tests {
         assert!(err.to_string().contains("default_limit"), "{err}");
         std::fs::write(&path, "max_limt = 5\n").unwrap();
         let err = QueryConfig::load(&path).unwrap_err();
-        assert!(err.to_string().contains("max_limt") && err.to_string().contains("bad.toml"), "{err}");
+        assert!(
+            err.to_string().contains("max_limt") && err.to_string().contains("bad.toml"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -37,7 +37,10 @@ async fn main() -> anyhow::Result<()> {
         None => QueryConfig::default(),
     };
     if args.check_config {
-        println!("{}", toml::to_string_pretty(&config).context("failed to print config")?);
+        println!(
+            "{}",
+            toml::to_string_pretty(&config).context("failed to print config")?
+        );
         return Ok(());
     }
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -31,13 +31,27 @@ impl Metrics {
     pub fn new(registry: &mut Registry) -> Self {
         let metrics = Self {
             requests: Family::default(),
-            latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
+            latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            }),
             events_returned: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("sightline_query");
-        r.register("http_requests", "HTTP requests by route and status", metrics.requests.clone());
-        r.register("http_request_duration_seconds", "HTTP request latency by route", metrics.latency.clone());
-        r.register("events_returned", "Events returned to clients", metrics.events_returned.clone());
+        r.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            metrics.requests.clone(),
+        );
+        r.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            metrics.latency.clone(),
+        );
+        r.register(
+            "events_returned",
+            "Events returned to clients",
+            metrics.events_returned.clone(),
+        );
         metrics
     }
 }

@@ -16,7 +16,10 @@ pub struct ParamError {
 
 impl ParamError {
     fn new(parameter: &str, message: impl Into<String>) -> Self {
-        Self { parameter: parameter.into(), message: message.into() }
+        Self {
+            parameter: parameter.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -41,8 +44,15 @@ pub fn pairs(raw: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, String)
     for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         if !allowed.contains(&key.as_ref()) {
             let shown: String = key.chars().take(64).collect();
-            let expected = if allowed.is_empty() { "none".to_owned() } else { allowed.join(", ") };
-            return Err(ParamError::new(&shown, format!("unknown parameter (expected: {expected})")));
+            let expected = if allowed.is_empty() {
+                "none".to_owned()
+            } else {
+                allowed.join(", ")
+            };
+            return Err(ParamError::new(
+                &shown,
+                format!("unknown parameter (expected: {expected})"),
+            ));
         }
         if !seen.insert(key.clone()) {
             return Err(ParamError::new(&key, "given more than once"));
@@ -53,13 +63,25 @@ pub fn pairs(raw: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, String)
 }
 
 /// Parses `camera`, `since`, `until` and `limit`.
-pub fn event_filter(raw: Option<&str>, default_limit: u32, max_limit: u32) -> Result<EventFilter, ParamError> {
-    let mut filter = EventFilter { camera: None, since: None, until: None, limit: default_limit };
+pub fn event_filter(
+    raw: Option<&str>,
+    default_limit: u32,
+    max_limit: u32,
+) -> Result<EventFilter, ParamError> {
+    let mut filter = EventFilter {
+        camera: None,
+        since: None,
+        until: None,
+        limit: default_limit,
+    };
     for (key, value) in pairs(raw, &["camera", "since", "until", "limit"])? {
         match key.as_str() {
             "camera" => {
                 if !is_identifier(&value) {
-                    return Err(ParamError::new("camera", "must be 1-64 characters of A-Z a-z 0-9 _ -"));
+                    return Err(ParamError::new(
+                        "camera",
+                        "must be 1-64 characters of A-Z a-z 0-9 _ -",
+                    ));
                 }
                 filter.camera = Some(value);
             }
@@ -70,7 +92,12 @@ pub fn event_filter(raw: Option<&str>, default_limit: u32, max_limit: u32) -> Re
                     .parse::<u32>()
                     .ok()
                     .filter(|n| (1..=max_limit).contains(n))
-                    .ok_or_else(|| ParamError::new("limit", format!("must be an integer from 1 to {max_limit}")))?;
+                    .ok_or_else(|| {
+                        ParamError::new(
+                            "limit",
+                            format!("must be an integer from 1 to {max_limit}"),
+                        )
+                    })?;
             }
             _ => unreachable!("pairs() only yields allowed keys"),
         }
@@ -104,8 +131,12 @@ mod tests {
 
     #[test]
     fn parses_a_full_filter() {
-        let f = event_filter(Some("camera=gate-1&since=2026-11-22T00:00:00Z&until=1800000000000&limit=5"), 100, 1000)
-            .unwrap();
+        let f = event_filter(
+            Some("camera=gate-1&since=2026-11-22T00:00:00Z&until=1800000000000&limit=5"),
+            100,
+            1000,
+        )
+        .unwrap();
         assert_eq!(f.camera.as_deref(), Some("gate-1"));
         assert_eq!(f.since.unwrap().to_rfc3339(), "2026-11-22T00:00:00.000Z");
         assert_eq!(f.until.unwrap().as_millis(), 1_800_000_000_000);
@@ -124,7 +155,10 @@ mod tests {
             ("camera=", "camera"),
             ("since=yesterday", "since"),
             ("until=-5", "until"),
-            ("since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z", "until"),
+            (
+                "since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z",
+                "until",
+            ),
             ("cameras=x", "cameras"),
             ("limit=1&limit=2", "limit"),
         ] {

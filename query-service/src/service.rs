@@ -20,7 +20,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
-    let client = sightline_ingest::schema::client(&config.clickhouse)?.with_database(&config.clickhouse.database);
+    let client = sightline_ingest::schema::client(&config.clickhouse)?
+        .with_database(&config.clickhouse.database);
     let state = AppState {
         store: Store::new(client, config.query_timeout_secs),
         metrics,
@@ -30,7 +31,9 @@ pub async fn run(
     };
     let app = router(state, Duration::from_secs(config.request_timeout_secs));
     tracing::info!(address = %listener.local_addr()?, "query service listening");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
     tracing::info!("query service stopped");
     Ok(())
 }

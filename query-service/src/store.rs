@@ -40,11 +40,16 @@ impl Store {
     /// A store over `client`, which names the database. Each query is limited to
     /// `query_timeout_secs` of execution time on the server.
     pub fn new(client: Client, query_timeout_secs: u64) -> Self {
-        Self { client: client.with_setting("max_execution_time", query_timeout_secs.to_string()) }
+        Self {
+            client: client.with_setting("max_execution_time", query_timeout_secs.to_string()),
+        }
     }
 
     /// Events matching `filter`, newest first, each at most once.
-    pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<DetectionEvent>, StoreError> {
+    pub async fn list_events(
+        &self,
+        filter: &EventFilter,
+    ) -> Result<Vec<DetectionEvent>, StoreError> {
         let mut sql = format!("SELECT ?fields FROM {EVENTS_TABLE} WHERE 1");
         if filter.camera.is_some() {
             sql.push_str(" AND camera_id = ?");
@@ -75,7 +80,9 @@ impl Store {
     pub async fn get_event(&self, id: EventId) -> Result<Option<DetectionEvent>, StoreError> {
         let row = self
             .client
-            .query(&format!("SELECT ?fields FROM {EVENTS_TABLE} WHERE event_id = toUUID(?) LIMIT 1"))
+            .query(&format!(
+                "SELECT ?fields FROM {EVENTS_TABLE} WHERE event_id = toUUID(?) LIMIT 1"
+            ))
             .bind(id.to_string())
             .fetch_optional::<EventRow>()
             .await?;

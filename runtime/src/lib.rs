@@ -7,7 +7,8 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global tracing subscriber: `filter` in `EnvFilter` syntax (`info`,
 /// `sightline_ingest=debug,info`), as text or as JSON lines.
 pub fn init_tracing(filter: &str, json: bool) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(filter).with_context(|| format!("invalid log filter {filter:?}"))?;
+    let filter =
+        EnvFilter::try_new(filter).with_context(|| format!("invalid log filter {filter:?}"))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if json {
         builder.json().init();
@@ -59,7 +60,9 @@ pub async fn connect_nats(
         .event_callback(|event| async move {
             match event {
                 async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS, reconnecting"),
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("disconnected from NATS, reconnecting")
+                }
                 other => tracing::info!(event = %other, "NATS event"),
             }
         });

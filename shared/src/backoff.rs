@@ -14,7 +14,11 @@ pub struct Backoff {
 impl Backoff {
     /// A backoff starting at `initial` and never exceeding `max`.
     pub fn new(initial: Duration, max: Duration) -> Self {
-        Self { initial, max, current: initial }
+        Self {
+            initial,
+            max,
+            current: initial,
+        }
     }
 
     /// The next delay. `jitter` in `0.0..=1.0` picks a point between half and all of the
@@ -22,7 +26,11 @@ impl Backoff {
     pub fn next_delay(&mut self, jitter: f64) -> Duration {
         let nominal = self.current;
         self.current = (self.current * 2).min(self.max);
-        let jitter = if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 1.0 };
+        let jitter = if jitter.is_finite() {
+            jitter.clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
         nominal.mul_f64(0.5 + 0.5 * jitter)
     }
 

@@ -76,13 +76,20 @@ pub struct ContentType {
 impl ContentType {
     /// The content type for the current schema version in `encoding`.
     pub const fn current(encoding: Encoding) -> Self {
-        Self { encoding, schema_version: SCHEMA_VERSION }
+        Self {
+            encoding,
+            schema_version: SCHEMA_VERSION,
+        }
     }
 }
 
 impl fmt::Display for ContentType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{MEDIA_TYPE_PREFIX}{}+{}", self.schema_version, self.encoding)
+        write!(
+            f,
+            "{MEDIA_TYPE_PREFIX}{}+{}",
+            self.schema_version, self.encoding
+        )
     }
 }
 
@@ -94,15 +101,25 @@ impl FromStr for ContentType {
     /// [`decode`] does, so the two failures stay distinct.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let unsupported = || CodecError::UnsupportedContentType(s.chars().take(200).collect());
-        let media = s.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-        let rest = media.strip_prefix(MEDIA_TYPE_PREFIX).ok_or_else(unsupported)?;
+        let media = s
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        let rest = media
+            .strip_prefix(MEDIA_TYPE_PREFIX)
+            .ok_or_else(unsupported)?;
         let (version, encoding) = rest.split_once('+').ok_or_else(unsupported)?;
         if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
             return Err(unsupported());
         }
         let schema_version = version.parse().map_err(|_| unsupported())?;
         let encoding = encoding.parse().map_err(|_| unsupported())?;
-        Ok(Self { encoding, schema_version })
+        Ok(Self {
+            encoding,
+            schema_version,
+        })
     }
 }
 
@@ -110,9 +127,14 @@ impl FromStr for ContentType {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum CodecError {
-    #[error("missing {CONTENT_TYPE_HEADER} header (expected e.g. {})", ContentType::current(Encoding::Bincode))]
+    #[error(
+        "missing {CONTENT_TYPE_HEADER} header (expected e.g. {})",
+        ContentType::current(Encoding::Bincode)
+    )]
     MissingContentType,
-    #[error("unsupported content type {0:?} (expected application/vnd.sightline.event.v<N>+bincode or +json)")]
+    #[error(
+        "unsupported content type {0:?} (expected application/vnd.sightline.event.v<N>+bincode or +json)"
+    )]
     UnsupportedContentType(String),
     #[error("unsupported schema version {found} (this build reads version {SCHEMA_VERSION})")]
     UnsupportedVersion { found: u16 },
@@ -141,7 +163,10 @@ pub fn encode(event: &DetectionEvent, encoding: Encoding) -> Result<Vec<u8>, Cod
         Encoding::Json => serde_json::to_vec(event).map_err(|e| encode_err(e.to_string()))?,
     };
     if bytes.len() > MAX_PAYLOAD_BYTES {
-        return Err(encode_err(format!("{} bytes exceeds the limit of {MAX_PAYLOAD_BYTES}", bytes.len())));
+        return Err(encode_err(format!(
+            "{} bytes exceeds the limit of {MAX_PAYLOAD_BYTES}",
+            bytes.len()
+        )));
     }
     Ok(bytes)
 }
@@ -151,14 +176,18 @@ pub fn encode(event: &DetectionEvent, encoding: Encoding) -> Result<Vec<u8>, Cod
 /// Validation of the contents (ranges, ids, clock) is separate:
 /// [`DetectionEvent::validate`].
 pub fn decode(content_type: Option<&str>, payload: &[u8]) -> Result<DetectionEvent, CodecError> {
-    let content_type: ContentType = content_type.ok_or(CodecError::MissingContentType)?.parse()?;
+    let content_type: ContentType = content_type
+        .ok_or(CodecError::MissingContentType)?
+        .parse()?;
     decode_as(content_type, payload)
 }
 
 /// Decodes a payload whose content type is already parsed.
 pub fn decode_as(content_type: ContentType, payload: &[u8]) -> Result<DetectionEvent, CodecError> {
     if content_type.schema_version != SCHEMA_VERSION {
-        return Err(CodecError::UnsupportedVersion { found: content_type.schema_version });
+        return Err(CodecError::UnsupportedVersion {
+            found: content_type.schema_version,
+        });
     }
     if payload.len() > MAX_PAYLOAD_BYTES {
         return Err(CodecError::TooLarge { len: payload.len() });
@@ -170,7 +199,10 @@ pub fn decode_as(content_type: ContentType, payload: &[u8]) -> Result<DetectionE
             let (event, used) = bincode::serde::decode_from_slice(payload, bincode_config())
                 .map_err(|e| malformed(e.to_string()))?;
             if used != payload.len() {
-                return Err(CodecError::TrailingBytes { encoding, extra: payload.len() - used });
+                return Err(CodecError::TrailingBytes {
+                    encoding,
+                    extra: payload.len() - used,
+                });
             }
             event
         }
@@ -285,7 +317,10 @@ mod tests {
             frame_seq: 1,
             motion_score: 0.5,
             detections: vec![],
-            model: ModelInfo { name: "nanodet".into(), version: "1".into() },
+            model: ModelInfo {
+                name: "nanodet".into(),
+                version: "1".into(),
+            },
             inference_ms: 1.0,
             snapshot: None,
             description: None,
@@ -299,7 +334,9 @@ mod tests {
             let ct = ContentType::current(encoding);
             assert_eq!(ct.to_string().parse::<ContentType>().unwrap(), ct);
         }
-        let ct: ContentType = "Application/VND.Sightline.Event.V1+JSON; charset=utf-8".parse().unwrap();
+        let ct: ContentType = "Application/VND.Sightline.Event.V1+JSON; charset=utf-8"
+            .parse()
+            .unwrap();
         assert_eq!(ct, ContentType::current(Encoding::Json));
     }
 
@@ -308,7 +345,10 @@ mod tests {
         let event = sample();
         let bin = encode(&event, Encoding::Bincode).unwrap();
         assert_eq!(decode(None, &bin), Err(CodecError::MissingContentType));
-        assert!(matches!(decode(Some("text/plain"), &bin), Err(CodecError::UnsupportedContentType(_))));
+        assert!(matches!(
+            decode(Some("text/plain"), &bin),
+            Err(CodecError::UnsupportedContentType(_))
+        ));
         assert!(matches!(
             decode(Some("application/vnd.sightline.event.v1+xml"), &bin),
             Err(CodecError::UnsupportedContentType(_))
@@ -317,7 +357,7 @@ mod tests {
             decode(Some("application/vnd.sightline.event.v2+bincode"), &bin),
             Err(CodecError::UnsupportedVersion { found: 2 })
         );
-        let mut long = bin.clone();
+        let mut long = bin;
         long.push(0);
         assert!(matches!(
             decode(Some("application/vnd.sightline.event.v1+bincode"), &long),
@@ -325,7 +365,10 @@ mod tests {
         ));
         assert!(matches!(
             decode(Some("application/vnd.sightline.event.v1+json"), b"garbage"),
-            Err(CodecError::Malformed { encoding: Encoding::Json, .. })
+            Err(CodecError::Malformed {
+                encoding: Encoding::Json,
+                ..
+            })
         ));
         let huge = vec![b' '; MAX_PAYLOAD_BYTES + 1];
         assert!(matches!(
@@ -337,7 +380,10 @@ mod tests {
         let bytes = serde_json::to_vec(&json).unwrap();
         assert_eq!(
             decode(Some("application/vnd.sightline.event.v1+json"), &bytes),
-            Err(CodecError::VersionMismatch { header: 1, payload: 2 })
+            Err(CodecError::VersionMismatch {
+                header: 1,
+                payload: 2
+            })
         );
     }
 
@@ -345,8 +391,11 @@ mod tests {
     fn json_rejects_unknown_fields_and_names_them() {
         let mut json: serde_json::Value = serde_json::to_value(sample()).unwrap();
         json["colour"] = "red".into();
-        let err = decode(Some("application/vnd.sightline.event.v1+json"), &serde_json::to_vec(&json).unwrap())
-            .unwrap_err();
+        let err = decode(
+            Some("application/vnd.sightline.event.v1+json"),
+            &serde_json::to_vec(&json).unwrap(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
     }
 
@@ -355,13 +404,21 @@ mod tests {
         let event = sample();
         let json = String::from_utf8(encode(&event, Encoding::Json).unwrap()).unwrap();
         assert!(json.contains("\"captured_at\":\"2026-11-18T"), "{json}");
-        assert!(json.contains(&format!("\"event_id\":\"{}\"", event.event_id)), "{json}");
+        assert!(
+            json.contains(&format!("\"event_id\":\"{}\"", event.event_id)),
+            "{json}"
+        );
     }
 
     #[test]
     fn bincode_is_compact() {
         let bin = encode(&sample(), Encoding::Bincode).unwrap();
         let json = encode(&sample(), Encoding::Json).unwrap();
-        assert!(bin.len() * 3 < json.len(), "bincode {} bytes vs json {}", bin.len(), json.len());
+        assert!(
+            bin.len() * 3 < json.len(),
+            "bincode {} bytes vs json {}",
+            bin.len(),
+            json.len()
+        );
     }
 }

@@ -20,7 +20,10 @@ pub struct NatsConfig {
 
 impl Default for NatsConfig {
     fn default() -> Self {
-        Self { url: default_nats_url(), credentials_file: None }
+        Self {
+            url: default_nats_url(),
+            credentials_file: None,
+        }
     }
 }
 

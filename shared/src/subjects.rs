@@ -63,10 +63,22 @@ mod tests {
 
     #[test]
     fn rejects_foreign_subjects() {
-        for s in ["sightline.events.a", "sightline.events.a.b.c", "other.events.a.b", "sightline.events.*.b", ""] {
+        for s in [
+            "sightline.events.a",
+            "sightline.events.a.b.c",
+            "other.events.a.b",
+            "sightline.events.*.b",
+            "",
+        ] {
             assert_eq!(parse_event_subject(s), None, "{s}");
         }
-        assert_eq!(deadletter_subject("sightline.events.a.b.c"), "sightline.deadletter.events._unknown");
-        assert_eq!(deadletter_subject("sightline.events.a.b"), "sightline.deadletter.events.a.b");
+        assert_eq!(
+            deadletter_subject("sightline.events.a.b.c"),
+            "sightline.deadletter.events._unknown"
+        );
+        assert_eq!(
+            deadletter_subject("sightline.events.a.b"),
+            "sightline.deadletter.events.a.b"
+        );
     }
 }

@@ -98,11 +98,14 @@ impl de::Visitor<'_> for HumanVisitor {
     type Value = Timestamp;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an RFC 3339 timestamp such as \"2026-11-22T03:55:00.123Z\" or epoch milliseconds")
+        f.write_str(
+            "an RFC 3339 timestamp such as \"2026-11-22T03:55:00.123Z\" or epoch milliseconds",
+        )
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Timestamp, E> {
-        Timestamp::parse_rfc3339(v).map_err(|e| E::custom(format_args!("invalid timestamp {v:?}: {e}")))
+        Timestamp::parse_rfc3339(v)
+            .map_err(|e| E::custom(format_args!("invalid timestamp {v:?}: {e}")))
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Timestamp, E> {

@@ -42,17 +42,34 @@ pub enum ValidationError {
     #[error("event_id: {id} is not a UUIDv7 (version {version})")]
     NotUuidV7 { id: String, version: usize },
     #[error("{field}: must be 1 to {max} characters of A-Z a-z 0-9 _ -, got {value:?}")]
-    BadIdentifier { field: String, value: String, max: usize },
+    BadIdentifier {
+        field: String,
+        value: String,
+        max: usize,
+    },
     #[error("{field}: must not be empty")]
     Empty { field: String },
     #[error("{field}: {len} bytes is longer than the limit of {max}")]
-    TooLong { field: String, len: usize, max: usize },
+    TooLong {
+        field: String,
+        len: usize,
+        max: usize,
+    },
     #[error("{field}: contains control characters")]
     ControlCharacters { field: String },
     #[error("{field}: {count} entries is more than the limit of {max}")]
-    TooMany { field: String, count: usize, max: usize },
+    TooMany {
+        field: String,
+        count: usize,
+        max: usize,
+    },
     #[error("{field}: {value} is outside {min}..={max}")]
-    OutOfRange { field: String, value: f64, min: f64, max: f64 },
+    OutOfRange {
+        field: String,
+        value: f64,
+        min: f64,
+        max: f64,
+    },
     #[error("{field}: box is inverted ({min} > {max})")]
     InvertedBox { field: String, min: f32, max: f32 },
     #[error("captured_at: {at} is more than {}s ahead of the receiver's clock ({now})", MAX_FUTURE_SKEW_MS / 1000)]
@@ -65,7 +82,9 @@ impl DetectionEvent {
     /// Checks every rule of the v1 contract; `now` is the validator's clock.
     pub fn validate(&self, now: Timestamp) -> Result<(), ValidationError> {
         if self.schema_version != SCHEMA_VERSION {
-            return Err(ValidationError::SchemaVersion { found: self.schema_version });
+            return Err(ValidationError::SchemaVersion {
+                found: self.schema_version,
+            });
         }
         let version = self.event_id.as_uuid().get_version_num();
         if version != 7 {
@@ -77,34 +96,64 @@ impl DetectionEvent {
         identifier("edge_id", &self.edge_id)?;
         identifier("camera_id", &self.camera_id)?;
         if self.captured_at < MIN_CAPTURED_AT {
-            return Err(ValidationError::TooOld { at: self.captured_at });
+            return Err(ValidationError::TooOld {
+                at: self.captured_at,
+            });
         }
         if self.captured_at.as_millis() > now.as_millis().saturating_add(MAX_FUTURE_SKEW_MS) {
-            return Err(ValidationError::InFuture { at: self.captured_at, now });
+            return Err(ValidationError::InFuture {
+                at: self.captured_at,
+                now,
+            });
         }
         in_range("motion_score", self.motion_score, 0.0, 1.0)?;
         in_range("inference_ms", self.inference_ms, 0.0, MAX_INFERENCE_MS)?;
         text("model.name", &self.model.name, MAX_MODEL_FIELD_LEN, false)?;
-        text("model.version", &self.model.version, MAX_MODEL_FIELD_LEN, false)?;
+        text(
+            "model.version",
+            &self.model.version,
+            MAX_MODEL_FIELD_LEN,
+            false,
+        )?;
         if let Some(snapshot) = &self.snapshot {
             text("snapshot", snapshot, MAX_SNAPSHOT_LEN, false)?;
         }
         if let Some(description) = &self.description {
             bounded("description", description, MAX_DESCRIPTION_LEN)?;
-            if description.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-                return Err(ValidationError::ControlCharacters { field: "description".into() });
+            if description
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t')
+            {
+                return Err(ValidationError::ControlCharacters {
+                    field: "description".into(),
+                });
             }
         }
         count("detections", self.detections.len(), MAX_DETECTIONS)?;
         for (i, d) in self.detections.iter().enumerate() {
-            text(&format!("detections[{i}].label"), &d.label, MAX_LABEL_LEN, false)?;
-            in_range(&format!("detections[{i}].confidence"), d.confidence, 0.0, 1.0)?;
+            text(
+                &format!("detections[{i}].label"),
+                &d.label,
+                MAX_LABEL_LEN,
+                false,
+            )?;
+            in_range(
+                &format!("detections[{i}].confidence"),
+                d.confidence,
+                0.0,
+                1.0,
+            )?;
             bbox(&format!("detections[{i}].bbox"), &d.bbox)?;
         }
         count("attributes", self.attributes.len(), MAX_ATTRIBUTES)?;
         for (key, value) in &self.attributes {
             identifier("attributes key", key)?;
-            text(&format!("attributes[{key}]"), value, MAX_ATTRIBUTE_VALUE_LEN, true)?;
+            text(
+                &format!("attributes[{key}]"),
+                value,
+                MAX_ATTRIBUTE_VALUE_LEN,
+                true,
+            )?;
         }
         Ok(())
     }
@@ -116,7 +165,8 @@ impl DetectionEvent {
 pub fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_ID_LEN
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn identifier(field: &str, value: &str) -> Result<(), ValidationError> {
@@ -127,30 +177,46 @@ fn identifier(field: &str, value: &str) -> Result<(), ValidationError> {
     if shown.len() < value.len() {
         shown.push_str("...");
     }
-    Err(ValidationError::BadIdentifier { field: field.into(), value: shown, max: MAX_ID_LEN })
+    Err(ValidationError::BadIdentifier {
+        field: field.into(),
+        value: shown,
+        max: MAX_ID_LEN,
+    })
 }
 
 fn bounded(field: &str, value: &str, max: usize) -> Result<(), ValidationError> {
     if value.len() > max {
-        return Err(ValidationError::TooLong { field: field.into(), len: value.len(), max });
+        return Err(ValidationError::TooLong {
+            field: field.into(),
+            len: value.len(),
+            max,
+        });
     }
     Ok(())
 }
 
 fn text(field: &str, value: &str, max: usize, may_be_empty: bool) -> Result<(), ValidationError> {
     if value.is_empty() && !may_be_empty {
-        return Err(ValidationError::Empty { field: field.into() });
+        return Err(ValidationError::Empty {
+            field: field.into(),
+        });
     }
     bounded(field, value, max)?;
     if value.chars().any(char::is_control) {
-        return Err(ValidationError::ControlCharacters { field: field.into() });
+        return Err(ValidationError::ControlCharacters {
+            field: field.into(),
+        });
     }
     Ok(())
 }
 
 fn count(field: &str, count: usize, max: usize) -> Result<(), ValidationError> {
     if count > max {
-        return Err(ValidationError::TooMany { field: field.into(), count, max });
+        return Err(ValidationError::TooMany {
+            field: field.into(),
+            count,
+            max,
+        });
     }
     Ok(())
 }
@@ -169,14 +235,27 @@ fn in_range(field: &str, value: f32, min: f32, max: f32) -> Result<(), Validatio
 }
 
 fn bbox(field: &str, b: &BoundingBox) -> Result<(), ValidationError> {
-    for (name, v) in [("x_min", b.x_min), ("y_min", b.y_min), ("x_max", b.x_max), ("y_max", b.y_max)] {
+    for (name, v) in [
+        ("x_min", b.x_min),
+        ("y_min", b.y_min),
+        ("x_max", b.x_max),
+        ("y_max", b.y_max),
+    ] {
         in_range(&format!("{field}.{name}"), v, 0.0, 1.0)?;
     }
     if b.x_min > b.x_max {
-        return Err(ValidationError::InvertedBox { field: format!("{field}.x"), min: b.x_min, max: b.x_max });
+        return Err(ValidationError::InvertedBox {
+            field: format!("{field}.x"),
+            min: b.x_min,
+            max: b.x_max,
+        });
     }
     if b.y_min > b.y_max {
-        return Err(ValidationError::InvertedBox { field: format!("{field}.y"), min: b.y_min, max: b.y_max });
+        return Err(ValidationError::InvertedBox {
+            field: format!("{field}.y"),
+            min: b.y_min,
+            max: b.y_max,
+        });
     }
     Ok(())
 }
@@ -202,10 +281,18 @@ mod tests {
                 label: "traffic light".into(),
                 class_id: 9,
                 confidence: 0.9,
-                bbox: BoundingBox { x_min: 0.0, y_min: 0.1, x_max: 1.0, y_max: 0.5 },
+                bbox: BoundingBox {
+                    x_min: 0.0,
+                    y_min: 0.1,
+                    x_max: 1.0,
+                    y_max: 0.5,
+                },
                 track_id: Some(3),
             }],
-            model: ModelInfo { name: "nanodet".into(), version: "m-416".into() },
+            model: ModelInfo {
+                name: "nanodet".into(),
+                version: "m-416".into(),
+            },
             inference_ms: 14.2,
             snapshot: None,
             description: Some("line one\nline two".into()),
@@ -217,7 +304,10 @@ mod tests {
         let mut e = event();
         mutate(&mut e);
         let err = e.validate(NOW).expect_err("event should be rejected");
-        assert!(err.to_string().contains(expected), "{err} should mention {expected}");
+        assert!(
+            err.to_string().contains(expected),
+            "{err} should mention {expected}"
+        );
     }
 
     #[test]
@@ -228,25 +318,46 @@ mod tests {
     #[test]
     fn names_the_bad_field() {
         rejects(|e| e.schema_version = 2, "schema_version");
-        rejects(|e| e.event_id = EventId::from_uuid(uuid::Uuid::nil()), "UUIDv7");
+        rejects(
+            |e| e.event_id = EventId::from_uuid(uuid::Uuid::nil()),
+            "UUIDv7",
+        );
         rejects(|e| e.edge_id = "edge.1".into(), "edge_id");
         rejects(|e| e.camera_id = String::new(), "camera_id");
         rejects(|e| e.camera_id = "c".repeat(65), "camera_id");
         rejects(|e| e.motion_score = f32::NAN, "motion_score");
         rejects(|e| e.inference_ms = -1.0, "inference_ms");
-        rejects(|e| e.detections[0].confidence = 1.01, "detections[0].confidence");
-        rejects(|e| e.detections[0].bbox.x_max = 1.5, "detections[0].bbox.x_max");
+        rejects(
+            |e| e.detections[0].confidence = 1.01,
+            "detections[0].confidence",
+        );
+        rejects(
+            |e| e.detections[0].bbox.x_max = 1.5,
+            "detections[0].bbox.x_max",
+        );
         rejects(|e| e.detections[0].bbox.y_min = 0.9, "detections[0].bbox.y");
-        rejects(|e| e.detections[0].label = "a\u{7}b".into(), "detections[0].label");
+        rejects(
+            |e| e.detections[0].label = "a\u{7}b".into(),
+            "detections[0].label",
+        );
         rejects(|e| e.model.name.clear(), "model.name");
         rejects(|e| e.snapshot = Some("x".repeat(2000)), "snapshot");
         rejects(|e| e.description = Some("bell\u{7}".into()), "description");
-        rejects(|e| e.captured_at = Timestamp::from_millis(NOW.as_millis() + 301_000), "ahead");
+        rejects(
+            |e| e.captured_at = Timestamp::from_millis(NOW.as_millis() + 301_000),
+            "ahead",
+        );
         rejects(|e| e.captured_at = Timestamp::from_millis(0), "before 2000");
-        rejects(|e| {
-            e.attributes.insert("bad key".into(), "v".into());
-        }, "attributes key");
-        rejects(|e| e.detections = vec![e.detections[0].clone(); MAX_DETECTIONS + 1], "detections");
+        rejects(
+            |e| {
+                e.attributes.insert("bad key".into(), "v".into());
+            },
+            "attributes key",
+        );
+        rejects(
+            |e| e.detections = vec![e.detections[0].clone(); MAX_DETECTIONS + 1],
+            "detections",
+        );
     }
 
     #[test]

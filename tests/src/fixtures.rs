@@ -67,8 +67,14 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server and waits until it accepts connections.
     pub fn start() -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("sightline-nats-").tempdir()?;
-        let mut server = Self { child: None, port: free_port(), dir };
+        let dir = tempfile::Builder::new()
+            .prefix("sightline-nats-")
+            .tempdir()?;
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            dir,
+        };
         server.start_again()?;
         Ok(server)
     }
@@ -77,12 +83,21 @@ impl NatsServer {
     pub fn start_again(&mut self) -> anyhow::Result<()> {
         let log = std::fs::File::create(self.dir.path().join("nats.log"))?;
         let mut child = Command::new(binary("SIGHTLINE_NATS_SERVER", "nats-server"))
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
             .arg(self.dir.path().join("jetstream"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .context("failed to start nats-server (install it with deploy/local/stack.sh install)")?;
+            .context(
+                "failed to start nats-server (install it with deploy/local/stack.sh install)",
+            )?;
         wait_for_port(self.port, &mut child, "nats-server")?;
         self.child = Some(child);
         Ok(())
@@ -117,7 +132,9 @@ pub struct ClickHouseServer {
 impl ClickHouseServer {
     /// Starts a server and waits until it answers `/ping`.
     pub fn start() -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("sightline-clickhouse-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("sightline-clickhouse-")
+            .tempdir()?;
         let d = dir.path();
         std::fs::create_dir_all(d.join("log"))?;
         let (http_port, tcp_port) = (free_port(), free_port());
@@ -128,7 +145,12 @@ impl ClickHouseServer {
             .replace("@LISTEN_HOST@", "127.0.0.1");
         std::fs::write(d.join("config.xml"), config)?;
         std::fs::write(d.join("users.xml"), CLICKHOUSE_USERS)?;
-        let mut server = Self { child: None, http_port, tcp_port, dir };
+        let mut server = Self {
+            child: None,
+            http_port,
+            tcp_port,
+            dir,
+        };
         server.start_again()?;
         Ok(server)
     }
@@ -143,7 +165,9 @@ impl ClickHouseServer {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .context("failed to start clickhouse-server (install it with deploy/local/stack.sh install)")?;
+            .context(
+                "failed to start clickhouse-server (install it with deploy/local/stack.sh install)",
+            )?;
         wait_for_port(self.http_port, &mut child, "clickhouse-server")?;
         self.child = Some(child);
         Ok(())
@@ -161,7 +185,11 @@ impl ClickHouseServer {
 
     /// Runs a query over HTTP and returns the trimmed text result.
     pub async fn query(&self, sql: &str) -> anyhow::Result<String> {
-        let response = reqwest::Client::new().post(self.url()).body(sql.to_owned()).send().await?;
+        let response = reqwest::Client::new()
+            .post(self.url())
+            .body(sql.to_owned())
+            .send()
+            .await?;
         let status = response.status();
         let text = response.text().await?;
         if !status.is_success() {

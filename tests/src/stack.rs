@@ -23,7 +23,10 @@ pub fn init_tracing() {
     ONCE.call_once(|| {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
     });
 }
 
@@ -53,9 +56,16 @@ impl Stack {
         init_tracing();
         let nats = NatsServer::start()?;
         let clickhouse = ClickHouseServer::start()?;
-        let clickhouse_config = ClickHouseConfig { url: clickhouse.url(), timeout_ms: 5_000, ..Default::default() };
+        let clickhouse_config = ClickHouseConfig {
+            url: clickhouse.url(),
+            timeout_ms: 5_000,
+            ..Default::default()
+        };
         let mut ingest_config = IngestConfig {
-            nats: NatsConfig { url: nats.url(), credentials_file: None },
+            nats: NatsConfig {
+                url: nats.url(),
+                credentials_file: None,
+            },
             clickhouse: clickhouse_config.clone(),
             ..Default::default()
         };
@@ -63,7 +73,10 @@ impl Stack {
         ingest_config.consumer.ack_wait_secs = 10;
         tweak(&mut ingest_config);
         ingest_config.validate()?;
-        let query_config = QueryConfig { clickhouse: clickhouse_config, ..Default::default() };
+        let query_config = QueryConfig {
+            clickhouse: clickhouse_config,
+            ..Default::default()
+        };
 
         let stop = CancellationToken::new();
         let ingest_listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -71,10 +84,27 @@ impl Stack {
         let query_listener = TcpListener::bind("127.0.0.1:0").await?;
         let api = format!("http://{}", query_listener.local_addr()?);
         let tasks = vec![
-            tokio::spawn(sightline_ingest::run(ingest_config.clone(), ingest_listener, stop.clone().cancelled_owned())),
-            tokio::spawn(sightline_query::run(query_config, query_listener, stop.clone().cancelled_owned())),
+            tokio::spawn(sightline_ingest::run(
+                ingest_config.clone(),
+                ingest_listener,
+                stop.clone().cancelled_owned(),
+            )),
+            tokio::spawn(sightline_query::run(
+                query_config,
+                query_listener,
+                stop.clone().cancelled_owned(),
+            )),
         ];
-        let stack = Self { nats, clickhouse, ingest_config, api, ingest_http, http: reqwest::Client::new(), stop, tasks };
+        let stack = Self {
+            nats,
+            clickhouse,
+            ingest_config,
+            api,
+            ingest_http,
+            http: reqwest::Client::new(),
+            stop,
+            tasks,
+        };
         stack.wait_until_ready().await?;
         Ok(stack)
     }
@@ -106,11 +136,17 @@ impl Stack {
 
     /// A JetStream context on the stack's NATS.
     pub async fn jetstream(&self) -> anyhow::Result<async_nats::jetstream::Context> {
-        Ok(async_nats::jetstream::new(async_nats::connect(self.nats.url()).await?))
+        Ok(async_nats::jetstream::new(
+            async_nats::connect(self.nats.url()).await?,
+        ))
     }
 
     /// Publishes `events` the way the edge agent does, waiting for every ack.
-    pub async fn publish(&self, events: Vec<DetectionEvent>, encoding: Encoding) -> anyhow::Result<PublishReport> {
+    pub async fn publish(
+        &self,
+        events: Vec<DetectionEvent>,
+        encoding: Encoding,
+    ) -> anyhow::Result<PublishReport> {
         let js = self.jetstream().await?;
         let (tx, mut outbox) = ChannelOutbox::new(events.len().max(1));
         for event in events {
@@ -119,9 +155,10 @@ impl Stack {
         drop(tx);
         let publisher = Publisher::new(js, encoding, 64, EdgeMetrics::default());
         let stop = CancellationToken::new();
-        let report = tokio::time::timeout(Duration::from_secs(60), publisher.run(&mut outbox, &stop))
-            .await
-            .context("publishing took more than 60 s")?;
+        let report =
+            tokio::time::timeout(Duration::from_secs(60), publisher.run(&mut outbox, &stop))
+                .await
+                .context("publishing took more than 60 s")?;
         Ok(report)
     }
 
@@ -135,7 +172,11 @@ impl Stack {
 
     /// Polls `GET /v1/events?{query}` until it returns `count` events (or times out) and
     /// returns them decoded.
-    pub async fn wait_for_events(&self, query: &str, count: usize) -> anyhow::Result<Vec<DetectionEvent>> {
+    pub async fn wait_for_events(
+        &self,
+        query: &str,
+        count: usize,
+    ) -> anyhow::Result<Vec<DetectionEvent>> {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut last = 0;
         loop {
@@ -148,7 +189,9 @@ impl Stack {
                 }
             }
             if Instant::now() > deadline {
-                bail!("expected {count} events for {query:?}, have {last} after 60 s (last status {status})");
+                bail!(
+                    "expected {count} events for {query:?}, have {last} after 60 s (last status {status})"
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -156,14 +199,22 @@ impl Stack {
 
     /// Text of the ingest service's `/metrics`.
     pub async fn ingest_metrics(&self) -> anyhow::Result<String> {
-        Ok(self.http.get(format!("{}/metrics", self.ingest_http)).send().await?.text().await?)
+        Ok(self
+            .http
+            .get(format!("{}/metrics", self.ingest_http))
+            .send()
+            .await?
+            .text()
+            .await?)
     }
 
     /// Stops both services in order and reports their errors.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.stop.cancel();
         for task in self.tasks.drain(..) {
-            tokio::time::timeout(Duration::from_secs(30), task).await.context("service did not stop in 30 s")???;
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .context("service did not stop in 30 s")???;
         }
         Ok(())
     }
@@ -174,7 +225,9 @@ impl Stack {
 pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels))
+        .filter(|l| {
+            l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels)
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }

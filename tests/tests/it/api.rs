@@ -10,13 +10,22 @@ async fn filters_and_bad_parameters() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let events = known_events("edge-q", "porch", 20);
     stack.publish(events.clone(), Encoding::Bincode).await?;
-    stack.publish(known_events("edge-q", "garage", 5), Encoding::Bincode).await?;
+    stack
+        .publish(known_events("edge-q", "garage", 5), Encoding::Bincode)
+        .await?;
     stack.wait_for_events("limit=100", 25).await?;
 
     // Time range: since inclusive, until exclusive, newest first; limit.
     let (since, until) = (events[5].captured_at, events[12].captured_at);
     let got = stack
-        .wait_for_events(&format!("camera=porch&since={}&until={}", since.to_rfc3339(), until.as_millis()), 7)
+        .wait_for_events(
+            &format!(
+                "camera=porch&since={}&until={}",
+                since.to_rfc3339(),
+                until.as_millis()
+            ),
+            7,
+        )
         .await?;
     let ids: Vec<_> = got.iter().map(|e| e.event_id).collect();
     let want: Vec<_> = events[5..12].iter().rev().map(|e| e.event_id).collect();
@@ -24,7 +33,10 @@ async fn filters_and_bad_parameters() -> anyhow::Result<()> {
     let (status, body) = stack.get("/v1/events?camera=porch&limit=3").await?;
     assert_eq!(status, 200);
     assert_eq!(body["count"], 3);
-    assert_eq!(body["events"][0]["event_id"], events[19].event_id.to_string());
+    assert_eq!(
+        body["events"][0]["event_id"],
+        events[19].event_id.to_string()
+    );
     let (_, body) = stack.get("/v1/events?camera=nobody").await?;
     assert_eq!(body["count"], 0);
 
@@ -40,9 +52,16 @@ async fn filters_and_bad_parameters() -> anyhow::Result<()> {
         let (status, body) = stack.get(path).await?;
         assert_eq!(status, 400, "{path}: {body}");
         assert_eq!(body["error"]["parameter"], parameter, "{path}: {body}");
-        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{path}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{path}: {body}"
+        );
     }
-    let (status, body) = stack.get("/v1/events/0190b1d2-0000-7000-8000-000000000000").await?;
+    let (status, body) = stack
+        .get("/v1/events/0190b1d2-0000-7000-8000-000000000000")
+        .await?;
     assert_eq!(status, 404, "{body}");
     let (status, _) = stack.get("/v1/nothing").await?;
     assert_eq!(status, 404);
@@ -52,7 +71,16 @@ async fn filters_and_bad_parameters() -> anyhow::Result<()> {
     // The service is still fine after all that, and counted it.
     let (status, _) = stack.get("/v1/events?limit=1").await?;
     assert_eq!(status, 200);
-    let metrics = stack.http.get(format!("{}/metrics", stack.api)).send().await?.text().await?;
-    assert!(metrics.contains("route=\"/v1/events\",status=\"400\""), "{metrics}");
+    let metrics = stack
+        .http
+        .get(format!("{}/metrics", stack.api))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("route=\"/v1/events\",status=\"400\""),
+        "{metrics}"
+    );
     stack.stop().await
 }

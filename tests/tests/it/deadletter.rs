@@ -26,14 +26,40 @@ async fn garbage_is_dead_lettered_and_ingest_keeps_running() -> anyhow::Result<(
         h
     };
     let cases: Vec<(&str, Option<HeaderMap>, Vec<u8>, &str)> = vec![
-        ("sightline.events.edge-b.cam", Some(headers(&bincode)), b"\xff\xfe garbage".to_vec(), "Decode"),
-        ("sightline.events.edge-b.cam", None, codec::encode(&good[0], Encoding::Json)?, "Decode"),
-        ("sightline.events.edge-b.cam", Some(headers("application/vnd.sightline.event.v9+json")), b"{}".to_vec(), "Decode"),
-        ("sightline.events.edge-b.cam", Some(headers(&json)), codec::encode(&invalid, Encoding::Json)?, "Validation"),
-        ("sightline.events.edge-b.other", Some(headers(&json)), codec::encode(&good[1], Encoding::Json)?, "Subject"),
+        (
+            "sightline.events.edge-b.cam",
+            Some(headers(&bincode)),
+            b"\xff\xfe garbage".to_vec(),
+            "Decode",
+        ),
+        (
+            "sightline.events.edge-b.cam",
+            None,
+            codec::encode(&good[0], Encoding::Json)?,
+            "Decode",
+        ),
+        (
+            "sightline.events.edge-b.cam",
+            Some(headers("application/vnd.sightline.event.v9+json")),
+            b"{}".to_vec(),
+            "Decode",
+        ),
+        (
+            "sightline.events.edge-b.cam",
+            Some(headers(&json)),
+            codec::encode(&invalid, Encoding::Json)?,
+            "Validation",
+        ),
+        (
+            "sightline.events.edge-b.other",
+            Some(headers(&json)),
+            codec::encode(&good[1], Encoding::Json)?,
+            "Subject",
+        ),
     ];
     for (subject, headers, payload, _) in &cases {
-        let publish = async_nats::jetstream::message::PublishMessage::build().payload(payload.clone().into());
+        let publish =
+            async_nats::jetstream::message::PublishMessage::build().payload(payload.clone().into());
         let publish = match headers {
             Some(h) => publish.headers(h.clone()),
             None => publish,
@@ -50,26 +76,67 @@ async fn garbage_is_dead_lettered_and_ingest_keeps_running() -> anyhow::Result<(
     let consumer = stream
         .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
         .await?;
-    let mut messages = consumer.fetch().max_messages(10).expires(std::time::Duration::from_secs(2)).messages().await?;
+    let mut messages = consumer
+        .fetch()
+        .max_messages(10)
+        .expires(std::time::Duration::from_secs(2))
+        .messages()
+        .await?;
     let mut seen = Vec::new();
     while let Some(message) = messages.next().await {
         let message = message.map_err(|e| anyhow::anyhow!(e))?;
         let headers = message.headers.clone().unwrap_or_default();
-        let reason = headers.get(subjects::DEADLETTER_REASON_HEADER).map(|v| v.to_string()).unwrap_or_default();
-        let original = headers.get(subjects::DEADLETTER_SUBJECT_HEADER).map(|v| v.to_string()).unwrap_or_default();
+        let reason = headers
+            .get(subjects::DEADLETTER_REASON_HEADER)
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        let original = headers
+            .get(subjects::DEADLETTER_SUBJECT_HEADER)
+            .map(|v| v.to_string())
+            .unwrap_or_default();
         seen.push((original, message.payload.to_vec(), reason));
     }
     assert_eq!(seen.len(), cases.len(), "{seen:?}");
-    for ((subject, _, payload, reason), (got_subject, got_payload, got_reason)) in cases.iter().zip(&seen) {
+    for ((subject, _, payload, reason), (got_subject, got_payload, got_reason)) in
+        cases.iter().zip(&seen)
+    {
         assert_eq!(subject, got_subject);
         assert_eq!(payload, got_payload);
-        assert!(got_reason.starts_with(reason), "{got_reason} should start with {reason}");
+        assert!(
+            got_reason.starts_with(reason),
+            "{got_reason} should start with {reason}"
+        );
     }
-    assert!(seen[3].2.contains("motion_score"), "the reason names the field: {}", seen[3].2);
+    assert!(
+        seen[3].2.contains("motion_score"),
+        "the reason names the field: {}",
+        seen[3].2
+    );
 
     let metrics = stack.ingest_metrics().await?;
-    assert_eq!(metric(&metrics, "sightline_ingest_dead_letters_total", "reason=\"Decode\""), 3.0);
-    assert_eq!(metric(&metrics, "sightline_ingest_dead_letters_total", "reason=\"Validation\""), 1.0);
-    assert_eq!(metric(&metrics, "sightline_ingest_dead_letters_total", "reason=\"Subject\""), 1.0);
+    assert_eq!(
+        metric(
+            &metrics,
+            "sightline_ingest_dead_letters_total",
+            "reason=\"Decode\""
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "sightline_ingest_dead_letters_total",
+            "reason=\"Validation\""
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "sightline_ingest_dead_letters_total",
+            "reason=\"Subject\""
+        ),
+        1.0
+    );
     stack.stop().await
 }

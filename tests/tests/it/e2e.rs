@@ -16,37 +16,58 @@ async fn every_event_arrives_exactly_once_with_all_fields() -> anyhow::Result<()
     let stack = Stack::start_with(|c| c.stream.duplicate_window_secs = 1).await?;
     let bincode_events = known_events("edge-a", "gate", 300);
     let json_events = known_events("edge-a", "dock", 200);
-    let report = stack.publish(bincode_events.clone(), Encoding::Bincode).await?;
+    let report = stack
+        .publish(bincode_events.clone(), Encoding::Bincode)
+        .await?;
     assert_eq!((report.published, report.unpublished), (300, 0));
     let report = stack.publish(json_events.clone(), Encoding::Json).await?;
     assert_eq!((report.published, report.unpublished), (200, 0));
 
     // Re-publish inside the window (JetStream drops them) and after it (ClickHouse gets them).
-    stack.publish(bincode_events[..50].to_vec(), Encoding::Bincode).await?;
+    stack
+        .publish(bincode_events[..50].to_vec(), Encoding::Bincode)
+        .await?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stack.publish(bincode_events[..100].to_vec(), Encoding::Json).await?;
+    stack
+        .publish(bincode_events[..100].to_vec(), Encoding::Json)
+        .await?;
 
-    let mut expected: HashMap<_, DetectionEvent> =
-        bincode_events.iter().chain(&json_events).map(|e| (e.event_id, e.clone())).collect();
+    let mut expected: HashMap<_, DetectionEvent> = bincode_events
+        .iter()
+        .chain(&json_events)
+        .map(|e| (e.event_id, e.clone()))
+        .collect();
     let gate = stack.wait_for_events("camera=gate&limit=1000", 300).await?;
     let dock = stack.wait_for_events("camera=dock&limit=1000", 200).await?;
     // Wait for the late duplicates to be inserted too, so the check below means something.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let raw: u64 = stack.clickhouse.query("SELECT count() FROM sightline.events").await?.parse()?;
+        let raw: u64 = stack
+            .clickhouse
+            .query("SELECT count() FROM sightline.events")
+            .await?
+            .parse()?;
         if raw >= 600 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "only {raw} rows reached ClickHouse");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {raw} rows reached ClickHouse"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let gate = stack.wait_for_events("camera=gate&limit=1000", 300).await.map(|_| gate)?;
+    let gate = stack
+        .wait_for_events("camera=gate&limit=1000", 300)
+        .await
+        .map(|_| gate)?;
     let all = stack.wait_for_events("limit=1000", 500).await?;
     assert_eq!(all.len(), 500, "the API must show each event once");
     assert_eq!(gate.len(), 300);
     assert_eq!(dock.len(), 200);
     for event in &all {
-        let want = expected.remove(&event.event_id).expect("an unexpected or repeated event");
+        let want = expected
+            .remove(&event.event_id)
+            .expect("an unexpected or repeated event");
         assert_eq!(event, &want, "fields must survive the round trip");
     }
     assert!(expected.is_empty(), "{} events missing", expected.len());
@@ -60,7 +81,10 @@ async fn every_event_arrives_exactly_once_with_all_fields() -> anyhow::Result<()
     assert_eq!(&serde_json::from_value::<DetectionEvent>(body)?, one);
 
     let metrics = stack.ingest_metrics().await?;
-    assert!(sightline_tests::stack::metric(&metrics, "sightline_ingest_rows_inserted_total", "") >= 600.0);
+    assert!(
+        sightline_tests::stack::metric(&metrics, "sightline_ingest_rows_inserted_total", "")
+            >= 600.0
+    );
     stack.stop().await
 }
 
@@ -87,7 +111,15 @@ async fn edge_agent_with_a_synthetic_camera_reaches_the_api() -> anyhow::Result<
     let lobby = stack.wait_for_events("camera=lobby&limit=100", 40).await?;
     let yard = stack.wait_for_events("camera=yard&limit=100", 25).await?;
     assert_eq!((lobby.len(), yard.len()), (40, 25));
-    assert!(yard.iter().flat_map(|e| &e.detections).all(|d| d.label == "cat"));
-    assert!(lobby.iter().all(|e| e.edge_id == "edge-synth" && !e.detections.is_empty()));
+    assert!(
+        yard.iter()
+            .flat_map(|e| &e.detections)
+            .all(|d| d.label == "cat")
+    );
+    assert!(
+        lobby
+            .iter()
+            .all(|e| e.edge_id == "edge-synth" && !e.detections.is_empty())
+    );
     stack.stop().await
 }

@@ -57,11 +57,16 @@ async fn nats_down_then_back_the_publisher_retries_until_acked() -> anyhow::Resu
                 8,
                 sightline_edge_agent::metrics::Metrics::default(),
             );
-            publisher.run(&mut outbox, &tokio_util::sync::CancellationToken::new()).await
+            publisher
+                .run(&mut outbox, &tokio_util::sync::CancellationToken::new())
+                .await
         })
     };
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(!publishing.is_finished(), "nothing can be acknowledged while NATS is down");
+    assert!(
+        !publishing.is_finished(),
+        "nothing can be acknowledged while NATS is down"
+    );
     stack.nats.start_again()?;
     let report = tokio::time::timeout(Duration::from_secs(60), publishing).await??;
     assert_eq!((report.published, report.unpublished), (25, 0));

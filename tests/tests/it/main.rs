@@ -8,7 +8,9 @@ mod faults;
 
 use std::collections::BTreeMap;
 
-use sightline_shared::{BoundingBox, Detection, DetectionEvent, EventId, ModelInfo, SCHEMA_VERSION, Timestamp};
+use sightline_shared::{
+    BoundingBox, Detection, DetectionEvent, EventId, ModelInfo, SCHEMA_VERSION, Timestamp,
+};
 
 /// The current time.
 pub fn now() -> Timestamp {
@@ -27,7 +29,12 @@ pub fn known_events(edge: &str, camera: &str, n: usize) -> Vec<DetectionEvent> {
                     label: ["person", "car", "traffic light", "dog"][k].to_owned(),
                     class_id: k as u32 * 3,
                     confidence: 0.25 + (i % 70) as f32 / 100.0,
-                    bbox: BoundingBox { x_min: 0.1 * k as f32, y_min: 0.05, x_max: 0.1 * k as f32 + 0.2, y_max: 1.0 },
+                    bbox: BoundingBox {
+                        x_min: 0.1 * k as f32,
+                        y_min: 0.05,
+                        x_max: 0.1 * k as f32 + 0.2,
+                        y_max: 1.0,
+                    },
                     track_id: (k % 2 == 0).then_some(i as u64 * 10 + k as u64),
                 })
                 .collect();
@@ -40,12 +47,18 @@ pub fn known_events(edge: &str, camera: &str, n: usize) -> Vec<DetectionEvent> {
                 frame_seq: i as u64 * 7,
                 motion_score: (i % 100) as f32 / 100.0,
                 detections,
-                model: ModelInfo { name: "nanodet-m".into(), version: "416-v1".into() },
+                model: ModelInfo {
+                    name: "nanodet-m".into(),
+                    version: "416-v1".into(),
+                },
                 inference_ms: 13.75 + i as f32,
                 snapshot: (i % 3 == 0).then(|| format!("2026-11-22/{camera}/{i}.jpg")),
                 description: (i % 5 == 0).then(|| format!("event {i}: «ünïcödé» ✓\nsecond line")),
                 attributes: if i % 2 == 0 {
-                    BTreeMap::from([("site".to_owned(), "north gate".to_owned()), ("zone".to_owned(), format!("z{i}"))])
+                    BTreeMap::from([
+                        ("site".to_owned(), "north gate".to_owned()),
+                        ("zone".to_owned(), format!("z{i}")),
+                    ])
                 } else {
                     BTreeMap::new()
                 },

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# The local servers for Sightline: NATS (with JetStream) and ClickHouse, on loopback, with
+# their data under .local/ in the project (ignored by git).
+#
+#   deploy/local/stack.sh install   # apt-get the Debian packages if missing
+#   deploy/local/stack.sh start     # install if needed, start both, wait until they answer
+#   deploy/local/stack.sh stop      # stop both
+#   deploy/local/stack.sh status    # what runs, where
+#
+# Ports (override with the environment): SIGHTLINE_NATS_PORT (4222),
+# SIGHTLINE_CLICKHOUSE_HTTP_PORT (8123), SIGHTLINE_CLICKHOUSE_TCP_PORT (9000).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+state=${SIGHTLINE_LOCAL_DIR:-$root/.local}
+nats_port=${SIGHTLINE_NATS_PORT:-4222}
+ch_http_port=${SIGHTLINE_CLICKHOUSE_HTTP_PORT:-8123}
+ch_tcp_port=${SIGHTLINE_CLICKHOUSE_TCP_PORT:-9000}
+nats_dir=$state/nats
+ch_dir=$state/clickhouse
+run_dir=$state/run
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+find_bin() {
+  local name=$1
+  for dir in /usr/sbin /usr/bin /usr/local/bin; do
+    [ -x "$dir/$name" ] && { echo "$dir/$name"; return 0; }
+  done
+  command -v "$name" 2>/dev/null || return 1
+}
+
+install() {
+  local missing=()
+  find_bin nats-server >/dev/null || missing+=(nats-server)
+  find_bin clickhouse-server >/dev/null || missing+=(clickhouse-server)
+  find_bin clickhouse-client >/dev/null || missing+=(clickhouse-client)
+  command -v curl >/dev/null || missing+=(curl)
+  if [ ${#missing[@]} -eq 0 ]; then
+    return 0
+  fi
+  log "installing ${missing[*]} with apt-get"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  # Debian's clickhouse-server package tries to start a system service; the local stack runs
+  # its own processes instead, so let the package install without starting anything.
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_until() {
+  local what=$1 tries=$2; shift 2
+  for _ in $(seq 1 "$tries"); do
+    "$@" && return 0
+    sleep 0.1
+  done
+  die "$what did not come up; see the logs under $state"
+}
+
+start_nats() {
+  if pid_alive "$run_dir/nats.pid"; then log "nats-server already running"; return; fi
+  port_busy "$nats_port" && die "port $nats_port is taken; set SIGHTLINE_NATS_PORT"
+  mkdir -p "$nats_dir" "$run_dir"
+  "$(find_bin nats-server)" -a 127.0.0.1 -p "$nats_port" -js -sd "$nats_dir/jetstream" \
+    >>"$nats_dir/nats.log" 2>&1 &
+  echo $! >"$run_dir/nats.pid"
+  wait_until nats-server 100 port_busy "$nats_port"
+  log "nats-server on nats://127.0.0.1:$nats_port (JetStream data in $nats_dir)"
+}
+
+start_clickhouse() {
+  if pid_alive "$run_dir/clickhouse.pid"; then log "clickhouse-server already running"; return; fi
+  port_busy "$ch_http_port" && die "port $ch_http_port is taken; set SIGHTLINE_CLICKHOUSE_HTTP_PORT"
+  port_busy "$ch_tcp_port" && die "port $ch_tcp_port is taken; set SIGHTLINE_CLICKHOUSE_TCP_PORT"
+  mkdir -p "$ch_dir/log" "$run_dir"
+  sed -e "s#@DATA_DIR@#$ch_dir#g" -e "s#@HTTP_PORT@#$ch_http_port#" -e "s#@TCP_PORT@#$ch_tcp_port#" \
+    -e "s#@LISTEN_HOST@#127.0.0.1#" "$here/clickhouse-config.xml" >"$ch_dir/config.xml"
+  cp "$here/clickhouse-users.xml" "$ch_dir/users.xml"
+  (cd "$ch_dir" && exec "$(find_bin clickhouse-server)" --config-file="$ch_dir/config.xml" \
+    >>"$ch_dir/log/stdout.log" 2>&1) &
+  echo $! >"$run_dir/clickhouse.pid"
+  wait_until clickhouse-server 200 curl -sf "http://127.0.0.1:$ch_http_port/ping" -o /dev/null
+  log "clickhouse-server on http://127.0.0.1:$ch_http_port and native port $ch_tcp_port (data in $ch_dir)"
+}
+
+stop_one() {
+  local name=$1 pidfile=$run_dir/$1.pid
+  if pid_alive "$pidfile"; then
+    local pid; pid=$(cat "$pidfile")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    log "stopped $name"
+  fi
+  rm -f "$pidfile"
+}
+
+status() {
+  local rc=0
+  if pid_alive "$run_dir/nats.pid"; then
+    echo "nats-server: running (pid $(cat "$run_dir/nats.pid")) on nats://127.0.0.1:$nats_port"
+  else echo "nats-server: stopped"; rc=1; fi
+  if pid_alive "$run_dir/clickhouse.pid" && curl -sf "http://127.0.0.1:$ch_http_port/ping" -o /dev/null; then
+    echo "clickhouse-server: running (pid $(cat "$run_dir/clickhouse.pid")) on http://127.0.0.1:$ch_http_port, native $ch_tcp_port"
+  else echo "clickhouse-server: stopped"; rc=1; fi
+  return $rc
+}
+
+case "${1:-}" in
+  install) install ;;
+  start) install; start_nats; start_clickhouse ;;
+  stop) stop_one nats; stop_one clickhouse ;;
+  status) status ;;
+  *) echo "usage: $0 {install|start|stop|status}" >&2; exit 2 ;;
+esac

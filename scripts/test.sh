@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every check on a fresh machine: installs what the tests need (the Debian packages of
+# nats-server and clickhouse-server, rustfmt and clippy), then format check, clippy with
+# -D warnings, and all unit, property, integration and end-to-end tests. The tests start
+# their own servers on free loopback ports.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+log() { printf '[test] %s\n' "$*" >&2; }
+
+deploy/local/stack.sh install
+if command -v rustup >/dev/null; then
+  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+log "cargo test"
+cargo test --workspace --locked

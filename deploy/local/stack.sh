@@ -68,7 +68,9 @@ start_nats() {
   if pid_alive "$run_dir/nats.pid"; then log "nats-server already running"; return; fi
   port_busy "$nats_port" && die "port $nats_port is taken; set SIGHTLINE_NATS_PORT"
   mkdir -p "$nats_dir" "$run_dir"
-  "$(find_bin nats-server)" -a 127.0.0.1 -p "$nats_port" -js -sd "$nats_dir/jetstream" \
+  # setsid: a Ctrl-C in the terminal reaches the script, which stops things in order, not
+  # the servers directly.
+  setsid "$(find_bin nats-server)" -a 127.0.0.1 -p "$nats_port" -js -sd "$nats_dir/jetstream" \
     >>"$nats_dir/nats.log" 2>&1 &
   echo $! >"$run_dir/nats.pid"
   wait_until nats-server 100 port_busy "$nats_port"
@@ -83,7 +85,7 @@ start_clickhouse() {
   sed -e "s#@DATA_DIR@#$ch_dir#g" -e "s#@HTTP_PORT@#$ch_http_port#" -e "s#@TCP_PORT@#$ch_tcp_port#" \
     -e "s#@LISTEN_HOST@#127.0.0.1#" "$here/clickhouse-config.xml" >"$ch_dir/config.xml"
   cp "$here/clickhouse-users.xml" "$ch_dir/users.xml"
-  (cd "$ch_dir" && exec "$(find_bin clickhouse-server)" --config-file="$ch_dir/config.xml" \
+  (cd "$ch_dir" && exec setsid "$(find_bin clickhouse-server)" --config-file="$ch_dir/config.xml" \
     >>"$ch_dir/log/stdout.log" 2>&1) &
   echo $! >"$run_dir/clickhouse.pid"
   wait_until clickhouse-server 200 curl -sf "http://127.0.0.1:$ch_http_port/ping" -o /dev/null

@@ -40,16 +40,16 @@ trap stop_all EXIT
 
 "$here/stack.sh" start
 mkdir -p "$logs"
-"$bin/ingest-service" --config "$here/ingest.toml" >>"$logs/ingest-service.log" 2>&1 &
+setsid "$bin/ingest-service" --config "$here/ingest.toml" >>"$logs/ingest-service.log" 2>&1 &
 ingest_pid=$!
-"$bin/query-service" --config "$here/query.toml" --listen "$api" >>"$logs/query-service.log" 2>&1 &
+setsid "$bin/query-service" --config "$here/query.toml" --listen "$api" >>"$logs/query-service.log" 2>&1 &
 query_pid=$!
 # The agent starts after ingest has declared the stream, so its first events have a home.
 for _ in $(seq 1 100); do
   curl -sf http://127.0.0.1:8081/readyz -o /dev/null && break
   sleep 0.2
 done
-"$bin/edge-agent" --config "$here/edge-agent.toml" run >>"$logs/edge-agent.log" 2>&1 &
+setsid "$bin/edge-agent" --config "$here/edge-agent.toml" run >>"$logs/edge-agent.log" 2>&1 &
 edge_pid=$!
 pids=("$edge_pid" "$ingest_pid" "$query_pid")
 

@@ -9,6 +9,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 log() { printf '[test] %s\n' "$*" >&2; }
 
+command -v cargo >/dev/null || { log "error: cargo not found: install Rust 1.89 or newer with rustup"; exit 1; }
 deploy/local/stack.sh install
 if command -v rustup >/dev/null; then
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt

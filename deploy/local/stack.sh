@@ -7,16 +7,16 @@
 #   deploy/local/stack.sh stop      # stop both
 #   deploy/local/stack.sh status    # what runs, where
 #
-# Ports (override with the environment): SIGHTLINE_NATS_PORT (4222),
-# SIGHTLINE_CLICKHOUSE_HTTP_PORT (8123), SIGHTLINE_CLICKHOUSE_TCP_PORT (9000).
+# Ports are the servers' standard ones, which the example configs in this folder use:
+# NATS 4222, ClickHouse HTTP 8123 and native 9000 (so a plain `clickhouse-client` works).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 state=${SIGHTLINE_LOCAL_DIR:-$root/.local}
-nats_port=${SIGHTLINE_NATS_PORT:-4222}
-ch_http_port=${SIGHTLINE_CLICKHOUSE_HTTP_PORT:-8123}
-ch_tcp_port=${SIGHTLINE_CLICKHOUSE_TCP_PORT:-9000}
+nats_port=4222
+ch_http_port=8123
+ch_tcp_port=9000
 nats_dir=$state/nats
 ch_dir=$state/clickhouse
 run_dir=$state/run
@@ -44,11 +44,23 @@ install() {
   log "installing ${missing[*]} with apt-get"
   local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  # Debian's clickhouse-server package tries to start a system service; the local stack runs
-  # its own processes instead, so let the package install without starting anything.
+  # The packages would start system services on the ports the local stack (and a developer's
+  # own servers) use; the stack runs its own processes instead. A temporary policy-rc.d tells
+  # the maintainer scripts not to start anything.
   export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get update -qq
-  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  local policy=/usr/sbin/policy-rc.d added_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod +x "$policy"
+    added_policy=1
+  fi
+  local rc=0
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || rc=$?
+  [ "$added_policy" = 1 ] && $sudo rm -f "$policy"
+  [ "$rc" = 0 ] || die "apt-get failed to install ${missing[*]}"
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    $sudo systemctl disable --now nats-server clickhouse-server >/dev/null 2>&1 || true
+  fi
 }
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -66,7 +78,7 @@ wait_until() {
 
 start_nats() {
   if pid_alive "$run_dir/nats.pid"; then log "nats-server already running"; return; fi
-  port_busy "$nats_port" && die "port $nats_port is taken; set SIGHTLINE_NATS_PORT"
+  port_busy "$nats_port" && die "port $nats_port is taken (another nats-server?)"
   mkdir -p "$nats_dir" "$run_dir"
   # setsid: a Ctrl-C in the terminal reaches the script, which stops things in order, not
   # the servers directly.
@@ -79,8 +91,8 @@ start_nats() {
 
 start_clickhouse() {
   if pid_alive "$run_dir/clickhouse.pid"; then log "clickhouse-server already running"; return; fi
-  port_busy "$ch_http_port" && die "port $ch_http_port is taken; set SIGHTLINE_CLICKHOUSE_HTTP_PORT"
-  port_busy "$ch_tcp_port" && die "port $ch_tcp_port is taken; set SIGHTLINE_CLICKHOUSE_TCP_PORT"
+  port_busy "$ch_http_port" && die "port $ch_http_port is taken (another clickhouse-server?)"
+  port_busy "$ch_tcp_port" && die "port $ch_tcp_port is taken (another clickhouse-server?)"
   mkdir -p "$ch_dir/log" "$run_dir"
   sed -e "s#@DATA_DIR@#$ch_dir#g" -e "s#@HTTP_PORT@#$ch_http_port#" -e "s#@TCP_PORT@#$ch_tcp_port#" \
     -e "s#@LISTEN_HOST@#127.0.0.1#" "$here/clickhouse-config.xml" >"$ch_dir/config.xml"

@@ -17,9 +17,8 @@ log() { printf '[up] %s\n' "$*" >&2; }
 command -v cargo >/dev/null || { log "error: cargo is missing; install Rust (rustup) first"; exit 1; }
 log "building the three services ($profile profile; the first build takes a few minutes)"
 (cd "$root" && cargo build --profile "$profile" -q -p sightline-edge-agent -p sightline-ingest -p sightline-query)
-target_dir=$(cd "$root" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-bin=$target_dir/$profile
-[ "$profile" = dev ] && bin=$target_dir/debug
+bin=${CARGO_TARGET_DIR:-$root/target}/$profile
+[ "$profile" = dev ] && bin=${CARGO_TARGET_DIR:-$root/target}/debug
 
 pids=()
 stopping=0
@@ -40,22 +39,20 @@ trap stop_all EXIT
 
 "$here/stack.sh" start
 mkdir -p "$logs"
-setsid "$bin/ingest-service" --config "$here/ingest.toml" >>"$logs/ingest-service.log" 2>&1 &
-ingest_pid=$!
 setsid "$bin/query-service" --config "$here/query.toml" --listen "$api" >>"$logs/query-service.log" 2>&1 &
-query_pid=$!
+pids=($!)
+setsid "$bin/ingest-service" --config "$here/ingest.toml" >>"$logs/ingest-service.log" 2>&1 &
+pids=($! "${pids[@]}")
 # The agent starts after ingest has declared the stream, so its first events have a home.
 for _ in $(seq 1 100); do
   curl -sf http://127.0.0.1:8081/readyz -o /dev/null && break
   sleep 0.2
 done
 setsid "$bin/edge-agent" --config "$here/edge-agent.toml" run >>"$logs/edge-agent.log" 2>&1 &
-edge_pid=$!
-pids=("$edge_pid" "$ingest_pid" "$query_pid")
+pids=($! "${pids[@]}")
 
 for _ in $(seq 1 100); do
-  count=$(curl -sf "http://$api/v1/events?limit=5" | python3 -c 'import json,sys; print(json.load(sys.stdin)["count"])' 2>/dev/null || echo 0)
-  [ "$count" -gt 0 ] && break
+  curl -sf "http://$api/v1/events?limit=5" 2>/dev/null | grep -q '"count":[1-9]' && break
   sleep 0.2
 done
 
@@ -65,8 +62,9 @@ Sightline is running: an edge agent with two synthetic cameras -> NATS JetStream
 
   The API:          curl -s 'http://$api/v1/events?limit=5'
                     curl -s 'http://$api/v1/events?camera=front-door&limit=3'
-  ClickHouse SQL:   clickhouse-client --port ${SIGHTLINE_CLICKHOUSE_TCP_PORT:-9000} -q 'SELECT camera_id, count() FROM sightline.events GROUP BY camera_id'
+  ClickHouse SQL:   clickhouse-client -q 'SELECT camera_id, count() FROM sightline.events GROUP BY camera_id'
   Metrics:          curl -s http://$api/metrics ; curl -s http://127.0.0.1:8081/metrics
+  Servers:          deploy/local/stack.sh status
   Logs:             $logs/
 
 Ctrl-C stops everything.

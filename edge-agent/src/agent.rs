@@ -34,6 +34,8 @@ pub async fn run(
     .await?;
     let js = async_nats::jetstream::context::ContextBuilder::new()
         .timeout(Duration::from_millis(config.publisher.ack_timeout_ms))
+        // The publisher keeps its own window; the context must never block below it.
+        .max_ack_inflight(config.publisher.max_in_flight)
         .build(client.clone());
 
     let (tx, mut outbox) = ChannelOutbox::new(config.publisher.queue_capacity);
@@ -105,8 +107,10 @@ pub async fn run(
             "events were not acknowledged by JetStream before shutdown and are lost"
         );
     }
-    if let Err(error) = client.flush().await {
-        tracing::warn!(%error, "failed to flush NATS on shutdown");
+    match tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "failed to flush NATS on shutdown"),
+        Err(_) => tracing::warn!("NATS unreachable, gave up flushing on shutdown"),
     }
     tracing::info!(published = report.published, lost, "edge agent stopped");
     Ok(PublishReport {

@@ -13,7 +13,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SyntheticConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{DropReason, Metrics};
 
 /// Emits events for one camera until `stop` fires, `max_events` is reached, or the outbox
 /// is gone. A full outbox makes it wait (and fall behind its rate) rather than drop.
@@ -47,11 +47,20 @@ pub async fn run(
             &mut rand::rng(),
         );
         frame_seq += 1;
-        tokio::select! {
-            () = stop.cancelled() => break,
-            sent = tx.send(event) => if sent.is_err() { break },
-        }
         metrics.events_created.inc();
+        tokio::select! {
+            () = stop.cancelled() => {
+                // Created but never queued: the outbox was full when shutdown came.
+                metrics.dropped(DropReason::Shutdown, 1);
+                tracing::error!(camera = %camera_id, "dropping an event created during shutdown with the outbox full");
+                break;
+            }
+            sent = tx.send(event) => if sent.is_err() {
+                metrics.dropped(DropReason::Shutdown, 1);
+                tracing::error!(camera = %camera_id, "dropping an event: the publisher has stopped");
+                break;
+            },
+        }
     }
 }
 

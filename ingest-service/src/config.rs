@@ -208,13 +208,16 @@ impl IngestConfig {
         if self.stream.duplicate_window_secs == 0 {
             return invalid("stream.duplicate_window_secs", "must be at least 1");
         }
-        if self.stream.max_age_hours == 0
+        if !(1..=100_000).contains(&self.stream.max_age_hours)
             || self.stream.duplicate_window_secs > self.stream.max_age_hours * 3600
         {
             return invalid(
                 "stream.max_age_hours",
-                "must be at least 1 and cover the duplicate window",
+                "must be 1 to 100000 and cover the duplicate window",
             );
+        }
+        if !(1..=10_000).contains(&self.stream.deadletter_max_age_days) {
+            return invalid("stream.deadletter_max_age_days", "must be 1 to 10000");
         }
         if self.stream.replicas == 0 || self.stream.replicas > 5 {
             return invalid("stream.replicas", "must be 1 to 5");

@@ -21,6 +21,9 @@ use crate::metrics::{DeadLetterReason, Metrics};
 use crate::schema::EventRow;
 use crate::sink::{InsertError, Sink};
 
+/// How long the flush at shutdown may take before the batch is left to redelivery.
+const LAST_FLUSH: Duration = Duration::from_secs(5);
+
 /// Checks one message: content type, payload, contract, and that the event came on its own
 /// camera's subject. The error is the dead-letter reason and a readable detail.
 pub fn check_message(
@@ -179,23 +182,18 @@ impl Consumer {
             }
         }
         if !batch.is_empty() {
-            // One last attempt with a short, fresh budget: shutdown must not hang on a dead
-            // ClickHouse. Whatever is not stored stays unacknowledged and is redelivered.
-            let last_try = CancellationToken::new();
-            let guard = last_try.clone();
-            let timer = tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                guard.cancel();
-            });
+            // One last attempt with a short budget for the whole flush (insert and acks):
+            // shutdown must not hang on a dead ClickHouse or NATS. Whatever is not stored
+            // stays unacknowledged and is redelivered.
             let rows = batch.len();
-            match self.flush(&mut batch, &last_try).await {
-                Ok(()) => tracing::info!(rows, "flushed the last batch on shutdown"),
-                Err(Cancelled) => tracing::warn!(
+            let last_try = CancellationToken::new();
+            match tokio::time::timeout(LAST_FLUSH, self.flush(&mut batch, &last_try)).await {
+                Ok(Ok(())) => tracing::info!(rows, "flushed the last batch on shutdown"),
+                _ => tracing::warn!(
                     rows,
                     "could not flush on shutdown; JetStream will redeliver"
                 ),
             }
-            timer.abort();
         }
         Ok(())
     }

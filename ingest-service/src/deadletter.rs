@@ -42,7 +42,20 @@ impl DeadLetters {
         cancel: &CancellationToken,
     ) -> Result<(), Cancelled> {
         let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-        let mut headers = message.headers.clone().unwrap_or_default();
+        // Keep the original headers (Content-Type and any of the producer's own) but not
+        // JetStream's control headers (Nats-Expected-*, Nats-Rollup, Nats-Msg-Id, ...): they
+        // were meant for the events stream and could make the dead-letter stream refuse it.
+        let mut headers: HeaderMap = message
+            .headers
+            .iter()
+            .flat_map(|h| h.iter())
+            .filter(|(name, _)| {
+                !AsRef::<str>::as_ref(*name)
+                    .to_ascii_lowercase()
+                    .starts_with("nats-")
+            })
+            .flat_map(|(name, values)| values.iter().map(move |v| (name.clone(), v.clone())))
+            .collect();
         headers.insert(
             subjects::DEADLETTER_REASON_HEADER,
             header_safe(&format!("{reason:?}: {detail}")).as_str(),

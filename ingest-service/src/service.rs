@@ -101,8 +101,11 @@ async fn finish(
     nats: async_nats::Client,
 ) -> anyhow::Result<()> {
     // Acks are plain publishes: flush them out before the connection goes.
-    if let Err(error) = nats.flush().await {
-        tracing::warn!(%error, "failed to flush NATS on shutdown");
+    // A redelivery of anything whose ack is lost here is deduplicated downstream.
+    match tokio::time::timeout(Duration::from_secs(5), nats.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "failed to flush NATS on shutdown"),
+        Err(_) => tracing::warn!("NATS unreachable, gave up flushing acks on shutdown"),
     }
     http.await
         .context("HTTP task panicked")?

@@ -42,7 +42,8 @@ pub struct Stack {
     pub ingest_http: String,
     pub http: reqwest::Client,
     stop: CancellationToken,
-    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    ingest: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+    query: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Stack {
@@ -79,34 +80,49 @@ impl Stack {
         };
 
         let stop = CancellationToken::new();
-        let ingest_listener = TcpListener::bind("127.0.0.1:0").await?;
-        let ingest_http = format!("http://{}", ingest_listener.local_addr()?);
         let query_listener = TcpListener::bind("127.0.0.1:0").await?;
         let api = format!("http://{}", query_listener.local_addr()?);
-        let tasks = vec![
-            tokio::spawn(sightline_ingest::run(
-                ingest_config.clone(),
-                ingest_listener,
-                stop.clone().cancelled_owned(),
-            )),
-            tokio::spawn(sightline_query::run(
-                query_config,
-                query_listener,
-                stop.clone().cancelled_owned(),
-            )),
-        ];
-        let stack = Self {
+        let query = tokio::spawn(sightline_query::run(
+            query_config,
+            query_listener,
+            stop.clone().cancelled_owned(),
+        ));
+        let mut stack = Self {
             nats,
             clickhouse,
             ingest_config,
             api,
-            ingest_http,
+            ingest_http: String::new(),
             http: reqwest::Client::new(),
             stop,
-            tasks,
+            ingest: None,
+            query,
         };
+        stack.start_ingest().await?;
         stack.wait_until_ready().await?;
         Ok(stack)
+    }
+
+    /// Starts an ingest service (another one after [`Self::crash_ingest`]).
+    pub async fn start_ingest(&mut self) -> anyhow::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        self.ingest_http = format!("http://{}", listener.local_addr()?);
+        let stop = self.stop.child_token();
+        let task = tokio::spawn(sightline_ingest::run(
+            self.ingest_config.clone(),
+            listener,
+            stop.clone().cancelled_owned(),
+        ));
+        self.ingest = Some((stop, task));
+        Ok(())
+    }
+
+    /// Kills the ingest service mid-whatever: no flush, no acks, no goodbye, like a crash.
+    pub async fn crash_ingest(&mut self) {
+        if let Some((_, task)) = self.ingest.take() {
+            task.abort();
+            let _ = task.await;
+        }
     }
 
     /// Waits until ingest is ready and has declared its streams.
@@ -209,13 +225,16 @@ impl Stack {
     }
 
     /// Stops both services in order and reports their errors.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
+    pub async fn stop(self) -> anyhow::Result<()> {
         self.stop.cancel();
-        for task in self.tasks.drain(..) {
+        if let Some((_, task)) = self.ingest {
             tokio::time::timeout(Duration::from_secs(30), task)
                 .await
-                .context("service did not stop in 30 s")???;
+                .context("ingest did not stop in 30 s")???;
         }
+        tokio::time::timeout(Duration::from_secs(30), self.query)
+            .await
+            .context("query did not stop in 30 s")???;
         Ok(())
     }
 }

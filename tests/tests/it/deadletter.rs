@@ -140,3 +140,74 @@ async fn garbage_is_dead_lettered_and_ingest_keeps_running() -> anyhow::Result<(
     );
     stack.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_clickhouse_rejects_are_isolated_and_the_rest_stored() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    // A column whose default expression fails (Code: 6) for one marked value stands in for
+    // any data error the server finds that our validation cannot.
+    stack
+        .clickhouse
+        .query(
+            "ALTER TABLE sightline.events ADD COLUMN guard UInt8 \
+             MATERIALIZED toUInt8(if(model_version = 'poison', 'x', '1'))",
+        )
+        .await?;
+    let mut events = known_events("edge-p", "cam", 40);
+    for i in [3, 17, 18, 39] {
+        events[i].model.version = "poison".into();
+    }
+    let poisoned: Vec<_> = [3, 17, 18, 39]
+        .iter()
+        .map(|&i| events[i].event_id)
+        .collect();
+    stack.publish(events.clone(), Encoding::Bincode).await?;
+    let stored = stack.wait_for_events("camera=cam&limit=100", 36).await?;
+    assert_eq!(stored.len(), 36);
+    assert!(stored.iter().all(|e| !poisoned.contains(&e.event_id)));
+
+    let js = stack.jetstream().await?;
+    let consumer = js
+        .get_stream(subjects::DEADLETTER_STREAM)
+        .await?
+        .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+        .await?;
+    let mut messages = consumer
+        .fetch()
+        .max_messages(10)
+        .expires(std::time::Duration::from_secs(2))
+        .messages()
+        .await?;
+    let mut dead = Vec::new();
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(|e| anyhow::anyhow!(e))?;
+        let reason = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(subjects::DEADLETTER_REASON_HEADER))
+            .map(|v| v.to_string());
+        assert!(
+            reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("Insert") && r.contains("code 6")),
+            "{reason:?}"
+        );
+        dead.push(
+            codec::decode_as(ContentType::current(Encoding::Bincode), &message.payload)?.event_id,
+        );
+    }
+    dead.sort();
+    let mut want = poisoned.clone();
+    want.sort();
+    assert_eq!(dead, want);
+    let metrics = stack.ingest_metrics().await?;
+    assert_eq!(
+        metric(
+            &metrics,
+            "sightline_ingest_dead_letters_total",
+            "reason=\"Insert\""
+        ),
+        4.0
+    );
+    stack.stop().await
+}

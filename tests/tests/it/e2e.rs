@@ -14,6 +14,11 @@ async fn every_event_arrives_exactly_once_with_all_fields() -> anyhow::Result<()
     // A one-second duplicate window lets the test re-publish the same ids past it, so the
     // duplicates really reach ClickHouse and the read path has to hide them.
     let stack = Stack::start_with(|c| c.stream.duplicate_window_secs = 1).await?;
+    // No merges, so duplicate rows stay in storage and only the read path can hide them.
+    stack
+        .clickhouse
+        .query("SYSTEM STOP MERGES sightline.events")
+        .await?;
     let bincode_events = known_events("edge-a", "gate", 300);
     let json_events = known_events("edge-a", "dock", 200);
     let report = stack

@@ -8,8 +8,9 @@ use sightline_tests::Stack;
 use crate::known_events;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clickhouse_down_then_back_loses_nothing() -> anyhow::Result<()> {
-    let mut stack = Stack::start().await?;
+async fn clickhouse_down_and_ingest_crash_lose_nothing() -> anyhow::Result<()> {
+    // A short ack wait so the crashed consumer's messages come back quickly.
+    let mut stack = Stack::start_with(|c| c.consumer.ack_wait_secs = 2).await?;
     let before = known_events("edge-f", "cam", 10);
     stack.publish(before.clone(), Encoding::Bincode).await?;
     stack.wait_for_events("camera=cam", 10).await?;
@@ -22,11 +23,14 @@ async fn clickhouse_down_then_back_loses_nothing() -> anyhow::Result<()> {
     let (status, _) = stack.get("/readyz").await?;
     assert_eq!(status, 503);
 
-    // Events published while ClickHouse is down wait in JetStream, unacknowledged.
+    // Events published while ClickHouse is down wait in JetStream, unacknowledged. The
+    // ingest service holding them in a batch crashes; its successor must get them again.
     let during = known_events("edge-f", "cam2", 30);
     let report = stack.publish(during.clone(), Encoding::Bincode).await?;
     assert_eq!(report.published, 30);
     tokio::time::sleep(Duration::from_secs(2)).await;
+    stack.crash_ingest().await;
+    stack.start_ingest().await?;
 
     stack.clickhouse.start_again()?;
     let got = stack.wait_for_events("camera=cam2&limit=100", 30).await?;

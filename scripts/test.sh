@@ -16,6 +16,9 @@ if command -v rustup >/dev/null; then
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 fi
 
+# chdb (ClickHouse 26.x in-process) proves the modern-server schema path; pytest runs it.
+python3 -c 'import chdb, pytest' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check chdb-core pytest
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy -D warnings"
@@ -24,7 +27,12 @@ log "cargo test"
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$results"
+log "pytest (modern ClickHouse schema on chdb)"
+python3 -m pytest -q -p no:cacheprovider tests/chdb 2>&1 | tee -a "$results"
 # One closing line over every test binary (cargo prints one summary per binary, the last of
 # which is usually an empty doc-test run).
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+# pytest's summary looks like "3 passed, 1 skipped in 2.01s".
+awk '/^test result:/ || / passed.* in [0-9.]+s/ {
+       for (i = 1; i < NF; i++) { w = $(i+1); gsub(/[;,]/, "", w)
+         if (w == "passed") p += $i; if (w == "failed") f += $i; if (w == "ignored" || w == "skipped") s += $i } }
      END { printf "summary: %d passed, %d failed, %d skipped\n", p, f, s }' "$results"

@@ -9,6 +9,8 @@ use sightline_shared::config::{ClickHouseConfig, NatsConfig};
 use sightline_shared::validate::is_identifier;
 use thiserror::Error;
 
+pub use crate::retention::RetentionSettings;
+
 /// Why a config could not be used. The message names the file and the field.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -47,6 +49,9 @@ pub struct IngestConfig {
     /// When a batch is written.
     #[serde(default)]
     pub batch: BatchSettings,
+    /// How long each table keeps its rows.
+    #[serde(default)]
+    pub retention: RetentionSettings,
 }
 
 /// Settings of the events stream and the dead-letter stream.
@@ -218,6 +223,19 @@ impl IngestConfig {
         }
         if !(1..=10_000).contains(&self.stream.deadletter_max_age_days) {
             return invalid("stream.deadletter_max_age_days", "must be 1 to 10000");
+        }
+        let r = &self.retention;
+        for (field, days) in [
+            ("retention.events_days", r.events_days),
+            ("retention.detections_days", r.detections_days),
+            ("retention.rollups_days", r.rollups_days),
+        ] {
+            if !(1..=36_500).contains(&days) {
+                return invalid(field, "must be 1 to 36500 days");
+            }
+        }
+        if r.sweep_interval_secs < 10 {
+            return invalid("retention.sweep_interval_secs", "must be at least 10");
         }
         if self.stream.replicas == 0 || self.stream.replicas > 5 {
             return invalid("stream.replicas", "must be 1 to 5");

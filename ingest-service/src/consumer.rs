@@ -236,6 +236,7 @@ impl Consumer {
                         .await?;
                 }
                 Err(error @ InsertError::Transient(_)) => {
+                    self.metrics.insert_retries.inc();
                     ranges.push((lo, hi));
                     let delay = backoff.next_delay(rand::random());
                     tracing::warn!(%error, rows = hi - lo, retry_in_ms = delay.as_millis() as u64, "insert failed, retrying");

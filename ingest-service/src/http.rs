@@ -1,6 +1,7 @@
 //! The ingest service's small HTTP endpoint: liveness, readiness and metrics.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -18,9 +19,12 @@ pub struct HttpState {
     pub registry: Arc<Registry>,
     pub sink: Sink,
     pub nats: async_nats::Client,
+    /// Set once migrations and retention settings are applied.
+    pub schema_ready: Arc<AtomicBool>,
 }
 
-/// `/healthz` (the process runs), `/readyz` (NATS connected and ClickHouse answering) and
+/// `/healthz` (the process runs), `/readyz` (NATS connected, ClickHouse answering, schema
+/// current) and
 /// `/metrics` (Prometheus text format).
 pub fn router(state: HttpState) -> Router {
     Router::new()
@@ -33,14 +37,15 @@ pub fn router(state: HttpState) -> Router {
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
     let nats = state.nats.connection_state() == async_nats::connection::State::Connected;
     let clickhouse = state.sink.ping().await;
-    let status = if nats && clickhouse {
+    let schema = state.schema_ready.load(Ordering::Relaxed);
+    let status = if nats && clickhouse && schema {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (
         status,
-        Json(json!({"nats": nats, "clickhouse": clickhouse})),
+        Json(json!({"nats": nats, "clickhouse": clickhouse, "schema": schema})),
     )
 }
 

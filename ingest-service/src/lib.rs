@@ -6,16 +6,20 @@
 //! insert succeeded. What cannot be stored goes to the dead-letter stream with the reason.
 //!
 //! Stages, one file each: [`config`] -> [`consumer`] (fetch, decode, batch) -> [`sink`]
-//! (insert, retry, bisect) and [`deadletter`]; [`schema`] owns the ClickHouse tables and the
-//! row type the query service reads back; [`service`] wires them with [`http`] and
-//! [`metrics`].
+//! (insert, retry, bisect) and [`deadletter`]; [`migrations`] owns the ClickHouse tables,
+//! [`schema`] the row type the query service reads back, [`capabilities`] what the server can
+//! do, [`retention`] how long rows live (TTL or partition sweeps); [`service`] wires them with
+//! [`http`] and [`metrics`].
 
+pub mod capabilities;
 pub mod config;
 pub mod consumer;
 pub mod deadletter;
 pub mod http;
 pub mod metrics;
+pub mod migrations;
 pub mod nats;
+pub mod retention;
 pub mod schema;
 pub mod service;
 pub mod sink;

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Parser;
 use sightline_ingest::IngestConfig;
+use sightline_ingest::capabilities::Capabilities;
+use sightline_ingest::migrations;
 
 /// Sightline ingest service: JetStream -> ClickHouse, batched, lossless, idempotent.
 #[derive(Debug, Parser)]
@@ -30,6 +32,19 @@ struct Args {
     /// Check the config file, print the effective config and exit.
     #[arg(long)]
     check_config: bool,
+    /// Print the schema statements (migrations, then retention) for a server of this kind
+    /// and exit, for review or to apply by hand.
+    #[arg(long, value_name = "legacy|modern")]
+    print_schema: Option<ServerKind>,
+}
+
+/// A kind of ClickHouse server.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ServerKind {
+    /// ClickHouse before 19.6: no TTL (Debian's 18.16).
+    Legacy,
+    /// ClickHouse 24.x and later.
+    Modern,
 }
 
 #[tokio::main]
@@ -40,6 +55,21 @@ async fn main() -> anyhow::Result<()> {
         Some(path) => IngestConfig::load(path)?,
         None => IngestConfig::default(),
     };
+    if let Some(kind) = args.print_schema {
+        let caps = match kind {
+            ServerKind::Legacy => Capabilities::LEGACY,
+            ServerKind::Modern => Capabilities::MODERN,
+        };
+        let db = &config.clickhouse.database;
+        let statements = migrations::bootstrap(db)
+            .into_iter()
+            .chain(migrations::MIGRATIONS.iter().flat_map(|m| m.statements(db)))
+            .chain(config.retention.ttl_statements(db, caps));
+        for statement in statements {
+            println!("{statement};\n");
+        }
+        return Ok(());
+    }
     if args.check_config {
         println!(
             "{}",

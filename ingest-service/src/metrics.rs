@@ -51,6 +51,9 @@ pub struct Metrics {
     pub insert_seconds: Histogram,
     pub batch_rows: Histogram,
     pub pending_rows: Gauge,
+    pub insert_retries: Counter,
+    pub retention_partitions_dropped: Counter,
+    pub retention_errors: Counter,
 }
 
 impl Metrics {
@@ -66,6 +69,9 @@ impl Metrics {
             insert_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             batch_rows: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
             pending_rows: Gauge::default(),
+            insert_retries: Counter::default(),
+            retention_partitions_dropped: Counter::default(),
+            retention_errors: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("sightline_ingest");
         r.register(
@@ -108,6 +114,21 @@ impl Metrics {
             "pending_rows",
             "Rows fetched and waiting for their INSERT",
             metrics.pending_rows.clone(),
+        );
+        r.register(
+            "insert_retries",
+            "INSERTs retried after a transient failure",
+            metrics.insert_retries.clone(),
+        );
+        r.register(
+            "retention_partitions_dropped",
+            "Expired partitions dropped by the retention sweep (servers without TTL)",
+            metrics.retention_partitions_dropped.clone(),
+        );
+        r.register(
+            "retention_errors",
+            "Retention sweeps that failed",
+            metrics.retention_errors.clone(),
         );
         metrics
     }

@@ -1,19 +1,12 @@
-//! The ClickHouse schema and the row type stored in it.
-//!
-//! The DDL works on the oldest server we support (ClickHouse 18.16, Debian's package) and on
-//! modern ones: no DateTime64, Map or TTL here. The `events` table is a `ReplacingMergeTree`
-//! whose sorting key ends in `event_id`, so a redelivered event (same id, same camera, same
-//! capture time) collapses into one row when parts merge, and readers use `LIMIT 1 BY
-//! event_id` so they never see it twice before that.
+//! The row type of the `events` table (written by ingest, read back by the query service)
+//! and the ClickHouse client set-up. The tables themselves are made by [`crate::migrations`]
+//! (see `ingest-service/migrations/`).
 //!
 //! Column notes for SQL users:
 //! * `captured_at` is the capture time in whole seconds (partitioning and coarse filters);
 //!   `captured_at_ms` is the exact time in epoch milliseconds (ordering and precise filters).
 //! * `detections.*` and `attributes.*` are `Nested` columns: parallel arrays, one element per
 //!   detection or attribute (`ARRAY JOIN detections` turns them into rows).
-//! * `schema_version` is the first column on purpose: every RowBinary row then starts with
-//!   the byte `0x01`, which keeps old servers' chunked-HTTP parser away from a known bug with
-//!   chunks that start with `\r` (ClickHouse issue 44167).
 
 use anyhow::Context as _;
 use clickhouse::{Client, Row};
@@ -50,55 +43,8 @@ pub fn client(config: &ClickHouseConfig) -> anyhow::Result<Client> {
     Ok(client)
 }
 
-/// Creates the database and tables if they are missing.
-pub async fn ensure(client: &Client, database: &str) -> Result<(), clickhouse::error::Error> {
-    for statement in ddl(database) {
-        client.query(&statement).execute().await?;
-    }
-    Ok(())
-}
-
 /// The table that holds one row per event.
 pub const EVENTS_TABLE: &str = "events";
-
-/// Statements that create the schema; each is idempotent.
-pub fn ddl(database: &str) -> Vec<String> {
-    vec![
-        format!("CREATE DATABASE IF NOT EXISTS `{database}`"),
-        format!(
-            "CREATE TABLE IF NOT EXISTS `{database}`.{EVENTS_TABLE} (
-                schema_version UInt16,
-                event_id UUID,
-                edge_id String,
-                camera_id String,
-                captured_at DateTime('UTC'),
-                captured_at_ms Int64,
-                frame_seq UInt64,
-                motion_score Float32,
-                detections Nested(
-                    label String,
-                    class_id UInt32,
-                    confidence Float32,
-                    x_min Float32,
-                    y_min Float32,
-                    x_max Float32,
-                    y_max Float32,
-                    track_id Nullable(UInt64)
-                ),
-                model_name String,
-                model_version String,
-                inference_ms Float32,
-                snapshot Nullable(String),
-                description Nullable(String),
-                attributes Nested(key String, value String),
-                ingested_at DateTime('UTC') DEFAULT now()
-            )
-            ENGINE = ReplacingMergeTree
-            PARTITION BY toYYYYMMDD(captured_at)
-            ORDER BY (camera_id, captured_at_ms, event_id)"
-        ),
-    ]
-}
 
 /// One row of the `events` table, in column order (RowBinary has no names).
 #[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]

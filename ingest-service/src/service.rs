@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -10,13 +11,15 @@ use sightline_shared::Backoff;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::capabilities::Capabilities;
 use crate::config::IngestConfig;
 use crate::consumer::Consumer;
 use crate::deadletter::DeadLetters;
 use crate::http::{HttpState, router};
 use crate::metrics::Metrics;
+use crate::migrations::{self, MigrationError};
 use crate::sink::Sink;
-use crate::{nats, schema};
+use crate::{nats, retention, schema};
 
 /// Runs the ingest service until `shutdown` completes.
 ///
@@ -44,11 +47,13 @@ pub async fn run(
     let sink = Sink::new(client, config.clickhouse.timeout(), metrics.clone());
     let nats = sightline_runtime::connect_nats(&config.nats, "sightline-ingest").await?;
 
+    let schema_ready = Arc::new(AtomicBool::new(false));
     let http = tokio::spawn({
         let state = HttpState {
             registry: Arc::new(registry),
             sink: sink.clone(),
             nats: nats.clone(),
+            schema_ready: schema_ready.clone(),
         };
         let cancel = cancel.clone();
         async move {
@@ -58,22 +63,46 @@ pub async fn run(
         }
     });
 
-    if retry("create the ClickHouse schema", &cancel, || {
-        schema::ensure(&admin, &config.clickhouse.database)
-    })
-    .await
-    .is_none()
-    {
-        return finish(http, nats).await;
+    let db = config.clickhouse.database.clone();
+    let prepared = retry(
+        "prepare the ClickHouse schema",
+        &cancel,
+        StoreSetupError::is_transient,
+        || prepare_store(&admin, &db, &config.retention),
+    )
+    .await;
+    let caps = match prepared {
+        Ok(Some(caps)) => caps,
+        Ok(None) => return finish(http, nats).await,
+        Err(error) => {
+            cancel.cancel();
+            let _ = finish(http, nats).await;
+            return Err(anyhow::Error::new(error).context("cannot run on this ClickHouse schema"));
+        }
+    };
+    schema_ready.store(true, Ordering::Relaxed);
+    if !caps.ttl {
+        tracing::info!(
+            version = ?caps.version,
+            "ClickHouse has no TTL: expired partitions are dropped by a scheduled sweep"
+        );
+        tokio::spawn(retention::run_sweeps(
+            admin.clone(),
+            db.clone(),
+            config.retention.clone(),
+            metrics.clone(),
+            cancel.clone(),
+        ));
     }
     let js = async_nats::jetstream::new(nats.clone());
-    let Some(consumer) = retry(
+    let declared = retry(
         "declare the JetStream streams and consumer",
         &cancel,
+        |_| true,
         || nats::declare(&js, &config),
     )
-    .await
-    else {
+    .await;
+    let Ok(Some(consumer)) = declared else {
         return finish(http, nats).await;
     };
     tracing::info!(
@@ -114,8 +143,57 @@ async fn finish(
     Ok(())
 }
 
-/// Retries `op` with capped backoff until it succeeds (`Some`) or `cancel` fires (`None`).
-async fn retry<T, E, F, Fut>(what: &str, cancel: &CancellationToken, mut op: F) -> Option<T>
+/// Why the ClickHouse schema could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreSetupError {
+    #[error("failed to detect the ClickHouse server's capabilities: {0}")]
+    Detect(#[source] clickhouse::error::Error),
+    #[error(transparent)]
+    Migrate(#[from] MigrationError),
+    #[error("failed to set the retention TTL: {0}")]
+    Ttl(#[source] clickhouse::error::Error),
+}
+
+impl StoreSetupError {
+    fn is_transient(&self) -> bool {
+        let network = |e: &clickhouse::error::Error| {
+            matches!(
+                e,
+                clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut
+            )
+        };
+        match self {
+            Self::Detect(e) | Self::Ttl(e) => network(e),
+            Self::Migrate(e) => e.is_transient(),
+        }
+    }
+}
+
+/// Detects what the server can do, applies migrations and sets retention TTL where the
+/// server has it.
+pub async fn prepare_store(
+    admin: &clickhouse::Client,
+    db: &str,
+    retention_settings: &retention::RetentionSettings,
+) -> Result<Capabilities, StoreSetupError> {
+    let caps = Capabilities::detect(admin)
+        .await
+        .map_err(StoreSetupError::Detect)?;
+    migrations::migrate(admin, db).await?;
+    retention::apply_ttl(admin, db, retention_settings, caps)
+        .await
+        .map_err(StoreSetupError::Ttl)?;
+    Ok(caps)
+}
+
+/// Retries `op` with capped backoff while its errors are transient: `Ok(Some)` on success,
+/// `Ok(None)` if `cancel` fired first, `Err` for an error retrying cannot fix.
+async fn retry<T, E, F, Fut>(
+    what: &str,
+    cancel: &CancellationToken,
+    is_transient: impl Fn(&E) -> bool,
+    mut op: F,
+) -> Result<Option<T>, E>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
@@ -124,13 +202,14 @@ where
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         match op().await {
-            Ok(value) => return Some(value),
+            Ok(value) => return Ok(Some(value)),
+            Err(error) if !is_transient(&error) => return Err(error),
             Err(error) => {
                 let delay = backoff.next_delay(rand::random());
                 tracing::warn!(error = %format!("{error:#}"), retry_in_ms = delay.as_millis() as u64, "failed to {what}, retrying");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
-                    () = cancel.cancelled() => return None,
+                    () = cancel.cancelled() => return Ok(None),
                 }
             }
         }

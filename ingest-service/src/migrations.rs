@@ -1,0 +1,235 @@
+//! Versioned, ordered schema migrations.
+//!
+//! The migrations are the files in `ingest-service/migrations/`, compiled into the binary, with
+//! `{db}` standing for the database. Applied versions are recorded in `schema_migrations`
+//! with a checksum of the file, so an edited migration is caught instead of silently
+//! diverging. Every statement is idempotent (`IF NOT EXISTS`), so two replicas starting
+//! together may both run a migration and both record it; the record table collapses the
+//! duplicate. (On Kubernetes the Lease from the deployment issue lets only one replica run
+//! them at all.) A statement ClickHouse rejects stops the service with the migration named.
+
+use clickhouse::{Client, Row};
+use serde::Deserialize;
+use thiserror::Error;
+
+/// One migration file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// All migrations, in order.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "events",
+        sql: include_str!("../migrations/0001_events.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "detections",
+        sql: include_str!("../migrations/0002_detections.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "detections_hourly",
+        sql: include_str!("../migrations/0003_detections_hourly.sql"),
+    },
+];
+
+/// Why migrating failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum MigrationError {
+    /// ClickHouse is unreachable; worth retrying.
+    #[error("ClickHouse unreachable while migrating: {0}")]
+    Unavailable(#[source] clickhouse::error::Error),
+    /// A statement was rejected: the service must not run on a half-made schema.
+    #[error("migration {version:04}_{name} failed at statement {statement}: {source}")]
+    Failed {
+        version: u32,
+        name: &'static str,
+        statement: usize,
+        #[source]
+        source: clickhouse::error::Error,
+    },
+    /// A migration that was applied has been edited since.
+    #[error(
+        "migration {version:04}_{name} was changed after it was applied (checksum {applied} in the database, {current} in this build)"
+    )]
+    Changed {
+        version: u32,
+        name: &'static str,
+        applied: String,
+        current: String,
+    },
+    /// Reading or writing `schema_migrations` failed.
+    #[error("failed to read or record schema_migrations: {0}")]
+    Bookkeeping(#[source] clickhouse::error::Error),
+}
+
+impl MigrationError {
+    /// Whether retrying later can help.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unavailable(_) => true,
+            Self::Bookkeeping(e) => is_network(e),
+            _ => false,
+        }
+    }
+}
+
+fn is_network(error: &clickhouse::error::Error) -> bool {
+    matches!(
+        error,
+        clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut
+    )
+}
+
+impl Migration {
+    /// The migration's statements for database `db`.
+    pub fn statements(&self, db: &str) -> Vec<String> {
+        split_statements(&self.sql.replace("{db}", &format!("`{db}`")))
+    }
+
+    /// A stable checksum of the file (FNV-1a, 64 bits, hex).
+    pub fn checksum(&self) -> String {
+        let hash = self.sql.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        format!("{hash:016x}")
+    }
+}
+
+/// Splits SQL text on `;` at the end of a line, dropping pieces that are only comments.
+pub fn split_statements(sql: &str) -> Vec<String> {
+    sql.split(";\n")
+        .map(|s| s.trim().trim_end_matches(';').trim())
+        .filter(|s| {
+            s.lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with("--"))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The statements that create the database and the bookkeeping table.
+pub fn bootstrap(db: &str) -> [String; 2] {
+    [
+        format!("CREATE DATABASE IF NOT EXISTS `{db}`"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS `{db}`.schema_migrations (\
+             version UInt32, name String, checksum String, applied_at DateTime('UTC') DEFAULT now()) \
+             ENGINE = ReplacingMergeTree ORDER BY version"
+        ),
+    ]
+}
+
+/// Applies every migration not yet recorded; returns the versions it applied.
+pub async fn migrate(client: &Client, db: &str) -> Result<Vec<u32>, MigrationError> {
+    for statement in bootstrap(db) {
+        client.query(&statement).execute().await.map_err(|e| {
+            if is_network(&e) {
+                MigrationError::Unavailable(e)
+            } else {
+                MigrationError::Bookkeeping(e)
+            }
+        })?;
+    }
+    #[derive(Row, Deserialize)]
+    struct Applied {
+        version: u32,
+        checksum: String,
+    }
+    let applied = client
+        .query(&format!(
+            "SELECT version, any(checksum) AS checksum FROM `{db}`.schema_migrations GROUP BY version ORDER BY version"
+        ))
+        .fetch_all::<Applied>()
+        .await
+        .map_err(MigrationError::Bookkeeping)?;
+    let mut done = Vec::new();
+    for migration in MIGRATIONS {
+        let current = migration.checksum();
+        if let Some(a) = applied.iter().find(|a| a.version == migration.version) {
+            if a.checksum != current {
+                return Err(MigrationError::Changed {
+                    version: migration.version,
+                    name: migration.name,
+                    applied: a.checksum.clone(),
+                    current,
+                });
+            }
+            continue;
+        }
+        for (i, statement) in migration.statements(db).iter().enumerate() {
+            client.query(statement).execute().await.map_err(|source| {
+                if is_network(&source) {
+                    MigrationError::Unavailable(source)
+                } else {
+                    MigrationError::Failed {
+                        version: migration.version,
+                        name: migration.name,
+                        statement: i + 1,
+                        source,
+                    }
+                }
+            })?;
+        }
+        client
+            .query(&format!(
+                "INSERT INTO `{db}`.schema_migrations (version, name, checksum) VALUES (?, ?, ?)"
+            ))
+            .bind(migration.version)
+            .bind(migration.name)
+            .bind(current.as_str())
+            .execute()
+            .await
+            .map_err(MigrationError::Bookkeeping)?;
+        tracing::info!(
+            version = migration.version,
+            name = migration.name,
+            "applied migration"
+        );
+        done.push(migration.version);
+    }
+    if let Some(newest) = applied.iter().map(|a| a.version).max()
+        && newest > MIGRATIONS.last().map_or(0, |m| m.version)
+    {
+        tracing::warn!(
+            newest,
+            "the schema is newer than this build (an upgrade in progress?)"
+        );
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_ordered_and_split() {
+        assert!(MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version));
+        let statements: Vec<_> = MIGRATIONS.iter().flat_map(|m| m.statements("db")).collect();
+        assert_eq!(statements.len(), 5);
+        assert!(
+            statements
+                .iter()
+                .all(|s| s.contains("IF NOT EXISTS") && s.contains("`db`."))
+        );
+        assert!(
+            statements
+                .iter()
+                .all(|s| !s.contains("{db}") && !s.ends_with(';'))
+        );
+    }
+
+    #[test]
+    fn checksums_are_stable() {
+        assert_eq!(MIGRATIONS[0].checksum(), MIGRATIONS[0].checksum());
+        assert_ne!(MIGRATIONS[0].checksum(), MIGRATIONS[1].checksum());
+    }
+}

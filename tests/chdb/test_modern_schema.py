@@ -1,0 +1,146 @@
+"""The modern-server path of the schema, proven on a real modern engine.
+
+ClickHouse 18.16 (the only server Debian ships) has no TTL, so the integration tests there
+exercise the partition sweep. This test takes the exact statements the ingest service would
+run against a modern server (`ingest-service --print-schema modern`: migrations, then
+retention TTL), applies them to chdb (ClickHouse 26.x in-process), inserts events with old
+and new timestamps, forces TTL with OPTIMIZE ... FINAL and checks that exactly the expired
+rows are gone and the rollups are right.
+"""
+
+import os
+import pathlib
+import subprocess
+import tempfile
+
+import pytest
+from chdb import session
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+EVENTS = [
+    # (id suffix, days ago, labels with confidences)
+    ("000000000001", 0, [("car", 0.5), ("person", 0.9), ("car", 0.7)]),
+    ("000000000002", 10, [("car", 0.6)]),
+    ("000000000003", 40, [("car", 0.8), ("dog", 0.4)]),
+    ("000000000004", 500, [("car", 0.3)]),
+]
+
+
+def schema(config_text=None):
+    """The statements `ingest-service --print-schema modern` prints."""
+    args = ["cargo", "run", "-q", "-p", "sightline-ingest", "--", "--print-schema", "modern"]
+    with tempfile.NamedTemporaryFile("w", suffix=".toml") as config:
+        if config_text is not None:
+            config.write(config_text)
+            config.flush()
+            args += ["--config", config.name]
+        out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [s.strip() for s in out.split(";\n") if s.strip()]
+
+
+@pytest.fixture()
+def db(tmp_path):
+    s = session.Session(str(tmp_path / "chdb"))
+    yield s
+    s.close()
+
+
+def apply(s, statements):
+    for statement in statements:
+        s.query(statement)
+
+
+def insert_events(s):
+    for suffix, days, detections in EVENTS:
+        labels = "[" + ",".join(f"'{label}'" for label, _ in detections) + "]"
+        confidences = "[" + ",".join(str(c) for _, c in detections) + "]"
+        zeros = "[" + ",".join("0" for _ in detections) + "]"
+        ones = "[" + ",".join("1" for _ in detections) + "]"
+        tracks = "[" + ",".join("NULL" for _ in detections) + "]"
+        s.query(
+            "INSERT INTO sightline.events (schema_version, event_id, edge_id, camera_id, captured_at,"
+            " captured_at_ms, frame_seq, motion_score, detections.label, detections.class_id,"
+            " detections.confidence, detections.x_min, detections.y_min, detections.x_max,"
+            " detections.y_max, detections.track_id, model_name, model_version, inference_ms,"
+            " snapshot, description, attributes.key, attributes.value)"
+            f" SELECT 1, toUUID('0190b1d2-0000-7000-8000-{suffix}'), 'edge', 'gate', t,"
+            f" toUnixTimestamp(t) * 1000, 1, 0.5, {labels}, {zeros}, {confidences}, {zeros}, {zeros},"
+            f" {ones}, {ones}, {tracks}, 'm', '1', 10, NULL, NULL, [], []"
+            f" FROM (SELECT now() - INTERVAL {days} DAY AS t)"
+        )
+
+
+def optimize(s):
+    for table in ("events", "detections", "detections_hourly"):
+        s.query(f"OPTIMIZE TABLE sightline.{table} FINAL")
+
+
+def rows(s, sql):
+    out = s.query(sql, "TabSeparated").bytes().decode().strip()
+    return [line.split("\t") for line in out.splitlines()] if out else []
+
+
+def test_ttl_removes_exactly_the_expired_rows_and_keeps_rollups(db):
+    # Tables first, rows next, retention last: modern servers apply TTL while inserting too,
+    # so this order is what shows TTL removing rows that are already stored.
+    statements = schema()
+    tables = [s for s in statements if not s.startswith("ALTER TABLE")]
+    retention = [s for s in statements if s.startswith("ALTER TABLE")]
+    assert len(retention) == 6
+    apply(db, tables)
+    insert_events(db)
+    assert rows(db, "SELECT count() FROM sightline.events") == [["4"]]
+    assert rows(db, "SELECT count() FROM sightline.detections") == [["7"]]
+    apply(db, retention)
+    optimize(db)
+    # Events and detections keep 30 days; rollups keep 400.
+    assert rows(db, "SELECT toString(event_id) FROM sightline.events ORDER BY event_id") == [
+        ["0190b1d2-0000-7000-8000-000000000001"],
+        ["0190b1d2-0000-7000-8000-000000000002"],
+    ]
+    assert rows(db, "SELECT label, count() FROM sightline.detections GROUP BY label ORDER BY label") == [
+        ["car", "3"],
+        ["person", "1"],
+    ]
+    rollup = rows(
+        db,
+        "SELECT dateDiff('day', hour, now()) AS age, label, countMerge(detections), maxMerge(max_confidence)"
+        " FROM sightline.detections_hourly GROUP BY hour, label ORDER BY age, label",
+    )
+    assert [(int(a) // 10 * 10, l, n, c) for a, l, n, c in rollup] == [
+        (0, "car", "2", "0.7"),
+        (0, "person", "1", "0.9"),
+        (10, "car", "1", "0.6"),
+        (40, "car", "1", "0.8"),
+        (40, "dog", "1", "0.4"),
+    ]
+
+
+def test_a_retention_change_alters_the_ttl(db):
+    apply(db, schema())
+    insert_events(db)
+    # Shorter retention in the config: the same statements now set 7 days.
+    apply(db, schema("[retention]\nevents_days = 7\ndetections_days = 7\nrollups_days = 30\n"))
+    engine = rows(db, "SELECT engine_full FROM system.tables WHERE database = 'sightline' AND name = 'events'")
+    assert "TTL captured_at + toIntervalDay(7)" in engine[0][0]
+    assert "ttl_only_drop_parts = 1" in engine[0][0]
+    optimize(db)
+    assert rows(db, "SELECT count() FROM sightline.events") == [["1"]]
+    assert rows(db, "SELECT count() FROM sightline.detections") == [["3"]]
+    assert rows(db, "SELECT count() FROM (SELECT hour FROM sightline.detections_hourly GROUP BY hour)") == [["2"]]
+
+
+def test_migrations_are_idempotent(db):
+    statements = schema()
+    apply(db, statements)
+    apply(db, statements)
+    tables = rows(db, "SELECT name FROM system.tables WHERE database = 'sightline' ORDER BY name")
+    assert [t[0] for t in tables] == [
+        "detections",
+        "detections_hourly",
+        "detections_hourly_mv",
+        "detections_mv",
+        "events",
+        "schema_migrations",
+    ]

@@ -24,6 +24,8 @@ cargo fmt --all -- --check
 log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test"
+# The fault tests run the real ingest-service binary and kill -9 it.
+cargo build --workspace --bins --locked
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$results"

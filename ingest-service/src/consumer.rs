@@ -68,10 +68,22 @@ fn now() -> Timestamp {
     Timestamp::from_datetime(time::OffsetDateTime::now_utc())
 }
 
-/// A message waiting for its batch's INSERT.
-struct Pending {
-    message: jetstream::Message,
-    row: EventRow,
+/// Messages waiting for their batch's INSERT, and their rows, index for index.
+#[derive(Default)]
+struct Batch {
+    messages: Vec<jetstream::Message>,
+    rows: Vec<EventRow>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
 }
 
 /// The consume loop's state.
@@ -114,8 +126,7 @@ impl Consumer {
     /// Runs until `cancel` fires, then flushes what it holds (if ClickHouse takes it) and
     /// returns. Unflushed messages are simply not acknowledged: JetStream redelivers them.
     pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
-        let mut batch: Vec<Pending> = Vec::with_capacity(self.batch.max_rows.min(65_536));
-        let mut batch_bytes = 0usize;
+        let mut batch = Batch::default();
         let mut deadline = Instant::now();
         let mut reconnect = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         'connect: while !cancel.is_cancelled() {
@@ -144,7 +155,6 @@ impl Consumer {
                     () = cancel.cancelled() => break 'connect,
                     () = tokio::time::sleep_until(flush_at), if !batch.is_empty() => {
                         if self.flush(&mut batch, &cancel).await.is_err() { break 'connect; }
-                        batch_bytes = 0;
                     }
                     next = messages.next() => match next {
                         Some(Ok(message)) => {
@@ -155,12 +165,12 @@ impl Consumer {
                                     if batch.is_empty() {
                                         deadline = Instant::now() + self.batch.max_wait();
                                     }
-                                    batch_bytes += message.payload.len();
-                                    batch.push(Pending { row: EventRow::from(&event), message });
+                                    batch.bytes += message.payload.len();
+                                    batch.rows.push(EventRow::from(&event));
+                                    batch.messages.push(message);
                                     self.metrics.pending_rows.set(batch.len() as i64);
-                                    if batch.len() >= self.batch.max_rows || batch_bytes >= self.batch.max_bytes {
+                                    if batch.len() >= self.batch.max_rows || batch.bytes >= self.batch.max_bytes {
                                         if self.flush(&mut batch, &cancel).await.is_err() { break 'connect; }
-                                        batch_bytes = 0;
                                     }
                                 }
                                 Err((reason, detail)) => {
@@ -200,14 +210,9 @@ impl Consumer {
 
     /// Stores and acknowledges every message of `batch` (emptying it), bisecting around rows
     /// ClickHouse rejects and retrying transient failures until `cancel` fires.
-    async fn flush(
-        &self,
-        batch: &mut Vec<Pending>,
-        cancel: &CancellationToken,
-    ) -> Result<(), Cancelled> {
-        let pending = std::mem::take(batch);
+    async fn flush(&self, batch: &mut Batch, cancel: &CancellationToken) -> Result<(), Cancelled> {
+        let Batch { messages, rows, .. } = std::mem::take(batch);
         self.metrics.pending_rows.set(0);
-        let rows: Vec<EventRow> = pending.iter().map(|p| p.row.clone()).collect();
         let mut ranges = vec![(0, rows.len())];
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
         let progress_every = Duration::from_secs(self.settings.ack_wait_secs) / 3;
@@ -216,7 +221,7 @@ impl Consumer {
             match self.sink.insert(&rows[lo..hi]).await {
                 Ok(()) => {
                     backoff.reset();
-                    self.ack(&pending[lo..hi]).await;
+                    self.ack(&messages[lo..hi]).await;
                 }
                 Err(InsertError::Permanent { code, source }) if hi - lo > 1 => {
                     let mid = lo + (hi - lo) / 2;
@@ -227,12 +232,7 @@ impl Consumer {
                 Err(error @ InsertError::Permanent { .. }) => {
                     let detail = error.to_string();
                     self.dead_letters
-                        .send(
-                            &pending[lo].message,
-                            DeadLetterReason::Insert,
-                            &detail,
-                            cancel,
-                        )
+                        .send(&messages[lo], DeadLetterReason::Insert, &detail, cancel)
                         .await?;
                 }
                 Err(error @ InsertError::Transient(_)) => {
@@ -241,7 +241,7 @@ impl Consumer {
                     let delay = backoff.next_delay(rand::random());
                     tracing::warn!(%error, rows = hi - lo, retry_in_ms = delay.as_millis() as u64, "insert failed, retrying");
                     if last_progress.elapsed() >= progress_every {
-                        self.keep_alive(&pending).await;
+                        self.keep_alive(&messages).await;
                         last_progress = Instant::now();
                     }
                     tokio::select! {
@@ -254,9 +254,9 @@ impl Consumer {
         Ok(())
     }
 
-    async fn ack(&self, pending: &[Pending]) {
-        for p in pending {
-            match p.message.ack().await {
+    async fn ack(&self, messages: &[jetstream::Message]) {
+        for message in messages {
+            match message.ack().await {
                 Ok(()) => {
                     self.metrics.messages_acked.inc();
                 }
@@ -270,9 +270,9 @@ impl Consumer {
     }
 
     /// Tells JetStream the batch is still being worked on, so it is not redelivered.
-    async fn keep_alive(&self, pending: &[Pending]) {
-        for p in pending {
-            if let Err(error) = p.message.ack_with(AckKind::Progress).await {
+    async fn keep_alive(&self, messages: &[jetstream::Message]) {
+        for message in messages {
+            if let Err(error) = message.ack_with(AckKind::Progress).await {
                 tracing::debug!(%error, "failed to send an in-progress ack");
             }
         }

@@ -1,0 +1,175 @@
+//! Ingest throughput: JetStream -> ClickHouse, against its two ceilings on this machine.
+//!
+//! `cargo bench -p sightline-tests --bench ingest` starts its own nats-server and
+//! clickhouse-server, fills the stream with N realistic events (default 1,000,000; set
+//! `SIGHTLINE_BENCH_EVENTS`), then measures, in one run:
+//!
+//! 1. NATS alone: a pull consumer drains the stream, decoding, validating and acking every
+//!    message (what ingest does without ClickHouse);
+//! 2. ClickHouse alone: the same rows, already in memory, inserted in batches of the default
+//!    size through the same sink;
+//! 3. ingest: the real service drains the stream into ClickHouse.
+//!
+//! It prints events/s for each, the ratio ingest / min(ceilings), and the insert latency
+//! quantiles from the service's histogram.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use prometheus_client::registry::Registry;
+use sightline_edge_agent::config::SyntheticConfig;
+use sightline_edge_agent::metrics::Metrics as EdgeMetrics;
+use sightline_edge_agent::outbox::ChannelOutbox;
+use sightline_edge_agent::publisher::Publisher;
+use sightline_ingest::IngestConfig;
+use sightline_ingest::consumer::check_message;
+use sightline_ingest::metrics::Metrics as IngestMetrics;
+use sightline_ingest::schema::{self, EventRow};
+use sightline_ingest::sink::Sink;
+use sightline_shared::config::{ClickHouseConfig, NatsConfig};
+use sightline_shared::{DetectionEvent, Encoding, Timestamp, subjects};
+use sightline_tests::stack::metric;
+use sightline_tests::{ClickHouseServer, NatsServer};
+use tokio_util::sync::CancellationToken;
+
+const LABELS: [&str; 12] =
+    ["person", "car", "bicycle", "dog", "truck", "bus", "motorcycle", "cat", "backpack", "handbag", "umbrella", "bird"];
+
+fn events(n: usize) -> Vec<DetectionEvent> {
+    let config = SyntheticConfig {
+        labels: LABELS.map(String::from).to_vec(),
+        max_detections: 4,
+        ..SyntheticConfig::default()
+    };
+    let mut rng = rand::rng();
+    let mut track = 0;
+    (0..n)
+        .map(|i| {
+            let edge = format!("site-{}", i % 8);
+            let camera = format!("cam-{:02}", i % 64);
+            sightline_edge_agent::synthetic::make_event(&edge, &camera, &config, i as u64, &mut track, &mut rng)
+        })
+        .collect()
+}
+
+fn rate(n: usize, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64()
+}
+
+/// Upper bound of the bucket holding quantile `q` of a Prometheus histogram in `text`.
+fn quantile(text: &str, name: &str, q: f64) -> f64 {
+    let buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}_bucket{{")))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let count = l.rsplit(' ').next()?.parse().ok()?;
+            Some((if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? }, count))
+        })
+        .collect();
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    buckets.iter().find(|(_, c)| *c >= q * total).map_or(f64::NAN, |b| b.0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let n: usize = std::env::var("SIGHTLINE_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let nats = NatsServer::start()?;
+    let clickhouse = ClickHouseServer::start()?;
+    let config = IngestConfig {
+        nats: NatsConfig { url: nats.url(), credentials_file: None },
+        clickhouse: ClickHouseConfig { url: clickhouse.url(), ..Default::default() },
+        ..Default::default()
+    };
+    let client = async_nats::connect(nats.url()).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    sightline_ingest::nats::declare(&js, &config).await?;
+
+    println!("ingest benchmark: {n} events, batch {} rows", config.batch.max_rows);
+    let all = events(n);
+    let started = Instant::now();
+    let (tx, mut outbox) = ChannelOutbox::new(n);
+    for event in all.iter().cloned() {
+        tx.send(event).await?;
+    }
+    drop(tx);
+    let report = Publisher::new(js.clone(), Encoding::Bincode, 4096, EdgeMetrics::default())
+        .run(&mut outbox, &CancellationToken::new())
+        .await;
+    assert_eq!(report.published as usize, n);
+    println!("  publish (edge publisher, 4096 in flight): {:>10.0} events/s", rate(n, started.elapsed()));
+
+    // 1. NATS alone.
+    let consumer = js
+        .get_stream(subjects::EVENTS_STREAM)
+        .await?
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("bench-drain".into()),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            max_ack_pending: config.consumer.max_ack_pending,
+            ..Default::default()
+        })
+        .await?;
+    let started = Instant::now();
+    let mut messages = consumer.stream().max_messages_per_batch(config.consumer.fetch_batch).messages().await?;
+    let now = Timestamp::from_datetime(time::OffsetDateTime::now_utc());
+    let mut drained = 0;
+    while drained < n {
+        let message = messages.next().await.ok_or_else(|| anyhow::anyhow!("stream ended"))?.map_err(|e| anyhow::anyhow!(e))?;
+        let ct = message.headers.as_ref().and_then(|h| h.get("Content-Type")).map(|v| v.as_str());
+        let event = check_message(&message.subject, ct, &message.payload, now).map_err(|(_, e)| anyhow::anyhow!(e))?;
+        std::hint::black_box(EventRow::from(&event));
+        message.ack().await.map_err(|e| anyhow::anyhow!(e))?;
+        drained += 1;
+    }
+    client.flush().await?;
+    let nats_alone = rate(n, started.elapsed());
+    println!("  1. NATS alone (fetch, decode, validate, ack): {nats_alone:>10.0} events/s");
+    drop(messages);
+
+    // 2. ClickHouse alone.
+    let admin = schema::client(&ClickHouseConfig { url: clickhouse.url(), ..Default::default() })?;
+    sightline_ingest::migrations::migrate(&admin, "bench_ch").await?;
+    let sink = Sink::new(admin.clone().with_database("bench_ch"), Duration::from_secs(60), IngestMetrics::new(&mut Registry::default()));
+    let rows: Vec<EventRow> = all.iter().map(EventRow::from).collect();
+    let started = Instant::now();
+    for chunk in rows.chunks(config.batch.max_rows) {
+        sink.insert(chunk).await.map_err(|e| anyhow::anyhow!(e))?;
+    }
+    let clickhouse_alone = rate(n, started.elapsed());
+    println!("  2. ClickHouse alone (RowBinary INSERTs):     {clickhouse_alone:>10.0} events/s");
+
+    // 3. The ingest service, end to end.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let metrics_url = format!("http://{}/metrics", listener.local_addr()?);
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let service = tokio::spawn(sightline_ingest::run(config.clone(), listener, stop.clone().cancelled_owned()));
+    let http = reqwest::Client::new();
+    let text = loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let text = http.get(&metrics_url).send().await.map(|r| r.text());
+        if let Ok(text) = text {
+            let text = text.await?;
+            if metric(&text, "sightline_ingest_rows_inserted_total", "") as usize >= n {
+                break text;
+            }
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(1200), "ingest did not finish in 20 minutes");
+    };
+    let ingest = rate(n, started.elapsed());
+    stop.cancel();
+    service.await??;
+    let ceiling = nats_alone.min(clickhouse_alone);
+    println!("  3. ingest (JetStream -> ClickHouse):          {ingest:>10.0} events/s");
+    println!("  ratio ingest / min(ceilings): {:.2}", ingest / ceiling);
+    println!(
+        "  insert latency per batch: p50 <= {:.0} ms, p95 <= {:.0} ms (histogram bucket bounds), {} inserts",
+        quantile(&text, "sightline_ingest_insert_duration_seconds", 0.5) * 1000.0,
+        quantile(&text, "sightline_ingest_insert_duration_seconds", 0.95) * 1000.0,
+        metric(&text, "sightline_ingest_inserts_total", "Ok"),
+    );
+    let stored: u64 = clickhouse.query("SELECT count() FROM (SELECT event_id FROM sightline.events LIMIT 1 BY event_id)").await?.parse()?;
+    println!("  stored distinct events: {stored}");
+    Ok(())
+}

@@ -1,25 +1,25 @@
-//! The consume loop: fetch, decode and validate, batch by rows, bytes and time, insert,
-//! then acknowledge.
+//! The consume loop: fetch, decode and validate, batch by rows, bytes and time, and hand
+//! full batches to the [`crate::writer`], which inserts and then acknowledges.
 //!
-//! Ordering of effects per batch: INSERT succeeds -> ack every message of the batch. A crash
-//! between the two redelivers the batch, and the `ReplacingMergeTree` plus `LIMIT 1 BY
-//! event_id` on reads make the second copy invisible. While a transient failure is retried the
-//! messages are kept alive with in-progress acks so JetStream does not hand them to another
-//! replica. A permanent failure bisects the batch until the bad rows are alone, and those go
-//! to the dead-letter stream.
+//! A crash between an INSERT and its acks redelivers the batch, and the `ReplacingMergeTree`
+//! plus `LIMIT 1 BY event_id` on reads make the second copy invisible. Messages that can
+//! never be stored (undecodable, invalid, on the wrong subject) go to the dead-letter stream
+//! right here.
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
 use sightline_shared::{Backoff, DetectionEvent, Timestamp, codec, subjects};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BatchSettings, ConsumerSettings};
 use crate::deadletter::{Cancelled, DeadLetters};
 use crate::metrics::{DeadLetterReason, Metrics};
 use crate::schema::EventRow;
-use crate::sink::{InsertError, Sink};
+use crate::sink::Sink;
+use crate::writer::{Batch, Writer};
 
 /// How long the flush at shutdown may take before the batch is left to redelivery.
 const LAST_FLUSH: Duration = Duration::from_secs(5);
@@ -68,24 +68,6 @@ fn now() -> Timestamp {
     Timestamp::from_datetime(time::OffsetDateTime::now_utc())
 }
 
-/// Messages waiting for their batch's INSERT, and their rows, index for index.
-#[derive(Default)]
-struct Batch {
-    messages: Vec<jetstream::Message>,
-    rows: Vec<EventRow>,
-    bytes: usize,
-}
-
-impl Batch {
-    fn len(&self) -> usize {
-        self.rows.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-}
-
 /// The consume loop's state.
 pub struct Consumer {
     consumer: PullConsumer,
@@ -123,9 +105,21 @@ impl Consumer {
         }
     }
 
-    /// Runs until `cancel` fires, then flushes what it holds (if ClickHouse takes it) and
-    /// returns. Unflushed messages are simply not acknowledged: JetStream redelivers them.
+    /// Runs until `cancel` fires, then hands over what it holds for one last, bounded write
+    /// and returns. Messages not stored by then are simply not acknowledged: JetStream
+    /// redelivers them.
     pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let writer = Writer {
+            sink: self.sink.clone(),
+            dead_letters: self.dead_letters.clone(),
+            metrics: self.metrics.clone(),
+            ack_wait: Duration::from_secs(self.settings.ack_wait_secs),
+        };
+        // One batch being written, one waiting, one filling: bounded memory, and fetching
+        // overlaps with inserting.
+        let (tx, rx) = mpsc::channel::<Batch>(1);
+        let stop_writer = CancellationToken::new();
+        let mut writing = tokio::spawn(writer.clone().run(rx, stop_writer.clone()));
         let mut batch = Batch::default();
         let mut deadline = Instant::now();
         let mut reconnect = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
@@ -154,7 +148,7 @@ impl Consumer {
                     biased;
                     () = cancel.cancelled() => break 'connect,
                     () = tokio::time::sleep_until(flush_at), if !batch.is_empty() => {
-                        if self.flush(&mut batch, &cancel).await.is_err() { break 'connect; }
+                        if self.hand_over(&mut batch, &tx, &writer, &cancel).await.is_err() { break 'connect; }
                     }
                     next = messages.next() => match next {
                         Some(Ok(message)) => {
@@ -169,8 +163,10 @@ impl Consumer {
                                     batch.rows.push(EventRow::from(&event));
                                     batch.messages.push(message);
                                     self.metrics.pending_rows.set(batch.len() as i64);
-                                    if batch.len() >= self.batch.max_rows || batch.bytes >= self.batch.max_bytes {
-                                        if self.flush(&mut batch, &cancel).await.is_err() { break 'connect; }
+                                    if (batch.len() >= self.batch.max_rows || batch.bytes >= self.batch.max_bytes)
+                                        && self.hand_over(&mut batch, &tx, &writer, &cancel).await.is_err()
+                                    {
+                                        break 'connect;
                                     }
                                 }
                                 Err((reason, detail)) => {
@@ -191,89 +187,48 @@ impl Consumer {
                 }
             }
         }
-        if !batch.is_empty() {
-            // One last attempt with a short budget for the whole flush (insert and acks):
-            // shutdown must not hang on a dead ClickHouse or NATS. Whatever is not stored
-            // stays unacknowledged and is redelivered.
-            let rows = batch.len();
-            let last_try = CancellationToken::new();
-            match tokio::time::timeout(LAST_FLUSH, self.flush(&mut batch, &last_try)).await {
-                Ok(Ok(())) => tracing::info!(rows, "flushed the last batch on shutdown"),
-                _ => tracing::warn!(
-                    rows,
-                    "could not flush on shutdown; JetStream will redeliver"
-                ),
-            }
+        // Shutdown: hand the open batch to the writer if it has room right away, close the
+        // channel, and give the writer a short budget to finish (insert and acks): shutdown
+        // must not hang on a dead ClickHouse or NATS.
+        let rows = batch.len();
+        if !batch.is_empty() && tx.try_send(std::mem::take(&mut batch)).is_err() {
+            tracing::warn!(
+                rows,
+                "could not flush on shutdown; JetStream will redeliver"
+            );
         }
-        Ok(())
-    }
-
-    /// Stores and acknowledges every message of `batch` (emptying it), bisecting around rows
-    /// ClickHouse rejects and retrying transient failures until `cancel` fires.
-    async fn flush(&self, batch: &mut Batch, cancel: &CancellationToken) -> Result<(), Cancelled> {
-        let Batch { messages, rows, .. } = std::mem::take(batch);
+        drop(tx);
+        if tokio::time::timeout(LAST_FLUSH, &mut writing)
+            .await
+            .is_err()
+        {
+            stop_writer.cancel();
+            let _ = writing.await;
+        }
         self.metrics.pending_rows.set(0);
-        let mut ranges = vec![(0, rows.len())];
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
-        let progress_every = Duration::from_secs(self.settings.ack_wait_secs) / 3;
-        let mut last_progress = Instant::now();
-        while let Some((lo, hi)) = ranges.pop() {
-            match self.sink.insert(&rows[lo..hi]).await {
-                Ok(()) => {
-                    backoff.reset();
-                    self.ack(&messages[lo..hi]).await;
-                }
-                Err(InsertError::Permanent { code, source }) if hi - lo > 1 => {
-                    let mid = lo + (hi - lo) / 2;
-                    tracing::warn!(code, error = %source, rows = hi - lo, "ClickHouse rejected a batch, bisecting");
-                    ranges.push((mid, hi));
-                    ranges.push((lo, mid));
-                }
-                Err(error @ InsertError::Permanent { .. }) => {
-                    let detail = error.to_string();
-                    self.dead_letters
-                        .send(&messages[lo], DeadLetterReason::Insert, &detail, cancel)
-                        .await?;
-                }
-                Err(error @ InsertError::Transient(_)) => {
-                    self.metrics.insert_retries.inc();
-                    ranges.push((lo, hi));
-                    let delay = backoff.next_delay(rand::random());
-                    tracing::warn!(%error, rows = hi - lo, retry_in_ms = delay.as_millis() as u64, "insert failed, retrying");
-                    if last_progress.elapsed() >= progress_every {
-                        self.keep_alive(&messages).await;
-                        last_progress = Instant::now();
-                    }
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = cancel.cancelled() => return Err(Cancelled),
-                    }
-                }
-            }
-        }
         Ok(())
     }
 
-    async fn ack(&self, messages: &[jetstream::Message]) {
-        for message in messages {
-            match message.ack().await {
-                Ok(()) => {
-                    self.metrics.messages_acked.inc();
+    /// Passes a full batch to the writer, waiting while it is busy and keeping the batch's
+    /// messages alive meanwhile (the writer may be retrying against a ClickHouse that is down).
+    async fn hand_over(
+        &self,
+        batch: &mut Batch,
+        tx: &mpsc::Sender<Batch>,
+        writer: &Writer,
+        cancel: &CancellationToken,
+    ) -> Result<(), Cancelled> {
+        let progress_every = Duration::from_secs(self.settings.ack_wait_secs) / 3;
+        loop {
+            tokio::select! {
+                permit = tx.reserve() => {
+                    let Ok(permit) = permit else { return Err(Cancelled) };
+                    self.metrics.pending_rows.set(0);
+                    permit.send(std::mem::take(batch));
+                    return Ok(());
                 }
-                Err(error) => {
-                    // Stored already; a redelivery is deduplicated downstream.
-                    tracing::warn!(%error, "failed to ack a stored message");
-                    self.metrics.ack_errors.inc();
-                }
-            }
-        }
-    }
-
-    /// Tells JetStream the batch is still being worked on, so it is not redelivered.
-    async fn keep_alive(&self, messages: &[jetstream::Message]) {
-        for message in messages {
-            if let Err(error) = message.ack_with(AckKind::Progress).await {
-                tracing::debug!(%error, "failed to send an in-progress ack");
+                () = tokio::time::sleep(progress_every) => writer.keep_alive(&batch.messages).await,
+                () = cancel.cancelled() => return Err(Cancelled),
             }
         }
     }

@@ -23,6 +23,7 @@ pub mod retention;
 pub mod schema;
 pub mod service;
 pub mod sink;
+pub mod writer;
 
 pub use config::IngestConfig;
 pub use service::run;

@@ -32,8 +32,20 @@ use sightline_tests::stack::metric;
 use sightline_tests::{ClickHouseServer, NatsServer};
 use tokio_util::sync::CancellationToken;
 
-const LABELS: [&str; 12] =
-    ["person", "car", "bicycle", "dog", "truck", "bus", "motorcycle", "cat", "backpack", "handbag", "umbrella", "bird"];
+const LABELS: [&str; 12] = [
+    "person",
+    "car",
+    "bicycle",
+    "dog",
+    "truck",
+    "bus",
+    "motorcycle",
+    "cat",
+    "backpack",
+    "handbag",
+    "umbrella",
+    "bird",
+];
 
 fn events(n: usize) -> Vec<DetectionEvent> {
     let config = SyntheticConfig {
@@ -47,7 +59,9 @@ fn events(n: usize) -> Vec<DetectionEvent> {
         .map(|i| {
             let edge = format!("site-{}", i % 8);
             let camera = format!("cam-{:02}", i % 64);
-            sightline_edge_agent::synthetic::make_event(&edge, &camera, &config, i as u64, &mut track, &mut rng)
+            sightline_edge_agent::synthetic::make_event(
+                &edge, &camera, &config, i as u64, &mut track, &mut rng,
+            )
         })
         .collect()
 }
@@ -64,28 +78,50 @@ fn quantile(text: &str, name: &str, q: f64) -> f64 {
         .filter_map(|l| {
             let le = l.split("le=\"").nth(1)?.split('"').next()?;
             let count = l.rsplit(' ').next()?.parse().ok()?;
-            Some((if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? }, count))
+            Some((
+                if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                },
+                count,
+            ))
         })
         .collect();
     let total = buckets.last().map_or(0.0, |b| b.1);
-    buckets.iter().find(|(_, c)| *c >= q * total).map_or(f64::NAN, |b| b.0)
+    buckets
+        .iter()
+        .find(|(_, c)| *c >= q * total)
+        .map_or(f64::NAN, |b| b.0)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::var("SIGHTLINE_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let n: usize = std::env::var("SIGHTLINE_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let nats = NatsServer::start()?;
     let clickhouse = ClickHouseServer::start()?;
     let config = IngestConfig {
-        nats: NatsConfig { url: nats.url(), credentials_file: None },
-        clickhouse: ClickHouseConfig { url: clickhouse.url(), ..Default::default() },
+        nats: NatsConfig {
+            url: nats.url(),
+            credentials_file: None,
+        },
+        clickhouse: ClickHouseConfig {
+            url: clickhouse.url(),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let client = async_nats::connect(nats.url()).await?;
     let js = async_nats::jetstream::new(client.clone());
     sightline_ingest::nats::declare(&js, &config).await?;
 
-    println!("ingest benchmark: {n} events, batch {} rows", config.batch.max_rows);
+    println!(
+        "ingest benchmark: {n} events, batch {} rows",
+        config.batch.max_rows
+    );
     let all = events(n);
     let started = Instant::now();
     let (tx, mut outbox) = ChannelOutbox::new(n);
@@ -97,7 +133,10 @@ async fn main() -> anyhow::Result<()> {
         .run(&mut outbox, &CancellationToken::new())
         .await;
     assert_eq!(report.published as usize, n);
-    println!("  publish (edge publisher, 4096 in flight): {:>10.0} events/s", rate(n, started.elapsed()));
+    println!(
+        "  publish (edge publisher, 4096 in flight): {:>10.0} events/s",
+        rate(n, started.elapsed())
+    );
 
     // 1. NATS alone.
     let consumer = js
@@ -111,13 +150,26 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
     let started = Instant::now();
-    let mut messages = consumer.stream().max_messages_per_batch(config.consumer.fetch_batch).messages().await?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(config.consumer.fetch_batch)
+        .messages()
+        .await?;
     let now = Timestamp::from_datetime(time::OffsetDateTime::now_utc());
     let mut drained = 0;
     while drained < n {
-        let message = messages.next().await.ok_or_else(|| anyhow::anyhow!("stream ended"))?.map_err(|e| anyhow::anyhow!(e))?;
-        let ct = message.headers.as_ref().and_then(|h| h.get("Content-Type")).map(|v| v.as_str());
-        let event = check_message(&message.subject, ct, &message.payload, now).map_err(|(_, e)| anyhow::anyhow!(e))?;
+        let message = messages
+            .next()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("stream ended"))?
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let ct = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Content-Type"))
+            .map(|v| v.as_str());
+        let event = check_message(&message.subject, ct, &message.payload, now)
+            .map_err(|(_, e)| anyhow::anyhow!(e))?;
         std::hint::black_box(EventRow::from(&event));
         message.ack().await.map_err(|e| anyhow::anyhow!(e))?;
         drained += 1;
@@ -128,9 +180,16 @@ async fn main() -> anyhow::Result<()> {
     drop(messages);
 
     // 2. ClickHouse alone.
-    let admin = schema::client(&ClickHouseConfig { url: clickhouse.url(), ..Default::default() })?;
+    let admin = schema::client(&ClickHouseConfig {
+        url: clickhouse.url(),
+        ..Default::default()
+    })?;
     sightline_ingest::migrations::migrate(&admin, "bench_ch").await?;
-    let sink = Sink::new(admin.clone().with_database("bench_ch"), Duration::from_secs(60), IngestMetrics::new(&mut Registry::default()));
+    let sink = Sink::new(
+        admin.clone().with_database("bench_ch"),
+        Duration::from_secs(60),
+        IngestMetrics::new(&mut Registry::default()),
+    );
     let rows: Vec<EventRow> = all.iter().map(EventRow::from).collect();
     let started = Instant::now();
     for chunk in rows.chunks(config.batch.max_rows) {
@@ -144,7 +203,11 @@ async fn main() -> anyhow::Result<()> {
     let metrics_url = format!("http://{}/metrics", listener.local_addr()?);
     let stop = CancellationToken::new();
     let started = Instant::now();
-    let service = tokio::spawn(sightline_ingest::run(config.clone(), listener, stop.clone().cancelled_owned()));
+    let service = tokio::spawn(sightline_ingest::run(
+        config.clone(),
+        listener,
+        stop.clone().cancelled_owned(),
+    ));
     let http = reqwest::Client::new();
     let text = loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -155,7 +218,10 @@ async fn main() -> anyhow::Result<()> {
                 break text;
             }
         }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(1200), "ingest did not finish in 20 minutes");
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(1200),
+            "ingest did not finish in 20 minutes"
+        );
     };
     let ingest = rate(n, started.elapsed());
     stop.cancel();
@@ -169,7 +235,10 @@ async fn main() -> anyhow::Result<()> {
         quantile(&text, "sightline_ingest_insert_duration_seconds", 0.95) * 1000.0,
         metric(&text, "sightline_ingest_inserts_total", "Ok"),
     );
-    let stored: u64 = clickhouse.query("SELECT count() FROM (SELECT event_id FROM sightline.events LIMIT 1 BY event_id)").await?.parse()?;
+    let stored: u64 = clickhouse
+        .query("SELECT count() FROM (SELECT event_id FROM sightline.events LIMIT 1 BY event_id)")
+        .await?
+        .parse()?;
     println!("  stored distinct events: {stored}");
     Ok(())
 }

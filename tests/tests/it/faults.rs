@@ -82,9 +82,16 @@ async fn nats_down_then_back_the_publisher_retries_until_acked() -> anyhow::Resu
 /// The `ingest-service` binary next to this test binary (`scripts/test.sh` builds it first).
 fn ingest_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
     let path = dir.join("ingest-service");
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
     path
 }
 
@@ -114,13 +121,19 @@ async fn kill_9_the_ingest_process_repeatedly_while_it_drains() -> anyhow::Resul
 
     let spawn = || {
         std::process::Command::new(ingest_binary())
-            .args(["--config", config_path.to_str().expect("utf-8 path"), "--listen", "127.0.0.1:0"])
+            .args([
+                "--config",
+                config_path.to_str().expect("utf-8 path"),
+                "--listen",
+                "127.0.0.1:0",
+            ])
             .env("SIGHTLINE_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
     };
-    let distinct = "SELECT count() FROM (SELECT event_id FROM sightline.events LIMIT 1 BY event_id)";
+    let distinct =
+        "SELECT count() FROM (SELECT event_id FROM sightline.events LIMIT 1 BY event_id)";
     for (round, run_ms) in [700u64, 1300, 500, 1700, 900].into_iter().enumerate() {
         let mut child = spawn()?;
         tokio::time::sleep(Duration::from_millis(run_ms)).await;
@@ -137,7 +150,10 @@ async fn kill_9_the_ingest_process_repeatedly_while_it_drains() -> anyhow::Resul
             assert_eq!(stored, N);
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "only {stored} of {N} events stored");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {stored} of {N} events stored"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Nothing stuck: every message acknowledged once the survivor has caught up.
@@ -145,7 +161,10 @@ async fn kill_9_the_ingest_process_repeatedly_while_it_drains() -> anyhow::Resul
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-            .get_consumer_from_stream("sightline-ingest", sightline_shared::subjects::EVENTS_STREAM)
+            .get_consumer_from_stream(
+                "sightline-ingest",
+                sightline_shared::subjects::EVENTS_STREAM,
+            )
             .await?;
         let info = consumer.info().await?;
         if info.num_pending == 0 && info.num_ack_pending == 0 {
@@ -162,10 +181,20 @@ async fn kill_9_the_ingest_process_repeatedly_while_it_drains() -> anyhow::Resul
     survivor.kill()?;
     survivor.wait()?;
     // Through the query path: one camera's newest 1000, each exactly once.
-    let seen = stack.wait_for_events("camera=cam-7&limit=1000", 1000).await?;
+    let seen = stack
+        .wait_for_events("camera=cam-7&limit=1000", 1000)
+        .await?;
     let unique: std::collections::HashSet<_> = seen.iter().map(|e| e.event_id).collect();
     assert_eq!(unique.len(), 1000);
-    let raw: usize = stack.clickhouse.query("SELECT count() FROM sightline.events").await?.parse()?;
-    tracing::info!(raw, distinct = N, "rows stored including redelivered duplicates");
+    let raw: usize = stack
+        .clickhouse
+        .query("SELECT count() FROM sightline.events")
+        .await?
+        .parse()?;
+    tracing::info!(
+        raw,
+        distinct = N,
+        "rows stored including redelivered duplicates"
+    );
     stack.stop().await
 }

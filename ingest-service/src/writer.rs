@@ -1,0 +1,137 @@
+//! The write stage: one batch at a time, INSERT then ack.
+//!
+//! The consume loop hands full batches to the writer through a channel of one, so fetching
+//! and decoding the next batch overlaps with inserting this one. Per batch: the INSERT
+//! succeeds, then every message is acknowledged. While a transient failure is retried the
+//! messages are kept alive with in-progress acks so JetStream does not hand them to another
+//! replica. A permanent failure bisects the batch until the bad rows are alone, and those go
+//! to the dead-letter stream.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind};
+use sightline_shared::Backoff;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::deadletter::{Cancelled, DeadLetters};
+use crate::metrics::{DeadLetterReason, Metrics};
+use crate::schema::EventRow;
+use crate::sink::{InsertError, Sink};
+
+/// Messages waiting for their batch's INSERT, and their rows, index for index.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub messages: Vec<jetstream::Message>,
+    pub rows: Vec<EventRow>,
+    pub bytes: usize,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+/// Inserts and acknowledges batches.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    pub sink: Sink,
+    pub dead_letters: DeadLetters,
+    pub metrics: Metrics,
+    /// JetStream's ack wait; in-progress acks go out three times per wait while retrying.
+    pub ack_wait: Duration,
+}
+
+impl Writer {
+    /// Writes batches from `rx` until it closes, or until `stop` fires (then the batch in
+    /// hand is dropped unacknowledged, and JetStream redelivers it).
+    pub async fn run(self, mut rx: mpsc::Receiver<Batch>, stop: CancellationToken) {
+        while let Some(mut batch) = rx.recv().await {
+            let rows = batch.len();
+            tokio::select! {
+                result = self.flush(&mut batch, &stop) => if result.is_err() {
+                    tracing::warn!(rows, "batch not stored before shutdown; JetStream will redeliver it");
+                    return;
+                },
+                () = stop.cancelled() => {
+                    tracing::warn!(rows, "batch not stored before shutdown; JetStream will redeliver it");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Stores and acknowledges every message of `batch` (emptying it), bisecting around rows
+    /// ClickHouse rejects and retrying transient failures until `cancel` fires.
+    async fn flush(&self, batch: &mut Batch, cancel: &CancellationToken) -> Result<(), Cancelled> {
+        let Batch { messages, rows, .. } = std::mem::take(batch);
+        let mut ranges = vec![(0, rows.len())];
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+        let progress_every = self.ack_wait / 3;
+        let mut last_progress = Instant::now();
+        while let Some((lo, hi)) = ranges.pop() {
+            match self.sink.insert(&rows[lo..hi]).await {
+                Ok(()) => {
+                    backoff.reset();
+                    self.ack(&messages[lo..hi]).await;
+                }
+                Err(InsertError::Permanent { code, source }) if hi - lo > 1 => {
+                    let mid = lo + (hi - lo) / 2;
+                    tracing::warn!(code, error = %source, rows = hi - lo, "ClickHouse rejected a batch, bisecting");
+                    ranges.push((mid, hi));
+                    ranges.push((lo, mid));
+                }
+                Err(error @ InsertError::Permanent { .. }) => {
+                    let detail = error.to_string();
+                    self.dead_letters
+                        .send(&messages[lo], DeadLetterReason::Insert, &detail, cancel)
+                        .await?;
+                }
+                Err(error @ InsertError::Transient(_)) => {
+                    self.metrics.insert_retries.inc();
+                    ranges.push((lo, hi));
+                    let delay = backoff.next_delay(rand::random());
+                    tracing::warn!(%error, rows = hi - lo, retry_in_ms = delay.as_millis() as u64, "insert failed, retrying");
+                    if last_progress.elapsed() >= progress_every {
+                        self.keep_alive(&messages).await;
+                        last_progress = Instant::now();
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = cancel.cancelled() => return Err(Cancelled),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn ack(&self, messages: &[jetstream::Message]) {
+        for message in messages {
+            match message.ack().await {
+                Ok(()) => {
+                    self.metrics.messages_acked.inc();
+                }
+                Err(error) => {
+                    // Stored already; a redelivery is deduplicated downstream.
+                    tracing::warn!(%error, "failed to ack a stored message");
+                    self.metrics.ack_errors.inc();
+                }
+            }
+        }
+    }
+
+    /// Tells JetStream the batch is still being worked on, so it is not redelivered.
+    pub async fn keep_alive(&self, messages: &[jetstream::Message]) {
+        for message in messages {
+            if let Err(error) = message.ack_with(AckKind::Progress).await {
+                tracing::debug!(%error, "failed to send an in-progress ack");
+            }
+        }
+    }
+}

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub batch_rows: Histogram,
     pub pending_rows: Gauge,
     pub insert_retries: Counter,
+    pub consumer_pending: Gauge,
+    pub consumer_ack_pending: Gauge,
     pub retention_partitions_dropped: Counter,
     pub retention_errors: Counter,
 }
@@ -70,6 +72,8 @@ impl Metrics {
             batch_rows: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
             pending_rows: Gauge::default(),
             insert_retries: Counter::default(),
+            consumer_pending: Gauge::default(),
+            consumer_ack_pending: Gauge::default(),
             retention_partitions_dropped: Counter::default(),
             retention_errors: Counter::default(),
         };
@@ -119,6 +123,16 @@ impl Metrics {
             "insert_retries",
             "INSERTs retried after a transient failure",
             metrics.insert_retries.clone(),
+        );
+        r.register(
+            "consumer_pending",
+            "Messages in the stream not yet delivered to the consumer (all replicas)",
+            metrics.consumer_pending.clone(),
+        );
+        r.register(
+            "consumer_ack_pending",
+            "Messages delivered and not yet acknowledged (all replicas)",
+            metrics.consumer_ack_pending.clone(),
         );
         r.register(
             "retention_partitions_dropped",

@@ -112,6 +112,11 @@ pub async fn run(
         "ingest running"
     );
     let dead_letters = DeadLetters::new(js, metrics.clone());
+    tokio::spawn(watch_backlog(
+        consumer.clone(),
+        metrics.clone(),
+        cancel.clone(),
+    ));
     Consumer::new(
         consumer,
         config.consumer.clone(),
@@ -141,6 +146,31 @@ async fn finish(
         .context("HTTP server failed")?;
     tracing::info!("ingest stopped");
     Ok(())
+}
+
+/// Publishes the consumer's backlog (not yet delivered, delivered but unacknowledged) as
+/// gauges every few seconds.
+async fn watch_backlog(
+    mut consumer: async_nats::jetstream::consumer::PullConsumer,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match consumer.info().await {
+            Ok(info) => {
+                metrics.consumer_pending.set(info.num_pending as i64);
+                metrics
+                    .consumer_ack_pending
+                    .set(info.num_ack_pending as i64);
+            }
+            Err(error) => tracing::debug!(%error, "failed to read consumer info"),
+        }
+    }
 }
 
 /// Why the ClickHouse schema could not be prepared.

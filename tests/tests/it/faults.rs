@@ -22,6 +22,22 @@ async fn clickhouse_down_and_ingest_crash_lose_nothing() -> anyhow::Result<()> {
     assert_eq!(body["error"]["code"], "unavailable");
     let (status, _) = stack.get("/readyz").await?;
     assert_eq!(status, 503);
+    let ingest_ready = |stack: &Stack| {
+        let url = format!("{}/readyz", stack.ingest_http);
+        let http = stack.http.clone();
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    assert_eq!(
+        ingest_ready(&stack).await,
+        503,
+        "ingest is not ready without ClickHouse"
+    );
 
     // Events published while ClickHouse is down wait in JetStream, unacknowledged. The
     // ingest service holding them in a batch crashes; its successor must get them again.
@@ -34,6 +50,7 @@ async fn clickhouse_down_and_ingest_crash_lose_nothing() -> anyhow::Result<()> {
 
     stack.clickhouse.start_again()?;
     let got = stack.wait_for_events("camera=cam2&limit=100", 30).await?;
+    assert_eq!(ingest_ready(&stack).await, 200, "ingest is ready again");
     assert_eq!(got.len(), 30);
     let all = stack.wait_for_events("limit=100", 40).await?;
     assert_eq!(all.len(), 40);

@@ -21,7 +21,7 @@ nats_dir=$state/nats
 ch_dir=$state/clickhouse
 run_dir=$state/run
 
-log() { printf '[stack] %s\n' "$*" >&2; }
+log() { printf '[stack] %s\n' "$*" >&2 2>/dev/null || true; }
 die() { log "error: $*"; exit 1; }
 
 find_bin() {

@@ -11,7 +11,9 @@ logs=$root/.local/logs
 profile=${SIGHTLINE_PROFILE:-release}
 api=${SIGHTLINE_QUERY_LISTEN:-127.0.0.1:8080}
 
-log() { printf '[up] %s\n' "$*" >&2; }
+# Logging never fails the script: if our output goes into a pipe that Ctrl-C already closed
+# (`up.sh | tee log`), stopping the services still has to happen.
+log() { printf '[up] %s\n' "$*" >&2 2>/dev/null || true; }
 
 "$here/stack.sh" install
 command -v cargo >/dev/null || { log "error: cargo is missing; install Rust (rustup) first"; exit 1; }
@@ -25,6 +27,7 @@ stopping=0
 stop_all() {
   [ "$stopping" = 1 ] && return
   stopping=1
+  trap '' PIPE
   log "stopping"
   # Edge first (it drains its queue), then ingest (flushes and acks), then the API.
   for pid in "${pids[@]}"; do

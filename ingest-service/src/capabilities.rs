@@ -15,6 +15,9 @@ pub struct Capabilities {
     pub ttl: bool,
     /// The `ttl_only_drop_parts` MergeTree setting (drop whole expired parts, no rewrites).
     pub ttl_only_drop_parts: bool,
+    /// The `max_partitions_per_insert_block` guard (default 100 partitions per INSERT):
+    /// a backlog spanning more days than that would be refused forever, so ingest lifts it.
+    pub partitions_per_insert_limit: bool,
 }
 
 impl Capabilities {
@@ -23,6 +26,7 @@ impl Capabilities {
         version: (24, 8),
         ttl: true,
         ttl_only_drop_parts: true,
+        partitions_per_insert_limit: true,
     };
 
     /// What Debian's ClickHouse 18.16 has.
@@ -30,6 +34,7 @@ impl Capabilities {
         version: (18, 16),
         ttl: false,
         ttl_only_drop_parts: false,
+        partitions_per_insert_limit: false,
     };
 
     /// Asks the server.
@@ -51,10 +56,16 @@ impl Capabilities {
             .fetch_one::<u64>()
             .await
             .is_ok_and(|n| n > 0);
+        let partitions_per_insert_limit = client
+            .query("SELECT count() FROM system.settings WHERE name = 'max_partitions_per_insert_block'")
+            .fetch_one::<u64>()
+            .await?
+            > 0;
         Ok(Self {
             version,
             ttl,
             ttl_only_drop_parts,
+            partitions_per_insert_limit,
         })
     }
 }

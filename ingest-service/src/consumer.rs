@@ -160,7 +160,7 @@ impl Consumer {
                                         deadline = Instant::now() + self.batch.max_wait();
                                     }
                                     batch.bytes += message.payload.len();
-                                    batch.rows.push(EventRow::from(&event));
+                                    batch.rows.push(EventRow::from(event));
                                     batch.messages.push(message);
                                     self.metrics.pending_rows.set(batch.len() as i64);
                                     if (batch.len() >= self.batch.max_rows || batch.bytes >= self.batch.max_bytes)

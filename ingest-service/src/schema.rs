@@ -86,35 +86,57 @@ pub struct EventRow {
     pub attr_value: Vec<String>,
 }
 
-impl From<&DetectionEvent> for EventRow {
-    fn from(e: &DetectionEvent) -> Self {
-        let d = &e.detections;
-        Self {
+impl From<DetectionEvent> for EventRow {
+    /// Moves the event's strings into the row (the ingest hot path: no copies).
+    fn from(e: DetectionEvent) -> Self {
+        let n = e.detections.len();
+        let mut row = Self {
             schema_version: e.schema_version,
             event_id: *e.event_id.as_uuid(),
-            edge_id: e.edge_id.clone(),
-            camera_id: e.camera_id.clone(),
+            edge_id: e.edge_id,
+            camera_id: e.camera_id,
             // Validated events are captured between 2000 and now + skew, well inside u32.
             captured_at: u32::try_from(e.captured_at.as_secs()).unwrap_or(0),
             captured_at_ms: e.captured_at.as_millis(),
             frame_seq: e.frame_seq,
             motion_score: e.motion_score,
-            det_label: d.iter().map(|d| d.label.clone()).collect(),
-            det_class_id: d.iter().map(|d| d.class_id).collect(),
-            det_confidence: d.iter().map(|d| d.confidence).collect(),
-            det_x_min: d.iter().map(|d| d.bbox.x_min).collect(),
-            det_y_min: d.iter().map(|d| d.bbox.y_min).collect(),
-            det_x_max: d.iter().map(|d| d.bbox.x_max).collect(),
-            det_y_max: d.iter().map(|d| d.bbox.y_max).collect(),
-            det_track_id: d.iter().map(|d| d.track_id).collect(),
-            model_name: e.model.name.clone(),
-            model_version: e.model.version.clone(),
+            det_label: Vec::with_capacity(n),
+            det_class_id: Vec::with_capacity(n),
+            det_confidence: Vec::with_capacity(n),
+            det_x_min: Vec::with_capacity(n),
+            det_y_min: Vec::with_capacity(n),
+            det_x_max: Vec::with_capacity(n),
+            det_y_max: Vec::with_capacity(n),
+            det_track_id: Vec::with_capacity(n),
+            model_name: e.model.name,
+            model_version: e.model.version,
             inference_ms: e.inference_ms,
-            snapshot: e.snapshot.clone(),
-            description: e.description.clone(),
-            attr_key: e.attributes.keys().cloned().collect(),
-            attr_value: e.attributes.values().cloned().collect(),
+            snapshot: e.snapshot,
+            description: e.description,
+            attr_key: Vec::with_capacity(e.attributes.len()),
+            attr_value: Vec::with_capacity(e.attributes.len()),
+        };
+        for d in e.detections {
+            row.det_label.push(d.label);
+            row.det_class_id.push(d.class_id);
+            row.det_confidence.push(d.confidence);
+            row.det_x_min.push(d.bbox.x_min);
+            row.det_y_min.push(d.bbox.y_min);
+            row.det_x_max.push(d.bbox.x_max);
+            row.det_y_max.push(d.bbox.y_max);
+            row.det_track_id.push(d.track_id);
         }
+        for (key, value) in e.attributes {
+            row.attr_key.push(key);
+            row.attr_value.push(value);
+        }
+        row
+    }
+}
+
+impl From<&DetectionEvent> for EventRow {
+    fn from(e: &DetectionEvent) -> Self {
+        Self::from(e.clone())
     }
 }
 

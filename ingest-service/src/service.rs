@@ -112,6 +112,11 @@ pub async fn run(
         "ingest running"
     );
     let dead_letters = DeadLetters::new(js, metrics.clone());
+    let mut writer_client = admin.clone().with_database(&config.clickhouse.database);
+    if caps.partitions_per_insert_limit {
+        writer_client = writer_client.with_setting("max_partitions_per_insert_block", "0");
+    }
+    let sink = Sink::new(writer_client, config.clickhouse.timeout(), metrics.clone());
     tokio::spawn(watch_backlog(
         consumer.clone(),
         metrics.clone(),

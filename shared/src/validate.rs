@@ -4,6 +4,8 @@
 //! publish too), and a failure names the field and the problem so an operator can fix the
 //! producer. `now` is a parameter: this crate never reads the clock.
 
+use std::fmt::Display;
+
 use thiserror::Error;
 
 use crate::event::{BoundingBox, DetectionEvent, SCHEMA_VERSION};
@@ -132,24 +134,24 @@ impl DetectionEvent {
         count("detections", self.detections.len(), MAX_DETECTIONS)?;
         for (i, d) in self.detections.iter().enumerate() {
             text(
-                &format!("detections[{i}].label"),
+                format_args!("detections[{i}].label"),
                 &d.label,
                 MAX_LABEL_LEN,
                 false,
             )?;
             in_range(
-                &format!("detections[{i}].confidence"),
+                format_args!("detections[{i}].confidence"),
                 d.confidence,
                 0.0,
                 1.0,
             )?;
-            bbox(&format!("detections[{i}].bbox"), &d.bbox)?;
+            bbox(format_args!("detections[{i}].bbox"), &d.bbox)?;
         }
         count("attributes", self.attributes.len(), MAX_ATTRIBUTES)?;
         for (key, value) in &self.attributes {
             identifier("attributes key", key)?;
             text(
-                &format!("attributes[{key}]"),
+                format_args!("attributes[{key}]"),
                 value,
                 MAX_ATTRIBUTE_VALUE_LEN,
                 true,
@@ -169,7 +171,7 @@ pub fn is_identifier(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-fn identifier(field: &str, value: &str) -> Result<(), ValidationError> {
+fn identifier(field: impl Display, value: &str) -> Result<(), ValidationError> {
     if is_identifier(value) {
         return Ok(());
     }
@@ -178,16 +180,16 @@ fn identifier(field: &str, value: &str) -> Result<(), ValidationError> {
         shown.push_str("...");
     }
     Err(ValidationError::BadIdentifier {
-        field: field.into(),
+        field: field.to_string(),
         value: shown,
         max: MAX_ID_LEN,
     })
 }
 
-fn bounded(field: &str, value: &str, max: usize) -> Result<(), ValidationError> {
+fn bounded(field: impl Display, value: &str, max: usize) -> Result<(), ValidationError> {
     if value.len() > max {
         return Err(ValidationError::TooLong {
-            field: field.into(),
+            field: field.to_string(),
             len: value.len(),
             max,
         });
@@ -195,25 +197,30 @@ fn bounded(field: &str, value: &str, max: usize) -> Result<(), ValidationError> 
     Ok(())
 }
 
-fn text(field: &str, value: &str, max: usize, may_be_empty: bool) -> Result<(), ValidationError> {
+fn text(
+    field: impl Display + Copy,
+    value: &str,
+    max: usize,
+    may_be_empty: bool,
+) -> Result<(), ValidationError> {
     if value.is_empty() && !may_be_empty {
         return Err(ValidationError::Empty {
-            field: field.into(),
+            field: field.to_string(),
         });
     }
     bounded(field, value, max)?;
     if value.chars().any(char::is_control) {
         return Err(ValidationError::ControlCharacters {
-            field: field.into(),
+            field: field.to_string(),
         });
     }
     Ok(())
 }
 
-fn count(field: &str, count: usize, max: usize) -> Result<(), ValidationError> {
+fn count(field: impl Display, count: usize, max: usize) -> Result<(), ValidationError> {
     if count > max {
         return Err(ValidationError::TooMany {
-            field: field.into(),
+            field: field.to_string(),
             count,
             max,
         });
@@ -221,27 +228,27 @@ fn count(field: &str, count: usize, max: usize) -> Result<(), ValidationError> {
     Ok(())
 }
 
-fn in_range(field: &str, value: f32, min: f32, max: f32) -> Result<(), ValidationError> {
+fn in_range(field: impl Display, value: f32, min: f32, max: f32) -> Result<(), ValidationError> {
     // NaN fails both comparisons, so it is out of range too.
     if value >= min && value <= max {
         return Ok(());
     }
     Err(ValidationError::OutOfRange {
-        field: field.into(),
+        field: field.to_string(),
         value: f64::from(value),
         min: f64::from(min),
         max: f64::from(max),
     })
 }
 
-fn bbox(field: &str, b: &BoundingBox) -> Result<(), ValidationError> {
+fn bbox(field: impl Display + Copy, b: &BoundingBox) -> Result<(), ValidationError> {
     for (name, v) in [
         ("x_min", b.x_min),
         ("y_min", b.y_min),
         ("x_max", b.x_max),
         ("y_max", b.y_max),
     ] {
-        in_range(&format!("{field}.{name}"), v, 0.0, 1.0)?;
+        in_range(format_args!("{field}.{name}"), v, 0.0, 1.0)?;
     }
     if b.x_min > b.x_max {
         return Err(ValidationError::InvertedBox {

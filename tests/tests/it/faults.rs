@@ -113,7 +113,7 @@ fn ingest_binary() -> std::path::PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_the_ingest_process_repeatedly_while_it_drains() -> anyhow::Result<()> {
+async fn kill_9_ingest_replicas_repeatedly_while_they_drain() -> anyhow::Result<()> {
     const N: usize = 200_000;
     let mut stack = Stack::start().await?;
     // From here on only real processes ingest, and they get killed.
@@ -151,15 +151,20 @@ async fn kill_9_the_ingest_process_repeatedly_while_it_drains() -> anyhow::Resul
     };
     let distinct =
         "SELECT count() FROM (SELECT event_id FROM sightline.events LIMIT 1 BY event_id)";
+    // Two replicas share the durable consumer each round; one dies halfway, the other at the
+    // end of the round. SIGKILL: mid-batch, mid-insert or mid-ack, wherever they are.
     for (round, run_ms) in [700u64, 1300, 500, 1700, 900].into_iter().enumerate() {
-        let mut child = spawn()?;
-        tokio::time::sleep(Duration::from_millis(run_ms)).await;
-        child.kill()?; // SIGKILL: mid-batch, mid-insert or mid-ack, wherever it is.
-        child.wait()?;
+        let (mut first, mut second) = (spawn()?, spawn()?);
+        tokio::time::sleep(Duration::from_millis(run_ms / 2)).await;
+        first.kill()?;
+        first.wait()?;
+        tokio::time::sleep(Duration::from_millis(run_ms / 2)).await;
+        second.kill()?;
+        second.wait()?;
         let stored = stack.clickhouse.query(distinct).await?;
         tracing::info!(round, stored, "killed ingest");
     }
-    let mut survivor = spawn()?;
+    let mut survivors = [spawn()?, spawn()?];
     let deadline = std::time::Instant::now() + Duration::from_secs(240);
     loop {
         let stored: usize = stack.clickhouse.query(distinct).await?.parse()?;
@@ -195,8 +200,10 @@ async fn kill_9_the_ingest_process_repeatedly_while_it_drains() -> anyhow::Resul
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    survivor.kill()?;
-    survivor.wait()?;
+    for survivor in &mut survivors {
+        survivor.kill()?;
+        survivor.wait()?;
+    }
     // Through the query path: one camera's newest 1000, each exactly once.
     let seen = stack
         .wait_for_events("camera=cam-7&limit=1000", 1000)

@@ -58,6 +58,67 @@ async fn clickhouse_down_and_ingest_crash_lose_nothing() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_stopped_under_steady_load_loses_and_repeats_nothing() -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    stack
+        .clickhouse
+        .query("SYSTEM STOP MERGES sightline.events")
+        .await?;
+    // 3000 events over about 3 s, in 30 publishes of 100; ClickHouse is down in the middle.
+    let events = known_events("edge-l", "load", 3000);
+    let load = {
+        let js = stack.jetstream().await?;
+        let events = events.clone();
+        tokio::spawn(async move {
+            let publisher = sightline_edge_agent::publisher::Publisher::new(
+                js,
+                Encoding::Bincode,
+                64,
+                sightline_edge_agent::metrics::Metrics::default(),
+            );
+            let mut published = 0;
+            for chunk in events.chunks(100) {
+                let (tx, mut outbox) = sightline_edge_agent::outbox::ChannelOutbox::new(100);
+                for e in chunk {
+                    tx.send(e.clone()).await.expect("outbox open");
+                }
+                drop(tx);
+                let stop = tokio_util::sync::CancellationToken::new();
+                published += publisher.run(&mut outbox, &stop).await.published;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            published
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stack.clickhouse.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stack.clickhouse.start_again()?;
+    assert_eq!(load.await?, 3000);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let distinct =
+        "SELECT count() FROM (SELECT event_id FROM sightline.events LIMIT 1 BY event_id)";
+    loop {
+        let stored: usize = stack.clickhouse.query(distinct).await?.parse()?;
+        if stored == 3000 {
+            break;
+        }
+        assert!(
+            stored < 3000 && std::time::Instant::now() < deadline,
+            "{stored} of 3000 stored"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Through the query path, the newest 1000 are each there once.
+    let newest = stack
+        .wait_for_events("camera=load&limit=1000", 1000)
+        .await?;
+    let want: Vec<_> = events[2000..].iter().rev().map(|e| e.event_id).collect();
+    assert_eq!(newest.iter().map(|e| e.event_id).collect::<Vec<_>>(), want);
+    stack.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_down_then_back_the_publisher_retries_until_acked() -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
     let js = stack.jetstream().await?;

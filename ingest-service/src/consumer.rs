@@ -181,7 +181,10 @@ impl Consumer {
                         }
                         None => {
                             tracing::warn!("message stream ended, pulling again");
-                            continue 'connect;
+                            tokio::select! {
+                                () = tokio::time::sleep(reconnect.next_delay(rand::random())) => continue 'connect,
+                                () = cancel.cancelled() => break 'connect,
+                            }
                         }
                     }
                 }
@@ -198,13 +201,14 @@ impl Consumer {
             );
         }
         drop(tx);
-        if tokio::time::timeout(LAST_FLUSH, &mut writing)
-            .await
-            .is_err()
-        {
-            stop_writer.cancel();
-            let _ = writing.await;
-        }
+        let joined = match tokio::time::timeout(LAST_FLUSH, &mut writing).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                stop_writer.cancel();
+                writing.await
+            }
+        };
+        joined.map_err(|e| anyhow::anyhow!("the write stage failed: {e}"))?;
         self.metrics.pending_rows.set(0);
         Ok(())
     }
@@ -227,7 +231,11 @@ impl Consumer {
                     permit.send(std::mem::take(batch));
                     return Ok(());
                 }
-                () = tokio::time::sleep(progress_every) => writer.keep_alive(&batch.messages).await,
+                () = tokio::time::sleep(progress_every) => tokio::select! {
+                    // With NATS down the acks cannot even be queued; shutdown must not wait.
+                    () = writer.keep_alive(&batch.messages) => {}
+                    () = cancel.cancelled() => return Err(Cancelled),
+                },
                 () = cancel.cancelled() => return Err(Cancelled),
             }
         }

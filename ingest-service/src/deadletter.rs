@@ -41,7 +41,9 @@ impl DeadLetters {
         detail: &str,
         cancel: &CancellationToken,
     ) -> Result<(), Cancelled> {
-        let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+        // Without the stream sequence (never seen for JetStream deliveries) the dead letter
+        // gets no Msg-Id: a possible duplicate dead letter beats a dropped one.
+        let sequence = message.info().map(|i| i.stream_sequence).ok();
         // Keep the original headers (Content-Type and any of the producer's own) but not
         // JetStream's control headers (Nats-Expected-*, Nats-Rollup, Nats-Msg-Id, ...): they
         // were meant for the events stream and could make the dead-letter stream refuse it.
@@ -64,10 +66,12 @@ impl DeadLetters {
             subjects::DEADLETTER_SUBJECT_HEADER,
             header_safe(&message.subject).as_str(),
         );
-        headers.insert(
-            subjects::DEADLETTER_SEQUENCE_HEADER,
-            sequence.to_string().as_str(),
-        );
+        if let Some(sequence) = sequence {
+            headers.insert(
+                subjects::DEADLETTER_SEQUENCE_HEADER,
+                sequence.to_string().as_str(),
+            );
+        }
         let subject = subjects::deadletter_subject(&message.subject);
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
@@ -104,12 +108,14 @@ impl DeadLetters {
         subject: &str,
         message: &jetstream::Message,
         headers: HeaderMap,
-        sequence: u64,
+        sequence: Option<u64>,
     ) -> Result<(), async_nats::Error> {
-        let publish = PublishMessage::build()
+        let mut publish = PublishMessage::build()
             .payload(message.payload.clone())
-            .headers(headers)
-            .message_id(format!("dlq-{sequence}"));
+            .headers(headers);
+        if let Some(sequence) = sequence {
+            publish = publish.message_id(format!("dlq-{sequence}"));
+        }
         self.js
             .send_publish(subject.to_owned(), publish)
             .await?

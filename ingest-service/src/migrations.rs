@@ -96,22 +96,41 @@ impl Migration {
 
     /// A stable checksum of the file (FNV-1a, 64 bits, hex).
     pub fn checksum(&self) -> String {
-        let hash = self.sql.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
+        // Over the text with LF line ends, so a checkout with CRLF files agrees.
+        let hash = self
+            .sql
+            .bytes()
+            .filter(|&b| b != b'\r')
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
         format!("{hash:016x}")
     }
 }
 
-/// Splits SQL text on `;` at the end of a line, dropping pieces that are only comments.
+/// Splits SQL text into statements at lines that end with `;` (trailing spaces and CRLF line
+/// ends allowed), dropping pieces that are only comments.
 pub fn split_statements(sql: &str) -> Vec<String> {
-    sql.split(";\n")
-        .map(|s| s.trim().trim_end_matches(';').trim())
+    let mut statements = Vec::new();
+    let mut current = String::new();
+    for line in sql.lines() {
+        let line = line.trim_end();
+        if let Some(end) = line.strip_suffix(';') {
+            current.push_str(end);
+            statements.push(std::mem::take(&mut current));
+        } else {
+            current.push_str(line);
+            current.push('\n');
+        }
+    }
+    statements.push(current);
+    statements
+        .into_iter()
+        .map(|s| s.trim().to_owned())
         .filter(|s| {
             s.lines()
                 .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with("--"))
         })
-        .map(str::to_owned)
         .collect()
 }
 
@@ -224,6 +243,18 @@ mod tests {
             statements
                 .iter()
                 .all(|s| !s.contains("{db}") && !s.ends_with(';'))
+        );
+    }
+
+    #[test]
+    fn splitting_tolerates_crlf_trailing_spaces_and_comments() {
+        let sql = "-- header\r\nCREATE TABLE a (x UInt8);  \r\n\r\n-- only a comment\r\nCREATE VIEW b AS SELECT 1;\n-- trailing\n";
+        assert_eq!(
+            split_statements(sql),
+            [
+                "-- header\nCREATE TABLE a (x UInt8)",
+                "-- only a comment\nCREATE VIEW b AS SELECT 1"
+            ]
         );
     }
 

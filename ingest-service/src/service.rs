@@ -236,7 +236,11 @@ where
 {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
-        match op().await {
+        let attempt = tokio::select! {
+            result = op() => result,
+            () = cancel.cancelled() => return Ok(None),
+        };
+        match attempt {
             Ok(value) => return Ok(Some(value)),
             Err(error) if !is_transient(&error) => return Err(error),
             Err(error) => {

@@ -7,7 +7,7 @@ use prometheus_client::registry::Registry;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AgentConfig, SourceConfig};
+use crate::config::{AgentConfig, SourceConfig, Validate};
 use crate::metrics::{DropReason, Metrics};
 use crate::outbox::ChannelOutbox;
 use crate::publisher::{PublishReport, Publisher};

@@ -1,32 +1,13 @@
 //! The agent's one config file (TOML). It carries a `version` because devices lag the cloud:
 //! an agent refuses a config written for a format it does not know.
 
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 use sightline_shared::Encoding;
-use sightline_shared::config::NatsConfig;
-use sightline_shared::validate::is_identifier;
-use thiserror::Error;
+pub use sightline_shared::config::{ConfigError, Validate};
+use sightline_shared::config::{NatsConfig, check_identifier};
 
 /// The config format this build reads.
 pub const CONFIG_VERSION: u32 = 1;
-
-/// Why a config could not be used. The message names the file and the field.
-#[derive(Debug, Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    #[error("failed to read config file {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("invalid config file {path}: {message}")]
-    Parse { path: String, message: String },
-    #[error("invalid config: {field}: {problem}")]
-    Invalid { field: String, problem: String },
-}
 
 /// The whole agent configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,50 +119,17 @@ impl Default for SyntheticConfig {
     }
 }
 
-impl AgentConfig {
-    /// Reads, parses and validates a config file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: shown,
-                message,
-            },
-            other => other,
-        })
-    }
-
-    /// Parses and validates config text.
-    pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: "<text>".into(),
-            message: e.to_string(),
-        })?;
-        config.validate()?;
-        Ok(config)
-    }
-
+impl Validate for AgentConfig {
     /// Checks the values serde cannot.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field: &str, problem: &str| {
-            Err(ConfigError::Invalid {
-                field: field.into(),
-                problem: problem.into(),
-            })
-        };
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, problem: &str| Err(ConfigError::invalid(field, problem));
         if self.version != CONFIG_VERSION {
             return invalid(
                 "version",
                 &format!("this agent reads config version {CONFIG_VERSION}"),
             );
         }
-        if !is_identifier(&self.edge_id) {
-            return invalid("edge_id", "must be 1-64 characters of A-Z a-z 0-9 _ -");
-        }
+        check_identifier("edge_id", &self.edge_id)?;
         let p = &self.publisher;
         if p.max_in_flight == 0 || p.max_in_flight > 65_536 {
             return invalid("publisher.max_in_flight", "must be 1 to 65536");
@@ -197,12 +145,7 @@ impl AgentConfig {
         }
         let mut seen = std::collections::HashSet::new();
         for (i, camera) in self.cameras.iter().enumerate() {
-            if !is_identifier(&camera.id) {
-                return invalid(
-                    &format!("cameras[{i}].id"),
-                    "must be 1-64 characters of A-Z a-z 0-9 _ -",
-                );
-            }
+            check_identifier(&format!("cameras[{i}].id"), &camera.id)?;
             if !seen.insert(&camera.id) {
                 return invalid(
                     &format!("cameras[{i}].id"),
@@ -251,7 +194,7 @@ mod tests {
 
     #[test]
     fn parses_a_minimal_config() {
-        let c = AgentConfig::parse(GOOD).unwrap();
+        let c = sightline_shared::config::parse::<AgentConfig>(GOOD, "test").unwrap();
         assert_eq!(c.publisher, PublisherConfig::default());
         assert!(
             matches!(&c.cameras[0].source, SourceConfig::Synthetic(s) if s.events_per_second == 10.0)
@@ -280,7 +223,9 @@ mod tests {
                 "cameras[1].id",
             ),
         ] {
-            let err = AgentConfig::parse(&text).unwrap_err().to_string();
+            let err = sightline_shared::config::parse::<AgentConfig>(&text, "test")
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(field), "{field}: {err}");
         }
     }

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sightline_edge_agent::AgentConfig;
 
@@ -19,12 +18,8 @@ struct Args {
         default_value = "/etc/sightline/edge-agent.toml"
     )]
     config: PathBuf,
-    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `sightline_edge_agent=debug`.
-    #[arg(long, env = "SIGHTLINE_LOG", default_value = "info", global = true)]
-    log: String,
-    /// Log as JSON lines instead of text.
-    #[arg(long, env = "SIGHTLINE_LOG_JSON", global = true)]
-    log_json: bool,
+    #[command(flatten)]
+    log: sightline_runtime::LogArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -40,16 +35,10 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    sightline_runtime::init_tracing(&args.log, args.log_json)?;
-    let config = AgentConfig::load(&args.config)?;
+    args.log.init()?;
+    let config: AgentConfig = sightline_runtime::load_config(&args.config)?;
     match args.command.unwrap_or(Command::Run) {
-        Command::CheckConfig => {
-            println!(
-                "{}",
-                toml::to_string_pretty(&config).context("failed to print config")?
-            );
-            Ok(())
-        }
+        Command::CheckConfig => sightline_runtime::print_config(&config),
         Command::Run => {
             sightline_edge_agent::run(config, sightline_runtime::shutdown_signal()).await?;
             Ok(())

@@ -1,34 +1,14 @@
 //! The ingest service's config file (TOML). Runtime knobs (log level, HTTP listen address)
 //! are command-line flags instead.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use sightline_shared::config::check_identifier;
 use sightline_shared::config::{ClickHouseConfig, NatsConfig};
-use sightline_shared::validate::is_identifier;
-use thiserror::Error;
+pub use sightline_shared::config::{ConfigError, Validate};
 
 pub use crate::retention::RetentionSettings;
-
-/// Why a config could not be used. The message names the file and the field.
-#[derive(Debug, Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    #[error("failed to read config file {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("invalid config file {path}: {message}")]
-    Parse { path: String, message: String },
-    #[error("invalid config: {field}: {problem}")]
-    Invalid {
-        field: &'static str,
-        problem: String,
-    },
-}
 
 /// The whole ingest configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -137,58 +117,12 @@ impl BatchSettings {
     }
 }
 
-impl IngestConfig {
-    /// Reads, parses and validates a config file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: shown,
-                message,
-            },
-            other => other,
-        })
-    }
-
-    /// Parses and validates config text.
-    pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: "<text>".into(),
-            message: e.to_string(),
-        })?;
-        config.validate()?;
-        Ok(config)
-    }
-
+impl Validate for IngestConfig {
     /// Checks the values serde cannot.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field, problem: &str| {
-            Err(ConfigError::Invalid {
-                field,
-                problem: problem.into(),
-            })
-        };
-        if !is_identifier(&self.clickhouse.database) {
-            return invalid(
-                "clickhouse.database",
-                "must be 1-64 characters of A-Z a-z 0-9 _ -",
-            );
-        }
-        if !self.clickhouse.url.starts_with("http://")
-            && !self.clickhouse.url.starts_with("https://")
-        {
-            return invalid("clickhouse.url", "must start with http:// or https://");
-        }
-        if !is_identifier(&self.consumer.durable_name) {
-            return invalid(
-                "consumer.durable_name",
-                "must be 1-64 characters of A-Z a-z 0-9 _ -",
-            );
-        }
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, problem: &str| Err(ConfigError::invalid(field, problem));
+        self.clickhouse.validate()?;
+        check_identifier("consumer.durable_name", &self.consumer.durable_name)?;
         if self.batch.max_rows == 0 {
             return invalid("batch.max_rows", "must be at least 1");
         }
@@ -247,21 +181,25 @@ impl IngestConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sightline_shared::config::parse;
 
     #[test]
     fn empty_file_gives_defaults() {
-        assert_eq!(IngestConfig::parse("").unwrap(), IngestConfig::default());
+        assert_eq!(
+            parse::<IngestConfig>("", "test").unwrap(),
+            IngestConfig::default()
+        );
     }
 
     #[test]
     fn errors_name_the_field() {
-        let err = IngestConfig::parse("[batch]\nmax_rows = 0").unwrap_err();
+        let err = parse::<IngestConfig>("[batch]\nmax_rows = 0", "test").unwrap_err();
         assert!(err.to_string().contains("batch.max_rows"), "{err}");
-        let err = IngestConfig::parse("[batch]\nmax_rowz = 1").unwrap_err();
+        let err = parse::<IngestConfig>("[batch]\nmax_rowz = 1", "test").unwrap_err();
         assert!(err.to_string().contains("max_rowz"), "{err}");
-        let err = IngestConfig::parse("[clickhouse]\ndatabase = \"a;drop\"").unwrap_err();
+        let err = parse::<IngestConfig>("[clickhouse]\ndatabase = \"a;drop\"", "test").unwrap_err();
         assert!(err.to_string().contains("clickhouse.database"), "{err}");
-        let err = IngestConfig::parse("[stream]\nmax_age_hours = \"x\"").unwrap_err();
+        let err = parse::<IngestConfig>("[stream]\nmax_age_hours = \"x\"", "test").unwrap_err();
         assert!(err.to_string().contains("max_age_hours"), "{err}");
     }
 }

@@ -15,10 +15,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BatchSettings, ConsumerSettings};
-use crate::deadletter::{Cancelled, DeadLetters};
-use crate::metrics::{DeadLetterReason, Metrics};
+use crate::deadletter::Cancelled;
+use crate::metrics::DeadLetterReason;
 use crate::schema::EventRow;
-use crate::sink::Sink;
 use crate::writer::{Batch, Writer};
 
 /// How long the flush at shutdown may take before the batch is left to redelivery.
@@ -50,7 +49,7 @@ pub fn check_message(
 }
 
 /// The `Content-Type` header of a message, matched case-insensitively.
-fn content_type(message: &jetstream::Message) -> Option<&str> {
+pub fn content_type(message: &jetstream::Message) -> Option<&str> {
     let headers = message.headers.as_ref()?;
     if let Some(value) = headers.get(codec::CONTENT_TYPE_HEADER) {
         return Some(value.as_str());
@@ -73,9 +72,8 @@ pub struct Consumer {
     consumer: PullConsumer,
     settings: ConsumerSettings,
     batch: BatchSettings,
-    sink: Sink,
-    dead_letters: DeadLetters,
-    metrics: Metrics,
+    /// The write stage; its dead letters and metrics serve this loop too.
+    writer: Writer,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -91,17 +89,13 @@ impl Consumer {
         consumer: PullConsumer,
         settings: ConsumerSettings,
         batch: BatchSettings,
-        sink: Sink,
-        dead_letters: DeadLetters,
-        metrics: Metrics,
+        writer: Writer,
     ) -> Self {
         Self {
             consumer,
             settings,
             batch,
-            sink,
-            dead_letters,
-            metrics,
+            writer,
         }
     }
 
@@ -109,17 +103,11 @@ impl Consumer {
     /// and returns. Messages not stored by then are simply not acknowledged: JetStream
     /// redelivers them.
     pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
-        let writer = Writer {
-            sink: self.sink.clone(),
-            dead_letters: self.dead_letters.clone(),
-            metrics: self.metrics.clone(),
-            ack_wait: Duration::from_secs(self.settings.ack_wait_secs),
-        };
         // One batch being written, one waiting, one filling: bounded memory, and fetching
         // overlaps with inserting.
         let (tx, rx) = mpsc::channel::<Batch>(1);
         let stop_writer = CancellationToken::new();
-        let mut writing = tokio::spawn(writer.clone().run(rx, stop_writer.clone()));
+        let mut writing = tokio::spawn(self.writer.clone().run(rx, stop_writer.clone()));
         let mut batch = Batch::default();
         let mut deadline = Instant::now();
         let mut reconnect = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
@@ -148,12 +136,12 @@ impl Consumer {
                     biased;
                     () = cancel.cancelled() => break 'connect,
                     () = tokio::time::sleep_until(flush_at), if !batch.is_empty() => {
-                        if self.hand_over(&mut batch, &tx, &writer, &cancel).await.is_err() { break 'connect; }
+                        if self.hand_over(&mut batch, &tx, &cancel).await.is_err() { break 'connect; }
                     }
                     next = messages.next() => match next {
                         Some(Ok(message)) => {
                             reconnect.reset();
-                            self.metrics.messages_received.inc();
+                            self.writer.metrics.messages_received.inc();
                             match check_message(&message.subject, content_type(&message), &message.payload, now()) {
                                 Ok(event) => {
                                     if batch.is_empty() {
@@ -162,15 +150,15 @@ impl Consumer {
                                     batch.bytes += message.payload.len();
                                     batch.rows.push(EventRow::from(event));
                                     batch.messages.push(message);
-                                    self.metrics.pending_rows.set(batch.len() as i64);
+                                    self.writer.metrics.pending_rows.set(batch.len() as i64);
                                     if (batch.len() >= self.batch.max_rows || batch.bytes >= self.batch.max_bytes)
-                                        && self.hand_over(&mut batch, &tx, &writer, &cancel).await.is_err()
+                                        && self.hand_over(&mut batch, &tx, &cancel).await.is_err()
                                     {
                                         break 'connect;
                                     }
                                 }
                                 Err((reason, detail)) => {
-                                    if self.dead_letters.send(&message, reason, &detail, &cancel).await.is_err() {
+                                    if self.writer.dead_letters.send(&message, reason, &detail, &cancel).await.is_err() {
                                         break 'connect;
                                     }
                                 }
@@ -209,7 +197,7 @@ impl Consumer {
             }
         };
         joined.map_err(|e| anyhow::anyhow!("the write stage failed: {e}"))?;
-        self.metrics.pending_rows.set(0);
+        self.writer.metrics.pending_rows.set(0);
         Ok(())
     }
 
@@ -219,7 +207,6 @@ impl Consumer {
         &self,
         batch: &mut Batch,
         tx: &mpsc::Sender<Batch>,
-        writer: &Writer,
         cancel: &CancellationToken,
     ) -> Result<(), Cancelled> {
         let progress_every = Duration::from_secs(self.settings.ack_wait_secs) / 3;
@@ -227,13 +214,13 @@ impl Consumer {
             tokio::select! {
                 permit = tx.reserve() => {
                     let Ok(permit) = permit else { return Err(Cancelled) };
-                    self.metrics.pending_rows.set(0);
+                    self.writer.metrics.pending_rows.set(0);
                     permit.send(std::mem::take(batch));
                     return Ok(());
                 }
                 () = tokio::time::sleep(progress_every) => tokio::select! {
                     // With NATS down the acks cannot even be queued; shutdown must not wait.
-                    () = writer.keep_alive(&batch.messages) => {}
+                    () = self.writer.keep_alive(&batch.messages) => {}
                     () = cancel.cancelled() => return Err(Cancelled),
                 },
                 () = cancel.cancelled() => return Err(Cancelled),

@@ -23,12 +23,8 @@ struct Args {
         default_value = "127.0.0.1:8081"
     )]
     listen: SocketAddr,
-    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `sightline_ingest=debug`.
-    #[arg(long, env = "SIGHTLINE_LOG", default_value = "info")]
-    log: String,
-    /// Log as JSON lines instead of text.
-    #[arg(long, env = "SIGHTLINE_LOG_JSON")]
-    log_json: bool,
+    #[command(flatten)]
+    log: sightline_runtime::LogArgs,
     /// Check the config file, print the effective config and exit.
     #[arg(long)]
     check_config: bool,
@@ -50,11 +46,8 @@ enum ServerKind {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    sightline_runtime::init_tracing(&args.log, args.log_json)?;
-    let config = match &args.config {
-        Some(path) => IngestConfig::load(path)?,
-        None => IngestConfig::default(),
-    };
+    args.log.init()?;
+    let config: IngestConfig = sightline_runtime::load_config_or_default(args.config.as_deref())?;
     if let Some(kind) = args.print_schema {
         let caps = match kind {
             ServerKind::Legacy => Capabilities::LEGACY,
@@ -71,11 +64,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     if args.check_config {
-        println!(
-            "{}",
-            toml::to_string_pretty(&config).context("failed to print config")?
-        );
-        return Ok(());
+        return sightline_runtime::print_config(&config);
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

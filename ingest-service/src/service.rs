@@ -19,6 +19,7 @@ use crate::http::{HttpState, router};
 use crate::metrics::Metrics;
 use crate::migrations::{self, MigrationError};
 use crate::sink::Sink;
+use crate::writer::Writer;
 use crate::{nats, retention, schema};
 
 /// Runs the ingest service until `shutdown` completes.
@@ -122,13 +123,17 @@ pub async fn run(
         metrics.clone(),
         cancel.clone(),
     ));
+    let writer = Writer {
+        sink,
+        dead_letters,
+        metrics,
+        ack_wait: Duration::from_secs(config.consumer.ack_wait_secs),
+    };
     Consumer::new(
         consumer,
         config.consumer.clone(),
         config.batch.clone(),
-        sink,
-        dead_letters,
-        metrics,
+        writer,
     )
     .run(cancel.clone())
     .await?;

@@ -17,12 +17,8 @@ struct Args {
     /// Address the API listens on.
     #[arg(long, env = "SIGHTLINE_QUERY_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `sightline_query=debug`.
-    #[arg(long, env = "SIGHTLINE_LOG", default_value = "info")]
-    log: String,
-    /// Log as JSON lines instead of text.
-    #[arg(long, env = "SIGHTLINE_LOG_JSON")]
-    log_json: bool,
+    #[command(flatten)]
+    log: sightline_runtime::LogArgs,
     /// Check the config file, print the effective config and exit.
     #[arg(long)]
     check_config: bool,
@@ -31,17 +27,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    sightline_runtime::init_tracing(&args.log, args.log_json)?;
-    let config = match &args.config {
-        Some(path) => QueryConfig::load(path)?,
-        None => QueryConfig::default(),
-    };
+    args.log.init()?;
+    let config: QueryConfig = sightline_runtime::load_config_or_default(args.config.as_deref())?;
     if args.check_config {
-        println!(
-            "{}",
-            toml::to_string_pretty(&config).context("failed to print config")?
-        );
-        return Ok(());
+        return sightline_runtime::print_config(&config);
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -1,8 +1,80 @@
 //! Process plumbing shared by the three binaries, so each `main.rs` stays a thin shell
-//! around its library's `run(config, ..., shutdown)`.
+//! around its library's `run(config, ..., shutdown)`: logging flags and set-up, loading the
+//! config file, shutdown signals, the NATS connection and the `/metrics` response.
+
+use std::path::Path;
 
 use anyhow::Context as _;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sightline_shared::config::{self, ConfigError, Validate};
 use tracing_subscriber::EnvFilter;
+
+/// The logging flags every binary takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `sightline_ingest=debug,info`.
+    #[arg(long, env = "SIGHTLINE_LOG", default_value = "info", global = true)]
+    pub log: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "SIGHTLINE_LOG_JSON", global = true)]
+    pub log_json: bool,
+}
+
+impl LogArgs {
+    /// Installs the global tracing subscriber these flags describe.
+    pub fn init(&self) -> anyhow::Result<()> {
+        init_tracing(&self.log, self.log_json)
+    }
+}
+
+/// Reads, parses and validates a config file; errors name the file and the field.
+pub fn load_config<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    config::parse(&text, &shown)
+}
+
+/// [`load_config`] when a path is given, the built-in defaults otherwise.
+pub fn load_config_or_default<T: DeserializeOwned + Validate + Default>(
+    path: Option<&Path>,
+) -> Result<T, ConfigError> {
+    path.map_or_else(|| Ok(T::default()), load_config)
+}
+
+/// Prints the effective config as TOML (the binaries' `check-config`).
+pub fn print_config<T: Serialize>(config: &T) -> anyhow::Result<()> {
+    println!(
+        "{}",
+        toml::to_string_pretty(config).context("failed to print config")?
+    );
+    Ok(())
+}
+
+/// The `/metrics` response: the registry in the OpenMetrics text format.
+pub fn metrics_response(registry: &Registry) -> Response {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(error) => {
+            tracing::error!(%error, "failed to encode metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
 
 /// Installs the global tracing subscriber: `filter` in `EnvFilter` syntax (`info`,
 /// `sightline_ingest=debug,info`), as text or as JSON lines.
@@ -79,4 +151,40 @@ pub async fn connect_nats(
         .connect(config.url.as_str())
         .await
         .with_context(|| format!("failed to connect to NATS at {}", config.url))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Sample {
+        limit: u32,
+    }
+
+    impl Validate for Sample {
+        fn validate(&self) -> Result<(), ConfigError> {
+            if self.limit == 0 {
+                return Err(ConfigError::invalid("limit", "must be at least 1"));
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn load_errors_name_the_file_and_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        let missing = load_config::<Sample>(&path).unwrap_err().to_string();
+        assert!(missing.contains("bad.toml"), "{missing}");
+        std::fs::write(&path, "limt = 5\n").unwrap();
+        let err = load_config::<Sample>(&path).unwrap_err().to_string();
+        assert!(err.contains("limt") && err.contains("bad.toml"), "{err}");
+        std::fs::write(&path, "limit = 0\n").unwrap();
+        let err = load_config::<Sample>(&path).unwrap_err().to_string();
+        assert!(err.contains("limit: must be at least 1"), "{err}");
+        std::fs::write(&path, "limit = 3\n").unwrap();
+        assert_eq!(load_config::<Sample>(&path).unwrap().limit, 3);
+    }
 }

@@ -1,10 +1,70 @@
-//! Connection settings read by more than one service.
+//! Config plumbing shared by every service: the error type, the validation trait, TOML
+//! parsing, and the connection sections that mean the same in every config file.
 //!
-//! Each service has its own config file; the sections below mean the same in all of them.
+//! Reading the file is I/O and lives in `sightline-runtime` (`load_config`); everything here
+//! is pure.
 
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::validate::is_identifier;
+
+/// Why a config could not be used. The message names the file and the field.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("failed to read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid config: {field}: {problem}")]
+    Invalid { field: String, problem: String },
+}
+
+impl ConfigError {
+    /// A value serde accepted but the service cannot use.
+    pub fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// The checks serde cannot express (ranges, cross-field rules, safe identifiers).
+pub trait Validate {
+    fn validate(&self) -> Result<(), ConfigError>;
+}
+
+/// Parses and validates config text; `origin` (a file name) appears in parse errors.
+/// Unknown fields are errors wherever the config types say `deny_unknown_fields`.
+pub fn parse<T: DeserializeOwned + Validate>(text: &str, origin: &str) -> Result<T, ConfigError> {
+    let config: T = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: origin.to_owned(),
+        message: e.to_string(),
+    })?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// Checks that `value` is a safe identifier (see [`is_identifier`]).
+pub fn check_identifier(field: &str, value: &str) -> Result<(), ConfigError> {
+    if is_identifier(value) {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            field,
+            "must be 1-64 characters of A-Z a-z 0-9 _ -",
+        ))
+    }
+}
 
 /// How to reach NATS.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +119,25 @@ impl ClickHouseConfig {
     /// The request timeout as a duration.
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+}
+
+impl Validate for ClickHouseConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_identifier("clickhouse.database", &self.database)?;
+        if !self.url.starts_with("http://") && !self.url.starts_with("https://") {
+            return Err(ConfigError::invalid(
+                "clickhouse.url",
+                "must start with http:// or https://",
+            ));
+        }
+        if self.timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "clickhouse.timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -5,7 +5,8 @@
 //! * [`codec`]: the versioned wire format (bincode by default, JSON as the alternative),
 //!   selected by a `Content-Type` header that also names the schema version.
 //! * [`subjects`]: NATS subject and JetStream stream names.
-//! * [`config`]: connection settings that more than one service reads from its config file.
+//! * [`config`]: the config error and validation trait, TOML parsing, and the connection
+//!   sections that more than one service reads from its config file.
 //!
 //! Architecture invariant: this crate holds types and pure functions only. It has no tokio,
 //! no sockets, no ClickHouse and no DuckDB; anything that does I/O lives in a service crate.

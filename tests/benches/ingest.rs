@@ -18,17 +18,13 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use prometheus_client::registry::Registry;
 use sightline_edge_agent::config::SyntheticConfig;
-use sightline_edge_agent::metrics::Metrics as EdgeMetrics;
-use sightline_edge_agent::outbox::ChannelOutbox;
-use sightline_edge_agent::publisher::Publisher;
 use sightline_ingest::IngestConfig;
-use sightline_ingest::consumer::check_message;
+use sightline_ingest::consumer::{check_message, content_type};
 use sightline_ingest::metrics::Metrics as IngestMetrics;
 use sightline_ingest::schema::{self, EventRow};
 use sightline_ingest::sink::Sink;
-use sightline_shared::config::{ClickHouseConfig, NatsConfig};
 use sightline_shared::{DetectionEvent, Encoding, Timestamp, subjects};
-use sightline_tests::stack::metric;
+use sightline_tests::stack::{metric, publish_via};
 use sightline_tests::{ClickHouseServer, NatsServer};
 use tokio_util::sync::CancellationToken;
 
@@ -104,14 +100,8 @@ async fn main() -> anyhow::Result<()> {
     let nats = NatsServer::start()?;
     let clickhouse = ClickHouseServer::start()?;
     let config = IngestConfig {
-        nats: NatsConfig {
-            url: nats.url(),
-            credentials_file: None,
-        },
-        clickhouse: ClickHouseConfig {
-            url: clickhouse.url(),
-            ..Default::default()
-        },
+        nats: nats.config(),
+        clickhouse: clickhouse.config(),
         ..Default::default()
     };
     let client = async_nats::connect(nats.url()).await?;
@@ -124,14 +114,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let all = events(n);
     let started = Instant::now();
-    let (tx, mut outbox) = ChannelOutbox::new(n);
-    for event in all.iter().cloned() {
-        tx.send(event).await?;
-    }
-    drop(tx);
-    let report = Publisher::new(js.clone(), Encoding::Bincode, 4096, EdgeMetrics::default())
-        .run(&mut outbox, &CancellationToken::new())
-        .await;
+    let report = publish_via(js.clone(), all.clone(), Encoding::Bincode, 4096).await;
     assert_eq!(report.published as usize, n);
     println!(
         "  publish (edge publisher, 4096 in flight): {:>10.0} events/s",
@@ -163,13 +146,13 @@ async fn main() -> anyhow::Result<()> {
             .await
             .ok_or_else(|| anyhow::anyhow!("stream ended"))?
             .map_err(|e| anyhow::anyhow!(e))?;
-        let ct = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Content-Type"))
-            .map(|v| v.as_str());
-        let event = check_message(&message.subject, ct, &message.payload, now)
-            .map_err(|(_, e)| anyhow::anyhow!(e))?;
+        let event = check_message(
+            &message.subject,
+            content_type(&message),
+            &message.payload,
+            now,
+        )
+        .map_err(|(_, e)| anyhow::anyhow!(e))?;
         std::hint::black_box(EventRow::from(&event));
         message.ack().await.map_err(|e| anyhow::anyhow!(e))?;
         drained += 1;
@@ -180,10 +163,7 @@ async fn main() -> anyhow::Result<()> {
     drop(messages);
 
     // 2. ClickHouse alone.
-    let admin = schema::client(&ClickHouseConfig {
-        url: clickhouse.url(),
-        ..Default::default()
-    })?;
+    let admin = schema::client(&clickhouse.config())?;
     sightline_ingest::migrations::migrate(&admin, "bench_ch").await?;
     let sink = Sink::new(
         admin.clone().with_database("bench_ch"),

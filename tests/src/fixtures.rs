@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use sightline_shared::config::{ClickHouseConfig, NatsConfig};
 use tempfile::TempDir;
 
 /// The ClickHouse server config template, shared with `deploy/local/stack.sh`.
@@ -108,6 +109,14 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The `[nats]` config section for this server.
+    pub fn config(&self) -> NatsConfig {
+        NatsConfig {
+            url: self.url(),
+            credentials_file: None,
+        }
+    }
+
     /// Kills the server (SIGKILL: no goodbye to clients).
     pub fn kill(&mut self) {
         kill(&mut self.child);
@@ -176,6 +185,15 @@ impl ClickHouseServer {
     /// `http://127.0.0.1:<http port>`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// The `[clickhouse]` config section for this server (5 s request timeout).
+    pub fn config(&self) -> ClickHouseConfig {
+        ClickHouseConfig {
+            url: self.url(),
+            timeout_ms: 5_000,
+            ..Default::default()
+        }
     }
 
     /// The native-protocol port (for `clickhouse-client --port`).

@@ -4,12 +4,13 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use futures::StreamExt;
 use sightline_edge_agent::metrics::Metrics as EdgeMetrics;
 use sightline_edge_agent::outbox::ChannelOutbox;
 use sightline_edge_agent::publisher::{PublishReport, Publisher};
 use sightline_ingest::IngestConfig;
 use sightline_query::QueryConfig;
-use sightline_shared::config::{ClickHouseConfig, NatsConfig};
+use sightline_shared::config::Validate;
 use sightline_shared::{DetectionEvent, Encoding, subjects};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -57,16 +58,9 @@ impl Stack {
         init_tracing();
         let nats = NatsServer::start()?;
         let clickhouse = ClickHouseServer::start()?;
-        let clickhouse_config = ClickHouseConfig {
-            url: clickhouse.url(),
-            timeout_ms: 5_000,
-            ..Default::default()
-        };
+        let clickhouse_config = clickhouse.config();
         let mut ingest_config = IngestConfig {
-            nats: NatsConfig {
-                url: nats.url(),
-                credentials_file: None,
-            },
+            nats: nats.config(),
             clickhouse: clickhouse_config.clone(),
             ..Default::default()
         };
@@ -157,25 +151,54 @@ impl Stack {
         ))
     }
 
-    /// Publishes `events` the way the edge agent does, waiting for every ack.
+    /// Publishes `events` the way the edge agent does, waiting for every ack (60 s at most).
     pub async fn publish(
         &self,
         events: Vec<DetectionEvent>,
         encoding: Encoding,
     ) -> anyhow::Result<PublishReport> {
         let js = self.jetstream().await?;
-        let (tx, mut outbox) = ChannelOutbox::new(events.len().max(1));
-        for event in events {
-            tx.send(event).await.context("outbox closed")?;
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            publish_via(js, events, encoding, 64),
+        )
+        .await
+        .context("publishing took more than 60 s")
+    }
+
+    /// Everything in the dead-letter stream (up to `max` messages).
+    pub async fn dead_letters(&self, max: usize) -> anyhow::Result<Vec<DeadLetter>> {
+        let consumer = self
+            .jetstream()
+            .await?
+            .get_stream(subjects::DEADLETTER_STREAM)
+            .await?
+            .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+            .await?;
+        let mut messages = consumer
+            .fetch()
+            .max_messages(max)
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await?;
+        let mut out = Vec::new();
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| anyhow::anyhow!(e))?;
+            let header = |name: &str| {
+                message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.to_string())
+                    .unwrap_or_default()
+            };
+            out.push(DeadLetter {
+                original_subject: header(subjects::DEADLETTER_SUBJECT_HEADER),
+                reason: header(subjects::DEADLETTER_REASON_HEADER),
+                payload: message.payload.to_vec(),
+            });
         }
-        drop(tx);
-        let publisher = Publisher::new(js, encoding, 64, EdgeMetrics::default());
-        let stop = CancellationToken::new();
-        let report =
-            tokio::time::timeout(Duration::from_secs(60), publisher.run(&mut outbox, &stop))
-                .await
-                .context("publishing took more than 60 s")?;
-        Ok(report)
+        Ok(out)
     }
 
     /// `GET {api}{path}`: status and JSON body.
@@ -237,6 +260,33 @@ impl Stack {
             .context("query did not stop in 30 s")???;
         Ok(())
     }
+}
+
+/// A message from the dead-letter stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub original_subject: String,
+    pub reason: String,
+    pub payload: Vec<u8>,
+}
+
+/// Publishes `events` through the edge agent's publisher with `window` publishes in flight,
+/// waiting for every ack.
+pub async fn publish_via(
+    js: async_nats::jetstream::Context,
+    events: Vec<DetectionEvent>,
+    encoding: Encoding,
+    window: usize,
+) -> PublishReport {
+    let (tx, mut outbox) = ChannelOutbox::new(events.len().max(1));
+    for event in events {
+        // The channel holds them all, so this never waits and never fails.
+        let _ = tx.try_send(event);
+    }
+    drop(tx);
+    Publisher::new(js, encoding, window, EdgeMetrics::default())
+        .run(&mut outbox, &CancellationToken::new())
+        .await
 }
 
 /// Reads one counter value from Prometheus text, summing over label sets that contain

@@ -2,9 +2,8 @@
 //! ingest keeps going.
 
 use async_nats::HeaderMap;
-use futures::StreamExt;
 use sightline_shared::codec::{self, CONTENT_TYPE_HEADER};
-use sightline_shared::{ContentType, Encoding, subjects};
+use sightline_shared::{ContentType, Encoding};
 use sightline_tests::Stack;
 use sightline_tests::stack::metric;
 
@@ -72,45 +71,21 @@ async fn garbage_is_dead_lettered_and_ingest_keeps_running() -> anyhow::Result<(
     assert_eq!(events.len(), 3);
 
     // Every bad message is in the dead-letter stream, payload intact, reason attached.
-    let stream = js.get_stream(subjects::DEADLETTER_STREAM).await?;
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
-        .await?;
-    let mut messages = consumer
-        .fetch()
-        .max_messages(10)
-        .expires(std::time::Duration::from_secs(2))
-        .messages()
-        .await?;
-    let mut seen = Vec::new();
-    while let Some(message) = messages.next().await {
-        let message = message.map_err(|e| anyhow::anyhow!(e))?;
-        let headers = message.headers.clone().unwrap_or_default();
-        let reason = headers
-            .get(subjects::DEADLETTER_REASON_HEADER)
-            .map(|v| v.to_string())
-            .unwrap_or_default();
-        let original = headers
-            .get(subjects::DEADLETTER_SUBJECT_HEADER)
-            .map(|v| v.to_string())
-            .unwrap_or_default();
-        seen.push((original, message.payload.to_vec(), reason));
-    }
+    let seen = stack.dead_letters(10).await?;
     assert_eq!(seen.len(), cases.len(), "{seen:?}");
-    for ((subject, _, payload, reason), (got_subject, got_payload, got_reason)) in
-        cases.iter().zip(&seen)
-    {
-        assert_eq!(subject, got_subject);
-        assert_eq!(payload, got_payload);
+    for ((subject, _, payload, reason), got) in cases.iter().zip(&seen) {
+        assert_eq!(subject, &got.original_subject);
+        assert_eq!(payload, &got.payload);
         assert!(
-            got_reason.starts_with(reason),
-            "{got_reason} should start with {reason}"
+            got.reason.starts_with(reason),
+            "{} should start with {reason}",
+            got.reason
         );
     }
     assert!(
-        seen[3].2.contains("motion_score"),
+        seen[3].reason.contains("motion_score"),
         "the reason names the field: {}",
-        seen[3].2
+        seen[3].reason
     );
 
     let metrics = stack.ingest_metrics().await?;
@@ -166,34 +141,15 @@ async fn rows_clickhouse_rejects_are_isolated_and_the_rest_stored() -> anyhow::R
     assert_eq!(stored.len(), 36);
     assert!(stored.iter().all(|e| !poisoned.contains(&e.event_id)));
 
-    let js = stack.jetstream().await?;
-    let consumer = js
-        .get_stream(subjects::DEADLETTER_STREAM)
-        .await?
-        .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
-        .await?;
-    let mut messages = consumer
-        .fetch()
-        .max_messages(10)
-        .expires(std::time::Duration::from_secs(2))
-        .messages()
-        .await?;
     let mut dead = Vec::new();
-    while let Some(message) = messages.next().await {
-        let message = message.map_err(|e| anyhow::anyhow!(e))?;
-        let reason = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(subjects::DEADLETTER_REASON_HEADER))
-            .map(|v| v.to_string());
+    for letter in stack.dead_letters(10).await? {
         assert!(
-            reason
-                .as_deref()
-                .is_some_and(|r| r.starts_with("Insert") && r.contains("code 6")),
-            "{reason:?}"
+            letter.reason.starts_with("Insert") && letter.reason.contains("code 6"),
+            "{}",
+            letter.reason
         );
         dead.push(
-            codec::decode_as(ContentType::current(Encoding::Bincode), &message.payload)?.event_id,
+            codec::decode_as(ContentType::current(Encoding::Bincode), &letter.payload)?.event_id,
         );
     }
     dead.sort();

@@ -96,8 +96,9 @@ async fn every_event_arrives_exactly_once_with_all_fields() -> anyhow::Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_agent_with_a_synthetic_camera_reaches_the_api() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
-    let config = AgentConfig::parse(&format!(
-        r#"
+    let config: AgentConfig = sightline_shared::config::parse(
+        &format!(
+            r#"
         version = 1
         edge_id = "edge-synth"
         [nats]
@@ -109,8 +110,10 @@ async fn edge_agent_with_a_synthetic_camera_reaches_the_api() -> anyhow::Result<
         id = "yard"
         source = {{ kind = "synthetic", events_per_second = 200.0, max_events = 25, labels = ["cat"] }}
         "#,
-        stack.nats.url()
-    ))?;
+            stack.nats.url()
+        ),
+        "edge-agent.toml",
+    )?;
     let report = sightline_edge_agent::run(config, std::future::pending()).await?;
     assert_eq!((report.published, report.unpublished), (65, 0));
     let lobby = stack.wait_for_events("camera=lobby&limit=100", 40).await?;

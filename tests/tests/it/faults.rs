@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use sightline_shared::Encoding;
 use sightline_tests::Stack;
+use sightline_tests::stack::publish_via;
 
 use crate::known_events;
 
@@ -70,21 +71,11 @@ async fn clickhouse_stopped_under_steady_load_loses_and_repeats_nothing() -> any
         let js = stack.jetstream().await?;
         let events = events.clone();
         tokio::spawn(async move {
-            let publisher = sightline_edge_agent::publisher::Publisher::new(
-                js,
-                Encoding::Bincode,
-                64,
-                sightline_edge_agent::metrics::Metrics::default(),
-            );
             let mut published = 0;
             for chunk in events.chunks(100) {
-                let (tx, mut outbox) = sightline_edge_agent::outbox::ChannelOutbox::new(100);
-                for e in chunk {
-                    tx.send(e.clone()).await.expect("outbox open");
-                }
-                drop(tx);
-                let stop = tokio_util::sync::CancellationToken::new();
-                published += publisher.run(&mut outbox, &stop).await.published;
+                published += publish_via(js.clone(), chunk.to_vec(), Encoding::Bincode, 64)
+                    .await
+                    .published;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             published
@@ -124,26 +115,7 @@ async fn nats_down_then_back_the_publisher_retries_until_acked() -> anyhow::Resu
     let js = stack.jetstream().await?;
     stack.nats.kill();
     let events = known_events("edge-n", "cam", 25);
-    let publishing = {
-        let js = js.clone();
-        let events = events.clone();
-        tokio::spawn(async move {
-            let (tx, mut outbox) = sightline_edge_agent::outbox::ChannelOutbox::new(100);
-            for e in events {
-                tx.send(e).await.expect("outbox open");
-            }
-            drop(tx);
-            let publisher = sightline_edge_agent::publisher::Publisher::new(
-                js,
-                Encoding::Bincode,
-                8,
-                sightline_edge_agent::metrics::Metrics::default(),
-            );
-            publisher
-                .run(&mut outbox, &tokio_util::sync::CancellationToken::new())
-                .await
-        })
-    };
+    let publishing = tokio::spawn(publish_via(js, events, Encoding::Bincode, 8));
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
         !publishing.is_finished(),

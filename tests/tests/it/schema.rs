@@ -5,17 +5,14 @@ use sightline_ingest::IngestConfig;
 use sightline_ingest::migrations::{self, MIGRATIONS, MigrationError};
 use sightline_ingest::retention::{self, RetentionSettings};
 use sightline_ingest::schema;
-use sightline_shared::config::{ClickHouseConfig, NatsConfig};
+
 use sightline_shared::{Encoding, Timestamp};
 use sightline_tests::{ClickHouseServer, NatsServer, Stack};
 
 use crate::{known_events, now};
 
 fn admin(clickhouse: &ClickHouseServer) -> anyhow::Result<clickhouse::Client> {
-    schema::client(&ClickHouseConfig {
-        url: clickhouse.url(),
-        ..Default::default()
-    })
+    schema::client(&clickhouse.config())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,14 +69,8 @@ async fn a_failing_migration_stops_the_service_with_the_migration_named() -> any
         .query("CREATE TABLE sightline.events (x UInt8) ENGINE = Memory")
         .await?;
     let config = IngestConfig {
-        nats: NatsConfig {
-            url: nats.url(),
-            credentials_file: None,
-        },
-        clickhouse: ClickHouseConfig {
-            url: clickhouse.url(),
-            ..Default::default()
-        },
+        nats: nats.config(),
+        clickhouse: clickhouse.config(),
         ..Default::default()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

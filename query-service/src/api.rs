@@ -1,29 +1,27 @@
-//! Routes, handlers, and the one place errors become status codes.
-//!
-//! | route                  | what                                          |
-//! |------------------------|-----------------------------------------------|
-//! | `GET /v1/events`       | events, newest first: `camera`, `since`, `until`, `limit` |
-//! | `GET /v1/events/{id}`  | one event                                     |
-//! | `GET /healthz`         | liveness: the process answers                 |
-//! | `GET /readyz`          | readiness: ClickHouse answers                 |
-//! | `GET /metrics`         | Prometheus metrics                            |
+//! Routes, handlers, and the one place errors become status codes. The operations are
+//! listed, with their parameters, in [`crate::openapi::ENDPOINTS`]; a test checks that the
+//! router and that table agree.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
 use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use serde_json::json;
-use sightline_shared::{DetectionEvent, EventId};
+use sightline_shared::{DetectionEvent, EventId, Timestamp};
 use tower_http::timeout::TimeoutLayer;
+use uuid::Uuid;
 
+use crate::auth::{OPEN_ROUTES, Tokens};
 use crate::metrics::{Metrics, Route, RouteStatus};
-use crate::params::{self, ParamError};
+use crate::params::{self, Format, ParamError};
+use crate::replay::{Replays, StartError};
 use crate::store::{Store, StoreError};
 
 /// What the handlers share.
@@ -34,6 +32,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub default_limit: u32,
     pub max_limit: u32,
+    pub tokens: Tokens,
+    pub replays: Replays,
 }
 
 /// Everything a handler can fail with.
@@ -41,8 +41,14 @@ pub struct AppState {
 pub enum ApiError {
     /// The caller's mistake in a parameter: 400 with the parameter named.
     BadParameter(ParamError),
+    /// No or a wrong bearer token: 401.
+    Unauthorized,
+    /// Switched off by config: 403.
+    Forbidden(String),
     /// Nothing there: 404.
     NotFound(String),
+    /// Too much already running: 429.
+    Busy(String),
     /// Our storage failed: 503 or 500 with a generic message; the detail is logged.
     Store(StoreError),
 }
@@ -55,53 +61,89 @@ impl From<ParamError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        Self::Store(e)
+        match e {
+            StoreError::BadParameter(e) => Self::BadParameter(e),
+            other => Self::Store(other),
+        }
     }
+}
+
+fn error_body(code: &str, message: &str) -> Json<serde_json::Value> {
+    Json(json!({"error": {"code": code, "message": message}}))
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, body) = match self {
+        match self {
             Self::BadParameter(e) => (
                 StatusCode::BAD_REQUEST,
-                json!({"error": {"code": "bad_parameter", "parameter": e.parameter, "message": e.message}}),
-            ),
-            Self::NotFound(message) => (
-                StatusCode::NOT_FOUND,
-                json!({"error": {"code": "not_found", "message": message}}),
-            ),
+                Json(json!({"error": {"code": "bad_parameter", "parameter": e.parameter, "message": e.message}})),
+            )
+                .into_response(),
+            Self::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                error_body("unauthorized", "send Authorization: Bearer <token>"),
+            )
+                .into_response(),
+            Self::Forbidden(message) => {
+                (StatusCode::FORBIDDEN, error_body("forbidden", &message)).into_response()
+            }
+            Self::NotFound(message) => {
+                (StatusCode::NOT_FOUND, error_body("not_found", &message)).into_response()
+            }
+            Self::Busy(message) => {
+                (StatusCode::TOO_MANY_REQUESTS, error_body("busy", &message)).into_response()
+            }
             Self::Store(error @ StoreError::Unavailable(_)) => {
                 tracing::error!(%error, "storage unavailable");
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    json!({"error": {"code": "unavailable", "message": "the event store is unavailable, try again later"}}),
+                    error_body(
+                        "unavailable",
+                        "the event store is unavailable, try again later",
+                    ),
                 )
+                    .into_response()
             }
             Self::Store(error) => {
                 tracing::error!(%error, "query failed");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    json!({"error": {"code": "internal", "message": "internal error"}}),
+                    error_body("internal", "internal error"),
                 )
+                    .into_response()
             }
-        };
-        (status, Json(body)).into_response()
+        }
     }
 }
 
-/// The application router, with metrics and a request timeout.
+/// The application router, with authentication, metrics and a request timeout.
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
-    Router::new()
+    // Exports stream for as long as they need (ClickHouse bounds them); the rest is timed.
+    let timed = Router::new()
         .route("/v1/events", get(list_events))
         .route("/v1/events/{id}", get(get_event))
+        .route("/v1/cameras", get(cameras))
+        .route("/v1/stats", get(stats))
+        .route("/v1/replay", get(list_replays).post(start_replay))
+        .route("/v1/replay/{id}", get(get_replay).delete(cancel_replay))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .route(
+            "/openapi.json",
+            get(|| async { Json(crate::openapi::document()) }),
+        )
         .layer(TimeoutLayer::with_status_code(
             StatusCode::GATEWAY_TIMEOUT,
             request_timeout,
-        ))
+        ));
+    Router::new()
+        .route("/v1/events/export", get(export))
+        .merge(timed)
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
@@ -110,10 +152,54 @@ async fn list_events(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let filter = params::event_filter(query.as_deref(), state.default_limit, state.max_limit)?;
-    let events = state.store.list_events(&filter).await?;
-    state.metrics.events_returned.inc_by(events.len() as u64);
-    Ok(Json(json!({"count": events.len(), "events": events})))
+    let q = params::list_query(query.as_deref(), state.default_limit, state.max_limit)?;
+    let page = state
+        .store
+        .list_events(&q.filter, q.sort, q.cursor, q.limit)
+        .await?;
+    state
+        .metrics
+        .returned("/v1/events")
+        .inc_by(page.events.len() as u64);
+    Ok(Json(json!({
+        "count": page.events.len(),
+        "events": page.events,
+        "next_cursor": page.next.map(|c| c.encode()),
+    })))
+}
+
+async fn export(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let q = params::export_query(query.as_deref())?;
+    let mut cursor = state.store.export(&q.filter, q.sort, q.limit)?;
+    // The first row decides the status: a failing query is a 5xx, not a cut-off 200.
+    let first = cursor.next().await.map_err(StoreError::from)?;
+    let content_type = match q.format {
+        Format::Ndjson => "application/x-ndjson",
+        Format::Csv => "text/csv; charset=utf-8",
+    };
+    let body = crate::export::body(
+        q.format,
+        first,
+        cursor,
+        state.metrics.returned("/v1/events/export"),
+    );
+    Ok((
+        [(header::CONTENT_TYPE, content_type)],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+fn event_id(id: &str) -> Result<EventId, ParamError> {
+    id.parse().map_err(|_| {
+        ParamError::new(
+            "id",
+            "must be a UUID such as 0190b1d2-0000-7000-8000-000000000000",
+        )
+    })
 }
 
 async fn get_event(
@@ -121,18 +207,137 @@ async fn get_event(
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<DetectionEvent>, ApiError> {
-    params::pairs(query.as_deref(), &[])?;
-    let id: EventId = id.parse().map_err(|_| ParamError {
-        parameter: "id".into(),
-        message: "must be a UUID such as 0190b1d2-...".into(),
-    })?;
+    params::none(query.as_deref())?;
+    let id = event_id(&id)?;
     let event = state
         .store
         .get_event(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no event {id}")))?;
-    state.metrics.events_returned.inc();
+    state.metrics.returned("/v1/events/{id}").inc();
     Ok(Json(event))
+}
+
+async fn cameras(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let range = params::cameras_query(query.as_deref())?;
+    let rows = state.store.cameras(&range).await?;
+    let cameras: Vec<_> = rows
+        .into_iter()
+        .map(|c| {
+            json!({
+                "camera_id": c.camera_id,
+                "edges": c.edges,
+                "first_seen": Timestamp::from_millis(c.first_seen_ms).to_rfc3339(),
+                "last_seen": Timestamp::from_millis(c.last_seen_ms).to_rfc3339(),
+                "events": c.events,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"count": cameras.len(), "cameras": cameras})))
+}
+
+async fn stats(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let now = Timestamp::from_datetime(time::OffsetDateTime::now_utc());
+    let q = params::stats_query(query.as_deref(), now)?;
+    let (source, rows) = state.store.stats(&q).await?;
+    let buckets: Vec<_> = rows
+        .into_iter()
+        .map(|r| {
+            let mut bucket = json!({
+                "start": Timestamp::from_millis(r.start_ms).to_rfc3339(),
+                "detections": r.detections,
+                "max_confidence": r.max_confidence,
+            });
+            if q.by_camera {
+                bucket["camera_id"] = json!(r.camera_id);
+            }
+            if q.by_label {
+                bucket["label"] = json!(r.label);
+            }
+            bucket
+        })
+        .collect();
+    let group_by = match (q.by_camera, q.by_label) {
+        (true, true) => "camera,label",
+        (true, false) => "camera",
+        (false, true) => "label",
+        (false, false) => "none",
+    };
+    Ok(Json(json!({
+        "interval": q.interval.as_str(),
+        "tz": q.tz,
+        "group_by": group_by,
+        "since": q.since.to_rfc3339(),
+        "until": q.until.to_rfc3339(),
+        "source": source.as_str(),
+        "buckets": buckets,
+    })))
+}
+
+async fn start_replay(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let config = state.replays.config();
+    let q = params::replay_query(query.as_deref(), &config.subject_prefix, config.max_rate)?;
+    let progress = state.replays.start(q).map_err(|e| match e {
+        StartError::Disabled => ApiError::Forbidden(e.to_string()),
+        StartError::Busy(_) => ApiError::Busy(e.to_string()),
+    })?;
+    let location = format!("/v1/replay/{}", progress.id);
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(progress),
+    )
+        .into_response())
+}
+
+fn replay_id(id: &str) -> Result<Uuid, ParamError> {
+    id.parse()
+        .map_err(|_| ParamError::new("id", "must be the UUID POST /v1/replay returned"))
+}
+
+async fn list_replays(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    params::none(query.as_deref())?;
+    Ok(Json(json!({"replays": state.replays.list()})))
+}
+
+async fn get_replay(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    params::none(query.as_deref())?;
+    let id = replay_id(&id)?;
+    let progress = state
+        .replays
+        .get(id)
+        .ok_or_else(|| ApiError::NotFound(format!("no replay {id}")))?;
+    Ok(Json(progress).into_response())
+}
+
+async fn cancel_replay(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    params::none(query.as_deref())?;
+    let id = replay_id(&id)?;
+    let progress = state
+        .replays
+        .cancel(id)
+        .ok_or_else(|| ApiError::NotFound(format!("no replay {id}")))?;
+    Ok(Json(progress).into_response())
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -151,6 +356,20 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     sightline_runtime::metrics_response(&state.registry)
+}
+
+/// Lets a request through when authentication is off, the route is open, or the request
+/// carries an accepted bearer token.
+async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if !state.tokens.enabled()
+        || OPEN_ROUTES.contains(&request.uri().path())
+        || state
+            .tokens
+            .allows(request.headers().get(header::AUTHORIZATION))
+    {
+        return next.run(request).await;
+    }
+    ApiError::Unauthorized.into_response()
 }
 
 /// Counts and times every request by its route template.

@@ -1,5 +1,5 @@
 //! The query service's Prometheus metrics: requests by route and status, latency by route,
-//! events returned. Routes are the matched path templates, so the label set stays bounded.
+//! events returned by route, events replayed. Routes are the matched path templates, so the label set stays bounded.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -23,7 +23,8 @@ pub struct Route {
 pub struct Metrics {
     pub requests: Family<RouteStatus, Counter>,
     pub latency: Family<Route, Histogram>,
-    pub events_returned: Counter,
+    pub events_returned: Family<Route, Counter>,
+    pub replay_published: Counter,
 }
 
 impl Metrics {
@@ -34,7 +35,8 @@ impl Metrics {
             latency: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
-            events_returned: Counter::default(),
+            events_returned: Family::default(),
+            replay_published: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("sightline_query");
         r.register(
@@ -49,9 +51,23 @@ impl Metrics {
         );
         r.register(
             "events_returned",
-            "Events returned to clients",
+            "Events returned to clients, by route",
             metrics.events_returned.clone(),
         );
+        r.register(
+            "replay_published",
+            "Events republished to NATS by replays",
+            metrics.replay_published.clone(),
+        );
         metrics
+    }
+
+    /// The counter of events returned by `route`.
+    pub fn returned(&self, route: &str) -> Counter {
+        self.events_returned
+            .get_or_create(&Route {
+                route: route.to_owned(),
+            })
+            .clone()
     }
 }

@@ -1,10 +1,16 @@
-//! Query-string parsing: strict, typed, and every mistake names the parameter.
+//! Query-string parsing, driven by one table of parameter specs.
+//!
+//! Every endpoint names its parameters as [`Param`]s. The same specs parse requests (strictly:
+//! unknown parameters, repeats of single-valued ones, empty and out-of-range values are all a
+//! [`ParamError`] naming the parameter) and write the OpenAPI document, so the two cannot
+//! drift apart.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use sightline_shared::Timestamp;
-use sightline_shared::validate::is_identifier;
+use sightline_shared::validate::{MAX_LABEL_LEN, is_identifier};
 use thiserror::Error;
+use uuid::Uuid;
 
 /// A parameter the caller got wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -15,114 +21,769 @@ pub struct ParamError {
 }
 
 impl ParamError {
-    fn new(parameter: &str, message: impl Into<String>) -> Self {
+    pub fn new(parameter: &str, message: impl Into<String>) -> Self {
+        let parameter: String = parameter.chars().take(64).collect();
         Self {
-            parameter: parameter.into(),
+            parameter,
             message: message.into(),
         }
     }
 }
 
-/// The filter of `GET /v1/events`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventFilter {
-    /// Only this camera.
-    pub camera: Option<String>,
-    /// Captured at or after (inclusive).
-    pub since: Option<Timestamp>,
-    /// Captured before (exclusive).
-    pub until: Option<Timestamp>,
-    /// Most events to return, newest first.
-    pub limit: u32,
+/// The shape of a parameter's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Comma-separated ids (`A-Z a-z 0-9 _ -`), or the parameter repeated.
+    Ids,
+    /// Comma-separated detection labels, or the parameter repeated.
+    Labels,
+    /// RFC 3339 or epoch milliseconds.
+    Time,
+    /// A number from 0 to 1.
+    Confidence,
+    /// `true` or `false`.
+    Bool,
+    /// One of a fixed set of words.
+    Choice(&'static [&'static str]),
+    /// A positive integer; its upper bound comes from the config and is checked by the caller.
+    Count,
+    /// An opaque page cursor from a previous response.
+    Cursor,
+    /// A NATS subject (tokens of `A-Z a-z 0-9 _ -` separated by dots).
+    Subject,
+    /// An IANA time zone name such as `Europe/Berlin`.
+    TimeZone,
 }
 
-/// Splits a raw query string into pairs, rejecting parameters not in `allowed` and
-/// parameters given twice.
-pub fn pairs(raw: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, String)>, ParamError> {
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
+/// One query parameter of one endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct Param {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub required: bool,
+    pub doc: &'static str,
+}
+
+const fn optional(name: &'static str, kind: Kind, doc: &'static str) -> Param {
+    Param {
+        name,
+        kind,
+        required: false,
+        doc,
+    }
+}
+
+const fn required(name: &'static str, kind: Kind, doc: &'static str) -> Param {
+    Param {
+        name,
+        kind,
+        required: true,
+        doc,
+    }
+}
+
+/// Most values a list parameter takes.
+pub const MAX_LIST: usize = 100;
+
+/// Sort orders of event lists.
+pub const SORTS: &[&str] = &["newest", "oldest"];
+/// Export formats.
+pub const FORMATS: &[&str] = &["ndjson", "csv"];
+/// Stats bucket sizes.
+pub const INTERVALS: &[&str] = &["1m", "5m", "15m", "1h", "1d"];
+/// Stats groupings.
+pub const GROUPINGS: &[&str] = &["none", "camera", "label", "camera,label"];
+/// Replay payload encodings.
+pub const ENCODINGS: &[&str] = &["bincode", "json"];
+
+const CAMERA: Param = optional(
+    "camera",
+    Kind::Ids,
+    "Only these cameras (comma-separated, or repeat the parameter).",
+);
+const EDGE: Param = optional(
+    "edge",
+    Kind::Ids,
+    "Only these edge agents (comma-separated, or repeat the parameter).",
+);
+const LABEL: Param = optional(
+    "label",
+    Kind::Labels,
+    "Only events with a detection of one of these labels (comma-separated, or repeat the parameter).",
+);
+const SINCE: Param = optional(
+    "since",
+    Kind::Time,
+    "Captured at or after this time (inclusive).",
+);
+const UNTIL: Param = optional(
+    "until",
+    Kind::Time,
+    "Captured before this time (exclusive).",
+);
+const MIN_CONFIDENCE: Param = optional(
+    "min_confidence",
+    Kind::Confidence,
+    "Only events with a detection (of the chosen labels) at least this confident.",
+);
+const MAX_CONFIDENCE: Param = optional(
+    "max_confidence",
+    Kind::Confidence,
+    "Only events with a detection (of the chosen labels) at most this confident.",
+);
+const HAS_SNAPSHOT: Param = optional(
+    "has_snapshot",
+    Kind::Bool,
+    "Only events with (true) or without (false) a snapshot.",
+);
+const SORT: Param = optional(
+    "sort",
+    Kind::Choice(SORTS),
+    "newest (default) or oldest first, by capture time then event id.",
+);
+
+/// The filter every event-returning endpoint shares.
+pub const FILTER: &[Param] = &[
+    CAMERA,
+    EDGE,
+    LABEL,
+    SINCE,
+    UNTIL,
+    MIN_CONFIDENCE,
+    MAX_CONFIDENCE,
+    HAS_SNAPSHOT,
+];
+
+/// `GET /v1/events` beyond the filter.
+pub const LIST: &[Param] = &[
+    SORT,
+    optional(
+        "limit",
+        Kind::Count,
+        "Most events per page (default and maximum from the service config).",
+    ),
+    optional(
+        "cursor",
+        Kind::Cursor,
+        "next_cursor of the previous page; keep the other parameters the same.",
+    ),
+];
+
+/// `GET /v1/events/export` beyond the filter.
+pub const EXPORT: &[Param] = &[
+    SORT,
+    optional("format", Kind::Choice(FORMATS), "ndjson (default) or csv."),
+    optional(
+        "limit",
+        Kind::Count,
+        "Stop after this many events (default: all of them).",
+    ),
+];
+
+/// `GET /v1/cameras`.
+pub const CAMERAS: &[Param] = &[
+    optional(
+        "since",
+        Kind::Time,
+        "Count only events captured at or after this time.",
+    ),
+    optional(
+        "until",
+        Kind::Time,
+        "Count only events captured before this time.",
+    ),
+];
+
+/// `GET /v1/stats`.
+pub const STATS: &[Param] = &[
+    CAMERA,
+    EDGE,
+    LABEL,
+    optional(
+        "since",
+        Kind::Time,
+        "Start of the range (inclusive); default: 24 hours before until.",
+    ),
+    optional(
+        "until",
+        Kind::Time,
+        "End of the range (exclusive); default: now.",
+    ),
+    MIN_CONFIDENCE,
+    MAX_CONFIDENCE,
+    optional(
+        "interval",
+        Kind::Choice(INTERVALS),
+        "Bucket size: 1m, 5m, 15m, 1h (default) or 1d.",
+    ),
+    optional(
+        "group_by",
+        Kind::Choice(GROUPINGS),
+        "none, camera (default), label, or camera,label.",
+    ),
+    optional(
+        "tz",
+        Kind::TimeZone,
+        "Time zone that buckets start in (matters for 1d and for zones off whole hours); default UTC.",
+    ),
+];
+
+/// `POST /v1/replay` beyond the filter (where `since` and `until` are required).
+pub const REPLAY: &[Param] = &[
+    required(
+        "subject",
+        Kind::Subject,
+        "NATS subject to publish to; must start with the configured replay prefix.",
+    ),
+    optional(
+        "rate",
+        Kind::Count,
+        "Events per second (default and maximum from the service config).",
+    ),
+    optional(
+        "encoding",
+        Kind::Choice(ENCODINGS),
+        "Payload encoding: bincode (default) or json, named by the Content-Type header.",
+    ),
+];
+
+/// One parsed value.
+#[derive(Debug, Clone, PartialEq)]
+enum Value {
+    List(Vec<String>),
+    Time(Timestamp),
+    Number(f32),
+    Bool(bool),
+    Word(String),
+    Count(u64),
+    Cursor(Cursor),
+}
+
+/// The parsed parameters of one request.
+#[derive(Debug, Default)]
+pub struct Values(HashMap<&'static str, Value>);
+
+/// Parses `raw` against `groups` of specs: unknown parameters, repeats of single-valued
+/// ones, and bad values are errors naming the parameter.
+pub fn parse(raw: Option<&str>, groups: &[&[Param]]) -> Result<Values, ParamError> {
+    let specs = || groups.iter().flat_map(|g| g.iter());
+    let mut values = Values::default();
     for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
-        if !allowed.contains(&key.as_ref()) {
-            let shown: String = key.chars().take(64).collect();
-            let expected = if allowed.is_empty() {
+        let Some(spec) = specs().find(|p| p.name == key) else {
+            let expected: Vec<&str> = specs().map(|p| p.name).collect();
+            let expected = if expected.is_empty() {
                 "none".to_owned()
             } else {
-                allowed.join(", ")
+                expected.join(", ")
             };
             return Err(ParamError::new(
-                &shown,
+                &key,
                 format!("unknown parameter (expected: {expected})"),
             ));
-        }
-        if !seen.insert(key.clone()) {
-            return Err(ParamError::new(&key, "given more than once"));
-        }
-        out.push((key.into_owned(), value.into_owned()));
-    }
-    Ok(out)
-}
-
-/// Parses `camera`, `since`, `until` and `limit`.
-pub fn event_filter(
-    raw: Option<&str>,
-    default_limit: u32,
-    max_limit: u32,
-) -> Result<EventFilter, ParamError> {
-    let mut filter = EventFilter {
-        camera: None,
-        since: None,
-        until: None,
-        limit: default_limit,
-    };
-    for (key, value) in pairs(raw, &["camera", "since", "until", "limit"])? {
-        match key.as_str() {
-            "camera" => {
-                if !is_identifier(&value) {
+        };
+        let parsed = parse_value(spec, &value)?;
+        match (values.0.get_mut(spec.name), parsed) {
+            (None, parsed) => {
+                values.0.insert(spec.name, parsed);
+            }
+            (Some(Value::List(have)), Value::List(more)) => {
+                have.extend(more);
+                if have.len() > MAX_LIST {
                     return Err(ParamError::new(
-                        "camera",
-                        "must be 1-64 characters of A-Z a-z 0-9 _ -",
+                        spec.name,
+                        format!("at most {MAX_LIST} values"),
                     ));
                 }
-                filter.camera = Some(value);
             }
-            "since" => filter.since = Some(timestamp("since", &value)?),
-            "until" => filter.until = Some(timestamp("until", &value)?),
-            "limit" => {
-                filter.limit = value
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| (1..=max_limit).contains(n))
-                    .ok_or_else(|| {
-                        ParamError::new(
-                            "limit",
-                            format!("must be an integer from 1 to {max_limit}"),
-                        )
-                    })?;
-            }
-            _ => unreachable!("pairs() only yields allowed keys"),
+            (Some(_), _) => return Err(ParamError::new(spec.name, "given more than once")),
         }
     }
-    if let (Some(since), Some(until)) = (filter.since, filter.until)
-        && since >= until
-    {
-        return Err(ParamError::new("until", "must be later than since"));
+    if let Some(missing) = specs().find(|p| p.required && !values.0.contains_key(p.name)) {
+        return Err(ParamError::new(missing.name, "is required"));
     }
-    Ok(filter)
+    Ok(values)
+}
+
+fn parse_value(spec: &Param, value: &str) -> Result<Value, ParamError> {
+    let bad = |message: &str| ParamError::new(spec.name, message);
+    if value.is_empty() {
+        return Err(bad("must not be empty"));
+    }
+    Ok(match spec.kind {
+        Kind::Ids | Kind::Labels => {
+            let items: Vec<String> = value.split(',').map(str::to_owned).collect();
+            if items.len() > MAX_LIST {
+                return Err(bad(&format!("at most {MAX_LIST} values")));
+            }
+            for item in &items {
+                let ok = match spec.kind {
+                    Kind::Ids => is_identifier(item),
+                    _ => {
+                        !item.is_empty()
+                            && item.len() <= MAX_LABEL_LEN
+                            && !item.chars().any(char::is_control)
+                    }
+                };
+                if !ok {
+                    return Err(bad(if spec.kind == Kind::Ids {
+                        "each value must be 1-64 characters of A-Z a-z 0-9 _ -"
+                    } else {
+                        "each label must be 1-64 bytes without control characters"
+                    }));
+                }
+            }
+            Value::List(items)
+        }
+        Kind::Time => Value::Time(timestamp(value).ok_or_else(|| {
+            bad("must be an RFC 3339 time such as 2026-11-22T03:00:00Z, or epoch milliseconds, between 1970 and 2105")
+        })?),
+        Kind::Confidence => Value::Number(
+            value
+                .parse::<f32>()
+                .ok()
+                .filter(|c| (0.0..=1.0).contains(c))
+                .ok_or_else(|| bad("must be a number from 0 to 1"))?,
+        ),
+        Kind::Bool => Value::Bool(match value {
+            "true" => true,
+            "false" => false,
+            _ => return Err(bad("must be true or false")),
+        }),
+        Kind::Choice(choices) => {
+            if !choices.contains(&value) {
+                return Err(bad(&format!("must be one of: {}", choices.join(" | "))));
+            }
+            Value::Word(value.to_owned())
+        }
+        Kind::Count => Value::Count(
+            value
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| bad("must be a positive integer"))?,
+        ),
+        Kind::Cursor => Value::Cursor(
+            Cursor::decode(value)
+                .ok_or_else(|| bad("is not a cursor this service handed out"))?,
+        ),
+        Kind::Subject => {
+            let ok = value.len() <= 255
+                && value.split('.').all(|token| {
+                    !token.is_empty()
+                        && token
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                });
+            if !ok {
+                return Err(bad(
+                    "must be a NATS subject of dot-separated tokens of A-Z a-z 0-9 _ - (no wildcards), at most 255 bytes",
+                ));
+            }
+            Value::Word(value.to_owned())
+        }
+        Kind::TimeZone => {
+            let ok = value.len() <= 64
+                && !value.contains("..")
+                && !value.starts_with('/')
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b));
+            if !ok {
+                return Err(bad("must be an IANA time zone name such as Europe/Berlin"));
+            }
+            Value::Word(value.to_owned())
+        }
+    })
 }
 
 /// An RFC 3339 timestamp or integer epoch milliseconds, between 1970 and 2105 (the range a
 /// ClickHouse `DateTime` holds).
-fn timestamp(parameter: &str, value: &str) -> Result<Timestamp, ParamError> {
+fn timestamp(value: &str) -> Option<Timestamp> {
     let parsed = match value.parse::<i64>() {
         Ok(millis) => Some(Timestamp::from_millis(millis)),
         Err(_) => Timestamp::parse_rfc3339(value).ok(),
     };
-    parsed.filter(|t| (0..=4_294_967_295_000).contains(&t.as_millis())).ok_or_else(|| {
-        ParamError::new(
-            parameter,
-            "must be an RFC 3339 time such as 2026-11-22T03:00:00Z, or epoch milliseconds, between 1970 and 2105",
-        )
+    parsed.filter(|t| (0..=4_294_967_295_000).contains(&t.as_millis()))
+}
+
+impl Values {
+    fn list(&mut self, name: &str) -> Vec<String> {
+        match self.0.remove(name) {
+            Some(Value::List(items)) => items,
+            _ => Vec::new(),
+        }
+    }
+
+    fn time(&self, name: &str) -> Option<Timestamp> {
+        match self.0.get(name) {
+            Some(Value::Time(t)) => Some(*t),
+            _ => None,
+        }
+    }
+
+    fn number(&self, name: &str) -> Option<f32> {
+        match self.0.get(name) {
+            Some(Value::Number(n)) => Some(*n),
+            _ => None,
+        }
+    }
+
+    fn bool(&self, name: &str) -> Option<bool> {
+        match self.0.get(name) {
+            Some(Value::Bool(b)) => Some(*b),
+            _ => None,
+        }
+    }
+
+    fn word(&self, name: &str) -> Option<&str> {
+        match self.0.get(name) {
+            Some(Value::Word(w)) => Some(w),
+            _ => None,
+        }
+    }
+
+    /// A count no larger than `max`; `default` when absent.
+    fn count(&self, name: &str, default: Option<u64>, max: u64) -> Result<Option<u64>, ParamError> {
+        match self.0.get(name) {
+            Some(Value::Count(n)) if *n <= max => Ok(Some(*n)),
+            Some(_) => Err(ParamError::new(
+                name,
+                format!("must be an integer from 1 to {max}"),
+            )),
+            None => Ok(default),
+        }
+    }
+
+    fn cursor(&self) -> Option<Cursor> {
+        match self.0.get("cursor") {
+            Some(Value::Cursor(c)) => Some(*c),
+            _ => None,
+        }
+    }
+
+    /// The shared event filter; checks that the range and the confidence bounds make sense.
+    fn filter(&mut self) -> Result<EventFilter, ParamError> {
+        let filter = EventFilter {
+            cameras: self.list("camera"),
+            edges: self.list("edge"),
+            labels: self.list("label"),
+            since: self.time("since"),
+            until: self.time("until"),
+            min_confidence: self.number("min_confidence"),
+            max_confidence: self.number("max_confidence"),
+            has_snapshot: self.bool("has_snapshot"),
+        };
+        if let (Some(since), Some(until)) = (filter.since, filter.until)
+            && since >= until
+        {
+            return Err(ParamError::new("until", "must be later than since"));
+        }
+        if let (Some(min), Some(max)) = (filter.min_confidence, filter.max_confidence)
+            && min > max
+        {
+            return Err(ParamError::new(
+                "max_confidence",
+                "must not be below min_confidence",
+            ));
+        }
+        Ok(filter)
+    }
+
+    fn sort(&self) -> Sort {
+        match self.word("sort") {
+            Some("oldest") => Sort::Oldest,
+            _ => Sort::Newest,
+        }
+    }
+}
+
+/// Which events: every field narrows the set; empty lists mean "any".
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventFilter {
+    pub cameras: Vec<String>,
+    pub edges: Vec<String>,
+    pub labels: Vec<String>,
+    /// Captured at or after (inclusive).
+    pub since: Option<Timestamp>,
+    /// Captured before (exclusive).
+    pub until: Option<Timestamp>,
+    pub min_confidence: Option<f32>,
+    pub max_confidence: Option<f32>,
+    pub has_snapshot: Option<bool>,
+}
+
+/// The order of event lists: by capture time, then event id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sort {
+    Newest,
+    Oldest,
+}
+
+impl Sort {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Newest => "newest",
+            Self::Oldest => "oldest",
+        }
+    }
+}
+
+/// Where a page ends: the sort key of its last event. The next page starts strictly after
+/// it, so pages are stable while new events arrive (keyset pagination, no OFFSET).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub sort: Sort,
+    pub captured_at_ms: i64,
+    pub event_id: Uuid,
+}
+
+const CURSOR_VERSION: u8 = 1;
+
+impl Cursor {
+    /// Hex of: version, sort, capture time (big endian), event id. Opaque to clients.
+    pub fn encode(&self) -> String {
+        let mut bytes = Vec::with_capacity(26);
+        bytes.push(CURSOR_VERSION);
+        bytes.push(u8::from(self.sort == Sort::Oldest));
+        bytes.extend_from_slice(&self.captured_at_ms.to_be_bytes());
+        bytes.extend_from_slice(self.event_id.as_bytes());
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn decode(text: &str) -> Option<Self> {
+        if text.len() != 52 || !text.is_ascii() {
+            return None;
+        }
+        let bytes: Vec<u8> = (0..26)
+            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok())
+            .collect::<Option<_>>()?;
+        if bytes[0] != CURSOR_VERSION || bytes[1] > 1 {
+            return None;
+        }
+        Some(Self {
+            sort: if bytes[1] == 1 {
+                Sort::Oldest
+            } else {
+                Sort::Newest
+            },
+            captured_at_ms: i64::from_be_bytes(bytes[2..10].try_into().ok()?),
+            event_id: Uuid::from_slice(&bytes[10..26]).ok()?,
+        })
+    }
+}
+
+/// `GET /v1/events`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListQuery {
+    pub filter: EventFilter,
+    pub sort: Sort,
+    pub limit: u32,
+    pub cursor: Option<Cursor>,
+}
+
+pub fn list_query(
+    raw: Option<&str>,
+    default_limit: u32,
+    max_limit: u32,
+) -> Result<ListQuery, ParamError> {
+    let mut values = parse(raw, &[FILTER, LIST])?;
+    let sort = values.sort();
+    let cursor = values.cursor();
+    if let Some(cursor) = cursor
+        && cursor.sort != sort
+    {
+        return Err(ParamError::new(
+            "cursor",
+            format!("belongs to sort={}", cursor.sort.as_str()),
+        ));
+    }
+    let limit = values
+        .count("limit", Some(default_limit.into()), max_limit.into())?
+        .unwrap_or(1);
+    Ok(ListQuery {
+        filter: values.filter()?,
+        sort,
+        limit: u32::try_from(limit).unwrap_or(max_limit),
+        cursor,
     })
+}
+
+/// Export formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Ndjson,
+    Csv,
+}
+
+/// `GET /v1/events/export`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportQuery {
+    pub filter: EventFilter,
+    pub sort: Sort,
+    pub format: Format,
+    pub limit: Option<u64>,
+}
+
+/// Most events one export may ask for.
+pub const MAX_EXPORT: u64 = 1_000_000_000;
+
+pub fn export_query(raw: Option<&str>) -> Result<ExportQuery, ParamError> {
+    let mut values = parse(raw, &[FILTER, EXPORT])?;
+    Ok(ExportQuery {
+        sort: values.sort(),
+        format: match values.word("format") {
+            Some("csv") => Format::Csv,
+            _ => Format::Ndjson,
+        },
+        limit: values.count("limit", None, MAX_EXPORT)?,
+        filter: values.filter()?,
+    })
+}
+
+/// `GET /v1/cameras`.
+pub fn cameras_query(raw: Option<&str>) -> Result<EventFilter, ParamError> {
+    parse(raw, &[CAMERAS])?.filter()
+}
+
+/// Stats bucket sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interval {
+    Minute,
+    FiveMinutes,
+    FifteenMinutes,
+    Hour,
+    Day,
+}
+
+impl Interval {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Minute => "1m",
+            Self::FiveMinutes => "5m",
+            Self::FifteenMinutes => "15m",
+            Self::Hour => "1h",
+            Self::Day => "1d",
+        }
+    }
+
+    /// Length in milliseconds (a day is nominal: DST days are 23 or 25 hours).
+    pub const fn millis(self) -> i64 {
+        match self {
+            Self::Minute => 60_000,
+            Self::FiveMinutes => 300_000,
+            Self::FifteenMinutes => 900_000,
+            Self::Hour => 3_600_000,
+            Self::Day => 86_400_000,
+        }
+    }
+}
+
+/// `GET /v1/stats`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsQuery {
+    pub filter: EventFilter,
+    pub since: Timestamp,
+    pub until: Timestamp,
+    pub interval: Interval,
+    pub by_camera: bool,
+    pub by_label: bool,
+    pub tz: String,
+}
+
+/// Most buckets (per group) one stats request may span.
+pub const MAX_BUCKETS: i64 = 10_000;
+
+pub fn stats_query(raw: Option<&str>, now: Timestamp) -> Result<StatsQuery, ParamError> {
+    let mut values = parse(raw, &[STATS])?;
+    let interval = match values.word("interval") {
+        Some("1m") => Interval::Minute,
+        Some("5m") => Interval::FiveMinutes,
+        Some("15m") => Interval::FifteenMinutes,
+        Some("1d") => Interval::Day,
+        _ => Interval::Hour,
+    };
+    let (by_camera, by_label) = match values.word("group_by") {
+        Some("none") => (false, false),
+        Some("label") => (false, true),
+        Some("camera,label") => (true, true),
+        _ => (true, false),
+    };
+    let tz = values.word("tz").unwrap_or("UTC").to_owned();
+    let filter = values.filter()?;
+    let until = filter.until.unwrap_or(now);
+    let since = filter
+        .since
+        .unwrap_or_else(|| Timestamp::from_millis((until.as_millis() - 86_400_000).max(0)));
+    if since >= until {
+        return Err(ParamError::new("since", "must be earlier than until"));
+    }
+    if (until.as_millis() - since.as_millis()) / interval.millis() > MAX_BUCKETS {
+        return Err(ParamError::new(
+            "interval",
+            format!(
+                "the range spans more than {MAX_BUCKETS} buckets of this size; use a larger interval or a shorter range"
+            ),
+        ));
+    }
+    Ok(StatsQuery {
+        filter,
+        since,
+        until,
+        interval,
+        by_camera,
+        by_label,
+        tz,
+    })
+}
+
+/// `POST /v1/replay`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayQuery {
+    pub filter: EventFilter,
+    pub since: Timestamp,
+    pub until: Timestamp,
+    pub subject: String,
+    pub rate: u32,
+    pub json: bool,
+}
+
+pub fn replay_query(
+    raw: Option<&str>,
+    subject_prefix: &str,
+    max_rate: u32,
+) -> Result<ReplayQuery, ParamError> {
+    let mut values = parse(raw, &[FILTER, REPLAY])?;
+    let subject = values.word("subject").unwrap_or_default().to_owned();
+    if !subject.starts_with(subject_prefix) || subject.len() == subject_prefix.len() {
+        return Err(ParamError::new(
+            "subject",
+            format!("must start with {subject_prefix:?} and name a subject below it"),
+        ));
+    }
+    let rate = values
+        .count("rate", Some(max_rate.into()), max_rate.into())?
+        .unwrap_or(1);
+    let json = values.word("encoding") == Some("json");
+    let filter = values.filter()?;
+    let since = filter
+        .since
+        .ok_or_else(|| ParamError::new("since", "is required: replay a bounded time range"))?;
+    let until = filter
+        .until
+        .ok_or_else(|| ParamError::new("until", "is required: replay a bounded time range"))?;
+    Ok(ReplayQuery {
+        filter,
+        since,
+        until,
+        subject,
+        rate: u32::try_from(rate).unwrap_or(max_rate),
+        json,
+    })
+}
+
+/// Rejects any parameter: for endpoints that take none.
+pub fn none(raw: Option<&str>) -> Result<(), ParamError> {
+    parse(raw, &[]).map(drop)
 }
 
 #[cfg(test)]
@@ -130,18 +791,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_a_full_filter() {
-        let f = event_filter(
-            Some("camera=gate-1&since=2026-11-22T00:00:00Z&until=1800000000000&limit=5"),
+    fn parses_a_full_list_query() {
+        let q = list_query(
+            Some("camera=gate-1,porch&camera=yard&label=car,traffic%20light&edge=e1&since=2026-11-22T00:00:00Z&until=1800000000000&min_confidence=0.5&max_confidence=0.9&has_snapshot=true&sort=oldest&limit=5"),
             100,
             1000,
         )
         .unwrap();
-        assert_eq!(f.camera.as_deref(), Some("gate-1"));
-        assert_eq!(f.since.unwrap().to_rfc3339(), "2026-11-22T00:00:00.000Z");
-        assert_eq!(f.until.unwrap().as_millis(), 1_800_000_000_000);
-        assert_eq!(f.limit, 5);
-        assert_eq!(event_filter(None, 100, 1000).unwrap().limit, 100);
+        assert_eq!(q.filter.cameras, ["gate-1", "porch", "yard"]);
+        assert_eq!(q.filter.labels, ["car", "traffic light"]);
+        assert_eq!(q.filter.edges, ["e1"]);
+        assert_eq!(
+            q.filter.since.unwrap().to_rfc3339(),
+            "2026-11-22T00:00:00.000Z"
+        );
+        assert_eq!(q.filter.until.unwrap().as_millis(), 1_800_000_000_000);
+        assert_eq!(q.filter.min_confidence, Some(0.5));
+        assert_eq!(q.filter.has_snapshot, Some(true));
+        assert_eq!((q.sort, q.limit), (Sort::Oldest, 5));
+        assert_eq!(list_query(None, 100, 1000).unwrap().limit, 100);
+    }
+
+    #[test]
+    fn cursors_round_trip_and_reject_forgeries() {
+        let cursor = Cursor {
+            sort: Sort::Oldest,
+            captured_at_ms: 1_795_000_000_123,
+            event_id: Uuid::now_v7(),
+        };
+        let text = cursor.encode();
+        assert_eq!(Cursor::decode(&text), Some(cursor));
+        let q = list_query(Some(&format!("sort=oldest&cursor={text}")), 10, 10).unwrap();
+        assert_eq!(q.cursor, Some(cursor));
+        let err = list_query(Some(&format!("cursor={text}")), 10, 10).unwrap_err();
+        assert_eq!(err.parameter, "cursor");
+        for forged in [
+            "",
+            "zz",
+            &text[..50],
+            &format!("02{}", &text[2..]),
+            "é".repeat(26).as_str(),
+        ] {
+            assert_eq!(Cursor::decode(forged), None, "{forged}");
+        }
     }
 
     #[test]
@@ -153,17 +845,87 @@ mod tests {
             ("limit=99999999999999999999", "limit"),
             ("camera=a%27%3B%20DROP%20TABLE%20events", "camera"),
             ("camera=", "camera"),
+            ("camera=a,,b", "camera"),
+            ("label=a%00b", "label"),
             ("since=yesterday", "since"),
             ("until=-5", "until"),
             (
                 "since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z",
                 "until",
             ),
+            ("min_confidence=1.5", "min_confidence"),
+            ("min_confidence=NaN", "min_confidence"),
+            ("min_confidence=0.9&max_confidence=0.1", "max_confidence"),
+            ("has_snapshot=yes", "has_snapshot"),
+            ("sort=random", "sort"),
+            ("cursor=abc", "cursor"),
             ("cameras=x", "cameras"),
             ("limit=1&limit=2", "limit"),
         ] {
-            let err = event_filter(Some(query), 100, 1000).unwrap_err();
+            let err = list_query(Some(query), 100, 1000).unwrap_err();
             assert_eq!(err.parameter, parameter, "{query}: {err}");
+        }
+        let many = vec!["c"; MAX_LIST + 1].join("&camera=");
+        let err = list_query(Some(&format!("camera={many}")), 100, 1000).unwrap_err();
+        assert_eq!(err.parameter, "camera");
+    }
+
+    #[test]
+    fn stats_defaults_and_limits() {
+        let now = Timestamp::from_millis(1_795_000_000_000);
+        let q = stats_query(None, now).unwrap();
+        assert_eq!(
+            (q.interval, q.by_camera, q.by_label),
+            (Interval::Hour, true, false)
+        );
+        assert_eq!(q.until, now);
+        assert_eq!(q.until.as_millis() - q.since.as_millis(), 86_400_000);
+        assert_eq!(q.tz, "UTC");
+        let err = stats_query(Some("interval=1m&since=0"), now).unwrap_err();
+        assert_eq!(err.parameter, "interval");
+        for (query, parameter) in [
+            ("tz=../../etc/passwd", "tz"),
+            ("interval=2h", "interval"),
+            ("group_by=edge", "group_by"),
+            ("has_snapshot=true", "has_snapshot"),
+            ("since=1800000000000", "since"),
+        ] {
+            assert_eq!(
+                stats_query(Some(query), now).unwrap_err().parameter,
+                parameter,
+                "{query}"
+            );
+        }
+    }
+
+    #[test]
+    fn replay_needs_a_range_and_an_allowed_subject() {
+        let ok = replay_query(
+            Some("subject=replay.test.a&since=0&until=1000&rate=50&encoding=json&camera=x"),
+            "replay.",
+            1000,
+        )
+        .unwrap();
+        assert_eq!(
+            (ok.subject.as_str(), ok.rate, ok.json),
+            ("replay.test.a", 50, true)
+        );
+        for (query, parameter) in [
+            ("since=0&until=1", "subject"),
+            ("subject=sightline.events.e.c&since=0&until=1", "subject"),
+            ("subject=replay.&since=0&until=1", "subject"),
+            ("subject=replay.>&since=0&until=1", "subject"),
+            ("subject=replay.x&until=1", "since"),
+            ("subject=replay.x&since=0", "until"),
+            ("subject=replay.x&since=0&until=1&rate=5000", "rate"),
+        ] {
+            assert_eq!(
+                replay_query(Some(query), "replay.", 1000)
+                    .unwrap_err()
+                    .parameter,
+                parameter,
+                "{query}"
+            );
         }
     }
 }

@@ -1,12 +1,20 @@
-//! Reading events from ClickHouse. All values reach SQL through `bind`, which escapes them;
-//! no request text is ever pasted into a query.
+//! Reading events from ClickHouse. All request values reach SQL through `bind`, which
+//! escapes them; no request text is ever pasted into a query. Every query carries the
+//! configured time and memory limits as ClickHouse settings (the service's user has
+//! `readonly = 2`, which allows setting them and nothing else).
 
-use clickhouse::Client;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use clickhouse::query::Query;
+use clickhouse::query::RowCursor;
+use clickhouse::{Client, Row};
+use serde::{Deserialize, Serialize};
 use sightline_ingest::schema::{EVENTS_TABLE, EventRow};
-use sightline_shared::{DetectionEvent, EventId};
+use sightline_shared::{DetectionEvent, EventId, Timestamp};
 use thiserror::Error;
 
-use crate::params::EventFilter;
+use crate::params::{Cursor, EventFilter, Interval, ParamError, Sort, StatsQuery};
 
 /// A failed read.
 #[derive(Debug, Error)]
@@ -18,6 +26,9 @@ pub enum StoreError {
     /// ClickHouse answered with an error.
     #[error("ClickHouse query failed: {0}")]
     Query(#[source] clickhouse::error::Error),
+    /// ClickHouse refused a value the caller gave (such as an unknown time zone).
+    #[error(transparent)]
+    BadParameter(ParamError),
 }
 
 impl From<clickhouse::error::Error> for StoreError {
@@ -30,50 +41,285 @@ impl From<clickhouse::error::Error> for StoreError {
     }
 }
 
+/// Limits every query runs under.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub query_timeout_secs: u64,
+    pub export_timeout_secs: u64,
+    pub max_memory_bytes: u64,
+}
+
 /// Reads the tables the ingest service writes.
 #[derive(Debug, Clone)]
 pub struct Store {
     client: Client,
+    export_client: Client,
+    /// Time zones ClickHouse knows, and whether their offset is whole hours all year.
+    zones: Arc<Mutex<HashMap<String, bool>>>,
 }
 
-impl Store {
-    /// A store over `client`, which names the database. Each query is limited to
-    /// `query_timeout_secs` of execution time on the server.
-    pub fn new(client: Client, query_timeout_secs: u64) -> Self {
+/// SQL text with the values for its `?`s, in order.
+#[derive(Debug, Default)]
+struct Sql {
+    text: String,
+    binds: Vec<BindValue>,
+}
+
+#[derive(Debug, Clone)]
+enum BindValue {
+    Str(String),
+    I64(i64),
+    F32(f32),
+    U64(u64),
+}
+
+impl Sql {
+    fn new(text: &str) -> Self {
         Self {
-            client: client.with_setting("max_execution_time", query_timeout_secs.to_string()),
+            text: text.to_owned(),
+            binds: Vec::new(),
         }
     }
 
-    /// Events matching `filter`, newest first, each at most once.
+    fn push(&mut self, text: &str) -> &mut Self {
+        self.text.push_str(text);
+        self
+    }
+
+    fn bind(&mut self, value: BindValue) -> &mut Self {
+        self.binds.push(value);
+        self
+    }
+
+    /// ` AND column IN (?, ?, ...)` for a non-empty list.
+    fn any_of(&mut self, column: &str, values: &[String]) {
+        if values.is_empty() {
+            return;
+        }
+        let marks = vec!["?"; values.len()].join(", ");
+        self.push(&format!(" AND {column} IN ({marks})"));
+        for v in values {
+            self.bind(BindValue::Str(v.clone()));
+        }
+    }
+
+    /// Time bounds: the coarse `captured_at` prunes partitions, the millisecond one is exact.
+    fn range(&mut self, since: Option<Timestamp>, until: Option<Timestamp>) {
+        if let Some(since) = since {
+            self.push(" AND captured_at >= toDateTime(?) AND captured_at_ms >= ?")
+                .bind(BindValue::I64(since.as_secs()))
+                .bind(BindValue::I64(since.as_millis()));
+        }
+        if let Some(until) = until {
+            self.push(" AND captured_at <= toDateTime(?) AND captured_at_ms < ?")
+                .bind(BindValue::I64(until.as_secs()))
+                .bind(BindValue::I64(until.as_millis()));
+        }
+    }
+
+    /// The shared filter over the `events` table.
+    fn events_filter(&mut self, filter: &EventFilter) {
+        self.any_of("camera_id", &filter.cameras);
+        self.any_of("edge_id", &filter.edges);
+        self.range(filter.since, filter.until);
+        match filter.has_snapshot {
+            Some(true) => {
+                self.push(" AND isNotNull(snapshot)");
+            }
+            Some(false) => {
+                self.push(" AND isNull(snapshot)");
+            }
+            None => {}
+        }
+        // One detection must match the labels and the confidence bounds together.
+        let mut conditions = Vec::new();
+        let mut binds = Vec::new();
+        if !filter.labels.is_empty() {
+            conditions.push(format!(
+                "l IN ({})",
+                vec!["?"; filter.labels.len()].join(", ")
+            ));
+            binds.extend(filter.labels.iter().cloned().map(BindValue::Str));
+        }
+        // Confidence is Float32: compare against Float32 so 0.7 means the stored 0.7.
+        if let Some(min) = filter.min_confidence {
+            conditions.push("c >= toFloat32(?)".into());
+            binds.push(BindValue::F32(min));
+        }
+        if let Some(max) = filter.max_confidence {
+            conditions.push("c <= toFloat32(?)".into());
+            binds.push(BindValue::F32(max));
+        }
+        if !conditions.is_empty() {
+            self.push(&format!(
+                " AND arrayExists((l, c) -> {}, detections.label, detections.confidence)",
+                conditions.join(" AND ")
+            ));
+            self.binds.extend(binds);
+        }
+    }
+
+    /// The shared filter over the `detections` table (one row per object).
+    fn detections_filter(&mut self, filter: &EventFilter) {
+        self.any_of("camera_id", &filter.cameras);
+        self.any_of("edge_id", &filter.edges);
+        self.any_of("label", &filter.labels);
+        self.range(filter.since, filter.until);
+        if let Some(min) = filter.min_confidence {
+            self.push(" AND confidence >= toFloat32(?)")
+                .bind(BindValue::F32(min));
+        }
+        if let Some(max) = filter.max_confidence {
+            self.push(" AND confidence <= toFloat32(?)")
+                .bind(BindValue::F32(max));
+        }
+    }
+
+    /// Events after `cursor` in `sort` order, ordered, each once, at most `limit`.
+    fn events_page(&mut self, sort: Sort, cursor: Option<Cursor>, limit: Option<u64>) {
+        let (cmp, coarse, dir) = match sort {
+            Sort::Newest => ("<", "<=", "DESC"),
+            Sort::Oldest => (">", ">=", "ASC"),
+        };
+        if let Some(cursor) = cursor {
+            self.push(&format!(
+                " AND captured_at {coarse} toDateTime(?) AND (captured_at_ms, event_id) {cmp} (?, toUUID(?))"
+            ))
+            .bind(BindValue::I64(cursor.captured_at_ms.div_euclid(1000)))
+            .bind(BindValue::I64(cursor.captured_at_ms))
+            .bind(BindValue::Str(cursor.event_id.to_string()));
+        }
+        self.push(&format!(
+            " ORDER BY captured_at_ms {dir}, event_id {dir} LIMIT 1 BY event_id"
+        ));
+        if let Some(limit) = limit {
+            self.push(" LIMIT ?").bind(BindValue::U64(limit));
+        }
+    }
+
+    fn query(&self, client: &Client) -> Query {
+        let mut query = client.query(&self.text);
+        for value in &self.binds {
+            query = match value {
+                BindValue::Str(s) => query.bind(s.as_str()),
+                BindValue::I64(n) => query.bind(*n),
+                BindValue::F32(n) => query.bind(*n),
+                BindValue::U64(n) => query.bind(*n),
+            };
+        }
+        query
+    }
+}
+
+/// One page of events and where the next one starts.
+#[derive(Debug)]
+pub struct Page {
+    pub events: Vec<DetectionEvent>,
+    pub next: Option<Cursor>,
+}
+
+/// One camera in `GET /v1/cameras`.
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct CameraRow {
+    pub camera_id: String,
+    pub edges: Vec<String>,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub events: u64,
+}
+
+/// One bucket of `GET /v1/stats`; `camera_id` and `label` are empty when not grouped by.
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct StatsRow {
+    pub start_ms: i64,
+    pub camera_id: String,
+    pub label: String,
+    pub detections: u64,
+    pub max_confidence: f32,
+}
+
+/// Which table answered a stats request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsSource {
+    /// `detections_hourly`, the rollup kept by a materialized view.
+    Rollup,
+    /// `detections`, one row per object.
+    Raw,
+}
+
+impl StatsSource {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Rollup => "rollup",
+            Self::Raw => "raw",
+        }
+    }
+}
+
+impl Store {
+    /// A store over `client`, which names the database.
+    pub fn new(client: Client, limits: Limits) -> Self {
+        let client = client.with_setting("max_memory_usage", limits.max_memory_bytes.to_string());
+        Self {
+            export_client: client
+                .clone()
+                .with_setting("max_execution_time", limits.export_timeout_secs.to_string())
+                .with_setting(
+                    "max_bytes_before_external_sort",
+                    (limits.max_memory_bytes / 2).to_string(),
+                ),
+            client: client
+                .with_setting("max_execution_time", limits.query_timeout_secs.to_string()),
+            zones: Arc::default(),
+        }
+    }
+
+    /// One page of events matching `filter` in `sort` order, after `cursor`.
     pub async fn list_events(
         &self,
         filter: &EventFilter,
-    ) -> Result<Vec<DetectionEvent>, StoreError> {
-        let mut sql = format!("SELECT ?fields FROM {EVENTS_TABLE} WHERE 1");
-        if filter.camera.is_some() {
-            sql.push_str(" AND camera_id = ?");
-        }
-        // The coarse `captured_at` bound prunes partitions; the millisecond one is exact.
-        if filter.since.is_some() {
-            sql.push_str(" AND captured_at >= toDateTime(?) AND captured_at_ms >= ?");
-        }
-        if filter.until.is_some() {
-            sql.push_str(" AND captured_at <= toDateTime(?) AND captured_at_ms < ?");
-        }
-        sql.push_str(" ORDER BY captured_at_ms DESC, event_id DESC LIMIT 1 BY event_id LIMIT ?");
-        let mut query = self.client.query(&sql);
-        if let Some(camera) = &filter.camera {
-            query = query.bind(camera.as_str());
-        }
-        if let Some(since) = filter.since {
-            query = query.bind(since.as_secs()).bind(since.as_millis());
-        }
-        if let Some(until) = filter.until {
-            query = query.bind(until.as_secs()).bind(until.as_millis());
-        }
-        let rows = query.bind(filter.limit).fetch_all::<EventRow>().await?;
-        Ok(rows.into_iter().map(EventRow::into_event).collect())
+        sort: Sort,
+        cursor: Option<Cursor>,
+        limit: u32,
+    ) -> Result<Page, StoreError> {
+        let mut sql = Sql::new(&format!("SELECT ?fields FROM {EVENTS_TABLE} WHERE 1"));
+        sql.events_filter(filter);
+        // One more than asked tells whether another page exists.
+        sql.events_page(sort, cursor, Some(u64::from(limit) + 1));
+        let mut rows = sql.query(&self.client).fetch_all::<EventRow>().await?;
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let next = more.then(|| rows.last()).flatten().map(|last| Cursor {
+            sort,
+            captured_at_ms: last.captured_at_ms,
+            event_id: last.event_id,
+        });
+        Ok(Page {
+            events: rows.into_iter().map(EventRow::into_event).collect(),
+            next,
+        })
+    }
+
+    /// Every event matching `filter`, streamed in `sort` order, each once.
+    pub fn export(
+        &self,
+        filter: &EventFilter,
+        sort: Sort,
+        limit: Option<u64>,
+    ) -> Result<RowCursor<EventRow>, StoreError> {
+        let mut sql = Sql::new(&format!("SELECT ?fields FROM {EVENTS_TABLE} WHERE 1"));
+        sql.events_filter(filter);
+        sql.events_page(sort, None, limit);
+        Ok(sql.query(&self.export_client).fetch::<EventRow>()?)
+    }
+
+    /// Distinct events matching `filter`.
+    pub async fn count_events(&self, filter: &EventFilter) -> Result<u64, StoreError> {
+        let mut sql = Sql::new(&format!(
+            "SELECT uniqExact(event_id) FROM {EVENTS_TABLE} WHERE 1"
+        ));
+        sql.events_filter(filter);
+        Ok(sql.query(&self.client).fetch_one::<u64>().await?)
     }
 
     /// One event by id.
@@ -87,6 +333,121 @@ impl Store {
             .fetch_optional::<EventRow>()
             .await?;
         Ok(row.map(EventRow::into_event))
+    }
+
+    /// Every camera with events in the range: its edges, first and last capture, and how
+    /// many event rows it has (a redelivered copy counts until ClickHouse merges it away).
+    pub async fn cameras(&self, range: &EventFilter) -> Result<Vec<CameraRow>, StoreError> {
+        let mut sql = Sql::new(&format!(
+            "SELECT camera_id, groupUniqArray(edge_id) AS edges, min(captured_at_ms), \
+             max(captured_at_ms), count() FROM {EVENTS_TABLE} WHERE 1"
+        ));
+        sql.range(range.since, range.until);
+        sql.push(" GROUP BY camera_id ORDER BY camera_id");
+        let mut rows = sql.query(&self.client).fetch_all::<CameraRow>().await?;
+        for row in &mut rows {
+            row.edges.sort();
+        }
+        Ok(rows)
+    }
+
+    /// Detections per bucket, grouped as asked: from the hourly rollup when it can answer
+    /// exactly (hour or day buckets on hour boundaries in a zone whose offset is whole
+    /// hours, no edge or confidence filter), else from the per-object table.
+    pub async fn stats(&self, q: &StatsQuery) -> Result<(StatsSource, Vec<StatsRow>), StoreError> {
+        let whole_hours = self.zone_has_whole_hours(&q.tz).await?;
+        let hour_aligned =
+            q.since.as_millis() % 3_600_000 == 0 && q.until.as_millis() % 3_600_000 == 0;
+        let rollup = matches!(q.interval, Interval::Hour | Interval::Day)
+            && whole_hours
+            && hour_aligned
+            && q.filter.edges.is_empty()
+            && q.filter.min_confidence.is_none()
+            && q.filter.max_confidence.is_none();
+        let bucket = match q.interval {
+            Interval::Minute => "toStartOfMinute",
+            Interval::FiveMinutes => "toStartOfFiveMinute",
+            Interval::FifteenMinutes => "toStartOfFifteenMinutes",
+            Interval::Hour => "toStartOfHour",
+            Interval::Day => "toStartOfDay",
+        };
+        let camera = if q.by_camera { "camera_id" } else { "''" };
+        let label = if q.by_label { "label" } else { "''" };
+        let (time, table, count, max) = if rollup {
+            (
+                "hour",
+                "detections_hourly",
+                "countMerge(detections)",
+                "maxMerge(max_confidence)",
+            )
+        } else {
+            ("captured_at", "detections", "count()", "max(confidence)")
+        };
+        let mut sql = Sql::new(&format!(
+            "SELECT toInt64(toUnixTimestamp({bucket}({time}, ?))) * 1000 AS start_ms, \
+             {camera} AS camera, {label} AS label_, {count} AS detections, {max} AS max_confidence \
+             FROM {table} WHERE 1"
+        ));
+        sql.bind(BindValue::Str(q.tz.clone()));
+        if rollup {
+            sql.push(" AND hour >= toDateTime(?) AND hour < toDateTime(?)")
+                .bind(BindValue::I64(q.since.as_secs()))
+                .bind(BindValue::I64(q.until.as_secs()));
+            sql.any_of("camera_id", &q.filter.cameras);
+            sql.any_of("label", &q.filter.labels);
+        } else {
+            let filter = EventFilter {
+                since: Some(q.since),
+                until: Some(q.until),
+                ..q.filter.clone()
+            };
+            sql.detections_filter(&filter);
+        }
+        sql.push(" GROUP BY start_ms, camera, label_ ORDER BY start_ms, camera, label_");
+        let rows = sql.query(&self.client).fetch_all::<StatsRow>().await?;
+        let source = if rollup {
+            StatsSource::Rollup
+        } else {
+            StatsSource::Raw
+        };
+        Ok((source, rows))
+    }
+
+    /// Whether ClickHouse knows `tz`, and if its UTC offset is a whole number of hours in
+    /// both January and July (so UTC hours add up to its hours and days). Cached.
+    async fn zone_has_whole_hours(&self, tz: &str) -> Result<bool, StoreError> {
+        if tz == "UTC" {
+            return Ok(true);
+        }
+        if let Some(known) = self.zones.lock().ok().and_then(|z| z.get(tz).copied()) {
+            return Ok(known);
+        }
+        let answer = self
+            .client
+            .query(
+                "SELECT toUnixTimestamp(toDateTime('2026-01-01 00:00:00', ?)) % 3600 = 0 \
+                 AND toUnixTimestamp(toDateTime('2026-07-01 00:00:00', ?)) % 3600 = 0",
+            )
+            .bind(tz)
+            .bind(tz)
+            .fetch_one::<u8>()
+            .await;
+        let whole = match answer {
+            Ok(v) => v == 1,
+            Err(clickhouse::error::Error::BadResponse(message))
+                if message.contains("time zone") || message.contains("Code: 1000") =>
+            {
+                return Err(StoreError::BadParameter(ParamError::new(
+                    "tz",
+                    "is not a time zone ClickHouse knows (use an IANA name such as Europe/Berlin)",
+                )));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if let Ok(mut zones) = self.zones.lock() {
+            zones.insert(tz.to_owned(), whole);
+        }
+        Ok(whole)
     }
 
     /// Whether ClickHouse answers.

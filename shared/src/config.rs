@@ -91,6 +91,17 @@ fn default_nats_url() -> String {
     "nats://127.0.0.1:4222".into()
 }
 
+/// Serializes a secret as `<redacted>`, so printing an effective config never shows it.
+pub fn redact<T, S: serde::Serializer>(
+    value: &Option<T>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => serializer.serialize_some("<redacted>"),
+        None => serializer.serialize_none(),
+    }
+}
+
 /// How to reach ClickHouse over HTTP.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -104,8 +115,8 @@ pub struct ClickHouseConfig {
     /// User name.
     #[serde(default = "default_clickhouse_user")]
     pub user: String,
-    /// Password; prefer `password_file` outside development.
-    #[serde(default)]
+    /// Password; prefer `password_file` outside development. Printed as `<redacted>`.
+    #[serde(default, serialize_with = "redact")]
     pub password: Option<String>,
     /// File whose first line is the password (e.g. a mounted Kubernetes secret).
     #[serde(default)]

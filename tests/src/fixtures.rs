@@ -227,3 +227,20 @@ impl Drop for ClickHouseServer {
         self.kill();
     }
 }
+
+/// A binary of this workspace, next to the running test binary (`scripts/test.sh` builds
+/// them first with `cargo build --workspace --bins`).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}

@@ -9,8 +9,11 @@ use sightline_edge_agent::metrics::Metrics as EdgeMetrics;
 use sightline_edge_agent::outbox::ChannelOutbox;
 use sightline_edge_agent::publisher::{PublishReport, Publisher};
 use sightline_ingest::IngestConfig;
+use sightline_ingest::metrics::Metrics as IngestMetrics;
+use sightline_ingest::schema::EventRow;
+use sightline_ingest::sink::Sink;
 use sightline_query::QueryConfig;
-use sightline_shared::config::Validate;
+use sightline_shared::config::{ClickHouseConfig, Validate};
 use sightline_shared::{DetectionEvent, Encoding, subjects};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -37,6 +40,8 @@ pub struct Stack {
     pub nats: NatsServer,
     pub clickhouse: ClickHouseServer,
     pub ingest_config: IngestConfig,
+    /// The query service's config: ClickHouse as the read-only `sightline_reader`.
+    pub query_config: QueryConfig,
     /// Base URL of the query API.
     pub api: String,
     /// Base URL of the ingest service's health and metrics endpoint.
@@ -45,6 +50,7 @@ pub struct Stack {
     stop: CancellationToken,
     ingest: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
     query: JoinHandle<anyhow::Result<()>>,
+    more_queries: Vec<JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Stack {
@@ -69,32 +75,62 @@ impl Stack {
         tweak(&mut ingest_config);
         ingest_config.validate()?;
         let query_config = QueryConfig {
-            clickhouse: clickhouse_config,
+            clickhouse: ClickHouseConfig {
+                user: READER.into(),
+                ..clickhouse_config
+            },
+            nats: nats.config(),
             ..Default::default()
         };
 
         let stop = CancellationToken::new();
-        let query_listener = TcpListener::bind("127.0.0.1:0").await?;
-        let api = format!("http://{}", query_listener.local_addr()?);
-        let query = tokio::spawn(sightline_query::run(
-            query_config,
-            query_listener,
-            stop.clone().cancelled_owned(),
-        ));
+        let (api, query) = spawn_query(query_config.clone(), &stop).await?;
         let mut stack = Self {
             nats,
             clickhouse,
             ingest_config,
+            query_config,
             api,
             ingest_http: String::new(),
             http: reqwest::Client::new(),
             stop,
             ingest: None,
             query,
+            more_queries: Vec::new(),
         };
         stack.start_ingest().await?;
         stack.wait_until_ready().await?;
         Ok(stack)
+    }
+
+    /// Starts another query service, its config adjusted by `tweak`; returns its base URL.
+    pub async fn start_query(
+        &mut self,
+        tweak: impl FnOnce(&mut QueryConfig),
+    ) -> anyhow::Result<String> {
+        let mut config = self.query_config.clone();
+        tweak(&mut config);
+        config.validate()?;
+        let (api, task) = spawn_query(config, &self.stop).await?;
+        self.more_queries.push(task);
+        Ok(api)
+    }
+
+    /// Writes `events` straight into ClickHouse's `events` table (as the ingest service
+    /// would, views included), for tests that need many stored events quickly.
+    pub async fn insert_direct(&self, events: &[DetectionEvent]) -> anyhow::Result<()> {
+        let client = sightline_ingest::schema::client(&self.clickhouse.config())?
+            .with_database(&self.ingest_config.clickhouse.database);
+        let sink = Sink::new(
+            client,
+            Duration::from_secs(120),
+            IngestMetrics::new(&mut prometheus_client::registry::Registry::default()),
+        );
+        let rows: Vec<EventRow> = events.iter().map(EventRow::from).collect();
+        for chunk in rows.chunks(50_000) {
+            sink.insert(chunk).await.map_err(|e| anyhow::anyhow!(e))?;
+        }
+        Ok(())
     }
 
     /// Starts an ingest service (another one after [`Self::crash_ingest`]).
@@ -255,11 +291,30 @@ impl Stack {
                 .await
                 .context("ingest did not stop in 30 s")???;
         }
-        tokio::time::timeout(Duration::from_secs(30), self.query)
-            .await
-            .context("query did not stop in 30 s")???;
+        for query in std::iter::once(self.query).chain(self.more_queries) {
+            tokio::time::timeout(Duration::from_secs(30), query)
+                .await
+                .context("query did not stop in 30 s")???;
+        }
         Ok(())
     }
+}
+
+/// The read-only ClickHouse user of `deploy/local/clickhouse-users.xml`.
+pub const READER: &str = "sightline_reader";
+
+async fn spawn_query(
+    config: QueryConfig,
+    stop: &CancellationToken,
+) -> anyhow::Result<(String, JoinHandle<anyhow::Result<()>>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let api = format!("http://{}", listener.local_addr()?);
+    let task = tokio::spawn(sightline_query::run(
+        config,
+        listener,
+        stop.clone().cancelled_owned(),
+    ));
+    Ok((api, task))
 }
 
 /// A message from the dead-letter stream.

@@ -129,22 +129,6 @@ async fn nats_down_then_back_the_publisher_retries_until_acked() -> anyhow::Resu
     stack.stop().await
 }
 
-/// The `ingest-service` binary next to this test binary (`scripts/test.sh` builds it first).
-fn ingest_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    let path = dir.join("ingest-service");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        path.display()
-    );
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_ingest_replicas_repeatedly_while_they_drain() -> anyhow::Result<()> {
     const N: usize = 200_000;
@@ -170,17 +154,19 @@ async fn kill_9_ingest_replicas_repeatedly_while_they_drain() -> anyhow::Result<
     assert_eq!(report.published as usize, N);
 
     let spawn = || {
-        std::process::Command::new(ingest_binary())
-            .args([
-                "--config",
-                config_path.to_str().expect("utf-8 path"),
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .env("SIGHTLINE_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
+        std::process::Command::new(sightline_tests::fixtures::workspace_binary(
+            "ingest-service",
+        ))
+        .args([
+            "--config",
+            config_path.to_str().expect("utf-8 path"),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("SIGHTLINE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
     };
     let distinct =
         "SELECT count() FROM (SELECT event_id FROM sightline.events LIMIT 1 BY event_id)";

@@ -5,6 +5,7 @@ mod api;
 mod deadletter;
 mod e2e;
 mod faults;
+mod query;
 mod schema;
 
 use std::collections::BTreeMap;

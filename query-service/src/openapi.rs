@@ -1,0 +1,344 @@
+//! The OpenAPI 3.1 document served at `/openapi.json`, written from the same parameter specs
+//! the handlers parse with ([`crate::params`]) and the same endpoint table the router is
+//! checked against, so it describes what the service really does.
+
+use serde_json::{Value, json};
+
+use crate::params::{self, Kind, Param};
+
+/// One documented operation.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoint {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    /// Query parameters, by group.
+    pub query: &'static [&'static [Param]],
+    /// Whether a bearer token is needed when authentication is on.
+    pub auth: bool,
+    /// Success status and the schema of its body (`None`: not JSON).
+    pub ok: (u16, Option<&'static str>),
+    /// Error statuses this operation can answer with, beyond 401 and 5xx.
+    pub errors: &'static [u16],
+}
+
+const fn op(
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    query: &'static [&'static [Param]],
+    ok: (u16, Option<&'static str>),
+    errors: &'static [u16],
+) -> Endpoint {
+    Endpoint {
+        method,
+        path,
+        summary,
+        query,
+        auth: true,
+        ok,
+        errors,
+    }
+}
+
+const fn open(
+    path: &'static str,
+    summary: &'static str,
+    ok: (u16, Option<&'static str>),
+) -> Endpoint {
+    Endpoint {
+        method: "get",
+        path,
+        summary,
+        query: &[],
+        auth: false,
+        ok,
+        errors: &[],
+    }
+}
+
+/// Every operation the service offers.
+pub const ENDPOINTS: &[Endpoint] = &[
+    op(
+        "get",
+        "/v1/events",
+        "Events matching a filter, one page at a time (keyset pagination: pass next_cursor back as cursor).",
+        &[params::FILTER, params::LIST],
+        (200, Some("EventPage")),
+        &[400],
+    ),
+    op(
+        "get",
+        "/v1/events/export",
+        "Every event matching a filter, streamed as NDJSON (application/x-ndjson) or CSV (text/csv).",
+        &[params::FILTER, params::EXPORT],
+        (200, None),
+        &[400],
+    ),
+    op(
+        "get",
+        "/v1/events/{id}",
+        "One event by id.",
+        &[],
+        (200, Some("Event")),
+        &[400, 404],
+    ),
+    op(
+        "get",
+        "/v1/cameras",
+        "Every camera with its edges, first and last capture and event count.",
+        &[params::CAMERAS],
+        (200, Some("CameraList")),
+        &[400],
+    ),
+    op(
+        "get",
+        "/v1/stats",
+        "Detections per time bucket, grouped by camera and/or label, from the hourly rollup where it can answer exactly.",
+        &[params::STATS],
+        (200, Some("Stats")),
+        &[400],
+    ),
+    op(
+        "post",
+        "/v1/replay",
+        "Start republishing a time range of events, oldest first, at a bounded rate, to a NATS subject under the configured prefix.",
+        &[params::FILTER, params::REPLAY],
+        (202, Some("ReplayProgress")),
+        &[400, 403, 429],
+    ),
+    op(
+        "get",
+        "/v1/replay",
+        "Every replay this process remembers, oldest first.",
+        &[],
+        (200, Some("ReplayList")),
+        &[400],
+    ),
+    op(
+        "get",
+        "/v1/replay/{id}",
+        "A replay's progress.",
+        &[],
+        (200, Some("ReplayProgress")),
+        &[400, 404],
+    ),
+    op(
+        "delete",
+        "/v1/replay/{id}",
+        "Cancel a replay.",
+        &[],
+        (200, Some("ReplayProgress")),
+        &[400, 404],
+    ),
+    open(
+        "/healthz",
+        "Liveness: the process answers.",
+        (200, Some("Status")),
+    ),
+    open(
+        "/readyz",
+        "Readiness: ClickHouse answers (503 otherwise).",
+        (200, Some("Status")),
+    ),
+    open("/metrics", "Prometheus metrics (text format).", (200, None)),
+    open("/openapi.json", "This document.", (200, None)),
+];
+
+fn param_schema(kind: Kind) -> Value {
+    match kind {
+        Kind::Ids => json!({"type": "array", "maxItems": params::MAX_LIST,
+            "items": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}),
+        Kind::Labels => json!({"type": "array", "maxItems": params::MAX_LIST,
+            "items": {"type": "string", "minLength": 1, "maxLength": 64}}),
+        Kind::Time => json!({"type": "string",
+            "description": "RFC 3339 (2026-11-22T03:00:00Z) or integer epoch milliseconds, 1970 to 2105",
+            "examples": ["2026-11-22T03:00:00Z", "1795000000000"]}),
+        Kind::Confidence => json!({"type": "number", "minimum": 0, "maximum": 1}),
+        Kind::Bool => json!({"type": "boolean"}),
+        Kind::Choice(choices) => json!({"type": "string", "enum": choices}),
+        Kind::Count => json!({"type": "integer", "minimum": 1}),
+        Kind::Cursor => json!({"type": "string", "pattern": "^[0-9a-f]{52}$"}),
+        Kind::Subject => {
+            json!({"type": "string", "pattern": "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$", "maxLength": 255})
+        }
+        Kind::TimeZone => json!({"type": "string", "examples": ["UTC", "Europe/Berlin"]}),
+    }
+}
+
+fn parameters(endpoint: &Endpoint) -> Vec<Value> {
+    let mut out: Vec<Value> = endpoint
+        .path
+        .split('/')
+        .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+        .map(|name| {
+            json!({"name": name, "in": "path", "required": true,
+                "schema": {"type": "string", "format": "uuid"}})
+        })
+        .collect();
+    for p in endpoint.query.iter().flat_map(|g| g.iter()) {
+        let mut param = json!({
+            "name": p.name,
+            "in": "query",
+            "required": p.required,
+            "description": p.doc,
+            "schema": param_schema(p.kind),
+        });
+        if matches!(p.kind, Kind::Ids | Kind::Labels) {
+            param["style"] = json!("form");
+            param["explode"] = json!(false);
+        }
+        out.push(param);
+    }
+    out
+}
+
+fn response_body(schema: Option<&str>, path: &str) -> Value {
+    match (schema, path) {
+        (Some(schema), _) => {
+            json!({"content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
+        }
+        (None, "/v1/events/export") => json!({"content": {
+            "application/x-ndjson": {"schema": {"$ref": "#/components/schemas/Event"}},
+            "text/csv": {"schema": {"type": "string", "description": format!("header: {}", crate::export::CSV_HEADER.trim_end())}}}}),
+        (None, _) => json!({"content": {"text/plain": {"schema": {"type": "string"}}}}),
+    }
+}
+
+/// The whole document.
+pub fn document() -> Value {
+    let mut paths = serde_json::Map::new();
+    for e in ENDPOINTS {
+        let mut responses = serde_json::Map::new();
+        let mut ok = response_body(e.ok.1, e.path);
+        ok["description"] = json!("success");
+        responses.insert(e.ok.0.to_string(), ok);
+        let error = json!({"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+        for status in e
+            .errors
+            .iter()
+            .chain(if e.auth { &[401][..] } else { &[][..] })
+        {
+            responses.insert(status.to_string(), error.clone());
+        }
+        if e.path.starts_with("/v1/") {
+            responses.insert("503".into(), error.clone());
+        }
+        let mut operation = json!({
+            "summary": e.summary,
+            "operationId": format!("{}{}", e.method, e.path.replace(['/', '{', '}', '.'], "_")),
+            "parameters": parameters(e),
+            "responses": responses,
+        });
+        if !e.auth {
+            operation["security"] = json!([]);
+        }
+        paths
+            .entry(e.path)
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .map(|item| item.insert(e.method.to_owned(), operation));
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Sightline query API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Historical detection events. Every bad parameter is a 400 whose body names it; unknown parameters are rejected. With authentication on, send Authorization: Bearer <token>.",
+        },
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": schemas(),
+        },
+    })
+}
+
+fn schemas() -> Value {
+    json!({
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+            "type": "object", "required": ["code", "message"], "properties": {
+                "code": {"type": "string", "enum": ["bad_parameter", "not_found", "unauthorized", "forbidden", "busy", "unavailable", "timeout", "internal"]},
+                "parameter": {"type": "string", "description": "the parameter at fault (bad_parameter only)"},
+                "message": {"type": "string"}}}}},
+        "Detection": {"type": "object", "additionalProperties": false,
+            "required": ["label", "class_id", "confidence", "bbox"],
+            "properties": {
+                "label": {"type": "string"},
+                "class_id": {"type": "integer", "minimum": 0},
+                "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+                "bbox": {"type": "object", "additionalProperties": false,
+                    "required": ["x_min", "y_min", "x_max", "y_max"],
+                    "description": "normalised to the frame, 0 to 1",
+                    "properties": {"x_min": {"type": "number"}, "y_min": {"type": "number"}, "x_max": {"type": "number"}, "y_max": {"type": "number"}}},
+                "track_id": {"type": ["integer", "null"]}}},
+        "Event": {"type": "object", "additionalProperties": false,
+            "required": ["event_id", "schema_version", "edge_id", "camera_id", "captured_at", "frame_seq", "motion_score", "detections", "model", "inference_ms"],
+            "properties": {
+                "event_id": {"type": "string", "format": "uuid"},
+                "schema_version": {"type": "integer"},
+                "edge_id": {"type": "string"},
+                "camera_id": {"type": "string"},
+                "captured_at": {"type": "string", "format": "date-time", "description": "UTC, millisecond precision"},
+                "frame_seq": {"type": "integer"},
+                "motion_score": {"type": "number"},
+                "detections": {"type": "array", "items": {"$ref": "#/components/schemas/Detection"}},
+                "model": {"type": "object", "additionalProperties": false, "required": ["name", "version"],
+                    "properties": {"name": {"type": "string"}, "version": {"type": "string"}}},
+                "inference_ms": {"type": "number"},
+                "snapshot": {"type": ["string", "null"]},
+                "description": {"type": ["string", "null"]},
+                "attributes": {"type": "object", "additionalProperties": {"type": "string"}}}},
+        "EventPage": {"type": "object", "additionalProperties": false, "required": ["count", "events", "next_cursor"],
+            "properties": {
+                "count": {"type": "integer"},
+                "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+                "next_cursor": {"type": ["string", "null"], "description": "pass as cursor for the next page; null on the last page"}}},
+        "Camera": {"type": "object", "additionalProperties": false,
+            "required": ["camera_id", "edges", "first_seen", "last_seen", "events"],
+            "properties": {
+                "camera_id": {"type": "string"},
+                "edges": {"type": "array", "items": {"type": "string"}},
+                "first_seen": {"type": "string", "format": "date-time"},
+                "last_seen": {"type": "string", "format": "date-time"},
+                "events": {"type": "integer", "description": "stored event rows; a redelivered copy counts until ClickHouse merges it"}}},
+        "CameraList": {"type": "object", "additionalProperties": false, "required": ["count", "cameras"],
+            "properties": {"count": {"type": "integer"}, "cameras": {"type": "array", "items": {"$ref": "#/components/schemas/Camera"}}}},
+        "Stats": {"type": "object", "additionalProperties": false,
+            "required": ["interval", "tz", "group_by", "since", "until", "source", "buckets"],
+            "properties": {
+                "interval": {"type": "string", "enum": params::INTERVALS},
+                "tz": {"type": "string"},
+                "group_by": {"type": "string", "enum": params::GROUPINGS},
+                "since": {"type": "string", "format": "date-time"},
+                "until": {"type": "string", "format": "date-time"},
+                "source": {"type": "string", "enum": ["rollup", "raw"]},
+                "buckets": {"type": "array", "items": {"type": "object", "additionalProperties": false,
+                    "required": ["start", "detections", "max_confidence"],
+                    "properties": {
+                        "start": {"type": "string", "format": "date-time"},
+                        "camera_id": {"type": "string"},
+                        "label": {"type": "string"},
+                        "detections": {"type": "integer"},
+                        "max_confidence": {"type": "number"}}}}}},
+        "ReplayProgress": {"type": "object", "additionalProperties": false,
+            "required": ["id", "state", "subject", "since", "until", "rate", "encoding", "total", "published", "started_at", "finished_at", "error"],
+            "properties": {
+                "id": {"type": "string", "format": "uuid"},
+                "state": {"type": "string", "enum": ["running", "done", "failed", "cancelled"]},
+                "subject": {"type": "string"},
+                "since": {"type": "string", "format": "date-time"},
+                "until": {"type": "string", "format": "date-time"},
+                "rate": {"type": "integer"},
+                "encoding": {"type": "string", "enum": params::ENCODINGS},
+                "total": {"type": ["integer", "null"]},
+                "published": {"type": "integer"},
+                "started_at": {"type": "string", "format": "date-time"},
+                "finished_at": {"type": ["string", "null"], "format": "date-time"},
+                "error": {"type": ["string", "null"]}}},
+        "ReplayList": {"type": "object", "additionalProperties": false, "required": ["replays"],
+            "properties": {"replays": {"type": "array", "items": {"$ref": "#/components/schemas/ReplayProgress"}}}},
+        "Status": {"type": "object"},
+    })
+}

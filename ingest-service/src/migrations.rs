@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "detections_hourly",
         sql: include_str!("../migrations/0003_detections_hourly.sql"),
     },
+    Migration {
+        version: 4,
+        name: "events_by_id",
+        sql: include_str!("../migrations/0004_events_by_id.sql"),
+    },
 ];
 
 /// Why migrating failed.
@@ -233,12 +238,11 @@ mod tests {
     fn migrations_are_ordered_and_split() {
         assert!(MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version));
         let statements: Vec<_> = MIGRATIONS.iter().flat_map(|m| m.statements("db")).collect();
-        assert_eq!(statements.len(), 5);
-        assert!(
-            statements
-                .iter()
-                .all(|s| s.contains("IF NOT EXISTS") && s.contains("`db`."))
-        );
+        assert_eq!(statements.len(), 8);
+        // Every statement is safe to run twice: DDL with IF NOT EXISTS, backfills that skip
+        // what is already there.
+        assert!(statements.iter().all(|s| s.contains("`db`.")
+            && (s.contains("IF NOT EXISTS") || s.contains("NOT IN (SELECT"))));
         assert!(
             statements
                 .iter()

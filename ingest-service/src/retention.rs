@@ -62,11 +62,19 @@ pub struct RetainedTable {
 
 impl RetentionSettings {
     /// Every retained table with its retention in days.
-    pub fn tables(&self) -> [(RetainedTable, u32); 3] {
+    pub fn tables(&self) -> [(RetainedTable, u32); 4] {
         [
             (
                 RetainedTable {
                     name: "events",
+                    time_column: "captured_at",
+                    partitioning: Partitioning::Day,
+                },
+                self.events_days,
+            ),
+            (
+                RetainedTable {
+                    name: "events_by_id",
                     time_column: "captured_at",
                     partitioning: Partitioning::Day,
                 },
@@ -274,8 +282,9 @@ mod tests {
         let s = RetentionSettings::default();
         assert!(s.ttl_statements("db", Capabilities::LEGACY).is_empty());
         let modern = s.ttl_statements("db", Capabilities::MODERN);
-        assert_eq!(modern.len(), 6);
+        assert_eq!(modern.len(), 8);
         assert!(modern[0].contains("captured_at + INTERVAL 30 DAY"));
-        assert!(modern[4].contains("hour + INTERVAL 400 DAY"));
+        assert!(modern[2].contains("events_by_id MODIFY TTL captured_at + INTERVAL 30 DAY"));
+        assert!(modern[6].contains("hour + INTERVAL 400 DAY"));
     }
 }

@@ -282,10 +282,28 @@ impl Store {
         cursor: Option<Cursor>,
         limit: u32,
     ) -> Result<Page, StoreError> {
-        let mut sql = Sql::new(&format!("SELECT ?fields FROM {EVENTS_TABLE} WHERE 1"));
-        sql.events_filter(filter);
         // One more than asked tells whether another page exists.
-        sql.events_page(sort, cursor, Some(u64::from(limit) + 1));
+        let fetch = Some(u64::from(limit) + 1);
+        // Two steps in one query: the scalar subquery finds where the page ends reading only
+        // the sort key (and the filter's columns); the outer query then reads whole rows only
+        // from the parts and granules up to that bound. ClickHouse 18.16 cannot read in
+        // key order, so without the bound it would read every matching row in full.
+        let (aggregate, op) = match sort {
+            Sort::Newest => ("min", ">="),
+            Sort::Oldest => ("max", "<="),
+        };
+        let mut sql = Sql::new(&format!(
+            "WITH (SELECT {aggregate}(captured_at_ms) FROM (SELECT captured_at_ms, event_id \
+             FROM {EVENTS_TABLE} WHERE 1"
+        ));
+        sql.events_filter(filter);
+        sql.events_page(sort, cursor, fetch);
+        sql.push(&format!(
+            ")) AS bound SELECT ?fields FROM {EVENTS_TABLE} WHERE captured_at_ms {op} bound \
+             AND captured_at {op} toDateTime(intDiv(bound, 1000))"
+        ));
+        sql.events_filter(filter);
+        sql.events_page(sort, cursor, fetch);
         let mut rows = sql.query(&self.client).fetch_all::<EventRow>().await?;
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
@@ -322,13 +340,27 @@ impl Store {
         Ok(sql.query(&self.client).fetch_one::<u64>().await?)
     }
 
-    /// One event by id.
+    /// One event by id: the `events_by_id` lookup gives its camera and capture time, which
+    /// locate it in `events` by primary key, so found or not it costs two point reads.
     pub async fn get_event(&self, id: EventId) -> Result<Option<DetectionEvent>, StoreError> {
+        let Some(place) = self
+            .client
+            .query("SELECT camera_id, captured_at_ms FROM events_by_id WHERE event_id = toUUID(?) LIMIT 1")
+            .bind(id.to_string())
+            .fetch_optional::<(String, i64)>()
+            .await?
+        else {
+            return Ok(None);
+        };
         let row = self
             .client
             .query(&format!(
-                "SELECT ?fields FROM {EVENTS_TABLE} WHERE event_id = toUUID(?) LIMIT 1"
+                "SELECT ?fields FROM {EVENTS_TABLE} WHERE camera_id = ? AND captured_at = toDateTime(?) \
+                 AND captured_at_ms = ? AND event_id = toUUID(?) LIMIT 1"
             ))
+            .bind(place.0.as_str())
+            .bind(place.1.div_euclid(1000))
+            .bind(place.1)
             .bind(id.to_string())
             .fetch_optional::<EventRow>()
             .await?;

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use prometheus_client::registry::Registry;
-use sightline_edge_agent::config::SyntheticConfig;
 use sightline_ingest::IngestConfig;
 use sightline_ingest::consumer::{check_message, content_type};
 use sightline_ingest::metrics::Metrics as IngestMetrics;
@@ -28,37 +27,11 @@ use sightline_tests::stack::{metric, publish_via};
 use sightline_tests::{ClickHouseServer, NatsServer};
 use tokio_util::sync::CancellationToken;
 
-const LABELS: [&str; 12] = [
-    "person",
-    "car",
-    "bicycle",
-    "dog",
-    "truck",
-    "bus",
-    "motorcycle",
-    "cat",
-    "backpack",
-    "handbag",
-    "umbrella",
-    "bird",
-];
-
 fn events(n: usize) -> Vec<DetectionEvent> {
-    let config = SyntheticConfig {
-        labels: LABELS.map(String::from).to_vec(),
-        max_detections: 4,
-        ..SyntheticConfig::default()
-    };
     let mut rng = rand::rng();
     let mut track = 0;
     (0..n)
-        .map(|i| {
-            let edge = format!("site-{}", i % 8);
-            let camera = format!("cam-{:02}", i % 64);
-            sightline_edge_agent::synthetic::make_event(
-                &edge, &camera, &config, i as u64, &mut track, &mut rng,
-            )
-        })
+        .map(|i| sightline_tests::data::event(i, None, &mut track, &mut rng))
         .collect()
 }
 

@@ -72,7 +72,7 @@ def insert_events(s):
 
 
 def optimize(s):
-    for table in ("events", "detections", "detections_hourly"):
+    for table in ("events", "events_by_id", "detections", "detections_hourly"):
         s.query(f"OPTIMIZE TABLE sightline.{table} FINAL")
 
 
@@ -87,7 +87,7 @@ def test_ttl_removes_exactly_the_expired_rows_and_keeps_rollups(db):
     statements = schema()
     tables = [s for s in statements if not s.startswith("ALTER TABLE")]
     retention = [s for s in statements if s.startswith("ALTER TABLE")]
-    assert len(retention) == 6
+    assert len(retention) == 8
     apply(db, tables)
     insert_events(db)
     assert rows(db, "SELECT count() FROM sightline.events") == [["4"]]
@@ -96,6 +96,10 @@ def test_ttl_removes_exactly_the_expired_rows_and_keeps_rollups(db):
     optimize(db)
     # Events and detections keep 30 days; rollups keep 400.
     assert rows(db, "SELECT toString(event_id) FROM sightline.events ORDER BY event_id") == [
+        ["0190b1d2-0000-7000-8000-000000000001"],
+        ["0190b1d2-0000-7000-8000-000000000002"],
+    ]
+    assert rows(db, "SELECT toString(event_id) FROM sightline.events_by_id ORDER BY event_id") == [
         ["0190b1d2-0000-7000-8000-000000000001"],
         ["0190b1d2-0000-7000-8000-000000000002"],
     ]
@@ -142,5 +146,7 @@ def test_migrations_are_idempotent(db):
         "detections_hourly_mv",
         "detections_mv",
         "events",
+        "events_by_id",
+        "events_by_id_mv",
         "schema_migrations",
     ]

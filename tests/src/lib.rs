@@ -3,6 +3,7 @@
 //! [`Stack`] that runs the ingest and query services against them in-process through the
 //! same `run` functions their binaries call.
 
+pub mod data;
 pub mod fixtures;
 pub mod stack;
 

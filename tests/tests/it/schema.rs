@@ -33,13 +33,13 @@ async fn migrations_apply_once_even_from_two_replicas_at_once() -> anyhow::Resul
     let recorded = clickhouse
         .query("SELECT groupArray(version) FROM (SELECT DISTINCT version FROM twin.schema_migrations ORDER BY version)")
         .await?;
-    assert_eq!(recorded, "[1,2,3]");
+    assert_eq!(recorded, "[1,2,3,4]");
     let tables = clickhouse
         .query("SELECT groupArray(name) FROM (SELECT name FROM system.tables WHERE database = 'twin' ORDER BY name)")
         .await?;
     assert_eq!(
         tables,
-        "['detections','detections_hourly','detections_hourly_mv','detections_mv','events','schema_migrations']"
+        "['detections','detections_hourly','detections_hourly_mv','detections_mv','events','events_by_id','events_by_id_mv','schema_migrations']"
     );
 
     // An applied migration that changed since is refused, naming it.
@@ -116,12 +116,13 @@ async fn the_sweep_drops_exactly_the_expired_partitions() -> anyhow::Result<()> 
         time::OffsetDateTime::now_utc(),
     )
     .await?;
-    // events: 45 and 500 days; detections: the same; rollups (400 days): 500 days.
-    assert_eq!(dropped, 5);
+    // events, events_by_id and detections: 45 and 500 days; rollups (400 days): 500 days.
+    assert_eq!(dropped, 7);
     let left = stack.wait_for_events("camera=cam", 2).await?;
     let ids: Vec<_> = left.iter().map(|e| e.event_id).collect();
     assert_eq!(ids, vec![events[0].event_id, events[1].event_id]);
     assert_eq!(stack.clickhouse.query(&count("events")).await?, "2");
+    assert_eq!(stack.clickhouse.query(&count("events_by_id")).await?, "2");
     assert_eq!(stack.clickhouse.query(&count("detections")).await?, "2");
     let rollup_hours = stack
         .clickhouse

@@ -1,0 +1,265 @@
+//! Query latency: the typical lookups through the HTTP API, next to the same SQL run directly
+//! against ClickHouse in the same run.
+//!
+//! `cargo bench -p sightline-tests --bench query` starts its own clickhouse-server, loads N
+//! realistic events (default 10,000,000; set `SIGHTLINE_BENCH_EVENTS`) spread over 30 days,
+//! 64 cameras on 8 sites and 12 labels, through the same sink the ingest service uses (so the
+//! per-object table and the hourly rollup are filled by their views), then runs each query
+//! `SIGHTLINE_BENCH_ROUNDS` times (default 200) both ways, interleaved, and prints p50 and p99
+//! for each, and the overhead ratio API / direct.
+//!
+//! Queries: the latest 100 events of a camera; 100 events of one label within one hour; one
+//! event by id; 24 hours of hourly detection counts for every camera.
+
+use std::time::{Duration, Instant};
+
+use clickhouse::Row;
+use prometheus_client::registry::Registry;
+use rand::Rng as _;
+use serde::Deserialize;
+use sightline_ingest::metrics::Metrics as IngestMetrics;
+use sightline_ingest::schema::{self, EventRow};
+use sightline_ingest::sink::Sink;
+use sightline_query::QueryConfig;
+use sightline_shared::Timestamp;
+use sightline_shared::config::ClickHouseConfig;
+use sightline_tests::ClickHouseServer;
+use sightline_tests::data;
+use tokio_util::sync::CancellationToken;
+
+const DAY_MS: i64 = 86_400_000;
+/// The page clause the query service adds (newest first, one more than the page).
+const PAGE: &str = "ORDER BY captured_at_ms DESC, event_id DESC LIMIT 1 BY event_id LIMIT ?";
+/// The service's filter for one label within one hour.
+const LABEL_HOUR: &str = "AND captured_at >= toDateTime(?) AND captured_at_ms >= ? AND captured_at <= toDateTime(?) AND captured_at_ms < ? AND arrayExists((l, c) -> l IN (?), detections.label, detections.confidence)";
+const HOUR_MS: i64 = 3_600_000;
+
+#[derive(Debug, Row, Deserialize)]
+#[allow(dead_code)] // read to measure, not used
+struct StatsRow {
+    start_ms: i64,
+    camera_id: String,
+    label: String,
+    detections: u64,
+    max_confidence: f32,
+}
+
+fn quantile(samples: &mut [Duration], q: f64) -> f64 {
+    samples.sort();
+    let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+    samples[i].as_secs_f64() * 1000.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let n: usize = std::env::var("SIGHTLINE_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000_000);
+    let rounds: usize = std::env::var("SIGHTLINE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let clickhouse = ClickHouseServer::start()?;
+    let admin = schema::client(&clickhouse.config())?;
+    sightline_ingest::migrations::migrate(&admin, "sightline").await?;
+    let sink = Sink::new(
+        admin.clone().with_database("sightline"),
+        Duration::from_secs(300),
+        IngestMetrics::new(&mut Registry::default()),
+    );
+
+    // Load: time-ordered over the last 30 days, in batches like the ingest service's.
+    println!("query benchmark: loading {n} events over 30 days");
+    let end =
+        Timestamp::from_datetime(time::OffsetDateTime::now_utc()).as_millis() / HOUR_MS * HOUR_MS;
+    let start = end - 30 * DAY_MS;
+    let step = (30 * DAY_MS) as f64 / n as f64;
+    let (mut rng, mut track) = (rand::rng(), 0);
+    let mut sample_ids = Vec::new();
+    let loading = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100_000) {
+        let rows: Vec<EventRow> = chunk
+            .iter()
+            .map(|&i| {
+                let at = Timestamp::from_millis(start + (i as f64 * step) as i64);
+                let event = data::event(i, Some(at), &mut track, &mut rng);
+                if i % (n / 1000).max(1) == 0 {
+                    sample_ids.push(event.event_id);
+                }
+                EventRow::from(event)
+            })
+            .collect();
+        for batch in rows.chunks(50_000) {
+            sink.insert(batch).await.map_err(|e| anyhow::anyhow!(e))?;
+        }
+    }
+    println!(
+        "  loaded in {:.0} s ({:.0} events/s)",
+        loading.elapsed().as_secs_f64(),
+        n as f64 / loading.elapsed().as_secs_f64()
+    );
+    // Let background merges settle so both paths see the same parts.
+    admin
+        .query("OPTIMIZE TABLE sightline.detections_hourly FINAL")
+        .execute()
+        .await
+        .ok();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+
+    // The query service, in-process, as the read-only user.
+    let mut config = QueryConfig {
+        clickhouse: ClickHouseConfig {
+            user: sightline_tests::stack::READER.into(),
+            ..clickhouse.config()
+        },
+        ..Default::default()
+    };
+    config.replay.enabled = false; // replay needs NATS, which this benchmark does not start
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let api = format!("http://{}", listener.local_addr()?);
+    let stop = CancellationToken::new();
+    let service = tokio::spawn(sightline_query::run(
+        config,
+        listener,
+        stop.clone().cancelled_owned(),
+    ));
+    let http = reqwest::Client::new();
+    while !http
+        .get(format!("{api}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The direct path: the same user and settings as the service, RowBinary over HTTP.
+    let direct = schema::client(&ClickHouseConfig {
+        user: sightline_tests::stack::READER.into(),
+        ..clickhouse.config()
+    })?
+    .with_database("sightline")
+    .with_setting("max_execution_time", "10")
+    .with_setting("max_memory_usage", "2000000000");
+
+    let names = [
+        "latest 100 for a camera",
+        "a label over one hour (100)",
+        "one event by id",
+        "24 h hourly counts, all cameras",
+    ];
+    let mut api_ms: Vec<Vec<Duration>> = vec![Vec::new(); 4];
+    let mut sql_ms: Vec<Vec<Duration>> = vec![Vec::new(); 4];
+    for round in 0..rounds {
+        let camera = data::camera(rng.random_range(0..data::CAMERAS));
+        let label = data::LABELS[rng.random_range(0..data::LABELS.len())];
+        let hour = end - rng.random_range(1..30 * 24) * HOUR_MS;
+        let id = sample_ids[rng.random_range(0..sample_ids.len())];
+        let day_end = end - rng.random_range(0..29) * DAY_MS;
+        let paths = [
+            format!("/v1/events?camera={camera}&limit=100"),
+            format!(
+                "/v1/events?label={label}&since={hour}&until={}&limit=100",
+                hour + HOUR_MS
+            ),
+            format!("/v1/events/{id}"),
+            format!(
+                "/v1/stats?since={}&until={day_end}&interval=1h&group_by=camera",
+                day_end - DAY_MS
+            ),
+        ];
+        for (q, path) in paths.iter().enumerate() {
+            // Alternate which path goes first so caches favour neither.
+            for api_first in [round % 2 == 0, round % 2 != 0] {
+                if api_first {
+                    let t = Instant::now();
+                    let response = http.get(format!("{api}{path}")).send().await?;
+                    anyhow::ensure!(response.status() == 200, "{path}: {}", response.status());
+                    let _ = response.bytes().await?;
+                    api_ms[q].push(t.elapsed());
+                    continue;
+                }
+                let t = Instant::now();
+                match q {
+                    0 => {
+                        direct
+                            .query(&format!("WITH (SELECT min(captured_at_ms) FROM (SELECT captured_at_ms, event_id FROM events WHERE 1 AND camera_id IN (?) {PAGE})) AS bound SELECT ?fields FROM events WHERE captured_at_ms >= bound AND captured_at >= toDateTime(intDiv(bound, 1000)) AND camera_id IN (?) {PAGE}"))
+                            .bind(camera.as_str())
+                            .bind(101u64)
+                            .bind(camera.as_str())
+                            .bind(101u64)
+                            .fetch_all::<EventRow>()
+                            .await?;
+                    }
+                    1 => {
+                        direct
+                            .query(&format!("WITH (SELECT min(captured_at_ms) FROM (SELECT captured_at_ms, event_id FROM events WHERE 1 {LABEL_HOUR} {PAGE})) AS bound SELECT ?fields FROM events WHERE captured_at_ms >= bound AND captured_at >= toDateTime(intDiv(bound, 1000)) {LABEL_HOUR} {PAGE}"))
+                            .bind(hour / 1000)
+                            .bind(hour)
+                            .bind((hour + HOUR_MS) / 1000)
+                            .bind(hour + HOUR_MS)
+                            .bind(label)
+                            .bind(101u64)
+                            .bind(hour / 1000)
+                            .bind(hour)
+                            .bind((hour + HOUR_MS) / 1000)
+                            .bind(hour + HOUR_MS)
+                            .bind(label)
+                            .bind(101u64)
+                            .fetch_all::<EventRow>()
+                            .await?;
+                    }
+                    2 => {
+                        let (camera, ms) = direct
+                            .query("SELECT camera_id, captured_at_ms FROM events_by_id WHERE event_id = toUUID(?) LIMIT 1")
+                            .bind(id.to_string())
+                            .fetch_one::<(String, i64)>()
+                            .await?;
+                        direct
+                            .query("SELECT ?fields FROM events WHERE camera_id = ? AND captured_at = toDateTime(?) AND captured_at_ms = ? AND event_id = toUUID(?) LIMIT 1")
+                            .bind(camera.as_str())
+                            .bind(ms / 1000)
+                            .bind(ms)
+                            .bind(id.to_string())
+                            .fetch_optional::<EventRow>()
+                            .await?;
+                    }
+                    _ => {
+                        direct
+                            .query("SELECT toInt64(toUnixTimestamp(toStartOfHour(hour, ?))) * 1000 AS start_ms, camera_id AS camera, '' AS label_, countMerge(detections) AS detections, maxMerge(max_confidence) AS max_confidence FROM detections_hourly WHERE 1 AND hour >= toDateTime(?) AND hour < toDateTime(?) GROUP BY start_ms, camera, label_ ORDER BY start_ms, camera, label_")
+                            .bind("UTC")
+                            .bind((day_end - DAY_MS) / 1000)
+                            .bind(day_end / 1000)
+                            .fetch_all::<StatsRow>()
+                            .await?;
+                    }
+                }
+                sql_ms[q].push(t.elapsed());
+            }
+        }
+    }
+    println!("  {rounds} rounds, each query through the API and directly, interleaved");
+    println!(
+        "  {:<34} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "query", "API p50", "API p99", "SQL p50", "SQL p99", "p50 x", "p99 x"
+    );
+    for q in 0..4 {
+        let (a50, a99) = (
+            quantile(&mut api_ms[q], 0.5),
+            quantile(&mut api_ms[q], 0.99),
+        );
+        let (s50, s99) = (
+            quantile(&mut sql_ms[q], 0.5),
+            quantile(&mut sql_ms[q], 0.99),
+        );
+        println!(
+            "  {:<34} {a50:>7.1}ms {a99:>7.1}ms {s50:>7.1}ms {s99:>7.1}ms {:>8.2} {:>8.2}",
+            names[q],
+            a50 / s50,
+            a99 / s99
+        );
+    }
+    stop.cancel();
+    service.await??;
+    Ok(())
+}

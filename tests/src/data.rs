@@ -1,0 +1,60 @@
+//! Realistic synthetic events for benchmarks: many sites, cameras and COCO labels.
+
+use rand::Rng;
+use sightline_edge_agent::config::SyntheticConfig;
+use sightline_shared::{DetectionEvent, EventId, Timestamp};
+
+/// The labels benchmark events carry (COCO classes a street camera sees).
+pub const LABELS: [&str; 12] = [
+    "person",
+    "car",
+    "bicycle",
+    "dog",
+    "truck",
+    "bus",
+    "motorcycle",
+    "cat",
+    "backpack",
+    "handbag",
+    "umbrella",
+    "bird",
+];
+
+/// Sites (edge agents) events come from.
+pub const EDGES: usize = 8;
+/// Cameras events come from, spread over the sites.
+pub const CAMERAS: usize = 64;
+
+/// The camera of event `i`.
+pub fn camera(i: usize) -> String {
+    format!("cam-{:02}", i % CAMERAS)
+}
+
+/// Event `i` of a benchmark set: site and camera round-robin, one to four detections with
+/// random labels, boxes and confidences, captured at `at` (now when `None`).
+pub fn event(
+    i: usize,
+    at: Option<Timestamp>,
+    next_track: &mut u64,
+    rng: &mut impl Rng,
+) -> DetectionEvent {
+    let config = SyntheticConfig {
+        labels: LABELS.map(String::from).to_vec(),
+        max_detections: 4,
+        ..SyntheticConfig::default()
+    };
+    let edge = format!("site-{}", i % EDGES);
+    let mut event = sightline_edge_agent::synthetic::make_event(
+        &edge,
+        &camera(i),
+        &config,
+        i as u64,
+        next_track,
+        rng,
+    );
+    if let Some(at) = at {
+        event.captured_at = at;
+        event.event_id = EventId::new_v7(at);
+    }
+    event
+}

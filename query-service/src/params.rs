@@ -526,6 +526,14 @@ impl Sort {
             Self::Oldest => "oldest",
         }
     }
+
+    /// The SQL direction.
+    pub const fn direction(self) -> &'static str {
+        match self {
+            Self::Newest => "DESC",
+            Self::Oldest => "ASC",
+        }
+    }
 }
 
 /// Where a page ends: the sort key of its last event. The next page starts strictly after

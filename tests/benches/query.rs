@@ -13,14 +13,14 @@
 
 use std::time::{Duration, Instant};
 
-use clickhouse::Row;
 use prometheus_client::registry::Registry;
 use rand::Rng as _;
-use serde::Deserialize;
 use sightline_ingest::metrics::Metrics as IngestMetrics;
 use sightline_ingest::schema::{self, EventRow};
 use sightline_ingest::sink::Sink;
 use sightline_query::QueryConfig;
+use sightline_query::params::{self, EventFilter, Sort};
+use sightline_query::store::{Limits, Store};
 use sightline_shared::Timestamp;
 use sightline_shared::config::ClickHouseConfig;
 use sightline_tests::ClickHouseServer;
@@ -28,22 +28,7 @@ use sightline_tests::data;
 use tokio_util::sync::CancellationToken;
 
 const DAY_MS: i64 = 86_400_000;
-/// The page clause the query service adds (newest first, one more than the page).
-const PAGE: &str = "ORDER BY captured_at_ms DESC, event_id DESC LIMIT 1 BY event_id LIMIT ?";
-/// The service's filter for one label within one hour.
-const LABEL_HOUR: &str = "AND captured_at >= toDateTime(?) AND captured_at_ms >= ? AND captured_at <= toDateTime(?) AND captured_at_ms < ? AND arrayExists((l, c) -> l IN (?), detections.label, detections.confidence)";
 const HOUR_MS: i64 = 3_600_000;
-
-#[derive(Debug, Row, Deserialize)]
-#[allow(dead_code)] // read to measure, not used
-struct StatsRow {
-    start_ms: i64,
-    camera_id: String,
-    label: String,
-    detections: u64,
-    max_confidence: f32,
-}
-
 fn quantile(samples: &mut [Duration], q: f64) -> f64 {
     samples.sort();
     let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
@@ -108,11 +93,12 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(10)).await;
 
     // The query service, in-process, as the read-only user.
+    let config_clickhouse = ClickHouseConfig {
+        user: sightline_tests::stack::READER.into(),
+        ..clickhouse.config()
+    };
     let mut config = QueryConfig {
-        clickhouse: ClickHouseConfig {
-            user: sightline_tests::stack::READER.into(),
-            ..clickhouse.config()
-        },
+        clickhouse: config_clickhouse.clone(),
         ..Default::default()
     };
     config.replay.enabled = false; // replay needs NATS, which this benchmark does not start
@@ -133,14 +119,16 @@ async fn main() -> anyhow::Result<()> {
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The direct path: the same user and settings as the service, RowBinary over HTTP.
-    let direct = schema::client(&ClickHouseConfig {
-        user: sightline_tests::stack::READER.into(),
-        ..clickhouse.config()
-    })?
-    .with_database("sightline")
-    .with_setting("max_execution_time", "10")
-    .with_setting("max_memory_usage", "2000000000");
+    // The direct path: the service's own store (the same SQL, user and settings) called
+    // in-process, so the difference is what HTTP, routing, parsing and JSON add.
+    let store = Store::new(
+        schema::client(&config_clickhouse)?.with_database("sightline"),
+        Limits {
+            query_timeout_secs: 10,
+            export_timeout_secs: 3600,
+            max_memory_bytes: 2_000_000_000,
+        },
+    );
 
     let names = [
         "latest 100 for a camera",
@@ -182,56 +170,24 @@ async fn main() -> anyhow::Result<()> {
                 let t = Instant::now();
                 match q {
                     0 => {
-                        direct
-                            .query(&format!("WITH (SELECT min(captured_at_ms) FROM (SELECT captured_at_ms, event_id FROM events WHERE 1 AND camera_id IN (?) {PAGE})) AS bound SELECT ?fields FROM events WHERE captured_at_ms >= bound AND captured_at >= toDateTime(intDiv(bound, 1000)) AND camera_id IN (?) {PAGE}"))
-                            .bind(camera.as_str())
-                            .bind(101u64)
-                            .bind(camera.as_str())
-                            .bind(101u64)
-                            .fetch_all::<EventRow>()
-                            .await?;
+                        let filter = EventFilter { cameras: vec![camera.clone()], ..EventFilter::default() };
+                        store.list_events(&filter, Sort::Newest, None, 100).await?;
                     }
                     1 => {
-                        direct
-                            .query(&format!("WITH (SELECT min(captured_at_ms) FROM (SELECT captured_at_ms, event_id FROM events WHERE 1 {LABEL_HOUR} {PAGE})) AS bound SELECT ?fields FROM events WHERE captured_at_ms >= bound AND captured_at >= toDateTime(intDiv(bound, 1000)) {LABEL_HOUR} {PAGE}"))
-                            .bind(hour / 1000)
-                            .bind(hour)
-                            .bind((hour + HOUR_MS) / 1000)
-                            .bind(hour + HOUR_MS)
-                            .bind(label)
-                            .bind(101u64)
-                            .bind(hour / 1000)
-                            .bind(hour)
-                            .bind((hour + HOUR_MS) / 1000)
-                            .bind(hour + HOUR_MS)
-                            .bind(label)
-                            .bind(101u64)
-                            .fetch_all::<EventRow>()
-                            .await?;
+                        let filter = EventFilter {
+                            labels: vec![label.to_owned()],
+                            since: Some(Timestamp::from_millis(hour)),
+                            until: Some(Timestamp::from_millis(hour + HOUR_MS)),
+                            ..EventFilter::default()
+                        };
+                        store.list_events(&filter, Sort::Newest, None, 100).await?;
                     }
                     2 => {
-                        let (camera, ms) = direct
-                            .query("SELECT camera_id, captured_at_ms FROM events_by_id WHERE event_id = toUUID(?) LIMIT 1")
-                            .bind(id.to_string())
-                            .fetch_one::<(String, i64)>()
-                            .await?;
-                        direct
-                            .query("SELECT ?fields FROM events WHERE camera_id = ? AND captured_at = toDateTime(?) AND captured_at_ms = ? AND event_id = toUUID(?) LIMIT 1")
-                            .bind(camera.as_str())
-                            .bind(ms / 1000)
-                            .bind(ms)
-                            .bind(id.to_string())
-                            .fetch_optional::<EventRow>()
-                            .await?;
+                        store.get_event(id).await?;
                     }
                     _ => {
-                        direct
-                            .query("SELECT toInt64(toUnixTimestamp(toStartOfHour(hour, ?))) * 1000 AS start_ms, camera_id AS camera, '' AS label_, countMerge(detections) AS detections, maxMerge(max_confidence) AS max_confidence FROM detections_hourly WHERE 1 AND hour >= toDateTime(?) AND hour < toDateTime(?) GROUP BY start_ms, camera, label_ ORDER BY start_ms, camera, label_")
-                            .bind("UTC")
-                            .bind((day_end - DAY_MS) / 1000)
-                            .bind(day_end / 1000)
-                            .fetch_all::<StatsRow>()
-                            .await?;
+                        let query = params::stats_query(Some(&paths[3].replace("/v1/stats?", "")), Timestamp::from_millis(end))?;
+                        store.stats(&query).await?;
                     }
                 }
                 sql_ms[q].push(t.elapsed());

@@ -170,7 +170,10 @@ async fn main() -> anyhow::Result<()> {
                 let t = Instant::now();
                 match q {
                     0 => {
-                        let filter = EventFilter { cameras: vec![camera.clone()], ..EventFilter::default() };
+                        let filter = EventFilter {
+                            cameras: vec![camera.clone()],
+                            ..EventFilter::default()
+                        };
                         store.list_events(&filter, Sort::Newest, None, 100).await?;
                     }
                     1 => {
@@ -186,7 +189,10 @@ async fn main() -> anyhow::Result<()> {
                         store.get_event(id).await?;
                     }
                     _ => {
-                        let query = params::stats_query(Some(&paths[3].replace("/v1/stats?", "")), Timestamp::from_millis(end))?;
+                        let query = params::stats_query(
+                            Some(&paths[3].replace("/v1/stats?", "")),
+                            Timestamp::from_millis(end),
+                        )?;
                         store.stats(&query).await?;
                     }
                 }

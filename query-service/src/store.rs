@@ -242,6 +242,15 @@ impl Page {
     }
 }
 
+/// Where an event is in the `events` table.
+#[derive(Debug, Clone, Row, Deserialize)]
+struct EventKey {
+    camera_id: String,
+    captured_at_ms: i64,
+    #[serde(with = "clickhouse::serde::uuid")]
+    _event_id: uuid::Uuid,
+}
+
 /// Ranges up to this long (6 hours) are read in one query; longer or open ones in two steps.
 const SHORT_RANGE_MS: i64 = 6 * 3_600_000;
 
@@ -329,6 +338,34 @@ impl Store {
             sql.events_page(sort, cursor, Some(fetch));
             sql
         };
+        // Labels: the per-object table is ordered by label, so it finds the page's events
+        // (camera and capture time) without scanning every event in the range; the events
+        // table then reads just those by primary key.
+        if !filter.labels.is_empty() && filter.has_snapshot.is_none() {
+            let mut keys =
+                Sql::new("SELECT camera_id, captured_at_ms, event_id FROM detections PREWHERE 1");
+            keys.detections_filter(filter);
+            keys.events_page(sort, cursor, Some(fetch));
+            let keys = keys.query(&self.client).fetch_all::<EventKey>().await?;
+            if keys.is_empty() {
+                return Ok(Page::from_rows(Vec::new(), limit, sort));
+            }
+            let marks = vec!["(?, ?)"; keys.len()].join(", ");
+            let mut sql = Sql::new(&format!(
+                "SELECT ?fields FROM {EVENTS_TABLE} PREWHERE (camera_id, captured_at_ms) IN ({marks})"
+            ));
+            for key in &keys {
+                sql.bind(BindValue::Str(key.camera_id.clone()))
+                    .bind(BindValue::I64(key.captured_at_ms));
+            }
+            sql.events_filter(filter);
+            sql.events_page(sort, cursor, Some(fetch));
+            let rows = sql.query(&self.client).fetch_all::<EventRow>().await?;
+            if rows.len() == keys.len() {
+                return Ok(Page::from_rows(rows, limit, sort));
+            }
+            // The views had not caught up with an event yet: read the plain way.
+        }
         // A short explicit range already bounds what is read: one query, filter first.
         if let (Some(since), Some(until)) = (filter.since, filter.until)
             && until.as_millis() - since.as_millis() <= SHORT_RANGE_MS

@@ -241,3 +241,43 @@ async fn kill_9_ingest_replicas_repeatedly_while_they_drain() -> anyhow::Result<
     );
     stack.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_new_consumer_settings_updates_the_durable_consumer() -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    let js = stack.jetstream().await?;
+    let name = stack.ingest_config.consumer.durable_name.clone();
+    let info = |js: async_nats::jetstream::Context, name: String| async move {
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+            .get_stream(sightline_shared::subjects::EVENTS_STREAM)
+            .await?
+            .get_consumer(&name)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        anyhow::Ok(consumer.info().await?.config.clone())
+    };
+    let before = info(js.clone(), name.clone()).await?;
+    assert_eq!(before.ack_wait, Duration::from_secs(10));
+    stack.crash_ingest().await;
+    stack.ingest_config.consumer.ack_wait_secs = 3;
+    stack.ingest_config.consumer.max_ack_pending = 1234;
+    stack.start_ingest().await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let config = info(js.clone(), name.clone()).await?;
+        if config.ack_wait == Duration::from_secs(3) || std::time::Instant::now() > deadline {
+            break config;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (after.ack_wait, after.max_ack_pending),
+        (Duration::from_secs(3), 1234)
+    );
+    // And it still delivers.
+    stack
+        .publish(known_events("edge-u", "cam-u", 10), Encoding::Bincode)
+        .await?;
+    stack.wait_for_events("camera=cam-u", 10).await?;
+    stack.stop().await
+}

@@ -21,11 +21,12 @@ pub struct HttpState {
     pub nats: async_nats::Client,
     /// Set once migrations and retention settings are applied.
     pub schema_ready: Arc<AtomicBool>,
+    /// Set once the streams and the durable consumer are declared.
+    pub streams_ready: Arc<AtomicBool>,
 }
 
 /// `/healthz` (the process runs), `/readyz` (NATS connected, ClickHouse answering, schema
-/// current) and
-/// `/metrics` (Prometheus text format).
+/// current, streams and consumer declared) and `/metrics` (Prometheus text format).
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -38,14 +39,15 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
     let nats = state.nats.connection_state() == async_nats::connection::State::Connected;
     let clickhouse = state.sink.ping().await;
     let schema = state.schema_ready.load(Ordering::Relaxed);
-    let status = if nats && clickhouse && schema {
+    let streams = state.streams_ready.load(Ordering::Relaxed);
+    let status = if nats && clickhouse && schema && streams {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (
         status,
-        Json(json!({"nats": nats, "clickhouse": clickhouse, "schema": schema})),
+        Json(json!({"nats": nats, "clickhouse": clickhouse, "schema": schema, "streams": streams})),
     )
 }
 

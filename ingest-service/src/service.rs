@@ -49,12 +49,14 @@ pub async fn run(
     let nats = sightline_runtime::connect_nats(&config.nats, "sightline-ingest").await?;
 
     let schema_ready = Arc::new(AtomicBool::new(false));
+    let streams_ready = Arc::new(AtomicBool::new(false));
     let http = tokio::spawn({
         let state = HttpState {
             registry: Arc::new(registry),
             sink: sink.clone(),
             nats: nats.clone(),
             schema_ready: schema_ready.clone(),
+            streams_ready: streams_ready.clone(),
         };
         let cancel = cancel.clone();
         async move {
@@ -106,6 +108,7 @@ pub async fn run(
     let Ok(Some(consumer)) = declared else {
         return finish(http, nats).await;
     };
+    streams_ready.store(true, Ordering::Relaxed);
     tracing::info!(
         stream = sightline_shared::subjects::EVENTS_STREAM,
         consumer = %config.consumer.durable_name,

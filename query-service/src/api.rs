@@ -1,6 +1,7 @@
-//! Routes, handlers, and the one place errors become status codes. The operations are
-//! listed, with their parameters, in [`crate::openapi::ENDPOINTS`]; a test checks that the
-//! router and that table agree.
+//! Routes, handlers, and the one place errors become status codes (including the request
+//! timeout and wrong methods). The operations are listed, with their parameters, in
+//! [`crate::openapi::ENDPOINTS`]; the hostile-input test checks that every one of them is
+//! routed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,13 +16,13 @@ use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use sightline_shared::{DetectionEvent, EventId, Timestamp};
-use tower_http::timeout::TimeoutLayer;
 use uuid::Uuid;
 
-use crate::auth::{OPEN_ROUTES, Tokens};
+use crate::auth::Tokens;
 use crate::metrics::{Metrics, Route, RouteStatus};
+use crate::openapi::{self, EXPORT_PATH};
 use crate::params::{self, Format, ParamError};
-use crate::replay::{Replays, StartError};
+use crate::replay::{Progress, Replays, StartError};
 use crate::store::{Store, StoreError};
 
 /// What the handlers share.
@@ -47,8 +48,12 @@ pub enum ApiError {
     Forbidden(String),
     /// Nothing there: 404.
     NotFound(String),
+    /// The route exists, the method does not: 405.
+    MethodNotAllowed,
     /// Too much already running: 429.
     Busy(String),
+    /// Past the request timeout: 504.
+    Timeout,
     /// Our storage failed: 503 or 500 with a generic message; the detail is logged.
     Store(StoreError),
 }
@@ -92,8 +97,29 @@ impl IntoResponse for ApiError {
             Self::NotFound(message) => {
                 (StatusCode::NOT_FOUND, error_body("not_found", &message)).into_response()
             }
+            Self::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                error_body("method_not_allowed", "this route does not take that method"),
+            )
+                .into_response(),
             Self::Busy(message) => {
                 (StatusCode::TOO_MANY_REQUESTS, error_body("busy", &message)).into_response()
+            }
+            Self::Timeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                error_body("timeout", "the request took longer than the service allows"),
+            )
+                .into_response(),
+            Self::Store(error @ StoreError::OverLimit(_)) => {
+                tracing::warn!(%error, "query over its limits");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    error_body(
+                        "over_limit",
+                        "the query exceeded the service's time or memory limit: narrow the filter or the range",
+                    ),
+                )
+                    .into_response()
             }
             Self::Store(error @ StoreError::Unavailable(_)) => {
                 tracing::error!(%error, "storage unavailable");
@@ -135,14 +161,12 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             "/openapi.json",
             get(|| async { Json(crate::openapi::document()) }),
         )
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::GATEWAY_TIMEOUT,
-            request_timeout,
-        ));
+        .layer(middleware::from_fn_with_state(request_timeout, time_limit));
     Router::new()
-        .route("/v1/events/export", get(export))
+        .route(EXPORT_PATH, get(export))
         .merge(timed)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
@@ -180,12 +204,7 @@ async fn export(
         Format::Ndjson => "application/x-ndjson",
         Format::Csv => "text/csv; charset=utf-8",
     };
-    let body = crate::export::body(
-        q.format,
-        first,
-        cursor,
-        state.metrics.returned("/v1/events/export"),
-    );
+    let body = crate::export::body(q.format, first, cursor, state.metrics.returned(EXPORT_PATH));
     Ok((
         [(header::CONTENT_TYPE, content_type)],
         Body::from_stream(body),
@@ -299,11 +318,6 @@ async fn start_replay(
         .into_response())
 }
 
-fn replay_id(id: &str) -> Result<Uuid, ParamError> {
-    id.parse()
-        .map_err(|_| ParamError::new("id", "must be the UUID POST /v1/replay returned"))
-}
-
 async fn list_replays(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
@@ -316,28 +330,30 @@ async fn get_replay(
     State(state): State<AppState>,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
-) -> Result<Response, ApiError> {
-    params::none(query.as_deref())?;
-    let id = replay_id(&id)?;
-    let progress = state
-        .replays
-        .get(id)
-        .ok_or_else(|| ApiError::NotFound(format!("no replay {id}")))?;
-    Ok(Json(progress).into_response())
+) -> Result<Json<Progress>, ApiError> {
+    replay_by_id(&id, query.as_deref(), |id| state.replays.get(id))
 }
 
 async fn cancel_replay(
     State(state): State<AppState>,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
-) -> Result<Response, ApiError> {
-    params::none(query.as_deref())?;
-    let id = replay_id(&id)?;
-    let progress = state
-        .replays
-        .cancel(id)
-        .ok_or_else(|| ApiError::NotFound(format!("no replay {id}")))?;
-    Ok(Json(progress).into_response())
+) -> Result<Json<Progress>, ApiError> {
+    replay_by_id(&id, query.as_deref(), |id| state.replays.cancel(id))
+}
+
+/// Checks the id and the (empty) query string, then applies `action` to that replay.
+fn replay_by_id(
+    id: &str,
+    query: Option<&str>,
+    action: impl FnOnce(Uuid) -> Option<Progress>,
+) -> Result<Json<Progress>, ApiError> {
+    params::none(query)?;
+    let id: Uuid = id
+        .parse()
+        .map_err(|_| ParamError::new("id", "must be the UUID POST /v1/replay returned"))?;
+    let progress = action(id).ok_or_else(|| ApiError::NotFound(format!("no replay {id}")))?;
+    Ok(Json(progress))
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -362,7 +378,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 /// carries an accepted bearer token.
 async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if !state.tokens.enabled()
-        || OPEN_ROUTES.contains(&request.uri().path())
+        || openapi::is_open(request.uri().path())
         || state
             .tokens
             .allows(request.headers().get(header::AUTHORIZATION))
@@ -370,6 +386,14 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
         return next.run(request).await;
     }
     ApiError::Unauthorized.into_response()
+}
+
+/// Answers 504 when the rest of the stack takes longer than `limit`.
+async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout.into_response(),
+    }
 }
 
 /// Counts and times every request by its route template.

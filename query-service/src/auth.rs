@@ -5,9 +5,6 @@ use std::sync::Arc;
 use axum::http::HeaderValue;
 use subtle::ConstantTimeEq as _;
 
-/// Routes that stay open with authentication on: probes, metrics and the API description.
-pub const OPEN_ROUTES: &[&str] = &["/healthz", "/readyz", "/metrics", "/openapi.json"];
-
 /// The accepted tokens; empty means authentication is off.
 #[derive(Debug, Clone, Default)]
 pub struct Tokens(Arc<Vec<Vec<u8>>>);

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use sightline_shared::config::{ClickHouseConfig, NatsConfig, redact};
 pub use sightline_shared::config::{ConfigError, Validate};
+use sightline_shared::subjects::{self, is_literal_subject};
 
 /// The whole query-service configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,24 +153,17 @@ impl Validate for QueryConfig {
         }
         self.auth.load_tokens()?;
         let replay = &self.replay;
-        let prefix_ok = replay.subject_prefix.ends_with('.')
-            && replay.subject_prefix.len() > 1
-            && replay
-                .subject_prefix
-                .trim_end_matches('.')
-                .split('.')
-                .all(|t| {
-                    !t.is_empty()
-                        && t.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-                });
+        let prefix_ok = replay
+            .subject_prefix
+            .strip_suffix('.')
+            .is_some_and(is_literal_subject);
         if !prefix_ok {
             return invalid(
                 "replay.subject_prefix",
                 "must be dot-separated tokens ending in a dot, such as \"replay.\"",
             );
         }
-        if replay.subject_prefix.starts_with("sightline.") {
+        if replay.subject_prefix.split('.').next() == Some(subjects::ROOT) {
             return invalid(
                 "replay.subject_prefix",
                 "must not be under \"sightline.\": replays must never feed the live streams",

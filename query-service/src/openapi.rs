@@ -4,6 +4,9 @@
 
 use serde_json::{Value, json};
 
+use sightline_shared::subjects::MAX_SUBJECT_LEN;
+use sightline_shared::validate::{MAX_ID_LEN, MAX_LABEL_LEN};
+
 use crate::params::{self, Kind, Param};
 
 /// One documented operation.
@@ -57,21 +60,24 @@ const fn open(
     }
 }
 
+/// The streamed export: no request timeout applies to it.
+pub const EXPORT_PATH: &str = "/v1/events/export";
+
 /// Every operation the service offers.
 pub const ENDPOINTS: &[Endpoint] = &[
     op(
         "get",
         "/v1/events",
         "Events matching a filter, one page at a time (keyset pagination: pass next_cursor back as cursor).",
-        &[params::FILTER, params::LIST],
+        params::LIST_QUERY,
         (200, Some("EventPage")),
         &[400],
     ),
     op(
         "get",
-        "/v1/events/export",
+        EXPORT_PATH,
         "Every event matching a filter, streamed as NDJSON (application/x-ndjson) or CSV (text/csv).",
-        &[params::FILTER, params::EXPORT],
+        params::EXPORT_QUERY,
         (200, None),
         &[400],
     ),
@@ -87,7 +93,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "get",
         "/v1/cameras",
         "Every camera with its edges, first and last capture and event count.",
-        &[params::CAMERAS],
+        params::CAMERAS_QUERY,
         (200, Some("CameraList")),
         &[400],
     ),
@@ -95,7 +101,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "get",
         "/v1/stats",
         "Detections per time bucket, grouped by camera and/or label, from the hourly rollup where it can answer exactly.",
-        &[params::STATS],
+        params::STATS_QUERY,
         (200, Some("Stats")),
         &[400],
     ),
@@ -103,7 +109,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "post",
         "/v1/replay",
         "Start republishing a time range of events, oldest first, at a bounded rate, to a NATS subject under the configured prefix.",
-        &[params::FILTER, params::REPLAY],
+        params::REPLAY_QUERY,
         (202, Some("ReplayProgress")),
         &[400, 403, 429],
     ),
@@ -148,9 +154,9 @@ pub const ENDPOINTS: &[Endpoint] = &[
 fn param_schema(kind: Kind) -> Value {
     match kind {
         Kind::Ids => json!({"type": "array", "maxItems": params::MAX_LIST,
-            "items": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}),
+            "items": {"type": "string", "pattern": format!("^[A-Za-z0-9_-]{{1,{MAX_ID_LEN}}}$")}}),
         Kind::Labels => json!({"type": "array", "maxItems": params::MAX_LIST,
-            "items": {"type": "string", "minLength": 1, "maxLength": 64}}),
+            "items": {"type": "string", "minLength": 1, "maxLength": MAX_LABEL_LEN}}),
         Kind::Time => json!({"type": "string",
             "description": "RFC 3339 (2026-11-22T03:00:00Z) or integer epoch milliseconds, 1970 to 2105",
             "examples": ["2026-11-22T03:00:00Z", "1795000000000"]}),
@@ -160,7 +166,7 @@ fn param_schema(kind: Kind) -> Value {
         Kind::Count => json!({"type": "integer", "minimum": 1}),
         Kind::Cursor => json!({"type": "string", "pattern": "^[0-9a-f]{52}$"}),
         Kind::Subject => {
-            json!({"type": "string", "pattern": "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$", "maxLength": 255})
+            json!({"type": "string", "pattern": "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$", "maxLength": MAX_SUBJECT_LEN})
         }
         Kind::TimeZone => json!({"type": "string", "examples": ["UTC", "Europe/Berlin"]}),
     }
@@ -198,15 +204,25 @@ fn response_body(schema: Option<&str>, path: &str) -> Value {
         (Some(schema), _) => {
             json!({"content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
         }
-        (None, "/v1/events/export") => json!({"content": {
+        (None, EXPORT_PATH) => json!({"content": {
             "application/x-ndjson": {"schema": {"$ref": "#/components/schemas/Event"}},
             "text/csv": {"schema": {"type": "string", "description": format!("header: {}", crate::export::CSV_HEADER.trim_end())}}}}),
         (None, _) => json!({"content": {"text/plain": {"schema": {"type": "string"}}}}),
     }
 }
 
-/// The whole document.
-pub fn document() -> Value {
+/// Whether `path` is open without a token: the probes, metrics and this document.
+pub fn is_open(path: &str) -> bool {
+    ENDPOINTS.iter().any(|e| !e.auth && e.path == path)
+}
+
+/// The whole document, built once.
+pub fn document() -> &'static Value {
+    static DOCUMENT: std::sync::LazyLock<Value> = std::sync::LazyLock::new(build);
+    &DOCUMENT
+}
+
+fn build() -> Value {
     let mut paths = serde_json::Map::new();
     for e in ENDPOINTS {
         let mut responses = serde_json::Map::new();
@@ -221,8 +237,15 @@ pub fn document() -> Value {
         {
             responses.insert(status.to_string(), error.clone());
         }
-        if e.path.starts_with("/v1/") {
+        // 503: ClickHouse unavailable or the query over its limits (replay bookkeeping
+        // does not touch it); 504: past the request timeout (exports have none).
+        let reads_clickhouse =
+            e.path.starts_with("/v1/") && !(e.path.starts_with("/v1/replay") && e.method != "post");
+        if reads_clickhouse {
             responses.insert("503".into(), error.clone());
+        }
+        if e.path.starts_with("/v1/") && e.path != EXPORT_PATH {
+            responses.insert("504".into(), error.clone());
         }
         let mut operation = json!({
             "summary": e.summary,
@@ -259,7 +282,7 @@ fn schemas() -> Value {
     json!({
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "required": ["code", "message"], "properties": {
-                "code": {"type": "string", "enum": ["bad_parameter", "not_found", "unauthorized", "forbidden", "busy", "unavailable", "timeout", "internal"]},
+                "code": {"type": "string", "enum": ["bad_parameter", "unauthorized", "forbidden", "not_found", "method_not_allowed", "busy", "unavailable", "over_limit", "timeout", "internal"]},
                 "parameter": {"type": "string", "description": "the parameter at fault (bad_parameter only)"},
                 "message": {"type": "string"}}}}},
         "Detection": {"type": "object", "additionalProperties": false,

@@ -7,8 +7,10 @@
 
 use std::collections::HashMap;
 
+use sightline_shared::Encoding;
 use sightline_shared::Timestamp;
-use sightline_shared::validate::{MAX_LABEL_LEN, is_identifier};
+use sightline_shared::subjects::{MAX_SUBJECT_LEN, is_literal_subject};
+use sightline_shared::validate::{MAX_ID_LEN, MAX_LABEL_LEN, is_identifier, is_label};
 use thiserror::Error;
 use uuid::Uuid;
 
@@ -94,7 +96,7 @@ pub const INTERVALS: &[&str] = &["1m", "5m", "15m", "1h", "1d"];
 /// Stats groupings.
 pub const GROUPINGS: &[&str] = &["none", "camera", "label", "camera,label"];
 /// Replay payload encodings.
-pub const ENCODINGS: &[&str] = &["bincode", "json"];
+pub const ENCODINGS: &[&str] = &[Encoding::Bincode.as_str(), Encoding::Json.as_str()];
 
 const CAMERA: Param = optional(
     "camera",
@@ -247,6 +249,13 @@ pub const REPLAY: &[Param] = &[
     ),
 ];
 
+/// Each endpoint's parameters, as its parser and the OpenAPI document both read them.
+pub const LIST_QUERY: &[&[Param]] = &[FILTER, LIST];
+pub const EXPORT_QUERY: &[&[Param]] = &[FILTER, EXPORT];
+pub const CAMERAS_QUERY: &[&[Param]] = &[CAMERAS];
+pub const STATS_QUERY: &[&[Param]] = &[STATS];
+pub const REPLAY_QUERY: &[&[Param]] = &[FILTER, REPLAY];
+
 /// One parsed value.
 #[derive(Debug, Clone, PartialEq)]
 enum Value {
@@ -315,22 +324,18 @@ fn parse_value(spec: &Param, value: &str) -> Result<Value, ParamError> {
             if items.len() > MAX_LIST {
                 return Err(bad(&format!("at most {MAX_LIST} values")));
             }
-            for item in &items {
-                let ok = match spec.kind {
-                    Kind::Ids => is_identifier(item),
-                    _ => {
-                        !item.is_empty()
-                            && item.len() <= MAX_LABEL_LEN
-                            && !item.chars().any(char::is_control)
-                    }
-                };
-                if !ok {
-                    return Err(bad(if spec.kind == Kind::Ids {
-                        "each value must be 1-64 characters of A-Z a-z 0-9 _ -"
-                    } else {
-                        "each label must be 1-64 bytes without control characters"
-                    }));
-                }
+            let (valid, rule): (fn(&str) -> bool, _) = match spec.kind {
+                Kind::Ids => (
+                    is_identifier,
+                    format!("each value must be 1-{MAX_ID_LEN} characters of A-Z a-z 0-9 _ -"),
+                ),
+                _ => (
+                    is_label,
+                    format!("each label must be 1-{MAX_LABEL_LEN} bytes without control characters"),
+                ),
+            };
+            if !items.iter().all(|item| valid(item)) {
+                return Err(bad(&rule));
             }
             Value::List(items)
         }
@@ -367,17 +372,10 @@ fn parse_value(spec: &Param, value: &str) -> Result<Value, ParamError> {
                 .ok_or_else(|| bad("is not a cursor this service handed out"))?,
         ),
         Kind::Subject => {
-            let ok = value.len() <= 255
-                && value.split('.').all(|token| {
-                    !token.is_empty()
-                        && token
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-                });
-            if !ok {
-                return Err(bad(
-                    "must be a NATS subject of dot-separated tokens of A-Z a-z 0-9 _ - (no wildcards), at most 255 bytes",
-                ));
+            if !is_literal_subject(value) {
+                return Err(bad(&format!(
+                    "must be a NATS subject of dot-separated tokens of A-Z a-z 0-9 _ - (no wildcards), at most {MAX_SUBJECT_LEN} bytes"
+                )));
             }
             Value::Word(value.to_owned())
         }
@@ -442,16 +440,24 @@ impl Values {
         }
     }
 
-    /// A count no larger than `max`; `default` when absent.
-    fn count(&self, name: &str, default: Option<u64>, max: u64) -> Result<Option<u64>, ParamError> {
+    /// A count no larger than `max`, if given.
+    fn count(&self, name: &str, max: u64) -> Result<Option<u64>, ParamError> {
         match self.0.get(name) {
             Some(Value::Count(n)) if *n <= max => Ok(Some(*n)),
             Some(_) => Err(ParamError::new(
                 name,
                 format!("must be an integer from 1 to {max}"),
             )),
-            None => Ok(default),
+            None => Ok(None),
         }
+    }
+
+    /// A count no larger than `max`, `default` when absent.
+    fn count_or(&self, name: &str, default: u32, max: u32) -> Result<u32, ParamError> {
+        // `count` caps the value at a u32.
+        Ok(self
+            .count(name, max.into())?
+            .map_or(default, |n| n.try_into().unwrap_or(max)))
     }
 
     fn cursor(&self) -> Option<Cursor> {
@@ -594,7 +600,7 @@ pub fn list_query(
     default_limit: u32,
     max_limit: u32,
 ) -> Result<ListQuery, ParamError> {
-    let mut values = parse(raw, &[FILTER, LIST])?;
+    let mut values = parse(raw, LIST_QUERY)?;
     let sort = values.sort();
     let cursor = values.cursor();
     if let Some(cursor) = cursor
@@ -605,13 +611,11 @@ pub fn list_query(
             format!("belongs to sort={}", cursor.sort.as_str()),
         ));
     }
-    let limit = values
-        .count("limit", Some(default_limit.into()), max_limit.into())?
-        .unwrap_or(1);
+    let limit = values.count_or("limit", default_limit, max_limit)?;
     Ok(ListQuery {
         filter: values.filter()?,
         sort,
-        limit: u32::try_from(limit).unwrap_or(max_limit),
+        limit,
         cursor,
     })
 }
@@ -636,21 +640,21 @@ pub struct ExportQuery {
 pub const MAX_EXPORT: u64 = 1_000_000_000;
 
 pub fn export_query(raw: Option<&str>) -> Result<ExportQuery, ParamError> {
-    let mut values = parse(raw, &[FILTER, EXPORT])?;
+    let mut values = parse(raw, EXPORT_QUERY)?;
     Ok(ExportQuery {
         sort: values.sort(),
         format: match values.word("format") {
             Some("csv") => Format::Csv,
             _ => Format::Ndjson,
         },
-        limit: values.count("limit", None, MAX_EXPORT)?,
+        limit: values.count("limit", MAX_EXPORT)?,
         filter: values.filter()?,
     })
 }
 
 /// `GET /v1/cameras`.
 pub fn cameras_query(raw: Option<&str>) -> Result<EventFilter, ParamError> {
-    parse(raw, &[CAMERAS])?.filter()
+    parse(raw, CAMERAS_QUERY)?.filter()
 }
 
 /// Stats bucket sizes.
@@ -702,7 +706,7 @@ pub struct StatsQuery {
 pub const MAX_BUCKETS: i64 = 10_000;
 
 pub fn stats_query(raw: Option<&str>, now: Timestamp) -> Result<StatsQuery, ParamError> {
-    let mut values = parse(raw, &[STATS])?;
+    let mut values = parse(raw, STATS_QUERY)?;
     let interval = match values.word("interval") {
         Some("1m") => Interval::Minute,
         Some("5m") => Interval::FiveMinutes,
@@ -752,7 +756,7 @@ pub struct ReplayQuery {
     pub until: Timestamp,
     pub subject: String,
     pub rate: u32,
-    pub json: bool,
+    pub encoding: Encoding,
 }
 
 pub fn replay_query(
@@ -760,7 +764,7 @@ pub fn replay_query(
     subject_prefix: &str,
     max_rate: u32,
 ) -> Result<ReplayQuery, ParamError> {
-    let mut values = parse(raw, &[FILTER, REPLAY])?;
+    let mut values = parse(raw, REPLAY_QUERY)?;
     let subject = values.word("subject").unwrap_or_default().to_owned();
     if !subject.starts_with(subject_prefix) || subject.len() == subject_prefix.len() {
         return Err(ParamError::new(
@@ -768,10 +772,11 @@ pub fn replay_query(
             format!("must start with {subject_prefix:?} and name a subject below it"),
         ));
     }
-    let rate = values
-        .count("rate", Some(max_rate.into()), max_rate.into())?
-        .unwrap_or(1);
-    let json = values.word("encoding") == Some("json");
+    let rate = values.count_or("rate", max_rate, max_rate)?;
+    let encoding = values
+        .word("encoding")
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_default();
     let filter = values.filter()?;
     let since = filter
         .since
@@ -784,8 +789,8 @@ pub fn replay_query(
         since,
         until,
         subject,
-        rate: u32::try_from(rate).unwrap_or(max_rate),
-        json,
+        rate,
+        encoding,
     })
 }
 
@@ -915,8 +920,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (ok.subject.as_str(), ok.rate, ok.json),
-            ("replay.test.a", 50, true)
+            (ok.subject.as_str(), ok.rate, ok.encoding),
+            ("replay.test.a", 50, Encoding::Json)
         );
         for (query, parameter) in [
             ("since=0&until=1", "subject"),

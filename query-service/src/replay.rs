@@ -16,7 +16,7 @@ use async_nats::HeaderMap;
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use sightline_shared::Timestamp;
-use sightline_shared::codec::{CONTENT_TYPE_HEADER, ContentType, Encoding, encode};
+use sightline_shared::codec::{CONTENT_TYPE_HEADER, ContentType, encode};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -133,9 +133,9 @@ impl Replays {
 
     /// Starts a job for `q` and returns its first progress report.
     pub fn start(&self, q: ReplayQuery) -> Result<Progress, StartError> {
-        let nats = match (&self.nats, self.config.enabled) {
-            (Some(nats), true) => nats.clone(),
-            _ => return Err(StartError::Disabled),
+        // The service connects to NATS only when replay is enabled.
+        let Some(nats) = self.nats.clone() else {
+            return Err(StartError::Disabled);
         };
         let job = {
             let mut jobs = self.jobs();
@@ -164,7 +164,7 @@ impl Replays {
                     since: q.since.to_rfc3339(),
                     until: q.until.to_rfc3339(),
                     rate: q.rate,
-                    encoding: if q.json { "json" } else { "bincode" },
+                    encoding: q.encoding.as_str(),
                     total: None,
                     published: 0,
                     started_at: now().to_rfc3339(),
@@ -234,26 +234,24 @@ async fn run(
     q: &ReplayQuery,
     published: &Counter,
 ) -> anyhow::Result<()> {
-    let mut filter = q.filter.clone();
-    filter.since = Some(q.since);
-    filter.until = Some(q.until);
-    let total = store.count_events(&filter).await?;
+    // `replay_query` made sure the filter has both ends of the range.
+    let filter = &q.filter;
+    let total = store.count_events(filter).await?;
     job.progress().total = Some(total);
 
-    let encoding = if q.json {
-        Encoding::Json
-    } else {
-        Encoding::Bincode
-    };
-    let content_type = ContentType::current(encoding).to_string();
-    let id = job.progress().id.to_string();
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        CONTENT_TYPE_HEADER,
+        ContentType::current(q.encoding).to_string().as_str(),
+    );
+    headers.insert(REPLAY_ID_HEADER, job.progress().id.to_string().as_str());
     let started = Instant::now();
     let mut sent: u64 = 0;
     let mut cursor = None;
     loop {
         let page = tokio::select! {
             () = job.cancel.cancelled() => return Ok(()),
-            page = store.list_events(&filter, Sort::Oldest, cursor, PAGE) => page?,
+            page = store.list_events(filter, Sort::Oldest, cursor, PAGE) => page?,
         };
         for event in &page.events {
             // Pace against the start, so the rate holds on average without drift.
@@ -262,11 +260,8 @@ async fn run(
                 () = job.cancel.cancelled() => return Ok(()),
                 () = tokio::time::sleep_until(due) => {}
             }
-            let payload = encode(event, encoding)?;
-            let mut headers = HeaderMap::new();
-            headers.insert(CONTENT_TYPE_HEADER, content_type.as_str());
-            headers.insert(REPLAY_ID_HEADER, id.as_str());
-            nats.publish_with_headers(q.subject.clone(), headers, payload.into())
+            let payload = encode(event, q.encoding)?;
+            nats.publish_with_headers(q.subject.clone(), headers.clone(), payload.into())
                 .await?;
             sent += 1;
             published.inc();

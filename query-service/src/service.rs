@@ -25,14 +25,7 @@ pub async fn run(
     let metrics = Metrics::new(&mut registry);
     let client = sightline_ingest::schema::client(&config.clickhouse)?
         .with_database(&config.clickhouse.database);
-    let store = Store::new(
-        client,
-        Limits {
-            query_timeout_secs: config.query_timeout_secs,
-            export_timeout_secs: config.export_timeout_secs,
-            max_memory_bytes: config.query_max_memory_bytes,
-        },
-    );
+    let store = Store::new(client, Limits::from(&config));
     let tokens = Tokens::new(config.auth.load_tokens()?);
     if !tokens.enabled() {
         tracing::warn!("authentication is off: no [auth] tokens configured");

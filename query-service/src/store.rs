@@ -11,6 +11,7 @@ use clickhouse::query::RowCursor;
 use clickhouse::{Client, Row};
 use serde::{Deserialize, Serialize};
 use sightline_ingest::schema::{EVENTS_TABLE, EventRow};
+use sightline_ingest::sink::server_code;
 use sightline_shared::{DetectionEvent, EventId, Timestamp};
 use thiserror::Error;
 
@@ -23,6 +24,9 @@ pub enum StoreError {
     /// ClickHouse could not be reached or timed out: worth retrying later.
     #[error("ClickHouse is unavailable: {0}")]
     Unavailable(#[source] clickhouse::error::Error),
+    /// The query ran past the time or memory limit it was given.
+    #[error("the query exceeded its ClickHouse limits: {0}")]
+    OverLimit(#[source] clickhouse::error::Error),
     /// ClickHouse answered with an error.
     #[error("ClickHouse query failed: {0}")]
     Query(#[source] clickhouse::error::Error),
@@ -34,12 +38,24 @@ pub enum StoreError {
 impl From<clickhouse::error::Error> for StoreError {
     fn from(error: clickhouse::error::Error) -> Self {
         use clickhouse::error::Error as E;
-        match error {
+        match &error {
             E::Network(_) | E::TimedOut => Self::Unavailable(error),
-            other => Self::Query(other),
+            E::BadResponse(text)
+                if server_code(text).is_some_and(|c| OVER_LIMIT_CODES.contains(&c)) =>
+            {
+                Self::OverLimit(error)
+            }
+            _ => Self::Query(error),
         }
     }
 }
+
+/// ClickHouse codes for a query stopped by its limits: TIMEOUT_EXCEEDED, TOO_SLOW,
+/// MEMORY_LIMIT_EXCEEDED, TOO_MANY_ROWS_OR_BYTES.
+const OVER_LIMIT_CODES: [u32; 4] = [159, 160, 241, 396];
+
+/// ClickHouse's "cannot load time zone" code.
+const BAD_TIME_ZONE: u32 = 1000;
 
 /// Limits every query runs under.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +63,16 @@ pub struct Limits {
     pub query_timeout_secs: u64,
     pub export_timeout_secs: u64,
     pub max_memory_bytes: u64,
+}
+
+impl From<&crate::QueryConfig> for Limits {
+    fn from(config: &crate::QueryConfig) -> Self {
+        Self {
+            query_timeout_secs: config.query_timeout_secs,
+            export_timeout_secs: config.export_timeout_secs,
+            max_memory_bytes: config.query_max_memory_bytes,
+        }
+    }
 }
 
 /// Reads the tables the ingest service writes.
@@ -347,24 +373,25 @@ impl Store {
             keys.detections_filter(filter);
             keys.events_page(sort, cursor, Some(fetch));
             let keys = keys.query(&self.client).fetch_all::<EventKey>().await?;
-            if keys.is_empty() {
-                return Ok(Page::from_rows(Vec::new(), limit, sort));
+            // Only a full page is trusted: `detections` may keep fewer days than `events`
+            // (`retention.detections_days`), so a short answer might end early.
+            if keys.len() as u64 == fetch {
+                let marks = vec!["(?, ?)"; keys.len()].join(", ");
+                let mut sql = Sql::new(&format!(
+                    "SELECT ?fields FROM {EVENTS_TABLE} PREWHERE (camera_id, captured_at_ms) IN ({marks})"
+                ));
+                for key in &keys {
+                    sql.bind(BindValue::Str(key.camera_id.clone()))
+                        .bind(BindValue::I64(key.captured_at_ms));
+                }
+                sql.events_filter(filter);
+                sql.events_page(sort, cursor, Some(fetch));
+                let rows = sql.query(&self.client).fetch_all::<EventRow>().await?;
+                if rows.len() == keys.len() {
+                    return Ok(Page::from_rows(rows, limit, sort));
+                }
+                // `events` may keep fewer days than `detections`: read the plain way.
             }
-            let marks = vec!["(?, ?)"; keys.len()].join(", ");
-            let mut sql = Sql::new(&format!(
-                "SELECT ?fields FROM {EVENTS_TABLE} PREWHERE (camera_id, captured_at_ms) IN ({marks})"
-            ));
-            for key in &keys {
-                sql.bind(BindValue::Str(key.camera_id.clone()))
-                    .bind(BindValue::I64(key.captured_at_ms));
-            }
-            sql.events_filter(filter);
-            sql.events_page(sort, cursor, Some(fetch));
-            let rows = sql.query(&self.client).fetch_all::<EventRow>().await?;
-            if rows.len() == keys.len() {
-                return Ok(Page::from_rows(rows, limit, sort));
-            }
-            // The views had not caught up with an event yet: read the plain way.
         }
         // A short explicit range already bounds what is read: one query, filter first.
         if let (Some(since), Some(until)) = (filter.since, filter.until)
@@ -546,7 +573,7 @@ impl Store {
         if tz == "UTC" {
             return Ok(true);
         }
-        if let Some(known) = self.zones.lock().ok().and_then(|z| z.get(tz).copied()) {
+        if let Some(&known) = self.zones().get(tz) {
             return Ok(known);
         }
         let answer = self
@@ -562,7 +589,7 @@ impl Store {
         let whole = match answer {
             Ok(v) => v == 1,
             Err(clickhouse::error::Error::BadResponse(message))
-                if message.contains("time zone") || message.contains("Code: 1000") =>
+                if server_code(&message) == Some(BAD_TIME_ZONE) =>
             {
                 return Err(StoreError::BadParameter(ParamError::new(
                     "tz",
@@ -571,10 +598,16 @@ impl Store {
             }
             Err(error) => return Err(error.into()),
         };
-        if let Ok(mut zones) = self.zones.lock() {
-            zones.insert(tz.to_owned(), whole);
-        }
+        self.zones().insert(tz.to_owned(), whole);
         Ok(whole)
+    }
+
+    /// The time-zone cache; a panic elsewhere cannot leave it half-written, so a poisoned
+    /// lock is still good.
+    fn zones(&self) -> std::sync::MutexGuard<'_, HashMap<String, bool>> {
+        self.zones
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Whether ClickHouse answers.

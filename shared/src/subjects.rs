@@ -27,6 +27,21 @@ pub const DEADLETTER_SUBJECT_HEADER: &str = "Sightline-Original-Subject";
 /// Header on a dead letter: the stream sequence of the original message.
 pub const DEADLETTER_SEQUENCE_HEADER: &str = "Sightline-Original-Sequence";
 
+/// Longest subject Sightline publishes to or accepts from a caller.
+pub const MAX_SUBJECT_LEN: usize = 255;
+
+/// Whether `subject` is one or more dot-separated tokens of `A-Z a-z 0-9 _ -`: a literal
+/// subject, no wildcards, at most [`MAX_SUBJECT_LEN`] bytes.
+pub fn is_literal_subject(subject: &str) -> bool {
+    subject.len() <= MAX_SUBJECT_LEN
+        && subject.split('.').all(|token| {
+            !token.is_empty()
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
+}
+
 /// The subject for events of one camera.
 ///
 /// The ids must be valid identifiers; events that passed validation always are.
@@ -53,6 +68,23 @@ pub fn deadletter_subject(original: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn literal_subjects() {
+        assert!(is_literal_subject("replay.lab-1.cam_2"));
+        for bad in [
+            "",
+            "a..b",
+            "a.",
+            ".a",
+            "a.*",
+            "a.>",
+            "a b",
+            &"x".repeat(256),
+        ] {
+            assert!(!is_literal_subject(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn subjects_round_trip() {

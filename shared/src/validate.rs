@@ -171,6 +171,12 @@ pub fn is_identifier(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// Whether `s` is a valid detection label: 1 to [`MAX_LABEL_LEN`] bytes without control
+/// characters.
+pub fn is_label(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_LABEL_LEN && !s.chars().any(char::is_control)
+}
+
 fn identifier(field: impl Display, value: &str) -> Result<(), ValidationError> {
     if is_identifier(value) {
         return Ok(());

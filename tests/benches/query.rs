@@ -102,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     config.replay.enabled = false; // replay needs NATS, which this benchmark does not start
+    let limits = Limits::from(&config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let api = format!("http://{}", listener.local_addr()?);
     let stop = CancellationToken::new();
@@ -111,23 +112,12 @@ async fn main() -> anyhow::Result<()> {
         stop.clone().cancelled_owned(),
     ));
     let http = reqwest::Client::new();
-    while !http
-        .get(format!("{api}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    sightline_tests::stack::wait_ready(&http, &api).await?;
     // The direct path: the service's own store (the same SQL, user and settings) called
     // in-process, so the difference is what HTTP, routing, parsing and JSON add.
     let store = Store::new(
         schema::client(&config_clickhouse)?.with_database("sightline"),
-        Limits {
-            query_timeout_secs: 10,
-            export_timeout_secs: 3600,
-            max_memory_bytes: 2_000_000_000,
-        },
+        limits,
     );
 
     let names = [

@@ -201,10 +201,15 @@ impl ClickHouseServer {
         self.tcp_port
     }
 
-    /// Runs a query over HTTP and returns the trimmed text result.
+    /// Runs a query over HTTP as the admin user and returns the trimmed text result.
     pub async fn query(&self, sql: &str) -> anyhow::Result<String> {
+        self.query_as("default", "default", sql).await
+    }
+
+    /// Runs a query over HTTP as `user` in `database`; an error carries ClickHouse's answer.
+    pub async fn query_as(&self, user: &str, database: &str, sql: &str) -> anyhow::Result<String> {
         let response = reqwest::Client::new()
-            .post(self.url())
+            .post(format!("{}/?user={user}&database={database}", self.url()))
             .body(sql.to_owned())
             .send()
             .await?;

@@ -113,6 +113,7 @@ impl Stack {
         config.validate()?;
         let (api, task) = spawn_query(config, &self.stop).await?;
         self.more_queries.push(task);
+        wait_ready(&self.http, &api).await?;
         Ok(api)
     }
 
@@ -155,29 +156,10 @@ impl Stack {
         }
     }
 
-    /// Waits until ingest is ready and has declared its streams.
+    /// Waits until ingest (schema applied, streams declared) and the query API are ready.
     async fn wait_until_ready(&self) -> anyhow::Result<()> {
-        let client = async_nats::connect(self.nats.url()).await?;
-        let js = async_nats::jetstream::new(client);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = self
-                .http
-                .get(format!("{}/readyz", self.ingest_http))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready
-                && js.get_stream(subjects::EVENTS_STREAM).await.is_ok()
-                && js.get_stream(subjects::DEADLETTER_STREAM).await.is_ok()
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("the stack did not become ready within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_ready(&self.http, &self.ingest_http).await?;
+        wait_ready(&self.http, &self.api).await
     }
 
     /// A JetStream context on the stack's NATS.
@@ -245,6 +227,11 @@ impl Stack {
         Ok((status, body))
     }
 
+    /// `GET {api}{path}`: the body as text; a status other than 2xx is an error.
+    pub async fn text(&self, path: &str) -> anyhow::Result<String> {
+        get_text(&self.http, &format!("{}{path}", self.api)).await
+    }
+
     /// Polls `GET /v1/events?{query}` until it returns `count` events (or times out) and
     /// returns them decoded.
     pub async fn wait_for_events(
@@ -274,13 +261,7 @@ impl Stack {
 
     /// Text of the ingest service's `/metrics`.
     pub async fn ingest_metrics(&self) -> anyhow::Result<String> {
-        Ok(self
-            .http
-            .get(format!("{}/metrics", self.ingest_http))
-            .send()
-            .await?
-            .text()
-            .await?)
+        get_text(&self.http, &format!("{}/metrics", self.ingest_http)).await
     }
 
     /// Stops both services in order and reports their errors.
@@ -298,6 +279,34 @@ impl Stack {
         }
         Ok(())
     }
+}
+
+/// `GET url`: the body as text; a status other than 2xx is an error.
+async fn get_text(http: &reqwest::Client, url: &str) -> anyhow::Result<String> {
+    Ok(http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// Polls `{base}/readyz` until it answers 200 (30 s at most).
+pub async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        if Instant::now() > deadline {
+            bail!("{base} was not ready within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 /// The read-only ClickHouse user of `deploy/local/clickhouse-users.xml`.

@@ -71,13 +71,7 @@ async fn filters_and_bad_parameters() -> anyhow::Result<()> {
     // The service is still fine after all that, and counted it.
     let (status, _) = stack.get("/v1/events?limit=1").await?;
     assert_eq!(status, 200);
-    let metrics = stack
-        .http
-        .get(format!("{}/metrics", stack.api))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = stack.text("/metrics").await?;
     assert!(
         metrics.contains("route=\"/v1/events\",status=\"400\""),
         "{metrics}"

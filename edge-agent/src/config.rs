@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use sightline_shared::Encoding;
 pub use sightline_shared::config::{ConfigError, Validate};
 use sightline_shared::config::{NatsConfig, check_identifier};
+use sightline_shared::validate::{MAX_LABEL_LEN, is_label};
 
 /// The config format this build reads.
 pub const CONFIG_VERSION: u32 = 1;
@@ -160,11 +161,12 @@ impl Validate for AgentConfig {
                             "must be above 0 and at most 100000",
                         );
                     }
-                    if s.labels.is_empty() || s.labels.iter().any(|l| l.is_empty() || l.len() > 64)
-                    {
+                    if s.labels.is_empty() || !s.labels.iter().all(|l| is_label(l)) {
                         return invalid(
                             &format!("cameras[{i}].source.labels"),
-                            "must be 1 or more labels of 1-64 bytes",
+                            &format!(
+                                "must be 1 or more labels of 1-{MAX_LABEL_LEN} bytes without control characters"
+                            ),
                         );
                     }
                     if s.max_detections > 64 {

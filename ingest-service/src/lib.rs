@@ -5,7 +5,8 @@
 //! each batch to ClickHouse in one `INSERT`, and acknowledges the messages only after that
 //! insert succeeded. What cannot be stored goes to the dead-letter stream with the reason.
 //!
-//! Stages, one file each: [`config`] -> [`consumer`] (fetch, decode, batch) -> [`writer`]
+//! Stages, one file each: [`config`], [`nats`] (streams and the durable consumer) ->
+//! [`consumer`] (fetch, decode, batch) -> [`writer`]
 //! (insert through [`sink`], retry, bisect, then ack) and [`deadletter`]; [`migrations`] owns the ClickHouse tables,
 //! [`schema`] the row type the query service reads back, [`capabilities`] what the server can
 //! do, [`retention`] how long rows live (TTL or partition sweeps); [`service`] wires them with

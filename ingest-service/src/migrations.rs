@@ -86,7 +86,7 @@ impl MigrationError {
     }
 }
 
-fn is_network(error: &clickhouse::error::Error) -> bool {
+pub(crate) fn is_network(error: &clickhouse::error::Error) -> bool {
     matches!(
         error,
         clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut
@@ -264,7 +264,14 @@ mod tests {
 
     #[test]
     fn checksums_are_stable() {
-        assert_eq!(MIGRATIONS[0].checksum(), MIGRATIONS[0].checksum());
+        // Databases record these: the algorithm and the applied files must never change.
+        let crlf = Migration {
+            version: 0,
+            name: "probe",
+            sql: "SELECT 1\r\n",
+        };
+        assert_eq!(crlf.checksum(), "72d150e7c77ff168");
+        assert_eq!(MIGRATIONS[0].checksum(), "a4e2ca193c0f0aa5");
         assert_ne!(MIGRATIONS[0].checksum(), MIGRATIONS[1].checksum());
     }
 }

@@ -68,27 +68,11 @@ pub async fn declare(
         filter_subject: subjects::EVENTS_SUBJECTS.into(),
         ..Default::default()
     };
-    let consumer = stream
-        .get_or_create_consumer(name, consumer_config.clone())
+    // Creating a durable that exists updates its editable fields (ack wait, ack window),
+    // so a config change takes effect at the next start; a change the server cannot make
+    // in place (say, the filter) is an error that names the consumer.
+    stream
+        .create_consumer(consumer_config)
         .await
-        .with_context(|| format!("failed to create consumer {name}"))?;
-    // An existing consumer keeps the settings it was made with: bring the ones we may
-    // change in the config (ack wait, ack window) up to date. Creating a durable that
-    // exists updates its editable fields (nats-server before 2.10 has no separate update).
-    let current = &consumer.cached_info().config;
-    if current.ack_wait != consumer_config.ack_wait
-        || current.max_ack_pending != consumer_config.max_ack_pending
-    {
-        tracing::info!(
-            consumer = %name,
-            ack_wait_secs = consumer_config.ack_wait.as_secs(),
-            max_ack_pending = consumer_config.max_ack_pending,
-            "updating the consumer's settings to the config's"
-        );
-        return stream
-            .create_consumer(consumer_config)
-            .await
-            .with_context(|| format!("failed to update consumer {name}"));
-    }
-    Ok(consumer)
+        .with_context(|| format!("failed to create or update consumer {name}"))
 }

@@ -26,7 +26,7 @@ use crate::{nats, retention, schema};
 ///
 /// Start-up waits for ClickHouse and NATS (retrying with backoff) instead of failing, so a
 /// service started before its servers simply becomes ready later. Shutdown order: stop
-/// fetching, flush the open batch and ack it, drain the NATS connection, close HTTP.
+/// fetching, flush the open batch and ack it, flush the NATS connection (acks are publishes), close HTTP.
 pub async fn run(
     config: IngestConfig,
     http_listener: TcpListener,
@@ -199,14 +199,8 @@ pub enum StoreSetupError {
 
 impl StoreSetupError {
     fn is_transient(&self) -> bool {
-        let network = |e: &clickhouse::error::Error| {
-            matches!(
-                e,
-                clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut
-            )
-        };
         match self {
-            Self::Detect(e) | Self::Ttl(e) => network(e),
+            Self::Detect(e) | Self::Ttl(e) => crate::migrations::is_network(e),
             Self::Migrate(e) => e.is_transient(),
         }
     }

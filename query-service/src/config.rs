@@ -22,7 +22,8 @@ pub struct QueryConfig {
     pub query_max_memory_bytes: u64,
     /// Whole-request timeout on the HTTP side, in seconds (not for exports).
     pub request_timeout_secs: u64,
-    /// Longest an export may run, in seconds, on both sides.
+    /// Longest an export may run, in seconds (ClickHouse's `max_execution_time` for it;
+    /// exports have no HTTP-side timeout, since they stream for as long as they need).
     pub export_timeout_secs: u64,
     /// Bearer-token authentication.
     pub auth: AuthConfig,
@@ -112,7 +113,8 @@ pub struct ReplayConfig {
     pub max_rate: u32,
     /// Replays running at once; more get a 429.
     pub max_concurrent: usize,
-    /// Finished replays remembered for `GET /v1/replay/{id}`.
+    /// Finished replays remembered for `GET /v1/replay/{id}` (the oldest finished ones are
+    /// forgotten once more than this plus `max_concurrent` jobs are kept).
     pub keep_finished: usize,
 }
 

@@ -126,7 +126,7 @@ async fn main() -> anyhow::Result<()> {
             now,
         )
         .map_err(|(_, e)| anyhow::anyhow!(e))?;
-        std::hint::black_box(EventRow::from(&event));
+        std::hint::black_box(EventRow::from(event));
         message.ack().await.map_err(|e| anyhow::anyhow!(e))?;
         drained += 1;
     }

@@ -7,6 +7,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
+# Relative paths in the demo configs (the edge agent's data_dir) are under the repository.
+cd "$root"
 logs=$root/.local/logs
 profile=${SIGHTLINE_PROFILE:-release}
 api=${SIGHTLINE_QUERY_LISTEN:-127.0.0.1:8080}
@@ -67,6 +69,8 @@ Sightline is running: an edge agent with two synthetic cameras -> NATS JetStream
                     curl -s 'http://$api/v1/events?camera=front-door&limit=3'
   ClickHouse SQL:   clickhouse-client -q 'SELECT camera_id, count() FROM sightline.events GROUP BY camera_id'
   Metrics:          curl -s http://$api/metrics ; curl -s http://127.0.0.1:8081/metrics
+  The edge agent:   curl -s http://127.0.0.1:9470/v1/status ; curl -s 'http://127.0.0.1:9470/v1/events/recent?limit=3'
+                    ls .local/edge-data/events/   (buffer.duckdb, and a folder of logs per day)
   Servers:          deploy/local/stack.sh status
   Logs:             $logs/
 

@@ -1,32 +1,59 @@
-//! Wiring and shutdown: cameras -> outbox -> publisher.
+//! Wiring and shutdown: cameras -> DuckDB buffer -> publisher, plus the local status
+//! endpoint, the status line and heartbeats.
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::buffer::worker::{self, BufferHandle, Settings};
 use crate::config::{AgentConfig, SourceConfig, Validate};
-use crate::metrics::{DropReason, Metrics};
-use crate::outbox::ChannelOutbox;
+use crate::metrics::Metrics;
 use crate::publisher::{PublishReport, Publisher};
-use crate::synthetic;
+use crate::status::{StatusState, StatusTicker};
+use crate::storage::Budget;
+use crate::{heartbeat, synthetic};
+
+/// Events per buffer read.
+const PAGE_SIZE: usize = 1024;
 
 /// Runs the agent until `shutdown` completes or every camera has finished (a synthetic
-/// camera with `max_events`), and everything queued is published or the drain timeout
-/// passes.
+/// camera with `max_events`) and the buffer has nothing left to publish.
 ///
-/// Shutdown order: stop the cameras, publish what is queued (up to `drain_timeout_secs`),
-/// flush the NATS connection. Events still unacknowledged after the drain are counted as
-/// dropped and logged at ERROR (the DuckDB buffer will keep them instead).
+/// Shutdown order: stop the cameras (every event is then either committed or counted as
+/// dropped), keep publishing the backlog for up to `drain_timeout_secs`, write the acks back,
+/// close the buffer, flush NATS. Whatever is still unpublished stays in the buffer and goes
+/// out after the next start: `unpublished` in the report counts it, and nothing is lost.
+///
+/// Fails if the buffer cannot be opened, or if the `stop` full-disk policy fired.
 pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<PublishReport> {
     config.validate()?;
+    let started = Instant::now();
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
+    let storage_stop = CancellationToken::new();
+    let settings = Settings {
+        data_dir: config.storage.data_dir.clone(),
+        budget: Budget {
+            limit_bytes: config.storage.limit_bytes(),
+            min_retention_days: config.storage.min_retention_days,
+            policy: config.storage.full_policy,
+        },
+        check_interval: Duration::from_secs(config.storage.check_interval_secs),
+        daily_logs: config.storage.daily_logs,
+    };
+    let (buffer, buffer_thread) = tokio::task::spawn_blocking({
+        let (metrics, storage_stop) = (metrics.clone(), storage_stop.clone());
+        move || worker::start(settings, metrics, storage_stop)
+    })
+    .await??;
+
     let client = sightline_runtime::connect_nats(
         &config.nats,
         &format!("sightline-edge-{}", config.edge_id),
@@ -38,7 +65,50 @@ pub async fn run(
         .max_ack_inflight(config.publisher.max_in_flight)
         .build(client.clone());
 
-    let (tx, mut outbox) = ChannelOutbox::new(config.publisher.queue_capacity);
+    let state = Arc::new(StatusState {
+        edge_id: config.edge_id.clone(),
+        cameras: config.cameras.iter().map(|c| c.id.clone()).collect(),
+        buffer: buffer.clone(),
+        metrics: metrics.clone(),
+        registry,
+        nats: client.clone(),
+        started,
+    });
+    let background = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    if config.status.enabled {
+        let addr = config.status.listen;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("status.listen: cannot listen on {addr}: {e}"))?;
+        tracing::info!(%addr, "status endpoint listening");
+        let app = crate::status::router(state.clone());
+        let stop = background.clone();
+        tasks.spawn(async move {
+            if let Err(error) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+            {
+                tracing::error!(%error, "the status endpoint failed");
+            }
+        });
+    }
+    if config.status.log_interval_secs > 0 {
+        tasks.spawn(status_lines(
+            state.clone(),
+            Duration::from_secs(config.status.log_interval_secs),
+            background.clone(),
+        ));
+    }
+    if config.heartbeat.interval_secs > 0 {
+        tasks.spawn(heartbeat::run(
+            state.clone(),
+            js.clone(),
+            Duration::from_secs(config.heartbeat.interval_secs),
+            background.clone(),
+        ));
+    }
+
     let stop_cameras = CancellationToken::new();
     let mut cameras = JoinSet::new();
     for camera in &config.cameras {
@@ -48,16 +118,16 @@ pub async fn run(
                     config.edge_id.clone(),
                     camera.id.clone(),
                     source.clone(),
-                    tx.clone(),
+                    buffer.clone(),
                     metrics.clone(),
                     stop_cameras.clone(),
                 ));
             }
         }
     }
-    drop(tx);
-    tracing::info!(edge_id = %config.edge_id, cameras = config.cameras.len(), nats = %config.nats.url, "edge agent running");
+    tracing::info!(edge_id = %config.edge_id, cameras = config.cameras.len(), nats = %config.nats.url, data_dir = %config.storage.data_dir.display(), "edge agent running");
 
+    let cameras_done = CancellationToken::new();
     let stop_publisher = CancellationToken::new();
     let publisher = Publisher::new(
         js,
@@ -67,16 +137,23 @@ pub async fn run(
     );
     let mut publishing = tokio::spawn({
         let stop = stop_publisher.clone();
+        let mut outbox = buffer.outbox(PAGE_SIZE, cameras_done.clone());
         async move {
             let report = publisher.run(&mut outbox, &stop).await;
-            (report, outbox.queued())
+            outbox.flush();
+            report
         }
     });
 
+    let mut storage_full = false;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
+            () = storage_stop.cancelled() => {
+                storage_full = true;
+                break;
+            }
             joined = cameras.join_next() => match joined {
                 None => break,
                 Some(Err(error)) => tracing::error!(%error, "a camera task failed"),
@@ -86,35 +163,90 @@ pub async fn run(
     }
     stop_cameras.cancel();
     while cameras.join_next().await.is_some() {}
+    cameras_done.cancel();
 
     let drain = Duration::from_secs(config.publisher.drain_timeout_secs);
-    let (report, queued) = match tokio::time::timeout(drain, &mut publishing).await {
+    let report = match tokio::time::timeout(drain, &mut publishing).await {
         Ok(joined) => joined?,
         Err(_) => {
             tracing::warn!(
                 timeout_secs = drain.as_secs(),
-                "drain timeout passed, stopping the publisher"
+                "drain timeout passed, stopping the publisher; the rest stays in the buffer"
             );
             stop_publisher.cancel();
             publishing.await?
         }
     };
-    let lost = report.unpublished + queued as u64;
-    if lost > 0 {
-        metrics.dropped(DropReason::Shutdown, lost);
-        tracing::error!(
-            lost,
-            "events were not acknowledged by JetStream before shutdown and are lost"
-        );
-    }
+    let unsent = close_buffer(&buffer, buffer_thread).await;
+    background.cancel();
+    while tasks.join_next().await.is_some() {}
     match tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::warn!(%error, "failed to flush NATS on shutdown"),
         Err(_) => tracing::warn!("NATS unreachable, gave up flushing on shutdown"),
     }
-    tracing::info!(published = report.published, lost, "edge agent stopped");
+    tracing::info!(
+        published = report.published,
+        unsent,
+        "edge agent stopped; unsent events stay in the buffer"
+    );
+    if storage_full {
+        anyhow::bail!(
+            "storage is full ({} GB) and storage.full_policy is stop: the agent stopped",
+            config.storage.max_storage_gb
+        );
+    }
     Ok(PublishReport {
         published: report.published,
-        unpublished: lost,
+        unpublished: unsent,
     })
+}
+
+/// Closes the buffer and returns how many events stay unsent in it.
+async fn close_buffer(buffer: &BufferHandle, thread: std::thread::JoinHandle<()>) -> u64 {
+    let unsent = buffer.status().await.map_or(0, |s| s.stats.unsent);
+    buffer.close().await;
+    if !matches!(
+        tokio::task::spawn_blocking(move || thread.join()).await,
+        Ok(Ok(()))
+    ) {
+        tracing::error!("the buffer thread panicked");
+    }
+    unsent
+}
+
+/// The status line (seed story 3.8), every `every`.
+async fn status_lines(state: Arc<StatusState>, every: Duration, stop: CancellationToken) {
+    let mut last_created = state.metrics.events_created.get();
+    let mut last = Instant::now();
+    let mut ticker = StatusTicker::new(every, stop);
+    while let Some(status) = ticker.next(&state).await {
+        let rate = (status.events_created - last_created) as f64 / last.elapsed().as_secs_f64();
+        (last_created, last) = (status.events_created, Instant::now());
+        let backlog_age = status
+            .buffer
+            .stats
+            .oldest_unsent_ms
+            .map(|ms| {
+                let now =
+                    sightline_shared::Timestamp::from_datetime(time::OffsetDateTime::now_utc());
+                format!("{}s", (now.as_millis() - ms).max(0) / 1000)
+            })
+            .unwrap_or_else(|| "-".into());
+        tracing::info!(
+            storage = %status.buffer.storage.display(),
+            backlog = status.buffer.stats.unsent,
+            backlog_age = %backlog_age,
+            events_per_second = format!("{rate:.1}"),
+            nats_connected = status.nats_connected,
+            "Storage: {}, backlog {} (oldest {}), {:.1} events/s, created {}, published {}, dropped {}",
+            status.buffer.storage.display(),
+            status.buffer.stats.unsent,
+            backlog_age,
+            rate,
+            status.events_created,
+            status.events_published,
+            status.events_dropped
+        );
+    }
 }

@@ -1,6 +1,9 @@
 //! The agent's one config file (TOML). It carries a `version` because devices lag the cloud:
 //! an agent refuses a config written for a format it does not know.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 use sightline_shared::Encoding;
 pub use sightline_shared::config::{ConfigError, Validate};
@@ -24,6 +27,15 @@ pub struct AgentConfig {
     /// How events are published.
     #[serde(default)]
     pub publisher: PublisherConfig,
+    /// The data directory and its budget.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// The local status endpoint and the periodic status line.
+    #[serde(default)]
+    pub status: StatusConfig,
+    /// Heartbeats to the cloud.
+    #[serde(default)]
+    pub heartbeat: HeartbeatConfig,
     /// The cameras on this host.
     pub cameras: Vec<CameraConfig>,
 }
@@ -39,9 +51,8 @@ pub struct PublisherConfig {
     pub max_in_flight: usize,
     /// How long to wait for one publish ack, in milliseconds.
     pub ack_timeout_ms: u64,
-    /// Events held between the cameras and the publisher; when full, cameras wait.
-    pub queue_capacity: usize,
-    /// On shutdown, how long to keep publishing what is queued, in seconds.
+    /// On shutdown, how long to keep publishing the backlog, in seconds (what is left stays
+    /// in the buffer for the next start).
     pub drain_timeout_secs: u64,
 }
 
@@ -51,9 +62,85 @@ impl Default for PublisherConfig {
             encoding: Encoding::Bincode,
             max_in_flight: 256,
             ack_timeout_ms: 5_000,
-            queue_capacity: 10_000,
             drain_timeout_secs: 10,
         }
+    }
+}
+
+/// The data directory (buffer, daily logs, snapshots) and its one storage budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Where the buffer (`buffer.duckdb`) and the day folders (`events/YYYY-MM-DD/`) live.
+    pub data_dir: PathBuf,
+    /// The budget for everything under `data_dir`, in GB (10^9 bytes). WARNING at 80 %,
+    /// rotation at 90 % down to 80 %.
+    pub max_storage_gb: f64,
+    /// Days never rotated away, counting today (today is always kept).
+    pub min_retention_days: u32,
+    /// When unpublished events alone fill the budget: `reject_new` (default), `drop_oldest`
+    /// or `stop`.
+    pub full_policy: crate::storage::FullPolicy,
+    /// How often usage is measured, in seconds (also after every 1 % of growth).
+    pub check_interval_secs: u64,
+    /// Write `events.json` and `events.log` per day.
+    pub daily_logs: bool,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("/var/lib/sightline"),
+            max_storage_gb: 4.0,
+            min_retention_days: 7,
+            full_policy: crate::storage::FullPolicy::RejectNew,
+            check_interval_secs: 10,
+            daily_logs: true,
+        }
+    }
+}
+
+impl StorageConfig {
+    /// The budget in bytes.
+    pub fn limit_bytes(&self) -> u64 {
+        (self.max_storage_gb * 1e9) as u64
+    }
+}
+
+/// The local HTTP status endpoint and the status line in the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatusConfig {
+    /// Serve the endpoint.
+    pub enabled: bool,
+    /// Address for `/healthz`, `/metrics`, `/v1/status`, `/v1/events/recent`,
+    /// `POST /v1/rotate`. Loopback by default: it has no authentication.
+    pub listen: SocketAddr,
+    /// Seconds between status lines in the log (0: none).
+    pub log_interval_secs: u64,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9470)),
+            log_interval_secs: 60,
+        }
+    }
+}
+
+/// The agent's periodic status message to the cloud.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// Seconds between heartbeats (0: none).
+    pub interval_secs: u64,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        Self { interval_secs: 30 }
     }
 }
 
@@ -135,8 +222,18 @@ impl Validate for AgentConfig {
         if p.max_in_flight == 0 || p.max_in_flight > 65_536 {
             return invalid("publisher.max_in_flight", "must be 1 to 65536");
         }
-        if p.queue_capacity == 0 {
-            return invalid("publisher.queue_capacity", "must be at least 1");
+        let st = &self.storage;
+        if st.data_dir.as_os_str().is_empty() {
+            return invalid("storage.data_dir", "must not be empty");
+        }
+        if !(st.max_storage_gb.is_finite() && st.max_storage_gb >= 0.001) {
+            return invalid("storage.max_storage_gb", "must be at least 0.001 (1 MB)");
+        }
+        if st.check_interval_secs == 0 || st.check_interval_secs > 3600 {
+            return invalid("storage.check_interval_secs", "must be 1 to 3600");
+        }
+        if st.min_retention_days > 3650 {
+            return invalid("storage.min_retention_days", "must be at most 3650");
         }
         if p.ack_timeout_ms < 100 {
             return invalid("publisher.ack_timeout_ms", "must be at least 100");
@@ -215,6 +312,14 @@ mod tests {
             (GOOD.replace("\"gate\"", "\"a.b\""), "cameras[0].id"),
             (GOOD.replace("synthetic\"", "v4l3\""), "v4l3"),
             (GOOD.replace("edge_id", "edgeid"), "edgeid"),
+            (
+                format!("{GOOD}\n[storage]\nmax_storage_gb = 0.0"),
+                "storage.max_storage_gb",
+            ),
+            (
+                format!("{GOOD}\n[storage]\nfull_policy = \"panic\""),
+                "panic",
+            ),
             (format!("{GOOD}\n[publisher]\nencoding = \"xml\""), "xml"),
             (
                 format!("{GOOD}\n[publisher]\nmax_in_flight = 0"),

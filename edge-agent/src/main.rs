@@ -30,6 +30,14 @@ enum Command {
     Run,
     /// Validate the config file and print the effective config.
     CheckConfig,
+    /// Rotate the data directory now (while the agent is stopped; a running agent takes
+    /// `POST /v1/rotate` on its status endpoint).
+    Rotate {
+        /// Rotate even below the 90 % trigger: the oldest eligible day goes, then more while
+        /// usage is above 80 %.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[tokio::main]
@@ -39,9 +47,44 @@ async fn main() -> anyhow::Result<()> {
     let config: AgentConfig = sightline_runtime::load_config(&args.config)?;
     match args.command.unwrap_or(Command::Run) {
         Command::CheckConfig => sightline_runtime::print_config(&config),
+        Command::Rotate { force } => rotate(&config, force),
         Command::Run => {
             sightline_edge_agent::run(config, sightline_runtime::shutdown_signal()).await?;
             Ok(())
         }
     }
+}
+
+/// Rotates with the agent stopped: opens the buffer directly.
+fn rotate(config: &AgentConfig, force: bool) -> anyhow::Result<()> {
+    use sightline_edge_agent::buffer::{Buffer, worker::BUFFER_FILE};
+    use sightline_edge_agent::daylog::DayLogs;
+    use sightline_edge_agent::storage::Budget;
+
+    let dir = &config.storage.data_dir;
+    let (mut buffer, _) = Buffer::open(&dir.join(BUFFER_FILE)).map_err(|e| {
+        let hint = match config.status.enabled {
+            true => format!(
+                " If the agent is running, use: curl -X POST 'http://{}/v1/rotate?force={force}'",
+                config.status.listen
+            ),
+            false => String::new(),
+        };
+        anyhow::anyhow!("{e}.{hint}")
+    })?;
+    let budget = Budget {
+        limit_bytes: config.storage.limit_bytes(),
+        min_retention_days: config.storage.min_retention_days,
+        policy: config.storage.full_policy,
+    };
+    let now = sightline_shared::Timestamp::from_datetime(time::OffsetDateTime::now_utc());
+    let rotation = budget.rotate(
+        dir,
+        &mut buffer,
+        &mut DayLogs::new(dir),
+        now.as_millis(),
+        force,
+    )?;
+    println!("{}", serde_json::to_string_pretty(&rotation)?);
+    Ok(())
 }

@@ -5,14 +5,20 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// Why an event was dropped. Every drop is also logged at ERROR.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum DropReason {
     /// The event broke the contract (a bug in a source) or could not be encoded.
     Invalid,
-    /// Shutdown's drain timeout passed before JetStream acknowledged it.
+    /// Shutdown came while a created event could not be stored (the buffer had stopped).
     Shutdown,
+    /// The storage budget was used up: refused by `reject_new` / `stop`, or deleted unsent by
+    /// `drop_oldest`.
+    StorageFull,
+    /// The buffer could not commit it (a disk error).
+    BufferError,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -29,6 +35,20 @@ pub struct Metrics {
     pub publish_errors: Counter,
     pub events_dropped: Family<DropLabel, Counter>,
     pub in_flight: Gauge,
+    pub buffer_rows: Gauge,
+    pub buffer_unsent: Gauge,
+    pub backlog_age_seconds: Gauge<f64, AtomicU64>,
+    pub buffer_recovered: Counter,
+    pub storage_used_bytes: Gauge,
+    pub storage_limit_bytes: Gauge,
+    pub rotations: Counter,
+    pub storage_warnings: Counter,
+    pub rotated_bytes: Counter,
+    pub log_write_errors: Counter,
+    pub heartbeats_sent: Counter,
+    pub heartbeat_errors: Counter,
+    /// All drops, whatever the reason (not exported: the family sums to it).
+    dropped_sum: Counter,
 }
 
 impl Metrics {
@@ -66,6 +86,66 @@ impl Metrics {
             "Publishes awaiting their ack",
             metrics.in_flight.clone(),
         );
+        r.register(
+            "buffer_rows",
+            "Events in the DuckDB buffer, sent or not",
+            metrics.buffer_rows.clone(),
+        );
+        r.register(
+            "buffer_unsent",
+            "Events in the buffer not yet acknowledged by JetStream (the backlog)",
+            metrics.buffer_unsent.clone(),
+        );
+        r.register(
+            "backlog_age_seconds",
+            "Age of the oldest unsent event (0 when none)",
+            metrics.backlog_age_seconds.clone(),
+        );
+        r.register(
+            "buffer_recovered",
+            "Times an unreadable buffer file was moved aside and a fresh one started",
+            metrics.buffer_recovered.clone(),
+        );
+        r.register(
+            "storage_used_bytes",
+            "Bytes used in the data directory (buffer, logs, snapshots)",
+            metrics.storage_used_bytes.clone(),
+        );
+        r.register(
+            "storage_limit_bytes",
+            "The storage budget (max_storage_gb)",
+            metrics.storage_limit_bytes.clone(),
+        );
+        r.register(
+            "storage_warnings",
+            "Times usage crossed 80 % of the budget",
+            metrics.storage_warnings.clone(),
+        );
+        r.register(
+            "rotations",
+            "Rotations that deleted at least one day",
+            metrics.rotations.clone(),
+        );
+        r.register(
+            "rotated_bytes",
+            "Bytes given back to the disk by rotation",
+            metrics.rotated_bytes.clone(),
+        );
+        r.register(
+            "log_write_errors",
+            "Failed writes to the daily log files (the events are still in the buffer)",
+            metrics.log_write_errors.clone(),
+        );
+        r.register(
+            "heartbeats_sent",
+            "Heartbeats published",
+            metrics.heartbeats_sent.clone(),
+        );
+        r.register(
+            "heartbeat_errors",
+            "Heartbeats that could not be published",
+            metrics.heartbeat_errors.clone(),
+        );
         metrics
     }
 
@@ -74,5 +154,11 @@ impl Metrics {
         self.events_dropped
             .get_or_create(&DropLabel { reason })
             .inc_by(count);
+        self.dropped_sum.inc_by(count);
+    }
+
+    /// Events dropped so far, for any reason.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_sum.get()
     }
 }

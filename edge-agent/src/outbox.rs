@@ -1,13 +1,21 @@
 //! Where the publisher takes events from, and tells when each is safely in JetStream.
 //!
-//! Today the outbox is a bounded channel from the cameras ([`ChannelOutbox`]): when it is
-//! full, cameras wait (backpressure, nothing dropped). The DuckDB buffer will implement the
-//! same trait: `next` reads the oldest unsent row, `confirm` marks it sent.
+//! The agent's outbox is the DuckDB buffer ([`crate::buffer::worker::BufferOutbox`]): `next`
+//! reads unsent rows, `confirm` marks them sent. [`ChannelOutbox`] publishes a fixed set of
+//! events from memory (tools and tests that drive the publisher directly).
 
 use std::future::Future;
 
-use sightline_shared::{DetectionEvent, EventId};
+use sightline_shared::DetectionEvent;
 use tokio::sync::mpsc;
+
+/// An event to publish and its position in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    /// The outbox's key for [`Outbox::confirm`].
+    pub seq: u64,
+    pub event: DetectionEvent,
+}
 
 /// A source of events to publish.
 pub trait Outbox: Send {
@@ -15,10 +23,10 @@ pub trait Outbox: Send {
     ///
     /// Must be cancel-safe: the publisher polls it inside `select!`, and a dropped call must
     /// not lose an event.
-    fn next(&mut self) -> impl Future<Output = Option<DetectionEvent>> + Send;
+    fn next(&mut self) -> impl Future<Output = Option<Outgoing>> + Send;
 
     /// JetStream has acknowledged the event; it may be forgotten (or marked sent).
-    fn confirm(&mut self, id: EventId) -> impl Future<Output = ()> + Send;
+    fn confirm(&mut self, seq: u64) -> impl Future<Output = ()> + Send;
 }
 
 /// An outbox over a bounded in-memory channel.
@@ -41,11 +49,12 @@ impl ChannelOutbox {
 }
 
 impl Outbox for ChannelOutbox {
-    fn next(&mut self) -> impl Future<Output = Option<DetectionEvent>> + Send {
-        self.rx.recv()
+    async fn next(&mut self) -> Option<Outgoing> {
+        let event = self.rx.recv().await?;
+        Some(Outgoing { seq: 0, event })
     }
 
-    fn confirm(&mut self, _id: EventId) -> impl Future<Output = ()> + Send {
+    fn confirm(&mut self, _seq: u64) -> impl Future<Output = ()> + Send {
         std::future::ready(())
     }
 }

@@ -24,17 +24,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{DropReason, Metrics};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, Outgoing};
 
 type AckFuture = Pin<
-    Box<
-        dyn Future<
-                Output = (
-                    DetectionEvent,
-                    Result<jetstream::publish::PublishAck, String>,
-                ),
-            > + Send,
-    >,
+    Box<dyn Future<Output = (Outgoing, Result<jetstream::publish::PublishAck, String>)> + Send>,
 >;
 
 /// What a publisher run ended with.
@@ -75,7 +68,7 @@ impl Publisher {
     pub async fn run<O: Outbox>(&self, outbox: &mut O, stop: &CancellationToken) -> PublishReport {
         let content_type = ContentType::current(self.encoding).to_string();
         let mut in_flight: FuturesUnordered<AckFuture> = FuturesUnordered::new();
-        let mut retry: VecDeque<DetectionEvent> = VecDeque::new();
+        let mut retry: VecDeque<Outgoing> = VecDeque::new();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         let mut paused_until: Option<Instant> = None;
         let mut outbox_open = true;
@@ -92,7 +85,7 @@ impl Publisher {
                     report.unpublished = (in_flight.len() + retry.len()) as u64;
                     break;
                 }
-                Some((event, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                Some((outgoing, result)) = in_flight.next(), if !in_flight.is_empty() => {
                     self.metrics.in_flight.set(in_flight.len() as i64);
                     match result {
                         Ok(ack) => {
@@ -100,35 +93,40 @@ impl Publisher {
                                 self.metrics.events_duplicate.inc();
                             }
                             backoff.reset();
-                            outbox.confirm(event.event_id).await;
+                            outbox.confirm(outgoing.seq).await;
                             self.metrics.events_published.inc();
                             report.published += 1;
                         }
-                        Err(error) => self.failed(event, &error, &mut retry, &mut backoff, &mut paused_until),
+                        Err(error) => self.failed(outgoing, &error, &mut retry, &mut backoff, &mut paused_until),
                     }
                 }
                 () = tokio::time::sleep_until(resume_at), if paused_until.is_some() => paused_until = None,
                 next = next_event(&mut retry, outbox), if window_open && (outbox_open || !retry.is_empty()) => {
-                    let Some(event) = next else {
+                    let Some(outgoing) = next else {
                         outbox_open = false;
                         continue;
                     };
-                    let Some(payload) = self.encode(&event) else { continue };
-                    let subject = subjects::event_subject(&event.edge_id, &event.camera_id);
+                    let Some(payload) = self.encode(&outgoing.event) else {
+                        // Never publishable: confirm it so a durable outbox does not offer
+                        // it again (it was counted and logged as dropped).
+                        outbox.confirm(outgoing.seq).await;
+                        continue;
+                    };
+                    let subject = subjects::event_subject(&outgoing.event.edge_id, &outgoing.event.camera_id);
                     let message = PublishMessage::build()
                         .payload(payload.into())
-                        .message_id(event.event_id.to_string())
+                        .message_id(outgoing.event.event_id.to_string())
                         .header(codec::CONTENT_TYPE_HEADER, content_type.as_str());
                     match self.js.send_publish(subject, message).await {
                         Ok(ack) => {
                             in_flight.push(Box::pin(async move {
                                 let result = ack.await.map_err(|e| e.to_string());
-                                (event, result)
+                                (outgoing, result)
                             }));
                             self.metrics.in_flight.set(in_flight.len() as i64);
                         }
                         Err(error) => {
-                            self.failed(event, &error.to_string(), &mut retry, &mut backoff, &mut paused_until);
+                            self.failed(outgoing, &error.to_string(), &mut retry, &mut backoff, &mut paused_until);
                         }
                     }
                 }
@@ -139,16 +137,16 @@ impl Publisher {
 
     fn failed(
         &self,
-        event: DetectionEvent,
+        outgoing: Outgoing,
         error: &str,
-        retry: &mut VecDeque<DetectionEvent>,
+        retry: &mut VecDeque<Outgoing>,
         backoff: &mut Backoff,
         paused_until: &mut Option<Instant>,
     ) {
         self.metrics.publish_errors.inc();
         let delay = backoff.next_delay(rand::random());
-        tracing::warn!(event_id = %event.event_id, error, retry_in_ms = delay.as_millis() as u64, "publish failed, will retry");
-        retry.push_back(event);
+        tracing::warn!(event_id = %outgoing.event.event_id, error, retry_in_ms = delay.as_millis() as u64, "publish failed, will retry");
+        retry.push_back(outgoing);
         *paused_until = Some(Instant::now() + delay);
     }
 
@@ -172,10 +170,7 @@ impl Publisher {
 }
 
 /// Retries first, then new events. Cancel-safe as long as the outbox's `next` is.
-async fn next_event<O: Outbox>(
-    retry: &mut VecDeque<DetectionEvent>,
-    outbox: &mut O,
-) -> Option<DetectionEvent> {
+async fn next_event<O: Outbox>(retry: &mut VecDeque<Outgoing>, outbox: &mut O) -> Option<Outgoing> {
     match retry.pop_front() {
         Some(event) => Some(event),
         None => outbox.next().await,

@@ -8,20 +8,21 @@ use rand::Rng;
 use sightline_shared::{
     BoundingBox, Detection, DetectionEvent, EventId, ModelInfo, SCHEMA_VERSION, Timestamp,
 };
-use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use crate::buffer::worker::BufferHandle;
 use crate::config::SyntheticConfig;
-use crate::metrics::{DropReason, Metrics};
+use crate::metrics::Metrics;
 
-/// Emits events for one camera until `stop` fires, `max_events` is reached, or the outbox
-/// is gone. A full outbox makes it wait (and fall behind its rate) rather than drop.
+/// Emits events for one camera until `stop` fires or `max_events` is reached. Each event
+/// counts as created once the buffer has committed it; one the buffer refuses (storage full,
+/// a disk error) is counted as dropped and logged at ERROR.
 pub async fn run(
     edge_id: String,
     camera_id: String,
     config: SyntheticConfig,
-    tx: mpsc::Sender<DetectionEvent>,
+    buffer: BufferHandle,
     metrics: Metrics,
     stop: CancellationToken,
 ) {
@@ -47,19 +48,17 @@ pub async fn run(
             &mut rand::rng(),
         );
         frame_seq += 1;
-        metrics.events_created.inc();
-        tokio::select! {
-            () = stop.cancelled() => {
-                // Created but never queued: the outbox was full when shutdown came.
-                metrics.dropped(DropReason::Shutdown, 1);
-                tracing::error!(camera = %camera_id, "dropping an event created during shutdown with the outbox full");
-                break;
+        let event_id = event.event_id;
+        // Not raced against `stop`: an append in progress completes (it is quick), so an
+        // event is either committed or counted as dropped, never in between.
+        match buffer.append(event).await {
+            Ok(_) => {
+                metrics.events_created.inc();
             }
-            sent = tx.send(event) => if sent.is_err() {
-                metrics.dropped(DropReason::Shutdown, 1);
-                tracing::error!(camera = %camera_id, "dropping an event: the publisher has stopped");
-                break;
-            },
+            Err(error) => {
+                metrics.dropped(error.drop_reason(), 1);
+                tracing::error!(camera = %camera_id, %event_id, %error, "dropping a new event");
+            }
         }
     }
 }

@@ -26,36 +26,44 @@ pub fn events_stream_config(config: &IngestConfig) -> stream::Config {
     }
 }
 
-/// Creates or updates both streams and returns the durable pull consumer.
+/// Creates or updates the events, dead-letter and heartbeat streams and returns the durable
+/// pull consumer of events.
 pub async fn declare(
     js: &jetstream::Context,
     config: &IngestConfig,
 ) -> anyhow::Result<consumer::PullConsumer> {
-    js.create_or_update_stream(events_stream_config(config))
-        .await
-        .with_context(|| {
-            format!(
-                "failed to create or update stream {}",
-                subjects::EVENTS_STREAM
-            )
-        })?;
-    js.create_or_update_stream(stream::Config {
-        name: subjects::DEADLETTER_STREAM.into(),
-        description: Some("Messages Sightline ingest could not store, with the reason".into()),
-        subjects: vec![subjects::DEADLETTER_SUBJECTS.into()],
-        storage: stream::StorageType::File,
-        max_age: Duration::from_secs(config.stream.deadletter_max_age_days * 86_400),
-        duplicate_window: Duration::from_secs(config.stream.duplicate_window_secs),
-        num_replicas: config.stream.replicas,
-        ..Default::default()
-    })
-    .await
-    .with_context(|| {
-        format!(
-            "failed to create or update stream {}",
-            subjects::DEADLETTER_STREAM
-        )
-    })?;
+    let replicas = config.stream.replicas;
+    let duplicate_window = Duration::from_secs(config.stream.duplicate_window_secs);
+    let streams = [
+        events_stream_config(config),
+        stream::Config {
+            name: subjects::DEADLETTER_STREAM.into(),
+            description: Some("Messages Sightline ingest could not store, with the reason".into()),
+            subjects: vec![subjects::DEADLETTER_SUBJECTS.into()],
+            storage: stream::StorageType::File,
+            max_age: Duration::from_secs(config.stream.deadletter_max_age_days * 86_400),
+            duplicate_window,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        // Heartbeats are status snapshots: kept as long as events, oldest dropped first.
+        stream::Config {
+            name: subjects::HEARTBEATS_STREAM.into(),
+            description: Some("Sightline edge agents' heartbeats".into()),
+            subjects: vec![subjects::HEARTBEATS_SUBJECTS.into()],
+            storage: stream::StorageType::File,
+            max_age: Duration::from_secs(config.stream.max_age_hours * 3600),
+            duplicate_window,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    ];
+    for stream in streams {
+        let name = stream.name.clone();
+        js.create_or_update_stream(stream)
+            .await
+            .with_context(|| format!("failed to create or update stream {name}"))?;
+    }
     let stream = js.get_stream(subjects::EVENTS_STREAM).await?;
     let name = &config.consumer.durable_name;
     let consumer_config = consumer::pull::Config {

@@ -4,6 +4,7 @@
 //! * [`validate`]: the rules an event must satisfy before anyone stores it.
 //! * [`codec`]: the versioned wire format (bincode by default, JSON as the alternative),
 //!   selected by a `Content-Type` header that also names the schema version.
+//! * [`heartbeat`]: the edge agent's periodic status message (JSON).
 //! * [`subjects`]: NATS subject and JetStream stream names.
 //! * [`config`]: the config error and validation trait, TOML parsing, and the connection
 //!   sections that more than one service reads from its config file.
@@ -16,6 +17,7 @@ pub mod backoff;
 pub mod codec;
 pub mod config;
 pub mod event;
+pub mod heartbeat;
 pub mod subjects;
 pub mod timestamp;
 pub mod validate;

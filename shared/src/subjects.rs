@@ -27,6 +27,18 @@ pub const DEADLETTER_SUBJECT_HEADER: &str = "Sightline-Original-Subject";
 /// Header on a dead letter: the stream sequence of the original message.
 pub const DEADLETTER_SEQUENCE_HEADER: &str = "Sightline-Original-Sequence";
 
+/// The JetStream stream that keeps edge heartbeats (short retention: they are status, not
+/// history; ingest copies them into ClickHouse's `edge_heartbeats`).
+pub const HEARTBEATS_STREAM: &str = "SIGHTLINE_HEARTBEATS";
+/// The subjects of [`HEARTBEATS_STREAM`].
+pub const HEARTBEATS_SUBJECTS: &str = "sightline.heartbeats.>";
+
+/// The subject an edge publishes its heartbeats on.
+pub fn heartbeat_subject(edge_id: &str) -> String {
+    debug_assert!(is_identifier(edge_id));
+    format!("{ROOT}.heartbeats.{edge_id}")
+}
+
 /// Longest subject Sightline publishes to or accepts from a caller.
 pub const MAX_SUBJECT_LEN: usize = 255;
 

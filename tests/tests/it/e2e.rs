@@ -97,6 +97,7 @@ async fn every_event_arrives_exactly_once_with_all_fields() -> anyhow::Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_agent_with_a_synthetic_camera_reaches_the_api() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
+    let data = tempfile::tempdir()?;
     let config: AgentConfig = sightline_shared::config::parse(
         &format!(
             r#"
@@ -104,6 +105,10 @@ async fn edge_agent_with_a_synthetic_camera_reaches_the_api() -> anyhow::Result<
         edge_id = "edge-synth"
         [nats]
         url = "{}"
+        [storage]
+        data_dir = "{}"
+        [status]
+        enabled = false
         [[cameras]]
         id = "lobby"
         source = {{ kind = "synthetic", events_per_second = 200.0, max_events = 40 }}
@@ -111,12 +116,25 @@ async fn edge_agent_with_a_synthetic_camera_reaches_the_api() -> anyhow::Result<
         id = "yard"
         source = {{ kind = "synthetic", events_per_second = 200.0, max_events = 25, labels = ["cat"] }}
         "#,
-            stack.nats.url()
+            stack.nats.url(),
+            data.path().display()
         ),
         "edge-agent.toml",
     )?;
     let report = sightline_edge_agent::run(config, std::future::pending()).await?;
     assert_eq!((report.published, report.unpublished), (65, 0));
+    // The day logs hold every event: one JSON line and one text record each.
+    let (mut json, mut text) = (0, 0);
+    for day in std::fs::read_dir(data.path().join(sightline_edge_agent::daylog::EVENTS_DIR))? {
+        let day = day?.path();
+        json += std::fs::read_to_string(day.join("events.json"))?
+            .lines()
+            .count();
+        text += std::fs::read_to_string(day.join("events.log"))?
+            .matches("] EVENT: ")
+            .count();
+    }
+    assert_eq!((json, text), (65, 65));
     let lobby = stack.wait_for_events("camera=lobby&limit=100", 40).await?;
     let yard = stack.wait_for_events("camera=yard&limit=100", 25).await?;
     assert_eq!((lobby.len(), yard.len()), (40, 25));

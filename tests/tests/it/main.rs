@@ -4,6 +4,7 @@
 mod api;
 mod deadletter;
 mod e2e;
+mod edge;
 mod faults;
 mod query;
 mod schema;

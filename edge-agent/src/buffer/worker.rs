@@ -1,0 +1,594 @@
+//! The buffer's own OS thread: it owns the DuckDB connection, the daily logs and the storage
+//! budget, so no DuckDB call or file walk ever runs on the async runtime.
+//!
+//! Cameras [`BufferHandle::append`] and wait until their event is committed (appends that
+//! arrive together share one transaction: group commit). The publisher reads through a
+//! [`BufferOutbox`]. Status, recent events and rotation are requests on the same queue.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use sightline_shared::{DetectionEvent, Timestamp};
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{Buffer, BufferError, BufferStats, Opened, Stored};
+use crate::daylog::DayLogs;
+use crate::metrics::{DropReason, Metrics};
+use crate::outbox::{Outbox, Outgoing};
+use crate::storage::{self, Budget, FullPolicy, Rotation, Usage};
+
+/// Most appends committed in one transaction.
+const MAX_GROUP: usize = 4096;
+/// Acks are written back in groups of this many, or after [`ACK_FLUSH`].
+const ACK_GROUP: usize = 1024;
+const ACK_FLUSH: Duration = Duration::from_millis(200);
+/// The file name of the buffer inside the data directory.
+pub const BUFFER_FILE: &str = "buffer.duckdb";
+
+/// How the worker is set up.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub budget: Budget,
+    pub check_interval: Duration,
+    pub daily_logs: bool,
+}
+
+/// Why an event was not stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    #[error("storage is full and the full-disk policy is reject_new")]
+    Full,
+    #[error("storage is full and the full-disk policy is stop: the agent is stopping")]
+    Stopped,
+    #[error("the event is invalid: {0}")]
+    Invalid(String),
+    #[error("the buffer failed: {0}")]
+    Failed(String),
+}
+
+impl AppendError {
+    /// The drop reason to count this under.
+    pub fn drop_reason(&self) -> DropReason {
+        match self {
+            Self::Full | Self::Stopped => DropReason::StorageFull,
+            Self::Invalid(_) => DropReason::Invalid,
+            Self::Failed(_) => DropReason::BufferError,
+        }
+    }
+}
+
+/// The buffer's state for `/v1/status` and heartbeats.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct BufferStatus {
+    pub path: PathBuf,
+    #[serde(flatten)]
+    pub stats: BufferStats,
+    pub file_bytes: u64,
+    pub storage: Usage,
+    /// The budget is used up and the policy refuses new events.
+    pub full: bool,
+    pub policy: FullPolicy,
+}
+
+/// An event in the buffer, for the local status endpoint.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RecentEvent {
+    pub seq: u64,
+    pub sent: bool,
+    pub event: DetectionEvent,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, String>>;
+/// A page request in flight, and whether the cameras had finished when it was sent.
+type PendingPage = (oneshot::Receiver<Result<Vec<Stored>, String>>, bool);
+
+enum Command {
+    Append(
+        Box<DetectionEvent>,
+        oneshot::Sender<Result<u64, AppendError>>,
+    ),
+    Page(usize, Reply<Vec<Stored>>),
+    Sent(Vec<u64>),
+    Status(Reply<BufferStatus>),
+    Recent(usize, Reply<Vec<RecentEvent>>),
+    Rotate(bool, Reply<Rotation>),
+    Close(oneshot::Sender<()>),
+}
+
+/// The async side of the buffer. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct BufferHandle {
+    tx: std_mpsc::Sender<Command>,
+    committed: watch::Receiver<u64>,
+}
+
+/// Opens the buffer in `settings.data_dir` and starts its thread. Blocking (it opens the
+/// database and runs migrations): call it from `spawn_blocking` or before the runtime is busy.
+///
+/// `storage_stop` is cancelled when the `stop` full-disk policy fires.
+pub fn start(
+    settings: Settings,
+    metrics: Metrics,
+    storage_stop: CancellationToken,
+) -> Result<(BufferHandle, std::thread::JoinHandle<()>), BufferError> {
+    let path = settings.data_dir.join(BUFFER_FILE);
+    let (buffer, opened) = Buffer::open(&path)?;
+    if let Opened::MovedAside(_) = opened {
+        metrics.buffer_recovered.inc();
+    }
+    let (tx, rx) = std_mpsc::channel();
+    let (committed_tx, committed) = watch::channel(0);
+    let logs = DayLogs::new(&settings.data_dir);
+    let mut worker = Worker {
+        buffer,
+        logs,
+        settings,
+        metrics,
+        storage_stop,
+        committed: committed_tx,
+        full: false,
+        warned: false,
+        usage: Usage::default(),
+        bytes_since_check: 0,
+    };
+    // A failure is logged inside; the next check tries again.
+    let _ = worker.check(false);
+    let thread = std::thread::Builder::new()
+        .name("sightline-buffer".into())
+        .spawn(move || worker.run(&rx))
+        .map_err(|e| BufferError::Other {
+            path,
+            message: format!("cannot start the buffer thread: {e}"),
+        })?;
+    Ok((BufferHandle { tx, committed }, thread))
+}
+
+impl BufferHandle {
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .map_err(|_| "the buffer is closed".to_owned())?;
+        rx.await.map_err(|_| "the buffer is closed".to_owned())?
+    }
+
+    /// Validates and commits one event; returns its seq once it is durable.
+    pub async fn append(&self, event: DetectionEvent) -> Result<u64, AppendError> {
+        let now = Timestamp::from_datetime(time::OffsetDateTime::now_utc());
+        event
+            .validate(now)
+            .map_err(|e| AppendError::Invalid(e.to_string()))?;
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Append(Box::new(event), reply))
+            .map_err(|_| AppendError::Failed("the buffer is closed".into()))?;
+        rx.await
+            .map_err(|_| AppendError::Failed("the buffer is closed".into()))?
+    }
+
+    pub async fn status(&self) -> Result<BufferStatus, String> {
+        self.ask(Command::Status).await
+    }
+
+    /// The newest `limit` events, newest first.
+    pub async fn recent(&self, limit: usize) -> Result<Vec<RecentEvent>, String> {
+        self.ask(|reply| Command::Recent(limit, reply)).await
+    }
+
+    /// Rotates now: at 90 % or above, or with `force` below it (see [`Budget::rotate`]).
+    pub async fn rotate(&self, force: bool) -> Result<Rotation, String> {
+        self.ask(|reply| Command::Rotate(force, reply)).await
+    }
+
+    /// Writes back outstanding state and stops the thread.
+    pub async fn close(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Close(reply)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// An outbox over the buffer for the publisher. It ends (returns `None`) once `closed`
+    /// is cancelled and nothing unsent is left.
+    pub fn outbox(&self, page_size: usize, closed: CancellationToken) -> BufferOutbox {
+        BufferOutbox {
+            handle: self.clone(),
+            page_size,
+            page: VecDeque::new(),
+            pending: None,
+            acks: Vec::new(),
+            last_flush: Instant::now(),
+            closed,
+            committed: self.committed.clone(),
+        }
+    }
+}
+
+/// The publisher's view of the buffer.
+#[derive(Debug)]
+pub struct BufferOutbox {
+    handle: BufferHandle,
+    page_size: usize,
+    page: VecDeque<Stored>,
+    /// A page request in flight, kept here so a cancelled `next` loses nothing.
+    pending: Option<PendingPage>,
+    acks: Vec<u64>,
+    last_flush: Instant,
+    closed: CancellationToken,
+    committed: watch::Receiver<u64>,
+}
+
+impl BufferOutbox {
+    /// Writes the collected acks back to the buffer.
+    pub fn flush(&mut self) {
+        if !self.acks.is_empty() {
+            let acks = std::mem::take(&mut self.acks);
+            let _ = self.handle.tx.send(Command::Sent(acks));
+        }
+        self.last_flush = Instant::now();
+    }
+
+    async fn next_stored(&mut self) -> Option<Stored> {
+        loop {
+            if let Some(stored) = self.page.pop_front() {
+                return Some(stored);
+            }
+            if self.pending.is_none() {
+                self.flush();
+                // Whether the cameras had finished before this read: then an empty page
+                // means the outbox is done.
+                let closed = self.closed.is_cancelled();
+                // Commits after this point wake the wait below.
+                self.committed.mark_unchanged();
+                let (reply, rx) = oneshot::channel();
+                if self
+                    .handle
+                    .tx
+                    .send(Command::Page(self.page_size, reply))
+                    .is_err()
+                {
+                    return None;
+                }
+                self.pending = Some((rx, closed));
+            }
+            let (rx, closed) = self.pending.as_mut().expect("set above");
+            let result = rx.await;
+            let closed = *closed;
+            self.pending = None;
+            match result {
+                Ok(Ok(rows)) if !rows.is_empty() => self.page.extend(rows),
+                Ok(Ok(_)) if closed => return None,
+                Ok(Ok(_)) => {
+                    // Nothing unsent: wait for the next commit (or the end, or a slow tick
+                    // as a safety net).
+                    tokio::select! {
+                        _ = self.committed.changed() => {}
+                        () = self.closed.cancelled() => {}
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "reading the buffer failed; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+impl Outbox for BufferOutbox {
+    async fn next(&mut self) -> Option<Outgoing> {
+        self.next_stored().await.map(|s| Outgoing {
+            seq: s.seq,
+            event: s.event,
+        })
+    }
+
+    async fn confirm(&mut self, seq: u64) {
+        self.acks.push(seq);
+        if self.acks.len() >= ACK_GROUP || self.last_flush.elapsed() >= ACK_FLUSH {
+            self.flush();
+        }
+    }
+}
+
+struct Worker {
+    buffer: Buffer,
+    logs: DayLogs,
+    settings: Settings,
+    metrics: Metrics,
+    storage_stop: CancellationToken,
+    committed: watch::Sender<u64>,
+    full: bool,
+    warned: bool,
+    usage: Usage,
+    bytes_since_check: u64,
+}
+
+fn now_ms() -> i64 {
+    Timestamp::from_datetime(time::OffsetDateTime::now_utc()).as_millis()
+}
+
+impl Worker {
+    fn run(mut self, rx: &std_mpsc::Receiver<Command>) {
+        let mut next_check = Instant::now() + self.settings.check_interval;
+        loop {
+            let wait = next_check.saturating_duration_since(Instant::now());
+            let first = match rx.recv_timeout(wait) {
+                Ok(command) => Some(command),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            let mut commands: Vec<Command> = first.into_iter().collect();
+            while commands.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(command) => commands.push(command),
+                    Err(_) => break,
+                }
+            }
+            let mut appends = Vec::new();
+            let mut close = None;
+            let mut others = Vec::new();
+            for command in commands {
+                match command {
+                    Command::Append(event, reply) => appends.push((*event, reply)),
+                    Command::Close(reply) => close = Some(reply),
+                    other => others.push(other),
+                }
+            }
+            self.append(appends);
+            for command in others {
+                self.handle(command);
+            }
+            let growth_trigger = self.settings.budget.limit_bytes / 100;
+            if let Some(reply) = close {
+                self.finish();
+                let _ = reply.send(());
+                return;
+            }
+            if Instant::now() >= next_check || self.bytes_since_check >= growth_trigger {
+                let _ = self.check(false);
+                next_check = Instant::now() + self.settings.check_interval;
+            }
+        }
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        self.logs.close();
+        if let Err(error) = self.buffer.checkpoint() {
+            tracing::warn!(%error, "checkpoint on close failed (the WAL replays on the next start)");
+        }
+    }
+
+    fn append(
+        &mut self,
+        appends: Vec<(DetectionEvent, oneshot::Sender<Result<u64, AppendError>>)>,
+    ) {
+        if appends.is_empty() {
+            return;
+        }
+        if self.full {
+            let error = match self.settings.budget.policy {
+                FullPolicy::Stop => AppendError::Stopped,
+                FullPolicy::RejectNew | FullPolicy::DropOldest => AppendError::Full,
+            };
+            for (event, reply) in appends {
+                tracing::error!(event_id = %event.event_id, camera = %event.camera_id, storage = %self.usage.display(), "dropping a new event: {error}");
+                let _ = reply.send(Err(error.clone()));
+            }
+            return;
+        }
+        let (events, replies): (Vec<_>, Vec<_>) = appends.into_iter().unzip();
+        let now = now_ms();
+        let outcome = match self.buffer.append(&events, now) {
+            Err(BufferError::Encode { .. }) if events.len() > 1 => {
+                // One bad event must not fail the others: store them one by one.
+                events
+                    .iter()
+                    .map(|e| {
+                        self.buffer
+                            .append(std::slice::from_ref(e), now)
+                            .map(|s| s[0])
+                    })
+                    .collect::<Vec<_>>()
+            }
+            Err(error) => events.iter().map(|_| Err(clone_error(&error))).collect(),
+            Ok(seqs) => seqs.into_iter().map(Ok).collect(),
+        };
+        let mut last = None;
+        for ((event, reply), result) in events.iter().zip(replies).zip(outcome) {
+            match result {
+                Ok(seq) => {
+                    last = Some(seq);
+                    // Roughly what one event adds: its row, its JSON line and its text record.
+                    self.bytes_since_check += 1024;
+                    if self.settings.daily_logs
+                        && let Err(error) = self.logs.write(event)
+                    {
+                        self.metrics.log_write_errors.inc();
+                        tracing::error!(event_id = %event.event_id, %error, "writing the daily log failed (the event is in the buffer)");
+                    }
+                    let _ = reply.send(Ok(seq));
+                }
+                Err(error) => {
+                    tracing::error!(event_id = %event.event_id, camera = %event.camera_id, %error, "the buffer could not store an event");
+                    let error = match error {
+                        BufferError::Encode { reason, .. } => AppendError::Invalid(reason),
+                        other => AppendError::Failed(other.to_string()),
+                    };
+                    let _ = reply.send(Err(error));
+                }
+            }
+        }
+        if let Some(seq) = last {
+            self.committed.send_replace(seq);
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Page(limit, reply) => {
+                let page = self.buffer.next_page(limit).map_err(|e| e.to_string());
+                let undecodable = self.buffer.take_undecodable();
+                if undecodable > 0 {
+                    self.metrics.dropped(DropReason::Invalid, undecodable);
+                }
+                let _ = reply.send(page);
+            }
+            Command::Sent(seqs) => {
+                if let Err(error) = self.buffer.mark_sent(&seqs, now_ms()) {
+                    // The events stay unsent and are published again after a restart;
+                    // downstream deduplication absorbs the repeat.
+                    tracing::error!(%error, events = seqs.len(), "marking events sent failed");
+                }
+            }
+            Command::Status(reply) => {
+                let status = self.buffer.stats().map(|stats| BufferStatus {
+                    path: self.buffer.path().to_owned(),
+                    stats,
+                    file_bytes: self.buffer.file_bytes(),
+                    storage: self.usage,
+                    full: self.full,
+                    policy: self.settings.budget.policy,
+                });
+                let _ = reply.send(status.map_err(|e| e.to_string()));
+            }
+            Command::Recent(limit, reply) => {
+                let recent = self.buffer.recent(limit).map(|rows| {
+                    rows.into_iter()
+                        .map(|(s, sent)| RecentEvent {
+                            seq: s.seq,
+                            sent,
+                            event: s.event,
+                        })
+                        .collect()
+                });
+                let _ = reply.send(recent.map_err(|e| e.to_string()));
+            }
+            Command::Rotate(force, reply) => {
+                let _ = reply.send(self.check(force).map_err(|e| e.to_string()));
+            }
+            Command::Append(..) | Command::Close(_) => unreachable!("handled in run"),
+        }
+    }
+
+    /// Measures, warns, rotates, and applies the full-disk policy; updates the gauges.
+    fn check(&mut self, force: bool) -> Result<Rotation, BufferError> {
+        self.bytes_since_check = 0;
+        let budget = self.settings.budget.clone();
+        let dir = self.settings.data_dir.clone();
+        let rotation = budget.rotate(&dir, &mut self.buffer, &mut self.logs, now_ms(), force);
+        let rotation = match rotation {
+            Ok(rotation) => rotation,
+            Err(error) => {
+                tracing::error!(%error, "storage rotation failed");
+                return Err(error);
+            }
+        };
+        if !rotation.days.is_empty() {
+            self.metrics.rotations.inc();
+            self.metrics.rotated_bytes.inc_by(
+                rotation
+                    .before
+                    .used_bytes
+                    .saturating_sub(rotation.after.used_bytes),
+            );
+        }
+        let mut usage = rotation.after;
+        if usage.percent() >= 100.0 && budget.policy == FullPolicy::DropOldest {
+            usage = self.drop_oldest(usage);
+        }
+        self.usage = usage;
+        let percent = usage.percent();
+        if percent >= 100.0 {
+            if !self.full {
+                tracing::error!(storage = %usage.display(), policy = ?budget.policy, "Storage limit exceeded: {}", usage.display());
+            }
+            // With drop_oldest, still full here means nothing unsent was left to drop (the
+            // rest is today's logs and snapshots): new events are refused until rotation
+            // can free space.
+            self.full = true;
+            if budget.policy == FullPolicy::Stop {
+                self.storage_stop.cancel();
+            }
+        } else {
+            self.full = false;
+        }
+        if percent >= storage::WARN_PERCENT {
+            if !self.warned {
+                self.metrics.storage_warnings.inc();
+                tracing::warn!(storage = %usage.display(), "Storage at {}, approaching limit", usage.display());
+            }
+            self.warned = true;
+        } else {
+            self.warned = false;
+        }
+        self.update_gauges();
+        Ok(rotation)
+    }
+
+    /// The `drop_oldest` policy: deletes the oldest unsent events until usage is down to
+    /// [`storage::DROP_TARGET_PERCENT`], logging and counting each.
+    fn drop_oldest(&mut self, mut usage: Usage) -> Usage {
+        let target = (usage.limit_bytes as f64 * storage::DROP_TARGET_PERCENT / 100.0) as u64;
+        // Only the buffer can shrink here (today's logs and snapshots are never rotated):
+        // if everything else alone is over the target, dropping events would not help.
+        let others = usage.used_bytes.saturating_sub(self.buffer.file_bytes());
+        if others >= target {
+            tracing::error!(storage = %usage.display(), "storage is full of today's logs and snapshots; dropping unsent events cannot help, refusing new events instead");
+            return usage;
+        }
+        for _ in 0..8 {
+            if usage.used_bytes <= target {
+                break;
+            }
+            let rows = self.buffer.stats().map_or(0, |s| s.rows).max(1);
+            let per_row = (self.buffer.file_bytes() / rows).max(1);
+            let count = (usage.used_bytes - target).div_ceil(per_row).max(1);
+            match self.buffer.drop_oldest_unsent(count) {
+                Ok(dropped) if dropped.is_empty() => break,
+                Ok(dropped) => {
+                    for row in &dropped {
+                        tracing::error!(event_id = %row.event_id, camera = %row.camera_id, seq = row.seq, "dropping an unpublished event: storage is full and the policy is drop_oldest");
+                    }
+                    self.metrics
+                        .dropped(DropReason::StorageFull, dropped.len() as u64);
+                    storage::compact(&mut self.buffer);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "dropping the oldest events failed");
+                    break;
+                }
+            }
+            usage = self.settings.budget.usage(&self.settings.data_dir);
+        }
+        usage
+    }
+
+    fn update_gauges(&self) {
+        let m = &self.metrics;
+        m.storage_used_bytes.set(self.usage.used_bytes as i64);
+        m.storage_limit_bytes.set(self.usage.limit_bytes as i64);
+        if let Ok(stats) = self.buffer.stats() {
+            m.buffer_rows.set(stats.rows as i64);
+            m.buffer_unsent.set(stats.unsent as i64);
+            let age = stats
+                .oldest_unsent_ms
+                .map_or(0.0, |oldest| (now_ms() - oldest).max(0) as f64 / 1000.0);
+            m.backlog_age_seconds.set(age);
+        }
+    }
+}
+
+fn clone_error(error: &BufferError) -> BufferError {
+    BufferError::Other {
+        path: PathBuf::new(),
+        message: error.to_string(),
+    }
+}

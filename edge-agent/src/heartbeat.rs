@@ -1,0 +1,105 @@
+//! Publishes a [`Heartbeat`] every interval on `sightline.heartbeats.<edge_id>` through
+//! JetStream. Offline, a heartbeat is counted as failed and skipped: it is a snapshot, and
+//! the next one supersedes it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use sightline_shared::heartbeat::{CONTENT_TYPE, Heartbeat};
+use sightline_shared::{Timestamp, codec, subjects};
+use tokio_util::sync::CancellationToken;
+
+use crate::status::{StatusState, StatusTicker};
+
+/// CPU time and resident memory of this process, from `/proc/self` (Linux).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessUsage {
+    pub cpu_secs: f64,
+    pub rss_bytes: u64,
+}
+
+impl ProcessUsage {
+    /// Reads the current figures; zeros where `/proc` is unavailable.
+    pub fn read() -> Self {
+        // Fields 14 and 15 of /proc/self/stat (after the parenthesised command name) are
+        // utime and stime in clock ticks, which are 1/100 s on Linux.
+        let cpu_secs = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|stat| {
+                let rest = stat.rsplit_once(')')?.1;
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                let utime: f64 = fields.get(11)?.parse().ok()?;
+                let stime: f64 = fields.get(12)?.parse().ok()?;
+                Some((utime + stime) / 100.0)
+            })
+            .unwrap_or(0.0);
+        let rss_bytes = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+                let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                Some(kb * 1024)
+            })
+            .unwrap_or(0);
+        Self {
+            cpu_secs,
+            rss_bytes,
+        }
+    }
+}
+
+/// Sends heartbeats until `stop` fires.
+pub async fn run(
+    state: Arc<StatusState>,
+    js: jetstream::Context,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let subject = subjects::heartbeat_subject(&state.edge_id);
+    let mut last = (Instant::now(), ProcessUsage::read());
+    let mut ticker = StatusTicker::new(every, stop);
+    while let Some(status) = ticker.next(&state).await {
+        let usage = ProcessUsage::read();
+        let elapsed = last.0.elapsed().as_secs_f64().max(1e-3);
+        let cpu_percent = ((usage.cpu_secs - last.1.cpu_secs) / elapsed * 100.0).max(0.0);
+        last = (Instant::now(), usage);
+        let heartbeat = Heartbeat {
+            edge_id: status.edge_id.clone(),
+            sent_at: Timestamp::from_datetime(time::OffsetDateTime::now_utc()),
+            agent_version: status.version.to_owned(),
+            uptime_secs: status.uptime_secs,
+            cameras: status.cameras.len() as u32,
+            fps: 0.0,
+            events_created: status.events_created,
+            events_sent: status.events_published,
+            events_dropped: status.events_dropped,
+            backlog: status.buffer.stats.unsent,
+            oldest_unsent_at: status
+                .buffer
+                .stats
+                .oldest_unsent_ms
+                .map(Timestamp::from_millis),
+            storage_used_bytes: status.buffer.storage.used_bytes,
+            storage_limit_bytes: status.buffer.storage.limit_bytes,
+            cpu_percent,
+            rss_bytes: usage.rss_bytes,
+        };
+        let message = PublishMessage::build()
+            .payload(heartbeat.encode().into())
+            .header(codec::CONTENT_TYPE_HEADER, CONTENT_TYPE);
+        let sent = match js.send_publish(subject.clone(), message).await {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        match sent {
+            Ok(()) => {
+                state.metrics.heartbeats_sent.inc();
+            }
+            Err(error) => {
+                state.metrics.heartbeat_errors.inc();
+                tracing::debug!(%error, "heartbeat not sent");
+            }
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! One storage budget for the agent's data directory (the DuckDB buffer, the daily logs and
+//! snapshots), enforced the way seed stories 3.6 and 3.7 ask:
+//!
+//! - at 80 % of `max_storage_gb`, a WARNING (once per crossing);
+//! - at 90 %, rotation deletes whole days, oldest first, until usage is under 80 %: the day's
+//!   folder (logs, snapshots) and the day's *published* buffer rows, then compacts the buffer
+//!   so the space really goes back to the disk. Never today, never a day inside
+//!   `min_retention_days`, never an unpublished event;
+//! - at 100 % with nothing left to rotate, the full-disk policy decides: `reject_new`
+//!   (default: new events are refused, counted and logged, nothing already kept is lost),
+//!   `drop_oldest` (the oldest unpublished events are deleted to make room, each counted and
+//!   logged), or `stop` (the agent shuts down with an error, like seed story 3.6).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::buffer::{Buffer, BufferError, day_of};
+use crate::daylog::{self, DayLogs};
+
+/// Warn at this share of the budget.
+pub const WARN_PERCENT: f64 = 80.0;
+/// Rotate at this share of the budget...
+pub const ROTATE_PERCENT: f64 = 90.0;
+/// ...down to this share.
+pub const TARGET_PERCENT: f64 = 80.0;
+/// `drop_oldest` frees down to this share, so it does not run on every event.
+pub const DROP_TARGET_PERCENT: f64 = 95.0;
+
+/// What happens when the budget is used up by events that are not published yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FullPolicy {
+    /// Refuse new events (each counted as dropped and logged at ERROR); keep what is stored.
+    #[default]
+    RejectNew,
+    /// Delete the oldest unpublished events to make room (each counted and logged).
+    DropOldest,
+    /// Shut the agent down with an error.
+    Stop,
+}
+
+/// Usage of the data directory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Usage {
+    pub used_bytes: u64,
+    pub limit_bytes: u64,
+}
+
+impl Usage {
+    pub fn percent(&self) -> f64 {
+        if self.limit_bytes == 0 {
+            return 100.0;
+        }
+        self.used_bytes as f64 * 100.0 / self.limit_bytes as f64
+    }
+
+    /// "1.2GB / 4GB (30%)", as seed story 3.6 prints it.
+    pub fn display(&self) -> String {
+        format!(
+            "{} / {} ({:.0}%)",
+            human_bytes(self.used_bytes),
+            human_bytes(self.limit_bytes),
+            self.percent()
+        )
+    }
+}
+
+/// Bytes in a short human form (decimal units, like the seed's "3.2GB").
+pub fn human_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        0..1_000_000 => format!("{:.1}KB", b / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1}MB", b / 1e6),
+        _ => format!("{:.1}GB", b / 1e9),
+    }
+}
+
+/// Total bytes of the regular files under `dir` (what the files hold, as `ls -l` shows).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&entry.path()),
+            Ok(t) if t.is_file() => entry.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// What one rotation did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Rotation {
+    /// Days removed, as `YYYY-MM-DD`.
+    pub days: Vec<String>,
+    /// Published buffer rows deleted.
+    pub rows_deleted: u64,
+    pub before: Usage,
+    pub after: Usage,
+}
+
+/// The budget and the rules.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    pub limit_bytes: u64,
+    pub min_retention_days: u32,
+    pub policy: FullPolicy,
+}
+
+impl Budget {
+    /// Measures the data directory.
+    pub fn usage(&self, data_dir: &Path) -> Usage {
+        Usage {
+            used_bytes: dir_bytes(data_dir),
+            limit_bytes: self.limit_bytes,
+        }
+    }
+
+    /// Whether a day may be rotated away today.
+    pub fn may_rotate(&self, day: i32, today: i32) -> bool {
+        day < today && day <= today - self.min_retention_days as i32
+    }
+
+    /// Rotates if usage is at or above 90 % (or `force`): deletes the oldest eligible days
+    /// until usage is under 80 %; with `force` at least one day goes (if one is eligible).
+    /// Then compacts the buffer so the space returns to the disk.
+    pub fn rotate(
+        &self,
+        data_dir: &Path,
+        buffer: &mut Buffer,
+        logs: &mut DayLogs,
+        now_ms: i64,
+        force: bool,
+    ) -> Result<Rotation, BufferError> {
+        let before = self.usage(data_dir);
+        let mut rotation = Rotation {
+            before,
+            after: before,
+            ..Rotation::default()
+        };
+        if !force && before.percent() < ROTATE_PERCENT {
+            return Ok(rotation);
+        }
+        let today = day_of(now_ms);
+        let mut days: Vec<i32> = buffer.days()?.iter().map(|d| d.day).collect();
+        days.extend(folder_days(data_dir));
+        days.sort_unstable();
+        days.dedup();
+        let target = (self.limit_bytes as f64 * TARGET_PERCENT / 100.0) as u64;
+        let mut eligible: std::collections::VecDeque<i32> = days
+            .into_iter()
+            .filter(|d| self.may_rotate(*d, today))
+            .collect();
+        loop {
+            // Rows deleted from the buffer free space only when it is compacted, after the
+            // pass; count them as freed already (at the file's average bytes per row) so a
+            // pass stops near the right day, and measure for real before the next pass.
+            let rows_now = buffer.stats()?.rows.max(1);
+            let bytes_per_row = buffer.file_bytes() / rows_now;
+            let mut reclaimable = 0u64;
+            let mut deleted_days = 0;
+            let mut deleted_rows = 0;
+            while let Some(&day) = eligible.front() {
+                let used = self.usage(data_dir).used_bytes.saturating_sub(reclaimable);
+                if used < target && !(force && rotation.days.is_empty()) {
+                    break;
+                }
+                eligible.pop_front();
+                logs.close();
+                let dir = daylog::day_dir(data_dir, day);
+                let folder_bytes = dir_bytes(&dir);
+                if dir.exists()
+                    && let Err(error) = std::fs::remove_dir_all(&dir)
+                {
+                    tracing::error!(dir = %dir.display(), %error, "rotation could not delete a day folder");
+                }
+                let rows = buffer.delete_sent_day(day)?;
+                reclaimable += rows * bytes_per_row;
+                deleted_rows += rows;
+                deleted_days += 1;
+                rotation.days.push(daylog::day_name(day));
+                tracing::warn!(
+                    day = %daylog::day_name(day),
+                    folder_freed = %human_bytes(folder_bytes),
+                    buffer_rows = rows,
+                    "Storage limit approaching, deleting old logs: {} (freed {})",
+                    daylog::day_name(day),
+                    human_bytes(folder_bytes)
+                );
+            }
+            if deleted_rows > 0 {
+                compact(buffer);
+            }
+            rotation.rows_deleted += deleted_rows;
+            if deleted_days == 0 {
+                break;
+            }
+        }
+        rotation.after = self.usage(data_dir);
+        Ok(rotation)
+    }
+}
+
+/// Compacts the buffer after rows were deleted, and logs what it gave back. A failure is
+/// logged and leaves the old file in use: the space is reused by new rows, just not given
+/// back to the disk yet.
+pub fn compact(buffer: &mut Buffer) {
+    match buffer.compact() {
+        Ok((before, after)) => tracing::info!(
+            before = %human_bytes(before),
+            after = %human_bytes(after),
+            "compacted the buffer database"
+        ),
+        Err(error) => tracing::error!(%error, "compacting the buffer failed"),
+    }
+}
+
+/// Day folders present under `data_dir/events`.
+fn folder_days(data_dir: &Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir(data_dir.join(daylog::EVENTS_DIR)) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| daylog::parse_day(e.file_name().to_str()?))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_protects_today_and_recent_days() {
+        let budget = |min_retention_days| Budget {
+            limit_bytes: 1,
+            min_retention_days,
+            policy: FullPolicy::RejectNew,
+        };
+        let today = 20_000;
+        assert!(!budget(0).may_rotate(today, today));
+        assert!(budget(0).may_rotate(today - 1, today));
+        assert!(!budget(7).may_rotate(today - 6, today));
+        assert!(budget(7).may_rotate(today - 7, today));
+        assert!(!budget(0).may_rotate(today + 1, today));
+    }
+
+    #[test]
+    fn usage_reads_like_the_seed() {
+        let usage = Usage {
+            used_bytes: 1_200_000_000,
+            limit_bytes: 4_000_000_000,
+        };
+        assert_eq!(usage.display(), "1.2GB / 4.0GB (30%)");
+    }
+}

@@ -1,0 +1,235 @@
+//! Storage limits against real DuckDB files and real day folders: warnings, rotation order,
+//! protection of today, of recent days and of unsent events, the full-disk policies, and
+//! that deleting gives the bytes back.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sightline_edge_agent::buffer::worker::{self, AppendError, BUFFER_FILE, Settings};
+use sightline_edge_agent::buffer::{Buffer, day_of};
+use sightline_edge_agent::config::SyntheticConfig;
+use sightline_edge_agent::daylog::{self, DayLogs};
+use sightline_edge_agent::metrics::Metrics;
+use sightline_edge_agent::storage::{Budget, FullPolicy, dir_bytes};
+use sightline_shared::{DetectionEvent, EventId, Timestamp};
+use tokio_util::sync::CancellationToken;
+
+const DAY: i64 = 86_400_000;
+const MB: u64 = 1_000_000;
+
+fn now_ms() -> i64 {
+    Timestamp::from_datetime(time::OffsetDateTime::now_utc()).as_millis()
+}
+
+fn event(i: u64, at_ms: i64) -> DetectionEvent {
+    let mut e = sightline_edge_agent::synthetic::make_event(
+        "edge-1",
+        "cam-1",
+        &SyntheticConfig::default(),
+        i,
+        &mut 1,
+        &mut rand::rng(),
+    );
+    e.captured_at = Timestamp::from_millis(at_ms);
+    e.event_id = EventId::new_v7(e.captured_at);
+    e
+}
+
+/// Fills `days_ago` with `rows` events (logs included) and a snapshot file of `snapshot`
+/// bytes; marks them sent if `sent`.
+fn fill_day(dir: &Path, buffer: &mut Buffer, days_ago: i64, rows: u64, snapshot: u64, sent: bool) {
+    let at = now_ms() - days_ago * DAY;
+    let events: Vec<_> = (0..rows).map(|i| event(i, at)).collect();
+    let seqs = buffer.append(&events, now_ms()).expect("append");
+    let mut logs = DayLogs::new(dir);
+    for e in &events {
+        logs.write(e).expect("day log");
+    }
+    let snapshots = daylog::day_dir(dir, day_of(at)).join("snapshots");
+    std::fs::create_dir_all(&snapshots).expect("snapshot dir");
+    std::fs::write(snapshots.join("a.jpg"), vec![0u8; snapshot as usize]).expect("snapshot");
+    if sent {
+        buffer.mark_sent(&seqs, now_ms()).expect("mark sent");
+    }
+}
+
+fn day_exists(dir: &Path, days_ago: i64) -> bool {
+    daylog::day_dir(dir, day_of(now_ms() - days_ago * DAY)).exists()
+}
+
+#[test]
+fn rotation_deletes_oldest_days_first_and_gives_the_space_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (mut buffer, _) = Buffer::open(&dir.join(BUFFER_FILE)).unwrap();
+    // Six days: 5..2 days ago published, yesterday partly unpublished, today unpublished.
+    for days_ago in (2..=5).rev() {
+        fill_day(dir, &mut buffer, days_ago, 5_000, 2 * MB, true);
+    }
+    fill_day(dir, &mut buffer, 1, 5_000, 2 * MB, false);
+    fill_day(dir, &mut buffer, 0, 5_000, 2 * MB, false);
+    buffer.checkpoint().unwrap();
+    let used = dir_bytes(dir);
+    let file_before = buffer.file_bytes();
+    // A budget that puts usage at about 95 %.
+    let budget = Budget {
+        limit_bytes: used * 100 / 95,
+        min_retention_days: 1,
+        policy: FullPolicy::RejectNew,
+    };
+    let rotation = budget
+        .rotate(dir, &mut buffer, &mut DayLogs::new(dir), now_ms(), false)
+        .unwrap();
+    assert!(rotation.before.percent() >= 90.0, "{rotation:?}");
+    assert!(rotation.after.percent() < 80.0, "{rotation:?}");
+    // Oldest first, and only as many as needed.
+    let expected: Vec<String> = (2..=5)
+        .rev()
+        .map(|d| daylog::day_name(day_of(now_ms() - d * DAY)))
+        .take(rotation.days.len())
+        .collect();
+    assert_eq!(rotation.days, expected);
+    assert!(!rotation.days.is_empty());
+    assert!(!day_exists(dir, 5));
+    assert!(day_exists(dir, 0) && day_exists(dir, 1));
+    // The bytes really went back: the directory and the buffer file shrank.
+    assert_eq!(rotation.after.used_bytes, dir_bytes(dir));
+    assert!(
+        buffer.file_bytes() < file_before,
+        "{} -> {}",
+        file_before,
+        buffer.file_bytes()
+    );
+    // Unpublished events were all kept.
+    assert_eq!(buffer.stats().unwrap().unsent, 10_000);
+
+    // Below 90 % nothing happens; forced, the oldest eligible day goes, but never today
+    // and never yesterday's unsent rows.
+    let again = budget
+        .rotate(dir, &mut buffer, &mut DayLogs::new(dir), now_ms(), false)
+        .unwrap();
+    assert!(again.days.is_empty());
+    let mut forced = budget.clone();
+    forced.min_retention_days = 0;
+    for _ in 0..10 {
+        forced
+            .rotate(dir, &mut buffer, &mut DayLogs::new(dir), now_ms(), true)
+            .unwrap();
+    }
+    assert!(day_exists(dir, 0));
+    assert!(!day_exists(dir, 1), "yesterday's folder may go");
+    let stats = buffer.stats().unwrap();
+    assert_eq!((stats.rows, stats.unsent), (10_000, 10_000));
+}
+
+fn settings(dir: &Path, limit_bytes: u64, policy: FullPolicy, daily_logs: bool) -> Settings {
+    Settings {
+        data_dir: dir.to_owned(),
+        budget: Budget {
+            limit_bytes,
+            min_retention_days: 0,
+            policy,
+        },
+        check_interval: Duration::from_millis(50),
+        daily_logs,
+    }
+}
+
+/// Appends `max` events, 256 at a time concurrently (so commits group as they do with many
+/// cameras), stopping after a round with refusals; returns (stored, refusals).
+async fn fill(handle: &worker::BufferHandle, max: u64) -> (u64, Vec<AppendError>) {
+    let mut stored = 0;
+    let mut refused = Vec::new();
+    for start in (0..max).step_by(256) {
+        let appends = (start..(start + 256).min(max)).map(|i| handle.append(event(i, now_ms())));
+        for result in futures::future::join_all(appends).await {
+            match result {
+                Ok(_) => stored += 1,
+                Err(error) => refused.push(error),
+            }
+        }
+        if !refused.is_empty() {
+            break;
+        }
+        // Let the storage check run between rounds.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (stored, refused)
+}
+
+#[tokio::test]
+async fn reject_new_keeps_what_is_stored_and_counts_what_it_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let metrics = Metrics::default();
+    let (handle, thread) = worker::start(
+        settings(tmp.path(), 6 * MB, FullPolicy::RejectNew, true),
+        metrics.clone(),
+        CancellationToken::new(),
+    )
+    .unwrap();
+    let (stored, refused) = fill(&handle, 200_000).await;
+    assert!(!refused.is_empty(), "the budget was never reached");
+    assert!(
+        refused.iter().all(|e| *e == AppendError::Full),
+        "{refused:?}"
+    );
+    let status = handle.status().await.unwrap();
+    assert!(status.full);
+    assert_eq!(status.stats.unsent, stored, "nothing stored was lost");
+    assert!(metrics.storage_warnings.get() >= 1);
+    handle.close().await;
+    thread.join().unwrap();
+}
+
+#[tokio::test]
+async fn drop_oldest_makes_room_and_counts_each_drop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let metrics = Metrics::default();
+    let (handle, thread) = worker::start(
+        // Without day logs, so the buffer is what fills the budget (today's logs are never
+        // rotated, and only unsent events can be dropped).
+        settings(tmp.path(), 3 * MB, FullPolicy::DropOldest, false),
+        metrics.clone(),
+        CancellationToken::new(),
+    )
+    .unwrap();
+    let (stored, refused) = fill(&handle, 40_000).await;
+    assert!(refused.is_empty(), "{refused:?}");
+    let status = handle.status().await.unwrap();
+    let dropped = metrics.dropped_total();
+    assert!(dropped > 0, "the budget was never reached");
+    assert_eq!(
+        status.stats.unsent + dropped,
+        stored,
+        "every event kept or counted"
+    );
+    assert!(
+        status.storage.used_bytes <= 3 * MB * 103 / 100,
+        "{status:?}"
+    );
+    // The newest events are the ones kept.
+    let recent = handle.recent(1).await.unwrap();
+    assert_eq!(recent[0].event.frame_seq, stored - 1);
+    handle.close().await;
+    thread.join().unwrap();
+}
+
+#[tokio::test]
+async fn stop_policy_asks_the_agent_to_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let (handle, thread) = worker::start(
+        settings(tmp.path(), 6 * MB, FullPolicy::Stop, true),
+        Metrics::default(),
+        stop.clone(),
+    )
+    .unwrap();
+    let (_, refused) = fill(&handle, 200_000).await;
+    assert!(stop.is_cancelled());
+    assert!(
+        refused.iter().all(|e| *e == AppendError::Stopped),
+        "{refused:?}"
+    );
+    handle.close().await;
+    thread.join().unwrap();
+}

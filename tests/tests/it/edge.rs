@@ -1,0 +1,273 @@
+//! The edge agent binary against real NATS, ingest and ClickHouse: an uplink that goes away
+//! for a while, and an agent killed with SIGKILL again and again. The DuckDB buffer is read
+//! afterwards as the record of what the agent committed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use sightline_edge_agent::buffer::Buffer;
+use sightline_edge_agent::buffer::worker::BUFFER_FILE;
+use sightline_tests::fixtures::{free_port, workspace_binary};
+use sightline_tests::stack::Stack;
+
+/// Writes an agent config and returns (path, status URL).
+fn agent_config(
+    dir: &Path,
+    stack: &Stack,
+    edge: &str,
+    cameras: &[(&str, f64, Option<u64>)],
+) -> anyhow::Result<(std::path::PathBuf, String)> {
+    let port = free_port();
+    let mut text = format!(
+        r#"
+version = 1
+edge_id = "{edge}"
+[nats]
+url = "{nats}"
+[publisher]
+drain_timeout_secs = 60
+ack_timeout_ms = 2000
+[storage]
+data_dir = "{data}"
+check_interval_secs = 1
+[status]
+listen = "127.0.0.1:{port}"
+log_interval_secs = 5
+[heartbeat]
+interval_secs = 1
+"#,
+        nats = stack.nats.url(),
+        data = dir.join("data").display(),
+    );
+    for (id, rate, max) in cameras {
+        let max = max.map_or(String::new(), |m| format!(", max_events = {m}"));
+        text.push_str(&format!(
+            "[[cameras]]\nid = \"{id}\"\nsource = {{ kind = \"synthetic\", events_per_second = {rate:.1}{max} }}\n"
+        ));
+    }
+    let path = dir.join("edge-agent.toml");
+    std::fs::write(&path, text)?;
+    Ok((path, format!("http://127.0.0.1:{port}")))
+}
+
+fn spawn_agent(config: &Path, log: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    Ok(Command::new(workspace_binary("edge-agent"))
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?)
+}
+
+async fn status(http: &reqwest::Client, base: &str) -> Option<serde_json::Value> {
+    let response = http.get(format!("{base}/v1/status")).send().await.ok()?;
+    response.json().await.ok()
+}
+
+/// Waits until the agent's status satisfies `done`.
+async fn wait_status(
+    http: &reqwest::Client,
+    base: &str,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> anyhow::Result<serde_json::Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = status(http, base).await
+            && done(&status)
+        {
+            return Ok(status);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every event id the buffer holds, by camera, with frame numbers.
+fn buffered(dir: &Path) -> anyhow::Result<BTreeMap<String, (String, u64)>> {
+    let (buffer, _) = Buffer::open(&dir.join("data").join(BUFFER_FILE))?;
+    let stats = buffer.stats()?;
+    anyhow::ensure!(stats.unsent == 0, "{} events left unsent", stats.unsent);
+    let rows = buffer.recent(usize::MAX >> 1)?;
+    drop(buffer);
+    Ok(rows
+        .into_iter()
+        .map(|(s, _)| {
+            (
+                s.event.event_id.to_string(),
+                (s.event.camera_id, s.event.frame_seq),
+            )
+        })
+        .collect())
+}
+
+/// Waits until ClickHouse holds `expected` distinct events of `edge`; returns
+/// (rows through FINAL, distinct ids) and the ids.
+async fn stored(
+    stack: &Stack,
+    edge: &str,
+    expected: usize,
+) -> anyhow::Result<(usize, BTreeSet<String>)> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ids = stack
+            .clickhouse
+            .query(&format!(
+                "SELECT toString(event_id) FROM sightline.events FINAL WHERE edge_id = '{edge}' FORMAT TabSeparated"
+            ))
+            .await?;
+        let ids: Vec<String> = ids.lines().map(str::to_owned).collect();
+        let unique: BTreeSet<String> = ids.iter().cloned().collect();
+        if unique.len() >= expected || Instant::now() > deadline {
+            return Ok((ids.len(), unique));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_edge_delivers_everything_once_when_the_link_returns() -> anyhow::Result<()> {
+    let offline: u64 = std::env::var("SIGHTLINE_OFFLINE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let mut stack = Stack::start().await?;
+    let tmp = tempfile::tempdir()?;
+    let rate = 50.0;
+    let per_camera = (rate as u64) * (offline + 15);
+    let (config, base) = agent_config(
+        tmp.path(),
+        &stack,
+        "edge-offline",
+        &[
+            ("door", rate, Some(per_camera)),
+            ("yard", rate, Some(per_camera)),
+        ],
+    )?;
+    let mut agent = spawn_agent(&config, &tmp.path().join("agent.log"))?;
+    let http = reqwest::Client::new();
+    wait_status(
+        &http,
+        &base,
+        "first publishes",
+        Duration::from_secs(30),
+        |s| s["events_published"].as_u64() > Some(20),
+    )
+    .await?;
+
+    // The local endpoint, for an operator on the host.
+    let recent: Vec<serde_json::Value> = http
+        .get(format!("{base}/v1/events/recent?limit=5"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    assert_eq!(recent.len(), 5);
+    assert!(
+        recent
+            .windows(2)
+            .all(|w| w[0]["seq"].as_u64() > w[1]["seq"].as_u64())
+    );
+    assert_eq!(recent[0]["event"]["edge_id"], "edge-offline");
+    let bad = http
+        .get(format!("{base}/v1/events/recent?limit=0"))
+        .send()
+        .await?;
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await?.contains("limit"));
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("sightline_edge_buffer_unsent"),
+        "{metrics}"
+    );
+
+    stack.nats.kill();
+    tokio::time::sleep(Duration::from_secs(offline)).await;
+    let during = wait_status(&http, &base, "a backlog", Duration::from_secs(10), |s| {
+        s["nats_connected"] == false && s["buffer"]["unsent"].as_u64() > Some(rate as u64)
+    })
+    .await?;
+    tracing::info!(backlog = %during["buffer"]["unsent"], "offline");
+    stack.nats.start_again()?;
+
+    let exit = tokio::task::spawn_blocking(move || agent.wait()).await??;
+    anyhow::ensure!(exit.success(), "the agent exited with {exit}");
+    let committed = buffered(tmp.path())?;
+    assert_eq!(committed.len() as u64, 2 * per_camera);
+    let (rows, ids) = stored(&stack, "edge-offline", committed.len()).await?;
+    assert_eq!(ids, committed.keys().cloned().collect::<BTreeSet<_>>());
+    assert_eq!(rows, ids.len(), "an event is visible twice");
+    // Per camera, capture order is frame order, with no gaps.
+    for camera in ["door", "yard"] {
+        let frames = stack
+            .clickhouse
+            .query(&format!(
+                "SELECT frame_seq FROM sightline.events FINAL WHERE edge_id = 'edge-offline' AND camera_id = '{camera}' ORDER BY captured_at, frame_seq FORMAT TabSeparated"
+            ))
+            .await?;
+        let frames: Vec<u64> = frames
+            .lines()
+            .map(|l| l.parse())
+            .collect::<Result<_, _>>()?;
+        assert_eq!(frames, (0..per_camera).collect::<Vec<_>>(), "{camera}");
+    }
+    stack.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_the_agent_repeatedly_and_every_committed_event_arrives_once() -> anyhow::Result<()>
+{
+    let stack = Stack::start().await?;
+    let tmp = tempfile::tempdir()?;
+    let (config, _) = agent_config(
+        tmp.path(),
+        &stack,
+        "edge-crash",
+        &[("gate", 300.0, None), ("dock", 300.0, None)],
+    )?;
+    let log = tmp.path().join("agent.log");
+    let mut rng = rand::rng();
+    for round in 0..8 {
+        let mut agent = spawn_agent(&config, &log)?;
+        // Random moments: during start-up and recovery, while committing and publishing.
+        let wait = rng.random_range(300..2500);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        agent.kill()?;
+        agent.wait()?;
+        tracing::info!(round, after_ms = wait, "killed the edge agent");
+    }
+    // One last life, with cameras that stop after one event each: the agent drains the
+    // backlog and exits by itself.
+    let (config, _) = agent_config(
+        tmp.path(),
+        &stack,
+        "edge-crash",
+        &[("gate", 300.0, Some(1)), ("dock", 300.0, Some(1))],
+    )?;
+    let mut agent = spawn_agent(&config, &log)?;
+    let exit = tokio::task::spawn_blocking(move || agent.wait()).await??;
+    anyhow::ensure!(exit.success(), "the agent exited with {exit}");
+
+    let committed = buffered(tmp.path())?;
+    assert!(committed.len() > 100, "only {} events", committed.len());
+    let (rows, ids) = stored(&stack, "edge-crash", committed.len()).await?;
+    assert_eq!(ids, committed.keys().cloned().collect::<BTreeSet<_>>());
+    assert_eq!(rows, ids.len(), "an event is visible twice");
+    stack.stop().await
+}

@@ -7,7 +7,8 @@
 //!
 //! Stages, one file each: [`config`], [`nats`] (streams and the durable consumer) ->
 //! [`consumer`] (fetch, decode, batch) -> [`writer`]
-//! (insert through [`sink`], retry, bisect, then ack) and [`deadletter`]; [`migrations`] owns the ClickHouse tables,
+//! (insert through [`sink`], retry, bisect, then ack) and [`deadletter`]; [`heartbeats`]
+//! stores the edge agents' heartbeats with a second consumer; [`migrations`] owns the ClickHouse tables,
 //! [`schema`] the row type the query service reads back, [`capabilities`] what the server can
 //! do, [`retention`] how long rows live (TTL or partition sweeps); [`service`] wires them with
 //! [`http`] and [`metrics`].
@@ -16,6 +17,7 @@ pub mod capabilities;
 pub mod config;
 pub mod consumer;
 pub mod deadletter;
+pub mod heartbeats;
 pub mod http;
 pub mod metrics;
 pub mod migrations;

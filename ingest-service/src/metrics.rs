@@ -56,6 +56,8 @@ pub struct Metrics {
     pub consumer_ack_pending: Gauge,
     pub retention_partitions_dropped: Counter,
     pub retention_errors: Counter,
+    pub heartbeats_stored: Counter,
+    pub heartbeat_insert_errors: Counter,
 }
 
 impl Metrics {
@@ -76,6 +78,8 @@ impl Metrics {
             consumer_ack_pending: Gauge::default(),
             retention_partitions_dropped: Counter::default(),
             retention_errors: Counter::default(),
+            heartbeats_stored: Counter::default(),
+            heartbeat_insert_errors: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("sightline_ingest");
         r.register(
@@ -143,6 +147,16 @@ impl Metrics {
             "retention_errors",
             "Retention sweeps that failed",
             metrics.retention_errors.clone(),
+        );
+        r.register(
+            "heartbeats_stored",
+            "Edge heartbeats written to edge_heartbeats",
+            metrics.heartbeats_stored.clone(),
+        );
+        r.register(
+            "heartbeat_insert_errors",
+            "Failed heartbeat inserts (the heartbeats are redelivered)",
+            metrics.heartbeat_insert_errors.clone(),
         );
         metrics
     }

@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "events_by_id",
         sql: include_str!("../migrations/0004_events_by_id.sql"),
     },
+    Migration {
+        version: 5,
+        name: "edge_heartbeats",
+        sql: include_str!("../migrations/0005_edge_heartbeats.sql"),
+    },
 ];
 
 /// Why migrating failed.
@@ -165,11 +170,13 @@ pub async fn migrate(client: &Client, db: &str) -> Result<Vec<u32>, MigrationErr
     #[derive(Row, Deserialize)]
     struct Applied {
         version: u32,
-        checksum: String,
+        checksums: Vec<String>,
     }
+    // Every checksum recorded for a version (replicas may each have recorded one, and copies
+    // collapse only when parts merge): any that differs from this build's file is a change.
     let applied = client
         .query(&format!(
-            "SELECT version, any(checksum) AS checksum FROM `{db}`.schema_migrations GROUP BY version ORDER BY version"
+            "SELECT version, groupUniqArray(checksum) AS checksums FROM `{db}`.schema_migrations GROUP BY version ORDER BY version"
         ))
         .fetch_all::<Applied>()
         .await
@@ -178,11 +185,11 @@ pub async fn migrate(client: &Client, db: &str) -> Result<Vec<u32>, MigrationErr
     for migration in MIGRATIONS {
         let current = migration.checksum();
         if let Some(a) = applied.iter().find(|a| a.version == migration.version) {
-            if a.checksum != current {
+            if let Some(applied) = a.checksums.iter().find(|c| **c != current) {
                 return Err(MigrationError::Changed {
                     version: migration.version,
                     name: migration.name,
-                    applied: a.checksum.clone(),
+                    applied: applied.clone(),
                     current,
                 });
             }
@@ -238,7 +245,7 @@ mod tests {
     fn migrations_are_ordered_and_split() {
         assert!(MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version));
         let statements: Vec<_> = MIGRATIONS.iter().flat_map(|m| m.statements("db")).collect();
-        assert_eq!(statements.len(), 8);
+        assert_eq!(statements.len(), 9);
         // Every statement is safe to run twice: DDL with IF NOT EXISTS, backfills that skip
         // what is already there.
         assert!(statements.iter().all(|s| s.contains("`db`.")

@@ -28,6 +28,8 @@ pub struct RetentionSettings {
     pub detections_days: u32,
     /// Days of hourly rollups.
     pub rollups_days: u32,
+    /// Days of edge heartbeats.
+    pub heartbeats_days: u32,
     /// How often the partition sweep runs on servers without TTL, in seconds.
     pub sweep_interval_secs: u64,
 }
@@ -38,6 +40,7 @@ impl Default for RetentionSettings {
             events_days: 30,
             detections_days: 30,
             rollups_days: 400,
+            heartbeats_days: 30,
             sweep_interval_secs: 3600,
         }
     }
@@ -62,7 +65,7 @@ pub struct RetainedTable {
 
 impl RetentionSettings {
     /// Every retained table with its retention in days.
-    pub fn tables(&self) -> [(RetainedTable, u32); 4] {
+    pub fn tables(&self) -> [(RetainedTable, u32); 5] {
         [
             (
                 RetainedTable {
@@ -95,6 +98,14 @@ impl RetentionSettings {
                     partitioning: Partitioning::Month,
                 },
                 self.rollups_days,
+            ),
+            (
+                RetainedTable {
+                    name: "edge_heartbeats",
+                    time_column: "sent_at",
+                    partitioning: Partitioning::Day,
+                },
+                self.heartbeats_days,
             ),
         ]
     }
@@ -282,9 +293,10 @@ mod tests {
         let s = RetentionSettings::default();
         assert!(s.ttl_statements("db", Capabilities::LEGACY).is_empty());
         let modern = s.ttl_statements("db", Capabilities::MODERN);
-        assert_eq!(modern.len(), 8);
+        assert_eq!(modern.len(), 10);
         assert!(modern[0].contains("captured_at + INTERVAL 30 DAY"));
         assert!(modern[2].contains("events_by_id MODIFY TTL captured_at + INTERVAL 30 DAY"));
         assert!(modern[6].contains("hour + INTERVAL 400 DAY"));
+        assert!(modern[8].contains("edge_heartbeats MODIFY TTL sent_at + INTERVAL 30 DAY"));
     }
 }

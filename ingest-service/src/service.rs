@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::migrations::{self, MigrationError};
 use crate::sink::Sink;
 use crate::writer::Writer;
-use crate::{nats, retention, schema};
+use crate::{heartbeats, nats, retention, schema};
 
 /// Runs the ingest service until `shutdown` completes.
 ///
@@ -115,7 +115,25 @@ pub async fn run(
         database = %config.clickhouse.database,
         "ingest running"
     );
+    let ack_wait = Duration::from_secs(config.consumer.ack_wait_secs);
+    let declared = retry(
+        "declare the heartbeats consumer",
+        &cancel,
+        |_| true,
+        || heartbeats::declare(&js, ack_wait),
+    )
+    .await;
+    let Ok(Some(heartbeat_consumer)) = declared else {
+        return finish(http, nats).await;
+    };
     let dead_letters = DeadLetters::new(js, metrics.clone());
+    tokio::spawn(heartbeats::run(
+        heartbeat_consumer,
+        admin.clone().with_database(&config.clickhouse.database),
+        dead_letters.clone(),
+        metrics.clone(),
+        cancel.clone(),
+    ));
     let mut writer_client = admin.clone().with_database(&config.clickhouse.database);
     if caps.partitions_per_insert_limit {
         writer_client = writer_client.with_setting("max_partitions_per_insert_block", "0");
@@ -130,7 +148,7 @@ pub async fn run(
         sink,
         dead_letters,
         metrics,
-        ack_wait: Duration::from_secs(config.consumer.ack_wait_secs),
+        ack_wait,
     };
     Consumer::new(
         consumer,

@@ -72,7 +72,7 @@ def insert_events(s):
 
 
 def optimize(s):
-    for table in ("events", "events_by_id", "detections", "detections_hourly"):
+    for table in ("events", "events_by_id", "detections", "detections_hourly", "edge_heartbeats"):
         s.query(f"OPTIMIZE TABLE sightline.{table} FINAL")
 
 
@@ -87,14 +87,23 @@ def test_ttl_removes_exactly_the_expired_rows_and_keeps_rollups(db):
     statements = schema()
     tables = [s for s in statements if not s.startswith("ALTER TABLE")]
     retention = [s for s in statements if s.startswith("ALTER TABLE")]
-    assert len(retention) == 8
+    assert len(retention) == 10
     apply(db, tables)
     insert_events(db)
+    for days in (0, 40):
+        db.query(
+            "INSERT INTO sightline.edge_heartbeats (edge_id, sent_at, sent_at_ms, agent_version, uptime_secs,"
+            " cameras, fps, events_created, events_sent, events_dropped, backlog, oldest_unsent_at_ms,"
+            " storage_used_bytes, storage_limit_bytes, cpu_percent, rss_bytes)"
+            f" SELECT 'edge', t, toUnixTimestamp(t) * 1000, '0.1.0', 1, 2, 0, 3, 3, 0, 0, NULL, 1, 2, 0.5, 1"
+            f" FROM (SELECT now() - INTERVAL {days} DAY AS t)"
+        )
     assert rows(db, "SELECT count() FROM sightline.events") == [["4"]]
     assert rows(db, "SELECT count() FROM sightline.detections") == [["7"]]
     apply(db, retention)
     optimize(db)
-    # Events and detections keep 30 days; rollups keep 400.
+    # Events, detections and heartbeats keep 30 days; rollups keep 400.
+    assert rows(db, "SELECT count() FROM sightline.edge_heartbeats") == [["1"]]
     assert rows(db, "SELECT toString(event_id) FROM sightline.events ORDER BY event_id") == [
         ["0190b1d2-0000-7000-8000-000000000001"],
         ["0190b1d2-0000-7000-8000-000000000002"],
@@ -145,6 +154,7 @@ def test_migrations_are_idempotent(db):
         "detections_hourly",
         "detections_hourly_mv",
         "detections_mv",
+        "edge_heartbeats",
         "events",
         "events_by_id",
         "events_by_id_mv",

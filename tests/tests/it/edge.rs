@@ -227,6 +227,89 @@ async fn an_offline_edge_delivers_everything_once_when_the_link_returns() -> any
             .collect::<Result<_, _>>()?;
         assert_eq!(frames, (0..per_camera).collect::<Vec<_>>(), "{camera}");
     }
+    // Its heartbeats reached edge_heartbeats; the last ones show the backlog gone.
+    let heartbeats = stack
+        .clickhouse
+        .query(
+            "SELECT count(), max(events_created), argMax(backlog, sent_at_ms), max(storage_limit_bytes), max(rss_bytes) > 0 FROM sightline.edge_heartbeats WHERE edge_id = 'edge-offline' FORMAT TabSeparated",
+        )
+        .await?;
+    let fields: Vec<&str> = heartbeats.trim().split('\t').collect();
+    assert!(fields[0].parse::<u64>()? >= 5, "{heartbeats}");
+    assert!(fields[1].parse::<u64>()? > 0, "{heartbeats}");
+    assert_eq!(fields[3], "4000000000", "{heartbeats}");
+    assert_eq!(fields[4], "1", "{heartbeats}");
+    stack.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_are_stored_and_bad_ones_dead_lettered() -> anyhow::Result<()> {
+    use sightline_shared::heartbeat::{CONTENT_TYPE, Heartbeat};
+    let stack = Stack::start().await?;
+    let js = stack.jetstream().await?;
+    let heartbeat = Heartbeat {
+        edge_id: "edge-hb".into(),
+        sent_at: sightline_shared::Timestamp::from_millis(1_795_000_000_123),
+        agent_version: "0.1.0".into(),
+        uptime_secs: 60,
+        cameras: 2,
+        fps: 0.0,
+        events_created: 10,
+        events_sent: 7,
+        events_dropped: 1,
+        backlog: 3,
+        oldest_unsent_at: Some(sightline_shared::Timestamp::from_millis(1_794_999_990_000)),
+        storage_used_bytes: 1_000,
+        storage_limit_bytes: 4_000_000_000,
+        cpu_percent: 1.5,
+        rss_bytes: 20_000_000,
+    };
+    let publish = async |subject: &str, payload: Vec<u8>| -> anyhow::Result<()> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(sightline_shared::codec::CONTENT_TYPE_HEADER, CONTENT_TYPE);
+        js.publish_with_headers(subject.to_owned(), headers, payload.into())
+            .await?
+            .await?;
+        Ok(())
+    };
+    publish("sightline.heartbeats.edge-hb", heartbeat.encode()).await?;
+    // Another edge's heartbeat on this subject, and one that is not JSON.
+    publish("sightline.heartbeats.edge-x", heartbeat.encode()).await?;
+    publish("sightline.heartbeats.edge-hb", b"{nope".to_vec()).await?;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let row = loop {
+        let row = stack
+            .clickhouse
+            .query("SELECT edge_id, sent_at_ms, backlog, oldest_unsent_at_ms, cpu_percent FROM sightline.edge_heartbeats FORMAT TabSeparated")
+            .await?;
+        if !row.is_empty() || Instant::now() > deadline {
+            break row;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(row, "edge-hb\t1795000000123\t3\t1794999990000\t1.5");
+    let mut dead = Vec::new();
+    while dead.len() < 2 && Instant::now() < deadline {
+        dead = stack.dead_letters(10).await?;
+    }
+    let mut reasons: Vec<_> = dead
+        .iter()
+        .map(|d| {
+            (
+                d.original_subject.as_str(),
+                d.reason.contains("does not match"),
+            )
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        vec![
+            ("sightline.heartbeats.edge-hb", false),
+            ("sightline.heartbeats.edge-x", true)
+        ]
+    );
     stack.stop().await
 }
 

@@ -1,0 +1,222 @@
+//! Edge heartbeats: a second durable consumer reads `SIGHTLINE_HEARTBEATS` and writes each
+//! heartbeat as a row of `edge_heartbeats`, acknowledging only after the insert. A message
+//! that is not a valid v1 heartbeat goes to the dead-letter stream with the reason. Heartbeats
+//! are few (one per edge every few seconds), so batches are small and the loop is simple:
+//! fetch what is there (up to a second), insert it, ack it; an insert that fails is retried
+//! after a backoff by leaving the messages unacknowledged.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, AckKind, consumer};
+use clickhouse::Row;
+use futures::StreamExt;
+use serde::Serialize;
+use sightline_shared::heartbeat::{CONTENT_TYPE, Heartbeat};
+use sightline_shared::{Backoff, codec, subjects};
+use tokio_util::sync::CancellationToken;
+
+use crate::deadletter::DeadLetters;
+use crate::metrics::{DeadLetterReason, Metrics};
+
+/// The durable consumer's name.
+pub const DURABLE: &str = "sightline-ingest-heartbeats";
+/// The table heartbeats are written to.
+pub const TABLE: &str = "edge_heartbeats";
+/// Most heartbeats per fetch (and per INSERT).
+const FETCH: usize = 1000;
+
+/// One row of `edge_heartbeats`, in column order (without `received_at`, which defaults).
+#[derive(Debug, Clone, PartialEq, Row, Serialize)]
+pub struct HeartbeatRow {
+    pub edge_id: String,
+    /// `DateTime` travels as seconds since the epoch.
+    pub sent_at: u32,
+    pub sent_at_ms: i64,
+    pub agent_version: String,
+    pub uptime_secs: u64,
+    pub cameras: u32,
+    pub fps: f64,
+    pub events_created: u64,
+    pub events_sent: u64,
+    pub events_dropped: u64,
+    pub backlog: u64,
+    pub oldest_unsent_at_ms: Option<i64>,
+    pub storage_used_bytes: u64,
+    pub storage_limit_bytes: u64,
+    pub cpu_percent: f64,
+    pub rss_bytes: u64,
+}
+
+impl From<Heartbeat> for HeartbeatRow {
+    fn from(h: Heartbeat) -> Self {
+        Self {
+            edge_id: h.edge_id,
+            sent_at: u32::try_from(h.sent_at.as_secs()).unwrap_or(0),
+            sent_at_ms: h.sent_at.as_millis(),
+            agent_version: h.agent_version,
+            uptime_secs: h.uptime_secs,
+            cameras: h.cameras,
+            fps: h.fps,
+            events_created: h.events_created,
+            events_sent: h.events_sent,
+            events_dropped: h.events_dropped,
+            backlog: h.backlog,
+            oldest_unsent_at_ms: h.oldest_unsent_at.map(|t| t.as_millis()),
+            storage_used_bytes: h.storage_used_bytes,
+            storage_limit_bytes: h.storage_limit_bytes,
+            cpu_percent: h.cpu_percent,
+            rss_bytes: h.rss_bytes,
+        }
+    }
+}
+
+/// Creates (or updates) the heartbeats consumer.
+pub async fn declare(
+    js: &jetstream::Context,
+    ack_wait: Duration,
+) -> anyhow::Result<consumer::PullConsumer> {
+    let stream = js.get_stream(subjects::HEARTBEATS_STREAM).await?;
+    stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(DURABLE.into()),
+            description: Some("Sightline ingest of edge heartbeats into ClickHouse".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait,
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("failed to create or update consumer {DURABLE}"))
+}
+
+/// Checks one message: a v1 heartbeat from the edge its subject names.
+fn check(message: &jetstream::Message) -> Result<HeartbeatRow, (DeadLetterReason, String)> {
+    let content_type = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(codec::CONTENT_TYPE_HEADER))
+        .map(|v| v.as_str());
+    if content_type != Some(CONTENT_TYPE) {
+        return Err((
+            DeadLetterReason::Decode,
+            format!("Content-Type {content_type:?} is not {CONTENT_TYPE:?}"),
+        ));
+    }
+    let heartbeat = Heartbeat::decode(&message.payload)
+        .map_err(|e| (DeadLetterReason::Decode, e.to_string()))?;
+    let expected = subjects::heartbeat_subject(&heartbeat.edge_id);
+    if message.subject.as_str() != expected {
+        return Err((
+            DeadLetterReason::Subject,
+            format!(
+                "edge_id {:?} does not match the subject {}",
+                heartbeat.edge_id, message.subject
+            ),
+        ));
+    }
+    Ok(HeartbeatRow::from(heartbeat))
+}
+
+/// Consumes heartbeats until `cancel` fires.
+pub async fn run(
+    consumer: consumer::PullConsumer,
+    client: clickhouse::Client,
+    dead_letters: DeadLetters,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    while !cancel.is_cancelled() {
+        let fetched = tokio::select! {
+            () = cancel.cancelled() => return,
+            fetched = fetch(&consumer) => fetched,
+        };
+        let messages = match fetched {
+            Ok(messages) => messages,
+            Err(error) => {
+                tracing::warn!(%error, "fetching heartbeats failed");
+                pause(&mut backoff, &cancel).await;
+                continue;
+            }
+        };
+        let mut rows = Vec::new();
+        let mut stored = Vec::new();
+        for message in messages {
+            match check(&message) {
+                Ok(row) => {
+                    rows.push(row);
+                    stored.push(message);
+                }
+                Err((reason, detail)) => {
+                    tracing::error!(subject = %message.subject, detail, "a heartbeat cannot be stored; dead-lettering it");
+                    if dead_letters
+                        .send(&message, reason, &detail, &cancel)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+        if rows.is_empty() {
+            continue;
+        }
+        match insert(&client, &rows).await {
+            Ok(()) => {
+                backoff.reset();
+                metrics.heartbeats_stored.inc_by(rows.len() as u64);
+                for message in stored {
+                    if let Err(error) = message.ack().await {
+                        metrics.ack_errors.inc();
+                        tracing::warn!(%error, "acking a heartbeat failed (it will be stored again; the copies collapse)");
+                    }
+                }
+            }
+            Err(error) => {
+                metrics.heartbeat_insert_errors.inc();
+                tracing::warn!(%error, heartbeats = rows.len(), "inserting heartbeats failed; they will be redelivered");
+                for message in stored {
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
+                }
+                pause(&mut backoff, &cancel).await;
+            }
+        }
+    }
+}
+
+async fn fetch(consumer: &consumer::PullConsumer) -> anyhow::Result<Vec<jetstream::Message>> {
+    let mut batch = consumer
+        .fetch()
+        .max_messages(FETCH)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await?;
+    let mut out = Vec::new();
+    while let Some(message) = batch.next().await {
+        out.push(message.map_err(|e| anyhow::anyhow!(e))?);
+    }
+    Ok(out)
+}
+
+async fn insert(
+    client: &clickhouse::Client,
+    rows: &[HeartbeatRow],
+) -> clickhouse::error::Result<()> {
+    let mut insert = client.insert::<HeartbeatRow>(TABLE).await?;
+    for row in rows {
+        insert.write(row).await?;
+    }
+    insert.end().await
+}
+
+async fn pause(backoff: &mut Backoff, cancel: &CancellationToken) {
+    let delay = backoff.next_delay(rand::random());
+    tokio::select! {
+        () = cancel.cancelled() => {}
+        () = tokio::time::sleep(delay) => {}
+    }
+}

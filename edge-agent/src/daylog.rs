@@ -192,6 +192,79 @@ fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SyntheticConfig;
+    use sightline_shared::Timestamp;
+
+    fn event(at_ms: i64) -> DetectionEvent {
+        let mut e = crate::synthetic::make_event(
+            "edge-1",
+            "front-door",
+            &SyntheticConfig::default(),
+            7,
+            &mut 1,
+            &mut rand::rng(),
+        );
+        e.captured_at = Timestamp::from_millis(at_ms);
+        e
+    }
+
+    #[test]
+    fn events_go_to_their_own_day_with_mode_0644() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut logs = DayLogs::new(dir.path());
+        // 2025-11-08 23:59:59.999 and the next millisecond: two days.
+        let before_midnight = 1_762_646_399_999;
+        for at in [before_midnight, before_midnight, before_midnight + 1] {
+            logs.write(&event(at)).unwrap();
+        }
+        let first = dir.path().join("events/2025-11-08");
+        let second = dir.path().join("events/2025-11-09");
+        let json = std::fs::read_to_string(first.join(JSON_FILE)).unwrap();
+        assert_eq!(json.lines().count(), 2);
+        for line in json.lines() {
+            let back: DetectionEvent = serde_json::from_str(line).unwrap();
+            assert_eq!(back.captured_at.as_millis(), before_midnight);
+        }
+        let text = std::fs::read_to_string(second.join(TEXT_FILE)).unwrap();
+        assert!(text.starts_with("[2025-11-09 00:00:00] EVENT: "), "{text}");
+        assert!(
+            text.contains("detected at front-door (confidence: "),
+            "{text}"
+        );
+        assert!(text.contains("  - Objects: "), "{text}");
+        assert!(text.ends_with("\n\n"), "records end with a blank line");
+        for file in [first.join(JSON_FILE), second.join(TEXT_FILE)] {
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o644, "{}", file.display());
+        }
+    }
+
+    #[test]
+    fn a_torn_record_spoils_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = 1_762_646_399_999;
+        let day = dir.path().join("events/2025-11-08");
+        std::fs::create_dir_all(&day).unwrap();
+        // A crash mid-write left half a line.
+        std::fs::write(day.join(JSON_FILE), b"{\"event_id\":\"01").unwrap();
+        DayLogs::new(dir.path()).write(&event(at)).unwrap();
+        let json = std::fs::read_to_string(day.join(JSON_FILE)).unwrap();
+        let lines: Vec<&str> = json.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(serde_json::from_str::<DetectionEvent>(lines[1]).is_ok());
+    }
+
+    #[test]
+    fn free_text_cannot_forge_a_record() {
+        let mut e = event(0);
+        e.description = Some("fine\n[1970-01-01 00:00:00] EVENT: forged".into());
+        let text = text_record(&e);
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with('[')).count(),
+            1,
+            "{text}"
+        );
+    }
 
     #[test]
     fn day_names_round_trip() {

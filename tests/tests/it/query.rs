@@ -928,6 +928,52 @@ async fn the_sql_examples_in_the_docs_run_as_the_reader() -> anyhow::Result<()> 
     stack
         .insert_direct(&known_events("edge-s", "lobby", 200))
         .await?;
+    // A heartbeat from that edge, the way the agent sends it (through ingest).
+    let heartbeat = sightline_shared::heartbeat::Heartbeat {
+        edge_id: "edge-s".into(),
+        sent_at: sightline_shared::Timestamp::from_datetime(time::OffsetDateTime::now_utc()),
+        agent_version: "0.1.0".into(),
+        uptime_secs: 5,
+        cameras: 1,
+        fps: 0.0,
+        events_created: 200,
+        events_sent: 200,
+        events_dropped: 0,
+        backlog: 0,
+        oldest_unsent_at: None,
+        storage_used_bytes: 1_000_000,
+        storage_limit_bytes: 4_000_000_000,
+        cpu_percent: 0.5,
+        rss_bytes: 30_000_000,
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        sightline_shared::codec::CONTENT_TYPE_HEADER,
+        sightline_shared::heartbeat::CONTENT_TYPE,
+    );
+    stack
+        .jetstream()
+        .await?
+        .publish_with_headers(
+            "sightline.heartbeats.edge-s",
+            headers,
+            heartbeat.encode().into(),
+        )
+        .await?
+        .await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while stack
+        .clickhouse
+        .query("SELECT count() FROM sightline.edge_heartbeats")
+        .await?
+        == "0"
+    {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the heartbeat was not stored"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/sql.md"))?;
     let examples: Vec<&str> = guide
         .split("```sql\n")

@@ -38,6 +38,8 @@ install() {
   find_bin clickhouse-server >/dev/null || missing+=(clickhouse-server)
   find_bin clickhouse-client >/dev/null || missing+=(clickhouse-client)
   command -v curl >/dev/null || missing+=(curl)
+  # DuckDB (the edge buffer) is compiled from its bundled C++ sources.
+  command -v g++ >/dev/null || missing+=(g++)
   if [ ${#missing[@]} -eq 0 ]; then
     return 0
   fi

@@ -17,9 +17,6 @@ use crate::status::{StatusState, StatusTicker};
 use crate::storage::Budget;
 use crate::{heartbeat, synthetic};
 
-/// Events per buffer read.
-const PAGE_SIZE: usize = 1024;
-
 /// Runs the agent until `shutdown` completes or every camera has finished (a synthetic
 /// camera with `max_events`) and the buffer has nothing left to publish.
 ///
@@ -137,7 +134,7 @@ pub async fn run(
     );
     let mut publishing = tokio::spawn({
         let stop = stop_publisher.clone();
-        let mut outbox = buffer.outbox(PAGE_SIZE, cameras_done.clone());
+        let mut outbox = buffer.outbox(worker::PAGE_SIZE, cameras_done.clone());
         async move {
             let report = publisher.run(&mut outbox, &stop).await;
             outbox.flush();

@@ -107,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let closed = CancellationToken::new();
     closed.cancel();
-    let mut outbox = handle.outbox(1024, closed);
+    let mut outbox = handle.outbox(worker::PAGE_SIZE, closed);
     let publisher = Publisher::new(
         async_nats::jetstream::context::ContextBuilder::new()
             .max_ack_inflight(WINDOW)
@@ -171,7 +171,7 @@ async fn steady_run(
         let (handle, thread) =
             worker::start(settings(dir), metrics.clone(), CancellationToken::new())?;
         let closed = CancellationToken::new();
-        let mut outbox = handle.outbox(1024, closed.clone());
+        let mut outbox = handle.outbox(worker::PAGE_SIZE, closed.clone());
         let publisher = Publisher::new(js, Encoding::Bincode, WINDOW, metrics);
         let publishing = tokio::spawn(async move {
             let report = publisher.run(&mut outbox, &CancellationToken::new()).await;

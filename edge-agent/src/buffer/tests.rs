@@ -55,7 +55,7 @@ fn events_survive_a_reopen_until_marked_sent() {
         let page = buffer.next_page(20).unwrap();
         assert_eq!(page.len(), 10);
         assert_eq!(page[0].event, events[0]);
-        buffer.mark_sent(&[1, 2, 4], T0).unwrap();
+        buffer.mark_sent(&[1, 2, 4]).unwrap();
     }
     let mut buffer = open(&dir);
     let left: Vec<u64> = drain(&mut buffer, 3).iter().map(|s| s.seq).collect();
@@ -173,9 +173,7 @@ fn compaction_gives_space_back() {
     let mut buffer = open(&dir);
     let events: Vec<_> = (0..20_000).map(|i| event(i, i as i64 / 10_000)).collect();
     buffer.append(&events, T0).unwrap();
-    buffer
-        .mark_sent(&(1..=20_000).collect::<Vec<_>>(), T0)
-        .unwrap();
+    buffer.mark_sent(&(1..=20_000).collect::<Vec<_>>()).unwrap();
     buffer.checkpoint().unwrap();
     let before = buffer.file_bytes();
     assert_eq!(buffer.delete_sent_day(day_of(T0)).unwrap(), 10_000);
@@ -253,7 +251,7 @@ proptest! {
                             acked.push(stored.seq);
                         }
                     }
-                    buffer.mark_sent(&acked, T0).unwrap();
+                    buffer.mark_sent(&acked).unwrap();
                     for seq in acked {
                         model.taken.remove(&seq);
                         if let Some(row) = model.rows.get_mut(&seq) { row.1 = true; }

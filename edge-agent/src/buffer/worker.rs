@@ -25,6 +25,8 @@ const MAX_GROUP: usize = 4096;
 /// Acks are written back in groups of this many, or after [`ACK_FLUSH`].
 const ACK_GROUP: usize = 1024;
 const ACK_FLUSH: Duration = Duration::from_millis(200);
+/// Events per page the publisher reads from the buffer.
+pub const PAGE_SIZE: usize = 4096;
 /// The file name of the buffer inside the data directory.
 pub const BUFFER_FILE: &str = "buffer.duckdb";
 
@@ -232,35 +234,56 @@ impl BufferOutbox {
         self.last_flush = Instant::now();
     }
 
+    /// Asks the buffer thread for the next page; false if the buffer is closed.
+    fn request_page(&mut self) -> bool {
+        self.maybe_flush();
+        // Whether the cameras had finished before this read: then an empty page means the
+        // outbox is done.
+        let closed = self.closed.is_cancelled();
+        // Commits after this point wake the wait for new events.
+        self.committed.mark_unchanged();
+        let (reply, rx) = oneshot::channel();
+        if self
+            .handle
+            .tx
+            .send(Command::Page(self.page_size, reply))
+            .is_err()
+        {
+            return false;
+        }
+        self.pending = Some((rx, closed));
+        true
+    }
+
+    /// Writes acks back once there are enough of them or they have waited long enough
+    /// (each write is a DuckDB statement; idle, the 1 s tick below flushes the rest).
+    fn maybe_flush(&mut self) {
+        if self.acks.len() >= ACK_GROUP || self.last_flush.elapsed() >= ACK_FLUSH {
+            self.flush();
+        }
+    }
+
     async fn next_stored(&mut self) -> Option<Stored> {
         loop {
             if let Some(stored) = self.page.pop_front() {
                 return Some(stored);
             }
-            if self.pending.is_none() {
-                self.flush();
-                // Whether the cameras had finished before this read: then an empty page
-                // means the outbox is done.
-                let closed = self.closed.is_cancelled();
-                // Commits after this point wake the wait below.
-                self.committed.mark_unchanged();
-                let (reply, rx) = oneshot::channel();
-                if self
-                    .handle
-                    .tx
-                    .send(Command::Page(self.page_size, reply))
-                    .is_err()
-                {
-                    return None;
-                }
-                self.pending = Some((rx, closed));
+            if self.pending.is_none() && !self.request_page() {
+                return None;
             }
             let (rx, closed) = self.pending.as_mut().expect("set above");
             let result = rx.await;
             let closed = *closed;
             self.pending = None;
             match result {
-                Ok(Ok(rows)) if !rows.is_empty() => self.page.extend(rows),
+                Ok(Ok(rows)) if !rows.is_empty() => {
+                    self.page.extend(rows);
+                    // Read ahead: the buffer thread fetches the next page while this one
+                    // is published.
+                    if !self.request_page() {
+                        return self.page.pop_front();
+                    }
+                }
                 Ok(Ok(_)) if closed => return None,
                 Ok(Ok(_)) => {
                     // Nothing unsent: wait for the next commit (or the end, or a slow tick
@@ -291,9 +314,7 @@ impl Outbox for BufferOutbox {
 
     async fn confirm(&mut self, seq: u64) {
         self.acks.push(seq);
-        if self.acks.len() >= ACK_GROUP || self.last_flush.elapsed() >= ACK_FLUSH {
-            self.flush();
-        }
+        self.maybe_flush();
     }
 }
 
@@ -442,7 +463,7 @@ impl Worker {
                 let _ = reply.send(page);
             }
             Command::Sent(seqs) => {
-                if let Err(error) = self.buffer.mark_sent(&seqs, now_ms()) {
+                if let Err(error) = self.buffer.mark_sent(&seqs) {
                     // The events stay unsent and are published again after a restart;
                     // downstream deduplication absorbs the repeat.
                     tracing::error!(%error, events = seqs.len(), "marking events sent failed");

@@ -18,6 +18,11 @@ fi
 
 # chdb (ClickHouse 26.x in-process) proves the modern-server schema path; pytest runs it.
 python3 -c 'import chdb, pytest' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check chdb-core pytest
+# onnx builds the tiny YOLO-shaped models the decoder tests run through ONNX Runtime.
+python3 -c 'import onnx' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check onnx
+# The edge agent's detector loads ONNX Runtime from pip's wheel (stack.sh install put it there).
+ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$(deploy/local/stack.sh ort-library)}
+export ORT_DYLIB_PATH
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

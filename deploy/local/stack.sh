@@ -40,6 +40,9 @@ install() {
   command -v curl >/dev/null || missing+=(curl)
   # DuckDB (the edge buffer) is compiled from its bundled C++ sources.
   command -v g++ >/dev/null || missing+=(g++)
+  # The v4l crate generates its V4L2 bindings with bindgen, which needs libclang.
+  dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
+  install_onnxruntime
   if [ ${#missing[@]} -eq 0 ]; then
     return 0
   fi
@@ -63,6 +66,23 @@ install() {
   if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
     $sudo systemctl disable --now nats-server clickhouse-server >/dev/null 2>&1 || true
   fi
+}
+
+# ONNX Runtime for the edge agent's detector: the library inside PyPI's onnxruntime wheel
+# (nothing may be downloaded from elsewhere), loaded by the agent at run time.
+ORT_VERSION=1.31.1
+install_onnxruntime() {
+  python3 -c "import onnxruntime, sys; sys.exit(onnxruntime.__version__ != '$ORT_VERSION')" 2>/dev/null && return 0
+  command -v python3 >/dev/null || die "python3 is needed to install ONNX Runtime (pip's onnxruntime wheel)"
+  log "installing onnxruntime==$ORT_VERSION with pip"
+  python3 -m pip install -q --disable-pip-version-check "onnxruntime==$ORT_VERSION" >&2 \
+    || die "pip failed to install onnxruntime==$ORT_VERSION"
+}
+
+# Prints the path of the ONNX Runtime library the agent loads (ORT_DYLIB_PATH).
+ort_library() {
+  python3 -c "import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi', 'libonnxruntime.so.' + onnxruntime.__version__))" \
+    || die "onnxruntime is not installed: run $0 install"
 }
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -131,8 +151,9 @@ status() {
 
 case "${1:-}" in
   install) install ;;
+  ort-library) ort_library ;;
   start) install; start_nats; start_clickhouse ;;
   stop) stop_one nats; stop_one clickhouse ;;
   status) status ;;
-  *) echo "usage: $0 {install|start|stop|status}" >&2; exit 2 ;;
+  *) echo "usage: $0 {install|start|stop|status|ort-library}" >&2; exit 2 ;;
 esac

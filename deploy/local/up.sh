@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Brings the whole pipeline up on this machine, in the foreground: installs what is missing,
 # builds, starts NATS and ClickHouse (deploy/local/stack.sh), then the ingest service, the
-# query service and an edge agent with two synthetic cameras. Ctrl-C or SIGTERM stops
-# everything it started. Logs go to .local/logs/.
+# query service and an edge agent with a picture camera (real detection) and a synthetic
+# one. Ctrl-C or SIGTERM stops everything it started. Logs go to .local/logs/.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -43,6 +43,8 @@ trap 'stop_all; exit 0' INT TERM
 trap stop_all EXIT
 
 "$here/stack.sh" start
+ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$("$here/stack.sh" ort-library)}
+export ORT_DYLIB_PATH
 mkdir -p "$logs"
 setsid "$bin/query-service" --config "$here/query.toml" --listen "$api" >>"$logs/query-service.log" 2>&1 &
 pids=($!)
@@ -63,14 +65,15 @@ done
 
 cat <<MSG
 
-Sightline is running: an edge agent with two synthetic cameras -> NATS JetStream -> ingest -> ClickHouse -> query API.
+Sightline is running: an edge agent with a camera panning over pictures (real NanoDet detection
+in ONNX Runtime) and a synthetic camera -> NATS JetStream -> ingest -> ClickHouse -> query API.
 
   The API:          curl -s 'http://$api/v1/events?limit=5'
-                    curl -s 'http://$api/v1/events?camera=front-door&limit=3'
+                    curl -s 'http://$api/v1/events?camera=yard&limit=3'
   ClickHouse SQL:   clickhouse-client -q 'SELECT camera_id, count() FROM sightline.events GROUP BY camera_id'
   Metrics:          curl -s http://$api/metrics ; curl -s http://127.0.0.1:8081/metrics
   The edge agent:   curl -s http://127.0.0.1:9470/v1/status ; curl -s 'http://127.0.0.1:9470/v1/events/recent?limit=3'
-                    ls .local/edge-data/events/   (buffer.duckdb, and a folder of logs per day)
+                    ls .local/edge-data/events/*/   (logs per day; snapshots/ holds annotated JPEGs)
   Servers:          deploy/local/stack.sh status
   Logs:             $logs/
 

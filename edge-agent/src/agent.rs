@@ -10,11 +10,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::buffer::worker::{self, BufferHandle, Settings};
-use crate::config::{AgentConfig, SourceConfig, Validate};
+use crate::camera::{Camera, CameraState};
+use crate::config::{AgentConfig, SessionSharing, SourceConfig, Validate};
+use crate::detect::Detector;
 use crate::metrics::Metrics;
 use crate::publisher::{PublishReport, Publisher};
 use crate::status::{StatusState, StatusTicker};
-use crate::storage::Budget;
 use crate::{heartbeat, synthetic};
 
 /// Runs the agent until `shutdown` completes or every camera has finished (a synthetic
@@ -32,19 +33,13 @@ pub async fn run(
 ) -> anyhow::Result<PublishReport> {
     config.validate()?;
     let started = Instant::now();
+    // The model first: a missing model or runtime library is a set-up error to report
+    // before anything else starts.
+    let detectors = load_detectors(&config).await?;
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     let storage_stop = CancellationToken::new();
-    let settings = Settings {
-        data_dir: config.storage.data_dir.clone(),
-        budget: Budget {
-            limit_bytes: config.storage.limit_bytes(),
-            min_retention_days: config.storage.min_retention_days,
-            policy: config.storage.full_policy,
-        },
-        check_interval: Duration::from_secs(config.storage.check_interval_secs),
-        daily_logs: config.storage.daily_logs,
-    };
+    let settings = Settings::from(&config.storage);
     let (buffer, buffer_thread) = tokio::task::spawn_blocking({
         let (metrics, storage_stop) = (metrics.clone(), storage_stop.clone());
         move || worker::start(settings, metrics, storage_stop)
@@ -64,7 +59,11 @@ pub async fn run(
 
     let state = Arc::new(StatusState {
         edge_id: config.edge_id.clone(),
-        cameras: config.cameras.iter().map(|c| c.id.clone()).collect(),
+        cameras: config
+            .cameras
+            .iter()
+            .map(|c| Arc::new(CameraState::new(c)))
+            .collect(),
         buffer: buffer.clone(),
         metrics: metrics.clone(),
         registry,
@@ -108,18 +107,36 @@ pub async fn run(
 
     let stop_cameras = CancellationToken::new();
     let mut cameras = JoinSet::new();
-    for camera in &config.cameras {
-        match &camera.source {
-            SourceConfig::Synthetic(source) => {
+    for ((camera, camera_state), detector) in
+        config.cameras.iter().zip(&state.cameras).zip(detectors)
+    {
+        match (&camera.source, detector) {
+            (SourceConfig::Synthetic(source), _) => {
                 cameras.spawn(synthetic::run(
                     config.edge_id.clone(),
                     camera.id.clone(),
                     source.clone(),
                     buffer.clone(),
                     metrics.clone(),
+                    camera_state.clone(),
                     stop_cameras.clone(),
                 ));
             }
+            (_, Some(detector)) => {
+                let camera = Camera {
+                    edge_id: config.edge_id.clone(),
+                    config: camera.clone(),
+                    detector,
+                    snapshots: config.snapshots.clone(),
+                    data_dir: config.storage.data_dir.clone(),
+                    buffer: buffer.clone(),
+                    metrics: metrics.clone(),
+                    state: camera_state.clone(),
+                };
+                let (rt, stop) = (tokio::runtime::Handle::current(), stop_cameras.clone());
+                cameras.spawn_blocking(move || camera.run(&rt, &stop));
+            }
+            (_, None) => unreachable!("load_detectors gives every camera with frames a detector"),
         }
     }
     tracing::info!(edge_id = %config.edge_id, cameras = config.cameras.len(), nats = %config.nats.url, data_dir = %config.storage.data_dir.display(), "edge agent running");
@@ -199,6 +216,43 @@ pub async fn run(
     })
 }
 
+/// One detector per camera with frames (`None` for synthetic cameras): the same one for
+/// all of them with `model.sessions = "shared"`. Labels a camera asks for must be the
+/// model's.
+async fn load_detectors(config: &AgentConfig) -> anyhow::Result<Vec<Option<Arc<Detector>>>> {
+    let mut shared: Option<Arc<Detector>> = None;
+    let mut detectors = Vec::with_capacity(config.cameras.len());
+    for (i, camera) in config.cameras.iter().enumerate() {
+        if !camera.has_frames() {
+            detectors.push(None);
+            continue;
+        }
+        let detector = match (&shared, config.model.sessions) {
+            (Some(d), SessionSharing::Shared) => d.clone(),
+            _ => {
+                let model = config.model.clone();
+                let loaded =
+                    Arc::new(tokio::task::spawn_blocking(move || Detector::load(&model)).await??);
+                tracing::info!(camera = %camera.id, model = %loaded.info().name, version = %loaded.info().version, input = ?loaded.input_size(), labels = loaded.labels().len(), "model loaded");
+                shared = Some(loaded.clone());
+                loaded
+            }
+        };
+        if let Some(unknown) = camera
+            .labels
+            .iter()
+            .find(|l| !detector.labels().contains(l))
+        {
+            anyhow::bail!(
+                "cameras[{i}].labels: {unknown:?} is not a label of the model (see {})",
+                config.model.labels.display()
+            );
+        }
+        detectors.push(Some(detector));
+    }
+    Ok(detectors)
+}
+
 /// Closes the buffer and returns how many events stay unsent in it.
 async fn close_buffer(buffer: &BufferHandle, thread: std::thread::JoinHandle<()>) -> u64 {
     let unsent = buffer.status().await.map_or(0, |s| s.stats.unsent);
@@ -225,9 +279,10 @@ async fn status_lines(state: Arc<StatusState>, every: Duration, stop: Cancellati
             .stats
             .oldest_unsent_ms
             .map(|ms| {
-                let now =
-                    sightline_shared::Timestamp::from_datetime(time::OffsetDateTime::now_utc());
-                format!("{}s", (now.as_millis() - ms).max(0) / 1000)
+                format!(
+                    "{}s",
+                    (sightline_runtime::now().as_millis() - ms).max(0) / 1000
+                )
             })
             .unwrap_or_else(|| "-".into());
         tracing::info!(

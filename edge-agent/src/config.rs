@@ -36,8 +36,96 @@ pub struct AgentConfig {
     /// Heartbeats to the cloud.
     #[serde(default)]
     pub heartbeat: HeartbeatConfig,
+    /// The detector, for every camera with frames (file, v4l2, pattern).
+    #[serde(default)]
+    pub model: ModelConfig,
+    /// Annotated snapshots of events.
+    #[serde(default)]
+    pub snapshots: SnapshotConfig,
     /// The cameras on this host.
     pub cameras: Vec<CameraConfig>,
+}
+
+/// The object detector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The ONNX model file.
+    pub path: PathBuf,
+    /// Its labels file: one class name per line, in class order.
+    pub labels: PathBuf,
+    /// How to read its outputs: `nanodet` (the shipped model), `yolov5` or `yolov8` (also
+    /// YOLOv11 exports).
+    pub decoder: DecoderKind,
+    /// Input size, when the model's input shape is dynamic.
+    pub input_width: Option<u32>,
+    pub input_height: Option<u32>,
+    /// Lowest score a detection needs (0.35-0.4 suits NanoDet-m).
+    pub score_threshold: f32,
+    /// IoU above which NMS drops the weaker of two boxes of one class.
+    pub nms_iou: f32,
+    /// ONNX Runtime intra-op threads per session.
+    pub intra_threads: usize,
+    /// `shared`: one session for all cameras (default; least memory), or `per_camera`.
+    pub sessions: SessionSharing,
+    /// The ONNX Runtime library (`libonnxruntime.so`); unset: `ORT_DYLIB_PATH`, then
+    /// /usr/lib/sightline/libonnxruntime.so.
+    pub onnxruntime_library: Option<PathBuf>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("/usr/share/sightline/models/nanodet_coco_416.onnx"),
+            labels: PathBuf::from("/usr/share/sightline/models/coco.names"),
+            decoder: DecoderKind::Nanodet,
+            input_width: None,
+            input_height: None,
+            score_threshold: 0.35,
+            nms_iou: 0.5,
+            intra_threads: 2,
+            sessions: SessionSharing::Shared,
+            onnxruntime_library: None,
+        }
+    }
+}
+
+/// Output decoders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecoderKind {
+    Nanodet,
+    Yolov5,
+    Yolov8,
+}
+
+/// How cameras share ONNX Runtime sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionSharing {
+    Shared,
+    PerCamera,
+}
+
+/// Annotated snapshots (boxes and labels drawn), one JPEG per event in the day folder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotConfig {
+    pub enabled: bool,
+    /// Wider frames are scaled down to this width.
+    pub max_width: u32,
+    /// JPEG quality, 1-100.
+    pub quality: u8,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_width: 640,
+            quality: 80,
+        }
+    }
 }
 
 /// How events are published.
@@ -105,6 +193,15 @@ impl StorageConfig {
     pub fn limit_bytes(&self) -> u64 {
         (self.max_storage_gb * 1e9) as u64
     }
+
+    /// The budget and its rules.
+    pub fn budget(&self) -> crate::storage::Budget {
+        crate::storage::Budget {
+            limit_bytes: self.limit_bytes(),
+            min_retention_days: self.min_retention_days,
+            policy: self.full_policy,
+        }
+    }
 }
 
 /// The local HTTP status endpoint and the status line in the log.
@@ -168,16 +265,182 @@ mod encoding_name {
 pub struct CameraConfig {
     /// Camera id, unique on this host: 1-64 characters of A-Z a-z 0-9 _ -.
     pub id: String,
-    /// Where its frames (or, for now, its events) come from.
+    /// Where its frames (or, for `synthetic`, its events) come from.
     pub source: SourceConfig,
+    /// Labels that make events on this camera (empty: every label of the model).
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Lowest score for a detection to count on this camera (unset: the model's threshold).
+    #[serde(default)]
+    pub min_score: Option<f32>,
+    /// Motion gating.
+    #[serde(default)]
+    pub motion: MotionConfig,
+    /// Object tracking and event suppression.
+    #[serde(default)]
+    pub tracker: TrackerConfig,
+}
+
+impl CameraConfig {
+    /// Whether this camera has frames (and so needs the detector).
+    pub fn has_frames(&self) -> bool {
+        !matches!(self.source, SourceConfig::Synthetic(_))
+    }
 }
 
 /// A camera source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SourceConfig {
-    /// Made-up detections at a steady rate, for demos and tests.
+    /// Made-up detection events at a steady rate, without frames or a model: load tests.
     Synthetic(SyntheticConfig),
+    /// JPEG files or an MJPEG file, played at a set rate.
+    File(FileSourceConfig),
+    /// A V4L2 device (USB and CSI cameras).
+    V4l2(V4l2Config),
+    /// A generated moving square.
+    Pattern(PatternConfig),
+}
+
+/// A camera made of files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileSourceConfig {
+    /// A directory of `.jpg` files (played in name order), one `.jpg`, or an `.mjpeg` file.
+    pub path: PathBuf,
+    /// Frames per second.
+    pub fps: f64,
+    /// Start over at the end (default); otherwise the camera finishes.
+    pub repeat: bool,
+    /// Slide a window (80 % of the picture) across each picture, so there is motion.
+    pub pan: bool,
+    /// Frames per picture when panning.
+    pub pan_frames: u32,
+}
+
+impl Default for FileSourceConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::new(),
+            fps: 5.0,
+            repeat: true,
+            pan: false,
+            pan_frames: 20,
+        }
+    }
+}
+
+/// A V4L2 camera.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct V4l2Config {
+    pub device: PathBuf,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    /// `mjpeg` (default; what most USB cameras offer at 720p) or `yuyv`.
+    pub format: PixelFormat,
+}
+
+impl Default for V4l2Config {
+    fn default() -> Self {
+        Self {
+            device: PathBuf::from("/dev/video0"),
+            width: 1280,
+            height: 720,
+            fps: 10,
+            format: PixelFormat::Mjpeg,
+        }
+    }
+}
+
+/// V4L2 pixel formats the agent decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PixelFormat {
+    Mjpeg,
+    Yuyv,
+}
+
+impl PixelFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PixelFormat::Mjpeg => "mjpeg",
+            PixelFormat::Yuyv => "yuyv",
+        }
+    }
+}
+
+/// The generated test pattern.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PatternConfig {
+    pub width: u32,
+    pub height: u32,
+    pub fps: f64,
+}
+
+impl Default for PatternConfig {
+    fn default() -> Self {
+        Self {
+            width: 640,
+            height: 480,
+            fps: 5.0,
+        }
+    }
+}
+
+/// Motion gating: detection runs on frames that differ enough from the previous one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MotionConfig {
+    /// Off: every frame goes to the detector.
+    pub enabled: bool,
+    /// Fraction of pixels that must change for a frame to have motion (0.0-1.0).
+    pub threshold: f32,
+    /// Grey-level change (0-255) for a pixel to count as changed.
+    pub pixel_threshold: u8,
+    /// Width of the grey copy frames are compared on.
+    pub scale_width: u32,
+    /// Areas ignored, as `[x_min, y_min, x_max, y_max]` fractions of the frame (a clock, a
+    /// tree in the wind).
+    pub masks: Vec<[f32; 4]>,
+    /// Run the detector at least this often without motion, in seconds (0: never), so a
+    /// still object is seen and its track kept alive.
+    pub detect_interval_secs: f64,
+}
+
+impl Default for MotionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            threshold: 0.01,
+            pixel_threshold: 25,
+            scale_width: 160,
+            masks: Vec::new(),
+            detect_interval_secs: 5.0,
+        }
+    }
+}
+
+/// Tracking: an object that stays in view keeps its track id and makes one event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackerConfig {
+    /// Least IoU between a track's last box and a detection of the same class to match.
+    pub iou_threshold: f32,
+    /// A track not seen for this long is forgotten (seconds); an object seen again after
+    /// that is a new event. Keep it above `motion.detect_interval_secs`.
+    pub max_age_secs: f64,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        Self {
+            iou_threshold: 0.3,
+            max_age_secs: 15.0,
+        }
+    }
 }
 
 /// The synthetic source's settings.
@@ -273,9 +536,143 @@ impl Validate for AgentConfig {
                         );
                     }
                 }
+                SourceConfig::File(f) => {
+                    if f.path.as_os_str().is_empty() {
+                        return invalid(&format!("cameras[{i}].source.path"), "must be set");
+                    }
+                    check_fps(&format!("cameras[{i}].source.fps"), f.fps)?;
+                    if f.pan_frames == 0 {
+                        return invalid(
+                            &format!("cameras[{i}].source.pan_frames"),
+                            "must be at least 1",
+                        );
+                    }
+                }
+                SourceConfig::V4l2(v) => {
+                    if v.width == 0 || v.height == 0 || v.width % 2 != 0 {
+                        return invalid(
+                            &format!("cameras[{i}].source.width"),
+                            "width and height must be above 0 and the width even",
+                        );
+                    }
+                    check_fps(&format!("cameras[{i}].source.fps"), f64::from(v.fps))?;
+                }
+                SourceConfig::Pattern(p) => {
+                    if !(16..=8192).contains(&p.width) || !(16..=8192).contains(&p.height) {
+                        return invalid(
+                            &format!("cameras[{i}].source.width"),
+                            "width and height must be 16 to 8192",
+                        );
+                    }
+                    check_fps(&format!("cameras[{i}].source.fps"), p.fps)?;
+                }
             }
+            camera.validate_detection(i)?;
+        }
+        if self.cameras.iter().any(CameraConfig::has_frames) {
+            self.model.validate()?;
+        }
+        let snap = &self.snapshots;
+        if !(1..=100).contains(&snap.quality) {
+            return invalid("snapshots.quality", "must be 1 to 100");
+        }
+        if snap.max_width < 32 {
+            return invalid("snapshots.max_width", "must be at least 32");
         }
         Ok(())
+    }
+}
+
+fn check_fps(field: &str, fps: f64) -> Result<(), ConfigError> {
+    match fps.is_finite() && fps > 0.0 && fps <= 240.0 {
+        true => Ok(()),
+        false => Err(ConfigError::invalid(
+            field,
+            "must be above 0 and at most 240",
+        )),
+    }
+}
+
+fn check_fraction(field: &str, value: f32) -> Result<(), ConfigError> {
+    match (0.0..=1.0).contains(&value) {
+        true => Ok(()),
+        false => Err(ConfigError::invalid(field, "must be 0.0 to 1.0")),
+    }
+}
+
+impl CameraConfig {
+    fn validate_detection(&self, i: usize) -> Result<(), ConfigError> {
+        let field = |name: &str| format!("cameras[{i}].{name}");
+        if let Some(l) = self.labels.iter().find(|l| !is_label(l)) {
+            return Err(ConfigError::invalid(
+                field("labels"),
+                format!(
+                    "{l:?} is not a label of 1-{MAX_LABEL_LEN} bytes without control characters"
+                ),
+            ));
+        }
+        if let Some(score) = self.min_score {
+            check_fraction(&field("min_score"), score)?;
+        }
+        let m = &self.motion;
+        check_fraction(&field("motion.threshold"), m.threshold)?;
+        if !(8..=1920).contains(&m.scale_width) {
+            return Err(ConfigError::invalid(
+                field("motion.scale_width"),
+                "must be 8 to 1920",
+            ));
+        }
+        for (k, mask) in m.masks.iter().enumerate() {
+            let [x0, y0, x1, y1] = *mask;
+            if !(mask.iter().all(|v| (0.0..=1.0).contains(v)) && x0 < x1 && y0 < y1) {
+                return Err(ConfigError::invalid(
+                    field(&format!("motion.masks[{k}]")),
+                    "must be [x_min, y_min, x_max, y_max] fractions of the frame with min < max",
+                ));
+            }
+        }
+        if !(m.detect_interval_secs.is_finite() && m.detect_interval_secs >= 0.0) {
+            return Err(ConfigError::invalid(
+                field("motion.detect_interval_secs"),
+                "must be 0 or more",
+            ));
+        }
+        let t = &self.tracker;
+        check_fraction(&field("tracker.iou_threshold"), t.iou_threshold)?;
+        if !(t.max_age_secs.is_finite() && t.max_age_secs > 0.0) {
+            return Err(ConfigError::invalid(
+                field("tracker.max_age_secs"),
+                "must be above 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ModelConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, problem: &str| Err(ConfigError::invalid(field, problem));
+        if self.path.as_os_str().is_empty() {
+            return invalid("model.path", "must be set when a camera has frames");
+        }
+        if self.labels.as_os_str().is_empty() {
+            return invalid("model.labels", "must be set when a camera has frames");
+        }
+        check_fraction("model.score_threshold", self.score_threshold)?;
+        check_fraction("model.nms_iou", self.nms_iou)?;
+        if self.intra_threads == 0 || self.intra_threads > 64 {
+            return invalid("model.intra_threads", "must be 1 to 64");
+        }
+        match (self.input_width, self.input_height) {
+            (Some(w), Some(h)) if !(16..=4096).contains(&w) || !(16..=4096).contains(&h) => {
+                invalid("model.input_width", "input size must be 16 to 4096")
+            }
+            (Some(_), None) | (None, Some(_)) => invalid(
+                "model.input_width",
+                "set both model.input_width and model.input_height, or neither",
+            ),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -321,6 +718,39 @@ mod tests {
                 "panic",
             ),
             (format!("{GOOD}\n[publisher]\nencoding = \"xml\""), "xml"),
+            (
+                GOOD.replace(
+                    "{ kind = \"synthetic\", events_per_second = 10.0 }",
+                    "{ kind = \"file\", path = \"x\", fps = 0.0 }",
+                ),
+                "cameras[0].source.fps",
+            ),
+            (
+                GOOD.replace(
+                    "{ kind = \"synthetic\", events_per_second = 10.0 }",
+                    "{ kind = \"pattern\" }\nmotion = { masks = [[0.5, 0.0, 0.2, 1.0]] }",
+                ),
+                "cameras[0].motion.masks[0]",
+            ),
+            (
+                GOOD.replace(
+                    "{ kind = \"synthetic\", events_per_second = 10.0 }",
+                    "{ kind = \"pattern\" }\nmin_score = 1.5",
+                ),
+                "cameras[0].min_score",
+            ),
+            (
+                format!(
+                    "{}\n[model]\nnms_iou = 2.0",
+                    GOOD.replace("\"synthetic\", events_per_second = 10.0", "\"v4l2\"")
+                ),
+                "model.nms_iou",
+            ),
+            (format!("{GOOD}\n[model]\ndecoder = \"ssd\""), "ssd"),
+            (
+                format!("{GOOD}\n[snapshots]\nquality = 0"),
+                "snapshots.quality",
+            ),
             (
                 format!("{GOOD}\n[publisher]\nmax_in_flight = 0"),
                 "publisher.max_in_flight",

@@ -66,11 +66,11 @@ pub async fn run(
         last = (Instant::now(), usage);
         let heartbeat = Heartbeat {
             edge_id: status.edge_id.clone(),
-            sent_at: Timestamp::from_datetime(time::OffsetDateTime::now_utc()),
+            sent_at: sightline_runtime::now(),
             agent_version: status.version.to_owned(),
             uptime_secs: status.uptime_secs,
             cameras: status.cameras.len() as u32,
-            fps: 0.0,
+            fps: status.cameras.iter().map(|c| c.fps).sum(),
             events_created: status.events_created,
             events_sent: status.events_published,
             events_dropped: status.events_dropped,

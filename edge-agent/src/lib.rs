@@ -1,7 +1,9 @@
 //! The edge agent: cameras -> detection events -> DuckDB buffer -> JetStream.
 //!
-//! [`synthetic`] is the first camera source (capture and inference come later and feed the
-//! same buffer). Every event is committed to the [`buffer`] (a DuckDB file, on its own
+//! Each camera runs on its own thread ([`camera`]): frames from a [`capture`] source (V4L2,
+//! files, a test pattern), [`motion`] gating, the ONNX Runtime [`detect`]or, the IoU
+//! [`track`]er that turns objects into one event each, and an annotated [`snapshot`].
+//! [`synthetic`] cameras make events without frames or a model, for load tests. Every event is committed to the [`buffer`] (a DuckDB file, on its own
 //! thread) before it counts as created, and written to the day's logs ([`daylog`]);
 //! [`publisher`] publishes from the buffer with `Nats-Msg-Id = event_id` and a bounded
 //! window of in-flight publishes, and the buffer marks an event sent only after JetStream
@@ -11,15 +13,21 @@
 
 pub mod agent;
 pub mod buffer;
+pub mod camera;
+pub mod capture;
 pub mod config;
 pub mod daylog;
+pub mod detect;
 pub mod heartbeat;
 pub mod metrics;
+pub mod motion;
 pub mod outbox;
 pub mod publisher;
+pub mod snapshot;
 pub mod status;
 pub mod storage;
 pub mod synthetic;
+pub mod track;
 
 pub use agent::run;
 pub use config::AgentConfig;

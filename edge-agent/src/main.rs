@@ -59,7 +59,6 @@ async fn main() -> anyhow::Result<()> {
 fn rotate(config: &AgentConfig, force: bool) -> anyhow::Result<()> {
     use sightline_edge_agent::buffer::{Buffer, worker::BUFFER_FILE};
     use sightline_edge_agent::daylog::DayLogs;
-    use sightline_edge_agent::storage::Budget;
 
     let dir = &config.storage.data_dir;
     let (mut buffer, _) = Buffer::open(&dir.join(BUFFER_FILE)).map_err(|e| {
@@ -72,13 +71,8 @@ fn rotate(config: &AgentConfig, force: bool) -> anyhow::Result<()> {
         };
         anyhow::anyhow!("{e}.{hint}")
     })?;
-    let budget = Budget {
-        limit_bytes: config.storage.limit_bytes(),
-        min_retention_days: config.storage.min_retention_days,
-        policy: config.storage.full_policy,
-    };
-    let now = sightline_shared::Timestamp::from_datetime(time::OffsetDateTime::now_utc());
-    let rotation = budget.rotate(
+    let now = sightline_runtime::now();
+    let rotation = config.storage.budget().rotate(
         dir,
         &mut buffer,
         &mut DayLogs::new(dir),

@@ -4,6 +4,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
@@ -24,6 +25,123 @@ pub enum DropReason {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabel {
     pub reason: DropReason,
+}
+
+/// The camera a per-camera metric is about.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CameraLabel {
+    pub camera: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms to ~16 s.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 15,
+    ))
+}
+
+type CameraHistograms = Family<CameraLabel, Histogram, fn() -> Histogram>;
+
+/// Per-camera metrics (seed story 3.8): frames, motion, inference, events.
+#[derive(Debug, Clone)]
+pub struct CameraMetrics {
+    pub frames_captured: Family<CameraLabel, Counter>,
+    pub frames_processed: Family<CameraLabel, Counter>,
+    pub frames_skipped: Family<CameraLabel, Counter>,
+    pub fps: Family<CameraLabel, Gauge<f64, AtomicU64>>,
+    pub up: Family<CameraLabel, Gauge>,
+    pub errors: Family<CameraLabel, Counter>,
+    pub detect_errors: Family<CameraLabel, Counter>,
+    pub inference_seconds: CameraHistograms,
+    pub capture_to_buffer_seconds: CameraHistograms,
+    pub events_suppressed: Family<CameraLabel, Counter>,
+    pub snapshots_written: Family<CameraLabel, Counter>,
+    pub snapshot_errors: Family<CameraLabel, Counter>,
+}
+
+impl Default for CameraMetrics {
+    fn default() -> Self {
+        Self {
+            frames_captured: Family::default(),
+            frames_processed: Family::default(),
+            frames_skipped: Family::default(),
+            fps: Family::default(),
+            up: Family::default(),
+            errors: Family::default(),
+            detect_errors: Family::default(),
+            inference_seconds: Family::new_with_constructor(latency_histogram),
+            capture_to_buffer_seconds: Family::new_with_constructor(latency_histogram),
+            events_suppressed: Family::default(),
+            snapshots_written: Family::default(),
+            snapshot_errors: Family::default(),
+        }
+    }
+}
+
+impl CameraMetrics {
+    fn register(&self, r: &mut Registry) {
+        let c = self.clone();
+        r.register(
+            "camera_frames_captured",
+            "Frames read from the camera",
+            c.frames_captured,
+        );
+        r.register(
+            "camera_frames_processed",
+            "Frames the detector ran on",
+            c.frames_processed,
+        );
+        r.register(
+            "camera_frames_skipped",
+            "Frames not sent to the detector (no motion)",
+            c.frames_skipped,
+        );
+        r.register(
+            "camera_fps",
+            "Frames captured per second, last few seconds",
+            c.fps,
+        );
+        r.register(
+            "camera_up",
+            "1 while the camera delivers frames, 0 while it is retried",
+            c.up,
+        );
+        r.register(
+            "camera_errors",
+            "Camera open and read failures (each is retried)",
+            c.errors,
+        );
+        r.register(
+            "camera_detect_errors",
+            "Frames the detector failed on",
+            c.detect_errors,
+        );
+        r.register(
+            "camera_inference_seconds",
+            "Detector time per processed frame (preprocess, inference, decoding)",
+            c.inference_seconds,
+        );
+        r.register(
+            "camera_capture_to_buffer_seconds",
+            "From frame capture to its event committed in the buffer",
+            c.capture_to_buffer_seconds,
+        );
+        r.register(
+            "camera_events_suppressed",
+            "Frames with objects of interest that made no event (all already tracked)",
+            c.events_suppressed,
+        );
+        r.register(
+            "camera_snapshots_written",
+            "Snapshots saved",
+            c.snapshots_written,
+        );
+        r.register(
+            "camera_snapshot_errors",
+            "Snapshots that could not be saved (the event is kept without one)",
+            c.snapshot_errors,
+        );
+    }
 }
 
 /// Every metric the agent exports.
@@ -47,6 +165,7 @@ pub struct Metrics {
     pub log_write_errors: Counter,
     pub heartbeats_sent: Counter,
     pub heartbeat_errors: Counter,
+    pub cameras: CameraMetrics,
     /// All drops, whatever the reason (not exported: the family sums to it).
     dropped_sum: Counter,
 }
@@ -146,6 +265,7 @@ impl Metrics {
             "Heartbeats that could not be published",
             metrics.heartbeat_errors.clone(),
         );
+        metrics.cameras.register(r);
         metrics
     }
 

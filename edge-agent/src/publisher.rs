@@ -17,9 +17,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, message::PublishMessage};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use sightline_shared::{
-    Backoff, ContentType, DetectionEvent, Encoding, Timestamp, codec, subjects,
-};
+use sightline_shared::{Backoff, ContentType, DetectionEvent, Encoding, codec, subjects};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -153,7 +151,7 @@ impl Publisher {
     /// Validates and encodes an event; an event that fails is dropped, counted and logged,
     /// because retrying can never fix it.
     fn encode(&self, event: &DetectionEvent) -> Option<Vec<u8>> {
-        let now = Timestamp::from_datetime(time::OffsetDateTime::now_utc());
+        let now = sightline_runtime::now();
         let result = event
             .validate(now)
             .map_err(|e| e.to_string())

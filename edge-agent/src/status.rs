@@ -13,7 +13,9 @@ use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
-use crate::buffer::worker::{BufferHandle, BufferStatus, RecentEvent};
+use crate::buffer::RecentEvent;
+use crate::buffer::worker::{BufferHandle, BufferStatus};
+use crate::camera::{CameraState, CameraStatus};
 use crate::metrics::Metrics;
 
 /// Most events `/v1/events/recent` returns.
@@ -23,7 +25,7 @@ pub const MAX_RECENT: usize = 1000;
 #[derive(Debug)]
 pub struct StatusState {
     pub edge_id: String,
-    pub cameras: Vec<String>,
+    pub cameras: Vec<Arc<CameraState>>,
     pub buffer: BufferHandle,
     pub metrics: Metrics,
     pub registry: Registry,
@@ -38,7 +40,7 @@ pub struct Status {
     pub version: &'static str,
     pub uptime_secs: u64,
     pub nats_connected: bool,
-    pub cameras: Vec<String>,
+    pub cameras: Vec<CameraStatus>,
     pub events_created: u64,
     pub events_published: u64,
     pub events_dropped: u64,
@@ -55,7 +57,7 @@ impl StatusState {
             uptime_secs: self.started.elapsed().as_secs(),
             nats_connected: self.nats.connection_state()
                 == async_nats::connection::State::Connected,
-            cameras: self.cameras.clone(),
+            cameras: self.cameras.iter().map(|c| c.snapshot()).collect(),
             events_created: self.metrics.events_created.get(),
             events_published: self.metrics.events_published.get(),
             events_dropped: self.metrics.dropped_total(),

@@ -145,7 +145,7 @@ impl Budget {
             return Ok(rotation);
         }
         let today = day_of(now_ms);
-        let mut days: Vec<i32> = buffer.days()?.iter().map(|d| d.day).collect();
+        let mut days = buffer.days()?;
         days.extend(folder_days(data_dir));
         days.sort_unstable();
         days.dedup();
@@ -155,16 +155,16 @@ impl Budget {
             .filter(|d| self.may_rotate(*d, today))
             .collect();
         loop {
-            // Rows deleted from the buffer free space only when it is compacted, after the
-            // pass; count them as freed already (at the file's average bytes per row) so a
-            // pass stops near the right day, and measure for real before the next pass.
+            // One walk of the directory per pass; within it, usage goes down by each deleted
+            // folder and by the buffer rows deleted (at the file's average bytes per row:
+            // that space returns only when the buffer is compacted after the pass), and the
+            // next pass measures for real.
             let rows_now = buffer.stats()?.rows.max(1);
             let bytes_per_row = buffer.file_bytes() / rows_now;
-            let mut reclaimable = 0u64;
+            let mut used = self.usage(data_dir).used_bytes;
             let mut deleted_days = 0;
             let mut deleted_rows = 0;
             while let Some(&day) = eligible.front() {
-                let used = self.usage(data_dir).used_bytes.saturating_sub(reclaimable);
                 if used < target && !(force && rotation.days.is_empty()) {
                     break;
                 }
@@ -178,7 +178,7 @@ impl Budget {
                     tracing::error!(dir = %dir.display(), %error, "rotation could not delete a day folder");
                 }
                 let rows = buffer.delete_sent_day(day)?;
-                reclaimable += rows * bytes_per_row;
+                used = used.saturating_sub(folder_bytes + rows * bytes_per_row);
                 deleted_rows += rows;
                 deleted_days += 1;
                 rotation.days.push(daylog::day_name(day));

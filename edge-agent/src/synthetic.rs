@@ -6,12 +6,15 @@ use std::time::Duration;
 
 use rand::Rng;
 use sightline_shared::{
-    BoundingBox, Detection, DetectionEvent, EventId, ModelInfo, SCHEMA_VERSION, Timestamp,
+    BoundingBox, Detection, DetectionEvent, EventId, ModelInfo, SCHEMA_VERSION,
 };
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
 use crate::buffer::worker::BufferHandle;
+use crate::camera::CameraState;
 use crate::config::SyntheticConfig;
 use crate::metrics::Metrics;
 
@@ -24,6 +27,7 @@ pub async fn run(
     config: SyntheticConfig,
     buffer: BufferHandle,
     metrics: Metrics,
+    state: Arc<CameraState>,
     stop: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / config.events_per_second));
@@ -37,6 +41,7 @@ pub async fn run(
         }
         if config.max_events.is_some_and(|max| frame_seq >= max) {
             tracing::info!(camera = %camera_id, events = frame_seq, "synthetic camera finished");
+            state.finish();
             break;
         }
         let event = make_event(
@@ -54,6 +59,7 @@ pub async fn run(
         match buffer.append(event).await {
             Ok(_) => {
                 metrics.events_created.inc();
+                state.count_event();
             }
             Err(error) => {
                 metrics.dropped(error.drop_reason(), 1);
@@ -72,7 +78,7 @@ pub fn make_event(
     next_track: &mut u64,
     rng: &mut impl Rng,
 ) -> DetectionEvent {
-    let captured_at = Timestamp::from_datetime(time::OffsetDateTime::now_utc());
+    let captured_at = sightline_runtime::now();
     let count = rng.random_range(1..=config.max_detections.max(1));
     let detections = (0..count)
         .map(|_| {

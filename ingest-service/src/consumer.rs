@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
+use sightline_runtime::now;
 use sightline_shared::{Backoff, DetectionEvent, Timestamp, codec, subjects};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -61,10 +62,6 @@ pub fn content_type(message: &jetstream::Message) -> Option<&str> {
         })
         .and_then(|(_, values)| values.first())
         .map(|value| value.as_str())
-}
-
-fn now() -> Timestamp {
-    Timestamp::from_datetime(time::OffsetDateTime::now_utc())
 }
 
 /// The consume loop's state.

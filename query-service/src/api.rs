@@ -262,7 +262,7 @@ async fn stats(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let now = Timestamp::from_datetime(time::OffsetDateTime::now_utc());
+    let now = sightline_runtime::now();
     let q = params::stats_query(query.as_deref(), now)?;
     let (source, rows) = state.store.stats(&q).await?;
     let buckets: Vec<_> = rows

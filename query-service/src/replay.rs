@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
-use sightline_shared::Timestamp;
+use sightline_runtime::now;
 use sightline_shared::codec::{CONTENT_TYPE_HEADER, ContentType, encode};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -221,10 +221,6 @@ impl Replays {
     fn find(&self, id: Uuid) -> Option<Arc<Job>> {
         self.jobs().iter().find(|j| j.progress().id == id).cloned()
     }
-}
-
-fn now() -> Timestamp {
-    Timestamp::from_datetime(time::OffsetDateTime::now_utc())
 }
 
 async fn run(

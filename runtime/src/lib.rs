@@ -32,6 +32,12 @@ impl LogArgs {
     }
 }
 
+/// The current time as the event contract measures it (UTC, milliseconds). The `shared`
+/// crate never reads the clock; the services take it from here.
+pub fn now() -> sightline_shared::Timestamp {
+    sightline_shared::Timestamp::from_datetime(time::OffsetDateTime::now_utc())
+}
+
 /// Reads, parses and validates a config file; errors name the file and the field.
 pub fn load_config<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigError> {
     let shown = path.display().to_string();

@@ -23,7 +23,7 @@ use sightline_edge_agent::metrics::Metrics;
 use sightline_edge_agent::publisher::Publisher;
 use sightline_edge_agent::storage::{Budget, FullPolicy};
 use sightline_ingest::IngestConfig;
-use sightline_shared::{DetectionEvent, Encoding, Timestamp};
+use sightline_shared::{DetectionEvent, Encoding};
 use sightline_tests::NatsServer;
 use sightline_tests::stack::publish_via;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +40,7 @@ fn env(name: &str, default: u64) -> u64 {
 fn events(n: usize) -> Vec<DetectionEvent> {
     let mut rng = rand::rng();
     let mut track = 0;
-    let now = Timestamp::from_datetime(time::OffsetDateTime::now_utc());
+    let now = sightline_runtime::now();
     (0..n)
         .map(|i| sightline_tests::data::event(i, Some(now), &mut track, &mut rng))
         .collect()
@@ -83,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     {
         let (mut buffer, _) = Buffer::open(&dir.path().join(BUFFER_FILE))?;
-        let now = Timestamp::from_datetime(time::OffsetDateTime::now_utc()).as_millis();
+        let now = sightline_runtime::now().as_millis();
         for chunk in all.chunks(1000) {
             buffer.append(chunk, now)?;
         }

@@ -249,3 +249,23 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     );
     path
 }
+
+/// Asks a child process to stop with SIGTERM and waits (up to 60 s) for it to exit.
+pub fn terminate(child: &mut Child) -> anyhow::Result<std::process::ExitStatus> {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .context("run kill")?;
+    anyhow::ensure!(status.success(), "kill -TERM {} failed", child.id());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(exit) = child.try_wait()? {
+            return Ok(exit);
+        }
+        if Instant::now() > deadline {
+            child.kill()?;
+            bail!("process {} ignored SIGTERM for 60 s; killed it", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

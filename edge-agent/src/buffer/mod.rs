@@ -8,7 +8,7 @@
 //! Publishing order: rows carry a durable `seq`. The publisher reads two kinds of pages in
 //! turn: *live* pages (the newest rows, in `seq` order) and *backlog* pages (older unsent rows,
 //! oldest first). Everything unsent at start-up is backlog, and so is a live lag that grows
-//! past one page (an outage while running), so after an outage the backlog drains at full
+//! past two pages (an outage while running), so after an outage the backlog drains at full
 //! speed while new events still go out within a page or two. Within each kind the order is
 //! `seq` order; across kinds it is not (consumers order by capture time, which every event
 //! carries).
@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 
 use duckdb::{Connection, OptionalExt, params};
 use sightline_shared::{DetectionEvent, Encoding, codec};
+
+use crate::outbox::Outgoing;
 
 /// The migrations, in order. Each runs once, in its own transaction.
 const MIGRATIONS: &[(u32, &str, &str)] = &[(
@@ -61,13 +63,6 @@ pub enum BufferError {
     Encode { event_id: String, reason: String },
 }
 
-/// An event read back from the buffer for publishing.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Stored {
-    pub seq: u64,
-    pub event: DetectionEvent,
-}
-
 /// Counts for status and heartbeats.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct BufferStats {
@@ -79,12 +74,13 @@ pub struct BufferStats {
     pub oldest_unsent_ms: Option<i64>,
 }
 
-/// One UTC day's rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DayRows {
-    pub day: i32,
-    pub rows: u64,
-    pub unsent: u64,
+/// An event in the buffer, for the local status endpoint.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RecentEvent {
+    pub seq: u64,
+    /// JetStream acknowledged it.
+    pub sent: bool,
+    pub event: DetectionEvent,
 }
 
 /// An event removed unsent by the `drop_oldest` full-disk policy (for the ERROR log).
@@ -111,7 +107,7 @@ pub struct Buffer {
     /// The latest appends, kept in memory so that live pages need no query (every DuckDB
     /// statement costs milliseconds of planning; at a steady rate this halves the CPU per
     /// event). Contiguous seqs; cleared whenever unsent rows are deleted.
-    fresh: VecDeque<Stored>,
+    fresh: VecDeque<Outgoing>,
 }
 
 /// Most recent appends kept in memory for live pages.
@@ -172,11 +168,8 @@ impl Buffer {
     }
 
     fn open_existing(path: &Path) -> Result<Self, BufferError> {
-        let db = |source| BufferError::Db {
-            path: path.to_owned(),
-            source,
-        };
-        remove_leftover(&path.with_extension("duckdb.compact"));
+        let db = db_err(path);
+        remove_leftover(&compact_path(path));
         let mut conn = Connection::open(path).map_err(db)?;
         // Every statement here is small; one thread saves waking a pool for each.
         conn.execute_batch("SET threads = 1").map_err(db)?;
@@ -215,13 +208,6 @@ impl Buffer {
         &self.path
     }
 
-    fn db(&self) -> impl Fn(duckdb::Error) -> BufferError + '_ {
-        |source| BufferError::Db {
-            path: self.path.clone(),
-            source,
-        }
-    }
-
     /// Commits `events` in one transaction and returns their seqs. Either all are stored or
     /// none is.
     pub fn append(
@@ -239,48 +225,38 @@ impl Buffer {
             rows.push(payload);
         }
         let first = self.next_seq;
-        let path = self.path.clone();
-        let db = |source| BufferError::Db {
-            path: path.clone(),
-            source,
-        };
+        let db = db_err(&self.path);
         let tx = self.conn.transaction().map_err(db)?;
         {
-            let mut appender = tx.appender("events").map_err(db)?;
+            let mut history = tx.appender("events").map_err(db)?;
+            let mut outbox = tx.appender("outbox").map_err(db)?;
             for (i, (event, payload)) in events.iter().zip(&rows).enumerate() {
+                let seq = (first + i as u64) as i64;
                 let captured = event.captured_at.as_millis();
-                appender
+                let day = day_of(captured);
+                history
                     .append_row(params![
-                        (first + i as u64) as i64,
+                        seq,
                         event.event_id.to_string(),
                         event.camera_id,
                         captured,
-                        day_of(captured),
+                        day,
                         now_ms,
                         payload.as_slice(),
                     ])
                     .map_err(db)?;
-            }
-            appender.flush().map_err(db)?;
-            let mut outbox = tx.appender("outbox").map_err(db)?;
-            for (i, (event, payload)) in events.iter().zip(&rows).enumerate() {
-                let captured = event.captured_at.as_millis();
                 outbox
-                    .append_row(params![
-                        (first + i as u64) as i64,
-                        captured,
-                        day_of(captured),
-                        payload.as_slice(),
-                    ])
+                    .append_row(params![seq, captured, day, payload.as_slice()])
                     .map_err(db)?;
             }
+            history.flush().map_err(db)?;
             outbox.flush().map_err(db)?;
         }
         let next = first + events.len() as u64;
         tx.commit().map_err(db)?;
         self.next_seq = next;
         for (i, event) in events.iter().enumerate() {
-            self.fresh.push_back(Stored {
+            self.fresh.push_back(Outgoing {
                 seq: first + i as u64,
                 event: event.clone(),
             });
@@ -293,7 +269,7 @@ impl Buffer {
 
     /// The next page to publish: up to `limit` events, live and backlog pages in turn.
     /// Each unsent event is returned once per open; an empty page means nothing is waiting.
-    pub fn next_page(&mut self, limit: usize) -> Result<Vec<Stored>, BufferError> {
+    pub fn next_page(&mut self, limit: usize) -> Result<Vec<Outgoing>, BufferError> {
         let limit = limit.max(1);
         // A live lag longer than a page is an outage's backlog: hand it to the backlog
         // cursor so the newest events are not stuck behind it.
@@ -307,11 +283,7 @@ impl Buffer {
         let take_live = live_waiting && (self.live_turn || self.backlog.is_empty());
         self.live_turn = !take_live;
         if take_live {
-            let rows = match self.fresh_page(limit) {
-                Some(rows) => rows,
-                None => self.read(self.live_next, self.next_seq, limit)?,
-            };
-            self.live_next = rows.last().map_or(self.next_seq, |s| s.seq + 1);
+            let rows = self.read_live(limit)?;
             if !rows.is_empty() {
                 return Ok(rows);
             }
@@ -336,15 +308,23 @@ impl Buffer {
         // The backlog had nothing left (rows dropped meanwhile): serve live rows now rather
         // than an empty page.
         if !take_live && self.live_next < self.next_seq {
-            let rows = self.read(self.live_next, self.next_seq, limit)?;
-            self.live_next = rows.last().map_or(self.next_seq, |s| s.seq + 1);
-            return Ok(rows);
+            return self.read_live(limit);
         }
         Ok(Vec::new())
     }
 
+    /// The next live page (from memory when it can) and the live cursor moved past it.
+    fn read_live(&mut self, limit: usize) -> Result<Vec<Outgoing>, BufferError> {
+        let rows = match self.fresh_page(limit) {
+            Some(rows) => rows,
+            None => self.read(self.live_next, self.next_seq, limit)?,
+        };
+        self.live_next = rows.last().map_or(self.next_seq, |s| s.seq + 1);
+        Ok(rows)
+    }
+
     /// A live page from memory, if the cache holds the live cursor's next row.
-    fn fresh_page(&mut self, limit: usize) -> Option<Vec<Stored>> {
+    fn fresh_page(&mut self, limit: usize) -> Option<Vec<Outgoing>> {
         while self.fresh.front().is_some_and(|s| s.seq < self.live_next) {
             self.fresh.pop_front();
         }
@@ -362,7 +342,7 @@ impl Buffer {
                 "UPDATE buffer_state SET next_seq = ?",
                 params![self.next_seq as i64],
             )
-            .map_err(self.db())?;
+            .map_err(db_err(&self.path))?;
         Ok(())
     }
 
@@ -376,25 +356,24 @@ impl Buffer {
         }
     }
 
-    fn read(&mut self, from: u64, to: u64, limit: usize) -> Result<Vec<Stored>, BufferError> {
-        // The bounds are written into the statement rather than bound as parameters: DuckDB
-        // prunes row groups by their seq ranges (zone maps) only for constants, and without
-        // that every page would scan the whole table.
+    fn read(&mut self, from: u64, to: u64, limit: usize) -> Result<Vec<Outgoing>, BufferError> {
         let mut stmt = self
             .conn
-            .prepare(&format!(
-                "SELECT seq, payload FROM outbox WHERE seq >= {from} AND seq < {to} ORDER BY seq LIMIT {limit}"
-            ))
-            .map_err(self.db())?;
+            .prepare_cached(
+                "SELECT seq, payload FROM outbox WHERE seq >= ? AND seq < ? ORDER BY seq LIMIT ?",
+            )
+            .map_err(db_err(&self.path))?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
-            .map_err(self.db())?;
+            .query_map(params![from as i64, to as i64, limit as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .map_err(db_err(&self.path))?;
         let mut out = Vec::new();
         let mut bad = Vec::new();
         for row in rows {
-            let (seq, payload) = row.map_err(self.db())?;
+            let (seq, payload) = row.map_err(db_err(&self.path))?;
             match decode(&payload) {
-                Ok(event) => out.push(Stored {
+                Ok(event) => out.push(Outgoing {
                     seq: seq as u64,
                     event,
                 }),
@@ -442,7 +421,7 @@ impl Buffer {
             .join(" OR ");
         self.conn
             .execute(&format!("DELETE FROM outbox WHERE {predicate}"), [])
-            .map_err(self.db())?;
+            .map_err(db_err(&self.path))?;
         Ok(())
     }
 
@@ -460,17 +439,17 @@ impl Buffer {
                     })
                 },
             )
-            .map_err(self.db())
+            .map_err(db_err(&self.path))
     }
 
     /// The newest `limit` events, newest first, with whether each was sent.
-    pub fn recent(&self, limit: usize) -> Result<Vec<(Stored, bool)>, BufferError> {
+    pub fn recent(&self, limit: usize) -> Result<Vec<RecentEvent>, BufferError> {
         let mut stmt = self
             .conn
             .prepare_cached(
                 "SELECT seq, payload, seq NOT IN (SELECT seq FROM outbox) FROM events ORDER BY seq DESC LIMIT ?",
             )
-            .map_err(self.db())?;
+            .map_err(db_err(&self.path))?;
         let rows = stmt
             .query_map(params![limit as i64], |r| {
                 Ok((
@@ -479,42 +458,31 @@ impl Buffer {
                     r.get::<_, bool>(2)?,
                 ))
             })
-            .map_err(self.db())?;
+            .map_err(db_err(&self.path))?;
         let mut out = Vec::new();
         for row in rows {
-            let (seq, payload, sent) = row.map_err(self.db())?;
+            let (seq, payload, sent) = row.map_err(db_err(&self.path))?;
             match decode(&payload) {
-                Ok(event) => out.push((
-                    Stored {
-                        seq: seq as u64,
-                        event,
-                    },
+                Ok(event) => out.push(RecentEvent {
+                    seq: seq as u64,
                     sent,
-                )),
+                    event,
+                }),
                 Err(error) => tracing::warn!(seq, %error, "skipping an undecodable buffer row"),
             }
         }
         Ok(out)
     }
 
-    /// Rows per UTC day, oldest first.
-    pub fn days(&self) -> Result<Vec<DayRows>, BufferError> {
+    /// The UTC days that have rows, oldest first.
+    pub fn days(&self) -> Result<Vec<i32>, BufferError> {
+        let db = db_err(&self.path);
         let mut stmt = self
             .conn
-            .prepare_cached(
-                "SELECT e.day, e.n, coalesce(o.n, 0) FROM (SELECT day, count(*) AS n FROM events GROUP BY day) e LEFT JOIN (SELECT day, count(*) AS n FROM outbox GROUP BY day) o USING (day) ORDER BY e.day",
-            )
-            .map_err(self.db())?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(DayRows {
-                    day: r.get(0)?,
-                    rows: r.get::<_, i64>(1)? as u64,
-                    unsent: r.get::<_, i64>(2)? as u64,
-                })
-            })
-            .map_err(self.db())?;
-        rows.collect::<Result<_, _>>().map_err(self.db())
+            .prepare_cached("SELECT DISTINCT day FROM events ORDER BY day")
+            .map_err(db)?;
+        let days = stmt.query_map([], |r| r.get(0)).map_err(db)?;
+        days.collect::<Result<_, _>>().map_err(db)
     }
 
     /// Deletes the day's sent rows (never unsent ones); returns how many went.
@@ -526,7 +494,7 @@ impl Buffer {
                 "DELETE FROM events WHERE day = ? AND seq NOT IN (SELECT seq FROM outbox WHERE day = ?)",
                 params![day, day],
             )
-            .map_err(self.db())?;
+            .map_err(db_err(&self.path))?;
         Ok(n as u64)
     }
 
@@ -536,11 +504,7 @@ impl Buffer {
         self.persist_next_seq()?;
         // Dropped events must not be published from memory either.
         self.fresh.clear();
-        let path = self.path.clone();
-        let db = |source| BufferError::Db {
-            path: path.clone(),
-            source,
-        };
+        let db = db_err(&self.path);
         let tx = self.conn.transaction().map_err(db)?;
         let dropped = {
             let mut stmt = tx
@@ -586,7 +550,9 @@ impl Buffer {
 
     /// Writes the WAL into the database file.
     pub fn checkpoint(&mut self) -> Result<(), BufferError> {
-        self.conn.execute_batch("CHECKPOINT").map_err(self.db())
+        self.conn
+            .execute_batch("CHECKPOINT")
+            .map_err(db_err(&self.path))
     }
 
     /// Gives deleted rows' space back to the disk. DuckDB reuses freed blocks but never
@@ -597,12 +563,12 @@ impl Buffer {
     pub fn compact(&mut self) -> Result<(u64, u64), BufferError> {
         self.checkpoint()?;
         let before = self.file_bytes();
-        let tmp = self.path.with_extension("duckdb.compact");
+        let tmp = compact_path(&self.path);
         remove_leftover(&tmp);
         let current: String = self
             .conn
             .query_row("SELECT current_database()", [], |r| r.get(0))
-            .map_err(self.db())?;
+            .map_err(db_err(&self.path))?;
         let tmp_sql = tmp.to_string_lossy().replace('\'', "''");
         let copied = self.conn.execute_batch(&format!(
             "DETACH DATABASE IF EXISTS sightline_compact; ATTACH '{tmp_sql}' AS sightline_compact; COPY FROM DATABASE \"{current}\" TO sightline_compact; CHECKPOINT sightline_compact; DETACH sightline_compact;"
@@ -612,14 +578,11 @@ impl Buffer {
                 .conn
                 .execute_batch("DETACH DATABASE IF EXISTS sightline_compact");
             remove_leftover(&tmp);
-            return Err(BufferError::Db {
-                path: self.path.clone(),
-                source,
-            });
+            return Err(db_err(&self.path)(source));
         }
         // Close the old file before replacing it; both files must be complete without
         // their WALs, or the rename could lose or replay writes.
-        let placeholder = Connection::open_in_memory().map_err(self.db())?;
+        let placeholder = Connection::open_in_memory().map_err(db_err(&self.path))?;
         drop(std::mem::replace(&mut self.conn, placeholder));
         let wal_left = wal_path(&self.path).exists() || wal_path(&tmp).exists();
         let renamed = if wal_left {
@@ -628,7 +591,7 @@ impl Buffer {
         } else {
             std::fs::rename(&tmp, &self.path).map_err(|e| e.to_string())
         };
-        self.conn = Connection::open(&self.path).map_err(self.db())?;
+        self.conn = Connection::open(&self.path).map_err(db_err(&self.path))?;
         renamed.map_err(|message| BufferError::Other {
             path: self.path.clone(),
             message: format!("compaction kept the old file: {message}"),
@@ -643,11 +606,16 @@ fn remove_leftover(tmp: &Path) {
     let _ = std::fs::remove_file(wal_path(tmp));
 }
 
-fn migrate(conn: &mut Connection, path: &Path) -> Result<(), BufferError> {
-    let db = |source| BufferError::Db {
+/// Wraps a DuckDB error with the file it happened on.
+fn db_err(path: &Path) -> impl Fn(duckdb::Error) -> BufferError + Copy + '_ {
+    move |source| BufferError::Db {
         path: path.to_owned(),
         source,
-    };
+    }
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), BufferError> {
+    let db = db_err(path);
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_ms BIGINT NOT NULL)",
     )
@@ -713,19 +681,26 @@ fn is_corruption(error: &duckdb::Error) -> bool {
     .any(|t| text.contains(t))
 }
 
-fn wal_path(path: &Path) -> PathBuf {
+/// `path` with `suffix` appended to its file name (`buffer.duckdb` -> `buffer.duckdb.wal`).
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut p = path.as_os_str().to_owned();
-    p.push(".wal");
+    p.push(suffix);
     PathBuf::from(p)
+}
+
+fn wal_path(path: &Path) -> PathBuf {
+    with_suffix(path, ".wal")
+}
+
+fn compact_path(path: &Path) -> PathBuf {
+    with_suffix(path, ".compact")
 }
 
 fn corrupt_path(path: &Path) -> PathBuf {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let mut p = path.as_os_str().to_owned();
-    p.push(format!(".corrupt-{secs}"));
-    PathBuf::from(p)
+    with_suffix(path, &format!(".corrupt-{secs}"))
 }
 
 fn move_aside(path: &Path, aside: &Path) -> Result<(), BufferError> {

@@ -27,7 +27,7 @@ fn open(dir: &tempfile::TempDir) -> Buffer {
     Buffer::open(&dir.path().join("buffer.duckdb")).unwrap().0
 }
 
-fn drain(buffer: &mut Buffer, page: usize) -> Vec<Stored> {
+fn drain(buffer: &mut Buffer, page: usize) -> Vec<Outgoing> {
     let mut out = Vec::new();
     loop {
         let rows = buffer.next_page(page).unwrap();

@@ -10,11 +10,11 @@ use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
-use sightline_shared::{DetectionEvent, Timestamp};
+use sightline_shared::DetectionEvent;
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Buffer, BufferError, BufferStats, Opened, Stored};
+use super::{Buffer, BufferError, BufferStats, Opened, RecentEvent};
 use crate::daylog::DayLogs;
 use crate::metrics::{DropReason, Metrics};
 use crate::outbox::{Outbox, Outgoing};
@@ -39,6 +39,17 @@ pub struct Settings {
     pub daily_logs: bool,
 }
 
+impl From<&crate::config::StorageConfig> for Settings {
+    fn from(config: &crate::config::StorageConfig) -> Self {
+        Self {
+            data_dir: config.data_dir.clone(),
+            budget: config.budget(),
+            check_interval: Duration::from_secs(config.check_interval_secs),
+            daily_logs: config.daily_logs,
+        }
+    }
+}
+
 /// Why an event was not stored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AppendError {
@@ -50,6 +61,15 @@ pub enum AppendError {
     Invalid(String),
     #[error("the buffer failed: {0}")]
     Failed(String),
+}
+
+impl From<BufferError> for AppendError {
+    fn from(error: BufferError) -> Self {
+        match error {
+            BufferError::Encode { reason, .. } => Self::Invalid(reason),
+            other => Self::Failed(other.to_string()),
+        }
+    }
 }
 
 impl AppendError {
@@ -76,24 +96,16 @@ pub struct BufferStatus {
     pub policy: FullPolicy,
 }
 
-/// An event in the buffer, for the local status endpoint.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct RecentEvent {
-    pub seq: u64,
-    pub sent: bool,
-    pub event: DetectionEvent,
-}
-
 type Reply<T> = oneshot::Sender<Result<T, String>>;
 /// A page request in flight, and whether the cameras had finished when it was sent.
-type PendingPage = (oneshot::Receiver<Result<Vec<Stored>, String>>, bool);
+type PendingPage = (oneshot::Receiver<Result<Vec<Outgoing>, String>>, bool);
 
 enum Command {
     Append(
         Box<DetectionEvent>,
         oneshot::Sender<Result<u64, AppendError>>,
     ),
-    Page(usize, Reply<Vec<Stored>>),
+    Page(usize, Reply<Vec<Outgoing>>),
     Sent(Vec<u64>),
     Status(Reply<BufferStatus>),
     Recent(usize, Reply<Vec<RecentEvent>>),
@@ -160,7 +172,7 @@ impl BufferHandle {
 
     /// Validates and commits one event; returns its seq once it is durable.
     pub async fn append(&self, event: DetectionEvent) -> Result<u64, AppendError> {
-        let now = Timestamp::from_datetime(time::OffsetDateTime::now_utc());
+        let now = sightline_runtime::now();
         event
             .validate(now)
             .map_err(|e| AppendError::Invalid(e.to_string()))?;
@@ -215,7 +227,7 @@ impl BufferHandle {
 pub struct BufferOutbox {
     handle: BufferHandle,
     page_size: usize,
-    page: VecDeque<Stored>,
+    page: VecDeque<Outgoing>,
     /// A page request in flight, kept here so a cancelled `next` loses nothing.
     pending: Option<PendingPage>,
     acks: Vec<u64>,
@@ -263,7 +275,7 @@ impl BufferOutbox {
         }
     }
 
-    async fn next_stored(&mut self) -> Option<Stored> {
+    async fn next_page_row(&mut self) -> Option<Outgoing> {
         loop {
             if let Some(stored) = self.page.pop_front() {
                 return Some(stored);
@@ -306,10 +318,7 @@ impl BufferOutbox {
 
 impl Outbox for BufferOutbox {
     async fn next(&mut self) -> Option<Outgoing> {
-        self.next_stored().await.map(|s| Outgoing {
-            seq: s.seq,
-            event: s.event,
-        })
+        self.next_page_row().await
     }
 
     async fn confirm(&mut self, seq: u64) {
@@ -332,7 +341,7 @@ struct Worker {
 }
 
 fn now_ms() -> i64 {
-    Timestamp::from_datetime(time::OffsetDateTime::now_utc()).as_millis()
+    sightline_runtime::now().as_millis()
 }
 
 impl Worker {
@@ -407,7 +416,7 @@ impl Worker {
         }
         let (events, replies): (Vec<_>, Vec<_>) = appends.into_iter().unzip();
         let now = now_ms();
-        let outcome = match self.buffer.append(&events, now) {
+        let outcome: Vec<Result<u64, AppendError>> = match self.buffer.append(&events, now) {
             Err(BufferError::Encode { .. }) if events.len() > 1 => {
                 // One bad event must not fail the others: store them one by one.
                 events
@@ -416,10 +425,14 @@ impl Worker {
                         self.buffer
                             .append(std::slice::from_ref(e), now)
                             .map(|s| s[0])
+                            .map_err(AppendError::from)
                     })
-                    .collect::<Vec<_>>()
+                    .collect()
             }
-            Err(error) => events.iter().map(|_| Err(clone_error(&error))).collect(),
+            Err(error) => {
+                let error = AppendError::from(error);
+                events.iter().map(|_| Err(error.clone())).collect()
+            }
             Ok(seqs) => seqs.into_iter().map(Ok).collect(),
         };
         let mut last = None;
@@ -439,10 +452,6 @@ impl Worker {
                 }
                 Err(error) => {
                     tracing::error!(event_id = %event.event_id, camera = %event.camera_id, %error, "the buffer could not store an event");
-                    let error = match error {
-                        BufferError::Encode { reason, .. } => AppendError::Invalid(reason),
-                        other => AppendError::Failed(other.to_string()),
-                    };
                     let _ = reply.send(Err(error));
                 }
             }
@@ -481,16 +490,7 @@ impl Worker {
                 let _ = reply.send(status.map_err(|e| e.to_string()));
             }
             Command::Recent(limit, reply) => {
-                let recent = self.buffer.recent(limit).map(|rows| {
-                    rows.into_iter()
-                        .map(|(s, sent)| RecentEvent {
-                            seq: s.seq,
-                            sent,
-                            event: s.event,
-                        })
-                        .collect()
-                });
-                let _ = reply.send(recent.map_err(|e| e.to_string()));
+                let _ = reply.send(self.buffer.recent(limit).map_err(|e| e.to_string()));
             }
             Command::Rotate(force, reply) => {
                 let _ = reply.send(self.check(force).map_err(|e| e.to_string()));
@@ -604,12 +604,5 @@ impl Worker {
                 .map_or(0.0, |oldest| (now_ms() - oldest).max(0) as f64 / 1000.0);
             m.backlog_age_seconds.set(age);
         }
-    }
-}
-
-fn clone_error(error: &BufferError) -> BufferError {
-    BufferError::Other {
-        path: PathBuf::new(),
-        message: error.to_string(),
     }
 }

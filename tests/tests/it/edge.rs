@@ -13,14 +13,33 @@ use sightline_edge_agent::buffer::worker::BUFFER_FILE;
 use sightline_tests::fixtures::{free_port, workspace_binary};
 use sightline_tests::stack::Stack;
 
-/// Writes an agent config and returns (path, status URL).
+/// Writes an agent config with synthetic cameras and returns (path, status URL).
 fn agent_config(
     dir: &Path,
     stack: &Stack,
     edge: &str,
     cameras: &[(&str, f64, Option<u64>)],
 ) -> anyhow::Result<(std::path::PathBuf, String)> {
+    let mut text = String::new();
+    for (id, rate, max) in cameras {
+        let max = max.map_or(String::new(), |m| format!(", max_events = {m}"));
+        text.push_str(&format!(
+            "[[cameras]]\nid = \"{id}\"\nsource = {{ kind = \"synthetic\", events_per_second = {rate:.1}{max} }}\n"
+        ));
+    }
+    write_agent_config(dir, &stack.nats.url(), edge, &text)
+}
+
+/// Writes an agent config with the given `[[cameras]]` (and any other tables, after them)
+/// and the shipped model, and returns (path, status URL).
+pub(crate) fn write_agent_config(
+    dir: &Path,
+    nats: &str,
+    edge: &str,
+    cameras: &str,
+) -> anyhow::Result<(std::path::PathBuf, String)> {
     let port = free_port();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut text = format!(
         r#"
 version = 1
@@ -38,22 +57,21 @@ listen = "127.0.0.1:{port}"
 log_interval_secs = 5
 [heartbeat]
 interval_secs = 1
+[model]
+path = "{model}"
+labels = "{labels}"
 "#,
-        nats = stack.nats.url(),
         data = dir.join("data").display(),
+        model = repo.join("models/nanodet_coco_416.onnx").display(),
+        labels = repo.join("models/coco.names").display(),
     );
-    for (id, rate, max) in cameras {
-        let max = max.map_or(String::new(), |m| format!(", max_events = {m}"));
-        text.push_str(&format!(
-            "[[cameras]]\nid = \"{id}\"\nsource = {{ kind = \"synthetic\", events_per_second = {rate:.1}{max} }}\n"
-        ));
-    }
+    text.push_str(cameras);
     let path = dir.join("edge-agent.toml");
     std::fs::write(&path, text)?;
     Ok((path, format!("http://127.0.0.1:{port}")))
 }
 
-fn spawn_agent(config: &Path, log: &Path) -> anyhow::Result<Child> {
+pub(crate) fn spawn_agent(config: &Path, log: &Path) -> anyhow::Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -73,8 +91,18 @@ async fn status(http: &reqwest::Client, base: &str) -> Option<serde_json::Value>
     response.json().await.ok()
 }
 
+/// The agent's `/metrics` page.
+pub(crate) async fn metrics_text(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    Ok(http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?)
+}
+
 /// Waits until the agent's status satisfies `done`.
-async fn wait_status(
+pub(crate) async fn wait_status(
     http: &reqwest::Client,
     base: &str,
     what: &str,
@@ -102,10 +130,10 @@ fn buffered(dir: &Path) -> anyhow::Result<BTreeMap<String, (String, u64)>> {
     drop(buffer);
     Ok(rows
         .into_iter()
-        .map(|(s, _)| {
+        .map(|r| {
             (
-                s.event.event_id.to_string(),
-                (s.event.camera_id, s.event.frame_seq),
+                r.event.event_id.to_string(),
+                (r.event.camera_id, r.event.frame_seq),
             )
         })
         .collect())
@@ -187,12 +215,7 @@ async fn an_offline_edge_delivers_everything_once_when_the_link_returns() -> any
         .await?;
     assert_eq!(bad.status(), 400);
     assert!(bad.text().await?.contains("limit"));
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = metrics_text(&http, &base).await?;
     assert!(
         metrics.contains("sightline_edge_buffer_unsent"),
         "{metrics}"

@@ -2,6 +2,7 @@
 //! API and faults, all against real `nats-server` and `clickhouse-server` processes.
 
 mod api;
+mod camera;
 mod deadletter;
 mod e2e;
 mod edge;
@@ -15,10 +16,7 @@ use sightline_shared::{
     BoundingBox, Detection, DetectionEvent, EventId, ModelInfo, SCHEMA_VERSION, Timestamp,
 };
 
-/// The current time.
-pub fn now() -> Timestamp {
-    Timestamp::from_datetime(time::OffsetDateTime::now_utc())
-}
+pub use sightline_runtime::now;
 
 /// `n` distinct, valid events of one camera, one second apart and ending `n` seconds before
 /// now, exercising every optional field and odd-but-legal values.

@@ -1,0 +1,421 @@
+//! One camera's pipeline, on its own thread: frames from its source, motion gating, the
+//! detector, the tracker, then an event (with an annotated snapshot) committed to the
+//! buffer. A source that fails is reopened with capped backoff and reported in status and
+//! metrics; it never takes the agent down.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sightline_shared::backoff::Backoff;
+use sightline_shared::{Detection, DetectionEvent, EventId, SCHEMA_VERSION};
+use tokio_util::sync::CancellationToken;
+
+use crate::buffer::worker::BufferHandle;
+use crate::capture::{self, CaptureError, Frame};
+use crate::config::{CameraConfig, SnapshotConfig, SourceConfig};
+use crate::detect::{Detector, Found};
+use crate::metrics::{CameraLabel, Metrics};
+use crate::motion::MotionGate;
+use crate::snapshot;
+use crate::track::Tracker;
+
+/// Inference times kept for the status quantiles.
+const RECENT_INFERENCES: usize = 512;
+
+/// What `/v1/status` shows of a camera.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CameraStatus {
+    pub id: String,
+    /// `synthetic`, `file`, `v4l2` or `pattern`.
+    pub kind: &'static str,
+    /// `starting`, `running`, `retrying` or `finished`.
+    pub state: &'static str,
+    /// The source as opened (`/dev/video0 1280x720 mjpeg`).
+    pub source: Option<String>,
+    pub last_error: Option<String>,
+    /// Failed opens and reads so far.
+    pub errors: u64,
+    pub frames_captured: u64,
+    pub frames_processed: u64,
+    pub frames_skipped: u64,
+    /// Share of captured frames the motion gate kept from the detector.
+    pub skipped_fraction: f64,
+    pub fps: f64,
+    pub events_created: u64,
+    pub events_suppressed: u64,
+    /// Detector time per frame over the last frames, in milliseconds.
+    pub inference_ms: Option<Quantiles>,
+}
+
+/// p50 / p95 / max of recent samples.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Quantiles {
+    pub p50: f64,
+    pub p95: f64,
+    pub max: f64,
+}
+
+/// A camera's status, shared between its thread and the status endpoint.
+#[derive(Debug)]
+pub struct CameraState {
+    status: Mutex<CameraStatus>,
+    inferences: Mutex<VecDeque<f64>>,
+}
+
+impl CameraState {
+    pub fn new(config: &CameraConfig) -> Self {
+        let kind = match config.source {
+            SourceConfig::Synthetic(_) => "synthetic",
+            SourceConfig::File(_) => "file",
+            SourceConfig::V4l2(_) => "v4l2",
+            SourceConfig::Pattern(_) => "pattern",
+        };
+        Self {
+            status: Mutex::new(CameraStatus {
+                id: config.id.clone(),
+                kind,
+                state: if kind == "synthetic" {
+                    "running"
+                } else {
+                    "starting"
+                },
+                source: None,
+                last_error: None,
+                errors: 0,
+                frames_captured: 0,
+                frames_processed: 0,
+                frames_skipped: 0,
+                skipped_fraction: 0.0,
+                fps: 0.0,
+                events_created: 0,
+                events_suppressed: 0,
+                inference_ms: None,
+            }),
+            inferences: Mutex::new(VecDeque::with_capacity(RECENT_INFERENCES)),
+        }
+    }
+
+    /// A copy of the status, with the inference quantiles worked out.
+    pub fn snapshot(&self) -> CameraStatus {
+        let mut status = self.lock().clone();
+        let mut samples: Vec<f64> = self
+            .inferences
+            .lock()
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        if !samples.is_empty() {
+            samples.sort_by(f64::total_cmp);
+            let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+            status.inference_ms = Some(Quantiles {
+                p50: at(0.5),
+                p95: at(0.95),
+                max: at(1.0),
+            });
+        }
+        status
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CameraStatus> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut CameraStatus)) {
+        f(&mut self.lock());
+    }
+
+    /// Counts an event made without frames (the synthetic source).
+    pub fn count_event(&self) {
+        self.update(|s| s.events_created += 1);
+    }
+
+    /// Marks the camera finished (a source with an end reached it).
+    pub fn finish(&self) {
+        self.update(|s| s.state = "finished");
+    }
+
+    fn record_inference(&self, ms: f64) {
+        let mut samples = self.inferences.lock().unwrap_or_else(|e| e.into_inner());
+        if samples.len() == RECENT_INFERENCES {
+            samples.pop_front();
+        }
+        samples.push_back(ms);
+    }
+}
+
+/// Everything one camera's thread needs.
+#[derive(Debug)]
+pub struct Camera {
+    pub edge_id: String,
+    pub config: CameraConfig,
+    pub detector: Arc<Detector>,
+    pub snapshots: SnapshotConfig,
+    pub data_dir: PathBuf,
+    pub buffer: BufferHandle,
+    pub metrics: Metrics,
+    pub state: Arc<CameraState>,
+}
+
+/// The per-frame state that survives a reopened source.
+#[derive(Debug)]
+struct Pipeline {
+    motion: MotionGate,
+    tracker: Tracker,
+    /// Class ids that make events (`None`: all).
+    allowed: Option<HashSet<u32>>,
+    min_score: f32,
+    detect_interval: Option<Duration>,
+    last_detect: Option<Instant>,
+    fps_window: (Instant, u64),
+}
+
+impl Camera {
+    /// Runs until `stop` fires or a non-repeating source has played everything. Blocking:
+    /// call it on its own thread; `rt` is the runtime the buffer handle lives on.
+    pub fn run(self, rt: &tokio::runtime::Handle, stop: &CancellationToken) {
+        let label = CameraLabel {
+            camera: self.config.id.clone(),
+        };
+        let m = &self.metrics.cameras;
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let allowed = (!self.config.labels.is_empty()).then(|| {
+            (0..self.detector.labels().len() as u32)
+                .filter(|&c| self.config.labels.contains(&self.detector.label(c)))
+                .collect()
+        });
+        let motion = &self.config.motion;
+        let mut pipeline = Pipeline {
+            motion: MotionGate::new(motion.clone()),
+            tracker: Tracker::new(
+                self.config.tracker.iou_threshold,
+                (self.config.tracker.max_age_secs * 1000.0) as i64,
+                // Unique across restarts: ids start at the start time in microseconds.
+                (sightline_runtime::now().as_millis().max(0) as u64) * 1000,
+            ),
+            allowed,
+            min_score: self.config.min_score.unwrap_or(0.0),
+            detect_interval: (motion.detect_interval_secs > 0.0)
+                .then(|| Duration::from_secs_f64(motion.detect_interval_secs)),
+            last_detect: None,
+            fps_window: (Instant::now(), 0),
+        };
+        'open: while !stop.is_cancelled() {
+            let Some(opened) = capture::open(&self.config.source) else {
+                return;
+            };
+            let mut source = match opened {
+                Ok(source) => source,
+                Err(error) => {
+                    self.failed(&label, &error);
+                    if !pause(stop, backoff.next_delay(rand::random())) {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let described = source.describe();
+            tracing::info!(camera = %self.config.id, source = %described, "camera running");
+            self.state.update(|s| {
+                s.state = "running";
+                s.source = Some(described);
+            });
+            m.up.get_or_create(&label).set(1);
+            while !stop.is_cancelled() {
+                match source.next_frame() {
+                    Ok(frame) => {
+                        backoff.reset();
+                        self.process(&frame, &mut pipeline, &label, rt);
+                    }
+                    Err(CaptureError::Ended(source)) => {
+                        tracing::info!(camera = %self.config.id, %source, "camera finished: no more frames");
+                        self.state.finish();
+                        break 'open;
+                    }
+                    Err(error) => {
+                        self.failed(&label, &error);
+                        if !pause(stop, backoff.next_delay(rand::random())) {
+                            break 'open;
+                        }
+                        continue 'open;
+                    }
+                }
+            }
+        }
+        m.up.get_or_create(&label).set(0);
+        m.fps.get_or_create(&label).set(0.0);
+    }
+
+    fn failed(&self, label: &CameraLabel, error: &CaptureError) {
+        let m = &self.metrics.cameras;
+        m.errors.get_or_create(label).inc();
+        m.up.get_or_create(label).set(0);
+        tracing::error!(camera = %self.config.id, %error, "camera failed; retrying");
+        self.state.update(|s| {
+            s.state = "retrying";
+            s.errors += 1;
+            s.last_error = Some(error.to_string());
+        });
+    }
+
+    fn process(
+        &self,
+        frame: &Frame,
+        p: &mut Pipeline,
+        label: &CameraLabel,
+        rt: &tokio::runtime::Handle,
+    ) {
+        let m = &self.metrics.cameras;
+        m.frames_captured.get_or_create(label).inc();
+        p.fps_window.1 += 1;
+        let window = p.fps_window.0.elapsed();
+        if window >= Duration::from_secs(2) {
+            let fps = p.fps_window.1 as f64 / window.as_secs_f64();
+            m.fps.get_or_create(label).set(fps);
+            self.state.update(|s| s.fps = fps);
+            p.fps_window = (Instant::now(), 0);
+        }
+        let score = p.motion.score(&frame.image);
+        let due = match (p.detect_interval, p.last_detect) {
+            (Some(interval), Some(last)) => last.elapsed() >= interval,
+            (_, None) => true,
+            (None, Some(_)) => false,
+        };
+        if !p.motion.is_motion(score) && !due {
+            m.frames_skipped.get_or_create(label).inc();
+            self.state.update(|s| {
+                s.frames_captured += 1;
+                s.frames_skipped += 1;
+                s.skipped_fraction = s.frames_skipped as f64 / s.frames_captured as f64;
+            });
+            return;
+        }
+        p.last_detect = Some(Instant::now());
+        m.frames_processed.get_or_create(label).inc();
+        self.state.update(|s| {
+            s.frames_captured += 1;
+            s.frames_processed += 1;
+            s.skipped_fraction = s.frames_skipped as f64 / s.frames_captured as f64;
+        });
+        let started = Instant::now();
+        let (found, _) = match self.detector.detect(&frame.image) {
+            Ok(result) => result,
+            Err(error) => {
+                let errors = m.detect_errors.get_or_create(label);
+                errors.inc();
+                tracing::error!(camera = %self.config.id, frame = frame.seq, failures = errors.get(), %error, "detection failed on a frame; the frame is skipped");
+                return;
+            }
+        };
+        let spent = started.elapsed();
+        m.inference_seconds
+            .get_or_create(label)
+            .observe(spent.as_secs_f64());
+        self.state.record_inference(spent.as_secs_f64() * 1000.0);
+        let found: Vec<Found> = found
+            .into_iter()
+            .filter(|f| {
+                f.score >= p.min_score && p.allowed.as_ref().is_none_or(|a| a.contains(&f.class_id))
+            })
+            .collect();
+        if found.is_empty() {
+            return;
+        }
+        let assignments = p.tracker.update(&found, frame.captured_at.as_millis());
+        if !assignments.iter().any(|a| a.new) {
+            m.events_suppressed.get_or_create(label).inc();
+            self.state.update(|s| s.events_suppressed += 1);
+            return;
+        }
+        let detections = found
+            .iter()
+            .zip(&assignments)
+            .map(|(f, a)| Detection {
+                label: self.detector.label(f.class_id),
+                class_id: f.class_id,
+                confidence: f.score,
+                bbox: f.bbox,
+                track_id: Some(a.track_id),
+            })
+            .collect();
+        let mut event = DetectionEvent {
+            event_id: EventId::new_v7(frame.captured_at),
+            schema_version: SCHEMA_VERSION,
+            edge_id: self.edge_id.clone(),
+            camera_id: self.config.id.clone(),
+            captured_at: frame.captured_at,
+            frame_seq: frame.seq,
+            motion_score: score,
+            detections,
+            model: self.detector.info().clone(),
+            inference_ms: spent.as_secs_f32() * 1000.0,
+            snapshot: None,
+            description: None,
+            attributes: BTreeMap::from([("source".to_owned(), self.state.lock().kind.to_owned())]),
+        };
+        let saved = self
+            .snapshots
+            .enabled
+            .then(|| self.save_snapshot(frame, &event, label))
+            .flatten();
+        event.snapshot = saved.as_ref().map(|p| p.display().to_string());
+        let event_id = event.event_id;
+        match rt.block_on(self.buffer.append(event)) {
+            Ok(_) => {
+                self.metrics.events_created.inc();
+                m.capture_to_buffer_seconds
+                    .get_or_create(label)
+                    .observe(frame.captured.elapsed().as_secs_f64());
+                self.state.update(|s| s.events_created += 1);
+            }
+            Err(error) => {
+                self.metrics.dropped(error.drop_reason(), 1);
+                tracing::error!(camera = %self.config.id, %event_id, %error, "dropping a new event");
+                if let Some(path) = saved {
+                    let _ = std::fs::remove_file(self.data_dir.join(path));
+                }
+            }
+        }
+    }
+
+    /// Renders and saves the event's snapshot; on failure the event goes without one.
+    fn save_snapshot(
+        &self,
+        frame: &Frame,
+        event: &DetectionEvent,
+        label: &CameraLabel,
+    ) -> Option<PathBuf> {
+        let m = &self.metrics.cameras;
+        let relative = snapshot::relative_path(event);
+        let result = snapshot::render(&frame.image, &event.detections, &self.snapshots)
+            .map_err(|e| e.to_string())
+            .and_then(|jpeg| {
+                snapshot::save(&self.data_dir, &relative, &jpeg).map_err(|e| e.to_string())
+            });
+        match result {
+            Ok(_) => {
+                m.snapshots_written.get_or_create(label).inc();
+                Some(relative)
+            }
+            Err(error) => {
+                m.snapshot_errors.get_or_create(label).inc();
+                tracing::error!(camera = %self.config.id, event_id = %event.event_id, %error, "cannot save the snapshot; the event is kept without it");
+                None
+            }
+        }
+    }
+}
+
+/// Sleeps for `delay` unless `stop` fires first; `false` if it did.
+fn pause(stop: &CancellationToken, delay: Duration) -> bool {
+    let until = Instant::now() + delay;
+    while !stop.is_cancelled() {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+    false
+}

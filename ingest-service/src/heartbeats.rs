@@ -124,6 +124,7 @@ pub async fn run(
     client: clickhouse::Client,
     dead_letters: DeadLetters,
     metrics: Metrics,
+    timeout: Duration,
     cancel: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
@@ -163,7 +164,7 @@ pub async fn run(
         if rows.is_empty() {
             continue;
         }
-        match insert(&client, &rows).await {
+        match crate::sink::insert_rows(&client, TABLE, &rows, timeout).await {
             Ok(()) => {
                 backoff.reset();
                 metrics.heartbeats_stored.inc_by(rows.len() as u64);
@@ -200,17 +201,6 @@ async fn fetch(consumer: &consumer::PullConsumer) -> anyhow::Result<Vec<jetstrea
         out.push(message.map_err(|e| anyhow::anyhow!(e))?);
     }
     Ok(out)
-}
-
-async fn insert(
-    client: &clickhouse::Client,
-    rows: &[HeartbeatRow],
-) -> clickhouse::error::Result<()> {
-    let mut insert = client.insert::<HeartbeatRow>(TABLE).await?;
-    for row in rows {
-        insert.write(row).await?;
-    }
-    insert.end().await
 }
 
 async fn pause(backoff: &mut Backoff, cancel: &CancellationToken) {

@@ -132,6 +132,7 @@ pub async fn run(
         admin.clone().with_database(&config.clickhouse.database),
         dead_letters.clone(),
         metrics.clone(),
+        config.clickhouse.timeout(),
         cancel.clone(),
     ));
     let mut writer_client = admin.clone().with_database(&config.clickhouse.database);

@@ -102,21 +102,35 @@ impl Sink {
     }
 
     async fn try_insert(&self, rows: &[EventRow]) -> Result<(), clickhouse::error::Error> {
-        let mut insert = self
-            .client
-            .insert::<EventRow>(EVENTS_TABLE)
-            .await?
-            .with_timeouts(Some(self.timeout), Some(self.timeout));
-        for row in rows {
-            insert.write(row).await?;
-        }
-        insert.end().await
+        insert_rows(&self.client, EVENTS_TABLE, rows, self.timeout).await
     }
 
     /// Whether ClickHouse answers a trivial query.
     pub async fn ping(&self) -> bool {
         self.client.query("SELECT 1").execute().await.is_ok()
     }
+}
+
+/// One INSERT of `rows` into `table` in RowBinary, with `timeout` on both sending the rows
+/// and waiting for the server's answer, so a server that stops answering fails the insert
+/// instead of hanging it.
+pub async fn insert_rows<T>(
+    client: &Client,
+    table: &str,
+    rows: &[T],
+    timeout: Duration,
+) -> Result<(), clickhouse::error::Error>
+where
+    T: clickhouse::RowWrite + for<'a> clickhouse::Row<Value<'a> = T>,
+{
+    let mut insert = client
+        .insert::<T>(table)
+        .await?
+        .with_timeouts(Some(timeout), Some(timeout));
+    for row in rows {
+        insert.write(row).await?;
+    }
+    insert.end().await
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 mod api;
 mod camera;
 mod deadletter;
+mod deploy;
 mod e2e;
 mod edge;
 mod faults;

@@ -20,6 +20,9 @@ fi
 python3 -c 'import chdb, pytest' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check chdb-core pytest
 # onnx builds the tiny YOLO-shaped models the decoder tests run through ONNX Runtime.
 python3 -c 'import onnx' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check onnx
+# Helm's engine (render, lint) and the Kubernetes schemas, for the chart's tests.
+python3 -c 'import helm_python, kubernetes_validate, yaml' 2>/dev/null \
+  || python3 -m pip install -q --disable-pip-version-check helm-python-sdk kubernetes-validate pyyaml
 # The edge agent's detector loads ONNX Runtime from pip's wheel (stack.sh install put it there).
 ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$(deploy/local/stack.sh ort-library)}
 export ORT_DYLIB_PATH
@@ -34,8 +37,8 @@ cargo build --workspace --bins --locked
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$results"
-log "pytest (modern ClickHouse schema on chdb)"
-python3 -m pytest -q -p no:cacheprovider tests/chdb 2>&1 | tee -a "$results"
+log "pytest (modern ClickHouse schema on chdb; the Helm chart)"
+python3 -m pytest -q -p no:cacheprovider tests/chdb tests/helm 2>&1 | tee -a "$results"
 # One closing line over every test binary (cargo prints one summary per binary, the last of
 # which is usually an empty doc-test run).
 # pytest's summary looks like "3 passed, 1 skipped in 2.01s".

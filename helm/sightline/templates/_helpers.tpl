@@ -1,0 +1,61 @@
+{{- define "sightline.fullname" -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "sightline.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "sightline.selector" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "sightline.image" -}}
+{{- $reg := .root.Values.image.registry -}}
+{{- $tag := .image.tag | default .root.Chart.AppVersion -}}
+{{- if $reg }}{{ printf "%s/%s:%s" $reg .image.repository $tag }}{{ else }}{{ printf "%s:%s" .image.repository $tag }}{{ end -}}
+{{- end -}}
+
+{{- define "sightline.clickhouseSecret" -}}
+{{- .Values.clickhouse.existingSecret | default (printf "%s-clickhouse" (include "sightline.fullname" .)) -}}
+{{- end -}}
+
+{{- define "sightline.natsSecret" -}}
+{{- .Values.nats.existingSecret | default (printf "%s-nats" (include "sightline.fullname" .)) -}}
+{{- end -}}
+
+{{- define "sightline.tokenSecret" -}}
+{{- .Values.query.existingTokenSecret | default (printf "%s-query-tokens" (include "sightline.fullname" .)) -}}
+{{- end -}}
+
+{{- define "sightline.hasNatsCreds" -}}
+{{- if or .Values.nats.credentials .Values.nats.existingSecret }}true{{ end -}}
+{{- end -}}
+
+{{- define "sightline.hasTokens" -}}
+{{- if or .Values.query.tokens .Values.query.existingTokenSecret }}true{{ end -}}
+{{- end -}}
+
+{{/* Pod and container security: non-root, read-only root filesystem, no privileges. */}}
+{{- define "sightline.podSecurity" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "sightline.containerSecurity" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop: ["ALL"]
+{{- end -}}

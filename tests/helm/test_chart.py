@@ -1,0 +1,150 @@
+"""The Helm chart, checked with Helm's own engine (helm-python-sdk wraps Helm's Go SDK:
+render and lint offline) and every rendered manifest validated against the Kubernetes
+schemas (kubernetes-validate). The rendered service configs must pass the real binaries'
+--check-config; bad values must fail the chart's values.schema.json naming the key."""
+
+import os
+import pathlib
+import subprocess
+import tempfile
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+CHART = pathlib.Path(__file__).resolve().parents[2] / "helm" / "sightline"
+KUBE = "1.37.0"
+
+VALUE_SETS = {
+    "defaults": {},
+    "everything on": {
+        "nats": {"url": "tls://nats.example:4222", "credentials": "-----BEGIN NATS USER JWT-----"},
+        "clickhouse": {"url": "https://ch.example:8443", "ingestPassword": "p1", "queryPassword": "p2"},
+        "image": {"registry": "registry.example", "pullSecrets": [{"name": "regcred"}]},
+        "ingest": {"autoscaling": {"enabled": True}, "retention": {"eventsDays": 7}},
+        "query": {"tokens": ["a-token-of-20-chars!"], "service": {"type": "LoadBalancer", "port": 80}},
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+    },
+    "existing secrets, query only": {
+        "clickhouse": {"existingSecret": "ch-creds"},
+        "nats": {"existingSecret": "nats-creds"},
+        "query": {"existingTokenSecret": "api-tokens"},
+        "ingest": {"enabled": False},
+    },
+}
+
+
+def render(values):
+    chart = helm.Chart.load(str(CHART))
+    chart.validate_schema(values)
+    manifests = chart.render(values, name="sl", namespace="sightline", is_install=True)
+    docs = []
+    for path, text in manifests.items():
+        if path.endswith("NOTES.txt"):
+            continue
+        docs.extend(d for d in yaml.safe_load_all(text) if d)
+    return docs
+
+
+def binary(name):
+    target = os.environ.get("CARGO_TARGET_DIR", str(CHART.parents[1] / "target"))
+    path = pathlib.Path(target) / "debug" / name
+    if not path.exists():
+        pytest.fail(f"{path} is missing: build the workspace first (scripts/test.sh does)")
+    return path
+
+
+def test_lint_is_clean():
+    report = helm.lint(str(CHART), strict=True, kube_version=f"v{KUBE}")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert not report["errors"] and not problems, report
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_every_manifest_is_valid_kubernetes(name):
+    docs = render(VALUE_SETS[name])
+    kinds = sorted(d["kind"] for d in docs)
+    assert "ConfigMap" in kinds and "Deployment" in kinds, kinds
+    for doc in docs:
+        if doc["kind"] == "ServiceMonitor":
+            # A CRD: not in the Kubernetes schemas; check what Prometheus needs.
+            assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+            assert doc["spec"]["endpoints"][0]["path"] == "/metrics"
+            assert doc["metadata"]["labels"]["release"] == "prom"
+            continue
+        kubernetes_validate.validate(doc, KUBE, strict=True)
+    for deployment in (d for d in docs if d["kind"] == "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        for container in pod["containers"]:
+            sc = container["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+            assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+            assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+            assert container["resources"]["limits"] and container["resources"]["requests"]
+            # Every mounted secret or config volume exists in the pod.
+            volumes = {v["name"] for v in pod["volumes"]}
+            assert {m["name"] for m in container["volumeMounts"]} <= volumes
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_rendered_configs_pass_the_binaries_check(name):
+    docs = render(VALUE_SETS[name])
+    config = next(d for d in docs if d["kind"] == "ConfigMap")
+    # The secrets as the pods mount them: the rendered ones' contents, or stand-ins for
+    # existing secrets the operator made.
+    made = {}
+    for secret in (d for d in docs if d["kind"] == "Secret"):
+        made.update(secret["stringData"])
+    with tempfile.TemporaryDirectory() as secrets:
+        for path, key, stand_in in [
+            ("clickhouse/ingest-password", "ingest-password", "p"),
+            ("clickhouse/query-password", "query-password", "p"),
+            ("nats/nats.creds", "nats.creds", "creds"),
+            ("tokens/tokens", "tokens", "an-operator-token-0001"),
+        ]:
+            file = pathlib.Path(secrets) / path
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_text(made.get(key, stand_in) + "\n")
+        for key, binary_name in [("ingest.toml", "ingest-service"), ("query.toml", "query-service")]:
+            text = config["data"][key].replace("/etc/sightline/secrets", secrets)
+            with tempfile.NamedTemporaryFile("w", suffix=".toml") as f:
+                f.write(text)
+                f.flush()
+                run = subprocess.run(
+                    [binary(binary_name), "--config", f.name, "--check-config"],
+                    capture_output=True,
+                    text=True,
+                )
+            assert run.returncode == 0, f"{key}:\n{text}\n{run.stderr[:2000]}"
+
+
+def test_autoscaling_replaces_fixed_replicas_and_disabled_parts_vanish():
+    docs = render(VALUE_SETS["everything on"])
+    ingest = next(d for d in docs if d["kind"] == "Deployment" and "ingest" in d["metadata"]["name"])
+    assert "replicas" not in ingest["spec"]
+    hpa = next(d for d in docs if d["kind"] == "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == ingest["metadata"]["name"]
+    docs = render(VALUE_SETS["existing secrets, query only"])
+    assert not [d for d in docs if "ingest" in d["metadata"]["name"]]
+    assert not [d for d in docs if d["kind"] == "Secret"], "existing secrets are used, none made"
+
+
+@pytest.mark.parametrize(
+    "values, key",
+    [
+        ({"nats": {"url": "http://nats:4222"}}, "/nats/url"),
+        ({"clickhouse": {"url": "clickhouse:8123"}}, "/clickhouse/url"),
+        ({"ingest": {"replicas": -1}}, "/ingest/replicas"),
+        ({"query": {"tokens": ["short"]}}, "/query/tokens"),
+        ({"ingest": {"batch": {"maxRows": 0}}}, "/ingest/batch/maxRows"),
+        ({"query": {"service": {"type": "Ingress"}}}, "/query/service/type"),
+        ({"ingest": {"replcas": 3}}, "replcas"),
+    ],
+)
+def test_bad_values_fail_the_schema_naming_the_key(values, key):
+    chart = helm.Chart.load(str(CHART))
+    with pytest.raises(Exception) as error:
+        chart.validate_schema(chart.merge_values(values))
+    assert key in str(error.value), str(error.value)

@@ -8,6 +8,7 @@ mod deploy;
 mod e2e;
 mod edge;
 mod faults;
+mod monitoring;
 mod query;
 mod schema;
 

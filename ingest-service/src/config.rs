@@ -32,6 +32,9 @@ pub struct IngestConfig {
     /// How long each table keeps its rows.
     #[serde(default)]
     pub retention: RetentionSettings,
+    /// Leader election for the singleton jobs (the retention sweep).
+    #[serde(default)]
+    pub leader: crate::leader::LeaderSettings,
 }
 
 /// Settings of the events stream and the dead-letter stream.

@@ -19,6 +19,7 @@ pub mod consumer;
 pub mod deadletter;
 pub mod heartbeats;
 pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod migrations;
 pub mod nats;

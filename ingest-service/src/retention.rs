@@ -247,6 +247,7 @@ pub async fn run_sweeps(
     db: String,
     settings: RetentionSettings,
     metrics: Metrics,
+    leadership: crate::leader::Leadership,
     cancel: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(Duration::from_secs(settings.sweep_interval_secs));
@@ -254,6 +255,10 @@ pub async fn run_sweeps(
         tokio::select! {
             () = cancel.cancelled() => return,
             _ = ticker.tick() => {}
+        }
+        // One replica sweeps: the Lease holder (or the only instance).
+        if !leadership.is_leader() {
+            continue;
         }
         match sweep(&client, &db, &settings, OffsetDateTime::now_utc()).await {
             Ok(n) => {

@@ -89,11 +89,20 @@ pub async fn run(
             version = ?caps.version,
             "ClickHouse has no TTL: expired partitions are dropped by a scheduled sweep"
         );
+        let leadership = match crate::leader::start(&config.leader, cancel.clone()).await {
+            Ok(leadership) => leadership,
+            Err(error) => {
+                cancel.cancel();
+                let _ = finish(http, nats).await;
+                return Err(error);
+            }
+        };
         tokio::spawn(retention::run_sweeps(
             admin.clone(),
             db.clone(),
             config.retention.clone(),
             metrics.clone(),
+            leadership,
             cancel.clone(),
         ));
     }

@@ -120,6 +120,34 @@ def test_rendered_configs_pass_the_binaries_check(name):
             assert run.returncode == 0, f"{key}:\n{text}\n{run.stderr[:2000]}"
 
 
+def test_leader_election_gets_exactly_its_lease_rbac():
+    docs = render({})
+    role = next(d for d in docs if d["kind"] == "Role")
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["sightline-ingest"],
+            "verbs": ["get", "update"],
+        },
+    ]
+    binding = next(d for d in docs if d["kind"] == "RoleBinding")
+    account = next(d for d in docs if d["kind"] == "ServiceAccount")
+    assert binding["subjects"][0]["name"] == account["metadata"]["name"]
+    pods = {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in docs if d["kind"] == "Deployment"}
+    ingest = next(p for n, p in pods.items() if n.endswith("-ingest"))
+    query = next(p for n, p in pods.items() if n.endswith("-query"))
+    assert ingest["serviceAccountName"] == account["metadata"]["name"]
+    assert ingest["automountServiceAccountToken"] is True
+    assert query["automountServiceAccountToken"] is False, "the query service needs no API access"
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["ingest.toml"]
+    assert 'mode = "kubernetes"' in config
+    off = render({"ingest": {"leaderElection": {"enabled": False}}})
+    assert not [d for d in off if d["kind"] in ("Role", "RoleBinding", "ServiceAccount")]
+    assert 'mode = "off"' in next(d for d in off if d["kind"] == "ConfigMap")["data"]["ingest.toml"]
+
+
 def test_autoscaling_replaces_fixed_replicas_and_disabled_parts_vanish():
     docs = render(VALUE_SETS["everything on"])
     ingest = next(d for d in docs if d["kind"] == "Deployment" and "ingest" in d["metadata"]["name"])
@@ -141,6 +169,7 @@ def test_autoscaling_replaces_fixed_replicas_and_disabled_parts_vanish():
         ({"ingest": {"batch": {"maxRows": 0}}}, "/ingest/batch/maxRows"),
         ({"query": {"service": {"type": "Ingress"}}}, "/query/service/type"),
         ({"ingest": {"replcas": 3}}, "replcas"),
+        ({"ingest": {"leaderElection": {"leaseName": "Bad_Name"}}}, "/ingest/leaderElection/leaseName"),
     ],
 )
 def test_bad_values_fail_the_schema_naming_the_key(values, key):

@@ -1,0 +1,199 @@
+//! Leader election against a fake Kubernetes API server: a real HTTP server on loopback
+//! that stores Leases and enforces `resourceVersion` on replace, as the API server does.
+//! Two candidates, one wins, the winner dies, the other takes over; racing candidates never
+//! both win; a stopping leader hands over at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::Api;
+use serde_json::{Value, json};
+use sightline_ingest::leader::{Elector, LeaderMode, LeaderSettings};
+use tokio_util::sync::CancellationToken;
+
+type Shared = Arc<Mutex<HashMap<String, (u64, Value)>>>;
+type Reply = (StatusCode, Json<Value>);
+
+fn status(code: u16, reason: &str) -> Reply {
+    (
+        StatusCode::from_u16(code).expect("status code"),
+        Json(
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": reason, "reason": reason, "code": code}),
+        ),
+    )
+}
+
+fn with_version(mut lease: Value, version: u64) -> Value {
+    lease["metadata"]["resourceVersion"] = json!(version.to_string());
+    lease["apiVersion"] = json!("coordination.k8s.io/v1");
+    lease["kind"] = json!("Lease");
+    lease
+}
+
+async fn get_lease(State(s): State<Shared>, Path((_, name)): Path<(String, String)>) -> Reply {
+    match s.lock().expect("lock").get(&name) {
+        Some((v, lease)) => (StatusCode::OK, Json(with_version(lease.clone(), *v))),
+        None => status(404, "NotFound"),
+    }
+}
+
+async fn create_lease(
+    State(s): State<Shared>,
+    Path(_): Path<String>,
+    Json(lease): Json<Value>,
+) -> Reply {
+    let mut leases = s.lock().expect("lock");
+    let name = lease["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if leases.contains_key(&name) {
+        return status(409, "AlreadyExists");
+    }
+    leases.insert(name, (1, lease.clone()));
+    (StatusCode::CREATED, Json(with_version(lease, 1)))
+}
+
+async fn replace_lease(
+    State(s): State<Shared>,
+    Path((_, name)): Path<(String, String)>,
+    Json(lease): Json<Value>,
+) -> Reply {
+    let mut leases = s.lock().expect("lock");
+    let Some((current, _)) = leases.get(&name).cloned() else {
+        return status(404, "NotFound");
+    };
+    if lease["metadata"]["resourceVersion"].as_str() != Some(current.to_string().as_str()) {
+        return status(409, "Conflict");
+    }
+    leases.insert(name, (current + 1, lease.clone()));
+    (StatusCode::OK, Json(with_version(lease, current + 1)))
+}
+
+async fn fake_api() -> (kube::Client, Shared) {
+    let state: Shared = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
+            post(create_lease),
+        )
+        .route(
+            "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
+            get(get_lease).put(replace_lease),
+        )
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let config = kube::Config::new(url.parse().expect("url"));
+    (kube::Client::try_from(config).expect("client"), state)
+}
+
+fn candidate(client: &kube::Client, identity: &str) -> Elector {
+    let settings = LeaderSettings {
+        mode: LeaderMode::Kubernetes,
+        lease_name: "sightline-ingest".into(),
+        lease_duration_secs: 2,
+        renew_interval_secs: 1,
+    };
+    let api: Api<Lease> = Api::namespaced(client.clone(), "sightline");
+    Elector::new(api, &settings, identity)
+}
+
+fn lease(state: &Shared) -> Value {
+    state
+        .lock()
+        .expect("lock")
+        .get("sightline-ingest")
+        .map(|l| l.1.clone())
+        .unwrap_or_default()
+}
+
+fn holder(state: &Shared) -> Option<String> {
+    lease(state)["spec"]["holderIdentity"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+#[tokio::test]
+async fn one_wins_and_the_other_takes_over_when_the_winner_dies() {
+    let (client, state) = fake_api().await;
+    let (a, b) = (
+        candidate(&client, "ingest-a"),
+        candidate(&client, "ingest-b"),
+    );
+    assert!(
+        a.try_acquire_or_renew().await.unwrap(),
+        "a creates the Lease"
+    );
+    assert!(!b.try_acquire_or_renew().await.unwrap(), "b sees it held");
+    assert!(a.try_acquire_or_renew().await.unwrap(), "a renews");
+    assert!(!b.try_acquire_or_renew().await.unwrap());
+    assert_eq!(holder(&state).as_deref(), Some("ingest-a"));
+
+    // a dies: it stops renewing. Until the Lease expires b still waits.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(!b.try_acquire_or_renew().await.unwrap(), "not expired yet");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(
+        b.try_acquire_or_renew().await.unwrap(),
+        "b takes over the expired Lease"
+    );
+    assert_eq!(holder(&state).as_deref(), Some("ingest-b"));
+    // a comes back: b holds a fresh Lease, so a follows.
+    assert!(!a.try_acquire_or_renew().await.unwrap());
+    assert_eq!(lease(&state)["spec"]["leaseTransitions"], 1);
+}
+
+#[tokio::test]
+async fn candidates_racing_for_an_expired_lease_never_both_win() {
+    let (client, _state) = fake_api().await;
+    assert!(
+        candidate(&client, "gone")
+            .try_acquire_or_renew()
+            .await
+            .unwrap()
+    );
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_millis(2300)).await;
+        let contenders: Vec<Elector> = (0..4)
+            .map(|i| candidate(&client, &format!("c{round}-{i}")))
+            .collect();
+        let results =
+            futures::future::join_all(contenders.iter().map(Elector::try_acquire_or_renew)).await;
+        let winners = results.iter().filter(|r| matches!(r, Ok(true))).count();
+        assert_eq!(winners, 1, "round {round}: {results:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_stopping_leader_hands_over_at_once() {
+    let (client, state) = fake_api().await;
+    let stop_a = CancellationToken::new();
+    let mut a = candidate(&client, "ingest-a").spawn(stop_a.clone());
+    while !a.is_leader() {
+        assert!(a.changed().await, "the elector stopped");
+    }
+    let stop_b = CancellationToken::new();
+    let b = candidate(&client, "ingest-b").spawn(stop_b.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(a.is_leader() && !b.is_leader(), "one leader at a time");
+    stop_a.cancel();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!a.is_leader());
+    assert_eq!(holder(&state), None, "released on shutdown");
+    // b picks it up on its next round (1 s), before the old Lease's 2 s would have expired.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(b.is_leader());
+    assert_eq!(holder(&state).as_deref(), Some("ingest-b"));
+    stop_b.cancel();
+}

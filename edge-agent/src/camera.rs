@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::buffer::worker::BufferHandle;
 use crate::capture::{self, CaptureError, Frame};
-use crate::config::{CameraConfig, SnapshotConfig, SourceConfig};
+use crate::config::{CameraConfig, SnapshotConfig};
 use crate::detect::{Detector, Found};
 use crate::metrics::{CameraLabel, Metrics};
 use crate::motion::MotionGate;
@@ -67,12 +67,7 @@ pub struct CameraState {
 
 impl CameraState {
     pub fn new(config: &CameraConfig) -> Self {
-        let kind = match config.source {
-            SourceConfig::Synthetic(_) => "synthetic",
-            SourceConfig::File(_) => "file",
-            SourceConfig::V4l2(_) => "v4l2",
-            SourceConfig::Pattern(_) => "pattern",
-        };
+        let kind = config.source.kind();
         Self {
             status: Mutex::new(CameraStatus {
                 id: config.id.clone(),
@@ -352,7 +347,10 @@ impl Camera {
             inference_ms: spent.as_secs_f32() * 1000.0,
             snapshot: None,
             description: None,
-            attributes: BTreeMap::from([("source".to_owned(), self.state.lock().kind.to_owned())]),
+            attributes: BTreeMap::from([(
+                "source".to_owned(),
+                self.config.source.kind().to_owned(),
+            )]),
         };
         let saved = self
             .snapshots

@@ -302,6 +302,18 @@ pub enum SourceConfig {
     Pattern(PatternConfig),
 }
 
+impl SourceConfig {
+    /// The source's `kind` as written in the config.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Synthetic(_) => "synthetic",
+            SourceConfig::File(_) => "file",
+            SourceConfig::V4l2(_) => "v4l2",
+            SourceConfig::Pattern(_) => "pattern",
+        }
+    }
+}
+
 /// A camera made of files.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -76,10 +76,12 @@ pub fn render(
 
 /// The snapshot's path relative to the data directory, as the event records it.
 pub fn relative_path(event: &DetectionEvent) -> PathBuf {
-    let day = event.captured_at.as_millis().div_euclid(86_400_000) as i32;
-    daylog::day_dir(Path::new(""), day)
-        .join(SNAPSHOTS_DIR)
-        .join(format!("{}.jpg", event.event_id))
+    daylog::day_dir(
+        Path::new(""),
+        crate::buffer::day_of(event.captured_at.as_millis()),
+    )
+    .join(SNAPSHOTS_DIR)
+    .join(format!("{}.jpg", event.event_id))
 }
 
 /// Writes a snapshot under `data_dir` atomically (temporary file, then rename), mode 0644.

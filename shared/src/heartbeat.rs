@@ -23,7 +23,7 @@ pub struct Heartbeat {
     pub uptime_secs: u64,
     /// Cameras configured on the host.
     pub cameras: u32,
-    /// Frames per second over the last interval, all cameras together (0 until capture runs).
+    /// Frames per second captured, all cameras together (0 with only synthetic cameras).
     pub fps: f64,
     /// Events committed to the buffer since the agent started.
     pub events_created: u64,

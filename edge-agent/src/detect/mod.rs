@@ -89,21 +89,19 @@ fn library_path(explicit: Option<&Path>) -> Result<PathBuf, String> {
     let hint = "ONNX Runtime 1.31 or newer is needed: `pip install onnxruntime==1.31.1` ships \
                 onnxruntime/capi/libonnxruntime.so.1.31.1; point model.onnxruntime_library or \
                 ORT_DYLIB_PATH at it, or copy it to /usr/lib/sightline/libonnxruntime.so";
-    if let Some(path) = explicit {
-        return match path.is_file() {
-            true => Ok(path.to_owned()),
-            false => Err(format!(
-                "model.onnxruntime_library: {} does not exist. {hint}",
-                path.display()
-            )),
-        };
-    }
-    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
-        let path = PathBuf::from(path);
+    // A place named explicitly must exist; only the defaults are searched.
+    let named = explicit
+        .map(|p| ("model.onnxruntime_library", p.to_owned()))
+        .or_else(|| {
+            std::env::var_os("ORT_DYLIB_PATH")
+                .filter(|p| !p.is_empty())
+                .map(|p| ("ORT_DYLIB_PATH", PathBuf::from(p)))
+        });
+    if let Some((source, path)) = named {
         return match path.is_file() {
             true => Ok(path),
             false => Err(format!(
-                "ORT_DYLIB_PATH: {} does not exist. {hint}",
+                "{source}: {} does not exist. {hint}",
                 path.display()
             )),
         };

@@ -1,5 +1,6 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, for the jobs only one replica should
-//! run (the retention sweep). Outside Kubernetes, or with `[leader] mode = "off"`, the one
+//! run: migrations and retention TTL at start-up (followers wait until the schema is current)
+//! and the retention sweep. Outside Kubernetes, or with `[leader] mode = "off"`, the one
 //! instance is always the leader.
 //!
 //! The protocol is the one client-go's leaderelection uses: the holder renews
@@ -80,8 +81,17 @@ impl Leadership {
     }
 
     /// Waits until leadership changes; `false` once the elector has stopped.
+    ///
+    /// Once the elector has stopped it returns at once: callers also wait on something else.
     pub async fn changed(&mut self) -> bool {
         self.0.changed().await.is_ok()
+    }
+}
+
+/// A leadership driven by the sender's side (tests, embedders with their own election).
+impl From<watch::Receiver<bool>> for Leadership {
+    fn from(rx: watch::Receiver<bool>) -> Self {
+        Self(rx)
     }
 }
 

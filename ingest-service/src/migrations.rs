@@ -5,12 +5,17 @@
 //! with a checksum of the file, so an edited migration is caught instead of silently
 //! diverging. Every statement is idempotent (`IF NOT EXISTS`), so two replicas starting
 //! together may both run a migration and both record it; the record table collapses the
-//! duplicate. (On Kubernetes the Lease from the deployment issue lets only one replica run
-//! them at all.) A statement ClickHouse rejects stops the service with the migration named.
+//! duplicate. Where replicas elect a leader (a Kubernetes Lease, see [`crate::leader`]), only
+//! the leader migrates and the others wait in [`migrate_or_wait`] until the schema is current.
+//! A statement ClickHouse rejects stops the service with the migration named.
+
+use std::time::Duration;
 
 use clickhouse::{Client, Row};
 use serde::Deserialize;
 use thiserror::Error;
+
+use crate::leader::Leadership;
 
 /// One migration file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,34 +172,10 @@ pub async fn migrate(client: &Client, db: &str) -> Result<Vec<u32>, MigrationErr
             }
         })?;
     }
-    #[derive(Row, Deserialize)]
-    struct Applied {
-        version: u32,
-        checksums: Vec<String>,
-    }
-    // Every checksum recorded for a version (replicas may each have recorded one, and copies
-    // collapse only when parts merge): any that differs from this build's file is a change.
-    let applied = client
-        .query(&format!(
-            "SELECT version, groupUniqArray(checksum) AS checksums FROM `{db}`.schema_migrations GROUP BY version ORDER BY version"
-        ))
-        .fetch_all::<Applied>()
-        .await
-        .map_err(MigrationError::Bookkeeping)?;
+    let applied = applied(client, db).await?;
     let mut done = Vec::new();
-    for migration in MIGRATIONS {
+    for migration in unapplied(&applied)? {
         let current = migration.checksum();
-        if let Some(a) = applied.iter().find(|a| a.version == migration.version) {
-            if let Some(applied) = a.checksums.iter().find(|c| **c != current) {
-                return Err(MigrationError::Changed {
-                    version: migration.version,
-                    name: migration.name,
-                    applied: applied.clone(),
-                    current,
-                });
-            }
-            continue;
-        }
         for (i, statement) in migration.statements(db).iter().enumerate() {
             client.query(statement).execute().await.map_err(|source| {
                 if is_network(&source) {
@@ -235,6 +216,104 @@ pub async fn migrate(client: &Client, db: &str) -> Result<Vec<u32>, MigrationErr
         );
     }
     Ok(done)
+}
+
+/// The versions this build has that the database has not recorded yet, without changing
+/// anything (no database or bookkeeping table yet: all of them).
+pub async fn pending(client: &Client, db: &str) -> Result<Vec<u32>, MigrationError> {
+    let exists = client
+        .query(
+            "SELECT count() FROM system.tables WHERE database = ? AND name = 'schema_migrations'",
+        )
+        .bind(db)
+        .fetch_one::<u64>()
+        .await
+        .map_err(MigrationError::Bookkeeping)?;
+    if exists == 0 {
+        return Ok(MIGRATIONS.iter().map(|m| m.version).collect());
+    }
+    let applied = applied(client, db).await?;
+    Ok(unapplied(&applied)?.map(|m| m.version).collect())
+}
+
+/// Migrates if this replica leads; otherwise waits, checking every `poll`, until the leader
+/// has applied every migration of this build (or this replica becomes the leader and
+/// migrates itself). Returns the versions this replica applied.
+pub async fn migrate_or_wait(
+    client: &Client,
+    db: &str,
+    mut leadership: Leadership,
+    poll: Duration,
+) -> Result<Vec<u32>, MigrationError> {
+    let mut announced = false;
+    loop {
+        if leadership.is_leader() {
+            return migrate(client, db).await;
+        }
+        let waiting = pending(client, db).await?;
+        if waiting.is_empty() {
+            if announced {
+                tracing::info!("the leader has migrated the schema");
+            }
+            return Ok(Vec::new());
+        }
+        if !announced {
+            tracing::info!(
+                ?waiting,
+                "not the leader: waiting for the leader to apply the migrations"
+            );
+            announced = true;
+        }
+        tokio::select! {
+            // A stopped elector answers at once: then just poll.
+            changed = leadership.changed() => if !changed {
+                tokio::time::sleep(poll).await;
+            },
+            () = tokio::time::sleep(poll) => {}
+        }
+    }
+}
+
+/// One recorded version and every checksum recorded for it.
+#[derive(Debug, Row, Deserialize)]
+struct Applied {
+    version: u32,
+    checksums: Vec<String>,
+}
+
+async fn applied(client: &Client, db: &str) -> Result<Vec<Applied>, MigrationError> {
+    // Every checksum recorded for a version (replicas may each have recorded one, and copies
+    // collapse only when parts merge): any that differs from this build's file is a change.
+    client
+        .query(&format!(
+            "SELECT version, groupUniqArray(checksum) AS checksums FROM `{db}`.schema_migrations GROUP BY version ORDER BY version"
+        ))
+        .fetch_all::<Applied>()
+        .await
+        .map_err(MigrationError::Bookkeeping)
+}
+
+/// This build's migrations that `applied` lacks; an applied one whose file changed since is
+/// an error.
+fn unapplied(
+    applied: &[Applied],
+) -> Result<impl Iterator<Item = &'static Migration>, MigrationError> {
+    for migration in MIGRATIONS {
+        let current = migration.checksum();
+        let recorded = applied.iter().find(|a| a.version == migration.version);
+        if let Some(changed) = recorded.and_then(|a| a.checksums.iter().find(|c| **c != current)) {
+            return Err(MigrationError::Changed {
+                version: migration.version,
+                name: migration.name,
+                applied: changed.clone(),
+                current,
+            });
+        }
+    }
+    let versions: Vec<u32> = applied.iter().map(|a| a.version).collect();
+    Ok(MIGRATIONS
+        .iter()
+        .filter(move |m| !versions.contains(&m.version)))
 }
 
 #[cfg(test)]

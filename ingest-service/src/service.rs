@@ -16,6 +16,7 @@ use crate::config::IngestConfig;
 use crate::consumer::Consumer;
 use crate::deadletter::DeadLetters;
 use crate::http::{HttpState, router};
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::migrations::{self, MigrationError};
 use crate::sink::Sink;
@@ -66,12 +67,20 @@ pub async fn run(
         }
     });
 
+    let leadership = match crate::leader::start(&config.leader, cancel.clone()).await {
+        Ok(leadership) => leadership,
+        Err(error) => {
+            cancel.cancel();
+            let _ = finish(http, nats).await;
+            return Err(error);
+        }
+    };
     let db = config.clickhouse.database.clone();
     let prepared = retry(
         "prepare the ClickHouse schema",
         &cancel,
         StoreSetupError::is_transient,
-        || prepare_store(&admin, &db, &config.retention),
+        || prepare_store(&admin, &db, &config.retention, leadership.clone()),
     )
     .await;
     let caps = match prepared {
@@ -89,14 +98,6 @@ pub async fn run(
             version = ?caps.version,
             "ClickHouse has no TTL: expired partitions are dropped by a scheduled sweep"
         );
-        let leadership = match crate::leader::start(&config.leader, cancel.clone()).await {
-            Ok(leadership) => leadership,
-            Err(error) => {
-                cancel.cancel();
-                let _ = finish(http, nats).await;
-                return Err(error);
-            }
-        };
         tokio::spawn(retention::run_sweeps(
             admin.clone(),
             db.clone(),
@@ -234,22 +235,28 @@ impl StoreSetupError {
     }
 }
 
-/// Detects what the server can do, applies migrations and sets retention TTL where the
-/// server has it.
+/// Detects what the server can do; the leader applies the migrations and sets retention
+/// TTL where the server has it, a follower waits until the leader has migrated.
 pub async fn prepare_store(
     admin: &clickhouse::Client,
     db: &str,
     retention_settings: &retention::RetentionSettings,
+    leadership: Leadership,
 ) -> Result<Capabilities, StoreSetupError> {
     let caps = Capabilities::detect(admin)
         .await
         .map_err(StoreSetupError::Detect)?;
-    migrations::migrate(admin, db).await?;
-    retention::apply_ttl(admin, db, retention_settings, caps)
-        .await
-        .map_err(StoreSetupError::Ttl)?;
+    migrations::migrate_or_wait(admin, db, leadership.clone(), SCHEMA_POLL).await?;
+    if leadership.is_leader() {
+        retention::apply_ttl(admin, db, retention_settings, caps)
+            .await
+            .map_err(StoreSetupError::Ttl)?;
+    }
     Ok(caps)
 }
+
+/// How often a follower checks whether the leader has migrated.
+const SCHEMA_POLL: Duration = Duration::from_secs(1);
 
 /// Retries `op` with capped backoff while its errors are transient: `Ok(Some)` on success,
 /// `Ok(None)` if `cancel` fired first, `Err` for an error retrying cannot fix.

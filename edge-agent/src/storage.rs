@@ -5,7 +5,10 @@
 //! - at 90 %, rotation deletes whole days, oldest first, until usage is under 80 %: the day's
 //!   folder (logs, snapshots) and the day's *published* buffer rows, then compacts the buffer
 //!   so the space really goes back to the disk. Never today, never a day inside
-//!   `min_retention_days`, never an unpublished event;
+//!   `min_retention_days`, never an unpublished event. A buffer file that could not be
+//!   opened and was moved aside (`buffer.duckdb.corrupt-<unix seconds>`) belongs to the
+//!   day it was moved aside on and goes with that day: its events were unreadable, and kept
+//!   forever it would hold the budget down for good;
 //! - at 100 % with nothing left to rotate, the full-disk policy decides: `reject_new`
 //!   (default: new events are refused, counted and logged, nothing already kept is lost),
 //!   `drop_oldest` (the oldest unpublished events are deleted to make room, each counted and
@@ -15,7 +18,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::buffer::{Buffer, BufferError, day_of};
+use crate::buffer::worker::BUFFER_FILE;
+use crate::buffer::{Buffer, BufferError, CORRUPT_SUFFIX, day_of};
 use crate::daylog::{self, DayLogs};
 
 /// Warn at this share of the budget.
@@ -145,8 +149,10 @@ impl Budget {
             return Ok(rotation);
         }
         let today = day_of(now_ms);
+        let corrupt = corrupt_copies(data_dir);
         let mut days = buffer.days()?;
         days.extend(folder_days(data_dir));
+        days.extend(corrupt.iter().map(|(day, _)| *day));
         days.sort_unstable();
         days.dedup();
         let target = (self.limit_bytes as f64 * TARGET_PERCENT / 100.0) as u64;
@@ -178,7 +184,20 @@ impl Budget {
                     tracing::error!(dir = %dir.display(), %error, "rotation could not delete a day folder");
                 }
                 let rows = buffer.delete_sent_day(day)?;
-                used = used.saturating_sub(folder_bytes + rows * bytes_per_row);
+                let mut copies_bytes = 0;
+                for (_, copy) in corrupt.iter().filter(|(d, _)| *d == day) {
+                    let bytes = std::fs::metadata(copy).map_or(0, |m| m.len());
+                    match std::fs::remove_file(copy) {
+                        Ok(()) => {
+                            copies_bytes += bytes;
+                            tracing::error!(file = %copy.display(), freed = %human_bytes(bytes), "rotation deleted a buffer file that had been moved aside as unreadable (its events were never published)");
+                        }
+                        Err(error) => {
+                            tracing::error!(file = %copy.display(), %error, "rotation could not delete an unreadable buffer file")
+                        }
+                    }
+                }
+                used = used.saturating_sub(folder_bytes + copies_bytes + rows * bytes_per_row);
                 deleted_rows += rows;
                 deleted_days += 1;
                 rotation.days.push(daylog::day_name(day));
@@ -216,6 +235,26 @@ pub fn compact(buffer: &mut Buffer) {
         ),
         Err(error) => tracing::error!(%error, "compacting the buffer failed"),
     }
+}
+
+/// Buffer files moved aside as unreadable (and their WALs), with the day they were moved
+/// aside on (from the name's unix seconds).
+fn corrupt_copies(data_dir: &Path) -> Vec<(i32, std::path::PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            let rest = name
+                .to_str()?
+                .strip_prefix(BUFFER_FILE)?
+                .strip_prefix(CORRUPT_SUFFIX)?;
+            let secs: i64 = rest.strip_suffix(".wal").unwrap_or(rest).parse().ok()?;
+            Some((day_of(secs.saturating_mul(1000)), e.path()))
+        })
+        .collect()
 }
 
 /// Day folders present under `data_dir/events`.

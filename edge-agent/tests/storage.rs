@@ -122,6 +122,55 @@ fn rotation_deletes_oldest_days_first_and_gives_the_space_back() {
     assert_eq!((stats.rows, stats.unsent), (10_000, 10_000));
 }
 
+/// A buffer file moved aside as unreadable is rotated with the day it was moved aside on:
+/// old ones go (with their WAL) when the budget needs the room, recent ones stay.
+#[test]
+fn rotation_deletes_old_unreadable_buffer_copies_and_keeps_recent_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (mut buffer, _) = Buffer::open(&dir.join(BUFFER_FILE)).unwrap();
+    fill_day(dir, &mut buffer, 0, 1_000, MB, false);
+    buffer.checkpoint().unwrap();
+    let copy = |days_ago: i64| {
+        let secs = (now_ms() - days_ago * DAY) / 1000;
+        dir.join(format!("{BUFFER_FILE}.corrupt-{secs}"))
+    };
+    let (old, recent) = (copy(10), copy(0));
+    let old_wal = dir.join(format!(
+        "{}.wal",
+        old.file_name().unwrap().to_str().unwrap()
+    ));
+    std::fs::write(&old, vec![7u8; 8 * MB as usize]).unwrap();
+    std::fs::write(&old_wal, vec![7u8; MB as usize]).unwrap();
+    std::fs::write(&recent, vec![7u8; MB as usize]).unwrap();
+    let used = dir_bytes(dir);
+    let budget = Budget {
+        limit_bytes: used * 100 / 95,
+        min_retention_days: 3,
+        policy: FullPolicy::RejectNew,
+    };
+    let rotation = budget
+        .rotate(dir, &mut buffer, &mut DayLogs::new(dir), now_ms(), false)
+        .unwrap();
+    assert_eq!(
+        rotation.days,
+        [daylog::day_name(day_of(now_ms() - 10 * DAY))],
+        "{rotation:?}"
+    );
+    assert!(
+        !old.exists() && !old_wal.exists(),
+        "the old copy and its WAL are gone"
+    );
+    assert!(
+        recent.exists(),
+        "a copy from today is kept for the operator"
+    );
+    // The 9 MB of the old copy came back (give or take the buffer's own bookkeeping).
+    let freed = rotation.before.used_bytes - rotation.after.used_bytes;
+    assert!(freed > 9 * MB - 64 * 1024, "{rotation:?}");
+    assert_eq!(buffer.stats().unwrap().unsent, 1_000);
+}
+
 fn settings(dir: &Path, limit_bytes: u64, policy: FullPolicy, daily_logs: bool) -> Settings {
     Settings {
         data_dir: dir.to_owned(),

@@ -696,11 +696,14 @@ fn compact_path(path: &Path) -> PathBuf {
     with_suffix(path, ".compact")
 }
 
+/// What an unreadable buffer file moved aside gets after its name, before the unix seconds.
+pub const CORRUPT_SUFFIX: &str = ".corrupt-";
+
 fn corrupt_path(path: &Path) -> PathBuf {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    with_suffix(path, &format!(".corrupt-{secs}"))
+    with_suffix(path, &format!("{CORRUPT_SUFFIX}{secs}"))
 }
 
 fn move_aside(path: &Path, aside: &Path) -> Result<(), BufferError> {

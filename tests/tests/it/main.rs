@@ -2,6 +2,7 @@
 //! API and faults, all against real `nats-server` and `clickhouse-server` processes.
 
 mod api;
+mod backup;
 mod camera;
 mod deadletter;
 mod deploy;

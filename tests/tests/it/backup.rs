@@ -1,0 +1,281 @@
+//! The backup and restore procedures of docs/operations.md, run for real: the edge script
+//! against the agent binary and its DuckDB buffer, the ClickHouse script against the 18.16
+//! server (FREEZE, copy, ATTACH PARTITION), each ending with the data read back through the
+//! product.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use sightline_edge_agent::buffer::Buffer;
+use sightline_edge_agent::buffer::worker::BUFFER_FILE;
+use sightline_shared::Encoding;
+use sightline_tests::fixtures::terminate;
+use sightline_tests::{ClickHouseServer, Stack};
+
+use crate::edge::{spawn_agent, wait_status, write_agent_config};
+use crate::known_events;
+
+fn script(path: &str, args: &[&str], envs: &[(&str, String)]) -> Output {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let output = Command::new(repo.join(path))
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap_or_else(|e| panic!("run {path}: {e}"));
+    eprintln!(
+        "{path} {args:?}: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn text(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+/// The synthetic camera's config: 50 events/s, until `max` if set. (The agent exits once
+/// its cameras are done and its backlog is published, or the drain timeout has passed.)
+fn camera(max: Option<u64>) -> String {
+    let max = max.map_or(String::new(), |m| format!(", max_events = {m}"));
+    format!(
+        "[[cameras]]\nid = \"door\"\nsource = {{ kind = \"synthetic\", events_per_second = 50.0{max} }}\n"
+    )
+}
+
+/// Every event id in the buffer file and how many are unsent (the agent must be stopped).
+fn buffered(data: &Path) -> anyhow::Result<(BTreeSet<String>, u64)> {
+    let (buffer, _) = Buffer::open(&data.join(BUFFER_FILE))?;
+    let unsent = buffer.stats()?.unsent;
+    let ids = buffer
+        .recent(usize::MAX >> 1)?
+        .into_iter()
+        .map(|r| r.event.event_id.to_string())
+        .collect();
+    Ok((ids, unsent))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_backup_taken_offline_is_restored_on_a_new_disk_and_delivered_once()
+-> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    stack.nats.kill();
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    let archive = tmp.path().join("edge-backup.tar.gz");
+    let log = tmp.path().join("agent.log");
+    let (config, base) =
+        write_agent_config(tmp.path(), &stack.nats.url(), "edge-bak", &camera(None))?;
+    // Offline, so a stop does not wait long for a link that is not there.
+    let original = std::fs::read_to_string(&config)?;
+    std::fs::write(
+        &config,
+        original.replace("drain_timeout_secs = 60", "drain_timeout_secs = 1"),
+    )?;
+    let mut agent = spawn_agent(&config, &log)?;
+    let http = reqwest::Client::new();
+    wait_status(
+        &http,
+        &base,
+        "100 events buffered",
+        Duration::from_secs(60),
+        |s| s["buffer"]["unsent"].as_u64() >= Some(100),
+    )
+    .await?;
+
+    // While the agent has the buffer open, the backup refuses and writes nothing.
+    let args = ["--data-dir", text(&data), "--no-service"];
+    let refused = script(
+        "deploy/edge/backup.sh",
+        &[&["backup", text(&archive)], &args[..]].concat(),
+        &[],
+    );
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(&format!("open by pid {}", agent.id())),
+        "{stderr}"
+    );
+    assert!(!archive.exists());
+
+    terminate(&mut agent)?;
+    let (committed, unsent) = buffered(&data)?;
+    assert!(committed.len() >= 100);
+    assert_eq!(
+        unsent as usize,
+        committed.len(),
+        "offline: nothing was sent"
+    );
+    let backed_up = script(
+        "deploy/edge/backup.sh",
+        &[&["backup", text(&archive)], &args[..]].concat(),
+        &[],
+    );
+    assert!(backed_up.status.success());
+    assert!(archive.metadata()?.len() > 0);
+
+    // The disk is replaced: the data directory now holds something else, which restore
+    // keeps aside rather than deleting.
+    std::fs::remove_dir_all(&data)?;
+    std::fs::create_dir_all(&data)?;
+    std::fs::write(data.join("from-the-new-disk"), "x")?;
+    let restored = script(
+        "deploy/edge/backup.sh",
+        &[&["restore", text(&archive)], &args[..]].concat(),
+        &[],
+    );
+    assert!(restored.status.success());
+    let aside: Vec<PathBuf> = std::fs::read_dir(tmp.path())?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    let aside = aside
+        .iter()
+        .find(|p| text(p).contains("data.before-restore-"))
+        .expect("the previous data directory kept aside");
+    assert!(aside.join("from-the-new-disk").exists());
+    assert_eq!(buffered(&data)?, (committed.clone(), unsent));
+
+    // Back online, with a camera that makes nothing new: the agent publishes what the
+    // backup held and exits once it is all acknowledged (within the 60 s drain timeout).
+    std::fs::write(&config, original.replace(&camera(None), &camera(Some(0))))?;
+    stack.nats.start_again()?;
+    let mut agent = spawn_agent(&config, &log)?;
+    let exit = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::task::spawn_blocking(move || agent.wait()),
+    )
+    .await???;
+    assert!(exit.success(), "the agent exited with {exit}");
+    let expected = committed.len();
+    let found = stack
+        .wait_for_events("edge=edge-bak&limit=1000", expected)
+        .await?;
+    let ids: Vec<String> = found.iter().map(|e| e.event_id.to_string()).collect();
+    assert_eq!(ids.len(), expected, "an event is there twice");
+    assert_eq!(ids.into_iter().collect::<BTreeSet<_>>(), committed);
+    assert_eq!(buffered(&data)?.1, 0, "all marked sent");
+
+    // Restoring an archive that is not an edge backup is refused before anything moves.
+    let junk = tmp.path().join("junk.tar.gz");
+    std::fs::write(&junk, b"not a tarball")?;
+    let refused = script(
+        "deploy/edge/backup.sh",
+        &[&["restore", text(&junk)], &args[..]].concat(),
+        &[],
+    );
+    assert!(!refused.status.success());
+    assert!(data.join(BUFFER_FILE).exists());
+    stack.stop().await
+}
+
+/// Counts that must survive a backup and restore: events through FINAL (the query path's
+/// view), rows per table, the rollup's sums and the applied migrations.
+async fn fingerprint(clickhouse: &ClickHouseServer) -> anyhow::Result<String> {
+    clickhouse
+        .query(
+            "SELECT (SELECT count() FROM sightline.events FINAL), (SELECT count() FROM sightline.events_by_id FINAL), \
+             (SELECT count() FROM sightline.detections FINAL), \
+             (SELECT countMerge(detections) FROM sightline.detections_hourly), \
+             (SELECT groupArray(version) FROM (SELECT DISTINCT version FROM sightline.schema_migrations ORDER BY version)) \
+             FORMAT TabSeparated",
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clickhouse_backup_restores_on_a_new_server_and_never_doubles_live_data()
+-> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let events = known_events("edge-ch", "lobby", 300);
+    stack.publish(events, Encoding::Bincode).await?;
+    stack
+        .wait_for_events("edge=edge-ch&limit=1000", 300)
+        .await?;
+    let before = fingerprint(&stack.clickhouse).await?;
+    assert!(before.starts_with("300\t300\t"), "{before}");
+    let days = stack
+        .clickhouse
+        .query("SELECT uniqExact(toYYYYMMDD(captured_at)) FROM sightline.events")
+        .await?;
+
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("ch-backup");
+    let port = |c: &ClickHouseServer| vec![("CLICKHOUSE_PORT", c.tcp_port().to_string())];
+    let out = script(
+        "deploy/clickhouse/backup.sh",
+        &["backup", text(&dir)],
+        &port(&stack.clickhouse),
+    );
+    assert!(out.status.success());
+    // The server's frozen copy is removed again: no disk space stays pinned.
+    let path = stack
+        .clickhouse
+        .query(
+            "SELECT data_path FROM system.tables WHERE database = 'sightline' AND name = 'events'",
+        )
+        .await?;
+    let shadow = Path::new(&path).join("../../../shadow");
+    let left: Vec<_> = std::fs::read_dir(&shadow)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(left, ["increment.txt"], "{}", shadow.display());
+    assert!(std::fs::read_dir(dir.join("parts/events"))?.count() >= 1);
+    // A second backup into the same directory is refused.
+    let again = script(
+        "deploy/clickhouse/backup.sh",
+        &["backup", text(&dir)],
+        &port(&stack.clickhouse),
+    );
+    assert!(!again.status.success());
+
+    // A new, empty server: the schema and every table's data come back, rollups included.
+    let fresh = ClickHouseServer::start()?;
+    let out = script(
+        "deploy/clickhouse/backup.sh",
+        &["restore", text(&dir)],
+        &port(&fresh),
+    );
+    assert!(out.status.success());
+    assert_eq!(fingerprint(&fresh).await?, before);
+    let views = fresh
+        .query("SELECT count() FROM system.tables WHERE database = 'sightline' AND engine = 'MaterializedView'")
+        .await?;
+    assert_eq!(views, "3");
+
+    // Restoring again over the live data keeps every partition as it is: nothing doubles.
+    let out = script(
+        "deploy/clickhouse/backup.sh",
+        &["restore", text(&dir)],
+        &port(&fresh),
+    );
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("kept sightline.events partition"));
+    assert_eq!(fingerprint(&fresh).await?, before);
+
+    // A partition lost on the live server comes back with --replace.
+    let newest = fresh
+        .query("SELECT toString(max(toYYYYMMDD(captured_at))) FROM sightline.events")
+        .await?;
+    fresh
+        .query(&format!(
+            "ALTER TABLE sightline.events DROP PARTITION ID '{newest}'"
+        ))
+        .await?;
+    assert_ne!(fingerprint(&fresh).await?, before);
+    let out = script(
+        "deploy/clickhouse/backup.sh",
+        &["restore", text(&dir), "--replace"],
+        &port(&fresh),
+    );
+    assert!(out.status.success());
+    assert_eq!(fingerprint(&fresh).await?, before);
+    assert_eq!(
+        fresh
+            .query("SELECT uniqExact(toYYYYMMDD(captured_at)) FROM sightline.events")
+            .await?,
+        days
+    );
+    stack.stop().await
+}

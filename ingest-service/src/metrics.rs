@@ -52,6 +52,7 @@ pub struct Metrics {
     pub batch_rows: Histogram,
     pub pending_rows: Gauge,
     pub insert_retries: Counter,
+    pub keep_alives: Counter,
     pub consumer_pending: Gauge,
     pub consumer_ack_pending: Gauge,
     pub retention_partitions_dropped: Counter,
@@ -74,6 +75,7 @@ impl Metrics {
             batch_rows: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
             pending_rows: Gauge::default(),
             insert_retries: Counter::default(),
+            keep_alives: Counter::default(),
             consumer_pending: Gauge::default(),
             consumer_ack_pending: Gauge::default(),
             retention_partitions_dropped: Counter::default(),
@@ -127,6 +129,11 @@ impl Metrics {
             "insert_retries",
             "INSERTs retried after a transient failure",
             metrics.insert_retries.clone(),
+        );
+        r.register(
+            "batch_keep_alives",
+            "Rounds of in-progress acks sent for a batch still being written",
+            metrics.keep_alives.clone(),
         );
         r.register(
             "consumer_pending",

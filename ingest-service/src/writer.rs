@@ -5,9 +5,10 @@
 //! succeeds, then every message is acknowledged. While a transient failure is retried the
 //! messages are kept alive with in-progress acks so JetStream does not hand them to another
 //! replica. A permanent failure bisects the batch until the bad rows are alone, and those go
-//! to the dead-letter stream.
+//! to the dead-letter stream. In-progress acks go out on a timer for as long as the batch is
+//! in hand (a slow INSERT, retries, a bisection), three times per ack wait.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
 use sightline_shared::Backoff;
@@ -66,14 +67,36 @@ impl Writer {
         }
     }
 
-    /// Stores and acknowledges every message of `batch` (emptying it), bisecting around rows
-    /// ClickHouse rejects and retrying transient failures until `cancel` fires.
+    /// Stores and acknowledges every message of `batch` (emptying it), keeping the messages
+    /// alive meanwhile.
     async fn flush(&self, batch: &mut Batch, cancel: &CancellationToken) -> Result<(), Cancelled> {
         let Batch { messages, rows, .. } = std::mem::take(batch);
+        let every = self.ack_wait / 3;
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let store = self.store(&messages, &rows, cancel);
+        tokio::pin!(store);
+        loop {
+            tokio::select! {
+                result = &mut store => return result,
+                _ = ticker.tick() => {
+                    self.metrics.keep_alives.inc();
+                    self.keep_alive(&messages).await;
+                }
+            }
+        }
+    }
+
+    /// Inserts `rows` and acknowledges their `messages`, bisecting around rows ClickHouse
+    /// rejects and retrying transient failures until `cancel` fires.
+    async fn store(
+        &self,
+        messages: &[jetstream::Message],
+        rows: &[EventRow],
+        cancel: &CancellationToken,
+    ) -> Result<(), Cancelled> {
         let mut ranges = vec![(0, rows.len())];
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
-        let progress_every = self.ack_wait / 3;
-        let mut last_progress = Instant::now();
         while let Some((lo, hi)) = ranges.pop() {
             match self.sink.insert(&rows[lo..hi]).await {
                 Ok(()) => {
@@ -97,10 +120,6 @@ impl Writer {
                     ranges.push((lo, hi));
                     let delay = backoff.next_delay(rand::random());
                     tracing::warn!(%error, rows = hi - lo, retry_in_ms = delay.as_millis() as u64, "insert failed, retrying");
-                    if last_progress.elapsed() >= progress_every {
-                        self.keep_alive(&messages).await;
-                        last_progress = Instant::now();
-                    }
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         () = cancel.cancelled() => return Err(Cancelled),

@@ -269,3 +269,77 @@ pub fn terminate(child: &mut Child) -> anyhow::Result<std::process::ExitStatus> 
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A TCP proxy on loopback in front of a server whose answers it can hold back: requests
+/// pass at once, and each chunk of the server's reply is delayed by the current delay. It
+/// makes a real server slow to answer (a slow INSERT) without touching the server.
+#[derive(Debug)]
+pub struct SlowProxy {
+    port: u16,
+    delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowProxy {
+    /// Starts a proxy to `127.0.0.1:<upstream>` with no delay (inside a tokio runtime).
+    pub fn start(upstream: u16) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let delay_ms = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let delay = delay_ms.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let delay = delay.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    let (mut client_rx, mut client_tx) = client.into_split();
+                    let (mut server_rx, mut server_tx) = server.into_split();
+                    let up = tokio::io::copy(&mut client_rx, &mut server_tx);
+                    let down = async {
+                        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = server_rx.read(&mut buf).await?;
+                            if n == 0 {
+                                return client_tx.shutdown().await;
+                            }
+                            let ms = delay.load(std::sync::atomic::Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                            client_tx.write_all(&buf[..n]).await?;
+                        }
+                    };
+                    let _ = tokio::join!(up, down);
+                });
+            }
+        });
+        Ok(Self {
+            port,
+            delay_ms,
+            task,
+        })
+    }
+
+    /// The proxy's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Holds back every chunk of the server's replies by `delay` from now on.
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms.store(
+            delay.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+}
+
+impl Drop for SlowProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

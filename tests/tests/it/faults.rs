@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use sightline_shared::Encoding;
 use sightline_tests::Stack;
+use sightline_tests::fixtures::SlowProxy;
 use sightline_tests::stack::publish_via;
 
 use crate::known_events;
@@ -279,5 +280,92 @@ async fn a_restart_with_new_consumer_settings_updates_the_durable_consumer() -> 
         .publish(known_events("edge-u", "cam-u", 10), Encoding::Bincode)
         .await?;
     stack.wait_for_events("camera=cam-u", 10).await?;
+    stack.stop().await
+}
+
+/// An INSERT slower than the ack wait (ClickHouse's answers held back by a proxy) must not
+/// get its messages redelivered: the writer keeps them alive for as long as the batch is in
+/// hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_insert_keeps_its_messages_alive_and_nothing_is_redelivered() -> anyhow::Result<()> {
+    let mut proxy = None;
+    let stack = Stack::start_with(|c| {
+        let port = c
+            .clickhouse
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok());
+        let slow = SlowProxy::start(port.expect("clickhouse port")).expect("proxy");
+        c.clickhouse.url = format!("http://127.0.0.1:{}", slow.port());
+        proxy = Some(slow);
+        c.clickhouse.timeout_ms = 20_000;
+        c.consumer.ack_wait_secs = 2;
+        c.batch.max_rows = 2_000;
+        // One batch of all of them: the wait outlasts the publishing.
+        c.batch.max_wait_ms = 5_000;
+    })
+    .await?;
+    let proxy = proxy.expect("proxy started");
+    // Every answer of ClickHouse to ingest now takes 7 s, over three ack waits (and within
+    // the request timeout, so the INSERT succeeds, slowly).
+    proxy.set_delay(Duration::from_secs(7));
+    let started = std::time::Instant::now();
+    stack
+        .publish(
+            known_events("edge-slow", "cam-slow", 2_000),
+            Encoding::Bincode,
+        )
+        .await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let stored = loop {
+        let stored = stack
+            .clickhouse
+            .query("SELECT count(), uniqExact(event_id) FROM sightline.events WHERE camera_id = 'cam-slow' FORMAT TabSeparated")
+            .await?;
+        if stored.ends_with("\t2000") || std::time::Instant::now() > deadline {
+            break stored;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(stored, "2000\t2000");
+    // The rows are in at once; the answer, and so the acks, come 7 s later. Meanwhile
+    // nothing may be redelivered.
+    let js = stack.jetstream().await?;
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(sightline_shared::subjects::EVENTS_STREAM)
+        .await?
+        .get_consumer(&stack.ingest_config.consumer.durable_name)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let info = loop {
+        let info = consumer.info().await?.clone();
+        if info.num_ack_pending == 0 || std::time::Instant::now() > deadline {
+            break info;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        started.elapsed() > Duration::from_secs(7),
+        "the insert was not slow"
+    );
+    assert_eq!(
+        (info.num_redelivered, info.num_ack_pending),
+        (0, 0),
+        "{info:?}"
+    );
+    let stored = stack
+        .clickhouse
+        .query("SELECT count() FROM sightline.events WHERE camera_id = 'cam-slow'")
+        .await?;
+    assert_eq!(stored, "2000", "a redelivery was inserted again");
+    let metrics = stack.ingest_metrics().await?;
+    assert!(
+        sightline_tests::stack::metric(&metrics, "sightline_ingest_batch_keep_alives_total", "")
+            >= 1.0,
+        "{metrics}"
+    );
+    proxy.set_delay(Duration::ZERO);
     stack.stop().await
 }

@@ -3,18 +3,60 @@
 //! The agent's outbox is the DuckDB buffer ([`crate::buffer::worker::BufferOutbox`]): `next`
 //! reads unsent rows, `confirm` marks them sent. [`ChannelOutbox`] publishes a fixed set of
 //! events from memory (tools and tests that drive the publisher directly).
+//!
+//! Events travel to the publisher already encoded: the buffer stores each event's contract
+//! payload (bincode, current schema) when it commits it, and hands that payload out again
+//! with the few fields routing needs, so a drain neither decodes nor re-encodes events.
 
 use std::future::Future;
 
-use sightline_shared::DetectionEvent;
+use bytes::Bytes;
+use sightline_shared::codec::{self, CodecError, EventHead};
+use sightline_shared::{ContentType, DetectionEvent, Encoding};
 use tokio::sync::mpsc;
+
+use crate::metrics::{DropReason, Metrics};
 
 /// An event to publish and its position in the outbox.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outgoing {
     /// The outbox's key for [`Outbox::confirm`].
     pub seq: u64,
-    pub event: DetectionEvent,
+    /// Id, edge and camera: the message id and subject.
+    pub head: EventHead,
+    /// The event in the contract's bincode encoding of the current schema version.
+    pub payload: Bytes,
+}
+
+impl Outgoing {
+    /// Encodes a (validated) event for the outbox.
+    pub fn encode(seq: u64, event: &DetectionEvent) -> Result<Self, CodecError> {
+        let payload = codec::encode(event, Encoding::Bincode)?;
+        Ok(Self::from_parts(seq, event, payload))
+    }
+
+    /// An outgoing event from its already-encoded payload (which must be `event`'s bincode).
+    pub fn from_parts(seq: u64, event: &DetectionEvent, payload: Vec<u8>) -> Self {
+        Self {
+            seq,
+            head: EventHead::from(event),
+            payload: payload.into(),
+        }
+    }
+
+    /// An outgoing event from a stored bincode payload: only its head is decoded.
+    pub fn from_payload(seq: u64, payload: Vec<u8>) -> Result<Self, CodecError> {
+        Ok(Self {
+            seq,
+            head: codec::decode_head(&payload)?,
+            payload: payload.into(),
+        })
+    }
+
+    /// The whole event, decoded (for a publisher configured for JSON, and for checks).
+    pub fn event(&self) -> Result<DetectionEvent, CodecError> {
+        codec::decode_as(ContentType::current(Encoding::Bincode), &self.payload)
+    }
 }
 
 /// A source of events to publish.
@@ -29,17 +71,19 @@ pub trait Outbox: Send {
     fn confirm(&mut self, seq: u64) -> impl Future<Output = ()> + Send;
 }
 
-/// An outbox over a bounded in-memory channel.
+/// An outbox over a bounded in-memory channel. Events are validated and encoded as they are
+/// taken; one that fails is dropped, counted and logged.
 #[derive(Debug)]
 pub struct ChannelOutbox {
     rx: mpsc::Receiver<DetectionEvent>,
+    metrics: Metrics,
 }
 
 impl ChannelOutbox {
     /// A channel outbox holding up to `capacity` events, and the sender cameras use.
-    pub fn new(capacity: usize) -> (mpsc::Sender<DetectionEvent>, Self) {
+    pub fn new(capacity: usize, metrics: Metrics) -> (mpsc::Sender<DetectionEvent>, Self) {
         let (tx, rx) = mpsc::channel(capacity);
-        (tx, Self { rx })
+        (tx, Self { rx, metrics })
     }
 
     /// Events still queued (for the shutdown report).
@@ -50,8 +94,20 @@ impl ChannelOutbox {
 
 impl Outbox for ChannelOutbox {
     async fn next(&mut self) -> Option<Outgoing> {
-        let event = self.rx.recv().await?;
-        Some(Outgoing { seq: 0, event })
+        loop {
+            let event = self.rx.recv().await?;
+            let checked = event
+                .validate(sightline_runtime::now())
+                .map_err(|e| e.to_string())
+                .and_then(|()| Outgoing::encode(0, &event).map_err(|e| e.to_string()));
+            match checked {
+                Ok(outgoing) => return Some(outgoing),
+                Err(error) => {
+                    tracing::error!(event_id = %event.event_id, camera = %event.camera_id, error, "dropping an invalid event");
+                    self.metrics.dropped(DropReason::Invalid, 1);
+                }
+            }
+        }
     }
 
     fn confirm(&mut self, _seq: u64) -> impl Future<Output = ()> + Send {

@@ -15,9 +15,10 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
+use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use sightline_shared::{Backoff, ContentType, DetectionEvent, Encoding, codec, subjects};
+use sightline_shared::{Backoff, ContentType, Encoding, codec, subjects};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -104,16 +105,16 @@ impl Publisher {
                         outbox_open = false;
                         continue;
                     };
-                    let Some(payload) = self.encode(&outgoing.event) else {
+                    let Some(payload) = self.payload(&outgoing) else {
                         // Never publishable: confirm it so a durable outbox does not offer
                         // it again (it was counted and logged as dropped).
                         outbox.confirm(outgoing.seq).await;
                         continue;
                     };
-                    let subject = subjects::event_subject(&outgoing.event.edge_id, &outgoing.event.camera_id);
+                    let subject = subjects::event_subject(&outgoing.head.edge_id, &outgoing.head.camera_id);
                     let message = PublishMessage::build()
-                        .payload(payload.into())
-                        .message_id(outgoing.event.event_id.to_string())
+                        .payload(payload)
+                        .message_id(outgoing.head.event_id.to_string())
                         .header(codec::CONTENT_TYPE_HEADER, content_type.as_str());
                     match self.js.send_publish(subject, message).await {
                         Ok(ack) => {
@@ -143,23 +144,25 @@ impl Publisher {
     ) {
         self.metrics.publish_errors.inc();
         let delay = backoff.next_delay(rand::random());
-        tracing::warn!(event_id = %outgoing.event.event_id, error, retry_in_ms = delay.as_millis() as u64, "publish failed, will retry");
+        tracing::warn!(event_id = %outgoing.head.event_id, error, retry_in_ms = delay.as_millis() as u64, "publish failed, will retry");
         retry.push_back(outgoing);
         *paused_until = Some(Instant::now() + delay);
     }
 
-    /// Validates and encodes an event; an event that fails is dropped, counted and logged,
+    /// The payload in the configured encoding: the outbox's bincode as it is, or re-encoded
+    /// as JSON. One that cannot be (a damaged stored payload) is dropped, counted and logged,
     /// because retrying can never fix it.
-    fn encode(&self, event: &DetectionEvent) -> Option<Vec<u8>> {
-        let now = sightline_runtime::now();
-        let result = event
-            .validate(now)
-            .map_err(|e| e.to_string())
-            .and_then(|()| codec::encode(event, self.encoding).map_err(|e| e.to_string()));
-        match result {
-            Ok(payload) => Some(payload),
+    fn payload(&self, outgoing: &Outgoing) -> Option<Bytes> {
+        let json = match self.encoding {
+            Encoding::Bincode => return Some(outgoing.payload.clone()),
+            Encoding::Json => outgoing
+                .event()
+                .and_then(|event| codec::encode(&event, Encoding::Json)),
+        };
+        match json {
+            Ok(payload) => Some(payload.into()),
             Err(error) => {
-                tracing::error!(event_id = %event.event_id, camera = %event.camera_id, error, "dropping an invalid event");
+                tracing::error!(event_id = %outgoing.head.event_id, camera = %outgoing.head.camera_id, %error, "dropping an event that cannot be encoded");
                 self.metrics.dropped(DropReason::Invalid, 1);
                 None
             }

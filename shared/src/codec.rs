@@ -18,7 +18,7 @@ use std::str::FromStr;
 
 use thiserror::Error;
 
-use crate::event::{DetectionEvent, SCHEMA_VERSION};
+use crate::event::{DetectionEvent, EventId, SCHEMA_VERSION};
 
 /// The NATS header that carries the [`ContentType`].
 pub const CONTENT_TYPE_HEADER: &str = "Content-Type";
@@ -217,10 +217,56 @@ pub fn decode_as(content_type: ContentType, payload: &[u8]) -> Result<DetectionE
     Ok(event)
 }
 
+/// What a publisher needs to route an encoded event (subject and `Nats-Msg-Id`), read from
+/// the front of its bincode payload without decoding the rest.
+///
+/// Bincode writes fields in declaration order, and these are the first fields of
+/// [`DetectionEvent`], so they decode from any payload [`encode`] made for the current schema.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct EventHead {
+    pub event_id: EventId,
+    pub schema_version: u16,
+    pub edge_id: String,
+    pub camera_id: String,
+}
+
+impl From<&DetectionEvent> for EventHead {
+    fn from(event: &DetectionEvent) -> Self {
+        Self {
+            event_id: event.event_id,
+            schema_version: event.schema_version,
+            edge_id: event.edge_id.clone(),
+            camera_id: event.camera_id.clone(),
+        }
+    }
+}
+
+/// Reads the [`EventHead`] of a bincode payload of the current schema version. The rest of
+/// the payload is not checked: a consumer decodes it whole (and dead-letters it if it is
+/// malformed).
+pub fn decode_head(payload: &[u8]) -> Result<EventHead, CodecError> {
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(CodecError::TooLarge { len: payload.len() });
+    }
+    let (head, _): (EventHead, usize) =
+        bincode::serde::decode_from_slice(payload, bincode_config()).map_err(|e| {
+            CodecError::Malformed {
+                encoding: Encoding::Bincode,
+                reason: e.to_string(),
+            }
+        })?;
+    if head.schema_version != SCHEMA_VERSION {
+        return Err(CodecError::UnsupportedVersion {
+            found: head.schema_version,
+        });
+    }
+    Ok(head)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{BoundingBox, Detection, EventId, ModelInfo};
+    use crate::event::{BoundingBox, Detection, ModelInfo};
     use crate::timestamp::Timestamp;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
@@ -408,6 +454,29 @@ mod tests {
             json.contains(&format!("\"event_id\":\"{}\"", event.event_id)),
             "{json}"
         );
+    }
+
+    #[test]
+    fn the_head_decodes_from_the_front_of_a_bincode_payload() {
+        let event = sample();
+        let payload = encode(&event, Encoding::Bincode).unwrap();
+        assert_eq!(decode_head(&payload).unwrap(), EventHead::from(&event));
+        // Only the front is read: a cut tail still routes, a cut head does not.
+        assert_eq!(
+            decode_head(&payload[..payload.len() / 2]).unwrap(),
+            EventHead::from(&event)
+        );
+        assert!(matches!(
+            decode_head(&payload[..10]),
+            Err(CodecError::Malformed { .. })
+        ));
+        let mut newer = event;
+        newer.schema_version = SCHEMA_VERSION + 1;
+        let payload = bincode::serde::encode_to_vec(&newer, bincode_config()).unwrap();
+        assert!(matches!(
+            decode_head(&payload),
+            Err(CodecError::UnsupportedVersion { .. })
+        ));
     }
 
     #[test]

@@ -342,13 +342,14 @@ pub async fn publish_via(
     encoding: Encoding,
     window: usize,
 ) -> PublishReport {
-    let (tx, mut outbox) = ChannelOutbox::new(events.len().max(1));
+    let metrics = EdgeMetrics::default();
+    let (tx, mut outbox) = ChannelOutbox::new(events.len().max(1), metrics.clone());
     for event in events {
         // The channel holds them all, so this never waits and never fails.
         let _ = tx.try_send(event);
     }
     drop(tx);
-    Publisher::new(js, encoding, window, EdgeMetrics::default())
+    Publisher::new(js, encoding, window, metrics)
         .run(&mut outbox, &CancellationToken::new())
         .await
 }

@@ -255,11 +255,9 @@ impl Buffer {
         let next = first + events.len() as u64;
         tx.commit().map_err(db)?;
         self.next_seq = next;
-        for (i, event) in events.iter().enumerate() {
-            self.fresh.push_back(Outgoing {
-                seq: first + i as u64,
-                event: event.clone(),
-            });
+        for (i, (event, payload)) in events.iter().zip(rows).enumerate() {
+            self.fresh
+                .push_back(Outgoing::from_parts(first + i as u64, event, payload));
         }
         while self.fresh.len() > FRESH_CACHE {
             self.fresh.pop_front();
@@ -372,11 +370,8 @@ impl Buffer {
         let mut bad = Vec::new();
         for row in rows {
             let (seq, payload) = row.map_err(db_err(&self.path))?;
-            match decode(&payload) {
-                Ok(event) => out.push(Outgoing {
-                    seq: seq as u64,
-                    event,
-                }),
+            match Outgoing::from_payload(seq as u64, payload) {
+                Ok(outgoing) => out.push(outgoing),
                 Err(error) => {
                     tracing::error!(seq, %error, path = %self.path.display(), "dropping a buffer row that cannot be decoded (damaged on disk?)");
                     bad.push(seq as u64);

@@ -54,7 +54,7 @@ fn events_survive_a_reopen_until_marked_sent() {
         );
         let page = buffer.next_page(20).unwrap();
         assert_eq!(page.len(), 10);
-        assert_eq!(page[0].event, events[0]);
+        assert_eq!(page[0].event().unwrap(), events[0]);
         buffer.mark_sent(&[1, 2, 4]).unwrap();
     }
     let mut buffer = open(&dir);
@@ -246,7 +246,7 @@ proptest! {
                         let (event, sent) = &model.rows[&stored.seq];
                         prop_assert!(!sent, "a sent event was offered again");
                         prop_assert!(model.taken.insert(stored.seq), "an event was offered twice");
-                        prop_assert_eq!(event, &stored.event);
+                        prop_assert_eq!(event, &stored.event().unwrap());
                         if mask >> (i % 64) & 1 == 1 {
                             acked.push(stored.seq);
                         }

@@ -92,6 +92,22 @@ pub async fn run(
             return Err(anyhow::Error::new(error).context("cannot run on this ClickHouse schema"));
         }
     };
+    let columns = retry(
+        "read the events table's columns",
+        &cancel,
+        crate::migrations::is_network,
+        || sink.columns(),
+    )
+    .await;
+    let columns = match columns {
+        Ok(Some(columns)) => Arc::new(columns),
+        Ok(None) => return finish(http, nats).await,
+        Err(error) => {
+            cancel.cancel();
+            let _ = finish(http, nats).await;
+            return Err(anyhow::Error::new(error).context("cannot read the events table's columns"));
+        }
+    };
     schema_ready.store(true, Ordering::Relaxed);
     if !caps.ttl {
         tracing::info!(
@@ -160,6 +176,7 @@ pub async fn run(
         dead_letters,
         metrics,
         ack_wait,
+        columns,
     };
     Consumer::new(
         consumer,

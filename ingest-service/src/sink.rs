@@ -105,6 +105,18 @@ impl Sink {
         insert_rows(&self.client, EVENTS_TABLE, rows, self.timeout).await
     }
 
+    /// The `events` table's columns (name and type, by name): what the rows are written
+    /// against. Compared with the columns at start-up before any row is dead-lettered.
+    pub async fn columns(&self) -> Result<Vec<(String, String)>, clickhouse::error::Error> {
+        self.client
+            .query(
+                "SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = ? ORDER BY name",
+            )
+            .bind(EVENTS_TABLE)
+            .fetch_all::<(String, String)>()
+            .await
+    }
+
     /// Whether ClickHouse answers a trivial query.
     pub async fn ping(&self) -> bool {
         self.client.query("SELECT 1").execute().await.is_ok()

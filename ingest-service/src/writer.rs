@@ -7,7 +7,14 @@
 //! replica. A permanent failure bisects the batch until the bad rows are alone, and those go
 //! to the dead-letter stream. In-progress acks go out on a timer for as long as the batch is
 //! in hand (a slow INSERT, retries, a bisection), three times per ack wait.
+//!
+//! Before ClickHouse's word that rows are bad is believed, the `events` table's columns are
+//! compared with those at start-up: if someone changed the table under the service (a column
+//! type altered or a column dropped by hand), every row would look bad, and emptying the stream into the
+//! dead-letter stream is the wrong answer. Then the batch is retried like any transient
+//! failure, with an ERROR naming the difference, until the table is put back.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
@@ -46,6 +53,8 @@ pub struct Writer {
     pub metrics: Metrics,
     /// JetStream's ack wait; in-progress acks go out three times per wait while retrying.
     pub ack_wait: Duration,
+    /// The `events` table's columns when the service started ([`Sink::columns`]).
+    pub columns: Arc<Vec<(String, String)>>,
 }
 
 impl Writer {
@@ -103,6 +112,16 @@ impl Writer {
                     backoff.reset();
                     self.ack(&messages[lo..hi]).await;
                 }
+                Err(error @ InsertError::Permanent { .. }) if !self.table_unchanged().await => {
+                    self.metrics.insert_retries.inc();
+                    ranges.push((lo, hi));
+                    let delay = backoff.next_delay(rand::random());
+                    tracing::error!(%error, rows = hi - lo, retry_in_ms = delay.as_millis() as u64, "ClickHouse rejected rows, but the events table is not what it was at start-up: retrying instead of dead-lettering");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = cancel.cancelled() => return Err(Cancelled),
+                    }
+                }
                 Err(InsertError::Permanent { code, source }) if hi - lo > 1 => {
                     let mid = lo + (hi - lo) / 2;
                     tracing::warn!(code, error = %source, rows = hi - lo, "ClickHouse rejected a batch, bisecting");
@@ -128,6 +147,38 @@ impl Writer {
             }
         }
         Ok(())
+    }
+
+    /// Whether the `events` table still has every column it had at start-up, of the same
+    /// type (logged when not; columns added since, such as an operator's MATERIALIZED
+    /// column, are fine). A failure to read them counts as changed: rows are dead-lettered
+    /// only when the table is known to be as expected.
+    async fn table_unchanged(&self) -> bool {
+        match self.sink.columns().await {
+            Ok(now) => {
+                let changed: Vec<String> = self
+                    .columns
+                    .iter()
+                    .filter(|c| !now.contains(c))
+                    .map(|(name, kind)| {
+                        let found = now.iter().find(|(n, _)| n == name);
+                        format!("{name} {kind} -> {}", found.map_or("(gone)", |(_, k)| k))
+                    })
+                    .collect();
+                if changed.is_empty() {
+                    return true;
+                }
+                tracing::error!(
+                    ?changed,
+                    "columns of the events table changed since start-up"
+                );
+                false
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the events table's columns");
+                false
+            }
+        }
     }
 
     async fn ack(&self, messages: &[jetstream::Message]) {

@@ -176,3 +176,47 @@ async fn rows_clickhouse_rejects_are_isolated_and_the_rest_stored() -> anyhow::R
     );
     stack.stop().await
 }
+
+/// A table changed under the service makes ClickHouse reject every row; that must not empty
+/// the stream into the dead-letter stream. Ingest retries until the table is put back, then
+/// everything lands and nothing was dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_changed_under_ingest_is_retried_not_dead_lettered() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    stack
+        .clickhouse
+        .query("ALTER TABLE sightline.events MODIFY COLUMN frame_seq String")
+        .await?;
+    let events = known_events("edge-d", "drift", 20);
+    stack.publish(events, Encoding::Bincode).await?;
+    // ClickHouse rejects the rows as bad data (the writer sees permanent errors)...
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = stack.ingest_metrics().await?;
+        if metric(
+            &metrics,
+            "sightline_ingest_inserts_total",
+            "outcome=\"PermanentError\"",
+        ) >= 2.0
+        {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no rejected INSERT: {metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // ...yet nothing is dead-lettered, because the table is not what ingest started with.
+    let metrics = stack.ingest_metrics().await?;
+    assert_eq!(
+        metric(&metrics, "sightline_ingest_dead_letters_total", ""),
+        0.0,
+        "{metrics}"
+    );
+    stack
+        .clickhouse
+        .query("ALTER TABLE sightline.events MODIFY COLUMN frame_seq UInt64")
+        .await?;
+    let stored = stack.wait_for_events("camera=drift", 20).await?;
+    assert_eq!(stored.len(), 20);
+    assert!(stack.dead_letters(10).await?.is_empty());
+    stack.stop().await
+}

@@ -6,10 +6,14 @@
 //! never be stored (undecodable, invalid, on the wrong subject) go to the dead-letter stream
 //! right here.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer::PullConsumer};
+use async_nats::jetstream;
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use sightline_runtime::now;
 use sightline_shared::{Backoff, DetectionEvent, Timestamp, codec, subjects};
 use tokio::sync::mpsc;
@@ -64,6 +68,10 @@ pub fn content_type(message: &jetstream::Message) -> Option<&str> {
         .map(|value| value.as_str())
 }
 
+/// Declares the durable consumer again (idempotent: an existing one is returned as it is).
+pub type Redeclare =
+    Arc<dyn Fn() -> BoxFuture<'static, anyhow::Result<PullConsumer>> + Send + Sync>;
+
 /// The consume loop's state.
 pub struct Consumer {
     consumer: PullConsumer,
@@ -71,6 +79,8 @@ pub struct Consumer {
     batch: BatchSettings,
     /// The write stage; its dead letters and metrics serve this loop too.
     writer: Writer,
+    /// How to get the consumer back if it is deleted under the service.
+    redeclare: Option<Redeclare>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -93,13 +103,65 @@ impl Consumer {
             settings,
             batch,
             writer,
+            redeclare: None,
+        }
+    }
+
+    /// Re-declares the consumer with `redeclare` when pulling says it is gone (deleted by
+    /// an operator, or lost with the server's state), instead of pulling from nothing
+    /// forever. The new durable delivers the stream from its start, as at a first start:
+    /// events already stored collapse in ClickHouse (the hourly rollup counts them again).
+    pub fn with_redeclare(mut self, redeclare: Redeclare) -> Self {
+        self.redeclare = Some(redeclare);
+        self
+    }
+
+    /// Whether the server says the durable does not exist (not merely unreachable).
+    async fn consumer_missing(&mut self) -> bool {
+        if self.redeclare.is_none() {
+            return false;
+        }
+        match self.consumer.info().await {
+            Ok(_) => false,
+            Err(error) => {
+                let missing = error.to_string().contains("consumer not found");
+                tracing::debug!(%error, missing, "consumer info");
+                missing
+            }
+        }
+    }
+
+    /// Declares the consumer again after it went missing; false if `cancel` fired first.
+    async fn recover_consumer(&mut self, cancel: &CancellationToken) -> bool {
+        let Some(redeclare) = self.redeclare.clone() else {
+            return true;
+        };
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            let attempt = tokio::select! {
+                result = redeclare() => result,
+                () = cancel.cancelled() => return false,
+            };
+            match attempt {
+                Ok(consumer) => {
+                    self.consumer = consumer;
+                    return true;
+                }
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), "failed to declare the consumer again, retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff.next_delay(rand::random())) => {}
+                        () = cancel.cancelled() => return false,
+                    }
+                }
+            }
         }
     }
 
     /// Runs until `cancel` fires, then hands over what it holds for one last, bounded write
     /// and returns. Messages not stored by then are simply not acknowledged: JetStream
     /// redelivers them.
-    pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
         // One batch being written, one waiting, one filling: bounded memory, and fetching
         // overlaps with inserting.
         let (tx, rx) = mpsc::channel::<Batch>(1);
@@ -108,7 +170,15 @@ impl Consumer {
         let mut batch = Batch::default();
         let mut deadline = Instant::now();
         let mut reconnect = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let mut gone = false;
         'connect: while !cancel.is_cancelled() {
+            if std::mem::take(&mut gone) {
+                tracing::error!(consumer = %self.settings.durable_name, "the durable consumer is gone; declaring it again (it delivers the stream from its start; stored events collapse in ClickHouse)");
+                self.writer.metrics.consumer_redeclared.inc();
+                if !self.recover_consumer(&cancel).await {
+                    break 'connect;
+                }
+            }
             let messages = self
                 .consumer
                 .stream()
@@ -121,6 +191,7 @@ impl Consumer {
                 Ok(m) => m,
                 Err(error) => {
                     tracing::warn!(%error, "failed to start pulling messages, retrying");
+                    gone = self.consumer_missing().await;
                     tokio::select! {
                         () = tokio::time::sleep(reconnect.next_delay(rand::random())) => continue 'connect,
                         () = cancel.cancelled() => break 'connect,
@@ -163,6 +234,12 @@ impl Consumer {
                         }
                         Some(Err(error)) => {
                             tracing::warn!(%error, "error while pulling messages");
+                            if matches!(error.kind(), MessagesErrorKind::ConsumerDeleted | MessagesErrorKind::NoResponders)
+                                && self.consumer_missing().await
+                            {
+                                gone = true;
+                                continue 'connect;
+                            }
                         }
                         None => {
                             tracing::warn!("message stream ended, pulling again");

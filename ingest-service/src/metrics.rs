@@ -53,6 +53,7 @@ pub struct Metrics {
     pub pending_rows: Gauge,
     pub insert_retries: Counter,
     pub keep_alives: Counter,
+    pub consumer_redeclared: Counter,
     pub consumer_pending: Gauge,
     pub consumer_ack_pending: Gauge,
     pub retention_partitions_dropped: Counter,
@@ -76,6 +77,7 @@ impl Metrics {
             pending_rows: Gauge::default(),
             insert_retries: Counter::default(),
             keep_alives: Counter::default(),
+            consumer_redeclared: Counter::default(),
             consumer_pending: Gauge::default(),
             consumer_ack_pending: Gauge::default(),
             retention_partitions_dropped: Counter::default(),
@@ -134,6 +136,11 @@ impl Metrics {
             "batch_keep_alives",
             "Rounds of in-progress acks sent for a batch still being written",
             metrics.keep_alives.clone(),
+        );
+        r.register(
+            "consumer_redeclared",
+            "Times the durable consumer was found deleted and declared again",
+            metrics.consumer_redeclared.clone(),
         );
         r.register(
             "consumer_pending",

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::capabilities::Capabilities;
 use crate::config::IngestConfig;
-use crate::consumer::Consumer;
+use crate::consumer::{Consumer, Redeclare};
 use crate::deadletter::DeadLetters;
 use crate::http::{HttpState, router};
 use crate::leader::Leadership;
@@ -152,7 +152,7 @@ pub async fn run(
     let Ok(Some(heartbeat_consumer)) = declared else {
         return finish(http, nats).await;
     };
-    let dead_letters = DeadLetters::new(js, metrics.clone());
+    let dead_letters = DeadLetters::new(js.clone(), metrics.clone());
     tokio::spawn(heartbeats::run(
         heartbeat_consumer,
         admin.clone().with_database(&config.clickhouse.database),
@@ -178,12 +178,20 @@ pub async fn run(
         ack_wait,
         columns,
     };
+    let redeclare: Redeclare = {
+        let (js, config) = (js.clone(), config.clone());
+        Arc::new(move || {
+            let (js, config) = (js.clone(), config.clone());
+            Box::pin(async move { nats::declare(&js, &config).await })
+        })
+    };
     Consumer::new(
         consumer,
         config.consumer.clone(),
         config.batch.clone(),
         writer,
     )
+    .with_redeclare(redeclare)
     .run(cancel.clone())
     .await?;
     finish(http, nats).await

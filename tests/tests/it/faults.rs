@@ -369,3 +369,33 @@ async fn a_slow_insert_keeps_its_messages_alive_and_nothing_is_redelivered() -> 
     proxy.set_delay(Duration::ZERO);
     stack.stop().await
 }
+
+/// The durable consumer deleted under a running ingest (an operator, a lost server state):
+/// ingest notices, declares it again and goes on; nothing is lost and, through the query
+/// path, nothing shows twice although the new durable replays the stream from its start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_consumer_is_declared_again_and_nothing_is_lost() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    stack
+        .publish(known_events("edge-x", "cam-x", 10), Encoding::Bincode)
+        .await?;
+    stack.wait_for_events("camera=cam-x", 10).await?;
+    let js = stack.jetstream().await?;
+    js.get_stream(sightline_shared::subjects::EVENTS_STREAM)
+        .await?
+        .delete_consumer(&stack.ingest_config.consumer.durable_name)
+        .await?;
+    stack
+        .publish(known_events("edge-x", "cam-y", 10), Encoding::Bincode)
+        .await?;
+    stack.wait_for_events("camera=cam-y", 10).await?;
+    let all = stack.wait_for_events("edge=edge-x&limit=100", 20).await?;
+    assert_eq!(all.len(), 20, "each event once through the query path");
+    let metrics = stack.ingest_metrics().await?;
+    assert!(
+        sightline_tests::stack::metric(&metrics, "sightline_ingest_consumer_redeclared_total", "")
+            >= 1.0,
+        "{metrics}"
+    );
+    stack.stop().await
+}

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::consumer::pull::MessagesErrorKind;
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use sightline_runtime::now;
@@ -124,9 +125,10 @@ impl Consumer {
         match self.consumer.info().await {
             Ok(_) => false,
             Err(error) => {
-                let missing = error.to_string().contains("consumer not found");
-                tracing::debug!(%error, missing, "consumer info");
-                missing
+                tracing::debug!(%error, "consumer info");
+                // Missing, as opposed to a stream gone or a server unreachable (those
+                // are for the retries, and a restart, to sort out).
+                error.kind() == ConsumerInfoErrorKind::NotFound
             }
         }
     }

@@ -107,16 +107,25 @@ impl Writer {
         let mut ranges = vec![(0, rows.len())];
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
         while let Some((lo, hi)) = ranges.pop() {
-            match self.sink.insert(&rows[lo..hi]).await {
+            let result = self.sink.insert(&rows[lo..hi]).await;
+            // Rows the server calls bad while the table is not what it was: the table's fault.
+            let drifted = matches!(result, Err(InsertError::Permanent { .. }))
+                && !self.table_unchanged().await;
+            match result {
                 Ok(()) => {
                     backoff.reset();
                     self.ack(&messages[lo..hi]).await;
                 }
-                Err(error @ InsertError::Permanent { .. }) if !self.table_unchanged().await => {
+                Err(error) if drifted || matches!(error, InsertError::Transient(_)) => {
                     self.metrics.insert_retries.inc();
                     ranges.push((lo, hi));
                     let delay = backoff.next_delay(rand::random());
-                    tracing::error!(%error, rows = hi - lo, retry_in_ms = delay.as_millis() as u64, "ClickHouse rejected rows, but the events table is not what it was at start-up: retrying instead of dead-lettering");
+                    let retry_in_ms = delay.as_millis() as u64;
+                    if drifted {
+                        tracing::error!(%error, rows = hi - lo, retry_in_ms, "ClickHouse rejected rows, but the events table is not what it was at start-up: retrying instead of dead-lettering");
+                    } else {
+                        tracing::warn!(%error, rows = hi - lo, retry_in_ms, "insert failed, retrying");
+                    }
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         () = cancel.cancelled() => return Err(Cancelled),
@@ -128,21 +137,11 @@ impl Writer {
                     ranges.push((mid, hi));
                     ranges.push((lo, mid));
                 }
-                Err(error @ InsertError::Permanent { .. }) => {
+                Err(error) => {
                     let detail = error.to_string();
                     self.dead_letters
                         .send(&messages[lo], DeadLetterReason::Insert, &detail, cancel)
                         .await?;
-                }
-                Err(error @ InsertError::Transient(_)) => {
-                    self.metrics.insert_retries.inc();
-                    ranges.push((lo, hi));
-                    let delay = backoff.next_delay(rand::random());
-                    tracing::warn!(%error, rows = hi - lo, retry_in_ms = delay.as_millis() as u64, "insert failed, retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = cancel.cancelled() => return Err(Cancelled),
-                    }
                 }
             }
         }

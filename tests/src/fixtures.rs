@@ -233,6 +233,34 @@ impl Drop for ClickHouseServer {
     }
 }
 
+/// A child process that is killed when dropped, so a failing test leaves no agent or
+/// service running behind it.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// A binary of this workspace, next to the running test binary (`scripts/test.sh` builds
 /// them first with `cargo build --workspace --bins`).
 pub fn workspace_binary(name: &str) -> PathBuf {

@@ -4,13 +4,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use sightline_edge_agent::buffer::Buffer;
 use sightline_edge_agent::buffer::worker::BUFFER_FILE;
-use sightline_tests::fixtures::{free_port, workspace_binary};
+use sightline_tests::fixtures::{KillOnDrop, free_port, workspace_binary};
 use sightline_tests::stack::Stack;
 
 /// Writes an agent config with synthetic cameras and returns (path, status URL).
@@ -71,19 +71,21 @@ labels = "{labels}"
     Ok((path, format!("http://127.0.0.1:{port}")))
 }
 
-pub(crate) fn spawn_agent(config: &Path, log: &Path) -> anyhow::Result<Child> {
+pub(crate) fn spawn_agent(config: &Path, log: &Path) -> anyhow::Result<KillOnDrop> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)?;
-    Ok(Command::new(workspace_binary("edge-agent"))
-        .arg("--config")
-        .arg(config)
-        .arg("run")
-        .env("RUST_LOG", "info")
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?)
+    Ok(KillOnDrop(
+        Command::new(workspace_binary("edge-agent"))
+            .arg("--config")
+            .arg(config)
+            .arg("run")
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?,
+    ))
 }
 
 async fn status(http: &reqwest::Client, base: &str) -> Option<serde_json::Value> {

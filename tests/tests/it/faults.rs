@@ -168,6 +168,7 @@ async fn kill_9_ingest_replicas_repeatedly_while_they_drain() -> anyhow::Result<
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
+        .map(sightline_tests::fixtures::KillOnDrop)
     };
     let distinct =
         "SELECT count() FROM (SELECT event_id FROM sightline.events LIMIT 1 BY event_id)";

@@ -2,7 +2,8 @@
 # The local servers for Sightline: NATS (with JetStream) and ClickHouse, on loopback, with
 # their data under .local/ in the project (ignored by git).
 #
-#   deploy/local/stack.sh install   # apt-get the Debian packages if missing
+#   deploy/local/stack.sh install   # apt-get the Debian packages, pip's onnxruntime, if missing
+#   deploy/local/stack.sh ort-library # print the path of pip's libonnxruntime.so
 #   deploy/local/stack.sh start     # install if needed, start both, wait until they answer
 #   deploy/local/stack.sh stop      # stop both
 #   deploy/local/stack.sh status    # what runs, where

@@ -138,25 +138,19 @@ impl Consumer {
         let Some(redeclare) = self.redeclare.clone() else {
             return true;
         };
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-        loop {
-            let attempt = tokio::select! {
-                result = redeclare() => result,
-                () = cancel.cancelled() => return false,
-            };
-            match attempt {
-                Ok(consumer) => {
-                    self.consumer = consumer;
-                    return true;
-                }
-                Err(error) => {
-                    tracing::warn!(error = %format!("{error:#}"), "failed to declare the consumer again, retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff.next_delay(rand::random())) => {}
-                        () = cancel.cancelled() => return false,
-                    }
-                }
+        let declared = crate::service::retry(
+            "declare the consumer again",
+            cancel,
+            |_| true,
+            || redeclare(),
+        )
+        .await;
+        match declared {
+            Ok(Some(consumer)) => {
+                self.consumer = consumer;
+                true
             }
+            Ok(None) | Err(_) => false,
         }
     }
 

@@ -285,7 +285,7 @@ const SCHEMA_POLL: Duration = Duration::from_secs(1);
 
 /// Retries `op` with capped backoff while its errors are transient: `Ok(Some)` on success,
 /// `Ok(None)` if `cancel` fired first, `Err` for an error retrying cannot fix.
-async fn retry<T, E, F, Fut>(
+pub(crate) async fn retry<T, E, F, Fut>(
     what: &str,
     cancel: &CancellationToken,
     is_transient: impl Fn(&E) -> bool,

@@ -169,6 +169,19 @@ impl Stack {
         ))
     }
 
+    /// The ingest service's durable consumer as the server sees it now.
+    pub async fn consumer_info(&self) -> anyhow::Result<async_nats::jetstream::consumer::Info> {
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer = self
+            .jetstream()
+            .await?
+            .get_consumer_from_stream(
+                &self.ingest_config.consumer.durable_name,
+                sightline_shared::subjects::EVENTS_STREAM,
+            )
+            .await?;
+        Ok(consumer.info().await?.clone())
+    }
+
     /// Publishes `events` the way the edge agent does, waiting for every ack (60 s at most).
     pub async fn publish(
         &self,

@@ -200,16 +200,9 @@ async fn kill_9_ingest_replicas_repeatedly_while_they_drain() -> anyhow::Result<
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Nothing stuck: every message acknowledged once the survivor has caught up.
-    let js = stack.jetstream().await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-            .get_consumer_from_stream(
-                "sightline-ingest",
-                sightline_shared::subjects::EVENTS_STREAM,
-            )
-            .await?;
-        let info = consumer.info().await?;
+        let info = stack.consumer_info().await?;
         if info.num_pending == 0 && info.num_ack_pending == 0 {
             break;
         }
@@ -247,18 +240,7 @@ async fn kill_9_ingest_replicas_repeatedly_while_they_drain() -> anyhow::Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_with_new_consumer_settings_updates_the_durable_consumer() -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
-    let js = stack.jetstream().await?;
-    let name = stack.ingest_config.consumer.durable_name.clone();
-    let info = |js: async_nats::jetstream::Context, name: String| async move {
-        let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-            .get_stream(sightline_shared::subjects::EVENTS_STREAM)
-            .await?
-            .get_consumer(&name)
-            .await
-            .map_err(|e| anyhow::anyhow!(e))?;
-        anyhow::Ok(consumer.info().await?.config.clone())
-    };
-    let before = info(js.clone(), name.clone()).await?;
+    let before = stack.consumer_info().await?.config;
     assert_eq!(before.ack_wait, Duration::from_secs(10));
     stack.crash_ingest().await;
     stack.ingest_config.consumer.ack_wait_secs = 3;
@@ -266,7 +248,7 @@ async fn a_restart_with_new_consumer_settings_updates_the_durable_consumer() -> 
     stack.start_ingest().await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let after = loop {
-        let config = info(js.clone(), name.clone()).await?;
+        let config = stack.consumer_info().await?.config;
         if config.ack_wait == Duration::from_secs(3) || std::time::Instant::now() > deadline {
             break config;
         }
@@ -332,16 +314,9 @@ async fn a_slow_insert_keeps_its_messages_alive_and_nothing_is_redelivered() -> 
     assert_eq!(stored, "2000\t2000");
     // The rows are in at once; the answer, and so the acks, come 7 s later. Meanwhile
     // nothing may be redelivered.
-    let js = stack.jetstream().await?;
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .get_stream(sightline_shared::subjects::EVENTS_STREAM)
-        .await?
-        .get_consumer(&stack.ingest_config.consumer.durable_name)
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let info = loop {
-        let info = consumer.info().await?.clone();
+        let info = stack.consumer_info().await?;
         if info.num_ack_pending == 0 || std::time::Instant::now() > deadline {
             break info;
         }

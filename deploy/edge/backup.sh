@@ -91,17 +91,21 @@ backup() {
 
 restore() {
   [ -f "$archive" ] || die "no archive at $archive"
-  tar -tzf "$archive" | grep -qx './buffer.duckdb' || die "$archive holds no buffer.duckdb: not an edge backup"
+  # (No `grep -q`: it would stop reading early, and tar's SIGPIPE fails the pipeline.)
+  tar -tzf "$archive" | grep -x './buffer.duckdb' >/dev/null || die "$archive holds no buffer.duckdb: not an edge backup"
   stop_agent
   ensure_stopped
-  local aside="" owner=""
+  # Unpack beside the data directory first: a failed unpack leaves the current one alone.
+  local staging=$data_dir.restoring aside="" owner=""
+  rm -rf "$staging"
+  mkdir -p "$staging"
+  tar -C "$staging" -xzf "$archive" || { rm -rf "$staging"; die "could not unpack $archive"; }
   if [ -e "$data_dir" ]; then
     aside=$data_dir.before-restore-$(date -u +%Y%m%dT%H%M%SZ)
     owner=$(stat -c %u:%g "$data_dir")
     mv "$data_dir" "$aside"
   fi
-  mkdir -p "$data_dir"
-  tar -C "$data_dir" -xzf "$archive"
+  mv "$staging" "$data_dir"
   [ -z "$owner" ] || chown -R "$owner" "$data_dir"
   sync
   start_agent

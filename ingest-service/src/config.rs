@@ -32,7 +32,7 @@ pub struct IngestConfig {
     /// How long each table keeps its rows.
     #[serde(default)]
     pub retention: RetentionSettings,
-    /// Leader election for the singleton jobs (migrations, retention TTL and sweep).
+    /// Leases for the singleton jobs (the retention sweep; start-up migrations and TTL).
     #[serde(default)]
     pub leader: crate::leader::LeaderSettings,
 }

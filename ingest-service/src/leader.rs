@@ -1,6 +1,7 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, for the jobs only one replica should
-//! run: migrations and retention TTL at start-up (followers wait until the schema is current)
-//! and the retention sweep. Outside Kubernetes, or with `[leader] mode = "off"`, the one
+//! run: the retention sweep, on the holder of the leader Lease; and the start-up schema
+//! work (migrations, retention TTL), on whichever replica holds the schema Lease, one at a
+//! time. Outside Kubernetes, or with `[leader] mode = "off"`, the one
 //! instance is always the leader.
 //!
 //! The protocol is the one client-go's leaderelection uses: the holder renews
@@ -9,6 +10,7 @@
 //! `resourceVersion` it read, so two candidates racing for an expired Lease cannot both
 //! win (the loser gets 409 Conflict and stays a follower).
 
+use std::future::Future;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -209,6 +211,40 @@ impl Elector {
         Leadership(rx)
     }
 
+    /// Runs `job` while holding the Lease: waits until it is free (or expired), renews it
+    /// while `job` runs, releases it after. Errors talking to the API are retried.
+    pub async fn hold<F: Future>(&self, job: F) -> F::Output {
+        loop {
+            match self.try_acquire_or_renew().await {
+                Ok(true) => break,
+                Ok(false) => {
+                    tracing::info!(lease = %self.name, "waiting for another replica to release the Lease")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, lease = %self.name, "cannot take the Lease yet")
+                }
+            }
+            tokio::time::sleep(self.renew).await;
+        }
+        tokio::pin!(job);
+        let mut renew =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.renew, self.renew);
+        let output = loop {
+            tokio::select! {
+                output = &mut job => break output,
+                _ = renew.tick() => {
+                    if let Err(error) = self.try_acquire_or_renew().await {
+                        tracing::warn!(%error, lease = %self.name, "could not renew the Lease");
+                    }
+                }
+            }
+        };
+        if let Err(error) = self.release().await {
+            tracing::warn!(%error, lease = %self.name, "could not release the Lease; it expires by itself");
+        }
+        output
+    }
+
     /// Gives the Lease up (on shutdown), if this candidate holds it.
     pub async fn release(&self) -> Result<(), kube::Error> {
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
@@ -233,8 +269,29 @@ pub async fn start(
     settings: &LeaderSettings,
     cancel: CancellationToken,
 ) -> anyhow::Result<Leadership> {
+    Ok(match candidate(settings, &settings.lease_name).await? {
+        Some(elector) => elector.spawn(cancel),
+        None => Leadership::always(),
+    })
+}
+
+/// The candidate for the schema Lease (`<lease_name>-schema`), which serializes start-up
+/// schema work (migrations, retention TTL) across replicas; `None` without election.
+///
+/// It is a Lease of its own, held only while a replica prepares the schema, so a new pod of
+/// a rolling upgrade never waits on an old leader whose build lacks the new migrations.
+pub async fn schema_candidate(settings: &LeaderSettings) -> anyhow::Result<Option<Elector>> {
+    candidate(settings, &schema_lease(&settings.lease_name)).await
+}
+
+/// The schema Lease's name for a leader Lease.
+pub fn schema_lease(lease_name: &str) -> String {
+    format!("{lease_name}-schema")
+}
+
+async fn candidate(settings: &LeaderSettings, lease_name: &str) -> anyhow::Result<Option<Elector>> {
     if !settings.elects() {
-        return Ok(Leadership::always());
+        return Ok(None);
     }
     let client = kube::Client::try_default()
         .await
@@ -242,6 +299,10 @@ pub async fn start(
     let identity =
         std::env::var("HOSTNAME").unwrap_or_else(|_| format!("ingest-{}", uuid::Uuid::now_v7()));
     let api: Api<Lease> = Api::default_namespaced(client);
-    tracing::info!(%identity, lease = %settings.lease_name, "electing a leader for the singleton jobs");
-    Ok(Elector::new(api, settings, identity).spawn(cancel))
+    tracing::info!(%identity, lease = %lease_name, "electing a leader");
+    let settings = LeaderSettings {
+        lease_name: lease_name.to_owned(),
+        ..settings.clone()
+    };
+    Ok(Some(Elector::new(api, &settings, identity)))
 }

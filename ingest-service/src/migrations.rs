@@ -5,17 +5,13 @@
 //! with a checksum of the file, so an edited migration is caught instead of silently
 //! diverging. Every statement is idempotent (`IF NOT EXISTS`), so two replicas starting
 //! together may both run a migration and both record it; the record table collapses the
-//! duplicate. Where replicas elect a leader (a Kubernetes Lease, see [`crate::leader`]), only
-//! the leader migrates and the others wait in [`migrate_or_wait`] until the schema is current.
-//! A statement ClickHouse rejects stops the service with the migration named.
-
-use std::time::Duration;
+//! duplicate. Where replicas elect (a Kubernetes Lease, see [`crate::leader`]), they migrate
+//! one at a time under the schema Lease. A statement ClickHouse rejects stops the service
+//! with the migration named.
 
 use clickhouse::{Client, Row};
 use serde::Deserialize;
 use thiserror::Error;
-
-use crate::leader::Leadership;
 
 /// One migration file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,62 +212,6 @@ pub async fn migrate(client: &Client, db: &str) -> Result<Vec<u32>, MigrationErr
         );
     }
     Ok(done)
-}
-
-/// The versions this build has that the database has not recorded yet, without changing
-/// anything (no database or bookkeeping table yet: all of them).
-pub async fn pending(client: &Client, db: &str) -> Result<Vec<u32>, MigrationError> {
-    let exists = client
-        .query(
-            "SELECT count() FROM system.tables WHERE database = ? AND name = 'schema_migrations'",
-        )
-        .bind(db)
-        .fetch_one::<u64>()
-        .await
-        .map_err(MigrationError::Bookkeeping)?;
-    if exists == 0 {
-        return Ok(MIGRATIONS.iter().map(|m| m.version).collect());
-    }
-    let applied = applied(client, db).await?;
-    Ok(unapplied(&applied)?.map(|m| m.version).collect())
-}
-
-/// Migrates if this replica leads; otherwise waits, checking every `poll`, until the leader
-/// has applied every migration of this build (or this replica becomes the leader and
-/// migrates itself). Returns the versions this replica applied.
-pub async fn migrate_or_wait(
-    client: &Client,
-    db: &str,
-    mut leadership: Leadership,
-    poll: Duration,
-) -> Result<Vec<u32>, MigrationError> {
-    let mut announced = false;
-    loop {
-        if leadership.is_leader() {
-            return migrate(client, db).await;
-        }
-        let waiting = pending(client, db).await?;
-        if waiting.is_empty() {
-            if announced {
-                tracing::info!("the leader has migrated the schema");
-            }
-            return Ok(Vec::new());
-        }
-        if !announced {
-            tracing::info!(
-                ?waiting,
-                "not the leader: waiting for the leader to apply the migrations"
-            );
-            announced = true;
-        }
-        tokio::select! {
-            // A stopped elector answers at once: then just poll.
-            changed = leadership.changed() => if !changed {
-                tokio::time::sleep(poll).await;
-            },
-            () = tokio::time::sleep(poll) => {}
-        }
-    }
 }
 
 /// One recorded version and every checksum recorded for it.

@@ -16,7 +16,7 @@ use crate::config::IngestConfig;
 use crate::consumer::{Consumer, Redeclare};
 use crate::deadletter::DeadLetters;
 use crate::http::{HttpState, router};
-use crate::leader::Leadership;
+use crate::leader::Elector;
 use crate::metrics::Metrics;
 use crate::migrations::{self, MigrationError};
 use crate::sink::Sink;
@@ -67,8 +67,8 @@ pub async fn run(
         }
     });
 
-    let leadership = match crate::leader::start(&config.leader, cancel.clone()).await {
-        Ok(leadership) => leadership,
+    let schema_lock = match crate::leader::schema_candidate(&config.leader).await {
+        Ok(lock) => lock,
         Err(error) => {
             cancel.cancel();
             let _ = finish(http, nats).await;
@@ -80,7 +80,7 @@ pub async fn run(
         "prepare the ClickHouse schema",
         &cancel,
         StoreSetupError::is_transient,
-        || prepare_store(&admin, &db, &config.retention, leadership.clone()),
+        || prepare_store(&admin, &db, &config.retention, schema_lock.as_ref()),
     )
     .await;
     let caps = match prepared {
@@ -114,6 +114,14 @@ pub async fn run(
             version = ?caps.version,
             "ClickHouse has no TTL: expired partitions are dropped by a scheduled sweep"
         );
+        let leadership = match crate::leader::start(&config.leader, cancel.clone()).await {
+            Ok(leadership) => leadership,
+            Err(error) => {
+                cancel.cancel();
+                let _ = finish(http, nats).await;
+                return Err(error);
+            }
+        };
         tokio::spawn(retention::run_sweeps(
             admin.clone(),
             db.clone(),
@@ -260,28 +268,30 @@ impl StoreSetupError {
     }
 }
 
-/// Detects what the server can do; the leader applies the migrations and sets retention
-/// TTL where the server has it, a follower waits until the leader has migrated.
+/// Detects what the server can do, applies migrations and sets retention TTL where the
+/// server has it. Where replicas elect, that runs under the schema Lease, one replica at a
+/// time (the others find nothing left to migrate and set the same TTL).
 pub async fn prepare_store(
     admin: &clickhouse::Client,
     db: &str,
     retention_settings: &retention::RetentionSettings,
-    leadership: Leadership,
+    schema_lock: Option<&Elector>,
 ) -> Result<Capabilities, StoreSetupError> {
     let caps = Capabilities::detect(admin)
         .await
         .map_err(StoreSetupError::Detect)?;
-    migrations::migrate_or_wait(admin, db, leadership.clone(), SCHEMA_POLL).await?;
-    if leadership.is_leader() {
+    let work = async {
+        migrations::migrate(admin, db).await?;
         retention::apply_ttl(admin, db, retention_settings, caps)
             .await
-            .map_err(StoreSetupError::Ttl)?;
+            .map_err(StoreSetupError::Ttl)
+    };
+    match schema_lock {
+        Some(lock) => lock.hold(work).await?,
+        None => work.await?,
     }
     Ok(caps)
 }
-
-/// How often a follower checks whether the leader has migrated.
-const SCHEMA_POLL: Duration = Duration::from_secs(1);
 
 /// Retries `op` with capped backoff while its errors are transient: `Ok(Some)` on success,
 /// `Ok(None)` if `cancel` fired first, `Err` for an error retrying cannot fix.

@@ -197,3 +197,51 @@ async fn a_stopping_leader_hands_over_at_once() {
     assert_eq!(holder(&state).as_deref(), Some("ingest-b"));
     stop_b.cancel();
 }
+
+/// Start-up schema work runs under its Lease one replica at a time: three replicas starting
+/// together never overlap, each runs once, and the Lease is free afterwards. A replica that
+/// died holding it (no release) delays the next only until the Lease expires.
+#[tokio::test]
+async fn schema_work_runs_one_replica_at_a_time() {
+    let (client, state) = fake_api().await;
+    let inside = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let job = |name: &'static str| {
+        let (inside, most) = (inside.clone(), most.clone());
+        async move {
+            let now = inside.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            most.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            inside.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            name
+        }
+    };
+    let (a, b, c) = (
+        candidate(&client, "ingest-a"),
+        candidate(&client, "ingest-b"),
+        candidate(&client, "ingest-c"),
+    );
+    let ran = tokio::time::timeout(
+        Duration::from_secs(20),
+        futures::future::join3(a.hold(job("a")), b.hold(job("b")), c.hold(job("c"))),
+    )
+    .await
+    .expect("every replica got its turn");
+    assert_eq!(ran, ("a", "b", "c"));
+    assert_eq!(
+        most.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "never two at once"
+    );
+    assert_eq!(holder(&state), None, "released after");
+
+    // A replica dies holding the Lease: the next one waits for the 2 s expiry, no longer.
+    assert!(a.try_acquire_or_renew().await.unwrap());
+    let started = std::time::Instant::now();
+    assert_eq!(b.hold(job("b")).await, "b");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(6),
+        "{waited:?}"
+    );
+}

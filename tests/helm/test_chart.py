@@ -128,7 +128,7 @@ def test_leader_election_gets_exactly_its_lease_rbac():
         {
             "apiGroups": ["coordination.k8s.io"],
             "resources": ["leases"],
-            "resourceNames": ["sightline-ingest"],
+            "resourceNames": ["sightline-ingest", "sightline-ingest-schema"],
             "verbs": ["get", "update"],
         },
     ]

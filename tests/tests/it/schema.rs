@@ -1,17 +1,13 @@
 //! Migrations and retention against the real ClickHouse 18.16 (the server without TTL; the
 //! modern path is proven on chdb in tests/chdb).
 
-use std::time::Duration;
-
 use sightline_ingest::IngestConfig;
-use sightline_ingest::leader::Leadership;
 use sightline_ingest::migrations::{self, MIGRATIONS, MigrationError};
 use sightline_ingest::retention::{self, RetentionSettings};
 use sightline_ingest::schema;
 
 use sightline_shared::{Encoding, Timestamp};
 use sightline_tests::{ClickHouseServer, NatsServer, Stack};
-use tokio::sync::watch;
 
 use crate::{known_events, now};
 
@@ -59,68 +55,6 @@ async fn migrations_apply_once_even_from_two_replicas_at_once() -> anyhow::Resul
         "{err}"
     );
     assert!(!err.is_transient());
-    Ok(())
-}
-
-/// Where replicas elect a leader, only the leader migrates: a follower changes nothing and
-/// waits until the schema is current, or migrates itself once it becomes the leader.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_the_leader_migrates_and_followers_wait_for_it() -> anyhow::Result<()> {
-    sightline_tests::stack::init_tracing();
-    let clickhouse = ClickHouseServer::start()?;
-    let client = admin(&clickhouse)?;
-    let poll = Duration::from_millis(100);
-    let tables = |db: &'static str| {
-        let clickhouse = &clickhouse;
-        async move {
-            clickhouse
-                .query(&format!(
-                    "SELECT count() FROM system.tables WHERE database = '{db}'"
-                ))
-                .await
-        }
-    };
-
-    // A follower while the leader has not migrated yet: waits, creates nothing.
-    let (_leader_tx, follower) = watch::channel(false);
-    let waiting = tokio::spawn({
-        let client = client.clone();
-        async move { migrations::migrate_or_wait(&client, "gated", follower.into(), poll).await }
-    });
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(
-        !waiting.is_finished(),
-        "a follower must wait for the leader"
-    );
-    assert_eq!(tables("gated").await?, "0", "a follower created tables");
-    assert_eq!(
-        migrations::pending(&client, "gated").await?,
-        MIGRATIONS.iter().map(|m| m.version).collect::<Vec<_>>()
-    );
-
-    // The leader migrates; the follower sees the schema current and returns, applying nothing.
-    let applied = migrations::migrate_or_wait(&client, "gated", Leadership::always(), poll).await?;
-    assert_eq!(applied.len(), MIGRATIONS.len());
-    let followed = tokio::time::timeout(Duration::from_secs(10), waiting).await???;
-    assert!(followed.is_empty(), "the follower applied {followed:?}");
-    assert!(migrations::pending(&client, "gated").await?.is_empty());
-    let recorded = clickhouse
-        .query("SELECT count() FROM gated.schema_migrations")
-        .await?;
-    assert_eq!(recorded, MIGRATIONS.len().to_string(), "recorded once each");
-
-    // A follower that becomes the leader (the old one died before migrating) migrates itself.
-    let (promote, follower) = watch::channel(false);
-    let waiting = tokio::spawn({
-        let client = client.clone();
-        async move { migrations::migrate_or_wait(&client, "orphan", follower.into(), poll).await }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!waiting.is_finished());
-    promote.send(true)?;
-    let applied = tokio::time::timeout(Duration::from_secs(10), waiting).await???;
-    assert_eq!(applied.len(), MIGRATIONS.len());
-    assert!(migrations::pending(&client, "orphan").await?.is_empty());
     Ok(())
 }
 

@@ -128,7 +128,10 @@ impl CameraState {
 
     /// Marks the camera finished (a source with an end reached it).
     pub fn finish(&self) {
-        self.update(|s| s.state = "finished");
+        self.update(|s| {
+            s.state = "finished";
+            s.fps = 0.0;
+        });
     }
 
     fn record_inference(&self, ms: f64) {
@@ -246,9 +249,11 @@ impl Camera {
         let m = &self.metrics.cameras;
         m.errors.get_or_create(label).inc();
         m.up.get_or_create(label).set(0);
+        m.fps.get_or_create(label).set(0.0);
         tracing::error!(camera = %self.config.id, %error, "camera failed; retrying");
         self.state.update(|s| {
             s.state = "retrying";
+            s.fps = 0.0;
             s.errors += 1;
             s.last_error = Some(error.to_string());
         });

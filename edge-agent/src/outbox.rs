@@ -55,8 +55,13 @@ impl Outgoing {
 
     /// The whole event, decoded (for a publisher configured for JSON, and for checks).
     pub fn event(&self) -> Result<DetectionEvent, CodecError> {
-        codec::decode_as(ContentType::current(Encoding::Bincode), &self.payload)
+        decode_stored(&self.payload)
     }
+}
+
+/// Decodes a stored payload: the contract's bincode encoding of the current schema.
+pub fn decode_stored(payload: &[u8]) -> Result<DetectionEvent, CodecError> {
+    codec::decode_as(ContentType::current(Encoding::Bincode), payload)
 }
 
 /// A source of events to publish.

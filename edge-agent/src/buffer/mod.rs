@@ -457,7 +457,7 @@ impl Buffer {
         let mut out = Vec::new();
         for row in rows {
             let (seq, payload, sent) = row.map_err(db_err(&self.path))?;
-            match decode(&payload) {
+            match crate::outbox::decode_stored(&payload) {
                 Ok(event) => out.push(RecentEvent {
                     seq: seq as u64,
                     sent,
@@ -649,14 +649,6 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), BufferError> {
         tracing::info!(path = %path.display(), version, name, "applied buffer migration");
     }
     Ok(())
-}
-
-/// Decodes a stored payload (the contract's bincode encoding).
-fn decode(payload: &[u8]) -> Result<DetectionEvent, codec::CodecError> {
-    codec::decode_as(
-        sightline_shared::ContentType::current(Encoding::Bincode),
-        payload,
-    )
 }
 
 /// Whether an open error means the file is not a usable database, which moving it aside

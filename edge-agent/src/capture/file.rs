@@ -101,7 +101,7 @@ impl FileSource {
             Media::Mjpeg(frames) => (format!("frame {index}"), frames[index].clone()),
         };
         image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)
-            .map(|i| i.to_rgb8())
+            .map(image::DynamicImage::into_rgb8)
             .map_err(|e| self.read_error(format!("{name} is not a readable JPEG: {e}")))
     }
 }

@@ -103,7 +103,7 @@ impl FrameSource for V4l2Source {
         let image = match self.format {
             PixelFormat::Mjpeg => {
                 image::load_from_memory_with_format(data, image::ImageFormat::Jpeg)
-                    .map(|i| i.to_rgb8())
+                    .map(image::DynamicImage::into_rgb8)
                     .map_err(|e| read_error(format!("undecodable MJPEG frame: {e}")))?
             }
             PixelFormat::Yuyv => yuyv_to_rgb(data, self.width, self.height)

@@ -19,6 +19,11 @@
 #          --replace it is dropped first and the backup's copy attached instead. Attaching
 #          does not fire materialized views: the rollups come back from their own parts.
 #
+# Tables are frozen one after another. With ingest running, an insert landing between two
+# freezes is in one table's copy and not the next (the hourly rollup may then miss events the
+# events copy holds). For a consistent backup, stop ingest meanwhile (scale it to 0: events
+# wait in JetStream, nothing is lost) and start it again after.
+#
 # The client connects with CLICKHOUSE_HOST (127.0.0.1), CLICKHOUSE_PORT (9000),
 # CLICKHOUSE_USER (default) and CLICKHOUSE_PASSWORD (empty); CLICKHOUSE_CLIENT overrides the
 # client command (default: clickhouse-client).
@@ -26,7 +31,7 @@ set -euo pipefail
 
 log() { printf '[clickhouse-backup] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
-usage() { sed -n '2,28p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,/^set -euo/{/^set -euo/!p}' "${BASH_SOURCE[0]}"; }
 
 [ $# -ge 1 ] || { usage; exit 2; }
 case "$1" in -h|--help) usage; exit 0 ;; esac

@@ -159,6 +159,27 @@ def test_autoscaling_replaces_fixed_replicas_and_disabled_parts_vanish():
     assert not [d for d in docs if d["kind"] == "Secret"], "existing secrets are used, none made"
 
 
+def test_a_changed_secret_or_config_rolls_the_pods():
+    def annotations(values):
+        return {
+            d["metadata"]["name"]: d["spec"]["template"]["metadata"]["annotations"]
+            for d in render(values)
+            if d["kind"] == "Deployment"
+        }
+
+    base = annotations(VALUE_SETS["everything on"])
+    assert len(base) == 2
+    password = annotations({**VALUE_SETS["everything on"], "clickhouse": {
+        **VALUE_SETS["everything on"]["clickhouse"], "queryPassword": "p3"}})
+    retention = annotations({**VALUE_SETS["everything on"], "ingest": {
+        **VALUE_SETS["everything on"]["ingest"], "retention": {"eventsDays": 8}}})
+    for name, before in base.items():
+        assert password[name]["checksum/secret"] != before["checksum/secret"], name
+        assert password[name]["checksum/config"] == before["checksum/config"], name
+        assert retention[name]["checksum/config"] != before["checksum/config"], name
+        assert retention[name]["checksum/secret"] == before["checksum/secret"], name
+
+
 @pytest.mark.parametrize(
     "values, key",
     [

@@ -78,6 +78,9 @@ pub struct ConsumerSettings {
     pub max_ack_pending: i64,
     /// Messages requested per pull.
     pub fetch_batch: usize,
+    /// How often the consumer's position is read, in seconds: backlog gauges, the ack
+    /// floor a re-declared durable resumes from, events removed before delivery.
+    pub info_interval_secs: u64,
 }
 
 impl Default for ConsumerSettings {
@@ -87,6 +90,7 @@ impl Default for ConsumerSettings {
             ack_wait_secs: 60,
             max_ack_pending: 200_000,
             fetch_batch: 5_000,
+            info_interval_secs: 5,
         }
     }
 }
@@ -137,6 +141,9 @@ impl Validate for IngestConfig {
         }
         if self.consumer.fetch_batch == 0 {
             return invalid("consumer.fetch_batch", "must be at least 1");
+        }
+        if !(1..=300).contains(&self.consumer.info_interval_secs) {
+            return invalid("consumer.info_interval_secs", "must be 1 to 300");
         }
         if self.consumer.ack_wait_secs < 2 {
             return invalid("consumer.ack_wait_secs", "must be at least 2");

@@ -110,8 +110,8 @@ impl Consumer {
 
     /// Re-declares the consumer with `redeclare` when pulling says it is gone (deleted by
     /// an operator, or lost with the server's state), instead of pulling from nothing
-    /// forever. The new durable delivers the stream from its start, as at a first start:
-    /// events already stored collapse in ClickHouse (the hourly rollup counts them again).
+    /// forever. The new durable resumes just past the last ack floor read
+    /// ([`crate::nats::resume_from`]).
     pub fn with_redeclare(mut self, redeclare: Redeclare) -> Self {
         self.redeclare = Some(redeclare);
         self
@@ -169,7 +169,7 @@ impl Consumer {
         let mut gone = false;
         'connect: while !cancel.is_cancelled() {
             if std::mem::take(&mut gone) {
-                tracing::error!(consumer = %self.settings.durable_name, "the durable consumer is gone; declaring it again (it delivers the stream from its start; stored events collapse in ClickHouse)");
+                tracing::error!(consumer = %self.settings.durable_name, "the durable consumer is gone; declaring it again, resuming from the last ack floor read");
                 self.writer.metrics.consumer_redeclared.inc();
                 if !self.recover_consumer(&cancel).await {
                     break 'connect;
@@ -279,23 +279,18 @@ impl Consumer {
         tx: &mpsc::Sender<Batch>,
         cancel: &CancellationToken,
     ) -> Result<(), Cancelled> {
-        let progress_every = Duration::from_secs(self.settings.ack_wait_secs) / 3;
-        loop {
+        let room = async {
             tokio::select! {
-                permit = tx.reserve() => {
-                    let Ok(permit) = permit else { return Err(Cancelled) };
-                    self.writer.metrics.pending_rows.set(0);
-                    permit.send(std::mem::take(batch));
-                    return Ok(());
-                }
-                () = tokio::time::sleep(progress_every) => tokio::select! {
-                    // With NATS down the acks cannot even be queued; shutdown must not wait.
-                    () = self.writer.keep_alive(&batch.messages) => {}
-                    () = cancel.cancelled() => return Err(Cancelled),
-                },
-                () = cancel.cancelled() => return Err(Cancelled),
+                permit = tx.reserve() => permit.map_err(|_| Cancelled),
+                () = cancel.cancelled() => Err(Cancelled),
             }
-        }
+        };
+        let permit = self.writer.keeping_alive(&batch.messages, room).await?;
+        self.writer.metrics.pending_rows.set(0);
+        // The next batch is likely as large as this one.
+        let capacity = batch.len();
+        permit.send(std::mem::replace(batch, Batch::with_capacity(capacity)));
+        Ok(())
     }
 }
 

@@ -13,6 +13,7 @@
 //! do, [`retention`] how long rows live (TTL or partition sweeps); [`service`] wires them with
 //! [`http`] and [`metrics`].
 
+pub mod backlog;
 pub mod capabilities;
 pub mod config;
 pub mod consumer;

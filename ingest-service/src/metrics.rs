@@ -54,6 +54,8 @@ pub struct Metrics {
     pub insert_retries: Counter,
     pub keep_alives: Counter,
     pub consumer_redeclared: Counter,
+    pub events_lost: Counter,
+    pub events_unreachable: Gauge,
     pub consumer_pending: Gauge,
     pub consumer_ack_pending: Gauge,
     pub retention_partitions_dropped: Counter,
@@ -78,6 +80,8 @@ impl Metrics {
             insert_retries: Counter::default(),
             keep_alives: Counter::default(),
             consumer_redeclared: Counter::default(),
+            events_lost: Counter::default(),
+            events_unreachable: Gauge::default(),
             consumer_pending: Gauge::default(),
             consumer_ack_pending: Gauge::default(),
             retention_partitions_dropped: Counter::default(),
@@ -134,13 +138,23 @@ impl Metrics {
         );
         r.register(
             "batch_keep_alives",
-            "Rounds of in-progress acks sent for a batch still being written",
+            "Rounds of in-progress acks sent for a batch waiting for or in its INSERT",
             metrics.keep_alives.clone(),
         );
         r.register(
             "consumer_redeclared",
             "Times the durable consumer was found deleted and declared again",
             metrics.consumer_redeclared.clone(),
+        );
+        r.register(
+            "events_lost",
+            "Events the consumer passed over because the stream had removed them (its limits, or by hand) before any replica received them",
+            metrics.events_lost.clone(),
+        );
+        r.register(
+            "events_unreachable",
+            "Events removed from the stream that the consumer has not reached yet: lost once it moves on",
+            metrics.events_unreachable.clone(),
         );
         r.register(
             "consumer_pending",

@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::{self, consumer, stream};
 use sightline_shared::subjects;
 
@@ -28,9 +30,16 @@ pub fn events_stream_config(config: &IngestConfig) -> stream::Config {
 
 /// Creates or updates the events, dead-letter and heartbeat streams and returns the durable
 /// pull consumer of events.
+///
+/// An existing durable keeps its deliver policy (the server cannot change it in place, and
+/// one declared again after a loss, or created by an operator to replay from a point in
+/// time, has its own); a new one gets `new_from`: [`DeliverPolicy::All`] at a start,
+/// [`resume_from`] the last known ack floor when the durable vanished under a running
+/// service.
 pub async fn declare(
     js: &jetstream::Context,
     config: &IngestConfig,
+    new_from: DeliverPolicy,
 ) -> anyhow::Result<consumer::PullConsumer> {
     let replicas = config.stream.replicas;
     let duplicate_window = Duration::from_secs(config.stream.duplicate_window_secs);
@@ -66,13 +75,20 @@ pub async fn declare(
     }
     let stream = js.get_stream(subjects::EVENTS_STREAM).await?;
     let name = &config.consumer.durable_name;
+    let deliver_policy = match stream.consumer_info(name).await {
+        Ok(existing) => existing.config.deliver_policy,
+        Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => new_from,
+        Err(error) => {
+            return Err(error).with_context(|| format!("failed to read consumer {name}"));
+        }
+    };
     let consumer_config = consumer::pull::Config {
         durable_name: Some(name.clone()),
         description: Some("Sightline ingest into ClickHouse".into()),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: Duration::from_secs(config.consumer.ack_wait_secs),
         max_ack_pending: config.consumer.max_ack_pending,
-        deliver_policy: consumer::DeliverPolicy::All,
+        deliver_policy,
         filter_subject: subjects::EVENTS_SUBJECTS.into(),
         ..Default::default()
     };
@@ -83,4 +99,18 @@ pub async fn declare(
         .create_consumer(consumer_config)
         .await
         .with_context(|| format!("failed to create or update consumer {name}"))
+}
+
+/// Where a durable declared again resumes: just past `ack_floor`, the highest stream
+/// sequence below which everything was acknowledged (stored), as last read; from the
+/// stream's start when none was read. Messages acknowledged above the floor come again and
+/// collapse in ClickHouse (the hourly rollup counts those few twice); nothing unstored is
+/// skipped.
+pub fn resume_from(ack_floor: u64) -> DeliverPolicy {
+    match ack_floor {
+        0 => DeliverPolicy::All,
+        floor => DeliverPolicy::ByStartSequence {
+            start_sequence: floor + 1,
+        },
+    }
 }

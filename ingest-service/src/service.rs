@@ -6,11 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use async_nats::jetstream::consumer::DeliverPolicy;
 use prometheus_client::registry::Registry;
 use sightline_shared::Backoff;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::backlog::{self, AckFloor};
 use crate::capabilities::Capabilities;
 use crate::config::IngestConfig;
 use crate::consumer::{Consumer, Redeclare};
@@ -109,25 +111,26 @@ pub async fn run(
         }
     };
     schema_ready.store(true, Ordering::Relaxed);
+    // The leader runs the retention sweep (servers without TTL) and counts stream losses.
+    let leadership = match crate::leader::start(&config.leader, cancel.clone()).await {
+        Ok(leadership) => leadership,
+        Err(error) => {
+            cancel.cancel();
+            let _ = finish(http, nats).await;
+            return Err(error);
+        }
+    };
     if !caps.ttl {
         tracing::info!(
             version = ?caps.version,
             "ClickHouse has no TTL: expired partitions are dropped by a scheduled sweep"
         );
-        let leadership = match crate::leader::start(&config.leader, cancel.clone()).await {
-            Ok(leadership) => leadership,
-            Err(error) => {
-                cancel.cancel();
-                let _ = finish(http, nats).await;
-                return Err(error);
-            }
-        };
         tokio::spawn(retention::run_sweeps(
             admin.clone(),
             db.clone(),
             config.retention.clone(),
             metrics.clone(),
-            leadership,
+            leadership.clone(),
             cancel.clone(),
         ));
     }
@@ -136,7 +139,7 @@ pub async fn run(
         "declare the JetStream streams and consumer",
         &cancel,
         |_| true,
-        || nats::declare(&js, &config),
+        || nats::declare(&js, &config, DeliverPolicy::All),
     )
     .await;
     let Ok(Some(consumer)) = declared else {
@@ -174,8 +177,13 @@ pub async fn run(
         writer_client = writer_client.with_setting("max_partitions_per_insert_block", "0");
     }
     let sink = Sink::new(writer_client, config.clickhouse.timeout(), metrics.clone());
-    tokio::spawn(watch_backlog(
+    let ack_floor = AckFloor::default();
+    tokio::spawn(backlog::watch(
+        js.clone(),
         consumer.clone(),
+        Duration::from_secs(config.consumer.info_interval_secs),
+        ack_floor.clone(),
+        leadership,
         metrics.clone(),
         cancel.clone(),
     ));
@@ -190,7 +198,9 @@ pub async fn run(
         let (js, config) = (js.clone(), config.clone());
         Arc::new(move || {
             let (js, config) = (js.clone(), config.clone());
-            Box::pin(async move { nats::declare(&js, &config).await })
+            let from = nats::resume_from(ack_floor.get());
+            tracing::info!(?from, "a new durable resumes from the last ack floor read");
+            Box::pin(async move { nats::declare(&js, &config, from).await })
         })
     };
     Consumer::new(
@@ -221,31 +231,6 @@ async fn finish(
         .context("HTTP server failed")?;
     tracing::info!("ingest stopped");
     Ok(())
-}
-
-/// Publishes the consumer's backlog (not yet delivered, delivered but unacknowledged) as
-/// gauges every few seconds.
-async fn watch_backlog(
-    mut consumer: async_nats::jetstream::consumer::PullConsumer,
-    metrics: Metrics,
-    cancel: CancellationToken,
-) {
-    let mut ticker = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        match consumer.info().await {
-            Ok(info) => {
-                metrics.consumer_pending.set(info.num_pending as i64);
-                metrics
-                    .consumer_ack_pending
-                    .set(info.num_ack_pending as i64);
-            }
-            Err(error) => tracing::debug!(%error, "failed to read consumer info"),
-        }
-    }
 }
 
 /// Why the ClickHouse schema could not be prepared.

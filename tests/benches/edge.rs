@@ -15,6 +15,7 @@
 
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::consumer::DeliverPolicy;
 use prometheus_client::registry::Registry;
 use sightline_edge_agent::buffer::Buffer;
 use sightline_edge_agent::buffer::worker::{self, BUFFER_FILE, Settings};
@@ -74,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
         nats: nats.config(),
         ..Default::default()
     };
-    sightline_ingest::nats::declare(&js, &config).await?;
+    sightline_ingest::nats::declare(&js, &config, DeliverPolicy::All).await?;
     let dir = tempfile::tempdir()?;
     println!("edge buffer benchmark: {n} events, {WINDOW} publishes in flight");
 

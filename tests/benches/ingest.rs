@@ -2,11 +2,12 @@
 //!
 //! `cargo bench -p sightline-tests --bench ingest` starts its own nats-server and
 //! clickhouse-server, fills the stream with N realistic events (default 1,000,000; set
-//! `SIGHTLINE_BENCH_EVENTS`), then measures, in one run:
+//! `SIGHTLINE_BENCH_EVENTS`; `SIGHTLINE_BENCH_BATCH_ROWS` changes the batch from the
+//! default 50,000 rows), then measures, in one run:
 //!
 //! 1. NATS alone: a pull consumer drains the stream, decoding, validating and acking every
 //!    message (what ingest does without ClickHouse);
-//! 2. ClickHouse alone: the same rows, already in memory, inserted in batches of the default
+//! 2. ClickHouse alone: the same rows, already in memory, inserted in batches of the same
 //!    size through the same sink;
 //! 3. ingest: the real service drains the stream into ClickHouse.
 //!
@@ -15,6 +16,7 @@
 
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::consumer::DeliverPolicy;
 use futures::StreamExt;
 use prometheus_client::registry::Registry;
 use sightline_ingest::IngestConfig;
@@ -72,14 +74,20 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(1_000_000);
     let nats = NatsServer::start()?;
     let clickhouse = ClickHouseServer::start()?;
-    let config = IngestConfig {
+    let mut config = IngestConfig {
         nats: nats.config(),
         clickhouse: clickhouse.config(),
         ..Default::default()
     };
+    if let Some(rows) = std::env::var("SIGHTLINE_BENCH_BATCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.batch.max_rows = rows;
+    }
     let client = async_nats::connect(nats.url()).await?;
     let js = async_nats::jetstream::new(client.clone());
-    sightline_ingest::nats::declare(&js, &config).await?;
+    sightline_ingest::nats::declare(&js, &config, DeliverPolicy::All).await?;
 
     println!(
         "ingest benchmark: {n} events, batch {} rows",

@@ -8,9 +8,12 @@ use std::path::Path;
 
 use prometheus_client::registry::Registry;
 
+/// Metric families by name, with the label names their samples carry.
+type Families = BTreeMap<String, BTreeSet<String>>;
+
 /// Families from `# TYPE name kind` lines, with the label names their samples carry.
-fn families(text: &str) -> BTreeMap<String, BTreeSet<String>> {
-    let mut out: BTreeMap<String, BTreeSet<String>> = text
+fn families(text: &str) -> Families {
+    let mut out: Families = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| Some((l.split_whitespace().next()?.to_owned(), BTreeSet::new())))
@@ -29,6 +32,17 @@ fn families(text: &str) -> BTreeMap<String, BTreeSet<String>> {
         out.entry(family).or_default().extend(names);
     }
     out
+}
+
+/// The names of the samples in an exposition (what Prometheus stores and PromQL names:
+/// `x_total` for a counter `x`, `x_bucket`, `x_sum`, `x_count` for a histogram).
+fn sample_names(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The family a series name belongs to (`x_total` -> `x` for counters, `x_bucket` -> `x`).
@@ -78,8 +92,9 @@ fn labels_in(expr: &str) -> BTreeSet<String> {
     out
 }
 
-/// Every family of the three binaries, as their `/metrics` would show it.
-fn exported() -> anyhow::Result<BTreeMap<String, BTreeSet<String>>> {
+/// Every family of the three binaries, as their `/metrics` would show it, with the label
+/// names of its samples; and the samples' names.
+fn exported() -> anyhow::Result<(Families, BTreeSet<String>)> {
     use sightline_edge_agent::metrics::{CameraLabel, DropReason};
     use sightline_ingest::metrics::{DeadLetterReason, InsertOutcome, ReasonLabel};
     use sightline_query::metrics::{Route, RouteStatus};
@@ -129,12 +144,12 @@ fn exported() -> anyhow::Result<BTreeMap<String, BTreeSet<String>>> {
         text.contains(r#"sightline_ingest_inserts_total{outcome="Ok"}"#),
         "{text}"
     );
-    Ok(families(&text))
+    Ok((families(&text), sample_names(&text)))
 }
 
 #[test]
 fn the_dashboard_and_alerts_query_metrics_that_exist() -> anyhow::Result<()> {
-    let known = exported()?;
+    let (known, samples) = exported()?;
     assert!(known.len() > 45, "{known:?}");
     assert_eq!(
         known["sightline_ingest_inserts"],
@@ -168,6 +183,11 @@ fn the_dashboard_and_alerts_query_metrics_that_exist() -> anyhow::Result<()> {
     for expr in &exprs {
         let mut carried: BTreeSet<String> = scrape.iter().map(|s| s.to_string()).collect();
         for series in series_in(expr) {
+            // A counter queried without `_total` names nothing Prometheus stores.
+            assert!(
+                samples.contains(&series),
+                "{series} (in `{expr}`) is not a series the binaries export"
+            );
             let family = family_of(&series, &known)
                 .unwrap_or_else(|| panic!("{series} (in `{expr}`) is not exported"));
             carried.extend(known[family].iter().cloned());

@@ -66,6 +66,10 @@ fn quantile(text: &str, name: &str, q: f64) -> f64 {
         .map_or(f64::NAN, |b| b.0)
 }
 
+/// The ingest service's allocator (ingest-service/src/main.rs), so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let n: usize = std::env::var("SIGHTLINE_BENCH_EVENTS")

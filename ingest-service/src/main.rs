@@ -43,7 +43,7 @@ enum ServerKind {
     Modern,
 }
 
-/// See the workspace manifest: glibc's allocator costs ingest about a fifth of its CPU.
+/// See the workspace manifest: glibc's allocator cost ingest about a quarter of its CPU.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -58,6 +58,7 @@ pub struct Metrics {
     pub events_unreachable: Gauge,
     pub consumer_pending: Gauge,
     pub consumer_ack_pending: Gauge,
+    pub consumer_ack_floor: Gauge,
     pub retention_partitions_dropped: Counter,
     pub retention_errors: Counter,
     pub heartbeats_stored: Counter,
@@ -84,6 +85,7 @@ impl Metrics {
             events_unreachable: Gauge::default(),
             consumer_pending: Gauge::default(),
             consumer_ack_pending: Gauge::default(),
+            consumer_ack_floor: Gauge::default(),
             retention_partitions_dropped: Counter::default(),
             retention_errors: Counter::default(),
             heartbeats_stored: Counter::default(),
@@ -165,6 +167,11 @@ impl Metrics {
             "consumer_ack_pending",
             "Messages delivered and not yet acknowledged (all replicas)",
             metrics.consumer_ack_pending.clone(),
+        );
+        r.register(
+            "consumer_ack_floor",
+            "Stream sequence up to which every message is acknowledged (stored or dead-lettered)",
+            metrics.consumer_ack_floor.clone(),
         );
         r.register(
             "retention_partitions_dropped",

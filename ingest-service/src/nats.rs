@@ -7,7 +7,9 @@ use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::{self, consumer, stream};
 use sightline_shared::subjects;
+use time::OffsetDateTime;
 
+use crate::backlog::Floor;
 use crate::config::IngestConfig;
 
 /// The events stream's configuration.
@@ -32,14 +34,13 @@ pub fn events_stream_config(config: &IngestConfig) -> stream::Config {
 /// pull consumer of events.
 ///
 /// An existing durable keeps its deliver policy (the server cannot change it in place, and
-/// one declared again after a loss, or created by an operator to replay from a point in
-/// time, has its own); a new one gets `new_from`: [`DeliverPolicy::All`] at a start,
-/// [`resume_from`] the last known ack floor when the durable vanished under a running
-/// service.
+/// one declared again after a loss, or created by an operator to replay from a point, has
+/// its own). A new one delivers the whole stream, or, given the ack floor of a durable that
+/// vanished under a running service, resumes just past it ([`resume_policy`]).
 pub async fn declare(
     js: &jetstream::Context,
     config: &IngestConfig,
-    new_from: DeliverPolicy,
+    resume: Option<Floor>,
 ) -> anyhow::Result<consumer::PullConsumer> {
     let replicas = config.stream.replicas;
     let duplicate_window = Duration::from_secs(config.stream.duplicate_window_secs);
@@ -77,11 +78,24 @@ pub async fn declare(
     let name = &config.consumer.durable_name;
     let deliver_policy = match stream.consumer_info(name).await {
         Ok(existing) => existing.config.deliver_policy,
-        Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => new_from,
+        Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => {
+            let policy = resume_policy(resume, stream.cached_info().created);
+            tracing::info!(consumer = %name, ?policy, "declaring the durable consumer");
+            policy
+        }
         Err(error) => {
             return Err(error).with_context(|| format!("failed to read consumer {name}"));
         }
     };
+    if let DeliverPolicy::ByStartTime { .. } = deliver_policy {
+        // nats-server 2.9 compares the start time by pointer when updating, so any update
+        // of such a durable fails ("start time can not be updated"): use it as it is.
+        tracing::warn!(consumer = %name, "the durable starts at a point in time (made by hand to replay); using it as it is, without applying [consumer] settings to it");
+        return stream
+            .get_consumer(name)
+            .await
+            .map_err(|e| anyhow::anyhow!("failed to bind consumer {name}: {e}"));
+    }
     let consumer_config = consumer::pull::Config {
         durable_name: Some(name.clone()),
         description: Some("Sightline ingest into ClickHouse".into()),
@@ -101,16 +115,46 @@ pub async fn declare(
         .with_context(|| format!("failed to create or update consumer {name}"))
 }
 
-/// Where a durable declared again resumes: just past `ack_floor`, the highest stream
-/// sequence below which everything was acknowledged (stored), as last read; from the
-/// stream's start when none was read. Messages acknowledged above the floor come again and
-/// collapse in ClickHouse (the hourly rollup counts those few twice); nothing unstored is
-/// skipped.
-pub fn resume_from(ack_floor: u64) -> DeliverPolicy {
-    match ack_floor {
-        0 => DeliverPolicy::All,
-        floor => DeliverPolicy::ByStartSequence {
-            start_sequence: floor + 1,
-        },
+/// Where a new durable starts: just past `resume`, the last ack floor read of a durable that
+/// vanished, if it belongs to this stream (`stream_created`); else at the stream's start.
+/// Messages acknowledged above the floor come again and collapse in ClickHouse (the hourly
+/// rollup counts those few twice); nothing unstored is skipped.
+pub fn resume_policy(resume: Option<Floor>, stream_created: OffsetDateTime) -> DeliverPolicy {
+    match resume {
+        Some(floor) if floor.sequence > 0 && floor.stream_created == stream_created => {
+            DeliverPolicy::ByStartSequence {
+                start_sequence: floor.sequence + 1,
+            }
+        }
+        _ => DeliverPolicy::All,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_durable_resumes_past_the_floor_of_the_same_stream_only() {
+        let created = OffsetDateTime::UNIX_EPOCH;
+        let floor = |sequence, stream_created| Floor {
+            stream_created,
+            sequence,
+        };
+        assert_eq!(resume_policy(None, created), DeliverPolicy::All);
+        assert_eq!(
+            resume_policy(Some(floor(0, created)), created),
+            DeliverPolicy::All
+        );
+        assert_eq!(
+            resume_policy(Some(floor(41, created)), created),
+            DeliverPolicy::ByStartSequence { start_sequence: 42 }
+        );
+        // The stream was deleted and made again: its sequences start over.
+        let recreated = created + time::Duration::seconds(1);
+        assert_eq!(
+            resume_policy(Some(floor(41, created)), recreated),
+            DeliverPolicy::All
+        );
     }
 }

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::consumer::DeliverPolicy;
 use prometheus_client::registry::Registry;
 use sightline_shared::Backoff;
 use tokio::net::TcpListener;
@@ -139,7 +138,7 @@ pub async fn run(
         "declare the JetStream streams and consumer",
         &cancel,
         |_| true,
-        || nats::declare(&js, &config, DeliverPolicy::All),
+        || nats::declare(&js, &config, None),
     )
     .await;
     let Ok(Some(consumer)) = declared else {
@@ -198,9 +197,8 @@ pub async fn run(
         let (js, config) = (js.clone(), config.clone());
         Arc::new(move || {
             let (js, config) = (js.clone(), config.clone());
-            let from = nats::resume_from(ack_floor.get());
-            tracing::info!(?from, "a new durable resumes from the last ack floor read");
-            Box::pin(async move { nats::declare(&js, &config, from).await })
+            let floor = ack_floor.get();
+            Box::pin(async move { nats::declare(&js, &config, floor).await })
         })
     };
     Consumer::new(

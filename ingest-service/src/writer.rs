@@ -16,7 +16,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
 use sightline_shared::Backoff;
@@ -27,6 +27,9 @@ use crate::deadletter::{Cancelled, DeadLetters};
 use crate::metrics::{DeadLetterReason, Metrics};
 use crate::schema::EventRow;
 use crate::sink::{InsertError, Sink};
+
+/// How long a look at the `events` table's columns is trusted during one batch.
+const TABLE_CHECK_VALID: Duration = Duration::from_secs(5);
 
 /// Messages waiting for their batch's INSERT, and their rows, index for index.
 #[derive(Debug, Default)]
@@ -132,15 +135,18 @@ impl Writer {
     ) -> Result<(), Cancelled> {
         let mut ranges = vec![(0, rows.len())];
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
-        // Once the table is found as it was, a bisection does not ask again at every step.
-        let mut table_checked = false;
+        // Once the table is found as it was, a bisection does not ask again at every step,
+        // only when the last look is older than a few seconds.
+        let mut table_seen_unchanged: Option<Instant> = None;
         while let Some((lo, hi)) = ranges.pop() {
             let result = self.sink.insert(&rows[lo..hi]).await;
             // Rows the server calls bad while the table is not what it was: the table's fault.
-            let drifted =
-                matches!(result, Err(InsertError::Permanent { .. })) && !table_checked && {
-                    table_checked = self.table_unchanged().await;
-                    !table_checked
+            let drifted = matches!(result, Err(InsertError::Permanent { .. }))
+                && table_seen_unchanged.is_none_or(|at| at.elapsed() > TABLE_CHECK_VALID)
+                && {
+                    let unchanged = self.table_unchanged().await;
+                    table_seen_unchanged = unchanged.then(Instant::now);
+                    !unchanged
                 };
             match result {
                 Ok(()) => {

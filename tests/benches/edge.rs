@@ -15,7 +15,6 @@
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::DeliverPolicy;
 use prometheus_client::registry::Registry;
 use sightline_edge_agent::buffer::Buffer;
 use sightline_edge_agent::buffer::worker::{self, BUFFER_FILE, Settings};
@@ -75,7 +74,7 @@ async fn main() -> anyhow::Result<()> {
         nats: nats.config(),
         ..Default::default()
     };
-    sightline_ingest::nats::declare(&js, &config, DeliverPolicy::All).await?;
+    sightline_ingest::nats::declare(&js, &config, None).await?;
     let dir = tempfile::tempdir()?;
     println!("edge buffer benchmark: {n} events, {WINDOW} publishes in flight");
 

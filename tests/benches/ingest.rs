@@ -16,7 +16,6 @@
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::DeliverPolicy;
 use futures::StreamExt;
 use prometheus_client::registry::Registry;
 use sightline_ingest::IngestConfig;
@@ -91,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let client = async_nats::connect(nats.url()).await?;
     let js = async_nats::jetstream::new(client.clone());
-    sightline_ingest::nats::declare(&js, &config, DeliverPolicy::All).await?;
+    sightline_ingest::nats::declare(&js, &config, None).await?;
 
     println!(
         "ingest benchmark: {n} events, batch {} rows",

@@ -185,7 +185,7 @@ async fn a_camera_that_fails_is_retried_and_reported_while_the_others_run() -> a
     sightline_ingest::nats::declare(
         &async_nats::jetstream::new(client),
         &sightline_ingest::IngestConfig::default(),
-        async_nats::jetstream::consumer::DeliverPolicy::All,
+        None,
     )
     .await?;
     let tmp = tempfile::tempdir()?;

@@ -185,6 +185,34 @@ impl Validate for IngestConfig {
         if self.stream.replicas == 0 || self.stream.replicas > 5 {
             return invalid("stream.replicas", "must be 1 to 5");
         }
+        // The same bounds as the chart's values.schema.json.
+        let l = &self.leader;
+        let label = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+        if l.lease_name.is_empty()
+            || l.lease_name.len() > 253
+            || !l.lease_name.starts_with(label)
+            || !l.lease_name.ends_with(label)
+            || !l
+                .lease_name
+                .chars()
+                .all(|c| label(c) || c == '-' || c == '.')
+        {
+            return invalid(
+                "leader.lease_name",
+                "must be a Kubernetes object name: lower-case letters, digits, '-' and '.'",
+            );
+        }
+        if !(1..=3600).contains(&l.renew_interval_secs) {
+            return invalid("leader.renew_interval_secs", "must be 1 to 3600");
+        }
+        if !(2..=3600).contains(&l.lease_duration_secs)
+            || l.lease_duration_secs <= l.renew_interval_secs
+        {
+            return invalid(
+                "leader.lease_duration_secs",
+                "must be 2 to 3600 and longer than renew_interval_secs",
+            );
+        }
         Ok(())
     }
 }
@@ -212,5 +240,24 @@ mod tests {
         assert!(err.to_string().contains("clickhouse.database"), "{err}");
         let err = parse::<IngestConfig>("[stream]\nmax_age_hours = \"x\"", "test").unwrap_err();
         assert!(err.to_string().contains("max_age_hours"), "{err}");
+        for (toml, field) in [
+            (
+                "[leader]\nrenew_interval_secs = 0",
+                "leader.renew_interval_secs",
+            ),
+            (
+                "[leader]\nlease_duration_secs = 5",
+                "leader.lease_duration_secs",
+            ),
+            ("[leader]\nlease_name = \"Bad_Name\"", "leader.lease_name"),
+            ("[leader]\nlease_name = \"-x\"", "leader.lease_name"),
+            (
+                "[consumer]\ninfo_interval_secs = 0",
+                "consumer.info_interval_secs",
+            ),
+        ] {
+            let err = parse::<IngestConfig>(toml, "test").unwrap_err();
+            assert!(err.to_string().contains(field), "{toml}: {err}");
+        }
     }
 }

@@ -107,14 +107,19 @@ impl Sink {
 
     /// The `events` table's columns (name and type, by name): what the rows are written
     /// against. Compared with the columns at start-up before any row is dead-lettered.
+    /// Bounded by the insert timeout, so a server that stops answering cannot stall the
+    /// writer here.
     pub async fn columns(&self) -> Result<Vec<(String, String)>, clickhouse::error::Error> {
-        self.client
+        let query = self
+            .client
             .query(
                 "SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = ? ORDER BY name",
             )
             .bind(EVENTS_TABLE)
-            .fetch_all::<(String, String)>()
+            .fetch_all::<(String, String)>();
+        tokio::time::timeout(self.timeout, query)
             .await
+            .unwrap_or(Err(clickhouse::error::Error::TimedOut))
     }
 
     /// Whether ClickHouse answers a trivial query.

@@ -62,18 +62,18 @@ impl AckFloor {
 
 /// One reading of the durable's delivered sequences.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reading {
+struct Reading {
     /// When the durable was created: another value is another durable.
-    pub durable: OffsetDateTime,
-    pub stream_seq: u64,
-    pub consumer_seq: u64,
+    durable: OffsetDateTime,
+    stream_seq: u64,
+    consumer_seq: u64,
     /// Whether this replica led when it took the reading.
-    pub leader: bool,
+    leader: bool,
 }
 
 /// Counts the stream sequences the consumer passes over without delivering them.
 #[derive(Debug, Default)]
-pub struct LossTracker {
+struct LossTracker {
     last: Option<Reading>,
 }
 
@@ -81,7 +81,7 @@ impl LossTracker {
     /// Takes one reading and returns how many stream sequences the consumer passed over since
     /// the last one. Nothing is counted across a change of durable, or unless this replica
     /// led at both readings (a new leader's first interval overlaps its predecessor's last).
-    pub fn observe(&mut self, now: Reading) -> u64 {
+    fn observe(&mut self, now: Reading) -> u64 {
         let passed = match self.last {
             Some(prev)
                 if prev.durable == now.durable
@@ -102,12 +102,12 @@ impl LossTracker {
 
 /// Sequences removed from the stream (below `first`) that the consumer, delivered up to
 /// `delivered`, has not reached.
-pub fn unreachable(first: u64, delivered: u64) -> u64 {
+fn unreachable(first: u64, delivered: u64) -> u64 {
     first.saturating_sub(1).saturating_sub(delivered)
 }
 
 /// Reads the stream's and the consumer's state every `every` until `cancel` fires:
-/// publishes the backlog gauges, raises `ack_floor`, and (on the leader only, so replicas
+/// publishes the backlog gauges, records the latest `ack_floor`, and (on the leader only, so replicas
 /// do not count the same loss) counts events the stream removed before delivery.
 pub async fn watch(
     js: jetstream::Context,
@@ -136,7 +136,7 @@ pub async fn watch(
             }
         };
         let info = match consumer.info().await {
-            Ok(info) => info.clone(),
+            Ok(info) => info,
             Err(error) => {
                 tracing::debug!(%error, "failed to read consumer info");
                 continue;

@@ -14,13 +14,13 @@ use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use futures::StreamExt;
-use futures::future::BoxFuture;
 use sightline_runtime::now;
 use sightline_shared::{Backoff, DetectionEvent, Timestamp, codec, subjects};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BatchSettings, ConsumerSettings};
+use crate::backlog::AckFloor;
+use crate::config::IngestConfig;
 use crate::deadletter::Cancelled;
 use crate::metrics::DeadLetterReason;
 use crate::schema::EventRow;
@@ -69,25 +69,22 @@ pub fn content_type(message: &jetstream::Message) -> Option<&str> {
         .map(|value| value.as_str())
 }
 
-/// Declares the durable consumer again (idempotent: an existing one is returned as it is).
-pub type Redeclare =
-    Arc<dyn Fn() -> BoxFuture<'static, anyhow::Result<PullConsumer>> + Send + Sync>;
-
 /// The consume loop's state.
 pub struct Consumer {
     consumer: PullConsumer,
-    settings: ConsumerSettings,
-    batch: BatchSettings,
+    config: Arc<IngestConfig>,
     /// The write stage; its dead letters and metrics serve this loop too.
     writer: Writer,
-    /// How to get the consumer back if it is deleted under the service.
-    redeclare: Option<Redeclare>,
+    /// To declare the durable again if it is deleted under the service: where the streams
+    /// live and the last ack floor read.
+    js: jetstream::Context,
+    ack_floor: AckFloor,
 }
 
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Consumer")
-            .field("batch", &self.batch)
+            .field("batch", &self.config.batch)
             .finish_non_exhaustive()
     }
 }
@@ -95,33 +92,22 @@ impl std::fmt::Debug for Consumer {
 impl Consumer {
     pub fn new(
         consumer: PullConsumer,
-        settings: ConsumerSettings,
-        batch: BatchSettings,
+        config: Arc<IngestConfig>,
         writer: Writer,
+        js: jetstream::Context,
+        ack_floor: AckFloor,
     ) -> Self {
         Self {
             consumer,
-            settings,
-            batch,
+            config,
             writer,
-            redeclare: None,
+            js,
+            ack_floor,
         }
-    }
-
-    /// Re-declares the consumer with `redeclare` when pulling says it is gone (deleted by
-    /// an operator, or lost with the server's state), instead of pulling from nothing
-    /// forever. The new durable resumes just past the last ack floor read
-    /// ([`crate::nats::resume_from`]).
-    pub fn with_redeclare(mut self, redeclare: Redeclare) -> Self {
-        self.redeclare = Some(redeclare);
-        self
     }
 
     /// Whether the server says the durable does not exist (not merely unreachable).
     async fn consumer_missing(&mut self) -> bool {
-        if self.redeclare.is_none() {
-            return false;
-        }
         match self.consumer.info().await {
             Ok(_) => false,
             Err(error) => {
@@ -133,16 +119,25 @@ impl Consumer {
         }
     }
 
-    /// Declares the consumer again after it went missing; false if `cancel` fired first.
+    /// Declares the durable again after it was deleted under the service (by an operator,
+    /// or lost with the server's state), instead of pulling from nothing forever. The new
+    /// durable resumes just past the last ack floor read ([`crate::nats::resume_policy`]).
+    /// False if `cancel` fired first.
     async fn recover_consumer(&mut self, cancel: &CancellationToken) -> bool {
-        let Some(redeclare) = self.redeclare.clone() else {
-            return true;
-        };
+        tracing::error!(consumer = %self.config.consumer.durable_name, "the durable consumer is gone; declaring it again, resuming from the last ack floor read");
+        self.writer.metrics.consumer_redeclared.inc();
         let declared = crate::service::retry(
             "declare the consumer again",
             cancel,
             |_| true,
-            || redeclare(),
+            // Boxed: a cold path that would otherwise make the loop's future large.
+            || {
+                Box::pin(crate::nats::declare(
+                    &self.js,
+                    &self.config,
+                    self.ack_floor.get(),
+                ))
+            },
         )
         .await;
         match declared {
@@ -166,19 +161,11 @@ impl Consumer {
         let mut batch = Batch::default();
         let mut deadline = Instant::now();
         let mut reconnect = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-        let mut gone = false;
         'connect: while !cancel.is_cancelled() {
-            if std::mem::take(&mut gone) {
-                tracing::error!(consumer = %self.settings.durable_name, "the durable consumer is gone; declaring it again, resuming from the last ack floor read");
-                self.writer.metrics.consumer_redeclared.inc();
-                if !self.recover_consumer(&cancel).await {
-                    break 'connect;
-                }
-            }
             let messages = self
                 .consumer
                 .stream()
-                .max_messages_per_batch(self.settings.fetch_batch)
+                .max_messages_per_batch(self.config.consumer.fetch_batch)
                 .expires(Duration::from_secs(5))
                 .heartbeat(Duration::from_secs(2))
                 .messages()
@@ -187,11 +174,15 @@ impl Consumer {
                 Ok(m) => m,
                 Err(error) => {
                     tracing::warn!(%error, "failed to start pulling messages, retrying");
-                    gone = self.consumer_missing().await;
+                    let missing = self.consumer_missing().await;
                     tokio::select! {
-                        () = tokio::time::sleep(reconnect.next_delay(rand::random())) => continue 'connect,
+                        () = tokio::time::sleep(reconnect.next_delay(rand::random())) => {}
                         () = cancel.cancelled() => break 'connect,
                     }
+                    if missing && !self.recover_consumer(&cancel).await {
+                        break 'connect;
+                    }
+                    continue 'connect;
                 }
             };
             loop {
@@ -209,13 +200,13 @@ impl Consumer {
                             match check_message(&message.subject, content_type(&message), &message.payload, now()) {
                                 Ok(event) => {
                                     if batch.is_empty() {
-                                        deadline = Instant::now() + self.batch.max_wait();
+                                        deadline = Instant::now() + self.config.batch.max_wait();
                                     }
                                     batch.bytes += message.payload.len();
                                     batch.rows.push(EventRow::from(event));
                                     batch.messages.push(message);
                                     self.writer.metrics.pending_rows.set(batch.len() as i64);
-                                    if (batch.len() >= self.batch.max_rows || batch.bytes >= self.batch.max_bytes)
+                                    if (batch.len() >= self.config.batch.max_rows || batch.bytes >= self.config.batch.max_bytes)
                                         && self.hand_over(&mut batch, &tx, &cancel).await.is_err()
                                     {
                                         break 'connect;
@@ -233,7 +224,9 @@ impl Consumer {
                             if matches!(error.kind(), MessagesErrorKind::ConsumerDeleted | MessagesErrorKind::NoResponders)
                                 && self.consumer_missing().await
                             {
-                                gone = true;
+                                if !self.recover_consumer(&cancel).await {
+                                    break 'connect;
+                                }
                                 continue 'connect;
                             }
                         }

@@ -83,17 +83,8 @@ impl Leadership {
     }
 
     /// Waits until leadership changes; `false` once the elector has stopped.
-    ///
-    /// Once the elector has stopped it returns at once: callers also wait on something else.
     pub async fn changed(&mut self) -> bool {
         self.0.changed().await.is_ok()
-    }
-}
-
-/// A leadership driven by the sender's side (tests, embedders with their own election).
-impl From<watch::Receiver<bool>> for Leadership {
-    fn from(rx: watch::Receiver<bool>) -> Self {
-        Self(rx)
     }
 }
 
@@ -115,6 +106,17 @@ impl Elector {
             identity: identity.into(),
             duration: Duration::from_secs(u64::from(settings.lease_duration_secs)),
             renew: Duration::from_secs(u64::from(settings.renew_interval_secs)),
+        }
+    }
+
+    /// The same candidate for the schema Lease (`<lease_name>-schema`), which serializes
+    /// start-up schema work (migrations, retention TTL) across replicas. It is a Lease of
+    /// its own, held only while a replica prepares the schema, so a new pod of a rolling
+    /// upgrade never waits on an old leader whose build lacks the new migrations.
+    pub fn for_schema(&self) -> Self {
+        Self {
+            name: format!("{}-schema", self.name),
+            ..self.clone()
         }
     }
 
@@ -246,7 +248,7 @@ impl Elector {
     }
 
     /// Gives the Lease up (on shutdown), if this candidate holds it.
-    pub async fn release(&self) -> Result<(), kube::Error> {
+    async fn release(&self) -> Result<(), kube::Error> {
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
             return Ok(());
         };
@@ -263,33 +265,11 @@ impl Elector {
     }
 }
 
-/// Starts the election if the settings and environment ask for it (in-cluster config:
-/// the pod's service account, namespace and `HOSTNAME` as identity), else always leads.
-pub async fn start(
-    settings: &LeaderSettings,
-    cancel: CancellationToken,
-) -> anyhow::Result<Leadership> {
-    Ok(match candidate(settings, &settings.lease_name).await? {
-        Some(elector) => elector.spawn(cancel),
-        None => Leadership::always(),
-    })
-}
-
-/// The candidate for the schema Lease (`<lease_name>-schema`), which serializes start-up
-/// schema work (migrations, retention TTL) across replicas; `None` without election.
-///
-/// It is a Lease of its own, held only while a replica prepares the schema, so a new pod of
-/// a rolling upgrade never waits on an old leader whose build lacks the new migrations.
-pub async fn schema_candidate(settings: &LeaderSettings) -> anyhow::Result<Option<Elector>> {
-    candidate(settings, &schema_lease(&settings.lease_name)).await
-}
-
-/// The schema Lease's name for a leader Lease.
-pub fn schema_lease(lease_name: &str) -> String {
-    format!("{lease_name}-schema")
-}
-
-async fn candidate(settings: &LeaderSettings, lease_name: &str) -> anyhow::Result<Option<Elector>> {
+/// This replica's candidate for the leader Lease if the settings and environment ask for an
+/// election (in-cluster config: the pod's service account, namespace and `HOSTNAME` as
+/// identity); `None` when it always leads. [`Elector::for_schema`] gives the same candidate
+/// for the schema Lease.
+pub async fn candidate(settings: &LeaderSettings) -> anyhow::Result<Option<Elector>> {
     if !settings.elects() {
         return Ok(None);
     }
@@ -299,10 +279,11 @@ async fn candidate(settings: &LeaderSettings, lease_name: &str) -> anyhow::Resul
     let identity =
         std::env::var("HOSTNAME").unwrap_or_else(|_| format!("ingest-{}", uuid::Uuid::now_v7()));
     let api: Api<Lease> = Api::default_namespaced(client);
-    tracing::info!(%identity, lease = %lease_name, "electing a leader");
-    let settings = LeaderSettings {
-        lease_name: lease_name.to_owned(),
-        ..settings.clone()
-    };
-    Ok(Some(Elector::new(api, &settings, identity)))
+    tracing::info!(%identity, lease = %settings.lease_name, "electing a leader");
+    Ok(Some(Elector::new(api, settings, identity)))
+}
+
+/// Campaigns with `candidate` until `cancel` fires, or always leads without one.
+pub fn lead(candidate: Option<Elector>, cancel: CancellationToken) -> Leadership {
+    candidate.map_or_else(Leadership::always, |elector| elector.spawn(cancel))
 }

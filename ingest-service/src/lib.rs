@@ -10,7 +10,9 @@
 //! (insert through [`sink`], retry, bisect, then ack) and [`deadletter`]; [`heartbeats`]
 //! stores the edge agents' heartbeats with a second consumer; [`migrations`] owns the ClickHouse tables,
 //! [`schema`] the row type the query service reads back, [`capabilities`] what the server can
-//! do, [`retention`] how long rows live (TTL or partition sweeps); [`service`] wires them with
+//! do, [`retention`] how long rows live (TTL or partition sweeps); [`backlog`] watches the
+//! durable's position (backlog gauges, ack floor, events the stream removed before delivery);
+//! [`leader`] elects the replica that runs the singleton jobs; [`service`] wires them with
 //! [`http`] and [`metrics`].
 
 pub mod backlog;

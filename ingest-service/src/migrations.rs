@@ -233,15 +233,17 @@ async fn applied(client: &Client, db: &str) -> Result<Vec<Applied>, MigrationErr
         .map_err(MigrationError::Bookkeeping)
 }
 
-/// This build's migrations that `applied` lacks; an applied one whose file changed since is
-/// an error.
-fn unapplied(
-    applied: &[Applied],
-) -> Result<impl Iterator<Item = &'static Migration>, MigrationError> {
+/// This build's migrations that `applied` lacks, in order; an applied one whose file
+/// changed since is an error (before anything runs).
+fn unapplied(applied: &[Applied]) -> Result<Vec<&'static Migration>, MigrationError> {
+    let mut pending = Vec::new();
     for migration in MIGRATIONS {
+        let Some(recorded) = applied.iter().find(|a| a.version == migration.version) else {
+            pending.push(migration);
+            continue;
+        };
         let current = migration.checksum();
-        let recorded = applied.iter().find(|a| a.version == migration.version);
-        if let Some(changed) = recorded.and_then(|a| a.checksums.iter().find(|c| **c != current)) {
+        if let Some(changed) = recorded.checksums.iter().find(|c| **c != current) {
             return Err(MigrationError::Changed {
                 version: migration.version,
                 name: migration.name,
@@ -250,10 +252,7 @@ fn unapplied(
             });
         }
     }
-    let versions: Vec<u32> = applied.iter().map(|a| a.version).collect();
-    Ok(MIGRATIONS
-        .iter()
-        .filter(move |m| !versions.contains(&m.version)))
+    Ok(pending)
 }
 
 #[cfg(test)]

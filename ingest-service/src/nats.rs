@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::{DeliverPolicy, FromConsumer};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::{self, consumer, stream};
 use sightline_shared::subjects;
@@ -77,6 +77,20 @@ pub async fn declare(
     let stream = js.get_stream(subjects::EVENTS_STREAM).await?;
     let name = &config.consumer.durable_name;
     let deliver_policy = match stream.consumer_info(name).await {
+        Ok(existing)
+            if matches!(
+                existing.config.deliver_policy,
+                DeliverPolicy::ByStartTime { .. }
+            ) =>
+        {
+            // nats-server 2.9 compares the start time by pointer when updating, so any
+            // update of such a durable fails ("start time can not be updated"): use it as
+            // it is.
+            tracing::warn!(consumer = %name, "the durable starts at a point in time (made by hand to replay); using it as it is, without applying [consumer] settings to it");
+            let config = consumer::pull::Config::try_from_consumer_config(existing.config.clone())
+                .map_err(|e| anyhow::anyhow!("consumer {name} is not a pull consumer: {e}"))?;
+            return Ok(consumer::PullConsumer::new(config, existing, js.clone()));
+        }
         Ok(existing) => existing.config.deliver_policy,
         Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => {
             let policy = resume_policy(resume, stream.cached_info().created);
@@ -87,15 +101,6 @@ pub async fn declare(
             return Err(error).with_context(|| format!("failed to read consumer {name}"));
         }
     };
-    if let DeliverPolicy::ByStartTime { .. } = deliver_policy {
-        // nats-server 2.9 compares the start time by pointer when updating, so any update
-        // of such a durable fails ("start time can not be updated"): use it as it is.
-        tracing::warn!(consumer = %name, "the durable starts at a point in time (made by hand to replay); using it as it is, without applying [consumer] settings to it");
-        return stream
-            .get_consumer(name)
-            .await
-            .map_err(|e| anyhow::anyhow!("failed to bind consumer {name}: {e}"));
-    }
     let consumer_config = consumer::pull::Config {
         durable_name: Some(name.clone()),
         description: Some("Sightline ingest into ClickHouse".into()),
@@ -119,7 +124,7 @@ pub async fn declare(
 /// vanished, if it belongs to this stream (`stream_created`); else at the stream's start.
 /// Messages acknowledged above the floor come again and collapse in ClickHouse (the hourly
 /// rollup counts those few twice); nothing unstored is skipped.
-pub fn resume_policy(resume: Option<Floor>, stream_created: OffsetDateTime) -> DeliverPolicy {
+fn resume_policy(resume: Option<Floor>, stream_created: OffsetDateTime) -> DeliverPolicy {
     match resume {
         Some(floor) if floor.sequence > 0 && floor.stream_created == stream_created => {
             DeliverPolicy::ByStartSequence {

@@ -14,10 +14,10 @@ use tokio_util::sync::CancellationToken;
 use crate::backlog::{self, AckFloor};
 use crate::capabilities::Capabilities;
 use crate::config::IngestConfig;
-use crate::consumer::{Consumer, Redeclare};
+use crate::consumer::Consumer;
 use crate::deadletter::DeadLetters;
 use crate::http::{HttpState, router};
-use crate::leader::Elector;
+use crate::leader::{self, Elector};
 use crate::metrics::Metrics;
 use crate::migrations::{self, MigrationError};
 use crate::sink::Sink;
@@ -30,6 +30,16 @@ use crate::{heartbeats, nats, retention, schema};
 /// service started before its servers simply becomes ready later. Shutdown order: stop
 /// fetching, flush the open batch and ack it, flush the NATS connection (acks are publishes), close HTTP.
 pub async fn run(
+    config: IngestConfig,
+    http_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    // Boxed: the whole service is one large future (start-up and the consume loop), made
+    // once; callers then hold a pointer.
+    Box::pin(serve(config, http_listener, shutdown)).await
+}
+
+async fn serve(
     config: IngestConfig,
     http_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -68,14 +78,11 @@ pub async fn run(
         }
     });
 
-    let schema_lock = match crate::leader::schema_candidate(&config.leader).await {
-        Ok(lock) => lock,
-        Err(error) => {
-            cancel.cancel();
-            let _ = finish(http, nats).await;
-            return Err(error);
-        }
+    let elector = match leader::candidate(&config.leader).await {
+        Ok(elector) => elector,
+        Err(error) => return abort(&cancel, http, nats, error).await,
     };
+    let schema_lock = elector.as_ref().map(Elector::for_schema);
     let db = config.clickhouse.database.clone();
     let prepared = retry(
         "prepare the ClickHouse schema",
@@ -88,9 +95,8 @@ pub async fn run(
         Ok(Some(caps)) => caps,
         Ok(None) => return finish(http, nats).await,
         Err(error) => {
-            cancel.cancel();
-            let _ = finish(http, nats).await;
-            return Err(anyhow::Error::new(error).context("cannot run on this ClickHouse schema"));
+            let error = anyhow::Error::new(error).context("cannot run on this ClickHouse schema");
+            return abort(&cancel, http, nats, error).await;
         }
     };
     let columns = retry(
@@ -104,21 +110,13 @@ pub async fn run(
         Ok(Some(columns)) => Arc::new(columns),
         Ok(None) => return finish(http, nats).await,
         Err(error) => {
-            cancel.cancel();
-            let _ = finish(http, nats).await;
-            return Err(anyhow::Error::new(error).context("cannot read the events table's columns"));
+            let error = anyhow::Error::new(error).context("cannot read the events table's columns");
+            return abort(&cancel, http, nats, error).await;
         }
     };
     schema_ready.store(true, Ordering::Relaxed);
     // The leader runs the retention sweep (servers without TTL) and counts stream losses.
-    let leadership = match crate::leader::start(&config.leader, cancel.clone()).await {
-        Ok(leadership) => leadership,
-        Err(error) => {
-            cancel.cancel();
-            let _ = finish(http, nats).await;
-            return Err(error);
-        }
-    };
+    let leadership = leader::lead(elector, cancel.clone());
     if !caps.ttl {
         tracing::info!(
             version = ?caps.version,
@@ -193,24 +191,22 @@ pub async fn run(
         ack_wait,
         columns,
     };
-    let redeclare: Redeclare = {
-        let (js, config) = (js.clone(), config.clone());
-        Arc::new(move || {
-            let (js, config) = (js.clone(), config.clone());
-            let floor = ack_floor.get();
-            Box::pin(async move { nats::declare(&js, &config, floor).await })
-        })
-    };
-    Consumer::new(
-        consumer,
-        config.consumer.clone(),
-        config.batch.clone(),
-        writer,
-    )
-    .with_redeclare(redeclare)
-    .run(cancel.clone())
-    .await?;
+    Consumer::new(consumer, Arc::new(config), writer, js, ack_floor)
+        .run(cancel.clone())
+        .await?;
     finish(http, nats).await
+}
+
+/// A start-up step failed for good: stops what started and returns `error`.
+async fn abort(
+    cancel: &CancellationToken,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
+    nats: async_nats::Client,
+    error: anyhow::Error,
+) -> anyhow::Result<()> {
+    cancel.cancel();
+    let _ = finish(http, nats).await;
+    Err(error)
 }
 
 async fn finish(

@@ -65,7 +65,8 @@ pub struct Writer {
     pub sink: Sink,
     pub dead_letters: DeadLetters,
     pub metrics: Metrics,
-    /// JetStream's ack wait; in-progress acks go out three times per wait while retrying.
+    /// JetStream's ack wait; in-progress acks go out three times per wait while a batch is
+    /// in hand.
     pub ack_wait: Duration,
     /// The `events` table's columns when the service started ([`Sink::columns`]).
     pub columns: Arc<Vec<(String, String)>>,
@@ -100,7 +101,7 @@ impl Writer {
 
     /// Runs `work` while sending in-progress acks for `messages` three times per ack wait,
     /// so JetStream does not redeliver them meanwhile.
-    pub async fn keeping_alive<T>(
+    pub(crate) async fn keeping_alive<T>(
         &self,
         messages: &[jetstream::Message],
         work: impl Future<Output = T>,
@@ -142,12 +143,7 @@ impl Writer {
             let result = self.sink.insert(&rows[lo..hi]).await;
             // Rows the server calls bad while the table is not what it was: the table's fault.
             let drifted = matches!(result, Err(InsertError::Permanent { .. }))
-                && table_seen_unchanged.is_none_or(|at| at.elapsed() > TABLE_CHECK_VALID)
-                && {
-                    let unchanged = self.table_unchanged().await;
-                    table_seen_unchanged = unchanged.then(Instant::now);
-                    !unchanged
-                };
+                && self.table_drifted(&mut table_seen_unchanged).await;
             match result {
                 Ok(()) => {
                     backoff.reset();
@@ -183,6 +179,18 @@ impl Writer {
             }
         }
         Ok(())
+    }
+
+    /// Whether the `events` table changed since start-up, asking ClickHouse only when
+    /// `seen_unchanged` (when it was last found unchanged) is older than
+    /// [`TABLE_CHECK_VALID`].
+    async fn table_drifted(&self, seen_unchanged: &mut Option<Instant>) -> bool {
+        if seen_unchanged.is_some_and(|at| at.elapsed() <= TABLE_CHECK_VALID) {
+            return false;
+        }
+        let unchanged = self.table_unchanged().await;
+        *seen_unchanged = unchanged.then(Instant::now);
+        !unchanged
     }
 
     /// Whether the `events` table still has every column it had at start-up, of the same

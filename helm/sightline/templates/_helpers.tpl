@@ -30,6 +30,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- .Values.nats.existingSecret | default (printf "%s-nats" (include "sightline.fullname" .)) -}}
 {{- end -}}
 
+{{- /* The ingest pods' ServiceAccount (leader election), named in rbac.yaml and workloads.yaml. */ -}}
+{{- define "sightline.ingestServiceAccount" -}}
+{{- printf "%s-ingest" (include "sightline.fullname" .) -}}
+{{- end -}}
+
 {{- define "sightline.tokenSecret" -}}
 {{- .Values.query.existingTokenSecret | default (printf "%s-query-tokens" (include "sightline.fullname" .)) -}}
 {{- end -}}

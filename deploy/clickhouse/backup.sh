@@ -64,13 +64,13 @@ root_of() { dirname "$(dirname "$(dirname "$1")")"; }
 ordinary() {
   local engine
   engine=$(q "SELECT engine FROM system.databases WHERE name = '$database' FORMAT TSVRaw")
-  [ -z "$engine" ] || [ "$engine" = Ordinary ] \
+  [ -n "$engine" ] || die "no database $database on the server"
+  [ "$engine" = Ordinary ] \
     || die "database $database has engine $engine: this script handles Ordinary databases; use BACKUP DATABASE $database TO Disk(...) on this server"
 }
 
 backup() {
   [ ! -e "$dir" ] || die "$dir exists: back up into a new directory"
-  [ "$(q "SELECT count() FROM system.databases WHERE name = '$database'")" = 1 ] || die "no database $database on the server"
   ordinary
   mkdir -p "$dir/schema" "$dir/parts"
   # Tables first, views (which read from them) after: the order restore creates them in.

@@ -23,7 +23,7 @@ set -euo pipefail
 
 log() { printf '[edge-backup] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
-usage() { sed -n '2,20p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,/^set -euo/{/^set -euo/!p}' "${BASH_SOURCE[0]}"; }
 
 [ $# -ge 1 ] || { usage; exit 2; }
 case "$1" in -h|--help) usage; exit 0 ;; esac

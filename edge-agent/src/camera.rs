@@ -126,12 +126,10 @@ impl CameraState {
         self.update(|s| s.events_created += 1);
     }
 
-    /// Marks the camera finished (a source with an end reached it).
+    /// Marks the camera finished (a source with an end reached it); its fps goes to 0 as
+    /// [`Camera::run`] ends.
     pub fn finish(&self) {
-        self.update(|s| {
-            s.state = "finished";
-            s.fps = 0.0;
-        });
+        self.update(|s| s.state = "finished");
     }
 
     fn record_inference(&self, ms: f64) {
@@ -242,18 +240,23 @@ impl Camera {
             }
         }
         m.up.get_or_create(&label).set(0);
-        m.fps.get_or_create(&label).set(0.0);
+        self.set_fps(&label, 0.0);
+    }
+
+    /// The frame rate, in the metric and in the status (kept together).
+    fn set_fps(&self, label: &CameraLabel, fps: f64) {
+        self.metrics.cameras.fps.get_or_create(label).set(fps);
+        self.state.update(|s| s.fps = fps);
     }
 
     fn failed(&self, label: &CameraLabel, error: &CaptureError) {
         let m = &self.metrics.cameras;
         m.errors.get_or_create(label).inc();
         m.up.get_or_create(label).set(0);
-        m.fps.get_or_create(label).set(0.0);
+        self.set_fps(label, 0.0);
         tracing::error!(camera = %self.config.id, %error, "camera failed; retrying");
         self.state.update(|s| {
             s.state = "retrying";
-            s.fps = 0.0;
             s.errors += 1;
             s.last_error = Some(error.to_string());
         });
@@ -272,8 +275,7 @@ impl Camera {
         let window = p.fps_window.0.elapsed();
         if window >= Duration::from_secs(2) {
             let fps = p.fps_window.1 as f64 / window.as_secs_f64();
-            m.fps.get_or_create(label).set(fps);
-            self.state.update(|s| s.fps = fps);
+            self.set_fps(label, fps);
             p.fps_window = (Instant::now(), 0);
         }
         let score = p.motion.score(&frame.image);

@@ -31,17 +31,11 @@ pub struct Outgoing {
 impl Outgoing {
     /// Encodes a (validated) event for the outbox.
     pub fn encode(seq: u64, event: &DetectionEvent) -> Result<Self, CodecError> {
-        let payload = codec::encode(event, Encoding::Bincode)?;
-        Ok(Self::from_parts(seq, event, payload))
-    }
-
-    /// An outgoing event from its already-encoded payload (which must be `event`'s bincode).
-    pub fn from_parts(seq: u64, event: &DetectionEvent, payload: Vec<u8>) -> Self {
-        Self {
+        Ok(Self {
             seq,
             head: EventHead::from(event),
-            payload: payload.into(),
-        }
+            payload: codec::encode(event, Encoding::Bincode)?.into(),
+        })
     }
 
     /// An outgoing event from a stored bincode payload: only its head is decoded.

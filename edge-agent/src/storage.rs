@@ -14,12 +14,11 @@
 //!   `drop_oldest` (the oldest unpublished events are deleted to make room, each counted and
 //!   logged), or `stop` (the agent shuts down with an error, like seed story 3.6).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::buffer::worker::BUFFER_FILE;
-use crate::buffer::{Buffer, BufferError, CORRUPT_SUFFIX, day_of};
+use crate::buffer::{Buffer, BufferError, day_of, moved_aside};
 use crate::daylog::{self, DayLogs};
 
 /// Warn at this share of the budget.
@@ -149,7 +148,10 @@ impl Budget {
             return Ok(rotation);
         }
         let today = day_of(now_ms);
-        let corrupt = corrupt_copies(data_dir);
+        let corrupt: Vec<(i32, PathBuf)> = moved_aside(buffer.path())
+            .into_iter()
+            .map(|(secs, path)| (day_of(secs.saturating_mul(1000)), path))
+            .collect();
         let mut days = buffer.days()?;
         days.extend(folder_days(data_dir));
         days.extend(corrupt.iter().map(|(day, _)| *day));
@@ -184,19 +186,7 @@ impl Budget {
                     tracing::error!(dir = %dir.display(), %error, "rotation could not delete a day folder");
                 }
                 let rows = buffer.delete_sent_day(day)?;
-                let mut copies_bytes = 0;
-                for (_, copy) in corrupt.iter().filter(|(d, _)| *d == day) {
-                    let bytes = std::fs::metadata(copy).map_or(0, |m| m.len());
-                    match std::fs::remove_file(copy) {
-                        Ok(()) => {
-                            copies_bytes += bytes;
-                            tracing::error!(file = %copy.display(), freed = %human_bytes(bytes), "rotation deleted a buffer file that had been moved aside as unreadable (its events were never published)");
-                        }
-                        Err(error) => {
-                            tracing::error!(file = %copy.display(), %error, "rotation could not delete an unreadable buffer file")
-                        }
-                    }
-                }
+                let copies_bytes = remove_moved_aside(&corrupt, day);
                 used = used.saturating_sub(folder_bytes + copies_bytes + rows * bytes_per_row);
                 deleted_rows += rows;
                 deleted_days += 1;
@@ -237,24 +227,23 @@ pub fn compact(buffer: &mut Buffer) {
     }
 }
 
-/// Buffer files moved aside as unreadable (and their WALs), with the day they were moved
-/// aside on (from the name's unix seconds).
-fn corrupt_copies(data_dir: &Path) -> Vec<(i32, std::path::PathBuf)> {
-    let Ok(entries) = std::fs::read_dir(data_dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name();
-            let rest = name
-                .to_str()?
-                .strip_prefix(BUFFER_FILE)?
-                .strip_prefix(CORRUPT_SUFFIX)?;
-            let secs: i64 = rest.strip_suffix(".wal").unwrap_or(rest).parse().ok()?;
-            Some((day_of(secs.saturating_mul(1000)), e.path()))
-        })
-        .collect()
+/// Deletes the unreadable buffer copies of `day` (logged at ERROR: their events were never
+/// published) and returns the bytes freed.
+fn remove_moved_aside(copies: &[(i32, PathBuf)], day: i32) -> u64 {
+    let mut freed = 0;
+    for (_, copy) in copies.iter().filter(|(d, _)| *d == day) {
+        let bytes = std::fs::metadata(copy).map_or(0, |m| m.len());
+        match std::fs::remove_file(copy) {
+            Ok(()) => {
+                freed += bytes;
+                tracing::error!(file = %copy.display(), freed = %human_bytes(bytes), "rotation deleted a buffer file that had been moved aside as unreadable (its events were never published)");
+            }
+            Err(error) => {
+                tracing::error!(file = %copy.display(), %error, "rotation could not delete an unreadable buffer file")
+            }
+        }
+    }
+    freed
 }
 
 /// Day folders present under `data_dir/events`.

@@ -193,11 +193,9 @@ pub fn decode_as(content_type: ContentType, payload: &[u8]) -> Result<DetectionE
         return Err(CodecError::TooLarge { len: payload.len() });
     }
     let encoding = content_type.encoding;
-    let malformed = |reason: String| CodecError::Malformed { encoding, reason };
     let event: DetectionEvent = match encoding {
         Encoding::Bincode => {
-            let (event, used) = bincode::serde::decode_from_slice(payload, bincode_config())
-                .map_err(|e| malformed(e.to_string()))?;
+            let (event, used) = bincode_prefix(payload)?;
             if used != payload.len() {
                 return Err(CodecError::TrailingBytes {
                     encoding,
@@ -206,7 +204,10 @@ pub fn decode_as(content_type: ContentType, payload: &[u8]) -> Result<DetectionE
             }
             event
         }
-        Encoding::Json => serde_json::from_slice(payload).map_err(|e| malformed(e.to_string()))?,
+        Encoding::Json => serde_json::from_slice(payload).map_err(|e| CodecError::Malformed {
+            encoding,
+            reason: e.to_string(),
+        })?,
     };
     if event.schema_version != content_type.schema_version {
         return Err(CodecError::VersionMismatch {
@@ -215,6 +216,22 @@ pub fn decode_as(content_type: ContentType, payload: &[u8]) -> Result<DetectionE
         });
     }
     Ok(event)
+}
+
+/// Decodes a `T` from the front of a bincode payload (within the size limit) and returns how
+/// many bytes it used.
+fn bincode_prefix<T: serde::de::DeserializeOwned>(
+    payload: &[u8],
+) -> Result<(T, usize), CodecError> {
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(CodecError::TooLarge { len: payload.len() });
+    }
+    bincode::serde::decode_from_slice(payload, bincode_config()).map_err(|e| {
+        CodecError::Malformed {
+            encoding: Encoding::Bincode,
+            reason: e.to_string(),
+        }
+    })
 }
 
 /// What a publisher needs to route an encoded event (subject and `Nats-Msg-Id`), read from
@@ -245,16 +262,7 @@ impl From<&DetectionEvent> for EventHead {
 /// the payload is not checked: a consumer decodes it whole (and dead-letters it if it is
 /// malformed).
 pub fn decode_head(payload: &[u8]) -> Result<EventHead, CodecError> {
-    if payload.len() > MAX_PAYLOAD_BYTES {
-        return Err(CodecError::TooLarge { len: payload.len() });
-    }
-    let (head, _): (EventHead, usize) =
-        bincode::serde::decode_from_slice(payload, bincode_config()).map_err(|e| {
-            CodecError::Malformed {
-                encoding: Encoding::Bincode,
-                reason: e.to_string(),
-            }
-        })?;
+    let (head, _): (EventHead, usize) = bincode_prefix(payload)?;
     if head.schema_version != SCHEMA_VERSION {
         return Err(CodecError::UnsupportedVersion {
             found: head.schema_version,

@@ -22,7 +22,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use duckdb::{Connection, OptionalExt, params};
-use sightline_shared::{DetectionEvent, Encoding, codec};
+use sightline_shared::DetectionEvent;
 
 use crate::outbox::Outgoing;
 
@@ -215,23 +215,24 @@ impl Buffer {
         events: &[DetectionEvent],
         now_ms: i64,
     ) -> Result<Vec<u64>, BufferError> {
-        let mut rows = Vec::with_capacity(events.len());
-        for event in events {
-            let payload =
-                codec::encode(event, Encoding::Bincode).map_err(|e| BufferError::Encode {
+        let first = self.next_seq;
+        let out = events
+            .iter()
+            .zip(first..)
+            .map(|(event, seq)| {
+                Outgoing::encode(seq, event).map_err(|e| BufferError::Encode {
                     event_id: event.event_id.to_string(),
                     reason: e.to_string(),
-                })?;
-            rows.push(payload);
-        }
-        let first = self.next_seq;
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let db = db_err(&self.path);
         let tx = self.conn.transaction().map_err(db)?;
         {
             let mut history = tx.appender("events").map_err(db)?;
             let mut outbox = tx.appender("outbox").map_err(db)?;
-            for (i, (event, payload)) in events.iter().zip(&rows).enumerate() {
-                let seq = (first + i as u64) as i64;
+            for (event, row) in events.iter().zip(&out) {
+                let (seq, payload) = (row.seq as i64, row.payload.as_ref());
                 let captured = event.captured_at.as_millis();
                 let day = day_of(captured);
                 history
@@ -242,11 +243,11 @@ impl Buffer {
                         captured,
                         day,
                         now_ms,
-                        payload.as_slice(),
+                        payload,
                     ])
                     .map_err(db)?;
                 outbox
-                    .append_row(params![seq, captured, day, payload.as_slice()])
+                    .append_row(params![seq, captured, day, payload])
                     .map_err(db)?;
             }
             history.flush().map_err(db)?;
@@ -255,10 +256,7 @@ impl Buffer {
         let next = first + events.len() as u64;
         tx.commit().map_err(db)?;
         self.next_seq = next;
-        for (i, (event, payload)) in events.iter().zip(rows).enumerate() {
-            self.fresh
-                .push_back(Outgoing::from_parts(first + i as u64, event, payload));
-        }
+        self.fresh.extend(out);
         while self.fresh.len() > FRESH_CACHE {
             self.fresh.pop_front();
         }
@@ -675,8 +673,11 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// DuckDB's write-ahead log is the database file's name with this after it.
+const WAL_SUFFIX: &str = ".wal";
+
 fn wal_path(path: &Path) -> PathBuf {
-    with_suffix(path, ".wal")
+    with_suffix(path, WAL_SUFFIX)
 }
 
 fn compact_path(path: &Path) -> PathBuf {
@@ -684,13 +685,41 @@ fn compact_path(path: &Path) -> PathBuf {
 }
 
 /// What an unreadable buffer file moved aside gets after its name, before the unix seconds.
-pub const CORRUPT_SUFFIX: &str = ".corrupt-";
+const CORRUPT_SUFFIX: &str = ".corrupt-";
 
 fn corrupt_path(path: &Path) -> PathBuf {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     with_suffix(path, &format!("{CORRUPT_SUFFIX}{secs}"))
+}
+
+/// The files moved aside beside the buffer at `path` as unreadable ([`corrupt_path`]), and
+/// their WALs, each with the unix seconds it was moved aside at.
+pub fn moved_aside(path: &Path) -> Vec<(i64, PathBuf)> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Some(prefix) = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(|n| format!("{n}{CORRUPT_SUFFIX}"))
+    else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            let rest = name.to_str()?.strip_prefix(&prefix)?;
+            let secs = rest.strip_suffix(WAL_SUFFIX).unwrap_or(rest).parse().ok()?;
+            Some((secs, e.path()))
+        })
+        .collect()
 }
 
 fn move_aside(path: &Path, aside: &Path) -> Result<(), BufferError> {

@@ -532,8 +532,8 @@ impl Worker {
                 tracing::error!(storage = %usage.display(), policy = ?budget.policy, "Storage limit exceeded: {}", usage.display());
             }
             // With drop_oldest, still full here means nothing unsent was left to drop (the
-            // rest is today's logs and snapshots): new events are refused until rotation
-            // can free space.
+            // rest is protected days' logs and snapshots, or buffer files moved aside): new
+            // events are refused until rotation can free space.
             self.full = true;
             if budget.policy == FullPolicy::Stop {
                 self.storage_stop.cancel();
@@ -558,11 +558,12 @@ impl Worker {
     /// [`storage::DROP_TARGET_PERCENT`], logging and counting each.
     fn drop_oldest(&mut self, mut usage: Usage) -> Usage {
         let target = (usage.limit_bytes as f64 * storage::DROP_TARGET_PERCENT / 100.0) as u64;
-        // Only the buffer can shrink here (today's logs and snapshots are never rotated):
-        // if everything else alone is over the target, dropping events would not help.
+        // Only the buffer can shrink here (the rest is protected days' logs and snapshots and
+        // buffer files moved aside): if it alone is over the target, dropping events would
+        // not help.
         let others = usage.used_bytes.saturating_sub(self.buffer.file_bytes());
         if others >= target {
-            tracing::error!(storage = %usage.display(), "storage is full of today's logs and snapshots; dropping unsent events cannot help, refusing new events instead");
+            tracing::error!(storage = %usage.display(), "storage is full of files other than the buffer (protected days' logs and snapshots, buffer files moved aside); dropping unsent events cannot help, refusing new events instead");
             return usage;
         }
         for _ in 0..8 {

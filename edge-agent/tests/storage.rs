@@ -135,7 +135,8 @@ fn rotation_deletes_old_unreadable_buffer_copies_and_keeps_recent_ones() {
         let secs = (now_ms() - days_ago * DAY) / 1000;
         dir.join(format!("{BUFFER_FILE}.corrupt-{secs}"))
     };
-    let (old, recent) = (copy(10), copy(0));
+    // Ten days old, and two days old (inside min_retention_days below).
+    let (old, recent) = (copy(10), copy(2));
     let old_wal = dir.join(format!(
         "{}.wal",
         old.file_name().unwrap().to_str().unwrap()
@@ -163,12 +164,22 @@ fn rotation_deletes_old_unreadable_buffer_copies_and_keeps_recent_ones() {
     );
     assert!(
         recent.exists(),
-        "a copy from today is kept for the operator"
+        "a copy inside min_retention_days is kept for the operator"
     );
     // The 9 MB of the old copy came back (give or take the buffer's own bookkeeping).
     let freed = rotation.before.used_bytes - rotation.after.used_bytes;
     assert!(freed > 9 * MB - 64 * 1024, "{rotation:?}");
     assert_eq!(buffer.stats().unwrap().unsent, 1_000);
+    // Even rotations forced past the budget keep it while it is inside min_retention_days.
+    for _ in 0..5 {
+        budget
+            .rotate(dir, &mut buffer, &mut DayLogs::new(dir), now_ms(), true)
+            .unwrap();
+    }
+    assert!(
+        recent.exists(),
+        "min_retention_days protects the recent copy"
+    );
 }
 
 fn settings(dir: &Path, limit_bytes: u64, policy: FullPolicy, daily_logs: bool) -> Settings {

@@ -252,6 +252,28 @@ impl std::ops::DerefMut for KillOnDrop {
     }
 }
 
+impl KillOnDrop {
+    /// Waits (without blocking the runtime) until the process exits by itself, at most
+    /// `timeout`; past it, an error, and the process is killed when this is dropped.
+    pub async fn wait_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.0.try_wait()? {
+                return Ok(status);
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "process {} did not exit within {timeout:?}",
+                self.0.id()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {
@@ -299,7 +321,8 @@ pub fn terminate(child: &mut Child) -> anyhow::Result<std::process::ExitStatus> 
 }
 
 /// A TCP proxy on loopback in front of a server whose answers it can hold back: requests
-/// pass at once, and each chunk of the server's reply is delayed by the current delay. It
+/// pass at once, and the first chunk of the server's answer to each request is delayed by
+/// the current delay (once per answer, however many writes the server splits it into). It
 /// makes a real server slow to answer (a slow INSERT) without touching the server.
 #[derive(Debug)]
 pub struct SlowProxy {
@@ -325,19 +348,34 @@ impl SlowProxy {
                     else {
                         return;
                     };
+                    use std::sync::atomic::{AtomicBool, Ordering};
+                    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
                     let (mut client_rx, mut client_tx) = client.into_split();
                     let (mut server_rx, mut server_tx) = server.into_split();
-                    let up = tokio::io::copy(&mut client_rx, &mut server_tx);
+                    // Set by request bytes, taken by the first answer chunk after them.
+                    let asked = AtomicBool::new(false);
+                    let up = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = client_rx.read(&mut buf).await?;
+                            if n == 0 {
+                                return server_tx.shutdown().await;
+                            }
+                            asked.store(true, Ordering::Relaxed);
+                            server_tx.write_all(&buf[..n]).await?;
+                        }
+                    };
                     let down = async {
-                        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
                         let mut buf = vec![0u8; 64 * 1024];
                         loop {
                             let n = server_rx.read(&mut buf).await?;
                             if n == 0 {
                                 return client_tx.shutdown().await;
                             }
-                            let ms = delay.load(std::sync::atomic::Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                            if asked.swap(false, Ordering::Relaxed) {
+                                let ms = delay.load(Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                            }
                             client_tx.write_all(&buf[..n]).await?;
                         }
                     };
@@ -357,7 +395,7 @@ impl SlowProxy {
         self.port
     }
 
-    /// Holds back every chunk of the server's replies by `delay` from now on.
+    /// Holds back each of the server's answers by `delay` from now on.
     pub fn set_delay(&self, delay: Duration) {
         self.delay_ms.store(
             delay.as_millis() as u64,

@@ -277,6 +277,59 @@ impl Stack {
         get_text(&self.http, &format!("{}/metrics", self.ingest_http)).await
     }
 
+    /// Waits until ingest's metrics satisfy `ready` (at most `timeout`) and returns them;
+    /// the error names `what` was awaited and shows the metrics.
+    pub async fn wait_for_ingest_metrics(
+        &self,
+        what: &str,
+        timeout: Duration,
+        ready: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let text = self.ingest_metrics().await?;
+            if ready(&text) {
+                return Ok(text);
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "ingest's metrics never showed {what}: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until the durable consumer's state satisfies `ready` (at most `timeout`) and
+    /// returns it; the error names `what` was awaited and shows the state.
+    pub async fn wait_for_consumer(
+        &self,
+        what: &str,
+        timeout: Duration,
+        ready: impl Fn(&async_nats::jetstream::consumer::Info) -> bool,
+    ) -> anyhow::Result<async_nats::jetstream::consumer::Info> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let info = self.consumer_info().await?;
+            if ready(&info) {
+                return Ok(info);
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "the consumer never showed {what}: {info:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The events stream, with its state as the server sees it now.
+    pub async fn events_stream(&self) -> anyhow::Result<async_nats::jetstream::stream::Stream> {
+        Ok(self
+            .jetstream()
+            .await?
+            .get_stream(sightline_shared::subjects::EVENTS_STREAM)
+            .await?)
+    }
+
     /// Stops both services in order and reports their errors.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.stop.cancel();

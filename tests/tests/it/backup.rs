@@ -70,10 +70,12 @@ async fn an_edge_backup_taken_offline_is_restored_on_a_new_disk_and_delivered_on
         write_agent_config(tmp.path(), &stack.nats.url(), "edge-bak", &camera(None))?;
     // Offline, so a stop does not wait long for a link that is not there.
     let original = std::fs::read_to_string(&config)?;
-    std::fs::write(
-        &config,
-        original.replace("drain_timeout_secs = 60", "drain_timeout_secs = 1"),
-    )?;
+    let patched = original.replace("drain_timeout_secs = 60", "drain_timeout_secs = 1");
+    anyhow::ensure!(
+        patched != original,
+        "the agent config has no drain_timeout_secs = 60"
+    );
+    std::fs::write(&config, patched)?;
     let mut agent = spawn_agent(&config, &log)?;
     let http = reqwest::Client::new();
     wait_status(
@@ -142,11 +144,7 @@ async fn an_edge_backup_taken_offline_is_restored_on_a_new_disk_and_delivered_on
     std::fs::write(&config, original.replace(&camera(None), &camera(Some(0))))?;
     stack.nats.start_again()?;
     let mut agent = spawn_agent(&config, &log)?;
-    let exit = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::task::spawn_blocking(move || agent.wait()),
-    )
-    .await???;
+    let exit = agent.wait_exit(Duration::from_secs(120)).await?;
     assert!(exit.success(), "the agent exited with {exit}");
     let expected = committed.len();
     let found = stack
@@ -166,17 +164,25 @@ async fn an_edge_backup_taken_offline_is_restored_on_a_new_disk_and_delivered_on
         &[],
     );
     assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not an edge backup"),
+        "refused for the wrong reason"
+    );
     assert!(data.join(BUFFER_FILE).exists());
+    assert_eq!(buffered(&data)?.1, 0, "the restored buffer is untouched");
     stack.stop().await
 }
 
-/// Counts that must survive a backup and restore: events through FINAL (the query path's
-/// view), rows per table, the rollup's sums and the applied migrations.
+/// Counts that must survive a backup and restore: rows per table through FINAL (the query
+/// path's view) and as stored (a part attached twice shows there), the rollup's sums and the
+/// applied migrations.
 async fn fingerprint(clickhouse: &ClickHouseServer) -> anyhow::Result<String> {
     clickhouse
         .query(
             "SELECT (SELECT count() FROM sightline.events FINAL), (SELECT count() FROM sightline.events_by_id FINAL), \
              (SELECT count() FROM sightline.detections FINAL), \
+             (SELECT count() FROM sightline.events), (SELECT count() FROM sightline.events_by_id), \
+             (SELECT count() FROM sightline.detections), \
              (SELECT countMerge(detections) FROM sightline.detections_hourly), \
              (SELECT groupArray(version) FROM (SELECT DISTINCT version FROM sightline.schema_migrations ORDER BY version)) \
              FORMAT TabSeparated",
@@ -229,6 +235,10 @@ async fn a_clickhouse_backup_restores_on_a_new_server_and_never_doubles_live_dat
         &port(&stack.clickhouse),
     );
     assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("exists: back up into a new directory"),
+        "refused for the wrong reason"
+    );
 
     // A new, empty server: the schema and every table's data come back, rollups included.
     let fresh = ClickHouseServer::start()?;

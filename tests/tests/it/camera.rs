@@ -45,14 +45,7 @@ min_score = 0.4
         ),
     )?;
     let mut agent = spawn_agent(&config, &tmp.path().join("agent.log"))?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = agent.try_wait()? {
-            break status;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the agent did not finish");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let status = agent.wait_exit(Duration::from_secs(120)).await?;
     let log = std::fs::read_to_string(tmp.path().join("agent.log"))?;
     anyhow::ensure!(status.success(), "agent failed: {log}");
 

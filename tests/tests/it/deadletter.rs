@@ -189,23 +189,19 @@ async fn a_table_changed_under_ingest_is_retried_not_dead_lettered() -> anyhow::
         .await?;
     let events = known_events("edge-d", "drift", 20);
     stack.publish(events, Encoding::Bincode).await?;
-    // ClickHouse rejects the rows as bad data (the writer sees permanent errors)...
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let metrics = stack.ingest_metrics().await?;
-        if metric(
-            &metrics,
-            "sightline_ingest_inserts_total",
-            "outcome=\"PermanentError\"",
-        ) >= 2.0
-        {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "no rejected INSERT: {metrics}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    // ...yet nothing is dead-lettered, because the table is not what ingest started with.
-    let metrics = stack.ingest_metrics().await?;
+    // ClickHouse rejects the rows as bad data (the writer sees permanent errors), and the
+    // writer retries them instead of bisecting...
+    let metrics = stack
+        .wait_for_ingest_metrics("rejected INSERTs retried", Duration::from_secs(30), |m| {
+            metric(
+                m,
+                "sightline_ingest_inserts_total",
+                "outcome=\"PermanentError\"",
+            ) >= 2.0
+                && metric(m, "sightline_ingest_insert_retries_total", "") >= 2.0
+        })
+        .await?;
+    // ...and nothing is dead-lettered, because the table is not what ingest started with.
     assert_eq!(
         metric(&metrics, "sightline_ingest_dead_letters_total", ""),
         0.0,

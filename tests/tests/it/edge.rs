@@ -232,7 +232,7 @@ async fn an_offline_edge_delivers_everything_once_when_the_link_returns() -> any
     tracing::info!(backlog = %during["buffer"]["unsent"], "offline");
     stack.nats.start_again()?;
 
-    let exit = tokio::task::spawn_blocking(move || agent.wait()).await??;
+    let exit = agent.wait_exit(Duration::from_secs(300)).await?;
     anyhow::ensure!(exit.success(), "the agent exited with {exit}");
     let committed = buffered(tmp.path())?;
     assert_eq!(committed.len() as u64, 2 * per_camera);
@@ -370,7 +370,7 @@ async fn kill_9_the_agent_repeatedly_and_every_committed_event_arrives_once() ->
         &[("gate", 300.0, Some(1)), ("dock", 300.0, Some(1))],
     )?;
     let mut agent = spawn_agent(&config, &log)?;
-    let exit = tokio::task::spawn_blocking(move || agent.wait()).await??;
+    let exit = agent.wait_exit(Duration::from_secs(300)).await?;
     anyhow::ensure!(exit.success(), "the agent exited with {exit}");
 
     let committed = buffered(tmp.path())?;

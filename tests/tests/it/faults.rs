@@ -201,20 +201,11 @@ async fn kill_9_ingest_replicas_repeatedly_while_they_drain() -> anyhow::Result<
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Nothing stuck: every message acknowledged once the survivor has caught up.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let info = stack.consumer_info().await?;
-        if info.num_pending == 0 && info.num_ack_pending == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "consumer still has {} pending and {} unacknowledged",
-            info.num_pending,
-            info.num_ack_pending
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    stack
+        .wait_for_consumer("nothing pending", Duration::from_secs(30), |info| {
+            info.num_pending == 0 && info.num_ack_pending == 0
+        })
+        .await?;
     for survivor in &mut survivors {
         survivor.kill()?;
         survivor.wait()?;
@@ -247,14 +238,12 @@ async fn a_restart_with_new_consumer_settings_updates_the_durable_consumer() -> 
     stack.ingest_config.consumer.ack_wait_secs = 3;
     stack.ingest_config.consumer.max_ack_pending = 1234;
     stack.start_ingest().await?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let after = loop {
-        let config = stack.consumer_info().await?.config;
-        if config.ack_wait == Duration::from_secs(3) || std::time::Instant::now() > deadline {
-            break config;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let after = stack
+        .wait_for_consumer("the new ack wait", Duration::from_secs(30), |info| {
+            info.config.ack_wait == Duration::from_secs(3)
+        })
+        .await?
+        .config;
     assert_eq!(
         (after.ack_wait, after.max_ack_pending),
         (Duration::from_secs(3), 1234)
@@ -315,14 +304,13 @@ async fn a_slow_insert_keeps_its_messages_alive_and_nothing_is_redelivered() -> 
     assert_eq!(stored, "2000\t2000");
     // The rows are in at once; the answer, and so the acks, come 7 s later. Meanwhile
     // nothing may be redelivered.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let info = loop {
-        let info = stack.consumer_info().await?;
-        if info.num_ack_pending == 0 || std::time::Instant::now() > deadline {
-            break info;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let info = stack
+        .wait_for_consumer(
+            "every message acknowledged",
+            Duration::from_secs(60),
+            |info| info.num_ack_pending == 0,
+        )
+        .await?;
     assert!(
         started.elapsed() > Duration::from_secs(7),
         "the insert was not slow"
@@ -359,20 +347,15 @@ async fn a_deleted_consumer_is_declared_again_and_nothing_is_lost() -> anyhow::R
         .await?;
     stack.wait_for_events("camera=cam-x", 10).await?;
     // Ingest reads the ack floor every second: wait until it has seen all ten acknowledged.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let metrics = stack.ingest_metrics().await?;
-        let floor =
-            sightline_tests::stack::metric(&metrics, "sightline_ingest_consumer_ack_floor", "");
-        if floor >= 10.0 {
-            break;
+    let ack_floor = |floor: f64| {
+        move |m: &str| {
+            sightline_tests::stack::metric(m, "sightline_ingest_consumer_ack_floor", "") >= floor
         }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "ingest never read an ack floor of 10: {floor}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    let read = Duration::from_secs(30);
+    stack
+        .wait_for_ingest_metrics("an ack floor of 10", read, ack_floor(10.0))
+        .await?;
     delete_durable(&stack).await?;
     stack
         .publish(known_events("edge-x", "cam-y", 10), Encoding::Bincode)
@@ -380,7 +363,11 @@ async fn a_deleted_consumer_is_declared_again_and_nothing_is_lost() -> anyhow::R
     stack.wait_for_events("camera=cam-y", 10).await?;
     let all = stack.wait_for_events("edge=edge-x&limit=100", 20).await?;
     assert_eq!(all.len(), 20, "each event once through the query path");
-    let metrics = stack.ingest_metrics().await?;
+    // A reading of the new durable past the old one's position: the one that would count
+    // stored events as lost if readings of two durables were compared.
+    let metrics = stack
+        .wait_for_ingest_metrics("an ack floor of 20", read, ack_floor(20.0))
+        .await?;
     assert!(
         sightline_tests::stack::metric(&metrics, "sightline_ingest_consumer_redeclared_total", "")
             >= 1.0,
@@ -412,7 +399,14 @@ async fn a_deleted_consumer_is_declared_again_and_nothing_is_lost() -> anyhow::R
         .await?;
     stack.wait_for_events("camera=cam-z", 10).await?;
     assert_eq!(stack.clickhouse.query(rollup).await?, "39");
-    let metrics = stack.ingest_metrics().await?;
+    assert_eq!(
+        stack.consumer_info().await?.config.deliver_policy,
+        DeliverPolicy::ByStartSequence { start_sequence: 11 },
+        "the restart kept the durable's start"
+    );
+    let metrics = stack
+        .wait_for_ingest_metrics("an ack floor of 30", read, ack_floor(30.0))
+        .await?;
     assert_eq!(
         sightline_tests::stack::metric(&metrics, "sightline_ingest_events_lost_total", ""),
         0.0,
@@ -425,19 +419,18 @@ async fn a_deleted_consumer_is_declared_again_and_nothing_is_lost() -> anyhow::R
 /// answers 500 (error code 10051, "directory not empty" while removing its files): try
 /// again until it says deleted or not found.
 async fn delete_durable(stack: &Stack) -> anyhow::Result<()> {
-    let stream = stack
-        .jetstream()
-        .await?
-        .get_stream(sightline_shared::subjects::EVENTS_STREAM)
-        .await?;
-    for attempt in 1.. {
+    let stream = stack.events_stream().await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
         match stream
             .delete_consumer(&stack.ingest_config.consumer.durable_name)
             .await
         {
             Ok(_) => break,
             Err(error) if error.to_string().contains("not found") => break,
-            Err(error) if error.to_string().contains("10051") && attempt < 5 => {
+            Err(error)
+                if error.to_string().contains("10051") && std::time::Instant::now() < deadline =>
+            {
                 tracing::warn!(%error, "deleting the consumer raced the server's own cleanup");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -453,6 +446,11 @@ async fn delete_durable(stack: &Stack) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_durable_made_by_hand_to_replay_from_a_time_is_used_as_it_is() -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
+    // No merges: the replayed copies stay visible as rows (reads collapse them).
+    stack
+        .clickhouse
+        .query("SYSTEM STOP MERGES sightline.events")
+        .await?;
     stack
         .publish(known_events("edge-r", "cam-r", 10), Encoding::Bincode)
         .await?;
@@ -460,9 +458,7 @@ async fn a_durable_made_by_hand_to_replay_from_a_time_is_used_as_it_is() -> anyh
     stack.crash_ingest().await;
     delete_durable(&stack).await?;
     stack
-        .jetstream()
-        .await?
-        .get_stream(sightline_shared::subjects::EVENTS_STREAM)
+        .events_stream()
         .await?
         .create_consumer(async_nats::jetstream::consumer::pull::Config {
             durable_name: Some(stack.ingest_config.consumer.durable_name.clone()),
@@ -498,6 +494,14 @@ async fn a_durable_made_by_hand_to_replay_from_a_time_is_used_as_it_is() -> anyh
     assert_eq!(
         info.delivered.consumer_sequence, 20,
         "the ten stored before were replayed"
+    );
+    let rows = stack
+        .clickhouse
+        .query("SELECT count() FROM sightline.events WHERE edge_id = 'edge-r'")
+        .await?;
+    assert_eq!(
+        rows, "30",
+        "the replay reached ClickHouse and collapses on reading"
     );
     stack.stop().await
 }
@@ -535,19 +539,14 @@ async fn events_the_stream_discards_before_delivery_are_counted_as_lost() -> any
     }
     // While ClickHouse is down the consumer stands behind the removed events (shown as
     // unreachable), or has already passed over some (counted as lost).
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let (lost, unreachable) = losses(&stack).await?;
-        if lost + unreachable > 0 {
-            break;
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "no loss shown: {:?}",
-            stack.consumer_info().await?
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    stack
+        .wait_for_ingest_metrics("a loss", Duration::from_secs(15), |m| {
+            let value = |name| sightline_tests::stack::metric(m, name, "");
+            value("sightline_ingest_events_lost_total")
+                + value("sightline_ingest_events_unreachable")
+                > 0.0
+        })
+        .await?;
 
     // ClickHouse back: what ingest received and what the stream still holds is stored, and
     // with the losses that is every event published, none counted twice.
@@ -575,21 +574,15 @@ async fn events_the_stream_discards_before_delivery_are_counted_as_lost() -> any
     );
     assert!(lost > 0 && stored > 0, "stored {stored}, lost {lost}");
     assert_eq!(unreachable, 0, "the consumer passed the gap");
-    let first = js_first_sequence(&stack).await?;
+    let first = stack
+        .events_stream()
+        .await?
+        .cached_info()
+        .state
+        .first_sequence;
     assert!(
         lost < first as usize,
         "only removed events are counted lost"
     );
     stack.stop().await
-}
-
-async fn js_first_sequence(stack: &Stack) -> anyhow::Result<u64> {
-    Ok(stack
-        .jetstream()
-        .await?
-        .get_stream(sightline_shared::subjects::EVENTS_STREAM)
-        .await?
-        .cached_info()
-        .state
-        .first_sequence)
 }

@@ -272,6 +272,24 @@ impl KillOnDrop {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+
+    /// Asks the process to stop with SIGTERM and waits (up to 60 s, without blocking the
+    /// runtime) for it to exit; past that it is killed and this is an error.
+    pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let id = self.0.id();
+        let status = Command::new("kill")
+            .args(["-TERM", &id.to_string()])
+            .status()
+            .context("run kill")?;
+        anyhow::ensure!(status.success(), "kill -TERM {id} failed");
+        match self.wait_exit(Duration::from_secs(60)).await {
+            Ok(exit) => Ok(exit),
+            Err(_) => {
+                self.0.kill()?;
+                bail!("process {id} ignored SIGTERM for 60 s; killed it")
+            }
+        }
+    }
 }
 
 impl Drop for KillOnDrop {
@@ -298,26 +316,6 @@ pub fn workspace_binary(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-/// Asks a child process to stop with SIGTERM and waits (up to 60 s) for it to exit.
-pub fn terminate(child: &mut Child) -> anyhow::Result<std::process::ExitStatus> {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .context("run kill")?;
-    anyhow::ensure!(status.success(), "kill -TERM {} failed", child.id());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(exit) = child.try_wait()? {
-            return Ok(exit);
-        }
-        if Instant::now() > deadline {
-            child.kill()?;
-            bail!("process {} ignored SIGTERM for 60 s; killed it", child.id());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A TCP proxy on loopback in front of a server whose answers it can hold back: requests

@@ -8,21 +8,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use sightline_edge_agent::buffer::Buffer;
 use sightline_edge_agent::buffer::worker::BUFFER_FILE;
 use sightline_shared::Encoding;
-use sightline_tests::fixtures::terminate;
 use sightline_tests::{ClickHouseServer, Stack};
 
-use crate::edge::{spawn_agent, wait_status, write_agent_config};
-use crate::known_events;
+use crate::edge::{buffer_contents, cameras_toml, spawn_agent, wait_status, write_agent_config};
+use crate::{known_events, repo};
 
-fn script(path: &str, args: &[&str], envs: &[(&str, String)]) -> Output {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let output = Command::new(repo.join(path))
-        .args(args)
-        .envs(envs.iter().map(|(k, v)| (k, v)))
-        .output()
+/// Runs one of the repository's scripts to the end (on a blocking thread: the in-process
+/// services share the runtime) and shows its stderr.
+async fn script(path: &str, args: &[&str], envs: &[(&str, String)]) -> Output {
+    let mut command = Command::new(repo().join(path));
+    command.args(args).envs(envs.iter().map(|(k, v)| (k, v)));
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("the script's thread")
         .unwrap_or_else(|e| panic!("run {path}: {e}"));
     eprintln!(
         "{path} {args:?}: {}\n{}",
@@ -39,22 +39,16 @@ fn text(path: &Path) -> &str {
 /// The synthetic camera's config: 50 events/s, until `max` if set. (The agent exits once
 /// its cameras are done and its backlog is published, or the drain timeout has passed.)
 fn camera(max: Option<u64>) -> String {
-    let max = max.map_or(String::new(), |m| format!(", max_events = {m}"));
-    format!(
-        "[[cameras]]\nid = \"door\"\nsource = {{ kind = \"synthetic\", events_per_second = 50.0{max} }}\n"
-    )
+    cameras_toml(&[("door", 50.0, max)])
 }
 
 /// Every event id in the buffer file and how many are unsent (the agent must be stopped).
 fn buffered(data: &Path) -> anyhow::Result<(BTreeSet<String>, u64)> {
-    let (buffer, _) = Buffer::open(&data.join(BUFFER_FILE))?;
-    let unsent = buffer.stats()?.unsent;
-    let ids = buffer
-        .recent(usize::MAX >> 1)?
-        .into_iter()
-        .map(|r| r.event.event_id.to_string())
-        .collect();
-    Ok((ids, unsent))
+    let (events, unsent) = buffer_contents(data)?;
+    Ok((
+        events.iter().map(|e| e.event_id.to_string()).collect(),
+        unsent,
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,7 +87,8 @@ async fn an_edge_backup_taken_offline_is_restored_on_a_new_disk_and_delivered_on
         "deploy/edge/backup.sh",
         &[&["backup", text(&archive)], &args[..]].concat(),
         &[],
-    );
+    )
+    .await;
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
@@ -102,7 +97,7 @@ async fn an_edge_backup_taken_offline_is_restored_on_a_new_disk_and_delivered_on
     );
     assert!(!archive.exists());
 
-    terminate(&mut agent)?;
+    agent.terminate().await?;
     let (committed, unsent) = buffered(&data)?;
     assert!(committed.len() >= 100);
     assert_eq!(
@@ -114,7 +109,8 @@ async fn an_edge_backup_taken_offline_is_restored_on_a_new_disk_and_delivered_on
         "deploy/edge/backup.sh",
         &[&["backup", text(&archive)], &args[..]].concat(),
         &[],
-    );
+    )
+    .await;
     assert!(backed_up.status.success());
     assert!(archive.metadata()?.len() > 0);
 
@@ -127,7 +123,8 @@ async fn an_edge_backup_taken_offline_is_restored_on_a_new_disk_and_delivered_on
         "deploy/edge/backup.sh",
         &[&["restore", text(&archive)], &args[..]].concat(),
         &[],
-    );
+    )
+    .await;
     assert!(restored.status.success());
     let aside: Vec<PathBuf> = std::fs::read_dir(tmp.path())?
         .map(|e| e.map(|e| e.path()))
@@ -162,7 +159,8 @@ async fn an_edge_backup_taken_offline_is_restored_on_a_new_disk_and_delivered_on
         "deploy/edge/backup.sh",
         &[&["restore", text(&junk)], &args[..]].concat(),
         &[],
-    );
+    )
+    .await;
     assert!(!refused.status.success());
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("not an edge backup"),
@@ -213,7 +211,8 @@ async fn a_clickhouse_backup_restores_on_a_new_server_and_never_doubles_live_dat
         "deploy/clickhouse/backup.sh",
         &["backup", text(&dir)],
         &port(&stack.clickhouse),
-    );
+    )
+    .await;
     assert!(out.status.success());
     // The server's frozen copy is removed again: no disk space stays pinned.
     let path = stack
@@ -233,7 +232,8 @@ async fn a_clickhouse_backup_restores_on_a_new_server_and_never_doubles_live_dat
         "deploy/clickhouse/backup.sh",
         &["backup", text(&dir)],
         &port(&stack.clickhouse),
-    );
+    )
+    .await;
     assert!(!again.status.success());
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("exists: back up into a new directory"),
@@ -246,7 +246,8 @@ async fn a_clickhouse_backup_restores_on_a_new_server_and_never_doubles_live_dat
         "deploy/clickhouse/backup.sh",
         &["restore", text(&dir)],
         &port(&fresh),
-    );
+    )
+    .await;
     assert!(out.status.success());
     assert_eq!(fingerprint(&fresh).await?, before);
     let views = fresh
@@ -259,7 +260,8 @@ async fn a_clickhouse_backup_restores_on_a_new_server_and_never_doubles_live_dat
         "deploy/clickhouse/backup.sh",
         &["restore", text(&dir)],
         &port(&fresh),
-    );
+    )
+    .await;
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("kept sightline.events partition"));
     assert_eq!(fingerprint(&fresh).await?, before);
@@ -278,7 +280,8 @@ async fn a_clickhouse_backup_restores_on_a_new_server_and_never_doubles_live_dat
         "deploy/clickhouse/backup.sh",
         &["restore", text(&dir), "--replace"],
         &port(&fresh),
-    );
+    )
+    .await;
     assert!(out.status.success());
     assert_eq!(fingerprint(&fresh).await?, before);
     assert_eq!(

@@ -272,7 +272,7 @@ source = {{ kind = "pattern", width = 320, height = 240, fps = 5.0 }}
         |s| camera(s, "door")["state"] == "running" && frames(s, "door") > door_frames + 3,
     )
     .await?;
-    let exit = sightline_tests::fixtures::terminate(&mut agent)?;
+    let exit = agent.terminate().await?;
     anyhow::ensure!(exit.success(), "the agent exited with {exit}");
     Ok(())
 }

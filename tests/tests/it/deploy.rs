@@ -2,14 +2,11 @@
 //! unit's command line uses flags and subcommands the binary really has, and the edge
 //! install script installs a tree whose config passes the installed binary's check.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sightline_tests::fixtures::workspace_binary;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use crate::repo;
 
 /// The JSON array after `instruction` in a Dockerfile.
 fn exec_form(dockerfile: &str, instruction: &str) -> Vec<String> {

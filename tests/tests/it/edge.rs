@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use sightline_edge_agent::buffer::Buffer;
 use sightline_edge_agent::buffer::worker::BUFFER_FILE;
+use sightline_shared::DetectionEvent;
 use sightline_tests::fixtures::{KillOnDrop, free_port, workspace_binary};
 use sightline_tests::stack::Stack;
 
@@ -20,6 +21,11 @@ fn agent_config(
     edge: &str,
     cameras: &[(&str, f64, Option<u64>)],
 ) -> anyhow::Result<(std::path::PathBuf, String)> {
+    write_agent_config(dir, &stack.nats.url(), edge, &cameras_toml(cameras))
+}
+
+/// `[[cameras]]` tables of synthetic cameras: (id, events per second, stop after so many).
+pub(crate) fn cameras_toml(cameras: &[(&str, f64, Option<u64>)]) -> String {
     let mut text = String::new();
     for (id, rate, max) in cameras {
         let max = max.map_or(String::new(), |m| format!(", max_events = {m}"));
@@ -27,7 +33,7 @@ fn agent_config(
             "[[cameras]]\nid = \"{id}\"\nsource = {{ kind = \"synthetic\", events_per_second = {rate:.1}{max} }}\n"
         ));
     }
-    write_agent_config(dir, &stack.nats.url(), edge, &text)
+    text
 }
 
 /// Writes an agent config with the given `[[cameras]]` (and any other tables, after them)
@@ -123,21 +129,25 @@ pub(crate) async fn wait_status(
     }
 }
 
-/// Every event id the buffer holds, by camera, with frame numbers.
-fn buffered(dir: &Path) -> anyhow::Result<BTreeMap<String, (String, u64)>> {
-    let (buffer, _) = Buffer::open(&dir.join("data").join(BUFFER_FILE))?;
-    let stats = buffer.stats()?;
-    anyhow::ensure!(stats.unsent == 0, "{} events left unsent", stats.unsent);
-    let rows = buffer.recent(usize::MAX >> 1)?;
-    drop(buffer);
-    Ok(rows
+/// Every event a stopped agent's buffer in `data` holds, and how many are unsent.
+pub(crate) fn buffer_contents(data: &Path) -> anyhow::Result<(Vec<DetectionEvent>, u64)> {
+    let (buffer, _) = Buffer::open(&data.join(BUFFER_FILE))?;
+    let unsent = buffer.stats()?.unsent;
+    let events = buffer
+        .recent(usize::MAX >> 1)?
         .into_iter()
-        .map(|r| {
-            (
-                r.event.event_id.to_string(),
-                (r.event.camera_id, r.event.frame_seq),
-            )
-        })
+        .map(|r| r.event)
+        .collect();
+    Ok((events, unsent))
+}
+
+/// Every event id the buffer holds, by camera, with frame numbers; all must be sent.
+fn buffered(dir: &Path) -> anyhow::Result<BTreeMap<String, (String, u64)>> {
+    let (events, unsent) = buffer_contents(&dir.join("data"))?;
+    anyhow::ensure!(unsent == 0, "{unsent} events left unsent");
+    Ok(events
+        .into_iter()
+        .map(|e| (e.event_id.to_string(), (e.camera_id, e.frame_seq)))
         .collect())
 }
 

@@ -8,7 +8,7 @@ use sightline_tests::Stack;
 use sightline_tests::fixtures::SlowProxy;
 use sightline_tests::stack::publish_via;
 
-use crate::known_events;
+use crate::{deliver, known_events};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clickhouse_down_and_ingest_crash_lose_nothing() -> anyhow::Result<()> {
@@ -249,10 +249,7 @@ async fn a_restart_with_new_consumer_settings_updates_the_durable_consumer() -> 
         (Duration::from_secs(3), 1234)
     );
     // And it still delivers.
-    stack
-        .publish(known_events("edge-u", "cam-u", 10), Encoding::Bincode)
-        .await?;
-    stack.wait_for_events("camera=cam-u", 10).await?;
+    deliver(&stack, "edge-u", "cam-u", 10).await?;
     stack.stop().await
 }
 
@@ -342,10 +339,7 @@ async fn a_slow_insert_keeps_its_messages_alive_and_nothing_is_redelivered() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_consumer_is_declared_again_and_nothing_is_lost() -> anyhow::Result<()> {
     let mut stack = Stack::start_with(|c| c.consumer.info_interval_secs = 1).await?;
-    stack
-        .publish(known_events("edge-x", "cam-x", 10), Encoding::Bincode)
-        .await?;
-    stack.wait_for_events("camera=cam-x", 10).await?;
+    deliver(&stack, "edge-x", "cam-x", 10).await?;
     // Ingest reads the ack floor every second: wait until it has seen all ten acknowledged.
     let ack_floor = |floor: f64| {
         move |m: &str| {
@@ -357,10 +351,7 @@ async fn a_deleted_consumer_is_declared_again_and_nothing_is_lost() -> anyhow::R
         .wait_for_ingest_metrics("an ack floor of 10", read, ack_floor(10.0))
         .await?;
     delete_durable(&stack).await?;
-    stack
-        .publish(known_events("edge-x", "cam-y", 10), Encoding::Bincode)
-        .await?;
-    stack.wait_for_events("camera=cam-y", 10).await?;
+    deliver(&stack, "edge-x", "cam-y", 10).await?;
     let all = stack.wait_for_events("edge=edge-x&limit=100", 20).await?;
     assert_eq!(all.len(), 20, "each event once through the query path");
     // A reading of the new durable past the old one's position: the one that would count
@@ -394,10 +385,7 @@ async fn a_deleted_consumer_is_declared_again_and_nothing_is_lost() -> anyhow::R
     // server cannot change it in place).
     stack.crash_ingest().await;
     stack.start_ingest().await?;
-    stack
-        .publish(known_events("edge-x", "cam-z", 10), Encoding::Bincode)
-        .await?;
-    stack.wait_for_events("camera=cam-z", 10).await?;
+    deliver(&stack, "edge-x", "cam-z", 10).await?;
     assert_eq!(stack.clickhouse.query(rollup).await?, "39");
     assert_eq!(
         stack.consumer_info().await?.config.deliver_policy,
@@ -451,10 +439,7 @@ async fn a_durable_made_by_hand_to_replay_from_a_time_is_used_as_it_is() -> anyh
         .clickhouse
         .query("SYSTEM STOP MERGES sightline.events")
         .await?;
-    stack
-        .publish(known_events("edge-r", "cam-r", 10), Encoding::Bincode)
-        .await?;
-    stack.wait_for_events("camera=cam-r", 10).await?;
+    deliver(&stack, "edge-r", "cam-r", 10).await?;
     stack.crash_ingest().await;
     delete_durable(&stack).await?;
     stack
@@ -472,10 +457,7 @@ async fn a_durable_made_by_hand_to_replay_from_a_time_is_used_as_it_is() -> anyh
         })
         .await?;
     stack.start_ingest().await?;
-    stack
-        .publish(known_events("edge-r", "cam-s", 10), Encoding::Bincode)
-        .await?;
-    stack.wait_for_events("camera=cam-s", 10).await?;
+    deliver(&stack, "edge-r", "cam-s", 10).await?;
     let all = stack.wait_for_events("edge=edge-r&limit=100", 20).await?;
     assert_eq!(all.len(), 20, "each event once through the query path");
     let info = stack.consumer_info().await?;

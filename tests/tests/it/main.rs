@@ -21,6 +21,31 @@ use sightline_shared::{
 
 pub use sightline_runtime::now;
 
+/// Publishes `n` [`known_events`] of `edge`/`camera` as the edge does and waits until the
+/// query API shows them all.
+pub(crate) async fn deliver(
+    stack: &sightline_tests::Stack,
+    edge: &str,
+    camera: &str,
+    n: usize,
+) -> anyhow::Result<()> {
+    stack
+        .publish(
+            known_events(edge, camera, n),
+            sightline_shared::Encoding::Bincode,
+        )
+        .await?;
+    stack
+        .wait_for_events(&format!("camera={camera}&limit=1000"), n)
+        .await?;
+    Ok(())
+}
+
+/// The repository's root (scripts, deployment files).
+pub(crate) fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 /// `n` distinct, valid events of one camera, one second apart and ending `n` seconds before
 /// now, exercising every optional field and odd-but-legal values.
 pub fn known_events(edge: &str, camera: &str, n: usize) -> Vec<DetectionEvent> {

@@ -3,6 +3,7 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -14,12 +15,40 @@ const CLICKHOUSE_CONFIG: &str = include_str!("../../deploy/local/clickhouse-conf
 /// The ClickHouse users file, shared with `deploy/local/stack.sh`.
 const CLICKHOUSE_USERS: &str = include_str!("../../deploy/local/clickhouse-users.xml");
 
-/// A port nobody listens on right now.
+/// Where [`free_port`] starts looking.
+const FIRST_FIXED_PORT: u16 = 10_000;
+
+/// A loopback port nobody listens on right now, for a server started on it a moment later.
+///
+/// Not one from `bind(0)`: those come from the kernel's ephemeral range, which outgoing
+/// connections take their local ports from too, so in a busy test binary a client
+/// connection can take the port before the server binds it, or while a killed server is
+/// down (ClickHouse then exits with status 70, "Address already in use"). The ports handed
+/// out here lie below that range; each call takes the next one of a sequence that starts at
+/// a per-process offset, so two tests of one binary never get the same port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let span = u32::from(ephemeral_low.saturating_sub(FIRST_FIXED_PORT));
+    if span < 1_000 {
+        // No room below the ephemeral range: the kernel's pick is the best there is.
+        return TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free loopback port");
+    }
+    let offset = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = FIRST_FIXED_PORT + ((offset + step) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {FIRST_FIXED_PORT} and {ephemeral_low}")
 }
 
 fn binary(env: &str, name: &str) -> PathBuf {
@@ -35,7 +64,8 @@ fn binary(env: &str, name: &str) -> PathBuf {
     name.into()
 }
 
-fn wait_for_port(port: u16, child: &mut Child, what: &str) -> anyhow::Result<()> {
+/// Waits until `child` listens on `port`; a failure carries the end of its logs.
+fn wait_for_port(port: u16, child: &mut Child, what: &str, logs: &[PathBuf]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     while Instant::now() < deadline {
@@ -43,11 +73,35 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str) -> anyhow::Result<()>
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {
-            bail!("{what} exited during start-up with {status}");
+            bail!(
+                "{what} exited during start-up with {status}{}",
+                log_tails(logs)
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    bail!("{what} did not listen on port {port} within 20 s")
+    let _ = child.kill();
+    let _ = child.wait();
+    bail!(
+        "{what} did not listen on port {port} within 20 s{}",
+        log_tails(logs)
+    )
+}
+
+/// The last lines of a server's logs, for an error message.
+fn log_tails(logs: &[PathBuf]) -> String {
+    let mut out = String::new();
+    for log in logs {
+        match std::fs::read_to_string(log) {
+            Ok(text) => {
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+                out.push_str(&format!("\n--- the end of {}:\n{tail}", log.display()));
+            }
+            Err(e) => out.push_str(&format!("\n--- {} is unreadable: {e}", log.display())),
+        }
+    }
+    out
 }
 
 fn kill(child: &mut Option<Child>) {
@@ -82,7 +136,8 @@ impl NatsServer {
 
     /// Starts the server again on the same port and data directory (after [`Self::kill`]).
     pub fn start_again(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::File::create(self.dir.path().join("nats.log"))?;
+        let log_path = self.dir.path().join("nats.log");
+        let log = std::fs::File::create(&log_path)?;
         let mut child = Command::new(binary("SIGHTLINE_NATS_SERVER", "nats-server"))
             .args([
                 "-a",
@@ -99,7 +154,7 @@ impl NatsServer {
             .context(
                 "failed to start nats-server (install it with deploy/local/stack.sh install)",
             )?;
-        wait_for_port(self.port, &mut child, "nats-server")?;
+        wait_for_port(self.port, &mut child, "nats-server", &[log_path])?;
         self.child = Some(child);
         Ok(())
     }
@@ -167,7 +222,8 @@ impl ClickHouseServer {
     /// Starts the server again on the same ports and data (after [`Self::kill`]).
     pub fn start_again(&mut self) -> anyhow::Result<()> {
         let d = self.dir.path();
-        let log = std::fs::File::create(d.join("log").join("stderr.log"))?;
+        let log_path = d.join("log").join("stderr.log");
+        let log = std::fs::File::create(&log_path)?;
         let mut child = Command::new(binary("SIGHTLINE_CLICKHOUSE_SERVER", "clickhouse-server"))
             .arg(format!("--config-file={}", d.join("config.xml").display()))
             .current_dir(d)
@@ -177,7 +233,8 @@ impl ClickHouseServer {
             .context(
                 "failed to start clickhouse-server (install it with deploy/local/stack.sh install)",
             )?;
-        wait_for_port(self.http_port, &mut child, "clickhouse-server")?;
+        let logs = [log_path, d.join("log").join("clickhouse-server.err.log")];
+        wait_for_port(self.http_port, &mut child, "clickhouse-server", &logs)?;
         self.child = Some(child);
         Ok(())
     }

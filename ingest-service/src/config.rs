@@ -72,7 +72,9 @@ impl Default for StreamSettings {
 pub struct ConsumerSettings {
     /// Durable consumer name; all replicas of the service share it.
     pub durable_name: String,
-    /// How long JetStream waits for an ack before redelivering, in seconds.
+    /// How long JetStream waits for an ack before redelivering, in seconds. Messages in
+    /// hand get in-progress acks three times per wait; a writer busy for half of it pauses
+    /// the pull.
     pub ack_wait_secs: u64,
     /// Most unacknowledged messages across all replicas.
     pub max_ack_pending: i64,
@@ -103,7 +105,8 @@ pub struct BatchSettings {
     pub max_rows: usize,
     /// Most payload bytes in one INSERT.
     pub max_bytes: usize,
-    /// Longest time the first message of a batch waits, in milliseconds.
+    /// Longest time the first message of a batch waits, in milliseconds; at most half of
+    /// `consumer.ack_wait_secs`.
     pub max_wait_ms: u64,
 }
 
@@ -147,6 +150,12 @@ impl Validate for IngestConfig {
         }
         if self.consumer.ack_wait_secs < 2 {
             return invalid("consumer.ack_wait_secs", "must be at least 2");
+        }
+        if self.batch.max_wait_ms > self.consumer.ack_wait_secs * 500 {
+            return invalid(
+                "batch.max_wait_ms",
+                "must be at most half of consumer.ack_wait_secs, or the first messages of a filling batch are delivered again",
+            );
         }
         if self.consumer.max_ack_pending < self.batch.max_rows as i64 {
             return invalid(
@@ -254,6 +263,10 @@ mod tests {
             (
                 "[consumer]\ninfo_interval_secs = 0",
                 "consumer.info_interval_secs",
+            ),
+            (
+                "[consumer]\nack_wait_secs = 2\n[batch]\nmax_wait_ms = 1001",
+                "batch.max_wait_ms",
             ),
         ] {
             let err = parse::<IngestConfig>(toml, "test").unwrap_err();

@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::PullConsumer;
-use async_nats::jetstream::consumer::pull::MessagesErrorKind;
+use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use futures::StreamExt;
 use sightline_runtime::now;
 use sightline_shared::{Backoff, DetectionEvent, Timestamp, codec, subjects};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backlog::AckFloor;
@@ -24,7 +23,7 @@ use crate::config::IngestConfig;
 use crate::deadletter::Cancelled;
 use crate::metrics::DeadLetterReason;
 use crate::schema::EventRow;
-use crate::writer::{Batch, Writer};
+use crate::writer::{Batch, Outlet, Writer};
 
 /// How long the flush at shutdown may take before the batch is left to redelivery.
 const LAST_FLUSH: Duration = Duration::from_secs(5);
@@ -153,11 +152,11 @@ impl Consumer {
     /// and returns. Messages not stored by then are simply not acknowledged: JetStream
     /// redelivers them.
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
-        // One batch being written, one waiting, one filling: bounded memory, and fetching
-        // overlaps with inserting.
-        let (tx, rx) = mpsc::channel::<Batch>(1);
+        // One batch being written, one filling (or waiting for the writer, kept alive):
+        // bounded memory, and fetching overlaps with inserting.
+        let (outlet, intake) = crate::writer::hand_over();
         let stop_writer = CancellationToken::new();
-        let mut writing = tokio::spawn(self.writer.clone().run(rx, stop_writer.clone()));
+        let mut writing = tokio::spawn(self.writer.clone().run(intake, stop_writer.clone()));
         let mut batch = Batch::default();
         let mut deadline = Instant::now();
         let mut reconnect = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
@@ -191,7 +190,11 @@ impl Consumer {
                     biased;
                     () = cancel.cancelled() => break 'connect,
                     () = tokio::time::sleep_until(flush_at), if !batch.is_empty() => {
-                        if self.hand_over(&mut batch, &tx, &cancel).await.is_err() { break 'connect; }
+                        match self.hand_over(&mut batch, &outlet, messages, &cancel).await {
+                            Ok(Some(pulling)) => messages = pulling,
+                            Ok(None) => continue 'connect,
+                            Err(Cancelled) => break 'connect,
+                        }
                     }
                     next = messages.next() => match next {
                         Some(Ok(message)) => {
@@ -199,17 +202,17 @@ impl Consumer {
                             self.writer.metrics.messages_received.inc();
                             match check_message(&message.subject, content_type(&message), &message.payload, now()) {
                                 Ok(event) => {
-                                    if batch.is_empty() {
-                                        deadline = Instant::now() + self.config.batch.max_wait();
+                                    batch.push(message, EventRow::from(event));
+                                    if batch.len() == 1 {
+                                        deadline = batch.started + self.config.batch.max_wait();
                                     }
-                                    batch.bytes += message.payload.len();
-                                    batch.rows.push(EventRow::from(event));
-                                    batch.messages.push(message);
                                     self.writer.metrics.pending_rows.set(batch.len() as i64);
-                                    if (batch.len() >= self.config.batch.max_rows || batch.bytes >= self.config.batch.max_bytes)
-                                        && self.hand_over(&mut batch, &tx, &cancel).await.is_err()
-                                    {
-                                        break 'connect;
+                                    if batch.len() >= self.config.batch.max_rows || batch.bytes >= self.config.batch.max_bytes {
+                                        match self.hand_over(&mut batch, &outlet, messages, &cancel).await {
+                                            Ok(Some(pulling)) => messages = pulling,
+                                            Ok(None) => continue 'connect,
+                                            Err(Cancelled) => break 'connect,
+                                        }
                                     }
                                 }
                                 Err((reason, detail)) => {
@@ -245,13 +248,13 @@ impl Consumer {
         // channel, and give the writer a short budget to finish (insert and acks): shutdown
         // must not hang on a dead ClickHouse or NATS.
         let rows = batch.len();
-        if !batch.is_empty() && tx.try_send(std::mem::take(&mut batch)).is_err() {
+        if !batch.is_empty() && outlet.leave(std::mem::take(&mut batch)).is_err() {
             tracing::warn!(
                 rows,
                 "could not flush on shutdown; JetStream will redeliver"
             );
         }
-        drop(tx);
+        drop(outlet);
         let joined = match tokio::time::timeout(LAST_FLUSH, &mut writing).await {
             Ok(joined) => joined,
             Err(_) => {
@@ -265,25 +268,49 @@ impl Consumer {
     }
 
     /// Passes a full batch to the writer, waiting while it is busy and keeping the batch's
-    /// messages alive meanwhile (the writer may be retrying against a ClickHouse that is down).
+    /// messages alive meanwhile (the writer may be retrying against a ClickHouse that is
+    /// down). Returns the pull `messages` if it is still on.
+    ///
+    /// A wait past half the ack wait ends the pull: what the client pulled ahead gets no
+    /// in-progress acks, and past the ack wait JetStream would deliver it again while the
+    /// first copies still sat in the client's buffer, so both would be stored. Dropped
+    /// unread, those messages come back once, to the next pull, after their ack wait.
     async fn hand_over(
         &self,
         batch: &mut Batch,
-        tx: &mpsc::Sender<Batch>,
+        outlet: &Outlet,
+        messages: pull::Stream,
         cancel: &CancellationToken,
-    ) -> Result<(), Cancelled> {
-        let room = async {
-            tokio::select! {
-                permit = tx.reserve() => permit.map_err(|_| Cancelled),
-                () = cancel.cancelled() => Err(Cancelled),
+    ) -> Result<Option<pull::Stream>, Cancelled> {
+        let mut messages = Some(messages);
+        let writer_free = async {
+            let pull_ends = tokio::time::sleep(self.writer.ack_wait / 2);
+            tokio::pin!(pull_ends);
+            loop {
+                tokio::select! {
+                    free = outlet.writer_free() => return free,
+                    () = cancel.cancelled() => return Err(Cancelled),
+                    () = &mut pull_ends, if messages.is_some() => {
+                        messages = None;
+                        self.writer.metrics.pulls_paused.inc();
+                        tracing::info!(
+                            rows = batch.len(),
+                            "the writer has been busy for half the ack wait: pausing the pull until it takes this batch"
+                        );
+                    }
+                }
             }
         };
-        let permit = self.writer.keeping_alive(&batch.messages, room).await?;
+        self.writer
+            .keeping_alive(&batch.messages, batch.started, writer_free)
+            .await?;
         self.writer.metrics.pending_rows.set(0);
         // The next batch is likely as large as this one.
         let capacity = batch.len();
-        permit.send(std::mem::replace(batch, Batch::with_capacity(capacity)));
-        Ok(())
+        outlet
+            .send(std::mem::replace(batch, Batch::with_capacity(capacity)))
+            .await?;
+        Ok(messages)
     }
 }
 

@@ -54,6 +54,7 @@ pub struct Metrics {
     pub insert_retries: Counter,
     pub keep_alives: Counter,
     pub consumer_redeclared: Counter,
+    pub pulls_paused: Counter,
     pub events_lost: Counter,
     pub events_unreachable: Gauge,
     pub consumer_pending: Gauge,
@@ -81,6 +82,7 @@ impl Metrics {
             insert_retries: Counter::default(),
             keep_alives: Counter::default(),
             consumer_redeclared: Counter::default(),
+            pulls_paused: Counter::default(),
             events_lost: Counter::default(),
             events_unreachable: Gauge::default(),
             consumer_pending: Gauge::default(),
@@ -147,6 +149,11 @@ impl Metrics {
             "consumer_redeclared",
             "Times the durable consumer was found deleted and declared again",
             metrics.consumer_redeclared.clone(),
+        );
+        r.register(
+            "pulls_paused",
+            "Pulls ended because the writer was busy for half the ack wait (what they had fetched ahead is delivered again after the ack wait)",
+            metrics.pulls_paused.clone(),
         );
         r.register(
             "events_lost",

@@ -1,7 +1,8 @@
 //! The write stage: one batch at a time, INSERT then ack.
 //!
-//! The consume loop hands full batches to the writer through a channel of one, so fetching
-//! and decoding the next batch overlaps with inserting this one. Per batch: the INSERT
+//! The consume loop hands a full batch to the writer when the writer is free
+//! ([`hand_over`]), so fetching and decoding the next batch overlaps with inserting this
+//! one, and no batch waits where nobody keeps it alive. Per batch: the INSERT
 //! succeeds, then every message is acknowledged. While a transient failure is retried the
 //! messages are kept alive with in-progress acks so JetStream does not hand them to another
 //! replica. A permanent failure bisects the batch until the bad rows are alone, and those go
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
 use sightline_shared::Backoff;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::deadletter::{Cancelled, DeadLetters};
@@ -32,11 +33,20 @@ use crate::sink::{InsertError, Sink};
 const TABLE_CHECK_VALID: Duration = Duration::from_secs(5);
 
 /// Messages waiting for their batch's INSERT, and their rows, index for index.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Batch {
     pub messages: Vec<jetstream::Message>,
     pub rows: Vec<EventRow>,
     pub bytes: usize,
+    /// When its first message came: in-progress acks are timed from here, wherever the
+    /// batch waits.
+    pub started: Instant,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self::with_capacity(0)
+    }
 }
 
 impl Batch {
@@ -47,7 +57,18 @@ impl Batch {
             messages: Vec::with_capacity(rows),
             rows: Vec::with_capacity(rows),
             bytes: 0,
+            started: Instant::now(),
         }
+    }
+
+    /// Adds a message and its row.
+    pub fn push(&mut self, message: jetstream::Message, row: EventRow) {
+        if self.is_empty() {
+            self.started = Instant::now();
+        }
+        self.bytes += message.payload.len();
+        self.rows.push(row);
+        self.messages.push(message);
     }
 
     pub fn len(&self) -> usize {
@@ -56,6 +77,73 @@ impl Batch {
 
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
+    }
+}
+
+/// The way from the consume loop to the writer: a batch passes only when the writer is free
+/// to take it. A batch queued between them would get no in-progress acks from either side,
+/// and with ClickHouse down for longer than the ack wait JetStream would deliver its
+/// messages a second time while the first copies still waited: stored twice, and counted
+/// twice by the rollups for good.
+pub fn hand_over() -> (Outlet, Intake) {
+    let (tx, rx) = mpsc::channel(1);
+    let free = Arc::new(Semaphore::new(0));
+    (
+        Outlet {
+            tx,
+            free: free.clone(),
+        },
+        Intake { rx, free },
+    )
+}
+
+/// The consume loop's end of [`hand_over`].
+#[derive(Debug)]
+pub struct Outlet {
+    tx: mpsc::Sender<Batch>,
+    /// A permit while the writer waits for a batch.
+    free: Arc<Semaphore>,
+}
+
+impl Outlet {
+    /// Waits until the writer is free to take a batch; an error if it is gone.
+    pub async fn writer_free(&self) -> Result<(), Cancelled> {
+        tokio::select! {
+            permit = self.free.acquire() => {
+                permit.map_err(|_| Cancelled)?.forget();
+                Ok(())
+            }
+            () = self.tx.closed() => Err(Cancelled),
+        }
+    }
+
+    /// Passes `batch` to the writer after [`Self::writer_free`].
+    pub async fn send(&self, batch: Batch) -> Result<(), Cancelled> {
+        self.tx.send(batch).await.map_err(|_| Cancelled)
+    }
+
+    /// At shutdown: leaves `batch` for the writer to take after the one in hand, if there
+    /// is room; gives it back otherwise.
+    pub fn leave(&self, batch: Batch) -> Result<(), Batch> {
+        self.tx.try_send(batch).map_err(|e| e.into_inner())
+    }
+}
+
+/// The writer's end of [`hand_over`].
+#[derive(Debug)]
+pub struct Intake {
+    rx: mpsc::Receiver<Batch>,
+    free: Arc<Semaphore>,
+}
+
+impl Intake {
+    /// Says the writer is free and waits for the next batch; `None` once the consume loop
+    /// has gone.
+    async fn recv(&mut self) -> Option<Batch> {
+        if self.free.available_permits() == 0 {
+            self.free.add_permits(1);
+        }
+        self.rx.recv().await
     }
 }
 
@@ -73,10 +161,10 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Writes batches from `rx` until it closes, or until `stop` fires (then the batch in
-    /// hand is dropped unacknowledged, and JetStream redelivers it).
-    pub async fn run(self, mut rx: mpsc::Receiver<Batch>, stop: CancellationToken) {
-        while let Some(mut batch) = rx.recv().await {
+    /// Writes batches from `intake` until the consume loop has gone, or until `stop` fires
+    /// (then the batch in hand is dropped unacknowledged, and JetStream redelivers it).
+    pub async fn run(self, mut intake: Intake, stop: CancellationToken) {
+        while let Some(mut batch) = intake.recv().await {
             let rows = batch.len();
             tokio::select! {
                 result = self.flush(&mut batch, &stop) => if result.is_err() {
@@ -94,20 +182,29 @@ impl Writer {
     /// Stores and acknowledges every message of `batch` (emptying it), keeping the messages
     /// alive meanwhile.
     async fn flush(&self, batch: &mut Batch, cancel: &CancellationToken) -> Result<(), Cancelled> {
-        let Batch { messages, rows, .. } = std::mem::take(batch);
-        self.keeping_alive(&messages, self.store(&messages, &rows, cancel))
+        let Batch {
+            messages,
+            rows,
+            started,
+            ..
+        } = std::mem::take(batch);
+        self.keeping_alive(&messages, started, self.store(&messages, &rows, cancel))
             .await
     }
 
     /// Runs `work` while sending in-progress acks for `messages` three times per ack wait,
-    /// so JetStream does not redeliver them meanwhile.
+    /// counted from `since` (when the first of them came, so a batch moving from the consume
+    /// loop to the writer does not start its count again), so JetStream does not redeliver
+    /// them meanwhile.
     pub(crate) async fn keeping_alive<T>(
         &self,
         messages: &[jetstream::Message],
+        since: Instant,
         work: impl Future<Output = T>,
     ) -> T {
         let every = self.ack_wait / 3;
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let first = tokio::time::Instant::from_std(since + every).max(tokio::time::Instant::now());
+        let mut ticker = tokio::time::interval_at(first, every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(work);
         loop {
@@ -247,5 +344,39 @@ impl Writer {
                 tracing::debug!(%error, "failed to send an in-progress ack");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_batch_passes_only_to_a_free_writer() {
+        let short = Duration::from_millis(50);
+        let (outlet, mut intake) = hand_over();
+        assert!(
+            tokio::time::timeout(short, outlet.writer_free())
+                .await
+                .is_err(),
+            "free before the writer asked for a batch"
+        );
+        let writer = tokio::spawn(async move {
+            let batch = intake.recv().await;
+            (batch, intake)
+        });
+        outlet.writer_free().await.unwrap();
+        outlet.send(Batch::default()).await.unwrap();
+        let (batch, intake) = writer.await.unwrap();
+        assert!(batch.is_some());
+        assert!(
+            tokio::time::timeout(short, outlet.writer_free())
+                .await
+                .is_err(),
+            "free again while the writer holds the batch"
+        );
+        drop(intake);
+        assert!(outlet.writer_free().await.is_err(), "the writer is gone");
+        assert!(outlet.leave(Batch::default()).is_err());
     }
 }

@@ -111,6 +111,74 @@ async fn clickhouse_stopped_under_steady_load_loses_and_repeats_nothing() -> any
     stack.stop().await
 }
 
+/// A ClickHouse outage of several ack waits under load: the service holds a batch being
+/// retried, one waiting behind it, one filling and what the client pulled ahead. None of it
+/// may expire and come back as a second delivery: the rows would be stored twice (merged
+/// away only later) and the hourly rollup would count them twice for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_ack_wait_redelivers_and_doubles_nothing() -> anyhow::Result<()> {
+    let mut stack = Stack::start_with(|c| {
+        c.consumer.ack_wait_secs = 2;
+        c.consumer.fetch_batch = 100;
+        c.batch.max_rows = 300;
+    })
+    .await?;
+    stack
+        .clickhouse
+        .query("SYSTEM STOP MERGES sightline.events")
+        .await?;
+    stack.clickhouse.kill();
+    let events = known_events("edge-o", "outage", 3000);
+    let detections: usize = events.iter().map(|e| e.detections.len()).sum();
+    let report = publish_via(stack.jetstream().await?, events, Encoding::Bincode, 64).await;
+    assert_eq!(report.published, 3000);
+    // Five ack waits with every batch stuck.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    stack.clickhouse.start_again()?;
+    stack
+        .clickhouse
+        .query("SYSTEM STOP MERGES sightline.events")
+        .await?;
+    stack
+        .wait_for_consumer(
+            "every event acknowledged",
+            Duration::from_secs(60),
+            |info| info.ack_floor.stream_sequence >= 3000 && info.num_ack_pending == 0,
+        )
+        .await?;
+    // A second delivery already on its way would be written within a batch wait or two.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Rows as stored (merges stopped: a second copy would still be there), and the rollup.
+    assert_eq!(
+        stack
+            .clickhouse
+            .query("SELECT count() FROM sightline.events WHERE camera_id = 'outage'")
+            .await?,
+        "3000"
+    );
+    assert_eq!(
+        stack
+            .clickhouse
+            .query(
+                "SELECT countMerge(detections) FROM sightline.detections_hourly \
+                 WHERE camera_id = 'outage'"
+            )
+            .await?,
+        detections.to_string()
+    );
+    let metrics = stack.ingest_metrics().await?;
+    assert_eq!(
+        sightline_tests::stack::metric(&metrics, "sightline_ingest_messages_received_total", ""),
+        3000.0,
+        "{metrics}"
+    );
+    assert!(
+        sightline_tests::stack::metric(&metrics, "sightline_ingest_pulls_paused_total", "") >= 1.0,
+        "the pull was paused while the writer was stuck: {metrics}"
+    );
+    stack.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_down_then_back_the_publisher_retries_until_acked() -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
@@ -272,8 +340,9 @@ async fn a_slow_insert_keeps_its_messages_alive_and_nothing_is_redelivered() -> 
         c.clickhouse.timeout_ms = 20_000;
         c.consumer.ack_wait_secs = 2;
         c.batch.max_rows = 2_000;
-        // One batch of all of them: the wait outlasts the publishing.
-        c.batch.max_wait_ms = 5_000;
+        // Most likely one batch of all of them; a second one waits for the writer (and is
+        // kept alive meanwhile). The most the ack wait allows.
+        c.batch.max_wait_ms = 1_000;
     })
     .await?;
     let proxy = proxy.expect("proxy started");

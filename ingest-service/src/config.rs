@@ -73,7 +73,7 @@ pub struct ConsumerSettings {
     /// Durable consumer name; all replicas of the service share it.
     pub durable_name: String,
     /// How long JetStream waits for an ack before redelivering, in seconds. Messages in
-    /// hand get in-progress acks three times per wait; a writer busy for half of it pauses
+    /// hand get in-progress acks three times per wait; a writer without room for a batch for half of it pauses
     /// the pull.
     pub ack_wait_secs: u64,
     /// Most unacknowledged messages across all replicas.

@@ -152,8 +152,8 @@ impl Consumer {
     /// and returns. Messages not stored by then are simply not acknowledged: JetStream
     /// redelivers them.
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
-        // One batch being written, one filling (or waiting for the writer, kept alive):
-        // bounded memory, and fetching overlaps with inserting.
+        // One batch being written, one waiting in the writer, one filling (or waiting for
+        // the writer): bounded memory, fetching overlaps with inserting, all kept alive.
         let (outlet, intake) = crate::writer::hand_over();
         let stop_writer = CancellationToken::new();
         let mut writing = tokio::spawn(self.writer.clone().run(intake, stop_writer.clone()));
@@ -267,7 +267,7 @@ impl Consumer {
         Ok(())
     }
 
-    /// Passes a full batch to the writer, waiting while it is busy and keeping the batch's
+    /// Passes a full batch to the writer, waiting while it has no room and keeping the batch's
     /// messages alive meanwhile (the writer may be retrying against a ClickHouse that is
     /// down). Returns the pull `messages` if it is still on.
     ///
@@ -283,26 +283,26 @@ impl Consumer {
         cancel: &CancellationToken,
     ) -> Result<Option<pull::Stream>, Cancelled> {
         let mut messages = Some(messages);
-        let writer_free = async {
+        let room = async {
             let pull_ends = tokio::time::sleep(self.writer.ack_wait / 2);
             tokio::pin!(pull_ends);
             loop {
                 tokio::select! {
-                    free = outlet.writer_free() => return free,
+                    room = outlet.room() => return room,
                     () = cancel.cancelled() => return Err(Cancelled),
                     () = &mut pull_ends, if messages.is_some() => {
                         messages = None;
                         self.writer.metrics.pulls_paused.inc();
                         tracing::info!(
                             rows = batch.len(),
-                            "the writer has been busy for half the ack wait: pausing the pull until it takes this batch"
+                            "the writer has had no room for half the ack wait: pausing the pull until it takes this batch"
                         );
                     }
                 }
             }
         };
         self.writer
-            .keeping_alive(&batch.messages, batch.started, writer_free)
+            .keeping_alive(&batch.messages, batch.started, room)
             .await?;
         self.writer.metrics.pending_rows.set(0);
         // The next batch is likely as large as this one.

@@ -152,7 +152,7 @@ impl Metrics {
         );
         r.register(
             "pulls_paused",
-            "Pulls ended because the writer was busy for half the ack wait (what they had fetched ahead is delivered again after the ack wait)",
+            "Pulls ended because the writer had no room for a batch for half the ack wait (what they had fetched ahead is delivered again after the ack wait)",
             metrics.pulls_paused.clone(),
         );
         r.register(

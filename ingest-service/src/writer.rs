@@ -1,8 +1,9 @@
 //! The write stage: one batch at a time, INSERT then ack.
 //!
-//! The consume loop hands a full batch to the writer when the writer is free
-//! ([`hand_over`]), so fetching and decoding the next batch overlaps with inserting this
-//! one, and no batch waits where nobody keeps it alive. Per batch: the INSERT
+//! The consume loop hands a full batch to the writer when the writer has room for it
+//! ([`hand_over`]): the one it writes and one waiting, both kept alive, so fetching and
+//! decoding overlaps with inserting, and no batch waits where nobody keeps it alive. Per
+//! batch: the INSERT
 //! succeeds, then every message is acknowledged. While a transient failure is retried the
 //! messages are kept alive with in-progress acks so JetStream does not hand them to another
 //! replica. A permanent failure bisects the batch until the bad rows are alone, and those go
@@ -80,8 +81,9 @@ impl Batch {
     }
 }
 
-/// The way from the consume loop to the writer: a batch passes only when the writer is free
-/// to take it. A batch queued between them would get no in-progress acks from either side,
+/// The way from the consume loop to the writer: a batch passes only when the writer has room
+/// to take it into its own hands (to write it, or to hold it, kept alive, while it writes
+/// the one before). A batch queued between them would get no in-progress acks from either side,
 /// and with ClickHouse down for longer than the ack wait JetStream would deliver its
 /// messages a second time while the first copies still waited: stored twice, and counted
 /// twice by the rollups for good.
@@ -101,13 +103,13 @@ pub fn hand_over() -> (Outlet, Intake) {
 #[derive(Debug)]
 pub struct Outlet {
     tx: mpsc::Sender<Batch>,
-    /// A permit while the writer waits for a batch.
+    /// A permit while the writer has room for a batch.
     free: Arc<Semaphore>,
 }
 
 impl Outlet {
-    /// Waits until the writer is free to take a batch; an error if it is gone.
-    pub async fn writer_free(&self) -> Result<(), Cancelled> {
+    /// Waits until the writer has room for a batch; an error if it is gone.
+    pub async fn room(&self) -> Result<(), Cancelled> {
         tokio::select! {
             permit = self.free.acquire() => {
                 permit.map_err(|_| Cancelled)?.forget();
@@ -117,7 +119,7 @@ impl Outlet {
         }
     }
 
-    /// Passes `batch` to the writer after [`Self::writer_free`].
+    /// Passes `batch` to the writer after [`Self::room`].
     pub async fn send(&self, batch: Batch) -> Result<(), Cancelled> {
         self.tx.send(batch).await.map_err(|_| Cancelled)
     }
@@ -137,7 +139,7 @@ pub struct Intake {
 }
 
 impl Intake {
-    /// Says the writer is free and waits for the next batch; `None` once the consume loop
+    /// Says the writer has room and waits for the next batch; `None` once the consume loop
     /// has gone.
     async fn recv(&mut self) -> Option<Batch> {
         if self.free.available_permits() == 0 {
@@ -164,17 +166,45 @@ impl Writer {
     /// Writes batches from `intake` until the consume loop has gone, or until `stop` fires
     /// (then the batch in hand is dropped unacknowledged, and JetStream redelivers it).
     pub async fn run(self, mut intake: Intake, stop: CancellationToken) {
-        while let Some(mut batch) = intake.recv().await {
-            let rows = batch.len();
-            tokio::select! {
-                result = self.flush(&mut batch, &stop) => if result.is_err() {
-                    tracing::warn!(rows, "batch not stored before shutdown; JetStream will redeliver it");
-                    return;
+        // The batch taken while the one before it was written, kept alive meanwhile.
+        let mut next: Option<Batch> = None;
+        let mut open = true;
+        loop {
+            let mut batch = match next.take() {
+                Some(batch) => batch,
+                None if open => match intake.recv().await {
+                    Some(batch) => batch,
+                    None => return,
                 },
-                () = stop.cancelled() => {
-                    tracing::warn!(rows, "batch not stored before shutdown; JetStream will redeliver it");
-                    return;
+                None => return,
+            };
+            let rows = batch.len();
+            let take_next = async {
+                if open {
+                    match intake.recv().await {
+                        Some(waiting) => {
+                            let waiting = next.insert(waiting);
+                            let forever = std::future::pending::<()>();
+                            self.keeping_alive(&waiting.messages, waiting.started, forever)
+                                .await;
+                        }
+                        None => open = false,
+                    }
                 }
+                std::future::pending::<std::convert::Infallible>().await
+            };
+            let stored = tokio::select! {
+                result = self.flush(&mut batch, &stop) => result.is_ok(),
+                never = take_next => match never {},
+                () = stop.cancelled() => false,
+            };
+            if !stored {
+                let rows = rows + next.as_ref().map_or(0, Batch::len);
+                tracing::warn!(
+                    rows,
+                    "batches not stored before shutdown; JetStream will redeliver them"
+                );
+                return;
             }
         }
     }
@@ -352,31 +382,27 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_batch_passes_only_to_a_free_writer() {
+    async fn a_batch_passes_only_when_the_writer_has_room() {
         let short = Duration::from_millis(50);
         let (outlet, mut intake) = hand_over();
         assert!(
-            tokio::time::timeout(short, outlet.writer_free())
-                .await
-                .is_err(),
-            "free before the writer asked for a batch"
+            tokio::time::timeout(short, outlet.room()).await.is_err(),
+            "room before the writer asked for a batch"
         );
         let writer = tokio::spawn(async move {
             let batch = intake.recv().await;
             (batch, intake)
         });
-        outlet.writer_free().await.unwrap();
+        outlet.room().await.unwrap();
         outlet.send(Batch::default()).await.unwrap();
         let (batch, intake) = writer.await.unwrap();
         assert!(batch.is_some());
         assert!(
-            tokio::time::timeout(short, outlet.writer_free())
-                .await
-                .is_err(),
-            "free again while the writer holds the batch"
+            tokio::time::timeout(short, outlet.room()).await.is_err(),
+            "room again before the writer asked again"
         );
         drop(intake);
-        assert!(outlet.writer_free().await.is_err(), "the writer is gone");
+        assert!(outlet.room().await.is_err(), "the writer is gone");
         assert!(outlet.leave(Batch::default()).is_err());
     }
 }

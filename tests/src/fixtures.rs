@@ -15,8 +15,8 @@ const CLICKHOUSE_CONFIG: &str = include_str!("../../deploy/local/clickhouse-conf
 /// The ClickHouse users file, shared with `deploy/local/stack.sh`.
 const CLICKHOUSE_USERS: &str = include_str!("../../deploy/local/clickhouse-users.xml");
 
-/// Where [`free_port`] starts looking.
-const FIRST_FIXED_PORT: u16 = 10_000;
+/// The lowest port [`free_port`] hands out.
+const FIRST_FIXED_PORT: u32 = 10_000;
 
 /// A loopback port nobody listens on right now, for a server started on it a moment later.
 ///
@@ -24,31 +24,38 @@ const FIRST_FIXED_PORT: u16 = 10_000;
 /// connections take their local ports from too, so in a busy test binary a client
 /// connection can take the port before the server binds it, or while a killed server is
 /// down (ClickHouse then exits with status 70, "Address already in use"). The ports handed
-/// out here lie below that range; each call takes the next one of a sequence that starts at
-/// a per-process offset, so two tests of one binary never get the same port.
+/// out here lie outside that range (below it, or above it where it starts low); each call
+/// takes the next one of a sequence that starts at a per-process offset, so two tests of one
+/// binary never get the same port.
 pub fn free_port() -> u16 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+    let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768);
-    let span = u32::from(ephemeral_low.saturating_sub(FIRST_FIXED_PORT));
-    if span < 1_000 {
-        // No room below the ephemeral range: the kernel's pick is the best there is.
+        .and_then(|range| {
+            let mut bounds = range.split_whitespace().map(|b| b.parse::<u32>().ok());
+            Some((bounds.next()??, bounds.next()??))
+        })
+        .unwrap_or((32_768, 60_999));
+    let (first, span) = if low >= FIRST_FIXED_PORT + 1_000 {
+        (FIRST_FIXED_PORT, low - FIRST_FIXED_PORT)
+    } else if high + 1_000 <= 65_535 {
+        (high + 1, 65_535 - high)
+    } else {
+        // No room outside the ephemeral range: the kernel's pick is the best there is.
         return TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("no free loopback port");
-    }
+    };
     let offset = std::process::id().wrapping_mul(7_919) % span;
     for _ in 0..span {
         let step = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = FIRST_FIXED_PORT + ((offset + step) % span) as u16;
+        let port = (first + (offset + step) % span) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
-    panic!("no free loopback port between {FIRST_FIXED_PORT} and {ephemeral_low}")
+    panic!("no free loopback port from {first} on")
 }
 
 fn binary(env: &str, name: &str) -> PathBuf {

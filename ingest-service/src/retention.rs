@@ -115,18 +115,26 @@ impl RetentionSettings {
         if !caps.ttl {
             return Vec::new();
         }
-        let mut out = Vec::new();
-        for (table, days) in self.tables() {
+        self.tables()
+            .iter()
+            .flat_map(|(table, days)| table.ttl_statements(db, *days, caps))
+            .collect()
+    }
+}
+
+impl RetainedTable {
+    /// The statements that give this table a TTL of `days` and, where the server can, make
+    /// the TTL drop whole parts.
+    fn ttl_statements(&self, db: &str, days: u32, caps: Capabilities) -> Vec<String> {
+        let mut out = vec![format!(
+            "ALTER TABLE `{db}`.{} MODIFY TTL {} + INTERVAL {days} DAY",
+            self.name, self.time_column
+        )];
+        if caps.ttl_only_drop_parts {
             out.push(format!(
-                "ALTER TABLE `{db}`.{} MODIFY TTL {} + INTERVAL {days} DAY",
-                table.name, table.time_column
+                "ALTER TABLE `{db}`.{} MODIFY SETTING ttl_only_drop_parts = 1",
+                self.name
             ));
-            if caps.ttl_only_drop_parts {
-                out.push(format!(
-                    "ALTER TABLE `{db}`.{} MODIFY SETTING ttl_only_drop_parts = 1",
-                    table.name
-                ));
-            }
         }
         out
     }
@@ -155,21 +163,8 @@ pub async fn apply_ttl(
             continue;
         }
         tracing::info!(table = table.name, days, "setting table TTL");
-        client
-            .query(&format!(
-                "ALTER TABLE `{db}`.{} MODIFY TTL {} + INTERVAL {days} DAY",
-                table.name, table.time_column
-            ))
-            .execute()
-            .await?;
-        if caps.ttl_only_drop_parts {
-            client
-                .query(&format!(
-                    "ALTER TABLE `{db}`.{} MODIFY SETTING ttl_only_drop_parts = 1",
-                    table.name
-                ))
-                .execute()
-                .await?;
+        for statement in table.ttl_statements(db, days, caps) {
+            client.query(&statement).execute().await?;
         }
     }
     Ok(())

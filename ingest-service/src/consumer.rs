@@ -151,16 +151,45 @@ impl Consumer {
     /// Runs until `cancel` fires, then hands over what it holds for one last, bounded write
     /// and returns. Messages not stored by then are simply not acknowledged: JetStream
     /// redelivers them.
+    ///
+    /// Every message the service holds gets an in-progress ack within the ack wait, or is
+    /// let go unread, so none comes back as a second delivery while the first is still on
+    /// its way to ClickHouse: a batch being filled is handed over within `batch.max_wait_ms`
+    /// (at most half the ack wait) and from then on is kept alive, by the hand-over or by the
+    /// writer; messages the client pulled ahead cannot be, so a pull the loop has not been
+    /// able to read for a third of the ack wait is dropped (see [`Self::hand_over`]).
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
         // One batch being written, one waiting in the writer, one filling (or waiting for
         // the writer): bounded memory, fetching overlaps with inserting, all kept alive.
-        let (outlet, intake) = crate::writer::hand_over();
+        let (mut outlet, intake) = crate::writer::hand_over();
         let stop_writer = CancellationToken::new();
         let mut writing = tokio::spawn(self.writer.clone().run(intake, stop_writer.clone()));
         let mut batch = Batch::default();
         let mut deadline = Instant::now();
         let mut reconnect = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        // Set when a pull ended: how long to wait before the next, and whether the durable
+        // must be declared again first.
+        let mut delay: Option<Duration> = None;
+        let mut redeclare = false;
         'connect: while !cancel.is_cancelled() {
+            // Between pulls the loop holds nothing: a batch begun goes to the writer, which
+            // keeps it alive through whatever the reconnection takes.
+            if !batch.is_empty() {
+                let mut no_pull = Duration::ZERO;
+                let handed = self.hand_over(&mut batch, &mut outlet, None, &mut no_pull, &cancel);
+                if handed.await.is_err() {
+                    break 'connect;
+                }
+            }
+            if let Some(delay) = delay.take() {
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = cancel.cancelled() => break 'connect,
+                }
+            }
+            if std::mem::take(&mut redeclare) && !self.recover_consumer(&cancel).await {
+                break 'connect;
+            }
             let messages = self
                 .consumer
                 .stream()
@@ -173,31 +202,39 @@ impl Consumer {
                 Ok(m) => m,
                 Err(error) => {
                     tracing::warn!(%error, "failed to start pulling messages, retrying");
-                    let missing = self.consumer_missing().await;
-                    tokio::select! {
-                        () = tokio::time::sleep(reconnect.next_delay(rand::random())) => {}
-                        () = cancel.cancelled() => break 'connect,
-                    }
-                    if missing && !self.recover_consumer(&cancel).await {
-                        break 'connect;
-                    }
+                    redeclare = self.consumer_missing().await;
+                    delay = Some(reconnect.next_delay(rand::random()));
                     continue 'connect;
                 }
             };
+            // How long the loop has been unable to read the pull since the client's buffer
+            // was last seen empty: the most the messages in that buffer have waited unread.
+            let mut unread = Duration::ZERO;
             loop {
                 let flush_at = tokio::time::Instant::from_std(deadline);
                 tokio::select! {
                     biased;
                     () = cancel.cancelled() => break 'connect,
                     () = tokio::time::sleep_until(flush_at), if !batch.is_empty() => {
-                        match self.hand_over(&mut batch, &outlet, messages, &cancel).await {
+                        match self.hand_over(&mut batch, &mut outlet, Some(messages), &mut unread, &cancel).await {
                             Ok(Some(pulling)) => messages = pulling,
                             Ok(None) => continue 'connect,
                             Err(Cancelled) => break 'connect,
                         }
                     }
-                    next = messages.next() => match next {
+                    next = std::future::poll_fn(|cx| {
+                        let next = messages.poll_next_unpin(cx);
+                        if next.is_pending() {
+                            unread = Duration::ZERO;
+                        }
+                        next
+                    }) => match next {
                         Some(Ok(message)) => {
+                            if unread >= self.stale_after() {
+                                // It may be on its way again already: let it go with the pull.
+                                self.pull_dropped(unread);
+                                continue 'connect;
+                            }
                             reconnect.reset();
                             self.writer.metrics.messages_received.inc();
                             match check_message(&message.subject, content_type(&message), &message.payload, now()) {
@@ -208,7 +245,7 @@ impl Consumer {
                                     }
                                     self.writer.metrics.pending_rows.set(batch.len() as i64);
                                     if batch.len() >= self.config.batch.max_rows || batch.bytes >= self.config.batch.max_bytes {
-                                        match self.hand_over(&mut batch, &outlet, messages, &cancel).await {
+                                        match self.hand_over(&mut batch, &mut outlet, Some(messages), &mut unread, &cancel).await {
                                             Ok(Some(pulling)) => messages = pulling,
                                             Ok(None) => continue 'connect,
                                             Err(Cancelled) => break 'connect,
@@ -216,7 +253,11 @@ impl Consumer {
                                     }
                                 }
                                 Err((reason, detail)) => {
-                                    if self.writer.dead_letters.send(&message, reason, &detail, &cancel).await.is_err() {
+                                    let sending = Instant::now();
+                                    let dead_letter = self.writer.dead_letters.send(&message, reason, &detail, &cancel);
+                                    let sent = self.writer.keeping_alive(&batch.messages, batch.started, dead_letter).await;
+                                    unread += sending.elapsed();
+                                    if sent.is_err() {
                                         break 'connect;
                                     }
                                 }
@@ -227,26 +268,22 @@ impl Consumer {
                             if matches!(error.kind(), MessagesErrorKind::ConsumerDeleted | MessagesErrorKind::NoResponders)
                                 && self.consumer_missing().await
                             {
-                                if !self.recover_consumer(&cancel).await {
-                                    break 'connect;
-                                }
+                                redeclare = true;
                                 continue 'connect;
                             }
                         }
                         None => {
                             tracing::warn!("message stream ended, pulling again");
-                            tokio::select! {
-                                () = tokio::time::sleep(reconnect.next_delay(rand::random())) => continue 'connect,
-                                () = cancel.cancelled() => break 'connect,
-                            }
+                            delay = Some(reconnect.next_delay(rand::random()));
+                            continue 'connect;
                         }
                     }
                 }
             }
         }
-        // Shutdown: hand the open batch to the writer if it has room right away, close the
-        // channel, and give the writer a short budget to finish (insert and acks): shutdown
-        // must not hang on a dead ClickHouse or NATS.
+        // Shutdown: hand the open batch to the writer if it has room right away, and give
+        // the writer a short budget to finish (insert and acks): shutdown must not hang on a
+        // dead ClickHouse or NATS.
         let rows = batch.len();
         if !batch.is_empty() && outlet.leave(std::mem::take(&mut batch)).is_err() {
             tracing::warn!(
@@ -267,50 +304,65 @@ impl Consumer {
         Ok(())
     }
 
-    /// Passes a full batch to the writer, waiting while it has no room and keeping the batch's
-    /// messages alive meanwhile (the writer may be retrying against a ClickHouse that is
-    /// down). Returns the pull `messages` if it is still on.
+    /// How long messages may wait unread in the client's buffer: a third of the ack wait,
+    /// so that with up to half of it in a filling batch they still get their first
+    /// in-progress ack in time.
+    fn stale_after(&self) -> Duration {
+        self.writer.ack_wait / 3
+    }
+
+    fn pull_dropped(&self, unread: Duration) {
+        self.writer.metrics.pulls_restarted.inc();
+        tracing::info!(
+            unread_ms = unread.as_millis() as u64,
+            "messages pulled ahead waited unread for a third of the ack wait: dropping the pull; they come back once, after their ack wait"
+        );
+    }
+
+    /// Passes the batch in hand to the writer, waiting while it has no room and keeping the
+    /// batch's messages alive meanwhile (the writer may be retrying against a ClickHouse
+    /// that is down).
     ///
-    /// A wait past half the ack wait ends the pull: what the client pulled ahead gets no
-    /// in-progress acks, and past the ack wait JetStream would deliver it again while the
-    /// first copies still sat in the client's buffer, so both would be stored. Dropped
-    /// unread, those messages come back once, to the next pull, after their ack wait.
+    /// `pull` is the pull in progress, if any, and `unread` how long the loop has been
+    /// unable to read it (grown by this wait). What the client pulled ahead gets no
+    /// in-progress acks: past the ack wait JetStream would deliver it again while the first
+    /// copies still sat in the client's buffer, and both would be stored. So once `unread`
+    /// reaches [`Self::stale_after`] the pull is dropped: unread, those messages come back
+    /// once, to the next pull, after their ack wait. Returns the pull if it is still on.
     async fn hand_over(
         &self,
         batch: &mut Batch,
-        outlet: &Outlet,
-        messages: pull::Stream,
+        outlet: &mut Outlet,
+        mut pull: Option<pull::Stream>,
+        unread: &mut Duration,
         cancel: &CancellationToken,
     ) -> Result<Option<pull::Stream>, Cancelled> {
-        let mut messages = Some(messages);
+        let waiting = Instant::now();
+        let before = *unread;
         let room = async {
-            let pull_ends = tokio::time::sleep(self.writer.ack_wait / 2);
+            let pull_ends = tokio::time::sleep(self.stale_after().saturating_sub(before));
             tokio::pin!(pull_ends);
             loop {
                 tokio::select! {
                     room = outlet.room() => return room,
                     () = cancel.cancelled() => return Err(Cancelled),
-                    () = &mut pull_ends, if messages.is_some() => {
-                        messages = None;
-                        self.writer.metrics.pulls_paused.inc();
-                        tracing::info!(
-                            rows = batch.len(),
-                            "the writer has had no room for half the ack wait: pausing the pull until it takes this batch"
-                        );
+                    () = &mut pull_ends, if pull.is_some() => {
+                        pull = None;
+                        self.pull_dropped(before + waiting.elapsed());
                     }
                 }
             }
         };
-        self.writer
+        let room = self
+            .writer
             .keeping_alive(&batch.messages, batch.started, room)
             .await?;
+        *unread = before + waiting.elapsed();
         self.writer.metrics.pending_rows.set(0);
         // The next batch is likely as large as this one.
         let capacity = batch.len();
-        outlet
-            .send(std::mem::replace(batch, Batch::with_capacity(capacity)))
-            .await?;
-        Ok(messages)
+        room.send(std::mem::replace(batch, Batch::with_capacity(capacity)))?;
+        Ok(pull)
     }
 }
 

@@ -54,7 +54,7 @@ pub struct Metrics {
     pub insert_retries: Counter,
     pub keep_alives: Counter,
     pub consumer_redeclared: Counter,
-    pub pulls_paused: Counter,
+    pub pulls_restarted: Counter,
     pub events_lost: Counter,
     pub events_unreachable: Gauge,
     pub consumer_pending: Gauge,
@@ -82,7 +82,7 @@ impl Metrics {
             insert_retries: Counter::default(),
             keep_alives: Counter::default(),
             consumer_redeclared: Counter::default(),
-            pulls_paused: Counter::default(),
+            pulls_restarted: Counter::default(),
             events_lost: Counter::default(),
             events_unreachable: Gauge::default(),
             consumer_pending: Gauge::default(),
@@ -151,9 +151,9 @@ impl Metrics {
             metrics.consumer_redeclared.clone(),
         );
         r.register(
-            "pulls_paused",
-            "Pulls ended because the writer had no room for a batch for half the ack wait (what they had fetched ahead is delivered again after the ack wait)",
-            metrics.pulls_paused.clone(),
+            "pulls_restarted",
+            "Pulls dropped and started again because messages pulled ahead waited unread for a third of the ack wait (they are delivered again after it)",
+            metrics.pulls_restarted.clone(),
         );
         r.register(
             "events_lost",

@@ -2,9 +2,8 @@
 //!
 //! The consume loop hands a full batch to the writer when the writer has room for it
 //! ([`hand_over`]): the one it writes and one waiting, both kept alive, so fetching and
-//! decoding overlaps with inserting, and no batch waits where nobody keeps it alive. Per
-//! batch: the INSERT
-//! succeeds, then every message is acknowledged. While a transient failure is retried the
+//! decoding overlaps with inserting, and no batch waits between the two where nobody keeps
+//! it alive. Per batch: the INSERT succeeds, then every message is acknowledged. While a transient failure is retried the
 //! messages are kept alive with in-progress acks so JetStream does not hand them to another
 //! replica. A permanent failure bisects the batch until the bad rows are alone, and those go
 //! to the dead-letter stream. In-progress acks go out on a timer for as long as the batch is
@@ -22,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
 use sightline_shared::Backoff;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::deadletter::{Cancelled, DeadLetters};
@@ -83,69 +82,80 @@ impl Batch {
 
 /// The way from the consume loop to the writer: a batch passes only when the writer has room
 /// to take it into its own hands (to write it, or to hold it, kept alive, while it writes
-/// the one before). A batch queued between them would get no in-progress acks from either side,
-/// and with ClickHouse down for longer than the ack wait JetStream would deliver its
+/// the one before). A batch queued between them would get no in-progress acks from either
+/// side, and with ClickHouse down for longer than the ack wait JetStream would deliver its
 /// messages a second time while the first copies still waited: stored twice, and counted
 /// twice by the rollups for good.
+///
+/// The writer asks for each batch with a one-shot channel and asks again only once it came,
+/// so there is never more than one batch's room on offer.
 pub fn hand_over() -> (Outlet, Intake) {
-    let (tx, rx) = mpsc::channel(1);
-    let free = Arc::new(Semaphore::new(0));
+    let (requests, asked) = mpsc::channel(1);
     (
-        Outlet {
-            tx,
-            free: free.clone(),
+        Outlet { asked },
+        Intake {
+            requests,
+            waiting: None,
         },
-        Intake { rx, free },
     )
 }
 
 /// The consume loop's end of [`hand_over`].
 #[derive(Debug)]
 pub struct Outlet {
-    tx: mpsc::Sender<Batch>,
-    /// A permit while the writer has room for a batch.
-    free: Arc<Semaphore>,
+    /// The writer's open request for a batch, while it has room.
+    asked: mpsc::Receiver<oneshot::Sender<Batch>>,
+}
+
+/// Room in the writer for one batch.
+#[derive(Debug)]
+pub struct Room(oneshot::Sender<Batch>);
+
+impl Room {
+    /// Passes `batch` to the writer; an error if the writer has gone.
+    pub fn send(self, batch: Batch) -> Result<(), Cancelled> {
+        self.0.send(batch).map_err(|_| Cancelled)
+    }
 }
 
 impl Outlet {
     /// Waits until the writer has room for a batch; an error if it is gone.
-    pub async fn room(&self) -> Result<(), Cancelled> {
-        tokio::select! {
-            permit = self.free.acquire() => {
-                permit.map_err(|_| Cancelled)?.forget();
-                Ok(())
-            }
-            () = self.tx.closed() => Err(Cancelled),
+    pub async fn room(&mut self) -> Result<Room, Cancelled> {
+        self.asked.recv().await.map(Room).ok_or(Cancelled)
+    }
+
+    /// At shutdown: passes `batch` to the writer if it has room right now; gives it back
+    /// otherwise.
+    pub fn leave(&mut self, batch: Batch) -> Result<(), Batch> {
+        match self.asked.try_recv() {
+            Ok(room) => room.send(batch),
+            Err(_) => Err(batch),
         }
-    }
-
-    /// Passes `batch` to the writer after [`Self::room`].
-    pub async fn send(&self, batch: Batch) -> Result<(), Cancelled> {
-        self.tx.send(batch).await.map_err(|_| Cancelled)
-    }
-
-    /// At shutdown: leaves `batch` for the writer to take after the one in hand, if there
-    /// is room; gives it back otherwise.
-    pub fn leave(&self, batch: Batch) -> Result<(), Batch> {
-        self.tx.try_send(batch).map_err(|e| e.into_inner())
     }
 }
 
 /// The writer's end of [`hand_over`].
 #[derive(Debug)]
 pub struct Intake {
-    rx: mpsc::Receiver<Batch>,
-    free: Arc<Semaphore>,
+    requests: mpsc::Sender<oneshot::Sender<Batch>>,
+    /// The request made and not answered yet.
+    waiting: Option<oneshot::Receiver<Batch>>,
 }
 
 impl Intake {
-    /// Says the writer has room and waits for the next batch; `None` once the consume loop
-    /// has gone.
+    /// Offers room for one batch and waits for it; `None` once the consume loop has gone.
+    /// Dropped before the batch came, the offer stands, and the next call waits for the
+    /// same batch.
     async fn recv(&mut self) -> Option<Batch> {
-        if self.free.available_permits() == 0 {
-            self.free.add_permits(1);
+        if self.waiting.is_none() {
+            let (room, answer) = oneshot::channel();
+            // Never waits: the one request at a time fits the channel.
+            self.requests.send(room).await.ok()?;
+            self.waiting = Some(answer);
         }
-        self.rx.recv().await
+        let batch = self.waiting.as_mut()?.await.ok();
+        self.waiting = None;
+        batch
     }
 }
 
@@ -232,6 +242,9 @@ impl Writer {
         since: Instant,
         work: impl Future<Output = T>,
     ) -> T {
+        if messages.is_empty() {
+            return work.await;
+        }
         let every = self.ack_wait / 3;
         let first = tokio::time::Instant::from_std(since + every).max(tokio::time::Instant::now());
         let mut ticker = tokio::time::interval_at(first, every);
@@ -384,25 +397,26 @@ mod tests {
     #[tokio::test]
     async fn a_batch_passes_only_when_the_writer_has_room() {
         let short = Duration::from_millis(50);
-        let (outlet, mut intake) = hand_over();
+        let (mut outlet, mut intake) = hand_over();
         assert!(
             tokio::time::timeout(short, outlet.room()).await.is_err(),
-            "room before the writer asked for a batch"
+            "room before the writer offered it"
         );
-        let writer = tokio::spawn(async move {
-            let batch = intake.recv().await;
-            (batch, intake)
-        });
-        outlet.room().await.unwrap();
-        outlet.send(Batch::default()).await.unwrap();
-        let (batch, intake) = writer.await.unwrap();
-        assert!(batch.is_some());
+        // An offer dropped before its batch came still stands, once.
+        assert!(tokio::time::timeout(short, intake.recv()).await.is_err());
+        assert!(tokio::time::timeout(short, intake.recv()).await.is_err());
+        let room = outlet.room().await.unwrap();
         assert!(
             tokio::time::timeout(short, outlet.room()).await.is_err(),
-            "room again before the writer asked again"
+            "room for two batches"
+        );
+        room.send(Batch::with_capacity(7)).unwrap();
+        assert!(intake.recv().await.is_some());
+        assert!(
+            outlet.leave(Batch::default()).is_err(),
+            "room again before the writer offered it"
         );
         drop(intake);
         assert!(outlet.room().await.is_err(), "the writer is gone");
-        assert!(outlet.leave(Batch::default()).is_err());
     }
 }

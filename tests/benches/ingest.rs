@@ -199,6 +199,11 @@ async fn main() -> anyhow::Result<()> {
         quantile(&text, "sightline_ingest_insert_duration_seconds", 0.95) * 1000.0,
         metric(&text, "sightline_ingest_inserts_total", "Ok"),
     );
+    println!(
+        "  messages received: {}, pulls restarted: {}",
+        metric(&text, "sightline_ingest_messages_received_total", ""),
+        metric(&text, "sightline_ingest_pulls_restarted_total", ""),
+    );
     let stored: u64 = clickhouse
         .query("SELECT count() FROM (SELECT event_id FROM sightline.events LIMIT 1 BY event_id)")
         .await?

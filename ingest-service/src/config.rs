@@ -73,8 +73,8 @@ pub struct ConsumerSettings {
     /// Durable consumer name; all replicas of the service share it.
     pub durable_name: String,
     /// How long JetStream waits for an ack before redelivering, in seconds. Messages in
-    /// hand get in-progress acks three times per wait; a writer without room for a batch for half of it pauses
-    /// the pull.
+    /// hand get in-progress acks three times per wait; messages fetched ahead that may have
+    /// waited unread for a quarter of it are let go with their pull.
     pub ack_wait_secs: u64,
     /// Most unacknowledged messages across all replicas.
     pub max_ack_pending: i64,

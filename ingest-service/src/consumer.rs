@@ -6,6 +6,7 @@
 //! never be stored (undecodable, invalid, on the wrong subject) go to the dead-letter stream
 //! right here.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -66,6 +67,61 @@ pub fn content_type(message: &jetstream::Message) -> Option<&str> {
         })
         .and_then(|(_, values)| values.first())
         .map(|value| value.as_str())
+}
+
+/// How long the messages in the client's buffer may have waited unread: the loop's waits
+/// (hand-overs, dead-letter sends, questions to the server) since the buffer was last seen
+/// empty. A wait stops counting once the loop has read as many messages as the buffer can
+/// have held after it: async-nats asks for the next `fetch_batch` once half the last one is
+/// read (1.5 pulls buffered), and its background task sends up to two more when pulls expire
+/// while nobody reads; four pulls' worth covers both.
+#[derive(Debug)]
+struct Unread {
+    /// Each wait counted, with the read count by which all it could have aged is read.
+    waits: VecDeque<(Duration, u64)>,
+    longest: Duration,
+    reads: u64,
+    buffer: u64,
+}
+
+impl Unread {
+    fn new(fetch_batch: usize) -> Self {
+        Self {
+            waits: VecDeque::new(),
+            longest: Duration::ZERO,
+            reads: 0,
+            buffer: 4 * fetch_batch as u64,
+        }
+    }
+
+    /// The longest any message in the buffer may have waited unread.
+    fn longest(&self) -> Duration {
+        self.longest
+    }
+
+    /// The loop could not read for `time`.
+    fn waited(&mut self, time: Duration) {
+        self.longest += time;
+        self.waits.push_back((time, self.reads + self.buffer));
+    }
+
+    /// One message read: waits whose messages have all been read stop counting.
+    fn read(&mut self) {
+        self.reads += 1;
+        while let Some(&(time, until)) = self.waits.front() {
+            if until > self.reads {
+                break;
+            }
+            self.longest -= time;
+            self.waits.pop_front();
+        }
+    }
+
+    /// The buffer was seen empty.
+    fn caught_up(&mut self) {
+        self.waits.clear();
+        self.longest = Duration::ZERO;
+    }
 }
 
 /// The consume loop's state.
@@ -156,8 +212,9 @@ impl Consumer {
     /// let go unread, so none comes back as a second delivery while the first is still on
     /// its way to ClickHouse: a batch being filled is handed over within `batch.max_wait_ms`
     /// (at most half the ack wait) and from then on is kept alive, by the hand-over or by the
-    /// writer; messages the client pulled ahead cannot be, so a pull the loop has not been
-    /// able to read for a third of the ack wait is dropped (see [`Self::hand_over`]).
+    /// writer; messages the client pulled ahead cannot be, so a pull whose buffered messages
+    /// may have waited unread for a quarter of the ack wait is dropped (see [`Unread`] and
+    /// [`Self::hand_over`]).
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
         // One batch being written, one waiting in the writer, one filling (or waiting for
         // the writer): bounded memory, fetching overlaps with inserting, all kept alive.
@@ -175,7 +232,7 @@ impl Consumer {
             // Between pulls the loop holds nothing: a batch begun goes to the writer, which
             // keeps it alive through whatever the reconnection takes.
             if !batch.is_empty() {
-                let mut no_pull = Duration::ZERO;
+                let mut no_pull = Unread::new(0);
                 let handed = self.hand_over(&mut batch, &mut outlet, None, &mut no_pull, &cancel);
                 if handed.await.is_err() {
                     break 'connect;
@@ -207,9 +264,7 @@ impl Consumer {
                     continue 'connect;
                 }
             };
-            // How long the loop has been unable to read the pull since the client's buffer
-            // was last seen empty: the most the messages in that buffer have waited unread.
-            let mut unread = Duration::ZERO;
+            let mut unread = Unread::new(self.config.consumer.fetch_batch);
             loop {
                 let flush_at = tokio::time::Instant::from_std(deadline);
                 tokio::select! {
@@ -224,17 +279,20 @@ impl Consumer {
                     }
                     next = std::future::poll_fn(|cx| {
                         let next = messages.poll_next_unpin(cx);
-                        if next.is_pending() {
-                            unread = Duration::ZERO;
+                        // Pending with budget left: the client's buffer is empty. (Out of
+                        // budget, tokio's channels say Pending whatever they hold.)
+                        if next.is_pending() && tokio::task::coop::has_budget_remaining() {
+                            unread.caught_up();
                         }
                         next
                     }) => match next {
                         Some(Ok(message)) => {
-                            if unread >= self.stale_after() {
+                            if unread.longest() >= self.stale_after() {
                                 // It may be on its way again already: let it go with the pull.
-                                self.pull_dropped(unread);
+                                self.pull_dropped(unread.longest());
                                 continue 'connect;
                             }
+                            unread.read();
                             reconnect.reset();
                             self.writer.metrics.messages_received.inc();
                             match check_message(&message.subject, content_type(&message), &message.payload, now()) {
@@ -255,8 +313,10 @@ impl Consumer {
                                 Err((reason, detail)) => {
                                     let sending = Instant::now();
                                     let dead_letter = self.writer.dead_letters.send(&message, reason, &detail, &cancel);
-                                    let sent = self.writer.keeping_alive(&batch.messages, batch.started, dead_letter).await;
-                                    unread += sending.elapsed();
+                                    let dead_letter = self.writer.keeping_alive(std::slice::from_ref(&message), sending, dead_letter);
+                                    // Boxed: a cold path that would otherwise make the loop's future large.
+                                    let sent = Box::pin(self.writer.keeping_alive(&batch.messages, batch.started, dead_letter)).await;
+                                    unread.waited(sending.elapsed());
                                     if sent.is_err() {
                                         break 'connect;
                                     }
@@ -265,9 +325,12 @@ impl Consumer {
                         }
                         Some(Err(error)) => {
                             tracing::warn!(%error, "error while pulling messages");
-                            if matches!(error.kind(), MessagesErrorKind::ConsumerDeleted | MessagesErrorKind::NoResponders)
-                                && self.consumer_missing().await
-                            {
+                            let asking = Instant::now();
+                            let writer = self.writer.clone();
+                            let missing = matches!(error.kind(), MessagesErrorKind::ConsumerDeleted | MessagesErrorKind::NoResponders)
+                                && Box::pin(writer.keeping_alive(&batch.messages, batch.started, self.consumer_missing())).await;
+                            unread.waited(asking.elapsed());
+                            if missing {
                                 redeclare = true;
                                 continue 'connect;
                             }
@@ -301,21 +364,25 @@ impl Consumer {
         };
         joined.map_err(|e| anyhow::anyhow!("the write stage failed: {e}"))?;
         self.writer.metrics.pending_rows.set(0);
+        anyhow::ensure!(
+            cancel.is_cancelled(),
+            "the consume loop stopped unasked: the write stage is gone"
+        );
         Ok(())
     }
 
-    /// How long messages may wait unread in the client's buffer: a third of the ack wait,
+    /// How long messages may wait unread in the client's buffer: a quarter of the ack wait,
     /// so that with up to half of it in a filling batch they still get their first
-    /// in-progress ack in time.
+    /// in-progress ack in time, with a quarter left for reading, decoding and sending.
     fn stale_after(&self) -> Duration {
-        self.writer.ack_wait / 3
+        self.writer.ack_wait / 4
     }
 
     fn pull_dropped(&self, unread: Duration) {
         self.writer.metrics.pulls_restarted.inc();
         tracing::info!(
             unread_ms = unread.as_millis() as u64,
-            "messages pulled ahead waited unread for a third of the ack wait: dropping the pull; they come back once, after their ack wait"
+            "messages pulled ahead waited unread for a quarter of the ack wait: dropping the pull; they come back once, after their ack wait"
         );
     }
 
@@ -323,8 +390,8 @@ impl Consumer {
     /// batch's messages alive meanwhile (the writer may be retrying against a ClickHouse
     /// that is down).
     ///
-    /// `pull` is the pull in progress, if any, and `unread` how long the loop has been
-    /// unable to read it (grown by this wait). What the client pulled ahead gets no
+    /// `pull` is the pull in progress, if any, and `unread` how long its buffered messages
+    /// may have waited (grown by this wait). What the client pulled ahead gets no
     /// in-progress acks: past the ack wait JetStream would deliver it again while the first
     /// copies still sat in the client's buffer, and both would be stored. So once `unread`
     /// reaches [`Self::stale_after`] the pull is dropped: unread, those messages come back
@@ -334,11 +401,11 @@ impl Consumer {
         batch: &mut Batch,
         outlet: &mut Outlet,
         mut pull: Option<pull::Stream>,
-        unread: &mut Duration,
+        unread: &mut Unread,
         cancel: &CancellationToken,
     ) -> Result<Option<pull::Stream>, Cancelled> {
         let waiting = Instant::now();
-        let before = *unread;
+        let before = unread.longest();
         let room = async {
             let pull_ends = tokio::time::sleep(self.stale_after().saturating_sub(before));
             tokio::pin!(pull_ends);
@@ -357,7 +424,7 @@ impl Consumer {
             .writer
             .keeping_alive(&batch.messages, batch.started, room)
             .await?;
-        *unread = before + waiting.elapsed();
+        unread.waited(waiting.elapsed());
         self.writer.metrics.pending_rows.set(0);
         // The next batch is likely as large as this one.
         let capacity = batch.len();
@@ -391,6 +458,31 @@ mod tests {
             description: None,
             attributes: Default::default(),
         }
+    }
+
+    #[test]
+    fn waits_count_until_what_they_aged_is_read() {
+        let ms = Duration::from_millis;
+        let mut unread = Unread::new(2); // a buffer of 8 messages
+        unread.waited(ms(100));
+        for _ in 0..5 {
+            unread.read();
+        }
+        unread.waited(ms(50));
+        assert_eq!(unread.longest(), ms(150));
+        for _ in 0..3 {
+            unread.read();
+        }
+        assert_eq!(
+            unread.longest(),
+            ms(50),
+            "the first wait's messages are all read"
+        );
+        unread.waited(ms(20));
+        unread.caught_up();
+        assert_eq!(unread.longest(), Duration::ZERO);
+        unread.read();
+        assert_eq!(unread.longest(), Duration::ZERO);
     }
 
     #[test]

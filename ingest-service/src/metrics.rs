@@ -152,7 +152,7 @@ impl Metrics {
         );
         r.register(
             "pulls_restarted",
-            "Pulls dropped and started again because messages pulled ahead waited unread for a third of the ack wait (they are delivered again after it)",
+            "Pulls dropped and started again because messages pulled ahead may have waited unread for a quarter of the ack wait (they are delivered again after it)",
             metrics.pulls_restarted.clone(),
         );
         r.register(

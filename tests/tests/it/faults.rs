@@ -148,18 +148,20 @@ async fn assert_stored_once(
     Ok(metrics)
 }
 
-/// ClickHouse slow rather than down: each answer comes 0.6 s late, well under half the ack wait,
-/// and batches are smaller than a pull, so messages pulled ahead wait unread through several
-/// hand-overs in a row. Their waits add up; the pull is dropped before they reach the ack
-/// wait, and each event is stored once.
+/// ClickHouse slow rather than down: each answer comes 0.35 s late, under the quarter of
+/// the ack wait that one wait may take, and batches (150 rows: more than tokio's budget of
+/// reads per poll, after which a channel says Pending whatever it holds) are smaller than a
+/// pull (1,000), so messages pulled ahead wait unread through several hand-overs in a row.
+/// Their waits add up; the pull is dropped before they reach the ack wait, and each event
+/// is stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_clickhouse_and_small_batches_double_nothing() -> anyhow::Result<()> {
     let mut proxy = None;
     let stack = Stack::start_with(|c| {
         proxy = Some(slow_clickhouse(c));
         c.consumer.ack_wait_secs = 2;
-        c.consumer.fetch_batch = 500;
-        c.batch.max_rows = 100;
+        c.consumer.fetch_batch = 1_000;
+        c.batch.max_rows = 150;
     })
     .await?;
     let proxy = proxy.expect("proxy started");
@@ -167,11 +169,11 @@ async fn a_slow_clickhouse_and_small_batches_double_nothing() -> anyhow::Result<
         .clickhouse
         .query("SYSTEM STOP MERGES sightline.events")
         .await?;
-    proxy.set_delay(Duration::from_millis(600));
-    let events = known_events("edge-s", "slow-small", 1000);
+    proxy.set_delay(Duration::from_millis(350));
+    let events = known_events("edge-s", "slow-small", 3000);
     let detections: usize = events.iter().map(|e| e.detections.len()).sum();
     stack.publish(events, Encoding::Bincode).await?;
-    assert_stored_once(&stack, "slow-small", 1000, detections).await?;
+    assert_stored_once(&stack, "slow-small", 3000, detections).await?;
     proxy.set_delay(Duration::ZERO);
     stack.stop().await
 }

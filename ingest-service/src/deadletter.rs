@@ -94,9 +94,14 @@ impl DeadLetters {
             "message could not be stored; kept in the dead-letter stream"
         );
         self.metrics.dead_letter(reason);
-        if let Err(error) = message.ack_with(AckKind::Term).await {
-            // The dead letter is safe; a redelivery would only make a duplicate dead letter,
-            // which the Nats-Msg-Id above suppresses.
+        // The dead letter is safe; a redelivery would only make a duplicate dead letter,
+        // which the Nats-Msg-Id above suppresses. So shutdown does not wait for the ack
+        // behind a NATS that is gone.
+        let terminated = tokio::select! {
+            terminated = message.ack_with(AckKind::Term) => terminated,
+            () = cancel.cancelled() => return Err(Cancelled),
+        };
+        if let Err(error) = terminated {
             tracing::warn!(%error, sequence, "failed to terminate dead-lettered message");
             self.metrics.ack_errors.inc();
         }

@@ -68,8 +68,8 @@ pub struct ModelConfig {
     pub intra_threads: usize,
     /// `shared`: one session for all cameras (default; least memory), or `per_camera`.
     pub sessions: SessionSharing,
-    /// The ONNX Runtime library (`libonnxruntime.so`); unset: `ORT_DYLIB_PATH`, then
-    /// /usr/lib/sightline/libonnxruntime.so.
+    /// The ONNX Runtime library (`libonnxruntime.so`); unset: `ORT_DYLIB_PATH`, then the
+    /// first of [`crate::detect::LIBRARY_PLACES`] that exists.
     pub onnxruntime_library: Option<PathBuf>,
 }
 

@@ -148,10 +148,7 @@ impl Budget {
             return Ok(rotation);
         }
         let today = day_of(now_ms);
-        let corrupt: Vec<(i32, PathBuf)> = moved_aside(buffer.path())
-            .into_iter()
-            .map(|(secs, path)| (day_of(secs.saturating_mul(1000)), path))
-            .collect();
+        let corrupt = moved_aside(buffer.path());
         let mut days = buffer.days()?;
         days.extend(folder_days(data_dir));
         days.extend(corrupt.iter().map(|(day, _)| *day));

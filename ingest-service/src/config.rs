@@ -151,7 +151,7 @@ impl Validate for IngestConfig {
         if self.consumer.ack_wait_secs < 2 {
             return invalid("consumer.ack_wait_secs", "must be at least 2");
         }
-        if self.batch.max_wait_ms > self.consumer.ack_wait_secs * 500 {
+        if self.batch.max_wait() > Duration::from_secs(self.consumer.ack_wait_secs) / 2 {
             return invalid(
                 "batch.max_wait_ms",
                 "must be at most half of consumer.ack_wait_secs, or the first messages of a filling batch are delivered again",
@@ -194,11 +194,12 @@ impl Validate for IngestConfig {
         if self.stream.replicas == 0 || self.stream.replicas > 5 {
             return invalid("stream.replicas", "must be 1 to 5");
         }
-        // The same bounds as the chart's values.schema.json.
+        // The same bounds as the chart's values.schema.json; 246, not 253, characters so
+        // the schema Lease (`<lease_name>-schema`) is a valid name too.
         let l = &self.leader;
         let label = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
         if l.lease_name.is_empty()
-            || l.lease_name.len() > 253
+            || l.lease_name.len() > 246
             || !l.lease_name.starts_with(label)
             || !l.lease_name.ends_with(label)
             || !l
@@ -208,7 +209,7 @@ impl Validate for IngestConfig {
         {
             return invalid(
                 "leader.lease_name",
-                "must be a Kubernetes object name: lower-case letters, digits, '-' and '.'",
+                "must be a Kubernetes object name of at most 246 characters: lower-case letters, digits, '-' and '.'",
             );
         }
         if !(1..=3600).contains(&l.renew_interval_secs) {
@@ -260,6 +261,10 @@ mod tests {
             ),
             ("[leader]\nlease_name = \"Bad_Name\"", "leader.lease_name"),
             ("[leader]\nlease_name = \"-x\"", "leader.lease_name"),
+            (
+                &format!("[leader]\nlease_name = \"{}\"", "a".repeat(247)),
+                "leader.lease_name",
+            ),
             (
                 "[consumer]\ninfo_interval_secs = 0",
                 "consumer.info_interval_secs",

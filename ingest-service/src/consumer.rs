@@ -1,5 +1,5 @@
 //! The consume loop: fetch, decode and validate, batch by rows, bytes and time, and hand
-//! full batches to the [`crate::writer`], which inserts and then acknowledges.
+//! batches (full, or due by time) to the [`crate::writer`], which inserts and then acknowledges.
 //!
 //! A crash between an INSERT and its acks redelivers the batch, and the `ReplacingMergeTree`
 //! plus `LIMIT 1 BY event_id` on reads make the second copy invisible. Messages that can
@@ -26,7 +26,7 @@ use crate::metrics::DeadLetterReason;
 use crate::schema::EventRow;
 use crate::writer::{Batch, Outlet, Writer};
 
-/// How long the flush at shutdown may take before the batch is left to redelivery.
+/// How long the flush at shutdown may take before the batches in hand are left to redelivery.
 const LAST_FLUSH: Duration = Duration::from_secs(5);
 
 /// Checks one message: content type, payload, contract, and that the event came on its own
@@ -162,8 +162,8 @@ impl Consumer {
     }
 
     /// Whether the server says the durable does not exist (not merely unreachable).
-    async fn consumer_missing(&mut self) -> bool {
-        match self.consumer.info().await {
+    async fn consumer_missing(consumer: &mut PullConsumer) -> bool {
+        match consumer.info().await {
             Ok(_) => false,
             Err(error) => {
                 tracing::debug!(%error, "consumer info");
@@ -222,7 +222,6 @@ impl Consumer {
         let stop_writer = CancellationToken::new();
         let mut writing = tokio::spawn(self.writer.clone().run(intake, stop_writer.clone()));
         let mut batch = Batch::default();
-        let mut deadline = Instant::now();
         let mut reconnect = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         // Set when a pull ended: how long to wait before the next, and whether the durable
         // must be declared again first.
@@ -259,14 +258,15 @@ impl Consumer {
                 Ok(m) => m,
                 Err(error) => {
                     tracing::warn!(%error, "failed to start pulling messages, retrying");
-                    redeclare = self.consumer_missing().await;
+                    redeclare = Self::consumer_missing(&mut self.consumer).await;
                     delay = Some(reconnect.next_delay(rand::random()));
                     continue 'connect;
                 }
             };
             let mut unread = Unread::new(self.config.consumer.fetch_batch);
             loop {
-                let flush_at = tokio::time::Instant::from_std(deadline);
+                let flush_at =
+                    tokio::time::Instant::from_std(batch.started + self.config.batch.max_wait());
                 tokio::select! {
                     biased;
                     () = cancel.cancelled() => break 'connect,
@@ -298,9 +298,6 @@ impl Consumer {
                             match check_message(&message.subject, content_type(&message), &message.payload, now()) {
                                 Ok(event) => {
                                     batch.push(message, EventRow::from(event));
-                                    if batch.len() == 1 {
-                                        deadline = batch.started + self.config.batch.max_wait();
-                                    }
                                     self.writer.metrics.pending_rows.set(batch.len() as i64);
                                     if batch.len() >= self.config.batch.max_rows || batch.bytes >= self.config.batch.max_bytes {
                                         match self.hand_over(&mut batch, &mut outlet, Some(messages), &mut unread, &cancel).await {
@@ -326,9 +323,8 @@ impl Consumer {
                         Some(Err(error)) => {
                             tracing::warn!(%error, "error while pulling messages");
                             let asking = Instant::now();
-                            let writer = self.writer.clone();
                             let missing = matches!(error.kind(), MessagesErrorKind::ConsumerDeleted | MessagesErrorKind::NoResponders)
-                                && Box::pin(writer.keeping_alive(&batch.messages, batch.started, self.consumer_missing())).await;
+                                && Box::pin(self.writer.keeping_alive(&batch.messages, batch.started, Self::consumer_missing(&mut self.consumer))).await;
                             unread.waited(asking.elapsed());
                             if missing {
                                 redeclare = true;

@@ -1,6 +1,6 @@
 //! The write stage: one batch at a time, INSERT then ack.
 //!
-//! The consume loop hands a full batch to the writer when the writer has room for it
+//! The consume loop hands a batch (full, or due) to the writer when the writer has room for it
 //! ([`hand_over`]): the one it writes and one waiting, both kept alive, so fetching and
 //! decoding overlaps with inserting, and no batch waits between the two where nobody keeps
 //! it alive. Per batch: the INSERT succeeds, then every message is acknowledged. While a transient failure is retried the
@@ -174,32 +174,27 @@ pub struct Writer {
 
 impl Writer {
     /// Writes batches from `intake` until the consume loop has gone, or until `stop` fires
-    /// (then the batch in hand is dropped unacknowledged, and JetStream redelivers it).
+    /// (then the batches in hand, the one written and the next, are dropped unacknowledged,
+    /// and JetStream redelivers them).
     pub async fn run(self, mut intake: Intake, stop: CancellationToken) {
         // The batch taken while the one before it was written, kept alive meanwhile.
         let mut next: Option<Batch> = None;
-        let mut open = true;
         loop {
             let mut batch = match next.take() {
                 Some(batch) => batch,
-                None if open => match intake.recv().await {
+                None => match intake.recv().await {
                     Some(batch) => batch,
                     None => return,
                 },
-                None => return,
             };
             let rows = batch.len();
+            // Once the consume loop has gone, `recv` says so at once: nothing more to take.
             let take_next = async {
-                if open {
-                    match intake.recv().await {
-                        Some(waiting) => {
-                            let waiting = next.insert(waiting);
-                            let forever = std::future::pending::<()>();
-                            self.keeping_alive(&waiting.messages, waiting.started, forever)
-                                .await;
-                        }
-                        None => open = false,
-                    }
+                if let Some(waiting) = intake.recv().await {
+                    let waiting = next.insert(waiting);
+                    let forever = std::future::pending::<()>();
+                    self.keeping_alive(&waiting.messages, waiting.started, forever)
+                        .await;
                 }
                 std::future::pending::<std::convert::Infallible>().await
             };
@@ -233,9 +228,10 @@ impl Writer {
     }
 
     /// Runs `work` while sending in-progress acks for `messages` three times per ack wait,
-    /// counted from `since` (when the first of them came, so a batch moving from the consume
-    /// loop to the writer does not start its count again), so JetStream does not redeliver
-    /// them meanwhile.
+    /// so JetStream does not redeliver them meanwhile. The first round is due a third of the
+    /// wait after `since` (when the first of them came), or at once if that has passed: a
+    /// batch changing hands after that gets a round from its new keeper right away, even if
+    /// the last one sent one a moment before (a round more, never a gap).
     pub(crate) async fn keeping_alive<T>(
         &self,
         messages: &[jetstream::Message],

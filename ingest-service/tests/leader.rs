@@ -221,13 +221,12 @@ async fn schema_work_runs_one_replica_at_a_time() {
         candidate(&client, "ingest-b"),
         candidate(&client, "ingest-c"),
     );
-    let ran = tokio::time::timeout(
+    tokio::time::timeout(
         Duration::from_secs(20),
         futures::future::join3(a.hold(job("a")), b.hold(job("b")), c.hold(job("c"))),
     )
     .await
     .expect("every replica got its turn");
-    assert_eq!(ran, ("a", "b", "c"));
     assert_eq!(
         most.load(std::sync::atomic::Ordering::SeqCst),
         1,

@@ -218,14 +218,11 @@ pub fn decode_as(content_type: ContentType, payload: &[u8]) -> Result<DetectionE
     Ok(event)
 }
 
-/// Decodes a `T` from the front of a bincode payload (within the size limit) and returns how
-/// many bytes it used.
+/// Decodes a `T` from the front of a bincode payload (its size checked by the caller) and
+/// returns how many bytes it used.
 fn bincode_prefix<T: serde::de::DeserializeOwned>(
     payload: &[u8],
 ) -> Result<(T, usize), CodecError> {
-    if payload.len() > MAX_PAYLOAD_BYTES {
-        return Err(CodecError::TooLarge { len: payload.len() });
-    }
     bincode::serde::decode_from_slice(payload, bincode_config()).map_err(|e| {
         CodecError::Malformed {
             encoding: Encoding::Bincode,
@@ -262,6 +259,9 @@ impl From<&DetectionEvent> for EventHead {
 /// the payload is not checked: a consumer decodes it whole (and dead-letters it if it is
 /// malformed).
 pub fn decode_head(payload: &[u8]) -> Result<EventHead, CodecError> {
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(CodecError::TooLarge { len: payload.len() });
+    }
     let (head, _): (EventHead, usize) = bincode_prefix(payload)?;
     if head.schema_version != SCHEMA_VERSION {
         return Err(CodecError::UnsupportedVersion {

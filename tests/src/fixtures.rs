@@ -58,6 +58,30 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port from {first} on")
 }
 
+/// Reads with `read` every 200 ms until `ready` holds for what it read, at most `timeout`:
+/// `Ok(Ok(reading))` then, `Ok(Err(last reading))` past the timeout (for the caller to say
+/// what never came), `Err` if a read failed.
+pub async fn poll_until<T, F>(
+    timeout: Duration,
+    mut read: impl FnMut() -> F,
+    ready: impl Fn(&T) -> bool,
+) -> anyhow::Result<Result<T, T>>
+where
+    F: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let reading = read().await?;
+        if ready(&reading) {
+            return Ok(Ok(reading));
+        }
+        if Instant::now() >= deadline {
+            return Ok(Err(reading));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn binary(env: &str, name: &str) -> PathBuf {
     if let Ok(path) = std::env::var(env) {
         return path.into();
@@ -71,8 +95,20 @@ fn binary(env: &str, name: &str) -> PathBuf {
     name.into()
 }
 
-/// Waits until `child` listens on `port`; a failure carries the end of its logs.
+/// Waits until `child` listens on `port`; a failure carries the end of its logs. Called in
+/// a multi-thread runtime (a test restarting a server under running services), the wait
+/// lets the runtime move its other tasks to another worker meanwhile.
 fn wait_for_port(port: u16, child: &mut Child, what: &str, logs: &[PathBuf]) -> anyhow::Result<()> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(runtime) if runtime.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| poll_port(port, child, what, logs))
+        }
+        _ => poll_port(port, child, what, logs),
+    }
+}
+
+fn poll_port(port: u16, child: &mut Child, what: &str, logs: &[PathBuf]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     while Instant::now() < deadline {
@@ -323,17 +359,17 @@ impl KillOnDrop {
         &mut self,
         timeout: Duration,
     ) -> anyhow::Result<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.0.try_wait()? {
-                return Ok(status);
-            }
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "process {} did not exit within {timeout:?}",
-                self.0.id()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        let child = &mut self.0;
+        let id = child.id();
+        let exited = poll_until(
+            timeout,
+            || std::future::ready(child.try_wait().map_err(anyhow::Error::from)),
+            Option::is_some,
+        )
+        .await?;
+        match exited {
+            Ok(Some(status)) => Ok(status),
+            _ => bail!("process {id} did not exit within {timeout:?}"),
         }
     }
 
@@ -411,36 +447,19 @@ impl SlowProxy {
                         return;
                     };
                     use std::sync::atomic::{AtomicBool, Ordering};
-                    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-                    let (mut client_rx, mut client_tx) = client.into_split();
-                    let (mut server_rx, mut server_tx) = server.into_split();
+                    let (client_rx, client_tx) = client.into_split();
+                    let (server_rx, server_tx) = server.into_split();
                     // Set by request bytes, taken by the first answer chunk after them.
                     let asked = AtomicBool::new(false);
-                    let up = async {
-                        let mut buf = vec![0u8; 64 * 1024];
-                        loop {
-                            let n = client_rx.read(&mut buf).await?;
-                            if n == 0 {
-                                return server_tx.shutdown().await;
-                            }
-                            asked.store(true, Ordering::Relaxed);
-                            server_tx.write_all(&buf[..n]).await?;
+                    let up = relay(client_rx, server_tx, || async {
+                        asked.store(true, Ordering::Relaxed);
+                    });
+                    let down = relay(server_rx, client_tx, || async {
+                        if asked.swap(false, Ordering::Relaxed) {
+                            let ms = delay.load(Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
                         }
-                    };
-                    let down = async {
-                        let mut buf = vec![0u8; 64 * 1024];
-                        loop {
-                            let n = server_rx.read(&mut buf).await?;
-                            if n == 0 {
-                                return client_tx.shutdown().await;
-                            }
-                            if asked.swap(false, Ordering::Relaxed) {
-                                let ms = delay.load(Ordering::Relaxed);
-                                tokio::time::sleep(Duration::from_millis(ms)).await;
-                            }
-                            client_tx.write_all(&buf[..n]).await?;
-                        }
-                    };
+                    });
                     let _ = tokio::join!(up, down);
                 });
             }
@@ -463,6 +482,25 @@ impl SlowProxy {
             delay.as_millis() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+    }
+}
+
+/// Copies `rx` to `tx` until `rx` ends (then shuts `tx` down), running `before` ahead of
+/// each chunk it writes.
+async fn relay<F: std::future::Future<Output = ()>>(
+    mut rx: tokio::net::tcp::OwnedReadHalf,
+    mut tx: tokio::net::tcp::OwnedWriteHalf,
+    before: impl Fn() -> F,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = rx.read(&mut buf).await?;
+        if n == 0 {
+            return tx.shutdown().await;
+        }
+        before().await;
+        tx.write_all(&buf[..n]).await?;
     }
 }
 

@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::fixtures::{ClickHouseServer, NatsServer};
+use crate::fixtures::{ClickHouseServer, NatsServer, poll_until};
 
 /// Logs to the test output; `RUST_LOG` picks the level (default `warn`).
 pub fn init_tracing() {
@@ -285,17 +285,9 @@ impl Stack {
         timeout: Duration,
         ready: impl Fn(&str) -> bool,
     ) -> anyhow::Result<String> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let text = self.ingest_metrics().await?;
-            if ready(&text) {
-                return Ok(text);
-            }
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "ingest's metrics never showed {what}: {text}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        match poll_until(timeout, || self.ingest_metrics(), |text| ready(text)).await? {
+            Ok(text) => Ok(text),
+            Err(text) => bail!("ingest's metrics never showed {what}: {text}"),
         }
     }
 
@@ -307,17 +299,9 @@ impl Stack {
         timeout: Duration,
         ready: impl Fn(&async_nats::jetstream::consumer::Info) -> bool,
     ) -> anyhow::Result<async_nats::jetstream::consumer::Info> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let info = self.consumer_info().await?;
-            if ready(&info) {
-                return Ok(info);
-            }
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "the consumer never showed {what}: {info:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        match poll_until(timeout, || self.consumer_info(), ready).await? {
+            Ok(info) => Ok(info),
+            Err(info) => bail!("the consumer never showed {what}: {info:?}"),
         }
     }
 

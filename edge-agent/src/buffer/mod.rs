@@ -695,8 +695,8 @@ fn corrupt_path(path: &Path) -> PathBuf {
 }
 
 /// The files moved aside beside the buffer at `path` as unreadable ([`corrupt_path`]), and
-/// their WALs, each with the unix seconds it was moved aside at.
-pub fn moved_aside(path: &Path) -> Vec<(i64, PathBuf)> {
+/// their WALs, each with the day ([`day_of`]) it was moved aside on.
+pub fn moved_aside(path: &Path) -> Vec<(i32, PathBuf)> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -716,8 +716,8 @@ pub fn moved_aside(path: &Path) -> Vec<(i64, PathBuf)> {
         .filter_map(|e| {
             let name = e.file_name();
             let rest = name.to_str()?.strip_prefix(&prefix)?;
-            let secs = rest.strip_suffix(WAL_SUFFIX).unwrap_or(rest).parse().ok()?;
-            Some((secs, e.path()))
+            let secs: i64 = rest.strip_suffix(WAL_SUFFIX).unwrap_or(rest).parse().ok()?;
+            Some((day_of(secs.saturating_mul(1000)), e.path()))
         })
         .collect()
 }

@@ -167,7 +167,11 @@ async fn an_edge_backup_taken_offline_is_restored_on_a_new_disk_and_delivered_on
         "refused for the wrong reason"
     );
     assert!(data.join(BUFFER_FILE).exists());
-    assert_eq!(buffered(&data)?.1, 0, "the restored buffer is untouched");
+    assert_eq!(
+        buffered(&data)?,
+        (committed.clone(), 0),
+        "the restored buffer is untouched"
+    );
     stack.stop().await
 }
 

@@ -11,7 +11,7 @@ use rand::Rng;
 use sightline_edge_agent::buffer::Buffer;
 use sightline_edge_agent::buffer::worker::BUFFER_FILE;
 use sightline_shared::DetectionEvent;
-use sightline_tests::fixtures::{KillOnDrop, free_port, workspace_binary};
+use sightline_tests::fixtures::{KillOnDrop, free_port, poll_until, workspace_binary};
 use sightline_tests::stack::Stack;
 
 /// Writes an agent config with synthetic cameras and returns (path, status URL).
@@ -45,7 +45,7 @@ pub(crate) fn write_agent_config(
     cameras: &str,
 ) -> anyhow::Result<(std::path::PathBuf, String)> {
     let port = free_port();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let repo = crate::repo();
     let mut text = format!(
         r#"
 version = 1
@@ -117,15 +117,10 @@ pub(crate) async fn wait_status(
     timeout: Duration,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> anyhow::Result<serde_json::Value> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = status(http, base).await
-            && done(&status)
-        {
-            return Ok(status);
-        }
-        anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let read = || async { anyhow::Ok(status(http, base).await) };
+    match poll_until(timeout, read, |status| status.as_ref().is_some_and(&done)).await? {
+        Ok(Some(status)) => Ok(status),
+        _ => anyhow::bail!("timed out waiting for {what}"),
     }
 }
 

@@ -4,7 +4,6 @@
 //! (`Metrics::new`), with one child made in each labelled family so its labels show.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use prometheus_client::registry::Registry;
 
@@ -156,7 +155,7 @@ fn the_dashboard_and_alerts_query_metrics_that_exist() -> anyhow::Result<()> {
         BTreeSet::from(["outcome".to_owned()])
     );
 
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let repo = crate::repo();
     let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
         repo.join("deploy/monitoring/grafana-dashboard.json"),
     )?)?;

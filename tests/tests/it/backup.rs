@@ -1,7 +1,8 @@
 //! The backup and restore procedures of docs/operations.md, run for real: the edge script
-//! against the agent binary and its DuckDB buffer, the ClickHouse script against the 18.16
-//! server (FREEZE, copy, ATTACH PARTITION), each ending with the data read back through the
-//! product.
+//! against the agent binary and its DuckDB buffer, the ClickHouse script against either
+//! generation (18.16: FREEZE, copy, ATTACH PARTITION; 26.x: BACKUP to a disk, RESTORE into a
+//! staging database, ATTACH PARTITION FROM it), each ending with the data read back through
+//! the product.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use sightline_edge_agent::buffer::worker::BUFFER_FILE;
 use sightline_shared::Encoding;
-use sightline_tests::{ClickHouseServer, Stack};
+use sightline_tests::{ClickHouseServer, Servers, Stack};
 
 use crate::edge::{buffer_contents, cameras_toml, spawn_agent, wait_status, write_agent_config};
 use crate::{known_events, repo};
@@ -30,6 +31,15 @@ async fn script(path: &str, args: &[&str], envs: &[(&str, String)]) -> Output {
         String::from_utf8_lossy(&output.stderr)
     );
     output
+}
+
+/// How many entries a directory has (none if it does not exist).
+fn entries(dir: &Path) -> std::io::Result<usize> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => Ok(entries.count()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
+    }
 }
 
 fn text(path: &Path) -> &str {
@@ -210,7 +220,7 @@ async fn a_clickhouse_backup_restores_on_a_new_server_and_never_doubles_live_dat
 
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("ch-backup");
-    let port = |c: &ClickHouseServer| vec![("CLICKHOUSE_PORT", c.tcp_port().to_string())];
+    let port = |c: &ClickHouseServer| vec![("CLICKHOUSE_URL", c.url())];
     let out = script(
         "deploy/clickhouse/backup.sh",
         &["backup", text(&dir)],
@@ -218,19 +228,28 @@ async fn a_clickhouse_backup_restores_on_a_new_server_and_never_doubles_live_dat
     )
     .await;
     assert!(out.status.success());
-    // The server's frozen copy is removed again: no disk space stays pinned.
-    let path = stack
-        .clickhouse
-        .query(
-            "SELECT data_path FROM system.tables WHERE database = 'sightline' AND name = 'events'",
-        )
-        .await?;
-    let shadow = Path::new(&path).join("../../../shadow");
-    let left: Vec<_> = std::fs::read_dir(&shadow)?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()?;
-    assert_eq!(left, ["increment.txt"], "{}", shadow.display());
-    assert!(std::fs::read_dir(dir.join("parts/events"))?.count() >= 1);
+    // The server's copy is removed again: no disk space stays pinned.
+    match stack.clickhouse.servers() {
+        Servers::Debian => {
+            let path = stack
+                .clickhouse
+                .query("SELECT data_path FROM system.tables WHERE database = 'sightline' AND name = 'events'")
+                .await?;
+            let shadow = Path::new(&path).join("../../../shadow");
+            let left: Vec<_> = std::fs::read_dir(&shadow)?
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<Result<_, _>>()?;
+            assert_eq!(left, ["increment.txt"], "{}", shadow.display());
+            assert!(std::fs::read_dir(dir.join("parts/events"))?.count() >= 1);
+            assert_eq!(std::fs::read_to_string(dir.join("method"))?, "freeze\n");
+        }
+        Servers::Modern => {
+            let backups = stack.clickhouse.backups_dir();
+            assert_eq!(entries(&backups)?, 0, "{}", backups.display());
+            assert!(std::fs::read_dir(dir.join("backup/data/sightline/events"))?.count() >= 1);
+            assert_eq!(std::fs::read_to_string(dir.join("method"))?, "backup\n");
+        }
+    }
     // A second backup into the same directory is refused.
     let again = script(
         "deploy/clickhouse/backup.sh",
@@ -294,5 +313,15 @@ async fn a_clickhouse_backup_restores_on_a_new_server_and_never_doubles_live_dat
             .await?,
         days
     );
+    // Restoring leaves nothing behind: no staging database, nothing on the backups disk.
+    assert_eq!(
+        fresh
+            .query("SELECT count() FROM system.databases WHERE name LIKE '_sightline_restore%'")
+            .await?,
+        "0"
+    );
+    if fresh.servers() == Servers::Modern {
+        assert_eq!(entries(&fresh.backups_dir())?, 0);
+    }
     stack.stop().await
 }

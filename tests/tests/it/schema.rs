@@ -1,5 +1,6 @@
-//! Migrations and retention against the real ClickHouse 18.16 (the server without TTL; the
-//! modern path is proven on chdb in tests/chdb).
+//! Migrations and retention against a real ClickHouse of either generation: 18.16 has no
+//! TTL and sweeps expired partitions, a modern server (26.x) drops them by the TTL ingest
+//! sets at start-up.
 
 use sightline_ingest::IngestConfig;
 use sightline_ingest::migrations::{self, MIGRATIONS, MigrationError};
@@ -7,7 +8,7 @@ use sightline_ingest::retention::{self, RetentionSettings};
 use sightline_ingest::schema;
 
 use sightline_shared::{Encoding, Timestamp};
-use sightline_tests::{ClickHouseServer, NatsServer, Stack};
+use sightline_tests::{ClickHouseServer, NatsServer, Servers, Stack};
 
 use crate::{known_events, now};
 
@@ -84,9 +85,11 @@ async fn a_failing_migration_stops_the_service_with_the_migration_named() -> any
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sweep_drops_exactly_the_expired_partitions() -> anyhow::Result<()> {
-    let stack = Stack::start().await?;
+/// Publishes four events captured 0, 10, 45 and 500 days ago (one detection each) and
+/// waits until ingest has stored and acknowledged them all.
+async fn publish_aged_events(
+    stack: &Stack,
+) -> anyhow::Result<Vec<sightline_shared::DetectionEvent>> {
     let day = 86_400_000;
     let mut events = known_events("edge-r", "cam", 4);
     for (event, days_ago) in events.iter_mut().zip([0i64, 10, 45, 500]) {
@@ -96,7 +99,48 @@ async fn the_sweep_drops_exactly_the_expired_partitions() -> anyhow::Result<()> 
         event.detections.truncate(1);
     }
     stack.publish(events.clone(), Encoding::Bincode).await?;
-    stack.wait_for_events("camera=cam", 4).await?;
+    stack
+        .wait_for_consumer(
+            "all four events acknowledged",
+            std::time::Duration::from_secs(30),
+            |info| info.ack_floor.stream_sequence >= 4,
+        )
+        .await?;
+    Ok(events)
+}
+
+/// What must be left once retention has run (30 days for events, their index and
+/// detections; 400 for the rollup): exactly the two recent events, and three rollup hours.
+async fn assert_only_unexpired_left(
+    stack: &Stack,
+    events: &[sightline_shared::DetectionEvent],
+) -> anyhow::Result<()> {
+    let count = |table: &str| format!("SELECT count() FROM sightline.{table}");
+    let left = stack.wait_for_events("camera=cam", 2).await?;
+    let ids: Vec<_> = left.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids, vec![events[0].event_id, events[1].event_id]);
+    assert_eq!(stack.clickhouse.query(&count("events")).await?, "2");
+    assert_eq!(stack.clickhouse.query(&count("events_by_id")).await?, "2");
+    assert_eq!(stack.clickhouse.query(&count("detections")).await?, "2");
+    let rollup_hours = stack
+        .clickhouse
+        .query("SELECT count() FROM (SELECT hour FROM sightline.detections_hourly GROUP BY hour)")
+        .await?;
+    assert_eq!(rollup_hours, "3");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_drops_exactly_the_expired_partitions() -> anyhow::Result<()> {
+    if Servers::current() == Servers::Modern {
+        Servers::Modern.skip(
+            "a TTL server drops expired rows itself and ingest runs no sweep there \
+             (ttl_drops_exactly_the_expired_rows covers it)",
+        );
+        return Ok(());
+    }
+    let stack = Stack::start().await?;
+    let events = publish_aged_events(&stack).await?;
     let count = |table: &str| format!("SELECT count() FROM sightline.{table}");
     // Views are written after the events part becomes visible, within the same INSERT.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -118,17 +162,7 @@ async fn the_sweep_drops_exactly_the_expired_partitions() -> anyhow::Result<()> 
     .await?;
     // events, events_by_id and detections: 45 and 500 days; rollups (400 days): 500 days.
     assert_eq!(dropped, 7);
-    let left = stack.wait_for_events("camera=cam", 2).await?;
-    let ids: Vec<_> = left.iter().map(|e| e.event_id).collect();
-    assert_eq!(ids, vec![events[0].event_id, events[1].event_id]);
-    assert_eq!(stack.clickhouse.query(&count("events")).await?, "2");
-    assert_eq!(stack.clickhouse.query(&count("events_by_id")).await?, "2");
-    assert_eq!(stack.clickhouse.query(&count("detections")).await?, "2");
-    let rollup_hours = stack
-        .clickhouse
-        .query("SELECT count() FROM (SELECT hour FROM sightline.detections_hourly GROUP BY hour)")
-        .await?;
-    assert_eq!(rollup_hours, "3");
+    assert_only_unexpired_left(&stack, &events).await?;
     // Nothing else is due.
     assert_eq!(
         retention::sweep(
@@ -140,5 +174,37 @@ async fn the_sweep_drops_exactly_the_expired_partitions() -> anyhow::Result<()> 
         .await?,
         0
     );
+    stack.stop().await
+}
+
+/// On a server with TTL, the TTL that ingest set at start-up removes exactly the expired
+/// rows of every table, over the real HTTP path (the rows went through NATS and ingest's
+/// INSERT; TTL runs at merges, forced here with OPTIMIZE ... FINAL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_drops_exactly_the_expired_rows() -> anyhow::Result<()> {
+    if Servers::current() == Servers::Debian {
+        Servers::Debian.skip(
+            "ClickHouse 18.16 has no TTL (the_sweep_drops_exactly_the_expired_partitions covers it)",
+        );
+        return Ok(());
+    }
+    let stack = Stack::start().await?;
+    let engine = stack
+        .clickhouse
+        .query("SELECT engine_full FROM system.tables WHERE database = 'sightline' AND name = 'events'")
+        .await?;
+    assert!(
+        engine.contains("TTL captured_at + toIntervalDay(30)"),
+        "{engine}"
+    );
+    assert!(engine.contains("ttl_only_drop_parts = 1"), "{engine}");
+    let events = publish_aged_events(&stack).await?;
+    for table in ["events", "events_by_id", "detections", "detections_hourly"] {
+        stack
+            .clickhouse
+            .query(&format!("OPTIMIZE TABLE sightline.{table} FINAL"))
+            .await?;
+    }
+    assert_only_unexpired_left(&stack, &events).await?;
     stack.stop().await
 }

@@ -6,6 +6,8 @@
 use clickhouse::{Client, Row};
 use serde::Deserialize;
 
+use crate::schema::EVENTS_TABLE;
+
 /// The server's relevant capabilities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capabilities {
@@ -18,7 +20,30 @@ pub struct Capabilities {
     /// The `max_partitions_per_insert_block` guard (default 100 partitions per INSERT):
     /// a backlog spanning more days than that would be refused forever, so ingest lifts it.
     pub partitions_per_insert_limit: bool,
+    /// Insert deduplication on non-replicated tables (`non_replicated_deduplication_window`)
+    /// keyed by the client's `insert_deduplication_token`, with materialized views that
+    /// deduplicate by their source block: a batch sent again whole is dropped at insert time
+    /// in `events` and in every view's table. Taken from 24.8 on, where views follow the
+    /// source block (tested on 26.9; earlier servers with tokens deduplicated a view's
+    /// blocks by their own contents, which could drop a rollup block that only looks
+    /// like an earlier one). See [`DEDUP_WINDOW_BLOCKS`].
+    pub insert_dedup_token: bool,
 }
+
+/// How many recent insert blocks each table remembers for deduplication (one per partition
+/// an INSERT touches): a retried batch is recognised if fewer than this many blocks were
+/// inserted since its first try. At ingest's batch sizes that is many minutes of traffic;
+/// each remembered block costs a hash in the table's metadata.
+pub const DEDUP_WINDOW_BLOCKS: u32 = 1000;
+
+/// The tables a batch of events is written to: `events` and the materialized views' tables.
+/// Each deduplicates itself; a view's table skips a block whose source block was a duplicate.
+pub const DEDUP_TABLES: [&str; 4] = [
+    EVENTS_TABLE,
+    "events_by_id",
+    "detections",
+    "detections_hourly",
+];
 
 impl Capabilities {
     /// What a modern server (24.x and later) has: used to print the modern schema.
@@ -27,6 +52,7 @@ impl Capabilities {
         ttl: true,
         ttl_only_drop_parts: true,
         partitions_per_insert_limit: true,
+        insert_dedup_token: true,
     };
 
     /// What Debian's ClickHouse 18.16 has.
@@ -35,6 +61,7 @@ impl Capabilities {
         ttl: false,
         ttl_only_drop_parts: false,
         partitions_per_insert_limit: false,
+        insert_dedup_token: false,
     };
 
     /// Asks the server.
@@ -61,13 +88,75 @@ impl Capabilities {
             .fetch_one::<u64>()
             .await?
             > 0;
+        let insert_dedup_token = version >= (24, 8)
+            && client
+            .query("SELECT count() FROM system.settings WHERE name = 'insert_deduplication_token'")
+            .fetch_one::<u64>()
+            .await?
+            > 0
+            && client
+                .query("SELECT count() FROM system.merge_tree_settings WHERE name = 'non_replicated_deduplication_window'")
+                .fetch_one::<u64>()
+                .await?
+                > 0;
         Ok(Self {
             version,
             ttl,
             ttl_only_drop_parts,
             partitions_per_insert_limit,
+            insert_dedup_token,
         })
     }
+
+    /// The statements that give the tables of [`DEDUP_TABLES`] their deduplication window
+    /// on a server with insert deduplication tokens (none elsewhere). Like TTL, table
+    /// settings applied after the migrations, so the migrations stay one set for every
+    /// server.
+    pub fn dedup_statements(self, db: &str) -> Vec<String> {
+        if !self.insert_dedup_token {
+            return Vec::new();
+        }
+        DEDUP_TABLES
+            .iter()
+            .map(|table| dedup_statement(db, table))
+            .collect()
+    }
+}
+
+fn dedup_statement(db: &str, table: &str) -> String {
+    format!(
+        "ALTER TABLE `{db}`.{table} MODIFY SETTING non_replicated_deduplication_window = {DEDUP_WINDOW_BLOCKS}"
+    )
+}
+
+/// Gives each table of [`DEDUP_TABLES`] its deduplication window where the server has
+/// insert deduplication tokens and the table lacks it.
+pub async fn apply_dedup_window(
+    client: &Client,
+    db: &str,
+    caps: Capabilities,
+) -> Result<(), clickhouse::error::Error> {
+    if !caps.insert_dedup_token {
+        return Ok(());
+    }
+    let wanted = format!("non_replicated_deduplication_window = {DEDUP_WINDOW_BLOCKS}");
+    for table in DEDUP_TABLES {
+        let engine: String = client
+            .query("SELECT engine_full FROM system.tables WHERE database = ? AND name = ?")
+            .bind(db)
+            .bind(table)
+            .fetch_one()
+            .await?;
+        if !engine.contains(&wanted) {
+            tracing::info!(
+                table,
+                blocks = DEDUP_WINDOW_BLOCKS,
+                "setting the table's insert deduplication window"
+            );
+            client.query(&dedup_statement(db, table)).execute().await?;
+        }
+    }
+    Ok(())
 }
 
 /// `"18.16.1"` -> `(18, 16)`; anything unparsable counts as `(0, 0)`, the most careful choice.

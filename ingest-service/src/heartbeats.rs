@@ -164,7 +164,7 @@ pub async fn run(
         if rows.is_empty() {
             continue;
         }
-        match crate::sink::insert_rows(&client, TABLE, &rows, timeout).await {
+        match crate::sink::insert_rows(&client, TABLE, &rows, timeout, None).await {
             Ok(()) => {
                 backoff.reset();
                 metrics.heartbeats_stored.inc_by(rows.len() as u64);

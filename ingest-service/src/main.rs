@@ -61,7 +61,8 @@ async fn main() -> anyhow::Result<()> {
         let statements = migrations::bootstrap(db)
             .into_iter()
             .chain(migrations::MIGRATIONS.iter().flat_map(|m| m.statements(db)))
-            .chain(config.retention.ttl_statements(db, caps));
+            .chain(config.retention.ttl_statements(db, caps))
+            .chain(caps.dedup_statements(db));
         for statement in statements {
             println!("{statement};\n");
         }

@@ -173,7 +173,8 @@ async fn serve(
     if caps.partitions_per_insert_limit {
         writer_client = writer_client.with_setting("max_partitions_per_insert_block", "0");
     }
-    let sink = Sink::new(writer_client, config.clickhouse.timeout(), metrics.clone());
+    let sink = Sink::new(writer_client, config.clickhouse.timeout(), metrics.clone())
+        .with_dedup_tokens(caps.insert_dedup_token);
     let ack_floor = AckFloor::default();
     tokio::spawn(backlog::watch(
         js.clone(),
@@ -236,12 +237,16 @@ pub enum StoreSetupError {
     Migrate(#[from] MigrationError),
     #[error("failed to set the retention TTL: {0}")]
     Ttl(#[source] clickhouse::error::Error),
+    #[error("failed to set the events table's deduplication window: {0}")]
+    TableSettings(#[source] clickhouse::error::Error),
 }
 
 impl StoreSetupError {
     fn is_transient(&self) -> bool {
         match self {
-            Self::Detect(e) | Self::Ttl(e) => crate::migrations::is_network(e),
+            Self::Detect(e) | Self::Ttl(e) | Self::TableSettings(e) => {
+                crate::migrations::is_network(e)
+            }
             Self::Migrate(e) => e.is_transient(),
         }
     }
@@ -263,7 +268,10 @@ pub async fn prepare_store(
         migrations::migrate(admin, db).await?;
         retention::apply_ttl(admin, db, retention_settings, caps)
             .await
-            .map_err(StoreSetupError::Ttl)
+            .map_err(StoreSetupError::Ttl)?;
+        crate::capabilities::apply_dedup_window(admin, db, caps)
+            .await
+            .map_err(StoreSetupError::TableSettings)
     };
     match schema_lock {
         Some(lock) => lock.hold(work).await?,

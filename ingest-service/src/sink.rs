@@ -68,6 +68,7 @@ pub struct Sink {
     client: Client,
     timeout: Duration,
     metrics: Metrics,
+    dedup_tokens: bool,
 }
 
 impl Sink {
@@ -77,7 +78,17 @@ impl Sink {
             client,
             timeout,
             metrics,
+            dedup_tokens: false,
         }
+    }
+
+    /// Gives every INSERT an `insert_deduplication_token` made from its rows' event ids
+    /// (servers with [`Capabilities::insert_dedup_token`](crate::capabilities::Capabilities)),
+    /// so the same rows sent again, after an answer that was lost, are dropped by the
+    /// server at insert time, in the views' tables too, instead of stored twice.
+    pub fn with_dedup_tokens(mut self, on: bool) -> Self {
+        self.dedup_tokens = on;
+        self
     }
 
     /// Writes `rows` in one INSERT; they are all stored or none is.
@@ -102,7 +113,8 @@ impl Sink {
     }
 
     async fn try_insert(&self, rows: &[EventRow]) -> Result<(), clickhouse::error::Error> {
-        insert_rows(&self.client, EVENTS_TABLE, rows, self.timeout).await
+        let token = self.dedup_tokens.then(|| dedup_token(rows));
+        insert_rows(&self.client, EVENTS_TABLE, rows, self.timeout, token).await
     }
 
     /// The `events` table's columns (name and type, by name): what the rows are written
@@ -128,14 +140,30 @@ impl Sink {
     }
 }
 
+/// The deduplication token of a batch: the same rows in the same order (a batch retried
+/// whole) give the same token, any other batch (a bisected half, a batch formed anew from
+/// redeliveries) another one. SHA-256 over the event ids, with the row count.
+pub fn dedup_token(rows: &[EventRow]) -> String {
+    use sha2::{Digest as _, Sha256};
+    let mut hash = Sha256::new();
+    for row in rows {
+        hash.update(row.event_id.as_bytes());
+    }
+    let digest = hash.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("sightline-{}-{hex}", rows.len())
+}
+
 /// One INSERT of `rows` into `table` in RowBinary, with `timeout` on both sending the rows
 /// and waiting for the server's answer, so a server that stops answering fails the insert
-/// instead of hanging it.
+/// instead of hanging it; `dedup_token`, where given, is the INSERT's
+/// `insert_deduplication_token`.
 pub async fn insert_rows<T>(
     client: &Client,
     table: &str,
     rows: &[T],
     timeout: Duration,
+    dedup_token: Option<String>,
 ) -> Result<(), clickhouse::error::Error>
 where
     T: clickhouse::RowWrite + for<'a> clickhouse::Row<Value<'a> = T>,
@@ -144,6 +172,13 @@ where
         .insert::<T>(table)
         .await?
         .with_timeouts(Some(timeout), Some(timeout));
+    if let Some(token) = dedup_token {
+        // Views' tables skip the blocks whose source block was a duplicate (the default
+        // since 24.x, said here so a profile cannot turn it off).
+        insert = insert
+            .with_setting("insert_deduplication_token", token)
+            .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1");
+    }
     for row in rows {
         insert.write(row).await?;
     }

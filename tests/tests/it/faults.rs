@@ -53,7 +53,15 @@ async fn clickhouse_down_and_ingest_crash_lose_nothing() -> anyhow::Result<()> {
 
     stack.clickhouse.start_again()?;
     let got = stack.wait_for_events("camera=cam2&limit=100", 30).await?;
-    assert_eq!(ingest_ready(&stack).await, 200, "ingest is ready again");
+    // The new ingest may still be in its start-up backoff (up to 10 s) while the events are
+    // already visible: a fast server (26.x starts in a second) comes back before it retries.
+    let ready = poll_until(
+        Duration::from_secs(30),
+        || async { Ok(ingest_ready(&stack).await) },
+        |status| *status == 200,
+    )
+    .await?;
+    assert_eq!(ready, Ok(200), "ingest is ready again");
     assert_eq!(got.len(), 30);
     let all = stack.wait_for_events("limit=100", 40).await?;
     assert_eq!(all.len(), 40);
@@ -375,6 +383,51 @@ async fn stack_with_slow_clickhouse(
     })
     .await?;
     Ok((stack, proxy.expect("proxy started")))
+}
+
+/// An INSERT whose answer is lost (the server stored the rows, the client timed out before
+/// the answer came) is retried whole; on a server with insert deduplication tokens the retry
+/// is dropped at insert time, so the rows as stored (merges stopped) and the hourly rollup
+/// hold each event once. 18.16 has no tokens: there the copy collapses only at merge, and
+/// the rollup keeps it (ARCHITECTURE.md, "ClickHouse versions").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_whose_answer_is_lost_is_retried_and_stored_once() -> anyhow::Result<()> {
+    if sightline_tests::Servers::current() == sightline_tests::Servers::Debian {
+        sightline_tests::Servers::Debian.skip(
+            "ClickHouse 18.16 has no insert deduplication tokens: a batch retried after a lost \
+             answer is stored twice until merged",
+        );
+        return Ok(());
+    }
+    let (stack, proxy) = stack_with_slow_clickhouse(|c| {
+        c.clickhouse.timeout_ms = 1_500;
+        c.batch.max_rows = 500;
+        c.batch.max_wait_ms = 1_000;
+    })
+    .await?;
+    stack.clickhouse.query("SYSTEM STOP MERGES").await?;
+    // Every answer is now held back past the client's timeout: the INSERTs land, their
+    // answers never arrive, and the writer sends the same batch again, and again.
+    proxy.set_delay(Duration::from_secs(3));
+    let events = known_events("edge-dedup", "cam-dedup", 500);
+    let detections: usize = events.iter().map(|e| e.detections.len()).sum();
+    stack.publish(events, Encoding::Bincode).await?;
+    let retried = stack
+        .wait_for_ingest_metrics("two INSERTs that timed out", Duration::from_secs(60), |m| {
+            sightline_tests::stack::metric(m, "sightline_ingest_inserts_total", "TransientError")
+                >= 2.0
+        })
+        .await?;
+    assert_eq!(
+        sightline_tests::stack::metric(&retried, "sightline_ingest_inserts_total", "Ok"),
+        0.0
+    );
+    // The server holds the batch once, although it was sent at least twice.
+    let rows = "SELECT count() FROM sightline.events WHERE camera_id = 'cam-dedup'";
+    assert_eq!(stack.clickhouse.query(rows).await?, "500");
+    proxy.set_delay(Duration::ZERO);
+    assert_stored_once(&stack, "cam-dedup", 500, detections).await?;
+    stack.stop().await
 }
 
 /// An INSERT slower than the ack wait (ClickHouse's answers held back by a proxy) must not

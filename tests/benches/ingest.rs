@@ -93,8 +93,11 @@ async fn main() -> anyhow::Result<()> {
     sightline_ingest::nats::declare(&js, &config, None).await?;
 
     println!(
-        "ingest benchmark: {n} events, batch {} rows",
-        config.batch.max_rows
+        "ingest benchmark: {n} events, batch {} rows, on the {} servers (ClickHouse {}, nats-server {})",
+        config.batch.max_rows,
+        clickhouse.servers().name(),
+        clickhouse.query("SELECT version()").await?,
+        client.server_info().version,
     );
     let all = events(n);
     let started = Instant::now();

@@ -1,7 +1,8 @@
 //! Query latency: the typical lookups through the HTTP API, next to the same SQL run directly
 //! against ClickHouse in the same run.
 //!
-//! `cargo bench -p sightline-tests --bench query` starts its own clickhouse-server, loads N
+//! `cargo bench -p sightline-tests --bench query` starts its own ClickHouse (of the
+//! `SIGHTLINE_SERVERS` generation), loads N
 //! realistic events (default 10,000,000; set `SIGHTLINE_BENCH_EVENTS`) spread over 30 days,
 //! 64 cameras on 8 sites and 12 labels, through the same sink the ingest service uses (so the
 //! per-object table and the hourly rollup are filled by their views), then runs each query
@@ -9,7 +10,9 @@
 //! for each, and the overhead ratio API / direct.
 //!
 //! Queries: the latest 100 events of a camera; 100 events of one label within one hour; one
-//! event by id; 24 hours of hourly detection counts for every camera.
+//! event by id; 24 hours of hourly detection counts for every camera. Then the latest 100 of
+//! a camera read with each page plan (two steps, one query), to show which is faster on the
+//! server at hand.
 
 use std::time::{Duration, Instant};
 
@@ -20,7 +23,7 @@ use sightline_ingest::schema::{self, EventRow};
 use sightline_ingest::sink::Sink;
 use sightline_query::QueryConfig;
 use sightline_query::params::{self, EventFilter, Sort};
-use sightline_query::store::{Limits, Store};
+use sightline_query::store::{Limits, PagePlan, Store};
 use sightline_shared::Timestamp;
 use sightline_shared::config::ClickHouseConfig;
 use sightline_tests::ClickHouseServer;
@@ -55,7 +58,11 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // Load: time-ordered over the last 30 days, in batches like the ingest service's.
-    println!("query benchmark: loading {n} events over 30 days");
+    println!(
+        "query benchmark on the {} servers (ClickHouse {}): loading {n} events over 30 days",
+        clickhouse.servers().name(),
+        clickhouse.query("SELECT version()").await?,
+    );
     let end =
         Timestamp::from_datetime(time::OffsetDateTime::now_utc()).as_millis() / HOUR_MS * HOUR_MS;
     let start = end - 30 * DAY_MS;
@@ -209,6 +216,35 @@ async fn main() -> anyhow::Result<()> {
             names[q],
             a50 / s50,
             a99 / s99
+        );
+    }
+
+    // The page plans against each other on this server: a camera's latest 100 (an open
+    // range, which is where they differ), read directly with each, interleaved.
+    let detected = PagePlan::detect(&admin).await?;
+    let plans = [PagePlan::TwoStep, PagePlan::OneQuery];
+    let mut plan_ms: Vec<Vec<Duration>> = vec![Vec::new(); plans.len()];
+    for round in 0..rounds {
+        let camera = data::camera(rng.random_range(0..data::CAMERAS));
+        let filter = EventFilter {
+            cameras: vec![camera],
+            ..EventFilter::default()
+        };
+        for k in 0..plans.len() {
+            let k = (k + round) % plans.len();
+            let store = store.clone().with_page_plan(plans[k]);
+            let t = Instant::now();
+            store.list_events(&filter, Sort::Newest, None, 100).await?;
+            plan_ms[k].push(t.elapsed());
+        }
+    }
+    println!("  latest 100 for a camera by page plan (direct; the service detects {detected:?}):");
+    for (k, plan) in plans.iter().enumerate() {
+        println!(
+            "  {:<34} {:>7.1}ms {:>7.1}ms",
+            format!("{plan:?}"),
+            quantile(&mut plan_ms[k], 0.5),
+            quantile(&mut plan_ms[k], 0.99)
         );
     }
     stop.cancel();

@@ -141,13 +141,7 @@ pub async fn apply_dedup_window(
     }
     let wanted = format!("non_replicated_deduplication_window = {DEDUP_WINDOW_BLOCKS}");
     for table in DEDUP_TABLES {
-        let engine: String = client
-            .query("SELECT engine_full FROM system.tables WHERE database = ? AND name = ?")
-            .bind(db)
-            .bind(table)
-            .fetch_one()
-            .await?;
-        if !engine.contains(&wanted) {
+        if !engine_full(client, db, table).await?.contains(&wanted) {
             tracing::info!(
                 table,
                 blocks = DEDUP_WINDOW_BLOCKS,
@@ -157,6 +151,21 @@ pub async fn apply_dedup_window(
         }
     }
     Ok(())
+}
+
+/// A table's `engine_full` (its engine with TTL and settings), to tell whether a table
+/// setting is in place already.
+pub(crate) async fn engine_full(
+    client: &Client,
+    db: &str,
+    table: &str,
+) -> Result<String, clickhouse::error::Error> {
+    client
+        .query("SELECT engine_full FROM system.tables WHERE database = ? AND name = ?")
+        .bind(db)
+        .bind(table)
+        .fetch_one()
+        .await
 }
 
 /// `"18.16.1"` -> `(18, 16)`; anything unparsable counts as `(0, 0)`, the most careful choice.
@@ -171,6 +180,19 @@ pub fn parse_version(text: &str) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_servers_with_tokens_get_deduplication_windows() {
+        assert!(Capabilities::LEGACY.dedup_statements("db").is_empty());
+        let statements = Capabilities::MODERN.dedup_statements("db");
+        assert_eq!(statements.len(), DEDUP_TABLES.len());
+        assert!(
+            statements
+                .iter()
+                .all(|s| s.contains("non_replicated_deduplication_window = 1000"))
+        );
+        assert!(statements[3].starts_with("ALTER TABLE `db`.detections_hourly"));
+    }
 
     #[test]
     fn parses_versions() {

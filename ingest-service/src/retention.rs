@@ -151,12 +151,7 @@ pub async fn apply_ttl(
         return Ok(());
     }
     for (table, days) in settings.tables() {
-        let engine: String = client
-            .query("SELECT engine_full FROM system.tables WHERE database = ? AND name = ?")
-            .bind(db)
-            .bind(table.name)
-            .fetch_one()
-            .await?;
+        let engine = crate::capabilities::engine_full(client, db, table.name).await?;
         let wanted = format!("TTL {} + toIntervalDay({days})", table.time_column);
         let drop_parts = !caps.ttl_only_drop_parts || engine.contains("ttl_only_drop_parts = 1");
         if engine.contains(&wanted) && drop_parts {

@@ -189,6 +189,50 @@ where
 mod tests {
     use super::*;
 
+    fn rows(n: usize) -> Vec<EventRow> {
+        use sightline_shared::{DetectionEvent, EventId, ModelInfo, SCHEMA_VERSION, Timestamp};
+        (0..n)
+            .map(|i| {
+                let at = Timestamp::from_millis(1_790_000_000_000 + i as i64);
+                EventRow::from(DetectionEvent {
+                    event_id: EventId::new_v7(at),
+                    schema_version: SCHEMA_VERSION,
+                    edge_id: "e".into(),
+                    camera_id: "c".into(),
+                    captured_at: at,
+                    frame_seq: i as u64,
+                    motion_score: 0.0,
+                    detections: vec![],
+                    model: ModelInfo {
+                        name: "m".into(),
+                        version: "1".into(),
+                    },
+                    inference_ms: 1.0,
+                    snapshot: None,
+                    description: None,
+                    attributes: Default::default(),
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_retried_whole_keeps_its_token_and_no_other_batch_shares_it() {
+        let batch = rows(6);
+        assert_eq!(dedup_token(&batch), dedup_token(&batch.clone()));
+        // Bisected halves, a reordered batch and a batch with one more row are other batches.
+        let others = [
+            dedup_token(&batch[..3]),
+            dedup_token(&batch[3..]),
+            dedup_token(&batch.iter().rev().cloned().collect::<Vec<_>>()),
+            dedup_token(&[batch.clone(), rows(1)].concat()),
+        ];
+        for other in &others {
+            assert_ne!(other, &dedup_token(&batch));
+        }
+        assert_ne!(others[0], others[1]);
+    }
+
     #[test]
     fn reads_server_codes() {
         assert_eq!(

@@ -52,17 +52,21 @@ impl Servers {
         }
     }
 
-    /// What a test that only makes sense on the other generation prints before it returns
-    /// (never skipped silently).
-    pub fn skip(self, reason: &str) {
+    /// Whether a test that only makes sense on `generation` runs: on the other one it
+    /// prints `SKIPPED on the <servers> servers: <reason>` and the test returns (never
+    /// skipped silently). Straight to stderr, not through `eprintln!`, which the test
+    /// harness captures: the line shows in every run, and scripts/test.sh lists them.
+    pub fn only(generation: Self, reason: &str) -> bool {
         use std::io::Write as _;
-        // Straight to stderr, not through `eprintln!`, which the test harness captures:
-        // the line shows in every run, and scripts/test.sh lists them.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED on the {} servers: {reason}",
-            self.name()
-        );
+        let current = Self::current();
+        if current != generation {
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED on the {} servers: {reason}",
+                current.name()
+            );
+        }
+        current == generation
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use sightline_edge_agent::buffer::worker::BUFFER_FILE;
 use sightline_shared::Encoding;
+use sightline_tests::fixtures::poll_until;
 use sightline_tests::{ClickHouseServer, Servers, Stack};
 
 use crate::edge::{buffer_contents, cameras_toml, spawn_agent, wait_status, write_agent_config};
@@ -211,7 +212,26 @@ async fn a_clickhouse_backup_restores_on_a_new_server_and_never_doubles_live_dat
     stack
         .wait_for_events("edge=edge-ch&limit=1000", 300)
         .await?;
-    let before = fingerprint(&stack.clickhouse).await?;
+    // The API reads `events`; ClickHouse makes an INSERT's rows visible there before it has
+    // pushed them to the views' tables, one view after the other (18.16 under load showed
+    // `events` full and `events_by_id` still empty). Wait until every view has caught up.
+    let caught_up = |f: &String| {
+        let counts: Vec<&str> = f.split('\t').collect();
+        counts.len() == 8
+            && counts[0] == counts[1]
+            && counts[2] == counts[5]
+            && counts[5] == counts[6]
+    };
+    let before = match poll_until(
+        Duration::from_secs(30),
+        || fingerprint(&stack.clickhouse),
+        caught_up,
+    )
+    .await?
+    {
+        Ok(before) => before,
+        Err(last) => anyhow::bail!("the views never caught up with events: {last}"),
+    };
     assert!(before.starts_with("300\t300\t"), "{before}");
     let days = stack
         .clickhouse

@@ -10,7 +10,6 @@ mod e2e;
 mod edge;
 mod faults;
 mod monitoring;
-mod query;
 mod schema;
 
 use std::collections::BTreeMap;

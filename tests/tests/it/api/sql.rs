@@ -1,0 +1,89 @@
+//! The SQL examples in the docs run as the read-only user.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sightline_tests::Stack;
+
+use crate::known_events;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sql_examples_in_the_docs_run_as_the_reader() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    stack
+        .insert_direct(&known_events("edge-s", "lobby", 200))
+        .await?;
+    // A heartbeat from that edge, the way the agent sends it (through ingest).
+    let heartbeat = sightline_shared::heartbeat::Heartbeat {
+        edge_id: "edge-s".into(),
+        sent_at: sightline_shared::Timestamp::from_datetime(time::OffsetDateTime::now_utc()),
+        agent_version: "0.1.0".into(),
+        uptime_secs: 5,
+        cameras: 1,
+        fps: 0.0,
+        events_created: 200,
+        events_sent: 200,
+        events_dropped: 0,
+        backlog: 0,
+        oldest_unsent_at: None,
+        storage_used_bytes: 1_000_000,
+        storage_limit_bytes: 4_000_000_000,
+        cpu_percent: 0.5,
+        rss_bytes: 30_000_000,
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        sightline_shared::codec::CONTENT_TYPE_HEADER,
+        sightline_shared::heartbeat::CONTENT_TYPE,
+    );
+    stack
+        .jetstream()
+        .await?
+        .publish_with_headers(
+            "sightline.heartbeats.edge-s",
+            headers,
+            heartbeat.encode().into(),
+        )
+        .await?
+        .await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while stack
+        .clickhouse
+        .query("SELECT count() FROM sightline.edge_heartbeats")
+        .await?
+        == "0"
+    {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the heartbeat was not stored"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/sql.md"))?;
+    let examples: Vec<&str> = guide
+        .split("```sql\n")
+        .skip(1)
+        .filter_map(|block| block.split("\n```").next())
+        .collect();
+    assert!(
+        examples.len() >= 4,
+        "docs/sql.md has {} SQL examples",
+        examples.len()
+    );
+    let (_, body) = stack.get("/v1/events?camera=lobby&limit=1").await?;
+    let stored = body["events"][0]["event_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(500)).await; // views
+    for sql in examples {
+        let sql = sql.replace("{event_id}", &stored);
+        let text = stack
+            .clickhouse
+            .query_as(sightline_tests::stack::READER, "sightline", &sql)
+            .await
+            .with_context(|| sql.clone())?;
+        assert!(!text.is_empty(), "{sql}\n-> no rows");
+    }
+    stack.stop().await
+}

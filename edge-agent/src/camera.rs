@@ -143,7 +143,7 @@ impl CameraState {
 
 /// Everything one camera's thread needs.
 #[derive(Debug)]
-pub struct Camera {
+pub(crate) struct Camera {
     pub edge_id: String,
     pub config: CameraConfig,
     pub detector: Arc<Detector>,
@@ -170,7 +170,7 @@ struct Pipeline {
 impl Camera {
     /// Runs until `stop` fires or a non-repeating source has played everything. Blocking:
     /// call it on its own thread; `rt` is the runtime the buffer handle lives on.
-    pub fn run(self, rt: &tokio::runtime::Handle, stop: &CancellationToken) {
+    pub(crate) fn run(self, rt: &tokio::runtime::Handle, stop: &CancellationToken) {
         let label = CameraLabel {
             camera: self.config.id.clone(),
         };

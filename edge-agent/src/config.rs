@@ -245,11 +245,11 @@ mod encoding_name {
     use serde::{Deserialize, Deserializer, Serializer};
     use sightline_shared::Encoding;
 
-    pub fn serialize<S: Serializer>(e: &Encoding, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(e: &Encoding, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(e.as_str())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Encoding, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Encoding, D::Error> {
         let name = String::deserialize(d)?;
         name.parse().map_err(|_| {
             serde::de::Error::custom(format!(

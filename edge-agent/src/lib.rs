@@ -11,23 +11,23 @@
 //! local HTTP endpoint, [`heartbeat`] the periodic status to the cloud, and [`agent`] wires
 //! it together with clean shutdown.
 
-pub mod agent;
+mod agent;
 pub mod buffer;
-pub mod camera;
+mod camera;
 pub mod capture;
 pub mod config;
 pub mod daylog;
 pub mod detect;
 pub mod heartbeat;
 pub mod metrics;
-pub mod motion;
+mod motion;
 pub mod outbox;
 pub mod publisher;
-pub mod snapshot;
-pub mod status;
+mod snapshot;
+mod status;
 pub mod storage;
 pub mod synthetic;
-pub mod track;
+mod track;
 
 pub use agent::run;
 pub use config::AgentConfig;

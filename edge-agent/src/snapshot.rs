@@ -12,7 +12,7 @@ use crate::config::SnapshotConfig;
 use crate::daylog;
 
 /// The folder in a day folder that holds its snapshots.
-pub const SNAPSHOTS_DIR: &str = "snapshots";
+pub(crate) const SNAPSHOTS_DIR: &str = "snapshots";
 
 /// Colours for boxes, by class id.
 const PALETTE: [[u8; 3]; 8] = [
@@ -27,7 +27,7 @@ const PALETTE: [[u8; 3]; 8] = [
 ];
 
 /// Draws the event's detections on `frame`, scales it to at most `max_width` and encodes it.
-pub fn render(
+pub(crate) fn render(
     frame: &RgbImage,
     detections: &[Detection],
     config: &SnapshotConfig,
@@ -75,7 +75,7 @@ pub fn render(
 }
 
 /// The snapshot's path relative to the data directory, as the event records it.
-pub fn relative_path(event: &DetectionEvent) -> PathBuf {
+pub(crate) fn relative_path(event: &DetectionEvent) -> PathBuf {
     daylog::day_dir(
         Path::new(""),
         crate::buffer::day_of(event.captured_at.as_millis()),
@@ -86,7 +86,7 @@ pub fn relative_path(event: &DetectionEvent) -> PathBuf {
 
 /// Writes a snapshot under `data_dir` atomically (temporary file, then rename), mode 0644.
 /// Returns the bytes written.
-pub fn save(data_dir: &Path, relative: &Path, jpeg: &[u8]) -> std::io::Result<u64> {
+pub(crate) fn save(data_dir: &Path, relative: &Path, jpeg: &[u8]) -> std::io::Result<u64> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = data_dir.join(relative);
     let dir = path.parent().unwrap_or(data_dir);

@@ -19,7 +19,7 @@ use crate::camera::{CameraState, CameraStatus};
 use crate::metrics::Metrics;
 
 /// Most events `/v1/events/recent` returns.
-pub const MAX_RECENT: usize = 1000;
+pub(crate) const MAX_RECENT: usize = 1000;
 
 /// What the endpoint reads from.
 #[derive(Debug)]
@@ -68,14 +68,17 @@ impl StatusState {
 
 /// The status at a fixed interval, for the status line and heartbeats.
 #[derive(Debug)]
-pub struct StatusTicker {
+pub(crate) struct StatusTicker {
     ticker: tokio::time::Interval,
     stop: tokio_util::sync::CancellationToken,
 }
 
 impl StatusTicker {
     /// Ticks every `every`, the first time after one interval, until `stop` fires.
-    pub fn new(every: std::time::Duration, stop: tokio_util::sync::CancellationToken) -> Self {
+    pub(crate) fn new(
+        every: std::time::Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Self {
         let start = tokio::time::Instant::now() + every;
         Self {
             ticker: tokio::time::interval_at(start, every),
@@ -85,7 +88,7 @@ impl StatusTicker {
 
     /// The status at the next tick; `None` once stopped. A status the buffer cannot give is
     /// skipped.
-    pub async fn next(&mut self, state: &StatusState) -> Option<Status> {
+    pub(crate) async fn next(&mut self, state: &StatusState) -> Option<Status> {
         loop {
             tokio::select! {
                 () = self.stop.cancelled() => return None,
@@ -99,7 +102,7 @@ impl StatusTicker {
 }
 
 /// The routes.
-pub fn router(state: Arc<StatusState>) -> axum::Router {
+pub(crate) fn router(state: Arc<StatusState>) -> axum::Router {
     axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(

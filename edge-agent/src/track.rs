@@ -15,7 +15,7 @@ struct Track {
 
 /// What the tracker made of one detection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Assignment {
+pub(crate) struct Assignment {
     pub track_id: u64,
     /// The object was not tracked before this frame.
     pub new: bool,
@@ -23,7 +23,7 @@ pub struct Assignment {
 
 /// Greedy IoU matching of detections to the live tracks of the same class.
 #[derive(Debug)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     iou_threshold: f32,
     max_age_ms: i64,
     next_id: u64,
@@ -33,7 +33,7 @@ pub struct Tracker {
 impl Tracker {
     /// `first_id` should differ between runs (the agent uses the start time) so track ids
     /// stay unique on a camera across restarts.
-    pub fn new(iou_threshold: f32, max_age_ms: i64, first_id: u64) -> Self {
+    pub(crate) fn new(iou_threshold: f32, max_age_ms: i64, first_id: u64) -> Self {
         Self {
             iou_threshold,
             max_age_ms,
@@ -44,7 +44,7 @@ impl Tracker {
 
     /// Matches one frame's detections (taken at `now_ms`) and returns one assignment per
     /// detection, in order. Tracks not seen for longer than the max age are forgotten first.
-    pub fn update(&mut self, found: &[Found], now_ms: i64) -> Vec<Assignment> {
+    pub(crate) fn update(&mut self, found: &[Found], now_ms: i64) -> Vec<Assignment> {
         self.tracks
             .retain(|t| now_ms - t.last_seen_ms <= self.max_age_ms);
         let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
@@ -96,12 +96,9 @@ impl Tracker {
     }
 
     /// Live tracks.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.tracks.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tracks.is_empty()
     }
 }
 

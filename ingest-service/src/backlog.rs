@@ -39,7 +39,7 @@ use crate::metrics::Metrics;
 /// The durable's ack floor as last read, with the stream it belongs to. Shared with the
 /// re-declare path ([`crate::nats::declare`]).
 #[derive(Debug, Clone, Default)]
-pub struct AckFloor(Arc<Mutex<Option<Floor>>>);
+pub(crate) struct AckFloor(Arc<Mutex<Option<Floor>>>);
 
 /// Everything up to `sequence` in the stream created at `stream_created` is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +49,7 @@ pub struct Floor {
 }
 
 impl AckFloor {
-    pub fn get(&self) -> Option<Floor> {
+    pub(crate) fn get(&self) -> Option<Floor> {
         *self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -109,7 +109,7 @@ fn unreachable(first: u64, delivered: u64) -> u64 {
 /// Reads the stream's and the consumer's state every `every` until `cancel` fires:
 /// publishes the backlog gauges, records the latest `ack_floor`, and (on the leader only, so replicas
 /// do not count the same loss) counts events the stream removed before delivery.
-pub async fn watch(
+pub(crate) async fn watch(
     js: jetstream::Context,
     mut consumer: PullConsumer,
     every: Duration,

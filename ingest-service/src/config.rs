@@ -8,7 +8,7 @@ use sightline_shared::config::check_identifier;
 use sightline_shared::config::{ClickHouseConfig, NatsConfig};
 pub use sightline_shared::config::{ConfigError, Validate};
 
-pub use crate::retention::RetentionSettings;
+pub use sightline_store::retention::RetentionSettings;
 
 /// The whole ingest configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -7,6 +7,7 @@
 //! right here.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,18 +17,16 @@ use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use futures::StreamExt;
 use sightline_runtime::now;
+use sightline_runtime::retry::sleep_unless_cancelled;
 use sightline_shared::{Backoff, DetectionEvent, Timestamp, codec, subjects};
+use sightline_store::EventRow;
 use tokio_util::sync::CancellationToken;
 
 use crate::backlog::AckFloor;
 use crate::config::IngestConfig;
-use crate::deadletter::Cancelled;
-use crate::metrics::DeadLetterReason;
-use crate::schema::EventRow;
+use crate::deadletter::{Cancelled, DeadLetters};
+use crate::metrics::{DeadLetterReason, Metrics};
 use crate::writer::{Batch, Outlet, Writer};
-
-/// How long the flush at shutdown may take before the batches in hand are left to redelivery.
-const LAST_FLUSH: Duration = Duration::from_secs(5);
 
 /// Checks one message: content type, payload, contract, and that the event came on its own
 /// camera's subject. The error is the dead-letter reason and a readable detail.
@@ -125,15 +124,21 @@ impl Unread {
 }
 
 /// The consume loop's state.
+/// Made by whoever runs the write stage too (the service), which owns both ends of the
+/// hand-over: this loop holds the [`Outlet`].
 pub struct Consumer {
-    consumer: PullConsumer,
-    config: Arc<IngestConfig>,
-    /// The write stage; its dead letters and metrics serve this loop too.
-    writer: Writer,
+    pub(crate) consumer: PullConsumer,
+    pub(crate) config: Arc<IngestConfig>,
+    /// The way to the write stage, which takes a batch when it has room.
+    pub(crate) outlet: Outlet,
+    /// The write stage's interface for batches in hand: keeping their messages alive.
+    pub(crate) writer: Writer,
+    pub(crate) dead_letters: DeadLetters,
+    pub(crate) metrics: Metrics,
     /// To declare the durable again if it is deleted under the service: where the streams
     /// live and the last ack floor read.
-    js: jetstream::Context,
-    ack_floor: AckFloor,
+    pub(crate) js: jetstream::Context,
+    pub(crate) ack_floor: AckFloor,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -144,23 +149,50 @@ impl std::fmt::Debug for Consumer {
     }
 }
 
-impl Consumer {
-    pub fn new(
-        consumer: PullConsumer,
-        config: Arc<IngestConfig>,
-        writer: Writer,
-        js: jetstream::Context,
-        ack_floor: AckFloor,
-    ) -> Self {
-        Self {
-            consumer,
-            config,
-            writer,
-            js,
-            ack_floor,
-        }
-    }
+/// What the loop does after each step.
+enum Next {
+    /// Go on reading this pull (boxed: it is large, and moves at every message).
+    Read(Box<Pull>),
+    /// Start a new pull, after `delay`, declaring the durable again first if it is gone.
+    Pull {
+        delay: Option<Duration>,
+        redeclare: bool,
+    },
+    /// Shutdown, or the write stage has gone.
+    Stop,
+}
 
+impl Next {
+    const AGAIN: Self = Self::Pull {
+        delay: None,
+        redeclare: false,
+    };
+}
+
+/// A pull in progress, and how long the messages in its buffer may have waited unread.
+struct Pull {
+    messages: pull::Stream,
+    unread: Unread,
+}
+
+impl Pull {
+    /// The next message, noting when the client's buffer is seen empty.
+    fn next(&mut self) -> impl Future<Output = Option<Result<jetstream::Message, PullError>>> + '_ {
+        std::future::poll_fn(|cx| {
+            let next = self.messages.poll_next_unpin(cx);
+            // Pending with budget left: the client's buffer is empty. (Out of budget,
+            // tokio's channels say Pending whatever they hold.)
+            if next.is_pending() && tokio::task::coop::has_budget_remaining() {
+                self.unread.caught_up();
+            }
+            next
+        })
+    }
+}
+
+type PullError = async_nats::error::Error<MessagesErrorKind>;
+
+impl Consumer {
     /// Whether the server says the durable does not exist (not merely unreachable).
     async fn consumer_missing(consumer: &mut PullConsumer) -> bool {
         match consumer.info().await {
@@ -180,10 +212,11 @@ impl Consumer {
     /// False if `cancel` fired first.
     async fn recover_consumer(&mut self, cancel: &CancellationToken) -> bool {
         tracing::error!(consumer = %self.config.consumer.durable_name, "the durable consumer is gone; declaring it again, resuming from the last ack floor read");
-        self.writer.metrics.consumer_redeclared.inc();
-        let declared = crate::service::retry(
+        self.metrics.consumer_redeclared.inc();
+        let declared = sightline_runtime::retry::retry(
             "declare the consumer again",
             cancel,
+            sightline_runtime::retry::start_up_backoff(),
             |_| true,
             // Boxed: a cold path that would otherwise make the loop's future large.
             || {
@@ -204,9 +237,9 @@ impl Consumer {
         }
     }
 
-    /// Runs until `cancel` fires, then hands over what it holds for one last, bounded write
-    /// and returns. Messages not stored by then are simply not acknowledged: JetStream
-    /// redelivers them.
+    /// Runs until `cancel` fires, then leaves the batch it holds with the write stage if it
+    /// has room right away. Messages not stored by then are simply not acknowledged:
+    /// JetStream redelivers them.
     ///
     /// Every message the service holds gets an in-progress ack within the ack wait, or is
     /// let go unread, so none comes back as a second delivery while the first is still on
@@ -215,195 +248,260 @@ impl Consumer {
     /// writer; messages the client pulled ahead cannot be, so a pull whose buffered messages
     /// may have waited unread for a quarter of the ack wait is dropped (see [`Unread`] and
     /// [`Self::hand_over`]).
-    pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
-        // One batch being written, one waiting in the writer, one filling (or waiting for
-        // the writer): bounded memory, fetching overlaps with inserting, all kept alive.
-        let (mut outlet, intake) = crate::writer::hand_over();
-        let stop_writer = CancellationToken::new();
-        let mut writing = tokio::spawn(self.writer.clone().run(intake, stop_writer.clone()));
+    pub async fn run(mut self, cancel: CancellationToken) {
         let mut batch = Batch::default();
+        // Not `runtime::retry`: a failed pull is one state of this loop (the batch begun is
+        // handed over, the durable may need declaring again), not an operation to repeat.
         let mut reconnect = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-        // Set when a pull ended: how long to wait before the next, and whether the durable
-        // must be declared again first.
-        let mut delay: Option<Duration> = None;
-        let mut redeclare = false;
-        'connect: while !cancel.is_cancelled() {
-            // Between pulls the loop holds nothing: a batch begun goes to the writer, which
-            // keeps it alive through whatever the reconnection takes.
-            if !batch.is_empty() {
-                let mut no_pull = Unread::new(0);
-                let handed = self.hand_over(&mut batch, &mut outlet, None, &mut no_pull, &cancel);
-                if handed.await.is_err() {
-                    break 'connect;
+        let mut next = Next::AGAIN;
+        while !cancel.is_cancelled() {
+            next = match next {
+                Next::Read(pull) => self.step(pull, &mut batch, &mut reconnect, &cancel).await,
+                Next::Pull { delay, redeclare } => {
+                    let start =
+                        self.start_pull(&mut batch, delay, redeclare, &mut reconnect, &cancel);
+                    // Boxed: a cold path that would otherwise make the loop's future large.
+                    Box::pin(start).await
                 }
-            }
-            if let Some(delay) = delay.take() {
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = cancel.cancelled() => break 'connect,
-                }
-            }
-            if std::mem::take(&mut redeclare) && !self.recover_consumer(&cancel).await {
-                break 'connect;
-            }
-            let messages = self
-                .consumer
-                .stream()
-                .max_messages_per_batch(self.config.consumer.fetch_batch)
-                .expires(Duration::from_secs(5))
-                .heartbeat(Duration::from_secs(2))
-                .messages()
-                .await;
-            let mut messages = match messages {
-                Ok(m) => m,
-                Err(error) => {
-                    tracing::warn!(%error, "failed to start pulling messages, retrying");
-                    redeclare = Self::consumer_missing(&mut self.consumer).await;
-                    delay = Some(reconnect.next_delay(rand::random()));
-                    continue 'connect;
-                }
+                Next::Stop => break,
             };
-            let mut unread = Unread::new(self.config.consumer.fetch_batch);
-            loop {
-                let flush_at =
-                    tokio::time::Instant::from_std(batch.started + self.config.batch.max_wait());
-                tokio::select! {
-                    biased;
-                    () = cancel.cancelled() => break 'connect,
-                    () = tokio::time::sleep_until(flush_at), if !batch.is_empty() => {
-                        match self.hand_over(&mut batch, &mut outlet, Some(messages), &mut unread, &cancel).await {
-                            Ok(Some(pulling)) => messages = pulling,
-                            Ok(None) => continue 'connect,
-                            Err(Cancelled) => break 'connect,
-                        }
-                    }
-                    next = std::future::poll_fn(|cx| {
-                        let next = messages.poll_next_unpin(cx);
-                        // Pending with budget left: the client's buffer is empty. (Out of
-                        // budget, tokio's channels say Pending whatever they hold.)
-                        if next.is_pending() && tokio::task::coop::has_budget_remaining() {
-                            unread.caught_up();
-                        }
-                        next
-                    }) => match next {
-                        Some(Ok(message)) => {
-                            if unread.longest() >= self.stale_after() {
-                                // It may be on its way again already: let it go with the pull.
-                                self.pull_dropped(unread.longest());
-                                continue 'connect;
-                            }
-                            unread.read();
-                            reconnect.reset();
-                            self.writer.metrics.messages_received.inc();
-                            match check_message(&message.subject, content_type(&message), &message.payload, now()) {
-                                Ok(event) => {
-                                    batch.push(message, EventRow::from(event));
-                                    self.writer.metrics.pending_rows.set(batch.len() as i64);
-                                    if batch.len() >= self.config.batch.max_rows || batch.bytes >= self.config.batch.max_bytes {
-                                        match self.hand_over(&mut batch, &mut outlet, Some(messages), &mut unread, &cancel).await {
-                                            Ok(Some(pulling)) => messages = pulling,
-                                            Ok(None) => continue 'connect,
-                                            Err(Cancelled) => break 'connect,
-                                        }
-                                    }
-                                }
-                                Err((reason, detail)) => {
-                                    let sending = Instant::now();
-                                    let dead_letter = self.writer.dead_letters.send(&message, reason, &detail, &cancel);
-                                    let dead_letter = self.writer.keeping_alive(std::slice::from_ref(&message), sending, dead_letter);
-                                    // Boxed: a cold path that would otherwise make the loop's future large.
-                                    let sent = Box::pin(self.writer.keeping_alive(&batch.messages, batch.started, dead_letter)).await;
-                                    unread.waited(sending.elapsed());
-                                    if sent.is_err() {
-                                        break 'connect;
-                                    }
-                                }
-                            }
-                        }
-                        Some(Err(error)) => {
-                            tracing::warn!(%error, "error while pulling messages");
-                            let asking = Instant::now();
-                            let missing = matches!(error.kind(), MessagesErrorKind::ConsumerDeleted | MessagesErrorKind::NoResponders)
-                                && Box::pin(self.writer.keeping_alive(&batch.messages, batch.started, Self::consumer_missing(&mut self.consumer))).await;
-                            unread.waited(asking.elapsed());
-                            if missing {
-                                redeclare = true;
-                                continue 'connect;
-                            }
-                        }
-                        None => {
-                            tracing::warn!("message stream ended, pulling again");
-                            delay = Some(reconnect.next_delay(rand::random()));
-                            continue 'connect;
-                        }
-                    }
+        }
+        self.leave(batch);
+    }
+
+    /// One step of a pull: whichever comes first of shutdown, the batch falling due, and
+    /// what the pull brings.
+    async fn step(
+        &mut self,
+        mut pull: Box<Pull>,
+        batch: &mut Batch,
+        reconnect: &mut Backoff,
+        cancel: &CancellationToken,
+    ) -> Next {
+        let flush_at = tokio::time::Instant::from_std(batch.started + self.config.batch.max_wait());
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => Next::Stop,
+            () = tokio::time::sleep_until(flush_at), if !batch.is_empty() => {
+                self.hand_over(batch, Some(pull), cancel).await
+            }
+            next = pull.next() => self.on_pulled(next, pull, batch, reconnect, cancel).await,
+        }
+    }
+
+    /// Starts a new pull: between pulls the loop holds nothing (a batch begun goes to the
+    /// writer, which keeps it alive through whatever the reconnection takes), then waits
+    /// `delay` and declares the durable again if it is gone.
+    async fn start_pull(
+        &mut self,
+        batch: &mut Batch,
+        delay: Option<Duration>,
+        redeclare: bool,
+        reconnect: &mut Backoff,
+        cancel: &CancellationToken,
+    ) -> Next {
+        if !batch.is_empty() && matches!(self.hand_over(batch, None, cancel).await, Next::Stop) {
+            return Next::Stop;
+        }
+        if let Some(delay) = delay
+            && !sleep_unless_cancelled(delay, cancel).await
+        {
+            return Next::Stop;
+        }
+        if redeclare && !self.recover_consumer(cancel).await {
+            return Next::Stop;
+        }
+        let messages = self
+            .consumer
+            .stream()
+            .max_messages_per_batch(self.config.consumer.fetch_batch)
+            .expires(Duration::from_secs(5))
+            .heartbeat(Duration::from_secs(2))
+            .messages()
+            .await;
+        match messages {
+            Ok(messages) => Next::Read(Box::new(Pull {
+                messages,
+                unread: Unread::new(self.config.consumer.fetch_batch),
+            })),
+            Err(error) => {
+                tracing::warn!(%error, "failed to start pulling messages, retrying");
+                Next::Pull {
+                    redeclare: Self::consumer_missing(&mut self.consumer).await,
+                    delay: Some(reconnect.next_delay(rand::random())),
                 }
             }
         }
-        // Shutdown: hand the open batch to the writer if it has room right away, and give
-        // the writer a short budget to finish (insert and acks): shutdown must not hang on a
-        // dead ClickHouse or NATS.
+    }
+
+    /// What the pull brought: a message, an error (the durable may be gone), or its end.
+    async fn on_pulled(
+        &mut self,
+        next: Option<Result<jetstream::Message, PullError>>,
+        pull: Box<Pull>,
+        batch: &mut Batch,
+        reconnect: &mut Backoff,
+        cancel: &CancellationToken,
+    ) -> Next {
+        match next {
+            Some(Ok(message)) => {
+                self.on_message(message, pull, batch, reconnect, cancel)
+                    .await
+            }
+            // Boxed: a cold path that would otherwise make the loop's future large.
+            Some(Err(error)) => Box::pin(self.on_pull_error(&error, pull, batch)).await,
+            None => {
+                tracing::warn!("message stream ended, pulling again");
+                Next::Pull {
+                    delay: Some(reconnect.next_delay(rand::random())),
+                    redeclare: false,
+                }
+            }
+        }
+    }
+
+    /// A message: into the batch (handed over once full), or to the dead-letter stream if it
+    /// can never be stored. A message that may have waited unread too long ends the pull.
+    async fn on_message(
+        &mut self,
+        message: jetstream::Message,
+        mut pull: Box<Pull>,
+        batch: &mut Batch,
+        reconnect: &mut Backoff,
+        cancel: &CancellationToken,
+    ) -> Next {
+        if pull.unread.longest() >= self.stale_after() {
+            // It may be on its way again already: let it go with the pull.
+            pull_dropped(&self.metrics, pull.unread.longest());
+            return Next::AGAIN;
+        }
+        pull.unread.read();
+        reconnect.reset();
+        self.metrics.messages_received.inc();
+        match check_message(
+            &message.subject,
+            content_type(&message),
+            &message.payload,
+            now(),
+        ) {
+            Ok(event) => {
+                batch.push(message, EventRow::from(event));
+                self.metrics.pending_rows.set(batch.len() as i64);
+                let full = batch.len() >= self.config.batch.max_rows
+                    || batch.bytes >= self.config.batch.max_bytes;
+                if full {
+                    self.hand_over(batch, Some(pull), cancel).await
+                } else {
+                    Next::Read(pull)
+                }
+            }
+            Err((reason, detail)) => {
+                // Boxed: a cold path that would otherwise make the loop's future large.
+                let sent = Box::pin(self.dead_letter(&message, reason, &detail, batch, cancel));
+                let sending = Instant::now();
+                let sent = sent.await;
+                pull.unread.waited(sending.elapsed());
+                if sent.is_err() {
+                    Next::Stop
+                } else {
+                    Next::Read(pull)
+                }
+            }
+        }
+    }
+
+    /// Sends a message that can never be stored to the dead-letter stream, keeping it and the
+    /// batch in hand alive meanwhile.
+    async fn dead_letter(
+        &self,
+        message: &jetstream::Message,
+        reason: DeadLetterReason,
+        detail: &str,
+        batch: &Batch,
+        cancel: &CancellationToken,
+    ) -> Result<(), Cancelled> {
+        let sending = Instant::now();
+        let sent = self.dead_letters.send(message, reason, detail, cancel);
+        let sent = self
+            .writer
+            .keeping_alive(std::slice::from_ref(message), sending, sent);
+        self.writer
+            .keeping_alive(&batch.messages, batch.started, sent)
+            .await
+    }
+
+    /// An error from the pull: if the durable is gone, a new pull declares it again first.
+    async fn on_pull_error(
+        &mut self,
+        error: &PullError,
+        mut pull: Box<Pull>,
+        batch: &Batch,
+    ) -> Next {
+        tracing::warn!(%error, "error while pulling messages");
+        let asking = Instant::now();
+        let missing = matches!(
+            error.kind(),
+            MessagesErrorKind::ConsumerDeleted | MessagesErrorKind::NoResponders
+        ) && self
+            .writer
+            .keeping_alive(
+                &batch.messages,
+                batch.started,
+                Self::consumer_missing(&mut self.consumer),
+            )
+            .await;
+        pull.unread.waited(asking.elapsed());
+        if missing {
+            Next::Pull {
+                delay: None,
+                redeclare: true,
+            }
+        } else {
+            Next::Read(pull)
+        }
+    }
+
+    /// At shutdown: the batch in hand goes to the writer if it has room right away, for its
+    /// last, bounded flush (see [`crate::writer::finish`]); otherwise JetStream redelivers it.
+    fn leave(mut self, batch: Batch) {
         let rows = batch.len();
-        if !batch.is_empty() && outlet.leave(std::mem::take(&mut batch)).is_err() {
+        if !batch.is_empty() && self.outlet.leave(batch).is_err() {
             tracing::warn!(
                 rows,
                 "could not flush on shutdown; JetStream will redeliver"
             );
         }
-        drop(outlet);
-        let joined = match tokio::time::timeout(LAST_FLUSH, &mut writing).await {
-            Ok(joined) => joined,
-            Err(_) => {
-                stop_writer.cancel();
-                writing.await
-            }
-        };
-        joined.map_err(|e| anyhow::anyhow!("the write stage failed: {e}"))?;
-        self.writer.metrics.pending_rows.set(0);
-        anyhow::ensure!(
-            cancel.is_cancelled(),
-            "the consume loop stopped unasked: the write stage is gone"
-        );
-        Ok(())
     }
 
     /// How long messages may wait unread in the client's buffer: a quarter of the ack wait,
     /// so that with up to half of it in a filling batch they still get their first
     /// in-progress ack in time, with a quarter left for reading, decoding and sending.
     fn stale_after(&self) -> Duration {
-        self.writer.ack_wait / 4
-    }
-
-    fn pull_dropped(&self, unread: Duration) {
-        self.writer.metrics.pulls_restarted.inc();
-        tracing::info!(
-            unread_ms = unread.as_millis() as u64,
-            "messages pulled ahead waited unread for a quarter of the ack wait: dropping the pull; they come back once, after their ack wait"
-        );
+        Duration::from_secs(self.config.consumer.ack_wait_secs) / 4
     }
 
     /// Passes the batch in hand to the writer, waiting while it has no room and keeping the
     /// batch's messages alive meanwhile (the writer may be retrying against a ClickHouse
     /// that is down).
     ///
-    /// `pull` is the pull in progress, if any, and `unread` how long its buffered messages
-    /// may have waited (grown by this wait). What the client pulled ahead gets no
-    /// in-progress acks: past the ack wait JetStream would deliver it again while the first
-    /// copies still sat in the client's buffer, and both would be stored. So once `unread`
-    /// reaches [`Self::stale_after`] the pull is dropped: unread, those messages come back
-    /// once, to the next pull, after their ack wait. Returns the pull if it is still on.
+    /// `pull` is the pull in progress, if any, with how long its buffered messages may have
+    /// waited (grown by this wait). What the client pulled ahead gets no in-progress acks:
+    /// past the ack wait JetStream would deliver it again while the first copies still sat
+    /// in the client's buffer, and both would be stored. So once they may have waited
+    /// [`Self::stale_after`] the pull is dropped: unread, those messages come back once, to
+    /// the next pull, after their ack wait. Next: the pull if it is still on, else a new one.
     async fn hand_over(
-        &self,
+        &mut self,
         batch: &mut Batch,
-        outlet: &mut Outlet,
-        mut pull: Option<pull::Stream>,
-        unread: &mut Unread,
+        mut pull: Option<Box<Pull>>,
         cancel: &CancellationToken,
-    ) -> Result<Option<pull::Stream>, Cancelled> {
+    ) -> Next {
         let waiting = Instant::now();
-        let before = unread.longest();
+        let before = pull.as_ref().map_or(Duration::ZERO, |p| p.unread.longest());
+        let stale_after = self.stale_after();
+        let (outlet, metrics) = (&mut self.outlet, &self.metrics);
         let room = async {
-            let pull_ends = tokio::time::sleep(self.stale_after().saturating_sub(before));
+            let pull_ends = tokio::time::sleep(stale_after.saturating_sub(before));
             tokio::pin!(pull_ends);
             loop {
                 tokio::select! {
@@ -411,7 +509,7 @@ impl Consumer {
                     () = cancel.cancelled() => return Err(Cancelled),
                     () = &mut pull_ends, if pull.is_some() => {
                         pull = None;
-                        self.pull_dropped(before + waiting.elapsed());
+                        pull_dropped(metrics, before + waiting.elapsed());
                     }
                 }
             }
@@ -419,14 +517,36 @@ impl Consumer {
         let room = self
             .writer
             .keeping_alive(&batch.messages, batch.started, room)
-            .await?;
-        unread.waited(waiting.elapsed());
-        self.writer.metrics.pending_rows.set(0);
+            .await;
+        let Ok(room) = room else {
+            return Next::Stop;
+        };
+        self.metrics.pending_rows.set(0);
         // The next batch is likely as large as this one.
         let capacity = batch.len();
-        room.send(std::mem::replace(batch, Batch::with_capacity(capacity)))?;
-        Ok(pull)
+        if room
+            .send(std::mem::replace(batch, Batch::with_capacity(capacity)))
+            .is_err()
+        {
+            return Next::Stop;
+        }
+        match pull {
+            Some(mut pull) => {
+                pull.unread.waited(waiting.elapsed());
+                Next::Read(pull)
+            }
+            None => Next::AGAIN,
+        }
     }
+}
+
+/// A pull dropped because its buffered messages may have waited unread too long.
+fn pull_dropped(metrics: &Metrics, unread: Duration) {
+    metrics.pulls_restarted.inc();
+    tracing::info!(
+        unread_ms = unread.as_millis() as u64,
+        "messages pulled ahead waited unread for a quarter of the ack wait: dropping the pull; they come back once, after their ack wait"
+    );
 }
 
 #[cfg(test)]

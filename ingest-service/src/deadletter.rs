@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, message::PublishMessage};
+use sightline_runtime::retry::retry;
 use sightline_shared::{Backoff, subjects};
 use tokio_util::sync::CancellationToken;
 
@@ -18,23 +19,23 @@ use crate::metrics::{DeadLetterReason, Metrics};
 /// Returned when shutdown interrupted a retry loop; the message stays unacknowledged and
 /// JetStream redelivers it later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cancelled;
+pub(crate) struct Cancelled;
 
 /// Publishes dead letters.
 #[derive(Debug, Clone)]
-pub struct DeadLetters {
+pub(crate) struct DeadLetters {
     js: jetstream::Context,
     metrics: Metrics,
 }
 
 impl DeadLetters {
-    pub fn new(js: jetstream::Context, metrics: Metrics) -> Self {
+    pub(crate) fn new(js: jetstream::Context, metrics: Metrics) -> Self {
         Self { js, metrics }
     }
 
     /// Keeps `message` in the dead-letter stream with `reason`, then terminates it.
     /// Retries the publish until it is acknowledged or `cancel` fires.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         message: &jetstream::Message,
         reason: DeadLetterReason,
@@ -73,21 +74,16 @@ impl DeadLetters {
             );
         }
         let subject = subjects::deadletter_subject(&message.subject);
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-        loop {
-            match self
-                .publish(&subject, message, headers.clone(), sequence)
-                .await
-            {
-                Ok(()) => break,
-                Err(error) => {
-                    tracing::warn!(%error, sequence, "failed to publish dead letter, retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff.next_delay(rand::random())) => {}
-                        () = cancel.cancelled() => return Err(Cancelled),
-                    }
-                }
-            }
+        let published = retry(
+            &format!("publish the dead letter of stream sequence {sequence:?}"),
+            cancel,
+            Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
+            |_| true,
+            || self.publish(&subject, message, headers.clone(), sequence),
+        )
+        .await;
+        if !matches!(published, Ok(Some(()))) {
+            return Err(Cancelled);
         }
         tracing::error!(
             subject = %message.subject, sequence, reason = ?reason, detail,

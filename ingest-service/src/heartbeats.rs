@@ -9,70 +9,24 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer};
-use clickhouse::Row;
 use futures::StreamExt;
-use serde::Serialize;
+use sightline_runtime::retry::{pause, start_up_backoff};
 use sightline_shared::heartbeat::{CONTENT_TYPE, Heartbeat};
-use sightline_shared::{Backoff, codec, subjects};
+use sightline_shared::{codec, subjects};
+use sightline_store::insert::insert_rows;
+use sightline_store::{HeartbeatRow, tables};
 use tokio_util::sync::CancellationToken;
 
 use crate::deadletter::DeadLetters;
 use crate::metrics::{DeadLetterReason, Metrics};
 
 /// The durable consumer's name.
-pub const DURABLE: &str = "sightline-ingest-heartbeats";
-/// The table heartbeats are written to.
-pub const TABLE: &str = "edge_heartbeats";
+pub(crate) const DURABLE: &str = "sightline-ingest-heartbeats";
 /// Most heartbeats per fetch (and per INSERT).
 const FETCH: usize = 1000;
 
-/// One row of `edge_heartbeats`, in column order (without `received_at`, which defaults).
-#[derive(Debug, Clone, PartialEq, Row, Serialize)]
-pub struct HeartbeatRow {
-    pub edge_id: String,
-    /// `DateTime` travels as seconds since the epoch.
-    pub sent_at: u32,
-    pub sent_at_ms: i64,
-    pub agent_version: String,
-    pub uptime_secs: u64,
-    pub cameras: u32,
-    pub fps: f64,
-    pub events_created: u64,
-    pub events_sent: u64,
-    pub events_dropped: u64,
-    pub backlog: u64,
-    pub oldest_unsent_at_ms: Option<i64>,
-    pub storage_used_bytes: u64,
-    pub storage_limit_bytes: u64,
-    pub cpu_percent: f64,
-    pub rss_bytes: u64,
-}
-
-impl From<Heartbeat> for HeartbeatRow {
-    fn from(h: Heartbeat) -> Self {
-        Self {
-            edge_id: h.edge_id,
-            sent_at: u32::try_from(h.sent_at.as_secs()).unwrap_or(0),
-            sent_at_ms: h.sent_at.as_millis(),
-            agent_version: h.agent_version,
-            uptime_secs: h.uptime_secs,
-            cameras: h.cameras,
-            fps: h.fps,
-            events_created: h.events_created,
-            events_sent: h.events_sent,
-            events_dropped: h.events_dropped,
-            backlog: h.backlog,
-            oldest_unsent_at_ms: h.oldest_unsent_at.map(|t| t.as_millis()),
-            storage_used_bytes: h.storage_used_bytes,
-            storage_limit_bytes: h.storage_limit_bytes,
-            cpu_percent: h.cpu_percent,
-            rss_bytes: h.rss_bytes,
-        }
-    }
-}
-
 /// Creates (or updates) the heartbeats consumer.
-pub async fn declare(
+pub(crate) async fn declare(
     js: &jetstream::Context,
     ack_wait: Duration,
 ) -> anyhow::Result<consumer::PullConsumer> {
@@ -119,7 +73,7 @@ fn check(message: &jetstream::Message) -> Result<HeartbeatRow, (DeadLetterReason
 }
 
 /// Consumes heartbeats until `cancel` fires.
-pub async fn run(
+pub(crate) async fn run(
     consumer: consumer::PullConsumer,
     client: clickhouse::Client,
     dead_letters: DeadLetters,
@@ -127,7 +81,7 @@ pub async fn run(
     timeout: Duration,
     cancel: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut backoff = start_up_backoff();
     while !cancel.is_cancelled() {
         let fetched = tokio::select! {
             () = cancel.cancelled() => return,
@@ -164,7 +118,7 @@ pub async fn run(
         if rows.is_empty() {
             continue;
         }
-        match crate::sink::insert_rows(&client, TABLE, &rows, timeout, None).await {
+        match insert_rows(&client, tables::EDGE_HEARTBEATS, &rows, timeout, None).await {
             Ok(()) => {
                 backoff.reset();
                 metrics.heartbeats_stored.inc_by(rows.len() as u64);
@@ -201,12 +155,4 @@ async fn fetch(consumer: &consumer::PullConsumer) -> anyhow::Result<Vec<jetstrea
         out.push(message.map_err(|e| anyhow::anyhow!(e))?);
     }
     Ok(out)
-}
-
-async fn pause(backoff: &mut Backoff, cancel: &CancellationToken) {
-    let delay = backoff.next_delay(rand::random());
-    tokio::select! {
-        () = cancel.cancelled() => {}
-        () = tokio::time::sleep(delay) => {}
-    }
 }

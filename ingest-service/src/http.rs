@@ -15,7 +15,7 @@ use crate::sink::Sink;
 
 /// What the handlers need.
 #[derive(Debug, Clone)]
-pub struct HttpState {
+pub(crate) struct HttpState {
     pub registry: Arc<Registry>,
     pub sink: Sink,
     pub nats: async_nats::Client,
@@ -27,7 +27,7 @@ pub struct HttpState {
 
 /// `/healthz` (the process runs), `/readyz` (NATS connected, ClickHouse answering, schema
 /// current, streams and consumer declared) and `/metrics` (Prometheus text format).
-pub fn router(state: HttpState) -> Router {
+pub(crate) fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))

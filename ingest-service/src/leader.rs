@@ -287,3 +287,14 @@ pub async fn candidate(settings: &LeaderSettings) -> anyhow::Result<Option<Elect
 pub fn lead(candidate: Option<Elector>, cancel: CancellationToken) -> Leadership {
     candidate.map_or_else(Leadership::always, |elector| elector.spawn(cancel))
 }
+
+/// The store's schema work (migrations, TTL) runs under the schema Lease.
+impl sightline_store::SchemaLock for Elector {
+    fn hold<F>(&self, work: F) -> impl Future<Output = F::Output> + Send
+    where
+        F: Future + Send,
+        F::Output: Send,
+    {
+        Elector::hold(self, work)
+    }
+}

@@ -8,29 +8,28 @@
 //! Stages, one file each: [`config`], [`nats`] (streams and the durable consumer) ->
 //! [`consumer`] (fetch, decode, batch) -> [`writer`]
 //! (insert through [`sink`], retry, bisect, then ack) and [`deadletter`]; [`heartbeats`]
-//! stores the edge agents' heartbeats with a second consumer; [`migrations`] owns the ClickHouse tables,
-//! [`schema`] the row type the query service reads back, [`capabilities`] what the server can
-//! do, [`retention`] how long rows live (TTL or partition sweeps); [`backlog`] watches the
+//! stores the edge agents' heartbeats with a second consumer; [`retention`] runs the
+//! partition sweep on servers without TTL; [`backlog`] watches the
 //! durable's position (backlog gauges, ack floor, events the stream removed before delivery);
 //! [`leader`] elects the replica that runs the singleton jobs; [`service`] wires them with
 //! [`http`] and [`metrics`].
+//!
+//! The ClickHouse contract (tables, row types, migrations, capabilities, what an error
+//! means) is the `sightline-store` crate's, shared with the query service.
 
-pub mod backlog;
-pub mod capabilities;
+mod backlog;
 pub mod config;
 pub mod consumer;
-pub mod deadletter;
-pub mod heartbeats;
-pub mod http;
+mod deadletter;
+mod heartbeats;
+mod http;
 pub mod leader;
 pub mod metrics;
-pub mod migrations;
 pub mod nats;
-pub mod retention;
-pub mod schema;
-pub mod service;
+mod retention;
+mod service;
 pub mod sink;
-pub mod writer;
+mod writer;
 
 pub use config::IngestConfig;
 pub use service::run;

@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Parser;
 use sightline_ingest::IngestConfig;
-use sightline_ingest::capabilities::Capabilities;
-use sightline_ingest::migrations;
+use sightline_store::Capabilities;
 
 /// Sightline ingest service: JetStream -> ClickHouse, batched, lossless, idempotent.
 #[derive(Debug, Parser)]
@@ -58,12 +57,7 @@ async fn main() -> anyhow::Result<()> {
             ServerKind::Modern => Capabilities::MODERN,
         };
         let db = &config.clickhouse.database;
-        let statements = migrations::bootstrap(db)
-            .into_iter()
-            .chain(migrations::MIGRATIONS.iter().flat_map(|m| m.statements(db)))
-            .chain(config.retention.ttl_statements(db, caps))
-            .chain(caps.dedup_statements(db));
-        for statement in statements {
+        for statement in sightline_store::setup::statements(db, &config.retention, caps) {
             println!("{statement};\n");
         }
         return Ok(());

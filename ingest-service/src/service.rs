@@ -7,22 +7,21 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
-use sightline_shared::Backoff;
+use sightline_runtime::retry::{retry, start_up_backoff};
+use sightline_store::{SetupError, setup};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::backlog::{self, AckFloor};
-use crate::capabilities::Capabilities;
 use crate::config::IngestConfig;
 use crate::consumer::Consumer;
 use crate::deadletter::DeadLetters;
 use crate::http::{HttpState, router};
 use crate::leader::{self, Elector};
 use crate::metrics::Metrics;
-use crate::migrations::{self, MigrationError};
 use crate::sink::Sink;
-use crate::writer::Writer;
-use crate::{heartbeats, nats, retention, schema};
+use crate::writer::{self, Writer};
+use crate::{heartbeats, nats, retention};
 
 /// Runs the ingest service until `shutdown` completes.
 ///
@@ -55,7 +54,7 @@ async fn serve(
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
 
-    let admin = schema::client(&config.clickhouse)?;
+    let admin = sightline_store::client(&config.clickhouse)?;
     let client = admin.clone().with_database(&config.clickhouse.database);
     let sink = Sink::new(client, config.clickhouse.timeout(), metrics.clone());
     let nats = sightline_runtime::connect_nats(&config.nats, "sightline-ingest").await?;
@@ -87,8 +86,9 @@ async fn serve(
     let prepared = retry(
         "prepare the ClickHouse schema",
         &cancel,
-        StoreSetupError::is_transient,
-        || prepare_store(&admin, &db, &config.retention, schema_lock.as_ref()),
+        start_up_backoff(),
+        SetupError::is_transient,
+        || setup::prepare(&admin, &db, &config.retention, &schema_lock),
     )
     .await;
     let caps = match prepared {
@@ -102,7 +102,8 @@ async fn serve(
     let columns = retry(
         "read the events table's columns",
         &cancel,
-        crate::migrations::is_network,
+        start_up_backoff(),
+        sightline_store::error::is_unavailable,
         || sink.columns(),
     )
     .await;
@@ -135,6 +136,7 @@ async fn serve(
     let declared = retry(
         "declare the JetStream streams and consumer",
         &cancel,
+        start_up_backoff(),
         |_| true,
         || nats::declare(&js, &config, None),
     )
@@ -153,6 +155,7 @@ async fn serve(
     let declared = retry(
         "declare the heartbeats consumer",
         &cancel,
+        start_up_backoff(),
         |_| true,
         || heartbeats::declare(&js, ack_wait),
     )
@@ -187,14 +190,36 @@ async fn serve(
     ));
     let writer = Writer {
         sink,
-        dead_letters,
-        metrics,
+        dead_letters: dead_letters.clone(),
+        metrics: metrics.clone(),
         ack_wait,
         columns,
     };
-    Consumer::new(consumer, Arc::new(config), writer, js, ack_floor)
-        .run(cancel.clone())
-        .await?;
+    // The write stage runs as its own task; the consume loop hands it batches through the
+    // outlet. One batch being written, one waiting in the writer, one filling (or waiting
+    // for the writer): bounded memory, fetching overlaps with inserting, all kept alive.
+    let (outlet, intake) = writer::hand_over();
+    let stop_writer = CancellationToken::new();
+    let writing = tokio::spawn(writer.clone().run(intake, stop_writer.clone()));
+    Consumer {
+        consumer,
+        config: Arc::new(config),
+        outlet,
+        writer,
+        dead_letters,
+        metrics: metrics.clone(),
+        js,
+        ack_floor,
+    }
+    .run(cancel.clone())
+    .await;
+    // The consume loop left its batch with the writer if it had room: a last, bounded flush.
+    writer::finish(writing, stop_writer, writer::LAST_FLUSH).await?;
+    metrics.pending_rows.set(0);
+    anyhow::ensure!(
+        cancel.is_cancelled(),
+        "the consume loop stopped unasked: the write stage is gone"
+    );
     finish(http, nats).await
 }
 
@@ -226,90 +251,4 @@ async fn finish(
         .context("HTTP server failed")?;
     tracing::info!("ingest stopped");
     Ok(())
-}
-
-/// Why the ClickHouse schema could not be prepared.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreSetupError {
-    #[error("failed to detect the ClickHouse server's capabilities: {0}")]
-    Detect(#[source] clickhouse::error::Error),
-    #[error(transparent)]
-    Migrate(#[from] MigrationError),
-    #[error("failed to set the retention TTL: {0}")]
-    Ttl(#[source] clickhouse::error::Error),
-    #[error("failed to set the events table's deduplication window: {0}")]
-    TableSettings(#[source] clickhouse::error::Error),
-}
-
-impl StoreSetupError {
-    fn is_transient(&self) -> bool {
-        match self {
-            Self::Detect(e) | Self::Ttl(e) | Self::TableSettings(e) => {
-                crate::migrations::is_network(e)
-            }
-            Self::Migrate(e) => e.is_transient(),
-        }
-    }
-}
-
-/// Detects what the server can do, applies migrations and sets retention TTL where the
-/// server has it. Where replicas elect, that runs under the schema Lease, one replica at a
-/// time (the others find nothing left to migrate and set the same TTL).
-pub async fn prepare_store(
-    admin: &clickhouse::Client,
-    db: &str,
-    retention_settings: &retention::RetentionSettings,
-    schema_lock: Option<&Elector>,
-) -> Result<Capabilities, StoreSetupError> {
-    let caps = Capabilities::detect(admin)
-        .await
-        .map_err(StoreSetupError::Detect)?;
-    let work = async {
-        migrations::migrate(admin, db).await?;
-        retention::apply_ttl(admin, db, retention_settings, caps)
-            .await
-            .map_err(StoreSetupError::Ttl)?;
-        crate::capabilities::apply_dedup_window(admin, db, caps)
-            .await
-            .map_err(StoreSetupError::TableSettings)
-    };
-    match schema_lock {
-        Some(lock) => lock.hold(work).await?,
-        None => work.await?,
-    }
-    Ok(caps)
-}
-
-/// Retries `op` with capped backoff while its errors are transient: `Ok(Some)` on success,
-/// `Ok(None)` if `cancel` fired first, `Err` for an error retrying cannot fix.
-pub(crate) async fn retry<T, E, F, Fut>(
-    what: &str,
-    cancel: &CancellationToken,
-    is_transient: impl Fn(&E) -> bool,
-    mut op: F,
-) -> Result<Option<T>, E>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-    E: std::fmt::Display,
-{
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    loop {
-        let attempt = tokio::select! {
-            result = op() => result,
-            () = cancel.cancelled() => return Ok(None),
-        };
-        match attempt {
-            Ok(value) => return Ok(Some(value)),
-            Err(error) if !is_transient(&error) => return Err(error),
-            Err(error) => {
-                let delay = backoff.next_delay(rand::random());
-                tracing::warn!(error = %format!("{error:#}"), retry_in_ms = delay.as_millis() as u64, "failed to {what}, retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = cancel.cancelled() => return Ok(None),
-                }
-            }
-        }
-    }
 }

@@ -20,13 +20,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
+use sightline_runtime::retry::sleep_unless_cancelled;
 use sightline_shared::Backoff;
+use sightline_store::EventRow;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::deadletter::{Cancelled, DeadLetters};
 use crate::metrics::{DeadLetterReason, Metrics};
-use crate::schema::EventRow;
 use crate::sink::{InsertError, Sink};
 
 /// How long a look at the `events` table's columns is trusted during one batch.
@@ -34,7 +35,7 @@ const TABLE_CHECK_VALID: Duration = Duration::from_secs(5);
 
 /// Messages waiting for their batch's INSERT, and their rows, index for index.
 #[derive(Debug)]
-pub struct Batch {
+pub(crate) struct Batch {
     pub messages: Vec<jetstream::Message>,
     pub rows: Vec<EventRow>,
     pub bytes: usize,
@@ -52,7 +53,7 @@ impl Default for Batch {
 impl Batch {
     /// An empty batch with room for `rows` (growing a batch of 50,000 messages step by step
     /// costs copies and page faults a benchmark can see).
-    pub fn with_capacity(rows: usize) -> Self {
+    pub(crate) fn with_capacity(rows: usize) -> Self {
         Self {
             messages: Vec::with_capacity(rows),
             rows: Vec::with_capacity(rows),
@@ -62,7 +63,7 @@ impl Batch {
     }
 
     /// Adds a message and its row.
-    pub fn push(&mut self, message: jetstream::Message, row: EventRow) {
+    pub(crate) fn push(&mut self, message: jetstream::Message, row: EventRow) {
         if self.is_empty() {
             self.started = Instant::now();
         }
@@ -71,11 +72,11 @@ impl Batch {
         self.messages.push(message);
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.rows.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }
 }
@@ -89,7 +90,7 @@ impl Batch {
 ///
 /// The writer asks for each batch with a one-shot channel and asks again only once it came,
 /// so there is never more than one batch's room on offer.
-pub fn hand_over() -> (Outlet, Intake) {
+pub(crate) fn hand_over() -> (Outlet, Intake) {
     let (requests, asked) = mpsc::channel(1);
     (
         Outlet { asked },
@@ -102,31 +103,31 @@ pub fn hand_over() -> (Outlet, Intake) {
 
 /// The consume loop's end of [`hand_over`].
 #[derive(Debug)]
-pub struct Outlet {
+pub(crate) struct Outlet {
     /// The writer's open request for a batch, while it has room.
     asked: mpsc::Receiver<oneshot::Sender<Batch>>,
 }
 
 /// Room in the writer for one batch.
 #[derive(Debug)]
-pub struct Room(oneshot::Sender<Batch>);
+pub(crate) struct Room(oneshot::Sender<Batch>);
 
 impl Room {
     /// Passes `batch` to the writer; an error if the writer has gone.
-    pub fn send(self, batch: Batch) -> Result<(), Cancelled> {
+    pub(crate) fn send(self, batch: Batch) -> Result<(), Cancelled> {
         self.0.send(batch).map_err(|_| Cancelled)
     }
 }
 
 impl Outlet {
     /// Waits until the writer has room for a batch; an error if it is gone.
-    pub async fn room(&mut self) -> Result<Room, Cancelled> {
+    pub(crate) async fn room(&mut self) -> Result<Room, Cancelled> {
         self.asked.recv().await.map(Room).ok_or(Cancelled)
     }
 
     /// At shutdown: passes `batch` to the writer if it has room right now; gives it back
     /// otherwise.
-    pub fn leave(&mut self, batch: Batch) -> Result<(), Batch> {
+    pub(crate) fn leave(&mut self, batch: Batch) -> Result<(), Batch> {
         match self.asked.try_recv() {
             Ok(room) => room.send(batch),
             Err(_) => Err(batch),
@@ -136,7 +137,7 @@ impl Outlet {
 
 /// The writer's end of [`hand_over`].
 #[derive(Debug)]
-pub struct Intake {
+pub(crate) struct Intake {
     requests: mpsc::Sender<oneshot::Sender<Batch>>,
     /// The request made and not answered yet.
     waiting: Option<oneshot::Receiver<Batch>>,
@@ -159,9 +160,31 @@ impl Intake {
     }
 }
 
+/// How long the write stage may take, once the consume loop has gone, to store what it
+/// holds before the batches in hand are left to redelivery.
+pub(crate) const LAST_FLUSH: Duration = Duration::from_secs(5);
+
+/// Waits for the writer task `writing` to store what it holds after the consume loop has
+/// gone, for at most `budget`; then stops it with `stop` (the batches in hand go back to
+/// JetStream unacknowledged): shutdown must not hang on a dead ClickHouse or NATS.
+pub(crate) async fn finish(
+    mut writing: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+    budget: Duration,
+) -> anyhow::Result<()> {
+    let joined = match tokio::time::timeout(budget, &mut writing).await {
+        Ok(joined) => joined,
+        Err(_) => {
+            stop.cancel();
+            writing.await
+        }
+    };
+    joined.map_err(|e| anyhow::anyhow!("the write stage failed: {e}"))
+}
+
 /// Inserts and acknowledges batches.
 #[derive(Debug, Clone)]
-pub struct Writer {
+pub(crate) struct Writer {
     pub sink: Sink,
     pub dead_letters: DeadLetters,
     pub metrics: Metrics,
@@ -176,7 +199,7 @@ impl Writer {
     /// Writes batches from `intake` until the consume loop has gone, or until `stop` fires
     /// (then the batches in hand, the one written and the next, are dropped unacknowledged,
     /// and JetStream redelivers them).
-    pub async fn run(self, mut intake: Intake, stop: CancellationToken) {
+    pub(crate) async fn run(self, mut intake: Intake, stop: CancellationToken) {
         // The batch taken while the one before it was written, kept alive meanwhile.
         let mut next: Option<Batch> = None;
         loop {
@@ -271,6 +294,8 @@ impl Writer {
         cancel: &CancellationToken,
     ) -> Result<(), Cancelled> {
         let mut ranges = vec![(0, rows.len())];
+        // Not `runtime::retry`: each range's outcome (store, retry, bisect, dead-letter)
+        // changes the work left, so the loop is over ranges; only the wait is shared.
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
         // Once the table is found as it was, a bisection does not ask again at every step,
         // only when the last look is older than a few seconds.
@@ -295,9 +320,8 @@ impl Writer {
                     } else {
                         tracing::warn!(%error, rows = hi - lo, retry_in_ms, "insert failed, retrying");
                     }
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = cancel.cancelled() => return Err(Cancelled),
+                    if !sleep_unless_cancelled(delay, cancel).await {
+                        return Err(Cancelled);
                     }
                 }
                 Err(InsertError::Permanent { code, source }) if hi - lo > 1 => {

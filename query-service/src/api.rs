@@ -1,7 +1,8 @@
 //! Routes, handlers, and the one place errors become status codes (including the request
-//! timeout and wrong methods). The operations are listed, with their parameters, in
-//! [`crate::openapi::ENDPOINTS`]; the hostile-input test checks that every one of them is
-//! routed.
+//! timeout and wrong methods). The router is built from the operations listed, with their
+//! parameters, in [`crate::openapi::ENDPOINTS`]: a route cannot exist without its
+//! documentation, and a documented operation without a handler stops the service at
+//! start-up (and fails the unit tests).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, delete, get, post};
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use serde_json::json;
@@ -20,14 +21,15 @@ use uuid::Uuid;
 
 use crate::auth::Tokens;
 use crate::metrics::{Metrics, Route, RouteStatus};
-use crate::openapi::{self, EXPORT_PATH};
-use crate::params::{self, Format, ParamError};
+use crate::model::Format;
+use crate::openapi::{self, EXPORT_PATH, Endpoint};
+use crate::params::{self, ParamError};
 use crate::replay::{Progress, Replays, StartError};
 use crate::store::{Store, StoreError};
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     pub store: Store,
     pub metrics: Metrics,
     pub registry: Arc<Registry>,
@@ -39,7 +41,7 @@ pub struct AppState {
 
 /// Everything a handler can fail with.
 #[derive(Debug)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// The caller's mistake in a parameter: 400 with the parameter named.
     BadParameter(ParamError),
     /// No or a wrong bearer token: 401.
@@ -67,7 +69,10 @@ impl From<ParamError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::BadParameter(e) => Self::BadParameter(e),
+            StoreError::UnknownTimeZone(_) => Self::BadParameter(ParamError::new(
+                "tz",
+                "is not a time zone ClickHouse knows (use an IANA name such as Europe/Berlin)",
+            )),
             other => Self::Store(other),
         }
     }
@@ -144,26 +149,50 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The application router, with authentication, metrics and a request timeout.
-pub fn router(state: AppState, request_timeout: Duration) -> Router {
+/// The handler of a documented operation; `None` for one this build does not serve.
+fn handler(endpoint: &Endpoint) -> Option<MethodRouter<AppState>> {
+    Some(match (endpoint.method, endpoint.path) {
+        ("get", "/v1/events") => get(list_events),
+        ("get", EXPORT_PATH) => get(export),
+        ("get", "/v1/events/{id}") => get(get_event),
+        ("get", "/v1/cameras") => get(cameras),
+        ("get", "/v1/stats") => get(stats),
+        ("get", "/v1/replay") => get(list_replays),
+        ("post", "/v1/replay") => post(start_replay),
+        ("get", "/v1/replay/{id}") => get(get_replay),
+        ("delete", "/v1/replay/{id}") => delete(cancel_replay),
+        ("get", "/healthz") => get(|| async { Json(json!({"status": "ok"})) }),
+        ("get", "/readyz") => get(readyz),
+        ("get", "/metrics") => get(metrics),
+        ("get", "/openapi.json") => get(|| async { Json(crate::openapi::document()) }),
+        _ => return None,
+    })
+}
+
+/// The application router, with authentication, metrics and a request timeout: one route
+/// per operation of [`openapi::ENDPOINTS`].
+///
+/// # Panics
+/// If an operation of the endpoint table has no handler (a build that documents what it
+/// does not serve).
+pub(crate) fn router(state: AppState, request_timeout: Duration) -> Router {
     // Exports stream for as long as they need (ClickHouse bounds them); the rest is timed.
-    let timed = Router::new()
-        .route("/v1/events", get(list_events))
-        .route("/v1/events/{id}", get(get_event))
-        .route("/v1/cameras", get(cameras))
-        .route("/v1/stats", get(stats))
-        .route("/v1/replay", get(list_replays).post(start_replay))
-        .route("/v1/replay/{id}", get(get_replay).delete(cancel_replay))
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route(
-            "/openapi.json",
-            get(|| async { Json(crate::openapi::document()) }),
-        )
-        .layer(middleware::from_fn_with_state(request_timeout, time_limit));
-    Router::new()
-        .route(EXPORT_PATH, get(export))
+    let (mut timed, mut streamed) = (Router::new(), Router::new());
+    for endpoint in openapi::ENDPOINTS {
+        let Some(handler) = handler(endpoint) else {
+            panic!(
+                "{} {} is documented but has no handler",
+                endpoint.method, endpoint.path
+            );
+        };
+        if endpoint.path == EXPORT_PATH {
+            streamed = streamed.route(endpoint.path, handler);
+        } else {
+            timed = timed.route(endpoint.path, handler);
+        }
+    }
+    let timed = timed.layer(middleware::from_fn_with_state(request_timeout, time_limit));
+    streamed
         .merge(timed)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -420,4 +449,187 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
         })
         .inc();
     response
+}
+
+#[cfg(test)]
+mod tests {
+    //! Handler-level tests through `Router::oneshot`: routing, authentication and the error
+    //! mapping, with a store whose ClickHouse is unreachable (the API against real servers
+    //! is in `tests/tests/it/api_*.rs`).
+
+    use axum::http::Method;
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::config::ReplayConfig;
+    use crate::store::Limits;
+
+    /// The API with a store pointing at a closed loopback port, and `tokens` (none: off).
+    fn app(tokens: &[&str]) -> Router {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        let client = clickhouse::Client::default().with_url("http://127.0.0.1:9");
+        let store = Store::new(
+            client,
+            Limits {
+                query_timeout_secs: 5,
+                export_timeout_secs: 5,
+                max_memory_bytes: 1 << 30,
+            },
+        );
+        let replays = Replays::new(
+            ReplayConfig::default(),
+            None,
+            store.clone(),
+            tokio_util::sync::CancellationToken::new(),
+            metrics.replay_published.clone(),
+        );
+        let state = AppState {
+            store,
+            metrics,
+            registry: Arc::new(registry),
+            default_limit: 100,
+            max_limit: 1000,
+            tokens: Tokens::new(tokens.iter().map(|t| (*t).to_owned()).collect()),
+            replays,
+        };
+        router(state, Duration::from_secs(5))
+    }
+
+    async fn call(
+        app: &Router,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let response = app
+            .clone()
+            .oneshot(request.body(Body::empty()).expect("request"))
+            .await
+            .expect("the router answers");
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (
+            status,
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// A path of the endpoint table with its `{id}` filled in.
+    fn concrete(path: &str) -> String {
+        path.replace("{id}", "0190a0e4-4f0e-7c1a-9d3e-2b4c6d8e0f11")
+    }
+
+    fn method(endpoint: &Endpoint) -> Method {
+        Method::from_bytes(endpoint.method.to_ascii_uppercase().as_bytes()).expect("method")
+    }
+
+    #[tokio::test]
+    async fn every_documented_operation_is_routed() {
+        let app = app(&[]);
+        for endpoint in openapi::ENDPOINTS {
+            let (status, body) = call(&app, method(endpoint), &concrete(endpoint.path), None).await;
+            let unrouted = status == StatusCode::METHOD_NOT_ALLOWED
+                || body["error"]["message"] == "no such route";
+            assert!(
+                !unrouted,
+                "{} {} is documented but not routed: {status} {body}",
+                endpoint.method, endpoint.path
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn what_is_not_documented_is_not_routed() {
+        let app = app(&[]);
+        let (status, body) = call(&app, Method::GET, "/v1/nothing", None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"]["code"], "not_found");
+        // Every method the table does not list for a path is a 405 with the error body.
+        for endpoint in openapi::ENDPOINTS {
+            for other in [Method::PUT, Method::PATCH] {
+                let (status, body) =
+                    call(&app, other.clone(), &concrete(endpoint.path), None).await;
+                assert_eq!(
+                    status,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{other} {}",
+                    endpoint.path
+                );
+                assert_eq!(body["error"]["code"], "method_not_allowed");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn with_tokens_only_the_open_operations_answer_without_one() {
+        let app = app(&["s3cret"]);
+        for endpoint in openapi::ENDPOINTS {
+            let path = concrete(endpoint.path);
+            let (status, body) = call(&app, method(endpoint), &path, None).await;
+            if endpoint.auth {
+                assert_eq!(
+                    status,
+                    StatusCode::UNAUTHORIZED,
+                    "{} {path}",
+                    endpoint.method
+                );
+                assert_eq!(body["error"]["code"], "unauthorized");
+                let (status, _) = call(&app, method(endpoint), &path, Some("wrong")).await;
+                assert_eq!(
+                    status,
+                    StatusCode::UNAUTHORIZED,
+                    "{} {path}",
+                    endpoint.method
+                );
+                let (status, _) = call(&app, method(endpoint), &path, Some("s3cret")).await;
+                assert_ne!(
+                    status,
+                    StatusCode::UNAUTHORIZED,
+                    "{} {path}",
+                    endpoint.method
+                );
+            } else {
+                assert_ne!(
+                    status,
+                    StatusCode::UNAUTHORIZED,
+                    "{} {path}",
+                    endpoint.method
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn errors_map_to_statuses_in_one_place() {
+        let app = app(&[]);
+        // ClickHouse unreachable: 503 with the generic message.
+        let (status, body) = call(&app, Method::GET, "/v1/events", None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["error"]["code"], "unavailable");
+        let (status, body) = call(&app, Method::GET, "/readyz", None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        // A parameter mistake is caught before the store is asked.
+        let (status, body) = call(&app, Method::GET, "/v1/events?limit=0", None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"]["parameter"], "limit");
+        let (status, body) = call(&app, Method::GET, "/v1/events/not-a-uuid", None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"]["parameter"], "id");
+        // An unknown time zone is the store's finding and the caller's mistake: 400 naming tz.
+        let response =
+            ApiError::from(StoreError::UnknownTimeZone("Mars/Base".into())).into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(body["error"]["parameter"], "tz");
+    }
 }

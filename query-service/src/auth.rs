@@ -7,23 +7,23 @@ use subtle::ConstantTimeEq as _;
 
 /// The accepted tokens; empty means authentication is off.
 #[derive(Debug, Clone, Default)]
-pub struct Tokens(Arc<Vec<Vec<u8>>>);
+pub(crate) struct Tokens(Arc<Vec<Vec<u8>>>);
 
 impl Tokens {
-    pub fn new(tokens: Vec<String>) -> Self {
+    pub(crate) fn new(tokens: Vec<String>) -> Self {
         Self(Arc::new(
             tokens.into_iter().map(String::into_bytes).collect(),
         ))
     }
 
     /// Whether authentication is on.
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         !self.0.is_empty()
     }
 
     /// Whether `authorization` carries an accepted `Bearer` token. Every token is compared,
     /// each in constant time, so timing tells nothing about which one was close.
-    pub fn allows(&self, authorization: Option<&HeaderValue>) -> bool {
+    pub(crate) fn allows(&self, authorization: Option<&HeaderValue>) -> bool {
         let Some(presented) = authorization.and_then(|v| v.to_str().ok()).and_then(|v| {
             let (scheme, token) = v.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())

@@ -7,10 +7,10 @@ use bytes::Bytes;
 use clickhouse::query::RowCursor;
 use futures::Stream;
 use prometheus_client::metrics::counter::Counter;
-use sightline_ingest::schema::EventRow;
 use sightline_shared::DetectionEvent;
+use sightline_store::EventRow;
 
-use crate::params::Format;
+use crate::model::Format;
 
 /// Bytes gathered before a chunk goes out.
 const CHUNK: usize = 64 * 1024;

@@ -22,11 +22,11 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::ReplayConfig;
-use crate::params::{ReplayQuery, Sort};
+use crate::model::{ReplayQuery, Sort};
 use crate::store::Store;
 
 /// The header that marks a replayed message with its job.
-pub const REPLAY_ID_HEADER: &str = "Sightline-Replay-Id";
+pub(crate) const REPLAY_ID_HEADER: &str = "Sightline-Replay-Id";
 
 /// Events read from ClickHouse per page.
 const PAGE: u32 = 1000;
@@ -36,7 +36,7 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum JobState {
+pub(crate) enum JobState {
     Running,
     Done,
     Failed,
@@ -45,7 +45,7 @@ pub enum JobState {
 
 /// A job's progress, as `GET /v1/replay/{id}` shows it.
 #[derive(Debug, Clone, Serialize)]
-pub struct Progress {
+pub(crate) struct Progress {
     pub id: Uuid,
     pub state: JobState,
     pub subject: String,
@@ -84,7 +84,7 @@ impl Job {
 
 /// Why a replay could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub(crate) enum StartError {
     #[error("replay is disabled in this service's config")]
     Disabled,
     #[error("{0} replays are already running; wait for one to finish")]
@@ -93,7 +93,7 @@ pub enum StartError {
 
 /// The replay jobs of this process.
 #[derive(Debug, Clone)]
-pub struct Replays {
+pub(crate) struct Replays {
     jobs: Arc<Mutex<VecDeque<Arc<Job>>>>,
     nats: Option<async_nats::Client>,
     store: Store,
@@ -104,7 +104,7 @@ pub struct Replays {
 
 impl Replays {
     /// Jobs publish through `nats` (replay is disabled without it) and stop at `shutdown`.
-    pub fn new(
+    pub(crate) fn new(
         config: ReplayConfig,
         nats: Option<async_nats::Client>,
         store: Store,
@@ -121,7 +121,7 @@ impl Replays {
         }
     }
 
-    pub fn config(&self) -> &ReplayConfig {
+    pub(crate) fn config(&self) -> &ReplayConfig {
         &self.config
     }
 
@@ -132,7 +132,7 @@ impl Replays {
     }
 
     /// Starts a job for `q` and returns its first progress report.
-    pub fn start(&self, q: ReplayQuery) -> Result<Progress, StartError> {
+    pub(crate) fn start(&self, q: ReplayQuery) -> Result<Progress, StartError> {
         // The service connects to NATS only when replay is enabled.
         let Some(nats) = self.nats.clone() else {
             return Err(StartError::Disabled);
@@ -201,17 +201,17 @@ impl Replays {
     }
 
     /// A job's progress.
-    pub fn get(&self, id: Uuid) -> Option<Progress> {
+    pub(crate) fn get(&self, id: Uuid) -> Option<Progress> {
         self.find(id).map(|j| j.progress().clone())
     }
 
     /// Every remembered job, oldest first.
-    pub fn list(&self) -> Vec<Progress> {
+    pub(crate) fn list(&self) -> Vec<Progress> {
         self.jobs().iter().map(|j| j.progress().clone()).collect()
     }
 
     /// Asks a job to stop; its state becomes `cancelled` once it has.
-    pub fn cancel(&self, id: Uuid) -> Option<Progress> {
+    pub(crate) fn cancel(&self, id: Uuid) -> Option<Progress> {
         let job = self.find(id)?;
         job.cancel.cancel();
         let progress = job.progress().clone();

@@ -23,8 +23,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
-    let client = sightline_ingest::schema::client(&config.clickhouse)?
-        .with_database(&config.clickhouse.database);
+    let client =
+        sightline_store::client(&config.clickhouse)?.with_database(&config.clickhouse.database);
     let store = Store::new(client, Limits::from(&config));
     let tokens = Tokens::new(config.auth.load_tokens()?);
     if !tokens.enabled() {

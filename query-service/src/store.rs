@@ -10,12 +10,12 @@ use clickhouse::query::Query;
 use clickhouse::query::RowCursor;
 use clickhouse::{Client, Row};
 use serde::{Deserialize, Serialize};
-use sightline_ingest::schema::{EVENTS_TABLE, EventRow};
-use sightline_ingest::sink::server_code;
 use sightline_shared::{DetectionEvent, EventId, Timestamp};
+use sightline_store::tables::{DETECTIONS, DETECTIONS_HOURLY, EVENTS, EVENTS_BY_ID};
+use sightline_store::{ErrorKind, EventRow};
 use thiserror::Error;
 
-use crate::params::{Cursor, EventFilter, Interval, ParamError, Sort, StatsQuery};
+use crate::model::{Cursor, EventFilter, Interval, Sort, StatsQuery};
 
 /// A failed read.
 #[derive(Debug, Error)]
@@ -30,34 +30,20 @@ pub enum StoreError {
     /// ClickHouse answered with an error.
     #[error("ClickHouse query failed: {0}")]
     Query(#[source] clickhouse::error::Error),
-    /// ClickHouse refused a value the caller gave (such as an unknown time zone).
-    #[error(transparent)]
-    BadParameter(ParamError),
+    /// ClickHouse does not know the time zone the caller named.
+    #[error("ClickHouse does not know the time zone {0:?}")]
+    UnknownTimeZone(String),
 }
 
 impl From<clickhouse::error::Error> for StoreError {
     fn from(error: clickhouse::error::Error) -> Self {
-        use clickhouse::error::Error as E;
-        match &error {
-            E::Network(_) | E::TimedOut => Self::Unavailable(error),
-            E::BadResponse(text)
-                if server_code(text).is_some_and(|c| OVER_LIMIT_CODES.contains(&c)) =>
-            {
-                Self::OverLimit(error)
-            }
+        match sightline_store::classify(&error) {
+            ErrorKind::Unavailable => Self::Unavailable(error),
+            ErrorKind::OverLimit { .. } => Self::OverLimit(error),
             _ => Self::Query(error),
         }
     }
 }
-
-/// ClickHouse codes for a query stopped by its limits: TIMEOUT_EXCEEDED, TOO_SLOW,
-/// MEMORY_LIMIT_EXCEEDED, TOO_MANY_ROWS_OR_BYTES.
-const OVER_LIMIT_CODES: [u32; 4] = [159, 160, 241, 396];
-
-/// The codes ClickHouse answers an unknown time zone with, in a query whose only value
-/// from the caller is the zone: 18.16 lets Poco's exception through (1000, POCO_EXCEPTION);
-/// modern servers (tested on 26.9) say 36, BAD_ARGUMENTS ("Cannot load time zone").
-const BAD_TIME_ZONE_CODES: [u32; 2] = [1000, 36];
 
 /// Limits every query runs under.
 #[derive(Debug, Clone, Copy)]
@@ -111,7 +97,7 @@ struct Sql {
     binds: Vec<BindValue>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 enum BindValue {
     Str(String),
     I64(i64),
@@ -374,7 +360,7 @@ impl Store {
         let fetch = u64::from(limit) + 1;
         // The page, read whole; with `bound`, only rows up to that sort key are read.
         let page = |bound: Option<i64>| {
-            let mut sql = Sql::new(&format!("SELECT ?fields FROM {EVENTS_TABLE} PREWHERE 1"));
+            let mut sql = Sql::new(&format!("SELECT ?fields FROM {EVENTS} PREWHERE 1"));
             if let Some(bound) = bound {
                 let op = match sort {
                     Sort::Newest => ">=",
@@ -394,8 +380,9 @@ impl Store {
         // (camera and capture time) without scanning every event in the range; the events
         // table then reads just those by primary key.
         if !filter.labels.is_empty() && filter.has_snapshot.is_none() {
-            let mut keys =
-                Sql::new("SELECT camera_id, captured_at_ms, event_id FROM detections PREWHERE 1");
+            let mut keys = Sql::new(&format!(
+                "SELECT camera_id, captured_at_ms, event_id FROM {DETECTIONS} PREWHERE 1"
+            ));
             keys.detections_filter(filter);
             keys.events_page(sort, cursor, Some(fetch));
             let keys = keys.query(&self.client).fetch_all::<EventKey>().await?;
@@ -404,7 +391,7 @@ impl Store {
             if keys.len() as u64 == fetch {
                 let marks = vec!["(?, ?)"; keys.len()].join(", ");
                 let mut sql = Sql::new(&format!(
-                    "SELECT ?fields FROM {EVENTS_TABLE} PREWHERE (camera_id, captured_at_ms) IN ({marks})"
+                    "SELECT ?fields FROM {EVENTS} PREWHERE (camera_id, captured_at_ms) IN ({marks})"
                 ));
                 for key in &keys {
                     sql.bind(BindValue::Str(key.camera_id.clone()))
@@ -434,9 +421,7 @@ impl Store {
         // up to that bound. ClickHouse 18.16 cannot read in key order, so a single query
         // would read every matching row in full (a camera's latest 100 of 10M events: 290
         // ms against 17 + 9 ms, measured).
-        let mut keys = Sql::new(&format!(
-            "SELECT captured_at_ms FROM {EVENTS_TABLE} PREWHERE 1"
-        ));
+        let mut keys = Sql::new(&format!("SELECT captured_at_ms FROM {EVENTS} PREWHERE 1"));
         keys.events_filter(filter);
         keys.cursor(sort, cursor);
         keys.push(&format!(
@@ -473,7 +458,7 @@ impl Store {
         limit: Option<u64>,
     ) -> Result<RowCursor<EventRow>, StoreError> {
         // PREWHERE: whole rows are read only for the rows that match.
-        let mut sql = Sql::new(&format!("SELECT ?fields FROM {EVENTS_TABLE} PREWHERE 1"));
+        let mut sql = Sql::new(&format!("SELECT ?fields FROM {EVENTS} PREWHERE 1"));
         sql.events_filter(filter);
         sql.events_page(sort, None, limit);
         Ok(sql.query(&self.export_client).fetch::<EventRow>()?)
@@ -481,9 +466,7 @@ impl Store {
 
     /// Distinct events matching `filter`.
     pub async fn count_events(&self, filter: &EventFilter) -> Result<u64, StoreError> {
-        let mut sql = Sql::new(&format!(
-            "SELECT uniqExact(event_id) FROM {EVENTS_TABLE} WHERE 1"
-        ));
+        let mut sql = Sql::new(&format!("SELECT uniqExact(event_id) FROM {EVENTS} WHERE 1"));
         sql.events_filter(filter);
         Ok(sql.query(&self.client).fetch_one::<u64>().await?)
     }
@@ -493,7 +476,7 @@ impl Store {
     pub async fn get_event(&self, id: EventId) -> Result<Option<DetectionEvent>, StoreError> {
         let Some(place) = self
             .client
-            .query("SELECT camera_id, captured_at_ms FROM events_by_id WHERE event_id = toUUID(?) LIMIT 1")
+            .query(&format!("SELECT camera_id, captured_at_ms FROM {EVENTS_BY_ID} WHERE event_id = toUUID(?) LIMIT 1"))
             .bind(id.to_string())
             .fetch_optional::<(String, i64)>()
             .await?
@@ -503,7 +486,7 @@ impl Store {
         let row = self
             .client
             .query(&format!(
-                "SELECT ?fields FROM {EVENTS_TABLE} WHERE camera_id = ? AND captured_at = toDateTime(?) \
+                "SELECT ?fields FROM {EVENTS} WHERE camera_id = ? AND captured_at = toDateTime(?) \
                  AND captured_at_ms = ? AND event_id = toUUID(?) LIMIT 1"
             ))
             .bind(place.0.as_str())
@@ -520,7 +503,7 @@ impl Store {
     pub async fn cameras(&self, range: &EventFilter) -> Result<Vec<CameraRow>, StoreError> {
         let mut sql = Sql::new(&format!(
             "SELECT camera_id, groupUniqArray(edge_id) AS edges, min(captured_at_ms), \
-             max(captured_at_ms), count() FROM {EVENTS_TABLE} WHERE 1"
+             max(captured_at_ms), count() FROM {EVENTS} WHERE 1"
         ));
         sql.range(range.since, range.until);
         sql.push(" GROUP BY camera_id ORDER BY camera_id");
@@ -536,60 +519,8 @@ impl Store {
     /// hours, no edge or confidence filter), else from the per-object table.
     pub async fn stats(&self, q: &StatsQuery) -> Result<(StatsSource, Vec<StatsRow>), StoreError> {
         let whole_hours = self.zone_has_whole_hours(&q.tz).await?;
-        let hour_aligned =
-            q.since.as_millis() % 3_600_000 == 0 && q.until.as_millis() % 3_600_000 == 0;
-        let rollup = matches!(q.interval, Interval::Hour | Interval::Day)
-            && whole_hours
-            && hour_aligned
-            && q.filter.edges.is_empty()
-            && q.filter.min_confidence.is_none()
-            && q.filter.max_confidence.is_none();
-        let bucket = match q.interval {
-            Interval::Minute => "toStartOfMinute",
-            Interval::FiveMinutes => "toStartOfFiveMinute",
-            Interval::FifteenMinutes => "toStartOfFifteenMinutes",
-            Interval::Hour => "toStartOfHour",
-            Interval::Day => "toStartOfDay",
-        };
-        let camera = if q.by_camera { "camera_id" } else { "''" };
-        let label = if q.by_label { "label" } else { "''" };
-        let (time, table, count, max) = if rollup {
-            (
-                "hour",
-                "detections_hourly",
-                "countMerge(detections)",
-                "maxMerge(max_confidence)",
-            )
-        } else {
-            ("captured_at", "detections", "count()", "max(confidence)")
-        };
-        let mut sql = Sql::new(&format!(
-            "SELECT toInt64(toUnixTimestamp({bucket}({time}, ?))) * 1000 AS start_ms, \
-             {camera} AS camera, {label} AS label_, {count} AS detections, {max} AS max_confidence \
-             FROM {table} WHERE 1"
-        ));
-        sql.bind(BindValue::Str(q.tz.clone()));
-        if rollup {
-            sql.push(" AND hour >= toDateTime(?) AND hour < toDateTime(?)")
-                .bind(BindValue::I64(q.since.as_secs()))
-                .bind(BindValue::I64(q.until.as_secs()));
-            sql.any_of("camera_id", &q.filter.cameras);
-            sql.any_of("label", &q.filter.labels);
-        } else {
-            let filter = EventFilter {
-                since: Some(q.since),
-                until: Some(q.until),
-                ..q.filter.clone()
-            };
-            sql.detections_filter(&filter);
-        }
-        sql.push(" GROUP BY start_ms, camera, label_ ORDER BY start_ms, camera, label_");
+        let (source, sql) = stats_sql(q, whole_hours);
         let rows = sql.query(&self.client).fetch_all::<StatsRow>().await?;
-        let source = if rollup {
-            StatsSource::Rollup
-        } else {
-            StatsSource::Raw
-        };
         Ok((source, rows))
     }
 
@@ -614,13 +545,14 @@ impl Store {
             .await;
         let whole = match answer {
             Ok(v) => v == 1,
-            Err(clickhouse::error::Error::BadResponse(message))
-                if server_code(&message).is_some_and(|c| BAD_TIME_ZONE_CODES.contains(&c)) =>
+            // The zone is the query's only value from the caller: a bad argument is the zone.
+            Err(error)
+                if matches!(
+                    sightline_store::classify(&error),
+                    ErrorKind::BadArgument { .. }
+                ) =>
             {
-                return Err(StoreError::BadParameter(ParamError::new(
-                    "tz",
-                    "is not a time zone ClickHouse knows (use an IANA name such as Europe/Berlin)",
-                )));
+                return Err(StoreError::UnknownTimeZone(tz.to_owned()));
             }
             Err(error) => return Err(error.into()),
         };
@@ -640,5 +572,244 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.client.query("SELECT 1").execute().await?;
         Ok(())
+    }
+}
+
+/// The SQL of a stats request: from the hourly rollup when it can answer exactly (hour or
+/// day buckets on hour boundaries, in a zone whose offset is whole hours all year, no edge
+/// or confidence filter), else from the per-object table.
+fn stats_sql(q: &StatsQuery, whole_hours: bool) -> (StatsSource, Sql) {
+    let hour_aligned = q.since.as_millis() % 3_600_000 == 0 && q.until.as_millis() % 3_600_000 == 0;
+    let rollup = matches!(q.interval, Interval::Hour | Interval::Day)
+        && whole_hours
+        && hour_aligned
+        && q.filter.edges.is_empty()
+        && q.filter.min_confidence.is_none()
+        && q.filter.max_confidence.is_none();
+    let bucket = match q.interval {
+        Interval::Minute => "toStartOfMinute",
+        Interval::FiveMinutes => "toStartOfFiveMinute",
+        Interval::FifteenMinutes => "toStartOfFifteenMinutes",
+        Interval::Hour => "toStartOfHour",
+        Interval::Day => "toStartOfDay",
+    };
+    let camera = if q.by_camera { "camera_id" } else { "''" };
+    let label = if q.by_label { "label" } else { "''" };
+    let (time, table, count, max) = if rollup {
+        (
+            "hour",
+            DETECTIONS_HOURLY,
+            "countMerge(detections)",
+            "maxMerge(max_confidence)",
+        )
+    } else {
+        ("captured_at", DETECTIONS, "count()", "max(confidence)")
+    };
+    let mut sql = Sql::new(&format!(
+        "SELECT toInt64(toUnixTimestamp({bucket}({time}, ?))) * 1000 AS start_ms, \
+         {camera} AS camera, {label} AS label_, {count} AS detections, {max} AS max_confidence \
+         FROM {table} WHERE 1"
+    ));
+    sql.bind(BindValue::Str(q.tz.clone()));
+    if rollup {
+        sql.push(" AND hour >= toDateTime(?) AND hour < toDateTime(?)")
+            .bind(BindValue::I64(q.since.as_secs()))
+            .bind(BindValue::I64(q.until.as_secs()));
+        sql.any_of("camera_id", &q.filter.cameras);
+        sql.any_of("label", &q.filter.labels);
+    } else {
+        let filter = EventFilter {
+            since: Some(q.since),
+            until: Some(q.until),
+            ..q.filter.clone()
+        };
+        sql.detections_filter(&filter);
+    }
+    sql.push(" GROUP BY start_ms, camera, label_ ORDER BY start_ms, camera, label_");
+    let source = if rollup {
+        StatsSource::Rollup
+    } else {
+        StatsSource::Raw
+    };
+    (source, sql)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pure SQL builders: the text and the binds they make, in order. (What the SQL
+    //! returns is tested against both server generations in `tests/tests/it/`.)
+
+    use super::*;
+
+    fn at(ms: i64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    /// How many `?` the text has: always as many as the binds.
+    fn marks(sql: &Sql) -> usize {
+        sql.text.matches('?').count()
+    }
+
+    #[test]
+    fn an_empty_filter_adds_nothing() {
+        let mut sql = Sql::new("SELECT 1 FROM t WHERE 1");
+        sql.events_filter(&EventFilter::default());
+        assert_eq!(sql.text, "SELECT 1 FROM t WHERE 1");
+        assert!(sql.binds.is_empty());
+    }
+
+    #[test]
+    fn a_full_events_filter_binds_every_value_in_order() {
+        let filter = EventFilter {
+            cameras: vec!["gate".into(), "door".into()],
+            edges: vec!["e1".into()],
+            labels: vec!["person".into()],
+            since: Some(at(1_795_000_000_500)),
+            until: Some(at(1_795_000_100_000)),
+            min_confidence: Some(0.5),
+            max_confidence: Some(0.9),
+            has_snapshot: Some(true),
+        };
+        let mut sql = Sql::new("WHERE 1");
+        sql.events_filter(&filter);
+        assert_eq!(
+            sql.text,
+            "WHERE 1 AND camera_id IN (?, ?) AND edge_id IN (?) \
+             AND captured_at >= toDateTime(?) AND captured_at_ms >= ? \
+             AND captured_at <= toDateTime(?) AND captured_at_ms < ? AND isNotNull(snapshot) \
+             AND arrayExists((l, c) -> l IN (?) AND c >= toFloat32(?) AND c <= toFloat32(?), \
+             detections.label, detections.confidence)"
+        );
+        assert_eq!(
+            sql.binds,
+            [
+                BindValue::Str("gate".into()),
+                BindValue::Str("door".into()),
+                BindValue::Str("e1".into()),
+                // The coarse bound in whole seconds, rounded down, then the exact one.
+                BindValue::I64(1_795_000_000),
+                BindValue::I64(1_795_000_000_500),
+                BindValue::I64(1_795_000_100),
+                BindValue::I64(1_795_000_100_000),
+                BindValue::Str("person".into()),
+                BindValue::F32(0.5),
+                BindValue::F32(0.9),
+            ]
+        );
+        assert_eq!(marks(&sql), sql.binds.len());
+    }
+
+    #[test]
+    fn the_detections_filter_matches_each_object_row() {
+        let filter = EventFilter {
+            labels: vec!["car".into()],
+            min_confidence: Some(0.25),
+            has_snapshot: Some(false),
+            ..EventFilter::default()
+        };
+        let mut sql = Sql::new("WHERE 1");
+        sql.detections_filter(&filter);
+        // Snapshots are an event's, not an object's: the per-object table ignores them.
+        assert_eq!(
+            sql.text,
+            "WHERE 1 AND label IN (?) AND confidence >= toFloat32(?)"
+        );
+        assert_eq!(marks(&sql), sql.binds.len());
+    }
+
+    #[test]
+    fn pages_continue_strictly_after_the_cursor_in_either_order() {
+        let event_id = uuid::Uuid::now_v7();
+        for (sort, cmp, coarse, dir) in [
+            (Sort::Newest, "<", "<=", "DESC"),
+            (Sort::Oldest, ">", ">=", "ASC"),
+        ] {
+            let cursor = Cursor {
+                sort,
+                captured_at_ms: -1_500,
+                event_id,
+            };
+            let mut sql = Sql::new("WHERE 1");
+            sql.events_page(sort, Some(cursor), Some(101));
+            assert_eq!(
+                sql.text,
+                format!(
+                    "WHERE 1 AND captured_at {coarse} toDateTime(?) AND (captured_at_ms, event_id) {cmp} (?, toUUID(?)) \
+                     ORDER BY captured_at_ms {dir}, event_id {dir} LIMIT 1 BY event_id LIMIT ?"
+                )
+            );
+            assert_eq!(
+                sql.binds,
+                [
+                    // Seconds round towards the past, also before 1970.
+                    BindValue::I64(-2),
+                    BindValue::I64(-1_500),
+                    BindValue::Str(event_id.to_string()),
+                    BindValue::U64(101),
+                ]
+            );
+        }
+        let mut first = Sql::new("WHERE 1");
+        first.events_page(Sort::Newest, None, None);
+        assert_eq!(
+            first.text,
+            "WHERE 1 ORDER BY captured_at_ms DESC, event_id DESC LIMIT 1 BY event_id"
+        );
+    }
+
+    fn stats(interval: Interval, since_ms: i64, filter: EventFilter) -> StatsQuery {
+        StatsQuery {
+            filter,
+            since: at(since_ms),
+            until: at(since_ms + 86_400_000),
+            interval,
+            by_camera: true,
+            by_label: false,
+            tz: "Europe/Berlin".into(),
+        }
+    }
+
+    #[test]
+    fn stats_read_the_rollup_only_where_it_is_exact() {
+        let hour = 1_795_000_000_000 - 1_795_000_000_000 % 3_600_000;
+        let (source, sql) = stats_sql(&stats(Interval::Hour, hour, EventFilter::default()), true);
+        assert_eq!(source, StatsSource::Rollup);
+        assert!(
+            sql.text
+                .contains(&format!("FROM {DETECTIONS_HOURLY} WHERE 1 AND hour >= "))
+        );
+        assert!(sql.text.contains("countMerge(detections)"));
+        assert_eq!(sql.binds[0], BindValue::Str("Europe/Berlin".into()));
+        assert_eq!(marks(&sql), sql.binds.len());
+        // Each of these needs the per-object table.
+        let raw = [
+            stats(Interval::FiveMinutes, hour, EventFilter::default()),
+            stats(Interval::Hour, hour + 60_000, EventFilter::default()),
+            stats(
+                Interval::Day,
+                hour,
+                EventFilter {
+                    edges: vec!["e1".into()],
+                    ..EventFilter::default()
+                },
+            ),
+            stats(
+                Interval::Hour,
+                hour,
+                EventFilter {
+                    min_confidence: Some(0.5),
+                    ..EventFilter::default()
+                },
+            ),
+        ];
+        for q in &raw {
+            let (source, sql) = stats_sql(q, true);
+            assert_eq!(source, StatsSource::Raw, "{q:?}");
+            assert!(sql.text.contains(&format!("FROM {DETECTIONS} WHERE 1")));
+            assert_eq!(marks(&sql), sql.binds.len());
+        }
+        // A zone whose offset is not whole hours (India's +05:30) cannot use hourly rows.
+        let (source, _) = stats_sql(&stats(Interval::Hour, hour, EventFilter::default()), false);
+        assert_eq!(source, StatsSource::Raw);
     }
 }

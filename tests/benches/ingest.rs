@@ -21,9 +21,9 @@ use prometheus_client::registry::Registry;
 use sightline_ingest::IngestConfig;
 use sightline_ingest::consumer::{check_message, content_type};
 use sightline_ingest::metrics::Metrics as IngestMetrics;
-use sightline_ingest::schema::{self, EventRow};
 use sightline_ingest::sink::Sink;
 use sightline_shared::{DetectionEvent, Encoding, Timestamp, subjects};
+use sightline_store::EventRow;
 use sightline_tests::stack::{metric, publish_via};
 use sightline_tests::{ClickHouseServer, NatsServer};
 use tokio_util::sync::CancellationToken;
@@ -150,8 +150,8 @@ async fn main() -> anyhow::Result<()> {
     drop(messages);
 
     // 2. ClickHouse alone.
-    let admin = schema::client(&clickhouse.config())?;
-    sightline_ingest::migrations::migrate(&admin, "bench_ch").await?;
+    let admin = sightline_store::client(&clickhouse.config())?;
+    sightline_store::migrations::migrate(&admin, "bench_ch").await?;
     let sink = Sink::new(
         admin.clone().with_database("bench_ch"),
         Duration::from_secs(60),

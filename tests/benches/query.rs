@@ -19,13 +19,14 @@ use std::time::{Duration, Instant};
 use prometheus_client::registry::Registry;
 use rand::Rng as _;
 use sightline_ingest::metrics::Metrics as IngestMetrics;
-use sightline_ingest::schema::{self, EventRow};
 use sightline_ingest::sink::Sink;
 use sightline_query::QueryConfig;
-use sightline_query::params::{self, EventFilter, Sort};
+use sightline_query::model::{EventFilter, Sort};
+use sightline_query::params;
 use sightline_query::store::{Limits, PagePlan, Store};
 use sightline_shared::Timestamp;
 use sightline_shared::config::ClickHouseConfig;
+use sightline_store::EventRow;
 use sightline_tests::ClickHouseServer;
 use sightline_tests::data;
 use tokio_util::sync::CancellationToken;
@@ -49,8 +50,8 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     let clickhouse = ClickHouseServer::start()?;
-    let admin = schema::client(&clickhouse.config())?;
-    sightline_ingest::migrations::migrate(&admin, "sightline").await?;
+    let admin = sightline_store::client(&clickhouse.config())?;
+    sightline_store::migrations::migrate(&admin, "sightline").await?;
     let sink = Sink::new(
         admin.clone().with_database("sightline"),
         Duration::from_secs(300),
@@ -123,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
     // The direct path: the service's own store (the same SQL, user and settings) called
     // in-process, so the difference is what HTTP, routing, parsing and JSON add.
     let store = Store::new(
-        schema::client(&config_clickhouse)?.with_database("sightline"),
+        sightline_store::client(&config_clickhouse)?.with_database("sightline"),
         limits,
     );
 

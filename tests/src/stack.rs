@@ -10,11 +10,11 @@ use sightline_edge_agent::outbox::ChannelOutbox;
 use sightline_edge_agent::publisher::{PublishReport, Publisher};
 use sightline_ingest::IngestConfig;
 use sightline_ingest::metrics::Metrics as IngestMetrics;
-use sightline_ingest::schema::EventRow;
 use sightline_ingest::sink::Sink;
 use sightline_query::QueryConfig;
 use sightline_shared::config::{ClickHouseConfig, Validate};
 use sightline_shared::{DetectionEvent, Encoding, subjects};
+use sightline_store::EventRow;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -120,7 +120,7 @@ impl Stack {
     /// Writes `events` straight into ClickHouse's `events` table (as the ingest service
     /// would, views included), for tests that need many stored events quickly.
     pub async fn insert_direct(&self, events: &[DetectionEvent]) -> anyhow::Result<()> {
-        let client = sightline_ingest::schema::client(&self.clickhouse.config())?
+        let client = sightline_store::client(&self.clickhouse.config())?
             .with_database(&self.ingest_config.clickhouse.database);
         let sink = Sink::new(
             client,

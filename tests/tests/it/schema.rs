@@ -3,9 +3,8 @@
 //! sets at start-up.
 
 use sightline_ingest::IngestConfig;
-use sightline_ingest::migrations::{self, MIGRATIONS, MigrationError};
-use sightline_ingest::retention::{self, RetentionSettings};
-use sightline_ingest::schema;
+use sightline_store::migrations::{self, MIGRATIONS, MigrationError};
+use sightline_store::retention::{self, RetentionSettings};
 
 use sightline_shared::{Encoding, Timestamp};
 use sightline_tests::{ClickHouseServer, NatsServer, Servers, Stack};
@@ -13,7 +12,7 @@ use sightline_tests::{ClickHouseServer, NatsServer, Servers, Stack};
 use crate::{known_events, now};
 
 fn admin(clickhouse: &ClickHouseServer) -> anyhow::Result<clickhouse::Client> {
-    schema::client(&clickhouse.config())
+    Ok(sightline_store::client(&clickhouse.config())?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

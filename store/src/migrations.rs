@@ -1,17 +1,19 @@
 //! Versioned, ordered schema migrations.
 //!
-//! The migrations are the files in `ingest-service/migrations/`, compiled into the binary, with
+//! The migrations are the files in `store/migrations/`, compiled into the binary, with
 //! `{db}` standing for the database. Applied versions are recorded in `schema_migrations`
 //! with a checksum of the file, so an edited migration is caught instead of silently
 //! diverging. Every statement is idempotent (`IF NOT EXISTS`), so two replicas starting
 //! together may both run a migration and both record it; the record table collapses the
-//! duplicate. Where replicas elect (a Kubernetes Lease, see [`crate::leader`]), they migrate
-//! one at a time under the schema Lease. A statement ClickHouse rejects stops the service
-//! with the migration named.
+//! duplicate. Where replicas elect (ingest's Kubernetes Lease), they migrate one at a time
+//! under the lock [`crate::setup::prepare`] is given. A statement ClickHouse rejects stops
+//! the service with the migration named.
 
 use clickhouse::{Client, Row};
 use serde::Deserialize;
 use thiserror::Error;
+
+use crate::error::is_unavailable;
 
 /// One migration file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,17 +88,10 @@ impl MigrationError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Unavailable(_) => true,
-            Self::Bookkeeping(e) => is_network(e),
+            Self::Bookkeeping(e) => is_unavailable(e),
             _ => false,
         }
     }
-}
-
-pub(crate) fn is_network(error: &clickhouse::error::Error) -> bool {
-    matches!(
-        error,
-        clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut
-    )
 }
 
 impl Migration {
@@ -161,7 +156,7 @@ pub fn bootstrap(db: &str) -> [String; 2] {
 pub async fn migrate(client: &Client, db: &str) -> Result<Vec<u32>, MigrationError> {
     for statement in bootstrap(db) {
         client.query(&statement).execute().await.map_err(|e| {
-            if is_network(&e) {
+            if is_unavailable(&e) {
                 MigrationError::Unavailable(e)
             } else {
                 MigrationError::Bookkeeping(e)
@@ -174,7 +169,7 @@ pub async fn migrate(client: &Client, db: &str) -> Result<Vec<u32>, MigrationErr
         let current = migration.checksum();
         for (i, statement) in migration.statements(db).iter().enumerate() {
             client.query(statement).execute().await.map_err(|source| {
-                if is_network(&source) {
+                if is_unavailable(&source) {
                     MigrationError::Unavailable(source)
                 } else {
                     MigrationError::Failed {

@@ -6,7 +6,7 @@
 use clickhouse::{Client, Row};
 use serde::Deserialize;
 
-use crate::schema::EVENTS_TABLE;
+use crate::tables;
 
 /// The server's relevant capabilities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,12 +38,7 @@ pub const DEDUP_WINDOW_BLOCKS: u32 = 1000;
 
 /// The tables a batch of events is written to: `events` and the materialized views' tables.
 /// Each deduplicates itself; a view's table skips a block whose source block was a duplicate.
-pub const DEDUP_TABLES: [&str; 4] = [
-    EVENTS_TABLE,
-    "events_by_id",
-    "detections",
-    "detections_hourly",
-];
+pub const DEDUP_TABLES: [&str; 4] = tables::WRITTEN_WITH_EVENTS;
 
 impl Capabilities {
     /// What a modern server (24.x and later) has: used to print the modern schema.

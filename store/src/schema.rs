@@ -1,6 +1,7 @@
-//! The row type of the `events` table (written by ingest, read back by the query service)
-//! and the ClickHouse client set-up. The tables themselves are made by [`crate::migrations`]
-//! (see `ingest-service/migrations/`).
+//! The row types, in column order (RowBinary has no names): [`EventRow`] for `events`
+//! (written by ingest, read back by the query service) and [`HeartbeatRow`] for
+//! `edge_heartbeats`; and the ClickHouse client set-up. The tables themselves are made by
+//! [`crate::migrations`] (see `store/migrations/`).
 //!
 //! Column notes for SQL users:
 //! * `captured_at` is the capture time in whole seconds (partitioning and coarse filters);
@@ -8,19 +9,28 @@
 //! * `detections.*` and `attributes.*` are `Nested` columns: parallel arrays, one element per
 //!   detection or attribute (`ARRAY JOIN detections` turns them into rows).
 
-use anyhow::Context as _;
 use clickhouse::{Client, Row};
 use serde::{Deserialize, Serialize};
 use sightline_shared::config::ClickHouseConfig;
+use sightline_shared::heartbeat::Heartbeat;
 use sightline_shared::{BoundingBox, Detection, DetectionEvent, EventId, ModelInfo, Timestamp};
 use uuid::Uuid;
+
+/// The password file named in the config could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to read clickhouse.password_file {path}: {source}")]
+pub struct PasswordFileError {
+    pub path: String,
+    #[source]
+    pub source: std::io::Error,
+}
 
 /// A ClickHouse client for `config`'s server and database.
 ///
 /// Row validation is off: ClickHouse 18.16 cannot describe types the way the crate's
 /// validating format needs, and our row types are checked against the real servers in the
 /// integration tests instead.
-pub fn client(config: &ClickHouseConfig) -> anyhow::Result<Client> {
+pub fn client(config: &ClickHouseConfig) -> Result<Client, PasswordFileError> {
     let mut client = Client::default()
         .with_url(&config.url)
         .with_user(&config.user)
@@ -28,7 +38,10 @@ pub fn client(config: &ClickHouseConfig) -> anyhow::Result<Client> {
     let password = match (&config.password, &config.password_file) {
         (_, Some(path)) => Some(
             std::fs::read_to_string(path)
-                .with_context(|| format!("failed to read clickhouse.password_file {path}"))?
+                .map_err(|source| PasswordFileError {
+                    path: path.clone(),
+                    source,
+                })?
                 .lines()
                 .next()
                 .unwrap_or_default()
@@ -42,9 +55,6 @@ pub fn client(config: &ClickHouseConfig) -> anyhow::Result<Client> {
     }
     Ok(client)
 }
-
-/// The table that holds one row per event.
-pub const EVENTS_TABLE: &str = "events";
 
 /// One row of the `events` table, in column order (RowBinary has no names).
 #[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
@@ -191,6 +201,51 @@ impl EventRow {
             snapshot: self.snapshot,
             description: self.description,
             attributes: self.attr_key.into_iter().zip(self.attr_value).collect(),
+        }
+    }
+}
+
+/// One row of `edge_heartbeats`, in column order (without `received_at`, which defaults).
+#[derive(Debug, Clone, PartialEq, Row, Serialize)]
+pub struct HeartbeatRow {
+    pub edge_id: String,
+    /// `DateTime` travels as seconds since the epoch.
+    pub sent_at: u32,
+    pub sent_at_ms: i64,
+    pub agent_version: String,
+    pub uptime_secs: u64,
+    pub cameras: u32,
+    pub fps: f64,
+    pub events_created: u64,
+    pub events_sent: u64,
+    pub events_dropped: u64,
+    pub backlog: u64,
+    pub oldest_unsent_at_ms: Option<i64>,
+    pub storage_used_bytes: u64,
+    pub storage_limit_bytes: u64,
+    pub cpu_percent: f64,
+    pub rss_bytes: u64,
+}
+
+impl From<Heartbeat> for HeartbeatRow {
+    fn from(h: Heartbeat) -> Self {
+        Self {
+            edge_id: h.edge_id,
+            sent_at: u32::try_from(h.sent_at.as_secs()).unwrap_or(0),
+            sent_at_ms: h.sent_at.as_millis(),
+            agent_version: h.agent_version,
+            uptime_secs: h.uptime_secs,
+            cameras: h.cameras,
+            fps: h.fps,
+            events_created: h.events_created,
+            events_sent: h.events_sent,
+            events_dropped: h.events_dropped,
+            backlog: h.backlog,
+            oldest_unsent_at_ms: h.oldest_unsent_at.map(|t| t.as_millis()),
+            storage_used_bytes: h.storage_used_bytes,
+            storage_limit_bytes: h.storage_limit_bytes,
+            cpu_percent: h.cpu_percent,
+            rss_bytes: h.rss_bytes,
         }
     }
 }

@@ -1,0 +1,31 @@
+//! The ClickHouse contract, in one place: what both the ingest service (the writer) and the
+//! query service (the reader) must agree on, so they cannot drift.
+//!
+//! * [`tables`]: the name of every table and view. No other crate writes a table's name in
+//!   SQL (`store/tests/ownership.rs` checks).
+//! * [`schema`]: the row types, in column order ([`EventRow`], [`HeartbeatRow`]).
+//! * [`migrations`]: the versioned DDL (`store/migrations/*.sql`, checksummed), and
+//!   [`setup`], which brings a server up to this build under a caller's [`SchemaLock`].
+//! * [`capabilities`]: what the server can do (TTL, deduplication tokens), detected once.
+//! * [`retention`]: how long each table keeps its rows (TTL, or partition sweeps).
+//! * [`error`]: what a ClickHouse error means (bad data, over limit, bad argument, schema
+//!   drift, unavailable), decided once for every caller.
+//! * [`insert`]: one bounded INSERT, with a deduplication token where the server has them.
+//! * [`client`]: the client for a configured server.
+//!
+//! It depends on `shared` and the ClickHouse client only: no NATS, no Kubernetes, no HTTP
+//! server.
+
+pub mod capabilities;
+pub mod error;
+pub mod insert;
+pub mod migrations;
+pub mod retention;
+pub mod schema;
+pub mod setup;
+pub mod tables;
+
+pub use capabilities::Capabilities;
+pub use error::{ErrorKind, classify};
+pub use schema::{EventRow, HeartbeatRow, client};
+pub use setup::{NoLock, SchemaLock, SetupError};

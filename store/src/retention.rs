@@ -1,0 +1,263 @@
+//! Retention: how long each table keeps its rows.
+//!
+//! On servers with TTL the tables carry `TTL <time> + INTERVAL <days> DAY` (with
+//! `ttl_only_drop_parts = 1` where available, so expiry drops whole daily parts instead of
+//! rewriting them); a changed setting alters the TTL at the next start, without touching
+//! data that is still inside the new window. On servers without TTL (ClickHouse 18.16) a
+//! sweep drops expired partitions on a schedule. Tables are partitioned by day (rollups by
+//! month), so the sweep keeps a partition until all of it is past the cutoff: rows live up
+//! to a day (a month for rollups) longer than with TTL, never shorter. (Ingest runs the
+//! sweep on its leader, on a schedule: [`sweep`] is one pass.)
+
+use clickhouse::Client;
+use serde::{Deserialize, Serialize};
+use time::{Date, Month, OffsetDateTime};
+
+use crate::capabilities::Capabilities;
+use crate::tables;
+
+/// How long each table keeps its rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Days of raw events.
+    pub events_days: u32,
+    /// Days of per-object detections.
+    pub detections_days: u32,
+    /// Days of hourly rollups.
+    pub rollups_days: u32,
+    /// Days of edge heartbeats.
+    pub heartbeats_days: u32,
+    /// How often the partition sweep runs on servers without TTL, in seconds.
+    pub sweep_interval_secs: u64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            events_days: 30,
+            detections_days: 30,
+            rollups_days: 400,
+            heartbeats_days: 30,
+            sweep_interval_secs: 3600,
+        }
+    }
+}
+
+/// How a table is partitioned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Partitioning {
+    /// `toYYYYMMDD(...)`
+    Day,
+    /// `toYYYYMM(...)`
+    Month,
+}
+
+/// A table under retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetainedTable {
+    pub name: &'static str,
+    pub time_column: &'static str,
+    pub partitioning: Partitioning,
+}
+
+impl RetentionSettings {
+    /// Every retained table with its retention in days.
+    pub fn tables(&self) -> [(RetainedTable, u32); 5] {
+        [
+            (
+                RetainedTable {
+                    name: tables::EVENTS,
+                    time_column: "captured_at",
+                    partitioning: Partitioning::Day,
+                },
+                self.events_days,
+            ),
+            (
+                RetainedTable {
+                    name: tables::EVENTS_BY_ID,
+                    time_column: "captured_at",
+                    partitioning: Partitioning::Day,
+                },
+                self.events_days,
+            ),
+            (
+                RetainedTable {
+                    name: tables::DETECTIONS,
+                    time_column: "captured_at",
+                    partitioning: Partitioning::Day,
+                },
+                self.detections_days,
+            ),
+            (
+                RetainedTable {
+                    name: tables::DETECTIONS_HOURLY,
+                    time_column: "hour",
+                    partitioning: Partitioning::Month,
+                },
+                self.rollups_days,
+            ),
+            (
+                RetainedTable {
+                    name: tables::EDGE_HEARTBEATS,
+                    time_column: "sent_at",
+                    partitioning: Partitioning::Day,
+                },
+                self.heartbeats_days,
+            ),
+        ]
+    }
+
+    /// The statements that set TTL on a server that has it.
+    pub fn ttl_statements(&self, db: &str, caps: Capabilities) -> Vec<String> {
+        if !caps.ttl {
+            return Vec::new();
+        }
+        self.tables()
+            .iter()
+            .flat_map(|(table, days)| table.ttl_statements(db, *days, caps))
+            .collect()
+    }
+}
+
+impl RetainedTable {
+    /// The statements that give this table a TTL of `days` and, where the server can, make
+    /// the TTL drop whole parts.
+    fn ttl_statements(&self, db: &str, days: u32, caps: Capabilities) -> Vec<String> {
+        let mut out = vec![format!(
+            "ALTER TABLE `{db}`.{} MODIFY TTL {} + INTERVAL {days} DAY",
+            self.name, self.time_column
+        )];
+        if caps.ttl_only_drop_parts {
+            out.push(format!(
+                "ALTER TABLE `{db}`.{} MODIFY SETTING ttl_only_drop_parts = 1",
+                self.name
+            ));
+        }
+        out
+    }
+}
+
+/// Brings the tables' TTL in line with the settings, touching only tables whose TTL differs.
+pub async fn apply_ttl(
+    client: &Client,
+    db: &str,
+    settings: &RetentionSettings,
+    caps: Capabilities,
+) -> Result<(), clickhouse::error::Error> {
+    if !caps.ttl {
+        return Ok(());
+    }
+    for (table, days) in settings.tables() {
+        let engine = crate::capabilities::engine_full(client, db, table.name).await?;
+        let wanted = format!("TTL {} + toIntervalDay({days})", table.time_column);
+        let drop_parts = !caps.ttl_only_drop_parts || engine.contains("ttl_only_drop_parts = 1");
+        if engine.contains(&wanted) && drop_parts {
+            continue;
+        }
+        tracing::info!(table = table.name, days, "setting table TTL");
+        for statement in table.ttl_statements(db, days, caps) {
+            client.query(&statement).execute().await?;
+        }
+    }
+    Ok(())
+}
+
+/// The first instant after the partition `id` (e.g. `20261122` or `202611`); `None` if the
+/// id does not parse.
+pub fn partition_end(id: &str, partitioning: Partitioning) -> Option<OffsetDateTime> {
+    if !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let date = match partitioning {
+        Partitioning::Day if id.len() == 8 => {
+            let month = Month::try_from(id[4..6].parse::<u8>().ok()?).ok()?;
+            Date::from_calendar_date(id[..4].parse().ok()?, month, id[6..].parse().ok()?)
+                .ok()?
+                .next_day()?
+        }
+        Partitioning::Month if id.len() == 6 => {
+            let (year, month): (i32, u8) = (id[..4].parse().ok()?, id[4..].parse().ok()?);
+            let (year, month) = if month == 12 {
+                (year + 1, 1)
+            } else {
+                (year, month + 1)
+            };
+            Date::from_calendar_date(year, Month::try_from(month).ok()?, 1).ok()?
+        }
+        _ => return None,
+    };
+    Some(date.midnight().assume_utc())
+}
+
+/// Drops every partition wholly older than its table's retention; returns how many.
+pub async fn sweep(
+    client: &Client,
+    db: &str,
+    settings: &RetentionSettings,
+    now: OffsetDateTime,
+) -> Result<usize, clickhouse::error::Error> {
+    let mut dropped = 0;
+    for (table, days) in settings.tables() {
+        let cutoff = now - time::Duration::days(i64::from(days));
+        let partitions: Vec<String> = client
+            .query("SELECT DISTINCT partition FROM system.parts WHERE database = ? AND table = ? AND active")
+            .bind(db)
+            .bind(table.name)
+            .fetch_all()
+            .await?;
+        for id in partitions {
+            let Some(end) = partition_end(&id, table.partitioning) else {
+                tracing::warn!(table = table.name, partition = %id, "unexpected partition id, not touching it");
+                continue;
+            };
+            if end <= cutoff {
+                // `id` is all digits (checked by partition_end), so it is safe in SQL.
+                client
+                    .query(&format!(
+                        "ALTER TABLE `{db}`.{} DROP PARTITION {id}",
+                        table.name
+                    ))
+                    .execute()
+                    .await?;
+                tracing::info!(table = table.name, partition = %id, days, "dropped an expired partition");
+                dropped += 1;
+            }
+        }
+    }
+    Ok(dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_ends() {
+        let end = partition_end("20261231", Partitioning::Day).unwrap();
+        assert_eq!(
+            end.date(),
+            Date::from_calendar_date(2027, Month::January, 1).unwrap()
+        );
+        let end = partition_end("202612", Partitioning::Month).unwrap();
+        assert_eq!(
+            end.date(),
+            Date::from_calendar_date(2027, Month::January, 1).unwrap()
+        );
+        assert_eq!(partition_end("2026-12", Partitioning::Month), None);
+        assert_eq!(partition_end("20261332", Partitioning::Day), None);
+        assert_eq!(partition_end("tuple()", Partitioning::Day), None);
+    }
+
+    #[test]
+    fn ttl_statements_follow_capabilities() {
+        let s = RetentionSettings::default();
+        assert!(s.ttl_statements("db", Capabilities::LEGACY).is_empty());
+        let modern = s.ttl_statements("db", Capabilities::MODERN);
+        assert_eq!(modern.len(), 10);
+        assert!(modern[0].contains("captured_at + INTERVAL 30 DAY"));
+        assert!(modern[2].contains("events_by_id MODIFY TTL captured_at + INTERVAL 30 DAY"));
+        assert!(modern[6].contains("hour + INTERVAL 400 DAY"));
+        assert!(modern[8].contains("edge_heartbeats MODIFY TTL sent_at + INTERVAL 30 DAY"));
+    }
+}

@@ -1,0 +1,63 @@
+//! The name of every ClickHouse table and view the migrations make. Outside this crate,
+//! SQL names a table only through these constants (a test in `store/tests/` holds every
+//! other crate to that), so a renamed table is one edit and a typo a compile error.
+
+/// One row per event (the fact table): `schema::EventRow`.
+pub const EVENTS: &str = "events";
+/// Event id -> camera and capture time, for lookups by id (filled by [`EVENTS_BY_ID_MV`]).
+pub const EVENTS_BY_ID: &str = "events_by_id";
+/// The view that fills [`EVENTS_BY_ID`] from each insert into [`EVENTS`].
+pub const EVENTS_BY_ID_MV: &str = "events_by_id_mv";
+/// One row per detected object (filled by [`DETECTIONS_MV`]).
+pub const DETECTIONS: &str = "detections";
+/// The view that fills [`DETECTIONS`] from each insert into [`EVENTS`].
+pub const DETECTIONS_MV: &str = "detections_mv";
+/// Hourly counts per camera and label (filled by [`DETECTIONS_HOURLY_MV`]).
+pub const DETECTIONS_HOURLY: &str = "detections_hourly";
+/// The view that fills [`DETECTIONS_HOURLY`] from each insert into [`EVENTS`].
+pub const DETECTIONS_HOURLY_MV: &str = "detections_hourly_mv";
+/// One row per edge heartbeat: `schema::HeartbeatRow`.
+pub const EDGE_HEARTBEATS: &str = "edge_heartbeats";
+/// The applied migrations (version, name, checksum).
+pub const SCHEMA_MIGRATIONS: &str = "schema_migrations";
+
+/// Every table and view above: what the ownership test looks for in other crates' SQL.
+pub const ALL: [&str; 9] = [
+    EVENTS,
+    EVENTS_BY_ID,
+    EVENTS_BY_ID_MV,
+    DETECTIONS,
+    DETECTIONS_MV,
+    DETECTIONS_HOURLY,
+    DETECTIONS_HOURLY_MV,
+    EDGE_HEARTBEATS,
+    SCHEMA_MIGRATIONS,
+];
+
+/// The tables one INSERT of events writes to: [`EVENTS`] and the views' tables.
+pub const WRITTEN_WITH_EVENTS: [&str; 4] = [EVENTS, EVENTS_BY_ID, DETECTIONS, DETECTIONS_HOURLY];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_table_the_migrations_make_has_a_constant() {
+        let made: std::collections::BTreeSet<String> = crate::migrations::MIGRATIONS
+            .iter()
+            .flat_map(|m| m.statements("db"))
+            .chain(crate::migrations::bootstrap("db"))
+            .filter_map(|s| {
+                let rest = s.split("IF NOT EXISTS `db`.").nth(1)?;
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                Some(name)
+            })
+            .collect();
+        let named: std::collections::BTreeSet<String> =
+            ALL.iter().map(|t| (*t).to_owned()).collect();
+        assert_eq!(made, named);
+    }
+}

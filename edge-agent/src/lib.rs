@@ -14,7 +14,7 @@
 mod agent;
 pub mod buffer;
 mod camera;
-pub mod capture;
+mod capture;
 pub mod config;
 pub mod daylog;
 pub mod detect;

@@ -6,9 +6,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sightline_shared::config::check_identifier;
 use sightline_shared::config::{ClickHouseConfig, NatsConfig};
-pub use sightline_shared::config::{ConfigError, Validate};
+pub(crate) use sightline_shared::config::{ConfigError, Validate};
 
-pub use sightline_store::retention::RetentionSettings;
+pub(crate) use sightline_store::retention::RetentionSettings;
 
 /// The whole ingest configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

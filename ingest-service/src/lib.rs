@@ -18,7 +18,7 @@
 //! means) is the `sightline-store` crate's, shared with the query service.
 
 mod backlog;
-pub mod config;
+mod config;
 pub mod consumer;
 mod deadletter;
 mod heartbeats;

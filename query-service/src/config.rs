@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use sightline_shared::config::{ClickHouseConfig, NatsConfig, redact};
-pub use sightline_shared::config::{ConfigError, Validate};
+pub(crate) use sightline_shared::config::{ConfigError, Validate};
 use sightline_shared::subjects::{self, is_literal_subject};
 
 /// The whole query-service configuration.
@@ -64,7 +64,7 @@ pub struct AuthConfig {
 }
 
 /// Shortest token accepted in the config, so nobody runs with `tokens = ["x"]`.
-pub const MIN_TOKEN_LEN: usize = 16;
+pub(crate) const MIN_TOKEN_LEN: usize = 16;
 
 impl AuthConfig {
     /// The accepted tokens: the inline ones and the file's.

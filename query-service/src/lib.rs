@@ -9,7 +9,7 @@
 
 mod api;
 mod auth;
-pub mod config;
+mod config;
 pub mod export;
 pub mod metrics;
 pub mod model;

@@ -11,7 +11,7 @@ use crate::config::FileSourceConfig;
 
 /// Frames from files.
 #[derive(Debug)]
-pub struct FileSource {
+pub(crate) struct FileSource {
     config: FileSourceConfig,
     media: Media,
     pacer: Pacer,
@@ -40,7 +40,7 @@ impl Media {
 }
 
 impl FileSource {
-    pub fn open(config: &FileSourceConfig) -> Result<Self, CaptureError> {
+    pub(crate) fn open(config: &FileSourceConfig) -> Result<Self, CaptureError> {
         let open_error = |problem: String| CaptureError::Open {
             source_name: config.path.display().to_string(),
             problem,
@@ -154,7 +154,7 @@ impl FrameSource for FileSource {
 
 /// The window of a pan at `step` of `steps`: 80 % of the picture each way, sliding from the
 /// left edge to the right edge.
-pub fn pan_window(picture: &RgbImage, step: u32, steps: u32) -> RgbImage {
+pub(crate) fn pan_window(picture: &RgbImage, step: u32, steps: u32) -> RgbImage {
     let (w, h) = picture.dimensions();
     let (cw, ch) = ((w * 4 / 5).max(1), (h * 4 / 5).max(1));
     let x = if steps > 1 {
@@ -177,7 +177,7 @@ fn is_jpeg_name(path: &Path) -> bool {
 /// Splits concatenated JPEGs at their start-of-image markers (`FF D8 FF`). Entropy-coded
 /// data escapes `FF` bytes, so the marker only appears at frame starts (and in embedded
 /// thumbnails, which follow an APP1 marker and stay inside their frame).
-pub fn split_mjpeg(bytes: &[u8]) -> Vec<Vec<u8>> {
+pub(crate) fn split_mjpeg(bytes: &[u8]) -> Vec<Vec<u8>> {
     let mut starts = Vec::new();
     let mut depth = 0usize;
     let mut i = 0;

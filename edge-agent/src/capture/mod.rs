@@ -4,9 +4,9 @@
 //!
 //! Sources are blocking: each camera reads its source on its own thread.
 
-pub mod file;
-pub mod pattern;
-pub mod v4l2;
+pub(crate) mod file;
+pub(crate) mod pattern;
+pub(crate) mod v4l2;
 
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use crate::config::SourceConfig;
 
 /// One captured frame.
 #[derive(Debug, Clone)]
-pub struct Frame {
+pub(crate) struct Frame {
     pub image: RgbImage,
     /// Wall-clock capture time (the event's `captured_at`).
     pub captured_at: Timestamp,
@@ -29,7 +29,7 @@ pub struct Frame {
 
 impl Frame {
     /// A frame captured now, numbered from the source's counter (which it advances).
-    pub fn capture(image: RgbImage, counter: &mut u64) -> Self {
+    pub(crate) fn capture(image: RgbImage, counter: &mut u64) -> Self {
         let seq = *counter;
         *counter += 1;
         Self {
@@ -43,7 +43,7 @@ impl Frame {
 
 /// Why a source gave no frame.
 #[derive(Debug, thiserror::Error)]
-pub enum CaptureError {
+pub(crate) enum CaptureError {
     /// The source could not be opened (no such device or file, unsupported format).
     #[error("cannot open {source_name}: {problem}")]
     Open {
@@ -62,7 +62,7 @@ pub enum CaptureError {
 }
 
 /// A camera: frames, one at a time, paced at the source's rate.
-pub trait FrameSource: Send {
+pub(crate) trait FrameSource: Send {
     /// Blocks until the next frame.
     fn next_frame(&mut self) -> Result<Frame, CaptureError>;
     /// A short description for logs and status (`/dev/video0 1280x720 MJPG`).
@@ -71,7 +71,7 @@ pub trait FrameSource: Send {
 
 /// Opens the source a camera config names. `None` for the synthetic source, which makes
 /// events rather than frames.
-pub fn open(config: &SourceConfig) -> Option<Result<Box<dyn FrameSource>, CaptureError>> {
+pub(crate) fn open(config: &SourceConfig) -> Option<Result<Box<dyn FrameSource>, CaptureError>> {
     Some(match config {
         SourceConfig::Synthetic(_) => return None,
         SourceConfig::File(c) => file::FileSource::open(c).map(|s| Box::new(s) as _),
@@ -83,13 +83,13 @@ pub fn open(config: &SourceConfig) -> Option<Result<Box<dyn FrameSource>, Captur
 /// Paces a source at a frame rate. A source that falls behind skips the missed slots, as a
 /// camera drops frames nobody read, rather than bursting to catch up.
 #[derive(Debug)]
-pub struct Pacer {
+pub(crate) struct Pacer {
     interval: Duration,
     next: Option<Instant>,
 }
 
 impl Pacer {
-    pub fn new(fps: f64) -> Self {
+    pub(crate) fn new(fps: f64) -> Self {
         Self {
             interval: Duration::from_secs_f64(1.0 / fps.max(0.001)),
             next: None,
@@ -97,7 +97,7 @@ impl Pacer {
     }
 
     /// Sleeps until the next frame is due.
-    pub fn wait(&mut self) {
+    pub(crate) fn wait(&mut self) {
         let now = Instant::now();
         let due = self.next.unwrap_or(now);
         if due > now {

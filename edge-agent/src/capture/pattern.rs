@@ -7,14 +7,14 @@ use super::{CaptureError, Frame, FrameSource, Pacer};
 use crate::config::PatternConfig;
 
 #[derive(Debug)]
-pub struct PatternSource {
+pub(crate) struct PatternSource {
     config: PatternConfig,
     pacer: Pacer,
     seq: u64,
 }
 
 impl PatternSource {
-    pub fn new(config: &PatternConfig) -> Self {
+    pub(crate) fn new(config: &PatternConfig) -> Self {
         Self {
             config: config.clone(),
             pacer: Pacer::new(config.fps),

@@ -17,7 +17,7 @@ use crate::config::{PixelFormat, V4l2Config};
 /// How long a read waits for the driver before the camera counts as gone.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub struct V4l2Source {
+pub(crate) struct V4l2Source {
     name: String,
     // The stream holds its own reference to the device's handle.
     stream: Stream<'static>,
@@ -36,7 +36,7 @@ impl std::fmt::Debug for V4l2Source {
 }
 
 impl V4l2Source {
-    pub fn open(config: &V4l2Config) -> Result<Self, CaptureError> {
+    pub(crate) fn open(config: &V4l2Config) -> Result<Self, CaptureError> {
         let name = config.device.display().to_string();
         let open_error = |problem: String| CaptureError::Open {
             source_name: name.clone(),
@@ -124,7 +124,7 @@ impl FrameSource for V4l2Source {
 }
 
 /// Converts packed YUYV 4:2:2 (BT.601, limited range) to RGB.
-pub fn yuyv_to_rgb(data: &[u8], width: u32, height: u32) -> Option<RgbImage> {
+pub(crate) fn yuyv_to_rgb(data: &[u8], width: u32, height: u32) -> Option<RgbImage> {
     let pixels = width as usize * height as usize;
     if data.len() < pixels * 2 || !width.is_multiple_of(2) {
         return None;

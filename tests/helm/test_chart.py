@@ -120,6 +120,16 @@ def test_rendered_configs_pass_the_binaries_check(name):
             assert run.returncode == 0, f"{key}:\n{text}\n{run.stderr[:2000]}"
 
 
+def test_stream_replicas_reach_ingest_and_its_check():
+    """The events and dead-letter streams' replicas are a chart value: a cluster needs 3, or
+    an event the edge counts as sent lives on one server only."""
+    for values, replicas in [({}, 1), ({"ingest": {"stream": {"replicas": 3}}}, 3)]:
+        config = next(d for d in render(values) if d["kind"] == "ConfigMap")
+        ingest = config["data"]["ingest.toml"]
+        stream = ingest.split("[stream]", 1)[1].split("[", 1)[0]
+        assert f"replicas = {replicas}\n" in stream, ingest
+
+
 def test_leader_election_gets_exactly_its_lease_rbac():
     docs = render({})
     role = next(d for d in docs if d["kind"] == "Role")
@@ -190,6 +200,7 @@ def test_a_changed_secret_or_config_rolls_the_pods():
         ({"ingest": {"batch": {"maxRows": 0}}}, "/ingest/batch/maxRows"),
         ({"query": {"service": {"type": "Ingress"}}}, "/query/service/type"),
         ({"ingest": {"replcas": 3}}, "replcas"),
+        ({"ingest": {"stream": {"replicas": 2}}}, "/ingest/stream/replicas"),
         ({"ingest": {"leaderElection": {"leaseName": "Bad_Name"}}}, "/ingest/leaderElection/leaseName"),
     ],
 )

@@ -120,6 +120,33 @@ def test_rendered_configs_pass_the_binaries_check(name):
             assert run.returncode == 0, f"{key}:\n{text}\n{run.stderr[:2000]}"
 
 
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_each_workload_mounts_only_its_own_clickhouse_password(name):
+    """The query pods read with the read-only user: they must not be able to mount the ingest
+    user's password, nor the ingest pods the query user's."""
+    docs = render(VALUE_SETS[name])
+    clickhouse_secret = next(
+        v["secret"]["secretName"]
+        for d in docs
+        if d["kind"] == "Deployment"
+        for v in d["spec"]["template"]["spec"]["volumes"]
+        if v["name"] == "clickhouse"
+    )
+    checked = 0
+    for d in docs:
+        if d["kind"] != "Deployment":
+            continue
+        component = d["metadata"]["labels"]["app.kubernetes.io/component"]
+        for volume in d["spec"]["template"]["spec"]["volumes"]:
+            secret = volume.get("secret") or {}
+            if secret.get("secretName") != clickhouse_secret:
+                continue
+            keys = [item["key"] for item in secret.get("items", [])]
+            assert keys == [f"{component}-password"], (component, volume)
+            checked += 1
+    assert checked >= 1
+
+
 def test_stream_replicas_reach_ingest_and_its_check():
     """The events and dead-letter streams' replicas are a chart value: a cluster needs 3, or
     an event the edge counts as sent lives on one server only."""

@@ -215,12 +215,15 @@ impl Validate for IngestConfig {
         if !(1..=3600).contains(&l.renew_interval_secs) {
             return invalid("leader.renew_interval_secs", "must be 1 to 3600");
         }
+        // A holder whose API calls stall drops leadership within one and a half renew
+        // intervals (a round's wait plus its call timeout, half an interval): its Lease must
+        // outlast that for the others, so it is at least two renew intervals.
         if !(2..=3600).contains(&l.lease_duration_secs)
-            || l.lease_duration_secs <= l.renew_interval_secs
+            || l.lease_duration_secs < 2 * l.renew_interval_secs
         {
             return invalid(
                 "leader.lease_duration_secs",
-                "must be 2 to 3600 and longer than renew_interval_secs",
+                "must be 2 to 3600 and at least twice renew_interval_secs",
             );
         }
         Ok(())
@@ -257,6 +260,10 @@ mod tests {
             ),
             (
                 "[leader]\nlease_duration_secs = 5",
+                "leader.lease_duration_secs",
+            ),
+            (
+                "[leader]\nlease_duration_secs = 9\nrenew_interval_secs = 5",
                 "leader.lease_duration_secs",
             ),
             ("[leader]\nlease_name = \"Bad_Name\"", "leader.lease_name"),

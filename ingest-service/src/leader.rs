@@ -9,9 +9,18 @@
 //! `renewTime + leaseDurationSeconds` has passed; every write is a `replace` carrying the
 //! `resourceVersion` it read, so two candidates racing for an expired Lease cannot both
 //! win (the loser gets 409 Conflict and stays a follower).
+//!
+//! Two guards against two leaders at once. Every API call has a timeout of half the renew
+//! interval, and a call that fails or times out drops leadership at once: a holder whose
+//! calls stall stops leading within the renew interval and a half, well before its Lease
+//! (three renew intervals by default) can expire for the others. And no replica trusts
+//! another's clock: a candidate judges a Lease expired when the record it saw (its
+//! `resourceVersion`) has not changed for the Lease's duration by its own monotonic clock,
+//! as client-go does, never by comparing `renewTime` with its own wall clock.
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -96,6 +105,9 @@ pub struct Elector {
     identity: String,
     duration: Duration,
     renew: Duration,
+    /// The other holder's record last seen (its `resourceVersion`) and when, by this
+    /// process's monotonic clock.
+    observed: Arc<Mutex<Option<(String, Instant)>>>,
 }
 
 impl Elector {
@@ -106,6 +118,42 @@ impl Elector {
             identity: identity.into(),
             duration: Duration::from_secs(u64::from(settings.lease_duration_secs)),
             renew: Duration::from_secs(u64::from(settings.renew_interval_secs)),
+            observed: Arc::default(),
+        }
+    }
+
+    /// Runs one API call with a timeout of half the renew interval: a stalled API server
+    /// must not keep a round (and with it a leadership) alive.
+    async fn call<T>(
+        &self,
+        request: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, kube::Error> {
+        let limit = self.renew / 2;
+        match tokio::time::timeout(limit, request).await {
+            Ok(result) => result,
+            Err(_) => Err(kube::Error::Service(Box::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the Kubernetes API did not answer within {} ms",
+                    limit.as_millis()
+                ),
+            )))),
+        }
+    }
+
+    /// Whether another holder's Lease has expired, by this process's clock: the record
+    /// (`version`) unchanged for `held_for` since this candidate first saw it.
+    fn expired(&self, version: &str, held_for: Duration) -> bool {
+        let mut observed = self
+            .observed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match observed.as_ref() {
+            Some((seen, since)) if seen == version => since.elapsed() >= held_for,
+            _ => {
+                *observed = Some((version.to_owned(), Instant::now()));
+                false
+            }
         }
     }
 
@@ -116,6 +164,7 @@ impl Elector {
     pub fn for_schema(&self) -> Self {
         Self {
             name: format!("{}-schema", self.name),
+            observed: Arc::default(),
             ..self.clone()
         }
     }
@@ -125,7 +174,7 @@ impl Elector {
     pub async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
         let now = Timestamp::now();
         let seconds = i32::try_from(self.duration.as_secs()).unwrap_or(i32::MAX);
-        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+        let Some(mut lease) = self.call(self.api.get_opt(&self.name)).await? else {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.name.clone()),
@@ -140,7 +189,10 @@ impl Elector {
                     ..LeaseSpec::default()
                 }),
             };
-            return match self.api.create(&PostParams::default(), &lease).await {
+            return match self
+                .call(self.api.create(&PostParams::default(), &lease))
+                .await
+            {
                 Ok(_) => Ok(true),
                 Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
                 Err(e) => Err(e),
@@ -152,14 +204,8 @@ impl Elector {
             let held_for = spec
                 .lease_duration_seconds
                 .map_or(self.duration, |s| Duration::from_secs(s.max(0) as u64));
-            let expired = match &spec.renew_time {
-                Some(MicroTime(renewed)) => {
-                    let age = now.duration_since(*renewed);
-                    age.as_secs_f64() > held_for.as_secs_f64()
-                }
-                None => true,
-            };
-            if spec.holder_identity.is_some() && !expired {
+            let version = lease.metadata.resource_version.clone().unwrap_or_default();
+            if spec.holder_identity.is_some() && !self.expired(&version, held_for) {
                 return Ok(false);
             }
             spec.holder_identity = Some(self.identity.clone());
@@ -170,8 +216,7 @@ impl Elector {
         spec.lease_duration_seconds = Some(seconds);
         // The resourceVersion read above makes this a compare-and-swap.
         match self
-            .api
-            .replace(&self.name, &PostParams::default(), &lease)
+            .call(self.api.replace(&self.name, &PostParams::default(), &lease))
             .await
         {
             Ok(_) => Ok(true),
@@ -249,7 +294,7 @@ impl Elector {
 
     /// Gives the Lease up (on shutdown), if this candidate holds it.
     async fn release(&self) -> Result<(), kube::Error> {
-        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+        let Some(mut lease) = self.call(self.api.get_opt(&self.name)).await? else {
             return Ok(());
         };
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
@@ -258,8 +303,7 @@ impl Elector {
         }
         spec.holder_identity = None;
         spec.renew_time = None;
-        self.api
-            .replace(&self.name, &PostParams::default(), &lease)
+        self.call(self.api.replace(&self.name, &PostParams::default(), &lease))
             .await
             .map(|_| ())
     }

@@ -1,9 +1,12 @@
 //! Leader election against a fake Kubernetes API server: a real HTTP server on loopback
 //! that stores Leases and enforces `resourceVersion` on replace, as the API server does.
 //! Two candidates, one wins, the winner dies, the other takes over; racing candidates never
-//! both win; a stopping leader hands over at once.
+//! both win; a stopping leader hands over at once; a leader whose API calls stall stops
+//! leading before anyone else can start; a holder whose clock is off is not overthrown
+//! while it renews.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -79,6 +82,14 @@ async fn replace_lease(
 
 async fn fake_api() -> (kube::Client, Shared) {
     let state: Shared = Arc::default();
+    let client = front(state.clone(), Arc::default()).await;
+    (client, state)
+}
+
+/// A client of the fake API server's `state` through a front of its own, which stops
+/// answering (every call hangs, as with a stalled API server or a cut network) while
+/// `stalled` is set.
+async fn front(state: Shared, stalled: Arc<AtomicBool>) -> kube::Client {
     let app = axum::Router::new()
         .route(
             "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
@@ -88,14 +99,25 @@ async fn fake_api() -> (kube::Client, Shared) {
             "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
             get(get_lease).put(replace_lease),
         )
-        .with_state(state.clone());
+        .with_state(state)
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let stalled = stalled.clone();
+                async move {
+                    if stalled.load(Ordering::SeqCst) {
+                        std::future::pending::<()>().await;
+                    }
+                    next.run(request).await
+                }
+            },
+        ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, app).await });
     let config = kube::Config::new(url.parse().expect("url"));
-    (kube::Client::try_from(config).expect("client"), state)
+    kube::Client::try_from(config).expect("client")
 }
 
 fn candidate(client: &kube::Client, identity: &str) -> Elector {
@@ -164,10 +186,15 @@ async fn candidates_racing_for_an_expired_lease_never_both_win() {
             .unwrap()
     );
     for round in 0..3 {
-        tokio::time::sleep(Duration::from_millis(2300)).await;
         let contenders: Vec<Elector> = (0..4)
             .map(|i| candidate(&client, &format!("c{round}-{i}")))
             .collect();
+        // A candidate judges expiry by its own clock from when it first saw the record: each
+        // looks once, then they race once the 2 s have passed for all of them.
+        for contender in &contenders {
+            assert!(!contender.try_acquire_or_renew().await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(2300)).await;
         let results =
             futures::future::join_all(contenders.iter().map(Elector::try_acquire_or_renew)).await;
         let winners = results.iter().filter(|r| matches!(r, Ok(true))).count();
@@ -243,4 +270,77 @@ async fn schema_work_runs_one_replica_at_a_time() {
         waited >= Duration::from_secs(2) && waited < Duration::from_secs(6),
         "{waited:?}"
     );
+}
+
+/// Watches two leaderships until `until`, every 10 ms: whether both ever led at once, and
+/// who leads at the end.
+async fn watch_pair(
+    a: &sightline_ingest::leader::Leadership,
+    b: &sightline_ingest::leader::Leadership,
+    until: Duration,
+) -> (bool, bool, bool) {
+    let end = std::time::Instant::now() + until;
+    let mut both = false;
+    while std::time::Instant::now() < end {
+        both |= a.is_leader() && b.is_leader();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (both, a.is_leader(), b.is_leader())
+}
+
+#[tokio::test]
+async fn a_leader_whose_api_calls_stall_stops_leading_before_another_can_start() {
+    let (client_b, state) = fake_api().await;
+    let stalled = Arc::new(AtomicBool::new(false));
+    let client_a = front(state.clone(), stalled.clone()).await;
+    let stop = CancellationToken::new();
+    let mut a = candidate(&client_a, "ingest-a").spawn(stop.clone());
+    while !a.is_leader() {
+        assert!(a.changed().await, "the elector stopped");
+    }
+    let b = candidate(&client_b, "ingest-b").spawn(stop.clone());
+    // a's API calls hang from now on: its renewals never arrive, the Lease expires (2 s),
+    // and b takes over. a must have stopped leading by then, by its own clock.
+    stalled.store(true, Ordering::SeqCst);
+    let (both, a_leads, b_leads) = watch_pair(&a, &b, Duration::from_secs(6)).await;
+    assert!(!both, "two leaders at once");
+    assert!(!a_leads && b_leads, "b took over: a {a_leads}, b {b_leads}");
+    assert_eq!(holder(&state).as_deref(), Some("ingest-b"));
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_holder_whose_clock_is_off_keeps_the_lease_while_it_renews() {
+    let (client, state) = fake_api().await;
+    // A holder whose clock is an hour slow renews every 500 ms: its renewTime always looks
+    // expired to a candidate with a correct clock, but the record keeps changing.
+    let renewing = CancellationToken::new();
+    tokio::spawn({
+        let (state, renewing) = (state.clone(), renewing.clone());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            while !renewing.is_cancelled() {
+                tick.tick().await;
+                let slow = k8s_openapi::jiff::Timestamp::now()
+                    - k8s_openapi::jiff::SignedDuration::from_secs(3600);
+                let mut leases = state.lock().expect("lock");
+                let version = leases.get("sightline-ingest").map_or(1, |l| l.0 + 1);
+                let lease = json!({"metadata": {"name": "sightline-ingest"},
+                    "spec": {"holderIdentity": "skewed", "leaseDurationSeconds": 2,
+                             "renewTime": slow.to_string(), "acquireTime": slow.to_string()}});
+                leases.insert("sightline-ingest".into(), (version, lease));
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stop = CancellationToken::new();
+    let b = candidate(&client, "ingest-b").spawn(stop.clone());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!b.is_leader(), "b overthrew a holder that renews");
+    assert_eq!(holder(&state).as_deref(), Some("skewed"));
+    // Once the holder stops renewing, b takes over after the Lease's duration by b's clock.
+    renewing.cancel();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(b.is_leader(), "b took over the abandoned Lease");
+    stop.cancel();
 }

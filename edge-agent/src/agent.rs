@@ -78,7 +78,21 @@ pub async fn run(
             .await
             .map_err(|e| anyhow::anyhow!("status.listen: cannot listen on {addr}: {e}"))?;
         tracing::info!(%addr, "status endpoint listening");
-        let app = crate::status::router(state.clone());
+        let token = match &config.status.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("status.token_file: cannot read {path}: {e}"))?
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned(),
+            )
+            .filter(|t| !t.is_empty()),
+            None => None,
+        };
+        let access = crate::status::Access::new(addr, &config.status.allowed_hosts, token);
+        let app = crate::status::router(state.clone(), access);
         let stop = background.clone();
         tasks.spawn(async move {
             if let Err(error) = axum::serve(listener, app)

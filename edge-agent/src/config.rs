@@ -211,8 +211,16 @@ pub struct StatusConfig {
     /// Serve the endpoint.
     pub enabled: bool,
     /// Address for `/healthz`, `/metrics`, `/v1/status`, `/v1/events/recent`,
-    /// `POST /v1/rotate`. Loopback by default: it has no authentication.
+    /// `POST /v1/rotate`. Loopback by default.
     pub listen: SocketAddr,
+    /// Host names (or addresses) requests may name besides `localhost`, the loopback
+    /// addresses and `listen`'s address: for example the name a Prometheus server scrapes
+    /// this host by. Any other `Host` is refused (421), so a web page cannot reach the
+    /// endpoint through DNS rebinding. Listening on `0.0.0.0`, list the names clients use.
+    pub allowed_hosts: Vec<String>,
+    /// A file whose first line is the bearer token `POST /v1/rotate` needs (none: the
+    /// confirmation header alone).
+    pub token_file: Option<String>,
     /// Seconds between status lines in the log (0: none).
     pub log_interval_secs: u64,
 }
@@ -222,6 +230,8 @@ impl Default for StatusConfig {
         Self {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 9470)),
+            allowed_hosts: Vec::new(),
+            token_file: None,
             log_interval_secs: 60,
         }
     }

@@ -64,7 +64,7 @@ fn rotate(config: &AgentConfig, force: bool) -> anyhow::Result<()> {
     let (mut buffer, _) = Buffer::open(&dir.join(BUFFER_FILE)).map_err(|e| {
         let hint = match config.status.enabled {
             true => format!(
-                " If the agent is running, use: curl -X POST 'http://{}/v1/rotate?force={force}'",
+                " If the agent is running, use: curl -X POST -H 'X-Sightline-Confirm: rotate' 'http://{}/v1/rotate?force={force}'",
                 config.status.listen
             ),
             false => String::new(),

@@ -1,13 +1,19 @@
 //! The agent's local HTTP endpoint, for an operator on the host (or its LAN) when the cloud
 //! cannot see it: `/healthz`, `/metrics`, `/v1/status`, `/v1/events/recent` and
 //! `POST /v1/rotate`. It reads the buffer through its thread, like everything else.
+//!
+//! A web page the host's browser opens must not be able to use it ([`Access`]): every
+//! request's `Host` must be a name the endpoint answers to (so DNS rebinding cannot read it),
+//! and `POST /v1/rotate` needs the `X-Sightline-Confirm: rotate` header, which no cross-site
+//! form or simple request can send, and the bearer token where one is configured.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Query, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
@@ -101,8 +107,106 @@ impl StatusTicker {
     }
 }
 
-/// The routes.
-pub(crate) fn router(state: Arc<StatusState>) -> axum::Router {
+/// Who may use the endpoint.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Access {
+    /// Host names (without port, lowercase) requests may carry: `localhost`, the loopback
+    /// addresses, the listen address, and the names the operator adds.
+    hosts: Vec<String>,
+    /// The bearer token `POST /v1/rotate` needs, if one is configured.
+    token: Option<String>,
+}
+
+/// The header a state-changing request must carry (a custom header makes a browser ask
+/// before sending it cross-site, and this endpoint never says yes).
+pub(crate) const CONFIRM_HEADER: &str = "x-sightline-confirm";
+
+impl Access {
+    /// The names a request to `listen` may use, with `extra` from the config.
+    pub(crate) fn new(
+        listen: std::net::SocketAddr,
+        extra: &[String],
+        token: Option<String>,
+    ) -> Self {
+        let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "[::1]"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        if !listen.ip().is_unspecified() {
+            hosts.push(match listen {
+                std::net::SocketAddr::V4(a) => a.ip().to_string(),
+                std::net::SocketAddr::V6(a) => format!("[{}]", a.ip()),
+            });
+        }
+        hosts.extend(extra.iter().map(|h| h.to_ascii_lowercase()));
+        Self { hosts, token }
+    }
+
+    /// Whether `host` (a `Host` header: a name or address, with or without a port) is one
+    /// of ours.
+    fn knows(&self, host: &str) -> bool {
+        let host = host.trim().to_ascii_lowercase();
+        let name = match host.strip_prefix('[') {
+            Some(rest) => rest.split(']').next().map(|ip| format!("[{ip}]")),
+            None => host.split(':').next().map(str::to_owned),
+        };
+        name.is_some_and(|name| self.hosts.contains(&name))
+    }
+}
+
+/// Checks `Host` on every request, and the confirmation header and token on `POST`.
+async fn guard(State(access): State<Arc<Access>>, request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if !access.knows(host) {
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "unknown_host",
+            format!(
+                "Host {host:?} is not a name this endpoint answers to: add it to status.allowed_hosts"
+            ),
+        );
+    }
+    if request.method() == Method::POST {
+        let confirmed = request
+            .headers()
+            .get(CONFIRM_HEADER)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"rotate"));
+        if !confirmed {
+            return error(
+                StatusCode::FORBIDDEN,
+                "not_confirmed",
+                format!("send the header {CONFIRM_HEADER}: rotate"),
+            );
+        }
+        if let Some(token) = &access.token {
+            let given = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if !given.is_some_and(|given| same(given.as_bytes(), token.as_bytes())) {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "send Authorization: Bearer <status token>".into(),
+                );
+            }
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares in time that does not depend on where the inputs differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The routes, behind [`guard`].
+pub(crate) fn router(state: Arc<StatusState>, access: Access) -> axum::Router {
     axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -115,6 +219,7 @@ pub(crate) fn router(state: Arc<StatusState>) -> axum::Router {
         .route("/v1/events/recent", get(recent))
         .route("/v1/rotate", post(rotate))
         .with_state(state)
+        .layer(middleware::from_fn_with_state(Arc::new(access), guard))
 }
 
 #[derive(Debug, Serialize)]
@@ -180,5 +285,143 @@ async fn rotate(
     match s.buffer.rotate(params.force.unwrap_or(false)).await {
         Ok(rotation) => Json(rotation).into_response(),
         Err(message) => unavailable(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt as _;
+
+    /// The guard in front of two stand-in routes (the real ones need a running buffer; the
+    /// agent's integration tests use those).
+    fn app(access: Access) -> axum::Router {
+        axum::Router::new()
+            .route("/v1/status", get(|| async { "status" }))
+            .route("/v1/rotate", post(|| async { "rotated" }))
+            .layer(middleware::from_fn_with_state(Arc::new(access), guard))
+    }
+
+    /// `GET /v1/status` or `POST /v1/rotate` with `Host: host` and `headers`.
+    async fn call(
+        app: &axum::Router,
+        method: Method,
+        host: &str,
+        headers: &[(&str, &str)],
+    ) -> StatusCode {
+        let path = if method == Method::GET {
+            "/v1/status"
+        } else {
+            "/v1/rotate"
+        };
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, host);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        app.clone()
+            .oneshot(request.body(axum::body::Body::empty()).expect("request"))
+            .await
+            .expect("answer")
+            .status()
+    }
+
+    #[tokio::test]
+    async fn only_known_hosts_are_answered() {
+        let access = Access::new(
+            "127.0.0.1:9470".parse().expect("addr"),
+            &["edge-7.lan".into()],
+            None,
+        );
+        let app = app(access);
+        for host in [
+            "127.0.0.1:9470",
+            "localhost:9470",
+            "LOCALHOST",
+            "[::1]:9470",
+            "edge-7.lan:9470",
+        ] {
+            assert_eq!(
+                call(&app, Method::GET, host, &[]).await,
+                StatusCode::OK,
+                "{host}"
+            );
+        }
+        // DNS rebinding: the attacker's name resolved to loopback.
+        for host in [
+            "evil.example:9470",
+            "",
+            "127.0.0.1.evil.example",
+            "[::2]:9470",
+        ] {
+            assert_eq!(
+                call(&app, Method::GET, host, &[]).await,
+                StatusCode::MISDIRECTED_REQUEST,
+                "{host}"
+            );
+        }
+        // Listening on every address: only loopback and the configured names.
+        let open = Access::new("0.0.0.0:9470".parse().expect("addr"), &[], None);
+        assert!(open.knows("localhost") && !open.knows("0.0.0.0") && !open.knows("192.168.1.9"));
+        let lan = Access::new("192.168.1.9:9470".parse().expect("addr"), &[], None);
+        assert!(lan.knows("192.168.1.9:9470"));
+    }
+
+    #[tokio::test]
+    async fn a_simple_cross_site_post_cannot_rotate() {
+        let app = app(Access::new(
+            "127.0.0.1:9470".parse().expect("addr"),
+            &[],
+            None,
+        ));
+        let host = "127.0.0.1:9470";
+        // What a form or a no-cors fetch from any page can send.
+        assert_eq!(
+            call(&app, Method::POST, host, &[("content-type", "text/plain")]).await,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            call(&app, Method::POST, host, &[(CONFIRM_HEADER, "rotate")]).await,
+            StatusCode::OK
+        );
+    }
+
+    #[tokio::test]
+    async fn a_configured_token_guards_rotation() {
+        let app = app(Access::new(
+            "127.0.0.1:9470".parse().expect("addr"),
+            &[],
+            Some("s3cret-token".into()),
+        ));
+        let host = "127.0.0.1:9470";
+        let confirm = (CONFIRM_HEADER, "rotate");
+        assert_eq!(
+            call(&app, Method::POST, host, &[confirm]).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            call(
+                &app,
+                Method::POST,
+                host,
+                &[confirm, ("authorization", "Bearer wrong")]
+            )
+            .await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            call(
+                &app,
+                Method::POST,
+                host,
+                &[confirm, ("authorization", "Bearer s3cret-token")]
+            )
+            .await,
+            StatusCode::OK
+        );
+        // Reading needs no token (the Host check still applies).
+        assert_eq!(call(&app, Method::GET, host, &[]).await, StatusCode::OK);
     }
 }

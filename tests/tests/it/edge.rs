@@ -210,6 +210,20 @@ async fn an_offline_edge_delivers_everything_once_when_the_link_returns() -> any
         .json()
         .await?;
     assert_eq!(recent.len(), 5);
+    // The running agent's endpoint is guarded: a rebound name is refused, and a simple
+    // cross-site POST (no confirmation header) cannot rotate.
+    let rebound = http
+        .get(format!("{base}/v1/events/recent"))
+        .header(reqwest::header::HOST, "evil.example")
+        .send()
+        .await?;
+    assert_eq!(rebound.status().as_u16(), 421);
+    let simple_post = http
+        .post(format!("{base}/v1/rotate?force=true"))
+        .header(reqwest::header::CONTENT_TYPE, "text/plain")
+        .send()
+        .await?;
+    assert_eq!(simple_post.status().as_u16(), 403);
     assert!(
         recent
             .windows(2)

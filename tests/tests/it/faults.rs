@@ -486,6 +486,20 @@ async fn a_slow_insert_keeps_its_messages_alive_and_nothing_is_redelivered() -> 
 /// ingest notices, declares it again from the last ack floor it read and goes on; nothing is
 /// lost, nothing shows twice, and nothing stored is replayed (the hourly rollup would count
 /// it again). A restarted ingest keeps the new durable's start.
+/// What `sql` answers once it answers `want`, or after 10 s. The API shows an event once it
+/// is in `events`; ClickHouse fills the views' tables (the rollup among them) right after,
+/// so a view read straight after a delivery can still be short.
+async fn settled(
+    clickhouse: &sightline_tests::ClickHouseServer,
+    sql: &str,
+    want: &str,
+) -> anyhow::Result<String> {
+    let read = || clickhouse.query(sql);
+    let (Ok(answer) | Err(answer)) =
+        poll_until(Duration::from_secs(10), read, |r: &String| r == want).await?;
+    Ok(answer)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_consumer_is_declared_again_and_nothing_is_lost() -> anyhow::Result<()> {
     let mut stack = Stack::start_with(|c| c.consumer.info_interval_secs = 1).await?;
@@ -529,14 +543,16 @@ async fn a_deleted_consumer_is_declared_again_and_nothing_is_lost() -> anyhow::R
     // known_events gives 13 detections per 10 events; a replay of cam-x would make it 39.
     let rollup = "SELECT countMerge(detections) FROM sightline.detections_hourly \
                   WHERE camera_id IN ('cam-x', 'cam-y', 'cam-z')";
-    assert_eq!(stack.clickhouse.query(rollup).await?, "26");
+    // The API shows an event once it is in `events`; ClickHouse fills the views' tables
+    // (the rollup among them) right after: wait for the rollup to catch up.
+    assert_eq!(settled(&stack.clickhouse, rollup, "26").await?, "26");
 
     // A restart declares the existing durable without touching its deliver policy (the
     // server cannot change it in place).
     stack.crash_ingest().await;
     stack.start_ingest().await?;
     deliver(&stack, "edge-x", "cam-z", 10).await?;
-    assert_eq!(stack.clickhouse.query(rollup).await?, "39");
+    assert_eq!(settled(&stack.clickhouse, rollup, "39").await?, "39");
     assert_eq!(
         stack.consumer_info().await?.config.deliver_policy,
         DeliverPolicy::ByStartSequence { start_sequence: 11 },

@@ -431,6 +431,9 @@ impl Consumer {
     }
 
     /// An error from the pull: if the durable is gone, a new pull declares it again first.
+    /// Asked after a deletion notice, and after every missed heartbeat, because a deletion
+    /// seen while the server was still removing the durable (its info still answered) leaves
+    /// the next pull waiting on a durable that no longer exists.
     async fn on_pull_error(
         &mut self,
         error: &PullError,
@@ -441,7 +444,11 @@ impl Consumer {
         let asking = Instant::now();
         let missing = matches!(
             error.kind(),
-            MessagesErrorKind::ConsumerDeleted | MessagesErrorKind::NoResponders
+            MessagesErrorKind::ConsumerDeleted
+                | MessagesErrorKind::NoResponders
+                // nats-server 2.9 answers a pull on a durable deleted meanwhile with silence,
+                // not an error: the pull then only misses heartbeats.
+                | MessagesErrorKind::MissingHeartbeat
         ) && self
             .writer
             .keeping_alive(

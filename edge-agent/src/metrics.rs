@@ -157,6 +157,9 @@ pub struct Metrics {
     pub buffer_unsent: Gauge,
     pub backlog_age_seconds: Gauge<f64, AtomicU64>,
     pub buffer_recovered: Counter,
+    pub events_recovered: Counter,
+    pub events_unrecoverable: Counter,
+    pub events_quarantined: Counter,
     pub storage_used_bytes: Gauge,
     pub storage_limit_bytes: Gauge,
     pub rotations: Counter,
@@ -222,8 +225,23 @@ impl Metrics {
         );
         r.register(
             "buffer_recovered",
-            "Times an unreadable buffer file was moved aside and a fresh one started",
+            "Times a damaged buffer (its WAL, or the file itself) was set aside and recovered",
             metrics.buffer_recovered.clone(),
+        );
+        r.register(
+            "events_recovered",
+            "Unsent events stored again when a damaged buffer was recovered (from what could be read of it, and from the day logs)",
+            metrics.events_recovered.clone(),
+        );
+        r.register(
+            "events_unrecoverable",
+            "Unsent events of a damaged buffer that neither it nor the day logs gave back (an estimate: see docs/edge.md)",
+            metrics.events_unrecoverable.clone(),
+        );
+        r.register(
+            "events_quarantined",
+            "Unsent buffer rows that could not be read, moved to the buffer's quarantine table",
+            metrics.events_quarantined.clone(),
         );
         r.register(
             "storage_used_bytes",

@@ -24,9 +24,15 @@ pub struct Outgoing {
     pub seq: u64,
     /// Id, edge and camera: the message id and subject.
     pub head: EventHead,
-    /// The event in the contract's bincode encoding of the current schema version.
+    /// What `payload` is: the current schema in bincode for every event this agent creates;
+    /// an older version for rows an earlier agent buffered, published as they are.
+    pub content_type: ContentType,
+    /// The event, encoded as `content_type` says.
     pub payload: Bytes,
 }
+
+/// What every event this agent creates is stored as.
+pub const STORED: ContentType = ContentType::current(Encoding::Bincode);
 
 impl Outgoing {
     /// Encodes a (validated) event for the outbox.
@@ -34,28 +40,37 @@ impl Outgoing {
         Ok(Self {
             seq,
             head: EventHead::from(event),
+            content_type: STORED,
             payload: codec::encode(event, Encoding::Bincode)?.into(),
         })
     }
 
-    /// An outgoing event from a stored bincode payload: only its head is decoded.
-    pub fn from_payload(seq: u64, payload: Vec<u8>) -> Result<Self, CodecError> {
+    /// An outgoing event from a stored payload of any schema version: only its head is
+    /// decoded.
+    pub fn from_stored(seq: u64, content_type: &str, payload: Vec<u8>) -> Result<Self, CodecError> {
+        let content_type: ContentType = content_type.parse()?;
         Ok(Self {
             seq,
-            head: codec::decode_head(&payload)?,
+            head: codec::decode_head(content_type, &payload)?,
+            content_type,
             payload: payload.into(),
         })
     }
 
+    /// Whether the payload is of the schema version this build reads whole.
+    pub fn is_current(&self) -> bool {
+        self.content_type.schema_version == sightline_shared::SCHEMA_VERSION
+    }
+
     /// The whole event, decoded (for a publisher configured for JSON, and for checks).
     pub fn event(&self) -> Result<DetectionEvent, CodecError> {
-        decode_stored(&self.payload)
+        codec::decode_as(self.content_type, &self.payload)
     }
 }
 
-/// Decodes a stored payload: the contract's bincode encoding of the current schema.
-pub fn decode_stored(payload: &[u8]) -> Result<DetectionEvent, CodecError> {
-    codec::decode_as(ContentType::current(Encoding::Bincode), payload)
+/// Decodes a stored payload of the current schema (the status endpoint's recent events).
+pub fn decode_stored(content_type: &str, payload: &[u8]) -> Result<DetectionEvent, CodecError> {
+    codec::decode_as(content_type.parse()?, payload)
 }
 
 /// A source of events to publish.

@@ -65,7 +65,6 @@ impl Publisher {
     /// Publishes until the outbox is closed and every event is acknowledged, or until `stop`
     /// fires (then whatever is unacknowledged is reported, and stays in a durable outbox).
     pub async fn run<O: Outbox>(&self, outbox: &mut O, stop: &CancellationToken) -> PublishReport {
-        let content_type = ContentType::current(self.encoding).to_string();
         let mut in_flight: FuturesUnordered<AckFuture> = FuturesUnordered::new();
         let mut retry: VecDeque<Outgoing> = VecDeque::new();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
@@ -105,7 +104,7 @@ impl Publisher {
                         outbox_open = false;
                         continue;
                     };
-                    let Some(payload) = self.payload(&outgoing) else {
+                    let Some((content_type, payload)) = self.payload(&outgoing) else {
                         // Never publishable: confirm it so a durable outbox does not offer
                         // it again (it was counted and logged as dropped).
                         outbox.confirm(outgoing.seq).await;
@@ -115,7 +114,7 @@ impl Publisher {
                     let message = PublishMessage::build()
                         .payload(payload)
                         .message_id(outgoing.head.event_id.to_string())
-                        .header(codec::CONTENT_TYPE_HEADER, content_type.as_str());
+                        .header(codec::CONTENT_TYPE_HEADER, content_type.to_string().as_str());
                     match self.js.send_publish(subject, message).await {
                         Ok(ack) => {
                             in_flight.push(Box::pin(async move {
@@ -149,18 +148,21 @@ impl Publisher {
         *paused_until = Some(Instant::now() + delay);
     }
 
-    /// The payload in the configured encoding: the outbox's bincode as it is, or re-encoded
-    /// as JSON. One that cannot be (a damaged stored payload) is dropped, counted and logged,
-    /// because retrying can never fix it.
-    fn payload(&self, outgoing: &Outgoing) -> Option<Bytes> {
-        let json = match self.encoding {
-            Encoding::Bincode => return Some(outgoing.payload.clone()),
-            Encoding::Json => outgoing
-                .event()
-                .and_then(|event| codec::encode(&event, Encoding::Json)),
-        };
-        match json {
-            Ok(payload) => Some(payload.into()),
+    /// The payload and its content type: the stored payload as it is, or, with the JSON
+    /// encoding configured, re-encoded as JSON. Rows of another schema version (buffered by an
+    /// earlier agent) always go as they are, under their own content type: this build may
+    /// not read them whole, and ingest reads every version it supports. One that cannot be
+    /// re-encoded (a damaged stored payload) is dropped, counted and logged, because
+    /// retrying can never fix it.
+    fn payload(&self, outgoing: &Outgoing) -> Option<(ContentType, Bytes)> {
+        if self.encoding == outgoing.content_type.encoding || !outgoing.is_current() {
+            return Some((outgoing.content_type, outgoing.payload.clone()));
+        }
+        let encoded = outgoing
+            .event()
+            .and_then(|event| codec::encode(&event, self.encoding));
+        match encoded {
+            Ok(payload) => Some((ContentType::current(self.encoding), payload.into())),
             Err(error) => {
                 tracing::error!(event_id = %outgoing.head.event_id, camera = %outgoing.head.camera_id, %error, "dropping an event that cannot be encoded");
                 self.metrics.dropped(DropReason::Invalid, 1);

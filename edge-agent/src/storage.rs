@@ -5,9 +5,10 @@
 //! - at 90 %, rotation deletes whole days, oldest first, until usage is under 80 %: the day's
 //!   folder (logs, snapshots) and the day's *published* buffer rows, then compacts the buffer
 //!   so the space really goes back to the disk. Never today, never a day inside
-//!   `min_retention_days`, never an unpublished event. A buffer file that could not be
-//!   opened and was moved aside (`buffer.duckdb.corrupt-<unix seconds>`) belongs to the
-//!   day it was moved aside on and goes with that day: its events were unreadable, and kept
+//!   `min_retention_days`, never an unpublished event. A damaged buffer file set aside
+//!   (`buffer.duckdb.corrupt-<unix seconds>`, its WAL and its `.recovered` marker) belongs
+//!   to the day it was set aside on and goes with that day: what could be read of it was
+//!   recovered into the buffer when it was set aside (see `buffer::recover`), and kept
 //!   forever it would hold the budget down for good;
 //! - at 100 % with nothing left to rotate, the full-disk policy decides: `reject_new`
 //!   (default: new events are refused, counted and logged, nothing already kept is lost),
@@ -224,8 +225,9 @@ pub fn compact(buffer: &mut Buffer) {
     }
 }
 
-/// Deletes the unreadable buffer copies of `day` (logged at ERROR: their events were never
-/// published) and returns the bytes freed.
+/// Deletes the damaged buffer copies of `day`, their WALs and recovery markers, and returns
+/// the bytes freed. Their unsent events were recovered (or counted as lost) when they were
+/// set aside, or at the next start for copies an older agent set aside.
 fn remove_moved_aside(copies: &[(i32, PathBuf)], day: i32) -> u64 {
     let mut freed = 0;
     for (_, copy) in copies.iter().filter(|(d, _)| *d == day) {
@@ -233,7 +235,7 @@ fn remove_moved_aside(copies: &[(i32, PathBuf)], day: i32) -> u64 {
         match std::fs::remove_file(copy) {
             Ok(()) => {
                 freed += bytes;
-                tracing::error!(file = %copy.display(), freed = %human_bytes(bytes), "rotation deleted a buffer file that had been moved aside as unreadable (its events were never published)");
+                tracing::warn!(file = %copy.display(), freed = %human_bytes(bytes), "rotation deleted a damaged buffer file set aside earlier (what could be read of it was recovered when it was set aside: see the recovery log and marker)");
             }
             Err(error) => {
                 tracing::error!(file = %copy.display(), %error, "rotation could not delete an unreadable buffer file")

@@ -232,10 +232,11 @@ fn bincode_prefix<T: serde::de::DeserializeOwned>(
 }
 
 /// What a publisher needs to route an encoded event (subject and `Nats-Msg-Id`), read from
-/// the front of its bincode payload without decoding the rest.
+/// the front of its payload without decoding the rest.
 ///
-/// Bincode writes fields in declaration order, and these are the first fields of
-/// [`DetectionEvent`], so they decode from any payload [`encode`] made for the current schema.
+/// A contract across schema versions: every version of [`DetectionEvent`] begins with these
+/// four fields, in this order, so the head of a payload any agent version wrote decodes with
+/// this one (an upgraded agent publishes the rows an older one buffered as they are).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct EventHead {
     pub event_id: EventId,
@@ -255,17 +256,24 @@ impl From<&DetectionEvent> for EventHead {
     }
 }
 
-/// Reads the [`EventHead`] of a bincode payload of the current schema version. The rest of
-/// the payload is not checked: a consumer decodes it whole (and dead-letters it if it is
-/// malformed).
-pub fn decode_head(payload: &[u8]) -> Result<EventHead, CodecError> {
+/// Reads the [`EventHead`] of a payload of any schema version, checking that it is the
+/// version `content_type` names. The rest of the payload is not checked: a consumer decodes
+/// it whole (and dead-letters it if it is malformed or of a version it does not read).
+pub fn decode_head(content_type: ContentType, payload: &[u8]) -> Result<EventHead, CodecError> {
     if payload.len() > MAX_PAYLOAD_BYTES {
         return Err(CodecError::TooLarge { len: payload.len() });
     }
-    let (head, _): (EventHead, usize) = bincode_prefix(payload)?;
-    if head.schema_version != SCHEMA_VERSION {
-        return Err(CodecError::UnsupportedVersion {
-            found: head.schema_version,
+    let head: EventHead = match content_type.encoding {
+        Encoding::Bincode => bincode_prefix(payload)?.0,
+        Encoding::Json => serde_json::from_slice(payload).map_err(|e| CodecError::Malformed {
+            encoding: Encoding::Json,
+            reason: e.to_string(),
+        })?,
+    };
+    if head.schema_version != content_type.schema_version {
+        return Err(CodecError::VersionMismatch {
+            header: content_type.schema_version,
+            payload: head.schema_version,
         });
     }
     Ok(head)
@@ -465,25 +473,43 @@ mod tests {
     }
 
     #[test]
-    fn the_head_decodes_from_the_front_of_a_bincode_payload() {
+    fn the_head_decodes_from_the_front_of_a_payload_of_any_version() {
         let event = sample();
+        let bincode = ContentType::current(Encoding::Bincode);
         let payload = encode(&event, Encoding::Bincode).unwrap();
-        assert_eq!(decode_head(&payload).unwrap(), EventHead::from(&event));
+        assert_eq!(
+            decode_head(bincode, &payload).unwrap(),
+            EventHead::from(&event)
+        );
         // Only the front is read: a cut tail still routes, a cut head does not.
         assert_eq!(
-            decode_head(&payload[..payload.len() / 2]).unwrap(),
+            decode_head(bincode, &payload[..payload.len() / 2]).unwrap(),
             EventHead::from(&event)
         );
         assert!(matches!(
-            decode_head(&payload[..10]),
+            decode_head(bincode, &payload[..10]),
             Err(CodecError::Malformed { .. })
         ));
+        let json = encode(&event, Encoding::Json).unwrap();
+        assert_eq!(
+            decode_head(ContentType::current(Encoding::Json), &json).unwrap(),
+            EventHead::from(&event)
+        );
+        // Another version routes under its own content type, and only under it.
         let mut newer = event;
         newer.schema_version = SCHEMA_VERSION + 1;
         let payload = bincode::serde::encode_to_vec(&newer, bincode_config()).unwrap();
+        let its_own = ContentType {
+            encoding: Encoding::Bincode,
+            schema_version: SCHEMA_VERSION + 1,
+        };
+        assert_eq!(
+            decode_head(its_own, &payload).unwrap(),
+            EventHead::from(&newer)
+        );
         assert!(matches!(
-            decode_head(&payload),
-            Err(CodecError::UnsupportedVersion { .. })
+            decode_head(bincode, &payload),
+            Err(CodecError::VersionMismatch { .. })
         ));
     }
 

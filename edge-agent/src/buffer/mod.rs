@@ -13,27 +13,44 @@
 //! `seq` order; across kinds it is not (consumers order by capture time, which every event
 //! carries).
 
+mod recover;
 #[cfg(test)]
 mod tests;
 pub mod worker;
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use duckdb::{Connection, OptionalExt, params};
-use sightline_shared::DetectionEvent;
+use sightline_shared::{DetectionEvent, EventId};
 
 use crate::outbox::Outgoing;
 
+pub use recover::Recovery;
+
 /// The migrations, in order. Each runs once, in its own transaction.
-const MIGRATIONS: &[(u32, &str, &str)] = &[(
-    1,
-    "buffer",
-    include_str!("../../migrations/0001_buffer.sql"),
-)];
+const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (
+        1,
+        "buffer",
+        include_str!("../../migrations/0001_buffer.sql"),
+    ),
+    (
+        2,
+        "content_type_quarantine",
+        include_str!("../../migrations/0002_content_type_quarantine.sql"),
+    ),
+];
 
 const MS_PER_DAY: i64 = 86_400_000;
+
+/// What every row stored before migration 0002 (which records each row's content type) is.
+const V1_STORED: &str = "application/vnd.sightline.event.v1+bincode";
+
+fn now_ms() -> i64 {
+    sightline_runtime::now().as_millis()
+}
 
 /// UTC day number (days since 1970-01-01) of a millisecond timestamp.
 pub fn day_of(ms: i64) -> i32 {
@@ -72,6 +89,8 @@ pub struct BufferStats {
     pub unsent: u64,
     /// Capture time of the oldest unsent event, in ms since the epoch.
     pub oldest_unsent_ms: Option<i64>,
+    /// Unsent rows that could not be read and were set aside in the `quarantine` table.
+    pub quarantined: u64,
 }
 
 /// An event in the buffer, for the local status endpoint.
@@ -102,8 +121,10 @@ pub struct Buffer {
     backlog: VecDeque<Range<u64>>,
     /// Whose turn it is when both live and backlog rows are waiting.
     live_turn: bool,
-    /// Undecodable rows skipped since [`Buffer::take_undecodable`].
-    undecodable: u64,
+    /// Rows quarantined since [`Buffer::take_quarantined`].
+    quarantined: u64,
+    /// Set when the buffer lost its database (see [`Buffer::unusable`]).
+    unusable: Option<String>,
     /// The latest appends, kept in memory so that live pages need no query (every DuckDB
     /// statement costs milliseconds of planning; at a steady rate this halves the CPU per
     /// event). Contiguous seqs; cleared whenever unsent rows are deleted.
@@ -129,19 +150,20 @@ impl std::fmt::Debug for Buffer {
 pub enum Opened {
     /// The file was there (or not) and is usable.
     Clean,
-    /// The file could not be read as a database and was moved to this path; a fresh buffer
-    /// was started.
-    MovedAside(PathBuf),
+    /// The file or its WAL could not be read and was set aside; what it held was recovered
+    /// as far as it could be (see [`Recovery`]).
+    Recovered(Recovery),
 }
 
 impl Buffer {
     /// Opens (or creates) the buffer at `path` and applies pending migrations.
     ///
-    /// A file DuckDB cannot open as a database is moved aside (with its WAL) to
-    /// `<path>.corrupt-<unix seconds>` and a fresh buffer is started, so a damaged file never
-    /// becomes a crash loop; the caller logs that at ERROR. Errors that moving aside cannot
-    /// fix (a directory that cannot be written, a file from a newer agent, a failing
-    /// migration) are returned.
+    /// A damaged buffer never becomes a crash loop, and never costs its unsent events
+    /// quietly: a damaged WAL is set aside alone and the main file opens without it; a main
+    /// file that cannot be read is set aside with its WAL and a fresh buffer started. Either
+    /// way what they held is recovered into the buffer (see [`recover`]). Errors that setting
+    /// aside cannot fix (a directory that cannot be written, a file from a newer agent, a
+    /// failing migration) are returned.
     pub fn open(path: &Path) -> Result<(Self, Opened), BufferError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| BufferError::Other {
@@ -149,22 +171,72 @@ impl Buffer {
                 message: format!("cannot create the directory {}: {e}", dir.display()),
             })?;
         }
+        // A WAL left behind means the agent did not close cleanly (a crash, a power cut).
+        let replayed_wal = wal_path(path).exists();
         match Self::open_existing(path) {
-            Ok(buffer) => Ok((buffer, Opened::Clean)),
+            Ok(mut buffer) => {
+                recover::salvage_earlier_copies(&mut buffer);
+                if replayed_wal && let Some(recovery) = recover::after_replay(&mut buffer)? {
+                    return Ok((buffer, Opened::Recovered(recovery)));
+                }
+                Ok((buffer, Opened::Clean))
+            }
             Err(BufferError::Db { source, .. }) if path.exists() && is_corruption(&source) => {
-                let aside = corrupt_path(path);
-                move_aside(path, &aside)?;
-                let buffer = Self::open_existing(path)?;
-                tracing::error!(
-                    path = %path.display(),
-                    moved_to = %aside.display(),
-                    error = %source,
-                    "the buffer database could not be opened; moved it aside and started a fresh one (its unsent events are in the moved file)"
-                );
-                Ok((buffer, Opened::MovedAside(aside)))
+                let (buffer, recovery) = recover::open_damaged(path, &source)?;
+                Ok((buffer, Opened::Recovered(recovery)))
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// Whether `error` says the database is damaged (a read hit a bad block), which
+    /// [`Buffer::recover_damaged`] deals with, rather than unavailable.
+    pub fn is_damage(error: &BufferError) -> bool {
+        matches!(error, BufferError::Db { source, .. } if is_corruption(source))
+    }
+
+    /// A buffer that turned out damaged while running (a bad block that the open did not
+    /// read): it is closed, set aside and recovered exactly like one that cannot be opened,
+    /// and this buffer becomes the recovered one. Seqs continue past the damaged buffer's,
+    /// so an acknowledgement still on its way for an old seq never marks a new row sent.
+    /// If that fails the buffer is [`Buffer::unusable`].
+    pub fn recover_damaged(&mut self, error: &BufferError) -> Result<Recovery, BufferError> {
+        self.close_for_replacement();
+        let recovered = recover::recover_main(
+            &self.path,
+            &corrupt_path(&self.path),
+            error,
+            Recovery::default(),
+            self.next_seq,
+        );
+        match recovered {
+            Ok((buffer, recovery)) => {
+                *self = buffer;
+                Ok(recovery)
+            }
+            Err(error) => {
+                self.unusable = Some(format!("recovering the damaged buffer failed: {error}"));
+                Err(error)
+            }
+        }
+    }
+
+    /// Closes the database file (so it can be renamed or replaced); until the connection is
+    /// replaced the buffer is [`Buffer::unusable`].
+    fn close_for_replacement(&mut self) {
+        self.unusable = Some("the database is being replaced".to_owned());
+        match Connection::open_in_memory() {
+            Ok(placeholder) => drop(std::mem::replace(&mut self.conn, placeholder)),
+            // Cannot happen short of memory exhaustion; the file then stays open.
+            Err(error) => tracing::error!(%error, "cannot close the buffer database"),
+        }
+    }
+
+    /// Why the buffer cannot go on (its database is gone: a reopen failed), if so. The
+    /// worker then stops the agent with this as the error; the next start opens (and if
+    /// need be recovers) the file.
+    pub fn unusable(&self) -> Option<&str> {
+        self.unusable.as_deref()
     }
 
     fn open_existing(path: &Path) -> Result<Self, BufferError> {
@@ -198,7 +270,8 @@ impl Buffer {
             live_next: next_seq,
             backlog,
             live_turn: true,
-            undecodable: 0,
+            quarantined: 0,
+            unusable: None,
             fresh: VecDeque::new(),
         })
     }
@@ -226,41 +299,119 @@ impl Buffer {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let db = db_err(&self.path);
-        let tx = self.conn.transaction().map_err(db)?;
-        {
-            let mut history = tx.appender("events").map_err(db)?;
-            let mut outbox = tx.appender("outbox").map_err(db)?;
-            for (event, row) in events.iter().zip(&out) {
-                let (seq, payload) = (row.seq as i64, row.payload.as_ref());
-                let captured = event.captured_at.as_millis();
-                let day = day_of(captured);
-                history
-                    .append_row(params![
-                        seq,
-                        event.event_id.to_string(),
-                        event.camera_id,
-                        captured,
-                        day,
-                        now_ms,
-                        payload,
-                    ])
-                    .map_err(db)?;
-                outbox
-                    .append_row(params![seq, captured, day, payload])
-                    .map_err(db)?;
-            }
-            history.flush().map_err(db)?;
-            outbox.flush().map_err(db)?;
-        }
+        let captured = events.iter().map(|e| e.captured_at.as_millis());
+        self.insert(out.iter().zip(captured), now_ms)?;
         let next = first + events.len() as u64;
-        tx.commit().map_err(db)?;
         self.next_seq = next;
         self.fresh.extend(out);
         while self.fresh.len() > FRESH_CACHE {
             self.fresh.pop_front();
         }
         Ok((first..next).collect())
+    }
+
+    /// Commits rows in one transaction, into the history and the outbox. Their seqs must
+    /// continue the sequence from `next_seq`, which moves past them.
+    fn insert<'a>(
+        &mut self,
+        rows: impl Iterator<Item = (&'a Outgoing, i64)>,
+        now_ms: i64,
+    ) -> Result<(), BufferError> {
+        let db = db_err(&self.path);
+        let tx = self.conn.transaction().map_err(db)?;
+        let mut last = None;
+        {
+            let mut history = tx.appender("events").map_err(db)?;
+            let mut outbox = tx.appender("outbox").map_err(db)?;
+            for (row, captured) in rows {
+                let (seq, payload) = (row.seq as i64, row.payload.as_ref());
+                let content_type = row.content_type.to_string();
+                let day = day_of(captured);
+                history
+                    .append_row(params![
+                        seq,
+                        row.head.event_id.to_string(),
+                        row.head.camera_id,
+                        captured,
+                        day,
+                        now_ms,
+                        payload,
+                        content_type,
+                    ])
+                    .map_err(db)?;
+                outbox
+                    .append_row(params![seq, captured, day, payload, content_type])
+                    .map_err(db)?;
+                last = Some(row.seq);
+            }
+            history.flush().map_err(db)?;
+            outbox.flush().map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        if let Some(last) = last {
+            self.next_seq = self.next_seq.max(last + 1);
+        }
+        Ok(())
+    }
+
+    /// Stores payloads recovered from a damaged buffer or the day logs as new unsent rows
+    /// (new seqs: backlog, since nothing reads them before the buffer is handed out).
+    /// Returns how many were stored.
+    fn insert_recovered(
+        &mut self,
+        rows: Vec<(Outgoing, i64)>,
+        now_ms: i64,
+    ) -> Result<u64, BufferError> {
+        let first = self.next_seq;
+        let rows: Vec<(Outgoing, i64)> = rows
+            .into_iter()
+            .zip(first..)
+            .map(|((row, captured), seq)| (Outgoing { seq, ..row }, captured))
+            .collect();
+        self.insert(rows.iter().map(|(row, captured)| (row, *captured)), now_ms)?;
+        let stored = rows.len() as u64;
+        self.push_backlog(first..first + stored);
+        self.live_next = self.next_seq;
+        Ok(stored)
+    }
+
+    /// Makes new seqs start at `floor` or later (recorded, so it survives a restart).
+    fn continue_seqs_from(&mut self, floor: u64) -> Result<(), BufferError> {
+        if floor > self.next_seq {
+            self.next_seq = floor;
+            self.live_next = floor;
+            self.persist_next_seq()?;
+        }
+        Ok(())
+    }
+
+    /// The ids of the events in the history captured at or after `since_ms` (all with `None`).
+    fn event_ids(&self, since_ms: Option<i64>) -> Result<HashSet<EventId>, BufferError> {
+        let db = db_err(&self.path);
+        let mut stmt = self
+            .conn
+            .prepare("SELECT CAST(event_id AS VARCHAR) FROM events WHERE captured_ms >= ?")
+            .map_err(db)?;
+        let ids = stmt
+            .query_map(params![since_ms.unwrap_or(i64::MIN)], |r| {
+                r.get::<_, String>(0)
+            })
+            .map_err(db)?;
+        let mut out = HashSet::new();
+        for id in ids {
+            // DuckDB's UUID text always parses; a failure would only cost a duplicate.
+            if let Ok(id) = id.map_err(db)?.parse() {
+                out.insert(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The newest capture time in the history.
+    fn newest_capture_ms(&self) -> Result<Option<i64>, BufferError> {
+        self.conn
+            .query_row("SELECT max(captured_ms) FROM events", [], |r| r.get(0))
+            .map_err(db_err(&self.path))
     }
 
     /// The next page to publish: up to `limit` events, live and backlog pages in turn.
@@ -285,20 +436,19 @@ impl Buffer {
             }
         }
         while let Some(range) = self.backlog.front().cloned() {
-            let rows = self.read(range.start, range.end, limit)?;
-            let rows_were_read = !rows.is_empty();
-            match rows.last() {
-                Some(last) if rows.len() == limit && last.seq + 1 < range.end => {
+            let page = self.read(range.start, range.end, limit)?;
+            match page.resume_at {
+                Some(next) if next < range.end => {
                     if let Some(front) = self.backlog.front_mut() {
-                        front.start = last.seq + 1;
+                        front.start = next;
                     }
                 }
                 _ => {
                     self.backlog.pop_front();
                 }
             }
-            if rows_were_read {
-                return Ok(rows);
+            if !page.rows.is_empty() {
+                return Ok(page.rows);
             }
         }
         // The backlog had nothing left (rows dropped meanwhile): serve live rows now rather
@@ -311,12 +461,13 @@ impl Buffer {
 
     /// The next live page (from memory when it can) and the live cursor moved past it.
     fn read_live(&mut self, limit: usize) -> Result<Vec<Outgoing>, BufferError> {
-        let rows = match self.fresh_page(limit) {
-            Some(rows) => rows,
-            None => self.read(self.live_next, self.next_seq, limit)?,
-        };
-        self.live_next = rows.last().map_or(self.next_seq, |s| s.seq + 1);
-        Ok(rows)
+        if let Some(rows) = self.fresh_page(limit) {
+            self.live_next = rows.last().map_or(self.next_seq, |s| s.seq + 1);
+            return Ok(rows);
+        }
+        let page = self.read(self.live_next, self.next_seq, limit)?;
+        self.live_next = page.resume_at.unwrap_or(self.next_seq);
+        Ok(page.rows)
     }
 
     /// A live page from memory, if the cache holds the live cursor's next row.
@@ -352,42 +503,72 @@ impl Buffer {
         }
     }
 
-    fn read(&mut self, from: u64, to: u64, limit: usize) -> Result<Vec<Outgoing>, BufferError> {
+    /// Up to `limit` unsent rows with seqs in `from..to`, in seq order. A row whose payload
+    /// cannot be read is quarantined, not returned, and paging goes on after it.
+    fn read(&mut self, from: u64, to: u64, limit: usize) -> Result<Page, BufferError> {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT seq, payload FROM outbox WHERE seq >= ? AND seq < ? ORDER BY seq LIMIT ?",
+                &format!("SELECT seq, coalesce(content_type, '{V1_STORED}'), payload FROM outbox WHERE seq >= ? AND seq < ? ORDER BY seq LIMIT ?"),
             )
             .map_err(db_err(&self.path))?;
         let rows = stmt
             .query_map(params![from as i64, to as i64, limit as i64], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
             })
             .map_err(db_err(&self.path))?;
         let mut out = Vec::new();
         let mut bad = Vec::new();
+        let mut read = 0;
+        let mut last = None;
         for row in rows {
-            let (seq, payload) = row.map_err(db_err(&self.path))?;
-            match Outgoing::from_payload(seq as u64, payload) {
+            let (seq, content_type, payload) = row.map_err(db_err(&self.path))?;
+            read += 1;
+            last = Some(seq as u64);
+            match Outgoing::from_stored(seq as u64, &content_type, payload) {
                 Ok(outgoing) => out.push(outgoing),
-                Err(error) => {
-                    tracing::error!(seq, %error, path = %self.path.display(), "dropping a buffer row that cannot be decoded (damaged on disk?)");
-                    bad.push(seq as u64);
-                }
+                Err(error) => bad.push((seq as u64, error.to_string())),
             }
         }
         drop(stmt);
         if !bad.is_empty() {
-            // Out of the outbox, so it is never offered again and rotation may remove it.
-            self.mark_sent(&bad)?;
-            self.undecodable += bad.len() as u64;
+            self.quarantine(&bad)?;
         }
-        Ok(out)
+        // A full page may have more after it; a short one ended the range.
+        let resume_at = last.filter(|_| read == limit).map(|last| last + 1);
+        Ok(Page {
+            rows: out,
+            resume_at,
+        })
     }
 
-    /// Rows dropped because they could not be decoded, since the last call.
-    pub fn take_undecodable(&mut self) -> u64 {
-        std::mem::take(&mut self.undecodable)
+    /// Moves unreadable rows out of the outbox into `quarantine` (one transaction), so the
+    /// rows after them are published and they are kept for an operator.
+    fn quarantine(&mut self, bad: &[(u64, String)]) -> Result<(), BufferError> {
+        let db = db_err(&self.path);
+        let tx = self.conn.transaction().map_err(db)?;
+        for (seq, reason) in bad {
+            tracing::error!(seq, reason, path = %self.path.display(), "quarantining an unsent buffer row that cannot be read (damaged on disk?); it is kept in the buffer's quarantine table, see docs/edge.md");
+            tx.execute(
+                "INSERT INTO quarantine SELECT seq, captured_ms, content_type, payload, ?, epoch_ms(now()) FROM outbox WHERE seq = ?",
+                params![reason, *seq as i64],
+            )
+            .map_err(db)?;
+            tx.execute("DELETE FROM outbox WHERE seq = ?", params![*seq as i64])
+                .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        self.quarantined += bad.len() as u64;
+        Ok(())
+    }
+
+    /// Rows quarantined since the last call.
+    pub fn take_quarantined(&mut self) -> u64 {
+        std::mem::take(&mut self.quarantined)
     }
 
     /// Marks events as acknowledged by JetStream: they leave the outbox. Unknown seqs (rows
@@ -422,13 +603,14 @@ impl Buffer {
     pub fn stats(&self) -> Result<BufferStats, BufferError> {
         self.conn
             .query_row(
-                "SELECT (SELECT count(*) FROM events), count(*), min(captured_ms) FROM outbox",
+                "SELECT (SELECT count(*) FROM events), count(*), min(captured_ms), (SELECT count(*) FROM quarantine) FROM outbox",
                 [],
                 |r| {
                     Ok(BufferStats {
                         rows: r.get::<_, i64>(0)? as u64,
                         unsent: r.get::<_, i64>(1)? as u64,
                         oldest_unsent_ms: r.get(2)?,
+                        quarantined: r.get::<_, i64>(3)? as u64,
                     })
                 },
             )
@@ -440,22 +622,23 @@ impl Buffer {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT seq, payload, seq NOT IN (SELECT seq FROM outbox) FROM events ORDER BY seq DESC LIMIT ?",
+                &format!("SELECT seq, coalesce(content_type, '{V1_STORED}'), payload, seq NOT IN (SELECT seq FROM outbox) FROM events ORDER BY seq DESC LIMIT ?"),
             )
             .map_err(db_err(&self.path))?;
         let rows = stmt
             .query_map(params![limit as i64], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, bool>(2)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, bool>(3)?,
                 ))
             })
             .map_err(db_err(&self.path))?;
         let mut out = Vec::new();
         for row in rows {
-            let (seq, payload, sent) = row.map_err(db_err(&self.path))?;
-            match crate::outbox::decode_stored(&payload) {
+            let (seq, content_type, payload, sent) = row.map_err(db_err(&self.path))?;
+            match crate::outbox::decode_stored(&content_type, &payload) {
                 Ok(event) => out.push(RecentEvent {
                     seq: seq as u64,
                     sent,
@@ -575,8 +758,7 @@ impl Buffer {
         }
         // Close the old file before replacing it; both files must be complete without
         // their WALs, or the rename could lose or replay writes.
-        let placeholder = Connection::open_in_memory().map_err(db_err(&self.path))?;
-        drop(std::mem::replace(&mut self.conn, placeholder));
+        self.close_for_replacement();
         let wal_left = wal_path(&self.path).exists() || wal_path(&tmp).exists();
         let renamed = if wal_left {
             remove_leftover(&tmp);
@@ -584,13 +766,35 @@ impl Buffer {
         } else {
             std::fs::rename(&tmp, &self.path).map_err(|e| e.to_string())
         };
-        self.conn = Connection::open(&self.path).map_err(db_err(&self.path))?;
+        // The buffer never runs on the placeholder: the file at the path (the copy, or the
+        // old file if the rename failed) opens, or the buffer is unusable and the agent
+        // stops (to be restarted by its supervisor).
+        let reopened = Connection::open(&self.path)
+            .and_then(|conn| conn.execute_batch("SET threads = 1").map(|()| conn))
+            .map_err(db_err(&self.path));
+        match reopened {
+            Ok(conn) => {
+                self.conn = conn;
+                self.unusable = None;
+            }
+            Err(error) => {
+                self.unusable = Some(format!("reopening after compaction failed: {error}"));
+                return Err(error);
+            }
+        }
         renamed.map_err(|message| BufferError::Other {
             path: self.path.clone(),
             message: format!("compaction kept the old file: {message}"),
         })?;
         Ok((before, self.file_bytes()))
     }
+}
+
+/// A page read from the outbox.
+struct Page {
+    rows: Vec<Outgoing>,
+    /// Where the next read of the range starts, if the page was full (rows may follow).
+    resume_at: Option<u64>,
 }
 
 /// Removes a compaction copy (and its WAL) that an earlier attempt or a crash left behind.
@@ -661,6 +865,9 @@ fn is_corruption(error: &duckdb::Error) -> bool {
         "failed to read database header",
         "invalid database",
         "could not read enough bytes",
+        // Whatever DuckDB says went wrong while replaying the WAL (a garbled length gives an
+        // "INTERNAL Error ... Requested allocation size"), the WAL is what is damaged.
+        "failure while replaying wal",
     ]
     .iter()
     .any(|t| text.contains(t))
@@ -694,8 +901,8 @@ fn corrupt_path(path: &Path) -> PathBuf {
     with_suffix(path, &format!("{CORRUPT_SUFFIX}{secs}"))
 }
 
-/// The files moved aside beside the buffer at `path` as unreadable ([`corrupt_path`]), and
-/// their WALs, each with the day ([`day_of`]) it was moved aside on.
+/// The files set aside beside the buffer at `path` as unreadable ([`corrupt_path`]), their
+/// WALs and their recovery markers, each with the day ([`day_of`]) it was set aside on.
 pub fn moved_aside(path: &Path) -> Vec<(i32, PathBuf)> {
     let dir = path
         .parent()
@@ -716,24 +923,12 @@ pub fn moved_aside(path: &Path) -> Vec<(i32, PathBuf)> {
         .filter_map(|e| {
             let name = e.file_name();
             let rest = name.to_str()?.strip_prefix(&prefix)?;
-            let secs: i64 = rest.strip_suffix(WAL_SUFFIX).unwrap_or(rest).parse().ok()?;
+            let secs = [WAL_SUFFIX, recover::MARKER_SUFFIX]
+                .iter()
+                .find_map(|suffix| rest.strip_suffix(suffix))
+                .unwrap_or(rest);
+            let secs: i64 = secs.parse().ok()?;
             Some((day_of(secs.saturating_mul(1000)), e.path()))
         })
         .collect()
-}
-
-fn move_aside(path: &Path, aside: &Path) -> Result<(), BufferError> {
-    let other = |e: std::io::Error| BufferError::Other {
-        path: path.to_owned(),
-        message: format!(
-            "cannot move the unreadable file aside to {}: {e}",
-            aside.display()
-        ),
-    };
-    std::fs::rename(path, aside).map_err(other)?;
-    let wal = wal_path(path);
-    if wal.exists() {
-        std::fs::rename(&wal, wal_path(aside)).map_err(other)?;
-    }
-    Ok(())
 }

@@ -113,10 +113,15 @@ fn a_corrupt_file_is_moved_aside() {
     let path = dir.path().join("buffer.duckdb");
     std::fs::write(&path, vec![0x5a; 64 * 1024]).unwrap();
     let (mut buffer, opened) = Buffer::open(&path).unwrap();
-    let Opened::MovedAside(aside) = opened else {
-        panic!("expected the file to be moved aside, got {opened:?}");
+    let Opened::Recovered(recovery) = opened else {
+        panic!("expected the file to be set aside, got {opened:?}");
     };
-    assert_eq!(std::fs::read(&aside).unwrap(), vec![0x5a; 64 * 1024]);
+    assert!(recovery.main_damaged);
+    assert_eq!(recovery.uncounted_ranges, 1, "nothing of it could be read");
+    assert_eq!(
+        std::fs::read(&recovery.set_aside[0]).unwrap(),
+        vec![0x5a; 64 * 1024]
+    );
     assert_eq!(buffer.append(&[event(0, 0)], T0).unwrap(), vec![1]);
 }
 
@@ -132,7 +137,7 @@ fn a_truncated_file_is_moved_aside() {
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..5000]).unwrap();
     let (_, opened) = Buffer::open(&path).unwrap();
-    assert!(matches!(opened, Opened::MovedAside(_)), "{opened:?}");
+    assert!(matches!(opened, Opened::Recovered(_)), "{opened:?}");
 }
 
 #[test]
@@ -293,4 +298,271 @@ proptest! {
         let unsent: BTreeSet<u64> = model.rows.iter().filter(|(_, (_, sent))| !sent).map(|(s, _)| *s).collect();
         prop_assert_eq!(after, unsent);
     }
+}
+
+/// Writes `events` to the day logs under `dir`, as the worker does for every committed event.
+fn write_day_logs(dir: &Path, events: &[DetectionEvent]) {
+    let mut logs = crate::daylog::DayLogs::new(dir);
+    for e in events {
+        logs.write(e).unwrap();
+    }
+}
+
+fn ids(rows: &[Outgoing]) -> BTreeSet<EventId> {
+    rows.iter().map(|r| r.head.event_id).collect()
+}
+
+fn flip(bytes: &mut [u8], at: usize, len: usize) {
+    for b in &mut bytes[at..at + len] {
+        *b ^= 0xff;
+    }
+}
+
+/// A power cut garbles a WAL entry. DuckDB then refuses the database, or (when the entry
+/// looks like a torn tail) replays the WAL only up to it. Either way the main file is kept
+/// with its backlog, and what the WAL held comes back from the day logs.
+#[test]
+fn a_damaged_wal_costs_no_event() {
+    let live = tempfile::tempdir().unwrap();
+    let events: Vec<_> = (0..150).map(|i| event(i, 0)).collect();
+    let mut buffer = open(&live);
+    buffer.append(&events[..100], T0).unwrap();
+    buffer.mark_sent(&(1..=40).collect::<Vec<_>>()).unwrap();
+    buffer.checkpoint().unwrap();
+    for e in &events[100..] {
+        buffer.append(std::slice::from_ref(e), T0).unwrap();
+    }
+    // The power cut: the files as they are on disk while the agent runs.
+    let main = std::fs::read(live.path().join("buffer.duckdb")).unwrap();
+    let wal = std::fs::read(live.path().join("buffer.duckdb.wal")).unwrap();
+    drop(buffer);
+    let mut set_aside = 0;
+    for eighth in 1..8 {
+        let cut = tempfile::tempdir().unwrap();
+        let path = cut.path().join("buffer.duckdb");
+        std::fs::write(&path, &main).unwrap();
+        let mut damaged = wal.clone();
+        flip(&mut damaged, wal.len() * eighth / 8, 64);
+        std::fs::write(cut.path().join("buffer.duckdb.wal"), &damaged).unwrap();
+        write_day_logs(cut.path(), &events);
+
+        let (mut buffer, opened) = Buffer::open(&path).unwrap();
+        let Opened::Recovered(recovery) = opened else {
+            panic!("damage at {eighth}/8 of the WAL went unnoticed");
+        };
+        assert!(!recovery.main_damaged, "{recovery:?}");
+        assert_eq!(recovery.unrecoverable, 0);
+        if let [wal_aside] = recovery.set_aside.as_slice() {
+            assert!(wal_aside.to_string_lossy().ends_with(".wal") && wal_aside.exists());
+            assert_eq!(recovery.from_logs, 50, "all the WAL held: {recovery:?}");
+            set_aside += 1;
+        } else {
+            assert!(recovery.set_aside.is_empty(), "{recovery:?}");
+        }
+        let drained = drain(&mut buffer, 32);
+        assert_eq!(drained.len(), 110, "damage at {eighth}/8: {recovery:?}");
+        assert_eq!(ids(&drained), ids_of(&events[40..]));
+    }
+    assert!(set_aside > 0, "DuckDB never refused a damaged WAL");
+}
+
+fn ids_of(events: &[DetectionEvent]) -> BTreeSet<EventId> {
+    events.iter().map(|e| e.event_id).collect()
+}
+
+/// Whichever block of the main file a power cut damages, every unsent event is published
+/// after the restart: read back from the damaged file where it can be, from the day logs
+/// where it cannot. Blocks the open does not read are found damaged while running and
+/// recovered in place, as the worker does.
+#[test]
+fn whichever_block_is_damaged_every_unsent_event_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let events: Vec<_> = (0..6000).map(|i| event(i, 0)).collect();
+    {
+        let mut buffer = open(&dir);
+        buffer.append(&events, T0).unwrap();
+        buffer.mark_sent(&(1..=2000).collect::<Vec<_>>()).unwrap();
+        buffer.checkpoint().unwrap();
+    }
+    let clean = std::fs::read(dir.path().join("buffer.duckdb")).unwrap();
+    let unsent = ids_of(&events[2000..]);
+    // DuckDB: a 4 KiB header, two 4 KiB database headers, then 256 KiB blocks.
+    let (headers, block) = (3 * 4096, 256 * 1024);
+    let blocks = (clean.len() - headers).div_ceil(block);
+    assert!(blocks >= 3, "{} bytes", clean.len());
+    let mut salvaged = 0;
+    let mut damage_found = 0;
+    for target in std::iter::once(0).chain((0..blocks).map(|k| headers + k * block + 512)) {
+        let case = tempfile::tempdir().unwrap();
+        let path = case.path().join("buffer.duckdb");
+        let mut bytes = clean.clone();
+        flip(&mut bytes, target, 256);
+        std::fs::write(&path, &bytes).unwrap();
+        write_day_logs(case.path(), &events);
+        let (mut buffer, opened) = Buffer::open(&path).unwrap();
+        let mut recoveries: Vec<Recovery> = match opened {
+            Opened::Recovered(recovery) => vec![recovery],
+            Opened::Clean => Vec::new(),
+        };
+        let mut published = BTreeSet::new();
+        loop {
+            match buffer.next_page(500) {
+                Ok(rows) if rows.is_empty() => break,
+                Ok(rows) => published.extend(ids(&rows)),
+                Err(error) if Buffer::is_damage(&error) => {
+                    recoveries.push(buffer.recover_damaged(&error).unwrap());
+                }
+                Err(error) => panic!("damage at byte {target}: {error}"),
+            }
+        }
+        let missing: Vec<_> = unsent.difference(&published).collect();
+        assert!(
+            missing.is_empty(),
+            "damage at byte {target}: {} unsent events never came back ({recoveries:?})",
+            missing.len()
+        );
+        for recovery in &recoveries {
+            assert_eq!(recovery.unrecoverable, 0, "{recovery:?}");
+            assert!(with_suffix(&recovery.set_aside[0], recover::MARKER_SUFFIX).exists());
+            salvaged += recovery.salvaged;
+        }
+        damage_found += recoveries.len();
+    }
+    assert!(damage_found > 0, "no damage was ever noticed");
+    assert!(
+        salvaged > 0,
+        "nothing was ever read back from a damaged file"
+    );
+}
+
+/// One unreadable row must neither end the backlog nor be thrown away.
+#[test]
+fn an_unreadable_row_is_quarantined_and_paging_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let events: Vec<_> = (0..10).map(|i| event(i, 0)).collect();
+    {
+        let mut buffer = open(&dir);
+        buffer.append(&events, T0).unwrap();
+        buffer
+            .conn
+            .execute(
+                "UPDATE outbox SET payload = '\\x00\\x01'::BLOB WHERE seq = 3",
+                [],
+            )
+            .unwrap();
+    }
+    let mut buffer = open(&dir);
+    let drained = drain(&mut buffer, 4);
+    assert_eq!(
+        drained.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![1, 2, 4, 5, 6, 7, 8, 9, 10]
+    );
+    assert_eq!(buffer.take_quarantined(), 1);
+    assert_eq!(buffer.stats().unwrap().quarantined, 1);
+    let (seq, reason): (i64, String) = buffer
+        .conn
+        .query_row("SELECT seq, reason FROM quarantine", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(seq, 3);
+    assert!(reason.contains("malformed"), "{reason}");
+}
+
+/// A buffer an older agent wrote (before rows recorded their content type) drains with this
+/// code, and a row of another schema version is handed out as it is, under its own type.
+#[test]
+fn rows_of_every_version_are_published_as_they_were_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("buffer.duckdb");
+    let events: Vec<_> = (0..5).map(|i| event(i, 0)).collect();
+    {
+        // What the agent before migration 0002 left: its schema and v1 rows.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0].2).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_ms BIGINT NOT NULL); INSERT INTO schema_migrations VALUES (1, 'buffer', 0)",
+        )
+        .unwrap();
+        for (seq, e) in (1..).zip(&events) {
+            let payload =
+                sightline_shared::codec::encode(e, sightline_shared::Encoding::Bincode).unwrap();
+            let captured = e.captured_at.as_millis();
+            conn.execute(
+                "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
+                params![
+                    seq,
+                    e.event_id.to_string(),
+                    e.camera_id,
+                    captured,
+                    day_of(captured),
+                    T0,
+                    payload
+                ],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO outbox VALUES (?, ?, ?, ?)",
+                params![seq, captured, day_of(captured), payload],
+            )
+            .unwrap();
+        }
+    }
+    let mut buffer = open(&dir);
+    // A later schema version's row (as a future agent would leave it before a downgrade).
+    let mut newer = event(5, 0);
+    newer.schema_version = sightline_shared::SCHEMA_VERSION + 1;
+    let newer_type = sightline_shared::ContentType {
+        encoding: sightline_shared::Encoding::Bincode,
+        schema_version: newer.schema_version,
+    };
+    let payload =
+        sightline_shared::codec::encode(&newer, sightline_shared::Encoding::Bincode).unwrap();
+    let row = Outgoing::from_stored(0, &newer_type.to_string(), payload.clone()).unwrap();
+    buffer
+        .insert_recovered(vec![(row, newer.captured_at.as_millis())], T0)
+        .unwrap();
+    let drained = drain(&mut buffer, 10);
+    assert_eq!(drained.len(), 6);
+    for (row, e) in drained.iter().zip(&events) {
+        assert_eq!(row.content_type.to_string(), V1_STORED);
+        assert_eq!(&row.event().unwrap(), e);
+    }
+    let last = drained.last().unwrap();
+    assert_eq!(last.content_type, newer_type);
+    assert!(!last.is_current());
+    assert_eq!(last.head.event_id, newer.event_id);
+    assert_eq!(last.payload.as_ref(), payload.as_slice());
+}
+
+/// A recovery that cannot complete (here the damaged file cannot be set aside) leaves the
+/// buffer unusable, for the worker to stop the agent, never running on a stand-in.
+#[test]
+fn a_failed_recovery_leaves_the_buffer_unusable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("buffer.duckdb");
+    let mut buffer = open(&dir);
+    buffer.append(&[event(0, 0)], T0).unwrap();
+    // Whatever second the recovery runs in, its set-aside name is taken by a non-empty
+    // directory, so the rename fails.
+    let now = sightline_runtime::now().as_millis() / 1000;
+    for secs in now..now + 30 {
+        let taken = with_suffix(&path, &format!("{CORRUPT_SUFFIX}{secs}"));
+        std::fs::create_dir_all(taken.join("x")).unwrap();
+    }
+    let damage = BufferError::Other {
+        path,
+        message: "a bad block".into(),
+    };
+    assert!(buffer.recover_damaged(&damage).is_err());
+    let why = buffer.unusable().expect("unusable").to_owned();
+    assert!(why.contains("cannot set"), "{why}");
+    assert!(
+        buffer.append(&[event(1, 0)], T0).is_err(),
+        "no stand-in database"
+    );
+    // The file is where it was, and the next open finds the event.
+    drop(buffer);
+    let mut buffer = open(&dir);
+    assert_eq!(drain(&mut buffer, 10).len(), 1);
 }

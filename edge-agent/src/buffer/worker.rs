@@ -14,7 +14,7 @@ use sightline_shared::DetectionEvent;
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Buffer, BufferError, BufferStats, Opened, RecentEvent};
+use super::{Buffer, BufferError, BufferStats, Opened, RecentEvent, Recovery};
 use crate::daylog::DayLogs;
 use crate::metrics::{DropReason, Metrics};
 use crate::outbox::{Outbox, Outgoing};
@@ -131,8 +131,8 @@ pub fn start(
 ) -> Result<(BufferHandle, std::thread::JoinHandle<()>), BufferError> {
     let path = settings.data_dir.join(BUFFER_FILE);
     let (buffer, opened) = Buffer::open(&path)?;
-    if let Opened::MovedAside(_) = opened {
-        metrics.buffer_recovered.inc();
+    if let Opened::Recovered(recovery) = &opened {
+        count_recovery(&metrics, recovery);
     }
     let (tx, rx) = std_mpsc::channel();
     let (committed_tx, committed) = watch::channel(0);
@@ -159,6 +159,14 @@ pub fn start(
             message: format!("cannot start the buffer thread: {e}"),
         })?;
     Ok((BufferHandle { tx, committed }, thread))
+}
+
+fn count_recovery(metrics: &Metrics, recovery: &Recovery) {
+    metrics.buffer_recovered.inc();
+    metrics
+        .events_recovered
+        .inc_by(recovery.salvaged + recovery.from_logs);
+    metrics.events_unrecoverable.inc_by(recovery.unrecoverable);
 }
 
 impl BufferHandle {
@@ -340,9 +348,7 @@ struct Worker {
     bytes_since_check: u64,
 }
 
-fn now_ms() -> i64 {
-    sightline_runtime::now().as_millis()
-}
+use super::now_ms;
 
 impl Worker {
     fn run(mut self, rx: &std_mpsc::Receiver<Command>) {
@@ -385,8 +391,27 @@ impl Worker {
                 let _ = self.check(false);
                 next_check = Instant::now() + self.settings.check_interval;
             }
+            if let Some(why) = self.buffer.unusable() {
+                // Never run on without a database: stop the agent, whose supervisor starts
+                // it again, and the next open recovers the file if it must.
+                tracing::error!(reason = why, "the buffer cannot go on; stopping the agent");
+                self.storage_stop.cancel();
+                break;
+            }
         }
         self.finish();
+    }
+
+    /// After a failed buffer operation: a damaged database (a bad block the open did not
+    /// read) is set aside and recovered in place.
+    fn on_error(&mut self, error: &BufferError) {
+        if !Buffer::is_damage(error) {
+            return;
+        }
+        match self.buffer.recover_damaged(error) {
+            Ok(recovery) => count_recovery(&self.metrics, &recovery),
+            Err(error) => tracing::error!(%error, "recovering the damaged buffer failed"),
+        }
     }
 
     fn finish(&mut self) {
@@ -464,11 +489,14 @@ impl Worker {
     fn handle(&mut self, command: Command) {
         match command {
             Command::Page(limit, reply) => {
-                let page = self.buffer.next_page(limit).map_err(|e| e.to_string());
-                let undecodable = self.buffer.take_undecodable();
-                if undecodable > 0 {
-                    self.metrics.dropped(DropReason::Invalid, undecodable);
+                let page = self.buffer.next_page(limit);
+                if let Err(error) = &page {
+                    self.on_error(error);
                 }
+                let page = page.map_err(|e| e.to_string());
+                self.metrics
+                    .events_quarantined
+                    .inc_by(self.buffer.take_quarantined());
                 let _ = reply.send(page);
             }
             Command::Sent(seqs) => {
@@ -476,6 +504,7 @@ impl Worker {
                     // The events stay unsent and are published again after a restart;
                     // downstream deduplication absorbs the repeat.
                     tracing::error!(%error, events = seqs.len(), "marking events sent failed");
+                    self.on_error(&error);
                 }
             }
             Command::Status(reply) => {
@@ -509,6 +538,7 @@ impl Worker {
             Ok(rotation) => rotation,
             Err(error) => {
                 tracing::error!(%error, "storage rotation failed");
+                self.on_error(&error);
                 return Err(error);
             }
         };

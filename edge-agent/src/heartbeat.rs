@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, message::PublishMessage};
-use sightline_shared::heartbeat::{CONTENT_TYPE, Heartbeat};
+use sightline_shared::heartbeat::{CONTENT_TYPE, CameraHeartbeat, Heartbeat};
 use sightline_shared::{Timestamp, codec, subjects};
 use tokio_util::sync::CancellationToken;
 
@@ -84,6 +84,23 @@ pub async fn run(
             storage_limit_bytes: status.buffer.storage.limit_bytes,
             cpu_percent,
             rss_bytes: usage.rss_bytes,
+            schema_version: 2,
+            interval_secs: u32::try_from(every.as_secs()).unwrap_or(u32::MAX),
+            storage_free_bytes: status.buffer.storage.fs_free_bytes,
+            // Measured against the cloud's clock by the clock-offset work (issue 15, item 6).
+            clock_offset_ms: None,
+            events_quarantined: status.buffer.stats.quarantined,
+            camera_states: status
+                .cameras
+                .iter()
+                .map(|c| CameraHeartbeat {
+                    camera_id: c.id.clone(),
+                    state: c.state.to_owned(),
+                    fps: c.fps,
+                    events_created: c.events_created,
+                    errors: c.errors,
+                })
+                .collect(),
         };
         let message = PublishMessage::build()
             .payload(heartbeat.encode().into())

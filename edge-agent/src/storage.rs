@@ -49,6 +49,9 @@ pub enum FullPolicy {
 pub struct Usage {
     pub used_bytes: u64,
     pub limit_bytes: u64,
+    /// Free bytes on the filesystem holding the data directory (for unprivileged users, as
+    /// `df` shows them), if it could be measured.
+    pub fs_free_bytes: Option<u64>,
 }
 
 impl Usage {
@@ -95,6 +98,13 @@ pub fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// Free bytes on the filesystem holding `dir`, available to unprivileged users (statvfs's
+/// `f_bavail` blocks of `f_frsize` bytes); `None` if it cannot be read.
+pub fn fs_free_bytes(dir: &Path) -> Option<u64> {
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
 /// What one rotation did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Rotation {
@@ -120,6 +130,7 @@ impl Budget {
         Usage {
             used_bytes: dir_bytes(data_dir),
             limit_bytes: self.limit_bytes,
+            fs_free_bytes: fs_free_bytes(data_dir),
         }
     }
 
@@ -277,10 +288,19 @@ mod tests {
     }
 
     #[test]
+    fn the_filesystems_free_space_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = fs_free_bytes(dir.path()).expect("statvfs");
+        assert!(free > 0);
+        assert_eq!(fs_free_bytes(&dir.path().join("missing")), None);
+    }
+
+    #[test]
     fn usage_reads_like_the_seed() {
         let usage = Usage {
             used_bytes: 1_200_000_000,
             limit_bytes: 4_000_000_000,
+            fs_free_bytes: None,
         };
         assert_eq!(usage.display(), "1.2GB / 4.0GB (30%)");
     }

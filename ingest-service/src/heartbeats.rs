@@ -1,6 +1,7 @@
 //! Edge heartbeats: a second durable consumer reads `SIGHTLINE_HEARTBEATS` and writes each
-//! heartbeat as a row of `edge_heartbeats`, acknowledging only after the insert. A message
-//! that is not a valid v1 heartbeat goes to the dead-letter stream with the reason. Heartbeats
+//! heartbeat as a row of `edge_heartbeats`, acknowledging only after the insert. Heartbeats of
+//! schema v1 and v2 are read (see `sightline_shared::heartbeat`); a message that is neither
+//! goes to the dead-letter stream with the reason. Heartbeats
 //! are few (one per edge every few seconds), so batches are small and the loop is simple:
 //! fetch what is there (up to a second), insert it, ack it; an insert that fails is retried
 //! after a backoff by leaving the messages unacknowledged.
@@ -11,7 +12,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
 use sightline_runtime::retry::{pause, start_up_backoff};
-use sightline_shared::heartbeat::{CONTENT_TYPE, Heartbeat};
+use sightline_shared::heartbeat::Heartbeat;
 use sightline_shared::{codec, subjects};
 use sightline_store::insert::insert_rows;
 use sightline_store::{HeartbeatRow, tables};
@@ -44,20 +45,14 @@ pub(crate) async fn declare(
         .with_context(|| format!("failed to create or update consumer {DURABLE}"))
 }
 
-/// Checks one message: a v1 heartbeat from the edge its subject names.
+/// Checks one message: a v1 or v2 heartbeat from the edge its subject names.
 fn check(message: &jetstream::Message) -> Result<HeartbeatRow, (DeadLetterReason, String)> {
     let content_type = message
         .headers
         .as_ref()
         .and_then(|h| h.get(codec::CONTENT_TYPE_HEADER))
         .map(|v| v.as_str());
-    if content_type != Some(CONTENT_TYPE) {
-        return Err((
-            DeadLetterReason::Decode,
-            format!("Content-Type {content_type:?} is not {CONTENT_TYPE:?}"),
-        ));
-    }
-    let heartbeat = Heartbeat::decode(&message.payload)
+    let heartbeat = Heartbeat::decode(content_type, &message.payload)
         .map_err(|e| (DeadLetterReason::Decode, e.to_string()))?;
     let expected = subjects::heartbeat_subject(&heartbeat.edge_id);
     if message.subject.as_str() != expected {

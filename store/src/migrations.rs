@@ -50,6 +50,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "edge_heartbeats",
         sql: include_str!("../migrations/0005_edge_heartbeats.sql"),
     },
+    Migration {
+        version: 6,
+        name: "edge_heartbeats_v2",
+        sql: include_str!("../migrations/0006_edge_heartbeats_v2.sql"),
+    },
 ];
 
 /// Why migrating failed.
@@ -168,18 +173,20 @@ pub async fn migrate(client: &Client, db: &str) -> Result<Vec<u32>, MigrationErr
     for migration in unapplied(&applied)? {
         let current = migration.checksum();
         for (i, statement) in migration.statements(db).iter().enumerate() {
-            client.query(statement).execute().await.map_err(|source| {
-                if is_unavailable(&source) {
-                    MigrationError::Unavailable(source)
-                } else {
-                    MigrationError::Failed {
-                        version: migration.version,
-                        name: migration.name,
-                        statement: i + 1,
-                        source,
+            run_statement(client, db, statement)
+                .await
+                .map_err(|source| {
+                    if is_unavailable(&source) {
+                        MigrationError::Unavailable(source)
+                    } else {
+                        MigrationError::Failed {
+                            version: migration.version,
+                            name: migration.name,
+                            statement: i + 1,
+                            source,
+                        }
                     }
-                }
-            })?;
+                })?;
         }
         client
             .query(&format!(
@@ -207,6 +214,99 @@ pub async fn migrate(client: &Client, db: &str) -> Result<Vec<u32>, MigrationErr
         );
     }
     Ok(done)
+}
+
+/// Runs one migration statement. `ALTER TABLE t ADD COLUMN IF NOT EXISTS ...` is run as a
+/// plain `ADD COLUMN` of the columns the table lacks (ClickHouse 18.16 has no `IF NOT EXISTS`
+/// there), so it stays safe to run twice; two replicas adding the same column at once make
+/// one of them fail with "already exists", and it then finds nothing left to add.
+async fn run_statement(
+    client: &Client,
+    db: &str,
+    statement: &str,
+) -> Result<(), clickhouse::error::Error> {
+    let Some((table, _)) = add_columns_target(statement) else {
+        return client.query(statement).execute().await;
+    };
+    let mut attempts = 0;
+    loop {
+        let existing: Vec<String> = client
+            .query("SELECT name FROM system.columns WHERE database = ? AND table = ?")
+            .bind(db)
+            .bind(table.as_str())
+            .fetch_all()
+            .await?;
+        let Some(portable) = add_missing_columns(statement, &existing) else {
+            return Ok(());
+        };
+        match client.query(&portable).execute().await {
+            Err(error) if attempts == 0 && error.to_string().contains("already exists") => {
+                attempts += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// For `ALTER TABLE <db>.<table> ADD COLUMN IF NOT EXISTS ...`: the table's name and the
+/// clauses after it.
+fn add_columns_target(statement: &str) -> Option<(String, Vec<String>)> {
+    let rest = without_comments(statement);
+    let rest = rest.strip_prefix("ALTER TABLE ")?;
+    let (target, clauses) = rest.split_once(char::is_whitespace)?;
+    let table = target.rsplit('.').next()?.trim_matches('`').to_owned();
+    let clauses = split_top_level(clauses);
+    clauses
+        .iter()
+        .all(|c| c.starts_with("ADD COLUMN IF NOT EXISTS "))
+        .then_some((table, clauses))
+}
+
+/// The statement without its whole-line comments.
+fn without_comments(statement: &str) -> String {
+    statement
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .trim()
+        .to_owned()
+}
+
+/// Splits at commas outside parentheses.
+fn split_top_level(text: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut depth = 0i32;
+    for c in text.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(String::new());
+                continue;
+            }
+            _ => {}
+        }
+        parts.last_mut().expect("never empty").push(c);
+    }
+    parts.into_iter().map(|p| p.trim().to_owned()).collect()
+}
+
+/// The statement as a plain `ADD COLUMN` of the columns not in `existing`; `None` if every
+/// column is there already.
+fn add_missing_columns(statement: &str, existing: &[String]) -> Option<String> {
+    let (_, clauses) = add_columns_target(statement)?;
+    let text = without_comments(statement);
+    let head = text.split_whitespace().take(3).collect::<Vec<_>>();
+    let missing: Vec<String> = clauses
+        .iter()
+        .filter_map(|c| {
+            let column = c.strip_prefix("ADD COLUMN IF NOT EXISTS ")?;
+            let name = column.split_whitespace().next()?;
+            (!existing.iter().any(|e| e == name)).then(|| format!("ADD COLUMN {column}"))
+        })
+        .collect();
+    (!missing.is_empty()).then(|| format!("{} {}", head.join(" "), missing.join(", ")))
 }
 
 /// One recorded version and every checksum recorded for it.
@@ -258,9 +358,9 @@ mod tests {
     fn migrations_are_ordered_and_split() {
         assert!(MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version));
         let statements: Vec<_> = MIGRATIONS.iter().flat_map(|m| m.statements("db")).collect();
-        assert_eq!(statements.len(), 9);
+        assert_eq!(statements.len(), 10);
         // Every statement is safe to run twice: DDL with IF NOT EXISTS, backfills that skip
-        // what is already there.
+        // what is already there (ADD COLUMN IF NOT EXISTS runs as adds of what is missing).
         assert!(statements.iter().all(|s| s.contains("`db`.")
             && (s.contains("IF NOT EXISTS") || s.contains("NOT IN (SELECT"))));
         assert!(
@@ -268,6 +368,21 @@ mod tests {
                 .iter()
                 .all(|s| !s.contains("{db}") && !s.ends_with(';'))
         );
+    }
+
+    #[test]
+    fn adding_columns_adds_only_the_missing_ones_without_if_not_exists() {
+        let statement = "-- why\nALTER TABLE `db`.t\n    ADD COLUMN IF NOT EXISTS a UInt8 DEFAULT 1,\n    ADD COLUMN IF NOT EXISTS b Map(String, UInt8),\n    ADD COLUMN IF NOT EXISTS c Nullable(Int64)";
+        assert_eq!(add_columns_target(statement).unwrap().0, "t");
+        assert_eq!(
+            add_missing_columns(statement, &["a".into()]).unwrap(),
+            "ALTER TABLE `db`.t ADD COLUMN b Map(String, UInt8), ADD COLUMN c Nullable(Int64)"
+        );
+        let all = ["a", "b", "c"].map(String::from);
+        assert_eq!(add_missing_columns(statement, &all), None);
+        // Anything else runs as written.
+        assert!(add_columns_target("ALTER TABLE `db`.t DROP COLUMN a").is_none());
+        assert!(add_columns_target("CREATE TABLE IF NOT EXISTS `db`.t (x UInt8)").is_none());
     }
 
     #[test]

@@ -205,7 +205,8 @@ impl EventRow {
     }
 }
 
-/// One row of `edge_heartbeats`, in column order (without `received_at`, which defaults).
+/// One row of `edge_heartbeats` (without `received_at`, which defaults); v2's per-camera
+/// states are parallel arrays.
 #[derive(Debug, Clone, PartialEq, Row, Serialize)]
 pub struct HeartbeatRow {
     pub edge_id: String,
@@ -225,6 +226,16 @@ pub struct HeartbeatRow {
     pub storage_limit_bytes: u64,
     pub cpu_percent: f64,
     pub rss_bytes: u64,
+    pub schema_version: u16,
+    pub interval_secs: u32,
+    pub storage_free_bytes: Option<u64>,
+    pub clock_offset_ms: Option<i64>,
+    pub events_quarantined: u64,
+    pub camera_ids: Vec<String>,
+    pub camera_states: Vec<String>,
+    pub camera_fps: Vec<f64>,
+    pub camera_events_created: Vec<u64>,
+    pub camera_errors: Vec<u64>,
 }
 
 impl From<Heartbeat> for HeartbeatRow {
@@ -246,6 +257,20 @@ impl From<Heartbeat> for HeartbeatRow {
             storage_limit_bytes: h.storage_limit_bytes,
             cpu_percent: h.cpu_percent,
             rss_bytes: h.rss_bytes,
+            schema_version: h.schema_version,
+            interval_secs: h.interval_secs,
+            storage_free_bytes: h.storage_free_bytes,
+            clock_offset_ms: h.clock_offset_ms,
+            events_quarantined: h.events_quarantined,
+            camera_fps: h.camera_states.iter().map(|c| c.fps).collect(),
+            camera_events_created: h.camera_states.iter().map(|c| c.events_created).collect(),
+            camera_errors: h.camera_states.iter().map(|c| c.errors).collect(),
+            camera_ids: h
+                .camera_states
+                .iter()
+                .map(|c| c.camera_id.clone())
+                .collect(),
+            camera_states: h.camera_states.into_iter().map(|c| c.state).collect(),
         }
     }
 }

@@ -284,15 +284,25 @@ async fn an_offline_edge_delivers_everything_once_when_the_link_returns() -> any
     assert!(fields[1].parse::<u64>()? > 0, "{heartbeats}");
     assert_eq!(fields[3], "4000000000", "{heartbeats}");
     assert_eq!(fields[4], "1", "{heartbeats}");
+    // Heartbeat v2: the interval, the filesystem's free space, each camera.
+    let v2 = stack
+        .clickhouse
+        .query(
+            "SELECT argMax(tuple(schema_version, interval_secs, storage_free_bytes > 0, camera_ids), sent_at_ms) FROM sightline.edge_heartbeats WHERE edge_id = 'edge-offline' FORMAT TabSeparated",
+        )
+        .await?;
+    assert_eq!(v2.trim(), "(2,1,1,['door','yard'])", "{v2}");
     stack.stop().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_are_stored_and_bad_ones_dead_lettered() -> anyhow::Result<()> {
-    use sightline_shared::heartbeat::{CONTENT_TYPE, Heartbeat};
+    use sightline_shared::heartbeat::{
+        CONTENT_TYPE, CONTENT_TYPE_V1, CameraHeartbeat, Heartbeat, HeartbeatV1,
+    };
     let stack = Stack::start().await?;
     let js = stack.jetstream().await?;
-    let heartbeat = Heartbeat {
+    let v1 = HeartbeatV1 {
         edge_id: "edge-hb".into(),
         sent_at: sightline_shared::Timestamp::from_millis(1_795_000_000_123),
         agent_version: "0.1.0".into(),
@@ -309,31 +319,59 @@ async fn heartbeats_are_stored_and_bad_ones_dead_lettered() -> anyhow::Result<()
         cpu_percent: 1.5,
         rss_bytes: 20_000_000,
     };
-    let publish = async |subject: &str, payload: Vec<u8>| -> anyhow::Result<()> {
+    let mut v2 = Heartbeat::from(v1.clone());
+    v2.edge_id = "edge-hb2".into();
+    v2.schema_version = 2;
+    v2.interval_secs = 5;
+    v2.storage_free_bytes = Some(9_000_000_000);
+    v2.camera_states = ["door", "yard"]
+        .map(|camera| CameraHeartbeat {
+            camera_id: camera.into(),
+            state: "running".into(),
+            fps: 5.0,
+            events_created: 5,
+            errors: 0,
+        })
+        .to_vec();
+    let publish = async |subject: &str, content_type: &str, payload: Vec<u8>| {
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert(sightline_shared::codec::CONTENT_TYPE_HEADER, CONTENT_TYPE);
+        headers.insert(sightline_shared::codec::CONTENT_TYPE_HEADER, content_type);
         js.publish_with_headers(subject.to_owned(), headers, payload.into())
             .await?
             .await?;
-        Ok(())
+        anyhow::Ok(())
     };
-    publish("sightline.heartbeats.edge-hb", heartbeat.encode()).await?;
+    // Both versions are read.
+    let v1_json = serde_json::to_vec(&v1)?;
+    publish("sightline.heartbeats.edge-hb", CONTENT_TYPE_V1, v1_json).await?;
+    publish("sightline.heartbeats.edge-hb2", CONTENT_TYPE, v2.encode()).await?;
     // Another edge's heartbeat on this subject, and one that is not JSON.
-    publish("sightline.heartbeats.edge-x", heartbeat.encode()).await?;
-    publish("sightline.heartbeats.edge-hb", b"{nope".to_vec()).await?;
+    publish("sightline.heartbeats.edge-x", CONTENT_TYPE, v2.encode()).await?;
+    publish(
+        "sightline.heartbeats.edge-hb",
+        CONTENT_TYPE,
+        b"{nope".to_vec(),
+    )
+    .await?;
 
     let deadline = Instant::now() + Duration::from_secs(30);
-    let row = loop {
-        let row = stack
+    let rows = loop {
+        let rows = stack
             .clickhouse
-            .query("SELECT edge_id, sent_at_ms, backlog, oldest_unsent_at_ms, cpu_percent FROM sightline.edge_heartbeats FORMAT TabSeparated")
+            .query("SELECT edge_id, sent_at_ms, backlog, oldest_unsent_at_ms, cpu_percent, schema_version, interval_secs, storage_free_bytes, camera_ids, camera_states FROM sightline.edge_heartbeats ORDER BY edge_id FORMAT TabSeparated")
             .await?;
-        if !row.is_empty() || Instant::now() > deadline {
-            break row;
+        if rows.lines().count() >= 2 || Instant::now() > deadline {
+            break rows;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(row, "edge-hb\t1795000000123\t3\t1794999990000\t1.5");
+    assert_eq!(
+        rows.lines().collect::<Vec<_>>(),
+        [
+            "edge-hb\t1795000000123\t3\t1794999990000\t1.5\t1\t0\t\\N\t[]\t[]",
+            "edge-hb2\t1795000000123\t3\t1794999990000\t1.5\t2\t5\t9000000000\t['door','yard']\t['running','running']"
+        ]
+    );
     let mut dead = Vec::new();
     while dead.len() < 2 && Instant::now() < deadline {
         dead = stack.dead_letters(10).await?;

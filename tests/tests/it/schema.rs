@@ -33,7 +33,7 @@ async fn migrations_apply_once_even_from_two_replicas_at_once() -> anyhow::Resul
     let recorded = clickhouse
         .query("SELECT groupArray(version) FROM (SELECT DISTINCT version FROM twin.schema_migrations ORDER BY version)")
         .await?;
-    assert_eq!(recorded, "[1,2,3,4,5]");
+    assert_eq!(recorded, "[1,2,3,4,5,6]");
     let tables = clickhouse
         .query("SELECT groupArray(name) FROM (SELECT name FROM system.tables WHERE database = 'twin' ORDER BY name)")
         .await?;

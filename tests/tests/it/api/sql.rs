@@ -14,7 +14,7 @@ async fn the_sql_examples_in_the_docs_run_as_the_reader() -> anyhow::Result<()> 
         .insert_direct(&known_events("edge-s", "lobby", 200))
         .await?;
     // A heartbeat from that edge, the way the agent sends it (through ingest).
-    let heartbeat = sightline_shared::heartbeat::Heartbeat {
+    let heartbeat = sightline_shared::heartbeat::HeartbeatV1 {
         edge_id: "edge-s".into(),
         sent_at: sightline_shared::Timestamp::from_datetime(time::OffsetDateTime::now_utc()),
         agent_version: "0.1.0".into(),
@@ -31,6 +31,17 @@ async fn the_sql_examples_in_the_docs_run_as_the_reader() -> anyhow::Result<()> 
         cpu_percent: 0.5,
         rss_bytes: 30_000_000,
     };
+    let mut heartbeat = sightline_shared::heartbeat::Heartbeat::from(heartbeat);
+    heartbeat.schema_version = 2;
+    heartbeat.interval_secs = 30;
+    heartbeat.storage_free_bytes = Some(10_000_000_000);
+    heartbeat.camera_states = vec![sightline_shared::heartbeat::CameraHeartbeat {
+        camera_id: "lobby".into(),
+        state: "running".into(),
+        fps: 5.0,
+        events_created: 200,
+        errors: 0,
+    }];
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(
         sightline_shared::codec::CONTENT_TYPE_HEADER,

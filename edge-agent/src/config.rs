@@ -173,6 +173,10 @@ pub struct StorageConfig {
     pub check_interval_secs: u64,
     /// Write `events.json` and `events.log` per day.
     pub daily_logs: bool,
+    /// Bytes the filesystem holding `data_dir` keeps free whatever fills it: below this the
+    /// agent rotates and then applies `full_policy`, as when the budget is used up (0: not
+    /// checked).
+    pub min_free_bytes: u64,
 }
 
 impl Default for StorageConfig {
@@ -184,6 +188,7 @@ impl Default for StorageConfig {
             full_policy: crate::storage::FullPolicy::RejectNew,
             check_interval_secs: 10,
             daily_logs: true,
+            min_free_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -200,6 +205,8 @@ impl StorageConfig {
             limit_bytes: self.limit_bytes(),
             min_retention_days: self.min_retention_days,
             policy: self.full_policy,
+            min_free_bytes: self.min_free_bytes,
+            free_space: crate::storage::FreeSpace::Filesystem,
         }
     }
 }

@@ -162,6 +162,7 @@ pub struct Metrics {
     pub events_quarantined: Counter,
     pub storage_used_bytes: Gauge,
     pub storage_limit_bytes: Gauge,
+    pub storage_fs_free_bytes: Gauge,
     pub rotations: Counter,
     pub storage_warnings: Counter,
     pub rotated_bytes: Counter,
@@ -252,6 +253,11 @@ impl Metrics {
             "storage_limit_bytes",
             "The storage budget (max_storage_gb)",
             metrics.storage_limit_bytes.clone(),
+        );
+        r.register(
+            "storage_fs_free_bytes",
+            "Free bytes on the filesystem holding the data directory (below storage.min_free_bytes the agent rotates, then applies full_policy)",
+            metrics.storage_fs_free_bytes.clone(),
         );
         r.register(
             "storage_warnings",

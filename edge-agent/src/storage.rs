@@ -10,12 +10,18 @@
 //!   to the day it was set aside on and goes with that day: what could be read of it was
 //!   recovered into the buffer when it was set aside (see `buffer::recover`), and kept
 //!   forever it would hold the budget down for good;
+//! - the filesystem's real free space is checked too (statvfs): when something else fills
+//!   the disk and less than `min_free_bytes` is left, the same happens as at 90 % and 100 %
+//!   of the budget (rotation until twice the reserve is free, then the full-disk policy), so
+//!   the agent refuses events cleanly instead of failing every commit on a full disk;
 //! - at 100 % with nothing left to rotate, the full-disk policy decides: `reject_new`
 //!   (default: new events are refused, counted and logged, nothing already kept is lost),
 //!   `drop_oldest` (the oldest unpublished events are deleted to make room, each counted and
 //!   logged), or `stop` (the agent shuts down with an error, like seed story 3.6).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -52,9 +58,35 @@ pub struct Usage {
     /// Free bytes on the filesystem holding the data directory (for unprivileged users, as
     /// `df` shows them), if it could be measured.
     pub fs_free_bytes: Option<u64>,
+    /// The reserve the filesystem keeps free (`min_free_bytes`; 0: none).
+    pub min_free_bytes: u64,
 }
 
 impl Usage {
+    /// The filesystem has less than the reserve free.
+    pub fn disk_low(&self) -> bool {
+        self.fs_free_bytes
+            .is_some_and(|free| free < self.min_free_bytes)
+    }
+
+    /// Bytes to free for the filesystem to have twice the reserve free (rotation and
+    /// `drop_oldest` aim there, so one check does not follow another); 0 if it has.
+    pub fn disk_shortfall(&self) -> u64 {
+        self.fs_free_bytes.map_or(0, |free| {
+            self.min_free_bytes.saturating_mul(2).saturating_sub(free)
+        })
+    }
+
+    /// Rotation is due: 90 % of the budget, or the disk below its reserve.
+    pub fn needs_rotation(&self) -> bool {
+        self.percent() >= ROTATE_PERCENT || self.disk_low()
+    }
+
+    /// No room for new events: the budget used up, or the disk below its reserve.
+    pub fn is_full(&self) -> bool {
+        self.percent() >= 100.0 || self.disk_low()
+    }
+
     pub fn percent(&self) -> f64 {
         if self.limit_bytes == 0 {
             return 100.0;
@@ -62,14 +94,22 @@ impl Usage {
         self.used_bytes as f64 * 100.0 / self.limit_bytes as f64
     }
 
-    /// "1.2GB / 4GB (30%)", as seed story 3.6 prints it.
+    /// "1.2GB / 4GB (30%)", as seed story 3.6 prints it, and the disk when it is low.
     pub fn display(&self) -> String {
-        format!(
+        let mut text = format!(
             "{} / {} ({:.0}%)",
             human_bytes(self.used_bytes),
             human_bytes(self.limit_bytes),
             self.percent()
-        )
+        );
+        if let Some(free) = self.fs_free_bytes.filter(|_| self.disk_low()) {
+            text.push_str(&format!(
+                ", filesystem {} free, below min_free_bytes {}",
+                human_bytes(free),
+                human_bytes(self.min_free_bytes)
+            ));
+        }
+        text
     }
 }
 
@@ -122,15 +162,50 @@ pub struct Budget {
     pub limit_bytes: u64,
     pub min_retention_days: u32,
     pub policy: FullPolicy,
+    /// The filesystem keeps at least this much free (0: not checked).
+    pub min_free_bytes: u64,
+    pub free_space: FreeSpace,
+}
+
+/// Where the filesystem's free space is read from.
+#[derive(Debug, Clone, Default)]
+pub enum FreeSpace {
+    /// statvfs of the data directory.
+    #[default]
+    Filesystem,
+    /// A figure set from outside (tests: a disk that something else filled).
+    Injected(Arc<AtomicU64>),
+}
+
+impl FreeSpace {
+    /// A source that reports `bytes` until [`FreeSpace::set`] changes it.
+    pub fn injected(bytes: u64) -> Self {
+        Self::Injected(Arc::new(AtomicU64::new(bytes)))
+    }
+
+    /// Changes what an injected source reports (no effect on the real one).
+    pub fn set(&self, bytes: u64) {
+        if let Self::Injected(free) = self {
+            free.store(bytes, Ordering::Relaxed);
+        }
+    }
+
+    pub fn read(&self, dir: &Path) -> Option<u64> {
+        match self {
+            Self::Filesystem => fs_free_bytes(dir),
+            Self::Injected(free) => Some(free.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 impl Budget {
-    /// Measures the data directory.
+    /// Measures the data directory and its filesystem.
     pub fn usage(&self, data_dir: &Path) -> Usage {
         Usage {
             used_bytes: dir_bytes(data_dir),
             limit_bytes: self.limit_bytes,
-            fs_free_bytes: fs_free_bytes(data_dir),
+            fs_free_bytes: self.free_space.read(data_dir),
+            min_free_bytes: self.min_free_bytes,
         }
     }
 
@@ -139,9 +214,10 @@ impl Budget {
         day < today && day <= today - self.min_retention_days as i32
     }
 
-    /// Rotates if usage is at or above 90 % (or `force`): deletes the oldest eligible days
-    /// until usage is under 80 %; with `force` at least one day goes (if one is eligible).
-    /// Then compacts the buffer so the space returns to the disk.
+    /// Rotates if usage is at or above 90 % or the disk is below its reserve (or `force`):
+    /// deletes the oldest eligible days until usage is under 80 % and the disk has twice its
+    /// reserve free; with `force` at least one day goes (if one is eligible). Then compacts
+    /// the buffer so the space returns to the disk.
     pub fn rotate(
         &self,
         data_dir: &Path,
@@ -156,7 +232,7 @@ impl Budget {
             after: before,
             ..Rotation::default()
         };
-        if !force && before.percent() < ROTATE_PERCENT {
+        if !force && !before.needs_rotation() {
             return Ok(rotation);
         }
         let today = day_of(now_ms);
@@ -178,11 +254,13 @@ impl Budget {
             // next pass measures for real.
             let rows_now = buffer.stats()?.rows.max(1);
             let bytes_per_row = buffer.file_bytes() / rows_now;
-            let mut used = self.usage(data_dir).used_bytes;
+            let usage = self.usage(data_dir);
+            let mut used = usage.used_bytes;
+            let mut shortfall = usage.disk_shortfall();
             let mut deleted_days = 0;
             let mut deleted_rows = 0;
             while let Some(&day) = eligible.front() {
-                if used < target && !(force && rotation.days.is_empty()) {
+                if used < target && shortfall == 0 && !(force && rotation.days.is_empty()) {
                     break;
                 }
                 eligible.pop_front();
@@ -196,7 +274,9 @@ impl Budget {
                 }
                 let rows = buffer.delete_sent_day(day)?;
                 let copies_bytes = remove_moved_aside(&corrupt, day);
-                used = used.saturating_sub(folder_bytes + copies_bytes + rows * bytes_per_row);
+                let freed = folder_bytes + copies_bytes + rows * bytes_per_row;
+                used = used.saturating_sub(freed);
+                shortfall = shortfall.saturating_sub(freed);
                 deleted_rows += rows;
                 deleted_days += 1;
                 rotation.days.push(daylog::day_name(day));
@@ -278,6 +358,8 @@ mod tests {
             limit_bytes: 1,
             min_retention_days,
             policy: FullPolicy::RejectNew,
+            min_free_bytes: 0,
+            free_space: FreeSpace::Filesystem,
         };
         let today = 20_000;
         assert!(!budget(0).may_rotate(today, today));
@@ -300,8 +382,20 @@ mod tests {
         let usage = Usage {
             used_bytes: 1_200_000_000,
             limit_bytes: 4_000_000_000,
-            fs_free_bytes: None,
+            fs_free_bytes: Some(100_000_000),
+            min_free_bytes: 50_000_000,
         };
         assert_eq!(usage.display(), "1.2GB / 4.0GB (30%)");
+        let low = Usage {
+            fs_free_bytes: Some(20_000_000),
+            ..usage
+        };
+        assert!(low.disk_low() && low.is_full() && low.needs_rotation());
+        assert_eq!(low.disk_shortfall(), 80_000_000);
+        assert_eq!(
+            low.display(),
+            "1.2GB / 4.0GB (30%), filesystem 20.0MB free, below min_free_bytes 50.0MB"
+        );
+        assert!(!usage.disk_low() && !usage.is_full());
     }
 }

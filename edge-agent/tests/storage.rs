@@ -10,7 +10,7 @@ use sightline_edge_agent::buffer::{Buffer, day_of};
 use sightline_edge_agent::config::SyntheticConfig;
 use sightline_edge_agent::daylog::{self, DayLogs};
 use sightline_edge_agent::metrics::Metrics;
-use sightline_edge_agent::storage::{Budget, FullPolicy, dir_bytes};
+use sightline_edge_agent::storage::{Budget, FreeSpace, FullPolicy, dir_bytes};
 use sightline_shared::{DetectionEvent, EventId, Timestamp};
 use tokio_util::sync::CancellationToken;
 
@@ -76,6 +76,8 @@ fn rotation_deletes_oldest_days_first_and_gives_the_space_back() {
         limit_bytes: used * 100 / 95,
         min_retention_days: 1,
         policy: FullPolicy::RejectNew,
+        min_free_bytes: 0,
+        free_space: FreeSpace::Filesystem,
     };
     let rotation = budget
         .rotate(dir, &mut buffer, &mut DayLogs::new(dir), now_ms(), false)
@@ -149,6 +151,8 @@ fn rotation_deletes_old_unreadable_buffer_copies_and_keeps_recent_ones() {
         limit_bytes: used * 100 / 95,
         min_retention_days: 3,
         policy: FullPolicy::RejectNew,
+        min_free_bytes: 0,
+        free_space: FreeSpace::Filesystem,
     };
     let rotation = budget
         .rotate(dir, &mut buffer, &mut DayLogs::new(dir), now_ms(), false)
@@ -189,6 +193,8 @@ fn settings(dir: &Path, limit_bytes: u64, policy: FullPolicy, daily_logs: bool) 
             limit_bytes,
             min_retention_days: 0,
             policy,
+            min_free_bytes: 0,
+            free_space: FreeSpace::Filesystem,
         },
         check_interval: Duration::from_millis(50),
         daily_logs,
@@ -290,6 +296,146 @@ async fn stop_policy_asks_the_agent_to_stop() {
         refused.iter().all(|e| *e == AppendError::Stopped),
         "{refused:?}"
     );
+    handle.close().await;
+    thread.join().unwrap();
+}
+
+/// A budget that never fills, with a disk reserve and an injected free-space figure.
+fn disk_settings(dir: &Path, min_free_bytes: u64, free: &FreeSpace) -> Settings {
+    let mut settings = settings(dir, 1_000 * 1_000 * MB, FullPolicy::RejectNew, true);
+    settings.budget.min_free_bytes = min_free_bytes;
+    settings.budget.free_space = free.clone();
+    settings
+}
+
+/// Something else fills the filesystem while the budget is far from used: old days are
+/// rotated away to give room back.
+#[test]
+fn a_disk_low_on_space_rotates_old_days_though_the_budget_is_not_used_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (mut buffer, _) = Buffer::open(&dir.join(BUFFER_FILE)).unwrap();
+    fill_day(dir, &mut buffer, 10, 1_000, MB, true);
+    fill_day(dir, &mut buffer, 0, 1_000, MB, false);
+    let free = FreeSpace::injected(500 * MB);
+    let budget = disk_settings(dir, 100 * MB, &free).budget;
+    let rotation = budget
+        .rotate(dir, &mut buffer, &mut DayLogs::new(dir), now_ms(), false)
+        .unwrap();
+    assert!(rotation.days.is_empty(), "the disk has room: {rotation:?}");
+    free.set(50 * MB);
+    let rotation = budget
+        .rotate(dir, &mut buffer, &mut DayLogs::new(dir), now_ms(), false)
+        .unwrap();
+    assert_eq!(
+        rotation.days,
+        [daylog::day_name(day_of(now_ms() - 10 * DAY))],
+        "{rotation:?}"
+    );
+    assert!(rotation.before.disk_low(), "{rotation:?}");
+    assert!(day_exists(dir, 0), "today is kept");
+    assert_eq!(
+        buffer.stats().unwrap().unsent,
+        1_000,
+        "unsent events are kept"
+    );
+}
+
+/// Polls the worker's status until `check` holds (the storage check runs every 50 ms).
+async fn status_until(
+    handle: &worker::BufferHandle,
+    check: impl Fn(&worker::BufferStatus) -> bool,
+) -> worker::BufferStatus {
+    for _ in 0..200 {
+        let status = handle.status().await.expect("the buffer answers");
+        if check(&status) {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the storage check never got there");
+}
+
+/// Below the reserve new events are refused (counted, nothing stored is lost), and taken
+/// again once the disk has room.
+#[tokio::test]
+async fn a_disk_below_its_reserve_refuses_new_events_until_it_has_room() {
+    let tmp = tempfile::tempdir().unwrap();
+    let free = FreeSpace::injected(1_000 * MB);
+    let (handle, thread) = worker::start(
+        disk_settings(tmp.path(), 100 * MB, &free),
+        Metrics::default(),
+        CancellationToken::new(),
+    )
+    .unwrap();
+    let (stored, refused) = fill(&handle, 1_000).await;
+    assert_eq!((stored, refused.len()), (1_000, 0));
+    free.set(10 * MB);
+    let status = status_until(&handle, |s| s.full).await;
+    assert_eq!(status.storage.fs_free_bytes, Some(10 * MB));
+    assert!(status.storage.disk_low());
+    let refused = handle.append(event(5_000, now_ms())).await.unwrap_err();
+    assert_eq!(refused, AppendError::Full);
+    free.set(1_000 * MB);
+    status_until(&handle, |s| !s.full).await;
+    handle.append(event(5_001, now_ms())).await.unwrap();
+    assert_eq!(handle.status().await.unwrap().stats.unsent, 1_001);
+    handle.close().await;
+    thread.join().unwrap();
+}
+
+/// A tmpfs mounted for the test and unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    /// `None` where this machine does not let the test mount one (not root, no tmpfs).
+    fn mount(bytes: u64) -> Option<Self> {
+        let dir = tempfile::tempdir().ok()?;
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(Self(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// The same on a real small filesystem that another file fills.
+#[tokio::test]
+async fn a_real_small_filesystem_filled_by_another_file_refuses_new_events() {
+    let Some(fs) = Tmpfs::mount(48 * MB) else {
+        eprintln!("SKIPPED: this machine does not let the test mount a tmpfs");
+        return;
+    };
+    let data = fs.0.path().join("data");
+    let mut settings = settings(&data, 1_000 * 1_000 * MB, FullPolicy::RejectNew, true);
+    settings.budget.min_free_bytes = 8 * MB;
+    let (handle, thread) =
+        worker::start(settings, Metrics::default(), CancellationToken::new()).unwrap();
+    let (stored, refused) = fill(&handle, 500).await;
+    assert_eq!((stored, refused.len()), (500, 0));
+    // Another program fills the disk down to 4 MB free.
+    let filler = fs.0.path().join("filler");
+    let free = sightline_edge_agent::storage::fs_free_bytes(fs.0.path()).unwrap();
+    std::fs::write(&filler, vec![1u8; (free - 4 * MB) as usize]).unwrap();
+    let status = status_until(&handle, |s| s.full).await;
+    assert!(status.storage.fs_free_bytes.unwrap() < 8 * MB, "{status:?}");
+    assert_eq!(
+        handle.append(event(9_000, now_ms())).await.unwrap_err(),
+        AppendError::Full
+    );
+    std::fs::remove_file(&filler).unwrap();
+    status_until(&handle, |s| !s.full).await;
+    handle.append(event(9_001, now_ms())).await.unwrap();
+    assert_eq!(handle.status().await.unwrap().stats.unsent, 501);
     handle.close().await;
     thread.join().unwrap();
 }

@@ -21,7 +21,7 @@ use sightline_edge_agent::buffer::worker::{self, BUFFER_FILE, Settings};
 use sightline_edge_agent::heartbeat::ProcessUsage;
 use sightline_edge_agent::metrics::Metrics;
 use sightline_edge_agent::publisher::Publisher;
-use sightline_edge_agent::storage::{Budget, FullPolicy};
+use sightline_edge_agent::storage::{Budget, FreeSpace, FullPolicy};
 use sightline_ingest::IngestConfig;
 use sightline_shared::{DetectionEvent, Encoding};
 use sightline_tests::NatsServer;
@@ -53,6 +53,8 @@ fn settings(dir: &std::path::Path) -> Settings {
             limit_bytes: 100_000_000_000,
             min_retention_days: 7,
             policy: FullPolicy::RejectNew,
+            min_free_bytes: 0,
+            free_space: FreeSpace::Filesystem,
         },
         check_interval: Duration::from_secs(10),
         daily_logs: false,

@@ -552,12 +552,12 @@ impl Worker {
             );
         }
         let mut usage = rotation.after;
-        if usage.percent() >= 100.0 && budget.policy == FullPolicy::DropOldest {
+        if usage.is_full() && budget.policy == FullPolicy::DropOldest {
             usage = self.drop_oldest(usage);
         }
         self.usage = usage;
         let percent = usage.percent();
-        if percent >= 100.0 {
+        if usage.is_full() {
             if !self.full {
                 tracing::error!(storage = %usage.display(), policy = ?budget.policy, "Storage limit exceeded: {}", usage.display());
             }
@@ -592,17 +592,22 @@ impl Worker {
         // buffer files moved aside): if it alone is over the target, dropping events would
         // not help.
         let others = usage.used_bytes.saturating_sub(self.buffer.file_bytes());
-        if others >= target {
+        if others >= target && !usage.disk_low() {
             tracing::error!(storage = %usage.display(), "storage is full of files other than the buffer (protected days' logs and snapshots, buffer files moved aside); dropping unsent events cannot help, refusing new events instead");
             return usage;
         }
         for _ in 0..8 {
-            if usage.used_bytes <= target {
+            // Down to the budget's target, and to twice the disk's reserve free.
+            let excess = usage
+                .used_bytes
+                .saturating_sub(target)
+                .max(usage.disk_shortfall());
+            if excess == 0 {
                 break;
             }
             let rows = self.buffer.stats().map_or(0, |s| s.rows).max(1);
             let per_row = (self.buffer.file_bytes() / rows).max(1);
-            let count = (usage.used_bytes - target).div_ceil(per_row).max(1);
+            let count = excess.div_ceil(per_row).max(1);
             match self.buffer.drop_oldest_unsent(count) {
                 Ok(dropped) if dropped.is_empty() => break,
                 Ok(dropped) => {
@@ -627,6 +632,9 @@ impl Worker {
         let m = &self.metrics;
         m.storage_used_bytes.set(self.usage.used_bytes as i64);
         m.storage_limit_bytes.set(self.usage.limit_bytes as i64);
+        if let Some(free) = self.usage.fs_free_bytes {
+            m.storage_fs_free_bytes.set(free as i64);
+        }
         if let Ok(stats) = self.buffer.stats() {
             m.buffer_rows.set(stats.rows as i64);
             m.buffer_unsent.set(stats.unsent as i64);

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post};
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
-use serde_json::json;
+use serde_json::{Value, json};
 use sightline_shared::{DetectionEvent, EventId, Timestamp};
 use uuid::Uuid;
 
@@ -37,6 +37,21 @@ pub(crate) struct AppState {
     pub max_limit: u32,
     pub tokens: Tokens,
     pub replays: Replays,
+}
+
+impl AppState {
+    /// What the OpenAPI document states about this service.
+    pub(crate) fn document_settings(&self) -> openapi::Settings {
+        let replay = self.replays.config();
+        openapi::Settings {
+            auth: self.tokens.enabled(),
+            limits: params::Limits {
+                max_limit: self.max_limit,
+                max_rate: replay.max_rate,
+            },
+            replay_prefix: replay.subject_prefix.clone(),
+        }
+    }
 }
 
 /// Everything a handler can fail with.
@@ -150,7 +165,7 @@ impl IntoResponse for ApiError {
 }
 
 /// The handler of a documented operation; `None` for one this build does not serve.
-fn handler(endpoint: &Endpoint) -> Option<MethodRouter<AppState>> {
+fn handler(endpoint: &Endpoint, document: &Arc<Value>) -> Option<MethodRouter<AppState>> {
     Some(match (endpoint.method, endpoint.path) {
         ("get", "/v1/events") => get(list_events),
         ("get", EXPORT_PATH) => get(export),
@@ -164,7 +179,10 @@ fn handler(endpoint: &Endpoint) -> Option<MethodRouter<AppState>> {
         ("get", "/healthz") => get(|| async { Json(json!({"status": "ok"})) }),
         ("get", "/readyz") => get(readyz),
         ("get", "/metrics") => get(metrics),
-        ("get", "/openapi.json") => get(|| async { Json(crate::openapi::document()) }),
+        ("get", "/openapi.json") => {
+            let document = document.clone();
+            get(move || async move { Json(Value::clone(&document)) })
+        }
         _ => return None,
     })
 }
@@ -178,8 +196,9 @@ fn handler(endpoint: &Endpoint) -> Option<MethodRouter<AppState>> {
 pub(crate) fn router(state: AppState, request_timeout: Duration) -> Router {
     // Exports stream for as long as they need (ClickHouse bounds them); the rest is timed.
     let (mut timed, mut streamed) = (Router::new(), Router::new());
+    let document = Arc::new(openapi::document(&state.document_settings()));
     for endpoint in openapi::ENDPOINTS {
-        let Some(handler) = handler(endpoint) else {
+        let Some(handler) = handler(endpoint, &document) else {
             panic!(
                 "{} {} is documented but has no handler",
                 endpoint.method, endpoint.path
@@ -631,5 +650,200 @@ mod tests {
             .expect("body");
         let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(body["error"]["parameter"], "tz");
+    }
+
+    /// A value the parameter's documented schema allows, URL-encoded (`None`: opaque, like a
+    /// cursor, which only the service hands out).
+    fn documented_valid(schema: &Value) -> Option<String> {
+        if let Some(first) = schema["enum"].get(0) {
+            return first.as_str().map(str::to_owned);
+        }
+        if let Some(example) = schema["examples"].get(0) {
+            return example.as_str().map(str::to_owned);
+        }
+        match schema["type"].as_str()? {
+            "integer" | "number" => Some(schema["maximum"].to_string()),
+            "boolean" => Some("true".into()),
+            "array" => Some("a-1".into()),
+            "string" => {
+                let pattern = schema["pattern"].as_str()?;
+                // A subject under the replay prefix: the pattern's literal start, then a token.
+                let literal: String = pattern
+                    .strip_prefix('^')?
+                    .split(['[', '('])
+                    .next()?
+                    .replace('\\', "");
+                (!literal.is_empty()).then(|| format!("{literal}x"))
+            }
+            _ => None,
+        }
+    }
+
+    /// Values the parameter's documented schema rules out, URL-encoded.
+    fn documented_invalid(schema: &Value) -> Vec<String> {
+        if schema["enum"].is_array() {
+            return vec!["not-one-of-them".into()];
+        }
+        let mut out = Vec::new();
+        match schema["type"].as_str().unwrap_or_default() {
+            "integer" => {
+                out.push("x".into());
+                if let Some(min) = schema["minimum"].as_u64() {
+                    out.push(format!("{}", i128::from(min) - 1));
+                }
+                if let Some(max) = schema["maximum"].as_u64() {
+                    out.push(format!("{}", u128::from(max) + 1));
+                }
+            }
+            "number" => {
+                out.push("x".into());
+                if let Some(max) = schema["maximum"].as_f64() {
+                    out.push(format!("{}", max + 0.5));
+                }
+            }
+            "boolean" => out.push("maybe".into()),
+            "array" => {
+                let items = &schema["items"];
+                if items["pattern"].is_string() {
+                    out.push("bad%20id%21".into());
+                }
+                if let Some(max) = items["maxLength"].as_u64() {
+                    out.push("x".repeat(max as usize + 1));
+                }
+                if let Some(max) = schema["maxItems"].as_u64() {
+                    out.push(vec!["a"; max as usize + 1].join(","));
+                }
+            }
+            "string" if schema["pattern"].is_string() => out.push("%21%21".into()),
+            "string"
+                if schema["description"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("RFC 3339")) =>
+            {
+                out.push("yesterday".into());
+            }
+            _ => {}
+        }
+        out
+    }
+
+    /// Every query parameter of every operation: a value its schema allows is not refused
+    /// for that parameter, a value it rules out is a 400 naming it, and the one since/until
+    /// rule is stated and enforced the same way everywhere.
+    #[tokio::test]
+    async fn the_document_states_what_the_parser_enforces() {
+        let app = app(&[]);
+        let (_, document) = call(&app, Method::GET, "/openapi.json", None).await;
+        for endpoint in openapi::ENDPOINTS.iter().filter(|e| !e.query.is_empty()) {
+            let operation = &document["paths"][endpoint.path][endpoint.method];
+            let params: Vec<&Value> = operation["parameters"]
+                .as_array()
+                .expect("parameters")
+                .iter()
+                .filter(|p| p["in"] == "query")
+                .collect();
+            let name = |p: &Value| p["name"].as_str().expect("name").to_owned();
+            let required: Vec<(String, String)> = params
+                .iter()
+                .filter(|p| p["required"] == true)
+                .map(|p| {
+                    (
+                        name(p),
+                        documented_valid(&p["schema"]).expect("a valid value"),
+                    )
+                })
+                .collect();
+            // The required parameters (valid), with `given` in place of theirs.
+            let ask = async |given: &[(&str, &str)]| {
+                let mut query: Vec<String> = required
+                    .iter()
+                    .filter(|(n, _)| given.iter().all(|(g, _)| g != n))
+                    .map(|(n, v)| format!("{n}={v}"))
+                    .collect();
+                query.extend(given.iter().map(|(n, v)| format!("{n}={v}")));
+                let uri = format!("{}?{}", concrete(endpoint.path), query.join("&"));
+                call(&app, method(endpoint), &uri, None).await
+            };
+            let what = |p: &str, v: &str| format!("{} {} {p}={v}", endpoint.method, endpoint.path);
+            for p in &params {
+                let param = name(p);
+                if let Some(mut value) = documented_valid(&p["schema"]) {
+                    if param == "until" {
+                        // Later than any since the other parameters carry.
+                        value = "2100-01-01T00:00:00Z".into();
+                    }
+                    let (status, body) = ask(&[(&param, &value)]).await;
+                    assert_ne!(
+                        body["error"]["parameter"],
+                        param,
+                        "{} is allowed by the document: {status} {body}",
+                        what(&param, &value)
+                    );
+                }
+                for value in documented_invalid(&p["schema"]) {
+                    let (status, body) = ask(&[(&param, &value)]).await;
+                    assert_eq!(
+                        status,
+                        StatusCode::BAD_REQUEST,
+                        "{}: {body}",
+                        what(&param, &value)
+                    );
+                    assert_eq!(
+                        body["error"]["parameter"],
+                        param,
+                        "{}",
+                        what(&param, &value)
+                    );
+                }
+            }
+            // since = until: refused, naming until, as the document says.
+            let until = params.iter().find(|p| p["name"] == "until");
+            if let Some(until) = until {
+                assert!(
+                    until["description"]
+                        .as_str()
+                        .is_some_and(|d| d.contains("later than since")),
+                    "{} {}: {until}",
+                    endpoint.method,
+                    endpoint.path
+                );
+                let at = "2026-11-22T03:00:00Z";
+                let (status, body) = ask(&[("since", at), ("until", at)]).await;
+                assert_eq!(
+                    status,
+                    StatusCode::BAD_REQUEST,
+                    "{}: {body}",
+                    what("until", at)
+                );
+                assert_eq!(body["error"]["parameter"], "until", "{}", what("until", at));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_document_asks_for_a_token_exactly_when_the_service_does() {
+        let (_, open) = call(&app(&[]), Method::GET, "/openapi.json", None).await;
+        assert!(open.get("security").is_none(), "{open}");
+        assert!(open["components"].get("securitySchemes").is_none());
+        let events = &open["paths"]["/v1/events"]["get"];
+        assert!(events["responses"].get("401").is_none());
+        let (_, closed) = call(&app(&["s3cret"]), Method::GET, "/openapi.json", None).await;
+        assert_eq!(closed["security"], json!([{"bearer": []}]));
+        assert!(closed["paths"]["/v1/events"]["get"]["responses"]["401"].is_object());
+        assert_eq!(closed["paths"]["/metrics"]["get"]["security"], json!([]));
+        // /metrics says what it serves.
+        let metrics = &open["paths"]["/metrics"]["get"]["responses"]["200"]["content"];
+        assert!(
+            metrics[sightline_runtime::METRICS_CONTENT_TYPE].is_object(),
+            "{metrics}"
+        );
+        // The configured bounds are stated.
+        let limit = &events["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .find(|p| p["name"] == "limit")
+            .expect("limit")["schema"];
+        assert_eq!(limit["maximum"], 1000);
     }
 }

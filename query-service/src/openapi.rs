@@ -1,13 +1,24 @@
 //! The OpenAPI 3.1 document served at `/openapi.json`, written from the same parameter specs
-//! the handlers parse with ([`crate::params`]) and the same endpoint table the router is
-//! checked against, so it describes what the service really does.
+//! the handlers parse with ([`crate::params`]), the same endpoint table the router is
+//! checked against and the service's own settings (whether tokens are required, the
+//! configured bounds), so it describes what the running service really does.
 
 use serde_json::{Value, json};
 
 use sightline_shared::subjects::MAX_SUBJECT_LEN;
 use sightline_shared::validate::{MAX_ID_LEN, MAX_LABEL_LEN};
 
-use crate::params::{self, Kind, Param};
+use crate::params::{self, Kind, Limits, Param};
+
+/// What the document takes from the service's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Tokens are configured: every operation but the open ones needs one.
+    pub auth: bool,
+    pub limits: Limits,
+    /// Replays publish only under this subject prefix.
+    pub replay_prefix: String,
+}
 
 /// One documented operation.
 #[derive(Debug, Clone, Copy)]
@@ -151,7 +162,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     open("/openapi.json", "This document.", (200, None)),
 ];
 
-fn param_schema(kind: Kind) -> Value {
+fn param_schema(kind: Kind, settings: &Settings) -> Value {
     match kind {
         Kind::Ids => json!({"type": "array", "maxItems": params::MAX_LIST,
             "items": {"type": "string", "pattern": format!("^[A-Za-z0-9_-]{{1,{MAX_ID_LEN}}}$")}}),
@@ -163,16 +174,36 @@ fn param_schema(kind: Kind) -> Value {
         Kind::Confidence => json!({"type": "number", "minimum": 0, "maximum": 1}),
         Kind::Bool => json!({"type": "boolean"}),
         Kind::Choice(choices) => json!({"type": "string", "enum": choices}),
-        Kind::Count => json!({"type": "integer", "minimum": 1}),
+        Kind::Count(bound) => {
+            json!({"type": "integer", "minimum": 1, "maximum": settings.limits.max(bound)})
+        }
         Kind::Cursor => json!({"type": "string", "pattern": "^[0-9a-f]{52}$"}),
         Kind::Subject => {
-            json!({"type": "string", "pattern": "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$", "maxLength": MAX_SUBJECT_LEN})
+            // Tokens of A-Z a-z 0-9 _ - separated by dots, under the prefix and longer than it.
+            let token = "[A-Za-z0-9_-]+";
+            let below = if settings.replay_prefix.ends_with('.') {
+                format!("{token}(\\.{token})*")
+            } else {
+                format!("({token}(\\.{token})*|(\\.{token})+)")
+            };
+            let prefix = regex_escape(&settings.replay_prefix);
+            json!({"type": "string", "pattern": format!("^{prefix}{below}$"), "maxLength": MAX_SUBJECT_LEN})
         }
         Kind::TimeZone => json!({"type": "string", "examples": ["UTC", "Europe/Berlin"]}),
     }
 }
 
-fn parameters(endpoint: &Endpoint) -> Vec<Value> {
+/// `text` matched literally in a regular expression.
+fn regex_escape(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$".contains(c);
+            special.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
+}
+
+fn parameters(endpoint: &Endpoint, settings: &Settings) -> Vec<Value> {
     let mut out: Vec<Value> = endpoint
         .path
         .split('/')
@@ -188,7 +219,7 @@ fn parameters(endpoint: &Endpoint) -> Vec<Value> {
             "in": "query",
             "required": p.required,
             "description": p.doc,
-            "schema": param_schema(p.kind),
+            "schema": param_schema(p.kind, settings),
         });
         if matches!(p.kind, Kind::Ids | Kind::Labels) {
             param["style"] = json!("form");
@@ -204,6 +235,17 @@ fn response_body(schema: Option<&str>, path: &str) -> Value {
         (Some(schema), _) => {
             json!({"content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
         }
+        (None, "/metrics") => {
+            let mut content = serde_json::Map::new();
+            content.insert(
+                sightline_runtime::METRICS_CONTENT_TYPE.to_owned(),
+                json!({"schema": {"type": "string"}}),
+            );
+            json!({ "content": content })
+        }
+        (None, "/openapi.json") => {
+            json!({"content": {"application/json": {"schema": {"type": "object"}}}})
+        }
         (None, EXPORT_PATH) => json!({"content": {
             "application/x-ndjson": {"schema": {"$ref": "#/components/schemas/Event"}},
             "text/csv": {"schema": {"type": "string", "description": format!("header: {}", crate::export::CSV_HEADER.trim_end())}}}}),
@@ -216,13 +258,8 @@ pub fn is_open(path: &str) -> bool {
     ENDPOINTS.iter().any(|e| !e.auth && e.path == path)
 }
 
-/// The whole document, built once.
-pub fn document() -> &'static Value {
-    static DOCUMENT: std::sync::LazyLock<Value> = std::sync::LazyLock::new(build);
-    &DOCUMENT
-}
-
-fn build() -> Value {
+/// The whole document for a service configured as `settings`.
+pub fn document(settings: &Settings) -> Value {
     let mut paths = serde_json::Map::new();
     for e in ENDPOINTS {
         let mut responses = serde_json::Map::new();
@@ -230,10 +267,11 @@ fn build() -> Value {
         ok["description"] = json!("success");
         responses.insert(e.ok.0.to_string(), ok);
         let error = json!({"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+        let needs_token = e.auth && settings.auth;
         for status in e
             .errors
             .iter()
-            .chain(if e.auth { &[401][..] } else { &[][..] })
+            .chain(if needs_token { &[401][..] } else { &[][..] })
         {
             responses.insert(status.to_string(), error.clone());
         }
@@ -250,10 +288,10 @@ fn build() -> Value {
         let mut operation = json!({
             "summary": e.summary,
             "operationId": format!("{}{}", e.method, e.path.replace(['/', '{', '}', '.'], "_")),
-            "parameters": parameters(e),
+            "parameters": parameters(e, settings),
             "responses": responses,
         });
-        if !e.auth {
+        if settings.auth && !e.auth {
             operation["security"] = json!([]);
         }
         paths
@@ -262,20 +300,26 @@ fn build() -> Value {
             .as_object_mut()
             .map(|item| item.insert(e.method.to_owned(), operation));
     }
-    json!({
+    let mut document = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "Sightline query API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Historical detection events. Every bad parameter is a 400 whose body names it; unknown parameters are rejected. With authentication on, send Authorization: Bearer <token>.",
+            "description": if settings.auth {
+                "Historical detection events. Every bad parameter is a 400 whose body names it; unknown parameters are rejected. Send Authorization: Bearer <token> to every operation but the probes, /metrics and this document."
+            } else {
+                "Historical detection events. Every bad parameter is a 400 whose body names it; unknown parameters are rejected. This service has no tokens configured: no operation needs one."
+            },
         },
-        "security": [{"bearer": []}],
         "paths": paths,
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": schemas(),
-        },
-    })
+        "components": {"schemas": schemas()},
+    });
+    if settings.auth {
+        document["security"] = json!([{"bearer": []}]);
+        document["components"]["securitySchemes"] =
+            json!({"bearer": {"type": "http", "scheme": "bearer"}});
+    }
+    document
 }
 
 fn schemas() -> Value {

@@ -50,14 +50,42 @@ pub enum Kind {
     Bool,
     /// One of a fixed set of words.
     Choice(&'static [&'static str]),
-    /// A positive integer; its upper bound comes from the config and is checked by the caller.
-    Count,
+    /// A positive integer up to a bound the caller checks (and the document states).
+    Count(CountMax),
     /// An opaque page cursor from a previous response.
     Cursor,
     /// A NATS subject (tokens of `A-Z a-z 0-9 _ -` separated by dots).
     Subject,
     /// An IANA time zone name such as `Europe/Berlin`.
     TimeZone,
+}
+
+/// Where a count's upper bound comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountMax {
+    /// `max_limit` of the config: events per page.
+    PageLimit,
+    /// [`MAX_EXPORT`]: events per export.
+    ExportLimit,
+    /// `replay.max_rate` of the config: events per second.
+    ReplayRate,
+}
+
+/// The configured bounds a count is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_limit: u32,
+    pub max_rate: u32,
+}
+
+impl Limits {
+    pub fn max(&self, bound: CountMax) -> u64 {
+        match bound {
+            CountMax::PageLimit => self.max_limit.into(),
+            CountMax::ExportLimit => MAX_EXPORT,
+            CountMax::ReplayRate => self.max_rate.into(),
+        }
+    }
 }
 
 /// One query parameter of one endpoint.
@@ -124,7 +152,7 @@ const SINCE: Param = optional(
 const UNTIL: Param = optional(
     "until",
     Kind::Time,
-    "Captured before this time (exclusive).",
+    "Captured before this time (exclusive); must be later than since.",
 );
 const MIN_CONFIDENCE: Param = optional(
     "min_confidence",
@@ -164,7 +192,7 @@ pub const LIST: &[Param] = &[
     SORT,
     optional(
         "limit",
-        Kind::Count,
+        Kind::Count(CountMax::PageLimit),
         "Most events per page (default and maximum from the service config).",
     ),
     optional(
@@ -180,7 +208,7 @@ pub const EXPORT: &[Param] = &[
     optional("format", Kind::Choice(FORMATS), "ndjson (default) or csv."),
     optional(
         "limit",
-        Kind::Count,
+        Kind::Count(CountMax::ExportLimit),
         "Stop after this many events (default: all of them).",
     ),
 ];
@@ -195,7 +223,7 @@ pub const CAMERAS: &[Param] = &[
     optional(
         "until",
         Kind::Time,
-        "Count only events captured before this time.",
+        "Count only events captured before this time; must be later than since.",
     ),
 ];
 
@@ -212,14 +240,14 @@ pub const STATS: &[Param] = &[
     optional(
         "until",
         Kind::Time,
-        "End of the range (exclusive); default: now.",
+        "End of the range (exclusive), later than since; default: now.",
     ),
     MIN_CONFIDENCE,
     MAX_CONFIDENCE,
     optional(
         "interval",
         Kind::Choice(INTERVALS),
-        "Bucket size: 1m, 5m, 15m, 1h (default) or 1d.",
+        "Bucket size: 1m, 5m, 15m, 1h (default) or 1d; the range may span at most 10000 buckets.",
     ),
     optional(
         "group_by",
@@ -242,7 +270,7 @@ pub const REPLAY: &[Param] = &[
     ),
     optional(
         "rate",
-        Kind::Count,
+        Kind::Count(CountMax::ReplayRate),
         "Events per second (default and maximum from the service config).",
     ),
     optional(
@@ -363,7 +391,7 @@ fn parse_value(spec: &Param, value: &str) -> Result<Value, ParamError> {
             }
             Value::Word(value.to_owned())
         }
-        Kind::Count => Value::Count(
+        Kind::Count(_) => Value::Count(
             value
                 .parse::<u64>()
                 .ok()
@@ -577,7 +605,8 @@ pub fn stats_query(raw: Option<&str>, now: Timestamp) -> Result<StatsQuery, Para
         .since
         .unwrap_or_else(|| Timestamp::from_millis((until.as_millis() - 86_400_000).max(0)));
     if since >= until {
-        return Err(ParamError::new("since", "must be earlier than until"));
+        // The same rule, naming the same parameter, as every other endpoint's.
+        return Err(ParamError::new("until", "must be later than since"));
     }
     if (until.as_millis() - since.as_millis()) / interval.millis() > MAX_BUCKETS {
         return Err(ParamError::new(
@@ -741,7 +770,8 @@ mod tests {
             ("interval=2h", "interval"),
             ("group_by=edge", "group_by"),
             ("has_snapshot=true", "has_snapshot"),
-            ("since=1800000000000", "since"),
+            // Later than the default until (now): the one since/until rule, naming until.
+            ("since=1800000000000", "until"),
         ] {
             assert_eq!(
                 stats_query(Some(query), now).unwrap_err().parameter,

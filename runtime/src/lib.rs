@@ -67,18 +67,14 @@ pub fn print_config<T: Serialize>(config: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The content type of [`metrics_response`]: the OpenMetrics text format.
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// The `/metrics` response: the registry in the OpenMetrics text format.
 pub fn metrics_response(registry: &Registry) -> Response {
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, registry) {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        )
-            .into_response(),
+        Ok(()) => ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], body).into_response(),
         Err(error) => {
             tracing::error!(%error, "failed to encode metrics");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()

@@ -305,14 +305,15 @@ async fn status_lines(state: Arc<StatusState>, every: Duration, stop: Cancellati
             backlog_age = %backlog_age,
             events_per_second = format!("{rate:.1}"),
             nats_connected = status.nats_connected,
-            "Storage: {}, backlog {} (oldest {}), {:.1} events/s, created {}, published {}, dropped {}",
+            "Storage: {}, backlog {} (oldest {}), {:.1} events/s, created {}, published {}, dropped {}, refused {}",
             status.buffer.storage.display(),
             status.buffer.stats.unsent,
             backlog_age,
             rate,
             status.events_created,
             status.events_published,
-            status.events_dropped
+            status.events_dropped,
+            status.events_refused
         );
     }
 }

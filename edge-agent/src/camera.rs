@@ -375,8 +375,8 @@ impl Camera {
                 self.state.update(|s| s.events_created += 1);
             }
             Err(error) => {
-                self.metrics.dropped(error.drop_reason(), 1);
-                tracing::error!(camera = %self.config.id, %event_id, %error, "dropping a new event");
+                self.metrics.refused(error.drop_reason(), 1);
+                tracing::error!(camera = %self.config.id, %event_id, %error, "the buffer refused a new event");
                 if let Some(path) = saved {
                     let _ = std::fs::remove_file(self.data_dir.join(path));
                 }

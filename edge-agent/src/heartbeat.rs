@@ -90,6 +90,7 @@ pub async fn run(
             // Measured against the cloud's clock by the clock-offset work (issue 15, item 6).
             clock_offset_ms: None,
             events_quarantined: status.buffer.stats.quarantined,
+            events_refused: status.events_refused,
             camera_states: status
                 .cameras
                 .iter()

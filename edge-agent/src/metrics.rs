@@ -13,10 +13,10 @@ use std::sync::atomic::AtomicU64;
 pub enum DropReason {
     /// The event broke the contract (a bug in a source) or could not be encoded.
     Invalid,
-    /// Shutdown came while a created event could not be stored (the buffer had stopped).
+    /// Shutdown came while a new event could not be stored (the buffer had stopped).
     Shutdown,
-    /// The storage budget was used up: refused by `reject_new` / `stop`, or deleted unsent by
-    /// `drop_oldest`.
+    /// The storage budget (or the disk's reserve) was used up: refused by `reject_new` /
+    /// `stop`, or deleted unsent by `drop_oldest`.
     StorageFull,
     /// The buffer could not commit it (a disk error).
     BufferError,
@@ -152,6 +152,8 @@ pub struct Metrics {
     pub events_duplicate: Counter,
     pub publish_errors: Counter,
     pub events_dropped: Family<DropLabel, Counter>,
+    pub events_refused: Family<DropLabel, Counter>,
+    pub backlog_at_start: Gauge,
     pub in_flight: Gauge,
     pub buffer_rows: Gauge,
     pub buffer_unsent: Gauge,
@@ -172,6 +174,8 @@ pub struct Metrics {
     pub cameras: CameraMetrics,
     /// All drops, whatever the reason (not exported: the family sums to it).
     dropped_sum: Counter,
+    /// All refusals, whatever the reason (likewise).
+    refused_sum: Counter,
 }
 
 impl Metrics {
@@ -201,8 +205,18 @@ impl Metrics {
         );
         r.register(
             "events_dropped",
-            "Events dropped, by reason",
+            "Events created (committed to the buffer) and then lost unsent, by reason",
             metrics.events_dropped.clone(),
+        );
+        r.register(
+            "events_refused",
+            "New events the buffer refused to store (never created), by reason",
+            metrics.events_refused.clone(),
+        );
+        r.register(
+            "backlog_at_start",
+            "Unsent events in the buffer when the agent started, after any recovery (backlog_at_start + created = published + dropped + quarantined + buffer_unsent)",
+            metrics.backlog_at_start.clone(),
         );
         r.register(
             "publish_in_flight",
@@ -304,5 +318,18 @@ impl Metrics {
     /// Events dropped so far, for any reason.
     pub fn dropped_total(&self) -> u64 {
         self.dropped_sum.get()
+    }
+
+    /// Counts one new event the buffer refused (it was never created).
+    pub fn refused(&self, reason: DropReason, count: u64) {
+        self.events_refused
+            .get_or_create(&DropLabel { reason })
+            .inc_by(count);
+        self.refused_sum.inc_by(count);
+    }
+
+    /// New events refused so far, for any reason.
+    pub fn refused_total(&self) -> u64 {
+        self.refused_sum.get()
     }
 }

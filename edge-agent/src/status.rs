@@ -49,7 +49,12 @@ pub struct Status {
     pub cameras: Vec<CameraStatus>,
     pub events_created: u64,
     pub events_published: u64,
+    /// Events created and then lost unsent.
     pub events_dropped: u64,
+    /// New events the buffer refused (never created).
+    pub events_refused: u64,
+    /// Unsent events when the agent started.
+    pub backlog_at_start: u64,
     pub buffer: BufferStatus,
 }
 
@@ -67,6 +72,8 @@ impl StatusState {
             events_created: self.metrics.events_created.get(),
             events_published: self.metrics.events_published.get(),
             events_dropped: self.metrics.dropped_total(),
+            events_refused: self.metrics.refused_total(),
+            backlog_at_start: self.metrics.backlog_at_start.get() as u64,
             buffer,
         })
     }

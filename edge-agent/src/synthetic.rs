@@ -55,15 +55,15 @@ pub async fn run(
         frame_seq += 1;
         let event_id = event.event_id;
         // Not raced against `stop`: an append in progress completes (it is quick), so an
-        // event is either committed or counted as dropped, never in between.
+        // event is either committed or counted as refused, never in between.
         match buffer.append(event).await {
             Ok(_) => {
                 metrics.events_created.inc();
                 state.count_event();
             }
             Err(error) => {
-                metrics.dropped(error.drop_reason(), 1);
-                tracing::error!(camera = %camera_id, %event_id, %error, "dropping a new event");
+                metrics.refused(error.drop_reason(), 1);
+                tracing::error!(camera = %camera_id, %event_id, %error, "the buffer refused a new event");
             }
         }
     }

@@ -439,3 +439,87 @@ async fn a_real_small_filesystem_filled_by_another_file_refuses_new_events() {
     handle.close().await;
     thread.join().unwrap();
 }
+
+/// The counters add up (docs/edge.md): per run, `backlog_at_start + created = published +
+/// dropped + quarantined + buffer_unsent`, through a backlog left by the previous run with
+/// an unreadable row in it, appends (and refusals, outside the sum), publishing with acks,
+/// and `drop_oldest` deleting unsent events when the budget fills.
+#[tokio::test]
+async fn the_counters_add_up_over_every_path() {
+    use sightline_edge_agent::outbox::Outbox as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join(BUFFER_FILE);
+    // The previous run left 300 unsent events, one of them damaged on disk.
+    {
+        let (mut buffer, _) = Buffer::open(&path).unwrap();
+        let old: Vec<_> = (0..300).map(|i| event(i, now_ms())).collect();
+        buffer.append(&old, now_ms()).unwrap();
+    }
+    {
+        let conn = duckdb::Connection::open(&path).unwrap();
+        conn.execute(
+            "UPDATE outbox SET payload = '\\x00\\x01'::BLOB WHERE seq = 150",
+            [],
+        )
+        .unwrap();
+    }
+    let metrics = Metrics::default();
+    let (handle, thread) = worker::start(
+        settings(tmp.path(), 3 * MB, FullPolicy::DropOldest, false),
+        metrics.clone(),
+        CancellationToken::new(),
+    )
+    .unwrap();
+    assert_eq!(metrics.backlog_at_start.get(), 300);
+    // What a camera does with each new event, and what the publisher does with each ack.
+    let append = async |i: u64| match handle.append(event(i, now_ms())).await {
+        Ok(_) => metrics.events_created.inc(),
+        Err(error) => {
+            metrics.refused(error.drop_reason(), 1);
+            0
+        }
+    };
+    let closed = CancellationToken::new();
+    let mut outbox = handle.outbox(256, closed.clone());
+    let rounds = 20;
+    for round in 0..rounds {
+        for i in 0..1_000 {
+            append(1_000 + round * 1_000 + i).await;
+        }
+        // An event that breaks the contract: refused, never created.
+        let mut bad = event(0, now_ms());
+        bad.camera_id = "not an id".into();
+        if let Err(error) = handle.append(bad).await {
+            metrics.refused(error.drop_reason(), 1);
+        }
+        // The publisher gets through part of what is waiting.
+        for _ in 0..300 {
+            let next = tokio::time::timeout(Duration::from_millis(200), outbox.next());
+            let Ok(Some(row)) = next.await else {
+                break;
+            };
+            outbox.confirm(row.seq).await;
+            metrics.events_published.inc();
+        }
+    }
+    outbox.flush();
+    let status = status_until(&handle, |_| true).await;
+    let (start, created) = (
+        metrics.backlog_at_start.get() as u64,
+        metrics.events_created.get(),
+    );
+    let (published, dropped) = (metrics.events_published.get(), metrics.dropped_total());
+    let quarantined = metrics.events_quarantined.get();
+    assert!(dropped > 0, "the budget never filled");
+    assert_eq!(quarantined, 1);
+    assert_eq!(metrics.refused_total(), rounds);
+    assert_eq!(
+        start + created,
+        published + dropped + quarantined + status.stats.unsent,
+        "start {start} + created {created} != published {published} + dropped {dropped} + quarantined {quarantined} + unsent {}",
+        status.stats.unsent
+    );
+    closed.cancel();
+    handle.close().await;
+    thread.join().unwrap();
+}

@@ -41,7 +41,8 @@ pub struct Heartbeat {
     pub events_created: u64,
     /// Events acknowledged by JetStream since the agent started.
     pub events_sent: u64,
-    /// Events dropped since the agent started (see the agent's `events_dropped` metric).
+    /// Events dropped since the agent started (see the agent's `events_dropped` metric; in
+    /// v1, new events refused are counted here too).
     pub events_dropped: u64,
     /// Events in the buffer not yet acknowledged.
     pub backlog: u64,
@@ -69,6 +70,9 @@ pub struct Heartbeat {
     /// Unsent buffer rows that could not be read and were quarantined.
     #[serde(default)]
     pub events_quarantined: u64,
+    /// New events the buffer refused since the agent started (never created).
+    #[serde(default)]
+    pub events_refused: u64,
     /// Each camera's state (empty from a v1 sender).
     #[serde(default)]
     pub camera_states: Vec<CameraHeartbeat>,
@@ -136,6 +140,7 @@ impl From<HeartbeatV1> for Heartbeat {
             storage_free_bytes: None,
             clock_offset_ms: None,
             events_quarantined: 0,
+            events_refused: 0,
             camera_states: Vec::new(),
         }
     }

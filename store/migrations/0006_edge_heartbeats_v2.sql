@@ -9,6 +9,7 @@ ALTER TABLE {db}.edge_heartbeats
     ADD COLUMN IF NOT EXISTS storage_free_bytes Nullable(UInt64),
     ADD COLUMN IF NOT EXISTS clock_offset_ms Nullable(Int64),
     ADD COLUMN IF NOT EXISTS events_quarantined UInt64 DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS events_refused UInt64 DEFAULT 0,
     ADD COLUMN IF NOT EXISTS camera_ids Array(String),
     ADD COLUMN IF NOT EXISTS camera_states Array(String),
     ADD COLUMN IF NOT EXISTS camera_fps Array(Float64),

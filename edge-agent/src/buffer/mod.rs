@@ -674,19 +674,29 @@ impl Buffer {
         Ok(n as u64)
     }
 
-    /// Deletes the `count` oldest unsent rows (the `drop_oldest` full-disk policy) and
-    /// returns them for the ERROR log.
+    /// Deletes the `count` oldest unsent rows not yet handed to the publisher (the
+    /// `drop_oldest` full-disk policy) and returns them for the ERROR log. Rows the publisher
+    /// holds (in flight, or waiting to be retried) are left alone: one of them may yet be
+    /// acknowledged, and an event must never count as both dropped and sent.
     pub fn drop_oldest_unsent(&mut self, count: u64) -> Result<Vec<DroppedRow>, BufferError> {
         self.persist_next_seq()?;
         // Dropped events must not be published from memory either.
         self.fresh.clear();
+        // Not handed out yet: the backlog's ranges and everything from the live cursor on.
+        let waiting = self
+            .backlog
+            .iter()
+            .map(|r| format!("seq BETWEEN {} AND {}", r.start, r.end.saturating_sub(1)))
+            .chain([format!("seq >= {}", self.live_next)])
+            .collect::<Vec<_>>()
+            .join(" OR ");
         let db = db_err(&self.path);
         let tx = self.conn.transaction().map_err(db)?;
         let dropped = {
             let mut stmt = tx
-                .prepare(
-                    "SELECT o.seq, CAST(e.event_id AS VARCHAR), e.camera_id FROM outbox o JOIN events e USING (seq) ORDER BY o.seq LIMIT ?",
-                )
+                .prepare(&format!(
+                    "SELECT o.seq, CAST(e.event_id AS VARCHAR), e.camera_id FROM outbox o JOIN events e USING (seq) WHERE {waiting} ORDER BY o.seq LIMIT ?"
+                ))
                 .map_err(db)?;
             let rows = stmt
                 .query_map(params![count as i64], |r| {
@@ -701,12 +711,12 @@ impl Buffer {
         };
         if let Some(last) = dropped.last() {
             tx.execute(
-                "DELETE FROM events WHERE seq IN (SELECT seq FROM outbox WHERE seq <= ?)",
+                &format!("DELETE FROM events WHERE seq IN (SELECT seq FROM outbox WHERE seq <= ? AND ({waiting}))"),
                 params![last.seq as i64],
             )
             .map_err(db)?;
             tx.execute(
-                "DELETE FROM outbox WHERE seq <= ?",
+                &format!("DELETE FROM outbox WHERE seq <= ? AND ({waiting})"),
                 params![last.seq as i64],
             )
             .map_err(db)?;

@@ -134,6 +134,10 @@ pub fn start(
     if let Opened::Recovered(recovery) = &opened {
         count_recovery(&metrics, recovery);
     }
+    // What this run starts owing (recovered events included): the counters' identity.
+    metrics
+        .backlog_at_start
+        .set(buffer.stats().map_or(0, |s| s.unsent) as i64);
     let (tx, rx) = std_mpsc::channel();
     let (committed_tx, committed) = watch::channel(0);
     let logs = DayLogs::new(&settings.data_dir);

@@ -101,6 +101,7 @@ fn exported() -> anyhow::Result<(Families, BTreeSet<String>)> {
     let mut registry = Registry::default();
     let edge = sightline_edge_agent::metrics::Metrics::new(&mut registry);
     edge.dropped(DropReason::Invalid, 0);
+    edge.refused(DropReason::StorageFull, 0);
     let camera = CameraLabel {
         camera: "gate".into(),
     };

@@ -69,6 +69,7 @@ pub async fn run(
         registry,
         nats: client.clone(),
         started,
+        clock_offset: crate::status::ClockOffset::default(),
     });
     let background = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -115,6 +116,7 @@ pub async fn run(
             state.clone(),
             js.clone(),
             Duration::from_secs(config.heartbeat.interval_secs),
+            Duration::from_secs(config.heartbeat.max_clock_offset_secs),
             background.clone(),
         ));
     }

@@ -250,11 +250,18 @@ impl Default for StatusConfig {
 pub struct HeartbeatConfig {
     /// Seconds between heartbeats (0: none).
     pub interval_secs: u64,
+    /// Before each heartbeat the agent measures its clock against the cloud's; past this
+    /// many seconds either way it logs a WARNING (ingest refuses events more than its
+    /// `consumer.max_future_skew_secs`, 300 by default, ahead).
+    pub max_clock_offset_secs: u64,
 }
 
 impl Default for HeartbeatConfig {
     fn default() -> Self {
-        Self { interval_secs: 30 }
+        Self {
+            interval_secs: 30,
+            max_clock_offset_secs: 30,
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, message::PublishMessage};
+use sightline_shared::clock::{TIME_SUBJECT, TimeReply, offset_ms};
 use sightline_shared::heartbeat::{CONTENT_TYPE, CameraHeartbeat, Heartbeat};
 use sightline_shared::{Timestamp, codec, subjects};
 use tokio_util::sync::CancellationToken;
@@ -49,17 +50,59 @@ impl ProcessUsage {
     }
 }
 
-/// Sends heartbeats until `stop` fires.
+/// Asks the cloud for its clock (ingest answers on [`TIME_SUBJECT`]) and returns the edge
+/// clock minus the cloud's in ms; `None` if no answer came in time or it came too slowly to
+/// say.
+pub async fn measure_clock(nats: &async_nats::Client) -> Option<i64> {
+    let asked = sightline_runtime::now().as_millis();
+    let request = nats.request(TIME_SUBJECT, bytes::Bytes::new());
+    let answer = tokio::time::timeout(Duration::from_secs(2), request)
+        .await
+        .ok()?
+        .ok()?;
+    let answered = sightline_runtime::now().as_millis();
+    let reply: TimeReply = serde_json::from_slice(&answer.payload).ok()?;
+    offset_ms(asked, answered, reply.now_ms)
+}
+
+/// Measures the clock offset, keeps it for status and metrics, and warns once per crossing
+/// of `max_offset`.
+async fn check_clock(state: &StatusState, max_offset: Duration, warned: &mut bool) {
+    let Some(offset) = measure_clock(&state.nats).await else {
+        return;
+    };
+    state.clock_offset.set(offset);
+    state
+        .metrics
+        .clock_offset_seconds
+        .set(offset as f64 / 1000.0);
+    let over = offset.unsigned_abs() > max_offset.as_millis() as u64;
+    if over && !*warned {
+        tracing::warn!(
+            offset_ms = offset,
+            "this host's clock is {:.1}s {} the cloud's: fix its time sync (ingest refuses events too far ahead, and old capture times expire early)",
+            offset.unsigned_abs() as f64 / 1000.0,
+            if offset > 0 { "ahead of" } else { "behind" }
+        );
+    }
+    *warned = over;
+}
+
+/// Sends heartbeats until `stop` fires, measuring the clock offset before each.
 pub async fn run(
     state: Arc<StatusState>,
     js: jetstream::Context,
     every: Duration,
+    max_clock_offset: Duration,
     stop: CancellationToken,
 ) {
     let subject = subjects::heartbeat_subject(&state.edge_id);
     let mut last = (Instant::now(), ProcessUsage::read());
+    let mut warned = false;
     let mut ticker = StatusTicker::new(every, stop);
-    while let Some(status) = ticker.next(&state).await {
+    while let Some(mut status) = ticker.next(&state).await {
+        check_clock(&state, max_clock_offset, &mut warned).await;
+        status.clock_offset_ms = state.clock_offset.get();
         let usage = ProcessUsage::read();
         let elapsed = last.0.elapsed().as_secs_f64().max(1e-3);
         let cpu_percent = ((usage.cpu_secs - last.1.cpu_secs) / elapsed * 100.0).max(0.0);
@@ -87,8 +130,7 @@ pub async fn run(
             schema_version: 2,
             interval_secs: u32::try_from(every.as_secs()).unwrap_or(u32::MAX),
             storage_free_bytes: status.buffer.storage.fs_free_bytes,
-            // Measured against the cloud's clock by the clock-offset work (issue 15, item 6).
-            clock_offset_ms: None,
+            clock_offset_ms: status.clock_offset_ms,
             events_quarantined: status.buffer.stats.quarantined,
             events_refused: status.events_refused,
             camera_states: status

@@ -170,6 +170,7 @@ pub struct Metrics {
     pub rotated_bytes: Counter,
     pub log_write_errors: Counter,
     pub heartbeats_sent: Counter,
+    pub clock_offset_seconds: Gauge<f64, AtomicU64>,
     pub heartbeat_errors: Counter,
     pub cameras: CameraMetrics,
     /// All drops, whatever the reason (not exported: the family sums to it).
@@ -292,6 +293,11 @@ impl Metrics {
             "log_write_errors",
             "Failed writes to the daily log files (the events are still in the buffer)",
             metrics.log_write_errors.clone(),
+        );
+        r.register(
+            "clock_offset_seconds",
+            "The edge clock minus the cloud's (ingest's), measured before each heartbeat",
+            metrics.clock_offset_seconds.clone(),
         );
         r.register(
             "heartbeats_sent",

@@ -37,6 +37,31 @@ pub struct StatusState {
     pub registry: Registry,
     pub nats: async_nats::Client,
     pub started: Instant,
+    /// The edge clock minus the cloud's, as last measured.
+    pub clock_offset: ClockOffset,
+}
+
+/// The last measured clock offset, in milliseconds (none until one is measured).
+#[derive(Debug)]
+pub struct ClockOffset(std::sync::atomic::AtomicI64);
+
+impl Default for ClockOffset {
+    fn default() -> Self {
+        Self(std::sync::atomic::AtomicI64::new(i64::MIN))
+    }
+}
+
+impl ClockOffset {
+    pub fn set(&self, offset_ms: i64) {
+        self.0.store(
+            offset_ms.max(i64::MIN + 1),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    pub fn get(&self) -> Option<i64> {
+        Some(self.0.load(std::sync::atomic::Ordering::Relaxed)).filter(|o| *o != i64::MIN)
+    }
 }
 
 /// `/v1/status`.
@@ -55,6 +80,9 @@ pub struct Status {
     pub events_refused: u64,
     /// Unsent events when the agent started.
     pub backlog_at_start: u64,
+    /// The edge clock minus the cloud's, in ms, as last measured (none yet: no heartbeat
+    /// has measured it, or the cloud did not answer).
+    pub clock_offset_ms: Option<i64>,
     pub buffer: BufferStatus,
 }
 
@@ -74,6 +102,7 @@ impl StatusState {
             events_dropped: self.metrics.dropped_total(),
             events_refused: self.metrics.refused_total(),
             backlog_at_start: self.metrics.backlog_at_start.get() as u64,
+            clock_offset_ms: self.clock_offset.get(),
             buffer,
         })
     }

@@ -83,6 +83,10 @@ pub struct ConsumerSettings {
     /// How often the consumer's position is read, in seconds: backlog gauges, the ack
     /// floor a re-declared durable resumes from, events removed before delivery.
     pub info_interval_secs: u64,
+    /// How far ahead of ingest's clock a capture time may be, in seconds; an event further
+    /// ahead (an edge clock set forward) is dead-lettered with the reason. The edge reports
+    /// its clock offset in heartbeats.
+    pub max_future_skew_secs: u64,
 }
 
 impl Default for ConsumerSettings {
@@ -93,6 +97,7 @@ impl Default for ConsumerSettings {
             max_ack_pending: 200_000,
             fetch_batch: 5_000,
             info_interval_secs: 5,
+            max_future_skew_secs: 300,
         }
     }
 }
@@ -144,6 +149,9 @@ impl Validate for IngestConfig {
         }
         if self.consumer.fetch_batch == 0 {
             return invalid("consumer.fetch_batch", "must be at least 1");
+        }
+        if !(1..=86_400).contains(&self.consumer.max_future_skew_secs) {
+            return invalid("consumer.max_future_skew_secs", "must be 1 to 86400");
         }
         if !(1..=300).contains(&self.consumer.info_interval_secs) {
             return invalid("consumer.info_interval_secs", "must be 1 to 300");

@@ -35,11 +35,12 @@ pub fn check_message(
     content_type: Option<&str>,
     payload: &[u8],
     now: Timestamp,
+    max_future_skew_ms: i64,
 ) -> Result<DetectionEvent, (DeadLetterReason, String)> {
     let event = codec::decode(content_type, payload)
         .map_err(|e| (DeadLetterReason::Decode, e.to_string()))?;
     event
-        .validate(now)
+        .validate_with_skew(now, max_future_skew_ms)
         .map_err(|e| (DeadLetterReason::Validation, e.to_string()))?;
     match subjects::parse_event_subject(subject) {
         Some((edge, camera)) if edge == event.edge_id && camera == event.camera_id => Ok(event),
@@ -378,13 +379,16 @@ impl Consumer {
         pull.unread.read();
         reconnect.reset();
         self.metrics.messages_received.inc();
+        let arrived = now();
         match check_message(
             &message.subject,
             content_type(&message),
             &message.payload,
-            now(),
+            arrived,
+            self.max_future_skew_ms(),
         ) {
             Ok(event) => {
+                self.note_if_expired(&event, arrived);
                 batch.push(message, EventRow::from(event));
                 self.metrics.pending_rows.set(batch.len() as i64);
                 let full = batch.len() >= self.config.batch.max_rows
@@ -476,6 +480,36 @@ impl Consumer {
             tracing::warn!(
                 rows,
                 "could not flush on shutdown; JetStream will redeliver"
+            );
+        }
+    }
+
+    fn max_future_skew_ms(&self) -> i64 {
+        i64::try_from(self.config.consumer.max_future_skew_secs)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000)
+    }
+
+    /// An event captured longer ago than the events' retention is stored (it was sent and
+    /// must be acknowledged), but retention removes it soon after: counted, and logged at
+    /// ERROR with its edge (the first, then every thousandth, so a long backlog does not
+    /// flood the log).
+    fn note_if_expired(&self, event: &DetectionEvent, arrived: Timestamp) {
+        let retention_ms = i64::from(self.config.retention.events_days) * 86_400_000;
+        if event.captured_at.as_millis() >= arrived.as_millis() - retention_ms {
+            return;
+        }
+        let counter = &self.metrics.events_expired_on_arrival;
+        let seen = counter.inc() + 1;
+        if seen % 1000 == 1 {
+            tracing::error!(
+                edge = %event.edge_id,
+                camera = %event.camera_id,
+                event_id = %event.event_id,
+                captured_at = %event.captured_at,
+                events_days = self.config.retention.events_days,
+                expired_so_far = seen,
+                "an event older than the events' retention arrived (an edge offline that long, or its clock set back): it is stored, and retention deletes it soon after"
             );
         }
     }
@@ -583,6 +617,9 @@ mod tests {
         }
     }
 
+    /// The default `consumer.max_future_skew_secs`, in ms.
+    const SKEW: i64 = 300_000;
+
     #[test]
     fn waits_count_until_what_they_aged_is_read() {
         let ms = Duration::from_millis;
@@ -612,21 +649,37 @@ mod tests {
     fn sorts_bad_messages_by_reason() {
         let ct = ContentType::current(Encoding::Json).to_string();
         let good = codec::encode(&event(), Encoding::Json).unwrap();
-        assert!(check_message("sightline.events.e1.c1", Some(&ct), &good, now()).is_ok());
+        assert!(check_message("sightline.events.e1.c1", Some(&ct), &good, now(), SKEW).is_ok());
         let (reason, detail) =
-            check_message("sightline.events.e1.c2", Some(&ct), &good, now()).unwrap_err();
+            check_message("sightline.events.e1.c2", Some(&ct), &good, now(), SKEW).unwrap_err();
         assert_eq!(reason, DeadLetterReason::Subject, "{detail}");
-        let (reason, _) = check_message("sightline.events.e1.c1", None, &good, now()).unwrap_err();
-        assert_eq!(reason, DeadLetterReason::Decode);
         let (reason, _) =
-            check_message("sightline.events.e1.c1", Some(&ct), b"\x00garbage", now()).unwrap_err();
+            check_message("sightline.events.e1.c1", None, &good, now(), SKEW).unwrap_err();
+        assert_eq!(reason, DeadLetterReason::Decode);
+        let (reason, _) = check_message(
+            "sightline.events.e1.c1",
+            Some(&ct),
+            b"\x00garbage",
+            now(),
+            SKEW,
+        )
+        .unwrap_err();
         assert_eq!(reason, DeadLetterReason::Decode);
         let mut bad = event();
         bad.motion_score = 7.0;
         let bytes = codec::encode(&bad, Encoding::Json).unwrap();
         let (reason, detail) =
-            check_message("sightline.events.e1.c1", Some(&ct), &bytes, now()).unwrap_err();
+            check_message("sightline.events.e1.c1", Some(&ct), &bytes, now(), SKEW).unwrap_err();
         assert_eq!(reason, DeadLetterReason::Validation);
         assert!(detail.contains("motion_score"), "{detail}");
+        // Ahead of ingest's clock: within the configured bound, or dead-lettered naming it.
+        let mut ahead = event();
+        ahead.captured_at = Timestamp::from_millis(now().as_millis() + 60_000);
+        let bytes = codec::encode(&ahead, Encoding::Json).unwrap();
+        assert!(check_message("sightline.events.e1.c1", Some(&ct), &bytes, now(), SKEW).is_ok());
+        let (reason, detail) =
+            check_message("sightline.events.e1.c1", Some(&ct), &bytes, now(), 30_000).unwrap_err();
+        assert_eq!(reason, DeadLetterReason::Validation);
+        assert!(detail.contains("more than 30s ahead"), "{detail}");
     }
 }

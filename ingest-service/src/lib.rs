@@ -18,6 +18,7 @@
 //! means) is the `sightline-store` crate's, shared with the query service.
 
 mod backlog;
+mod clock;
 mod config;
 pub mod consumer;
 mod deadletter;

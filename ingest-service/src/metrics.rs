@@ -54,6 +54,8 @@ pub struct Metrics {
     pub insert_retries: Counter,
     pub keep_alives: Counter,
     pub consumer_redeclared: Counter,
+    pub events_expired_on_arrival: Counter,
+    pub time_requests: Counter,
     pub pulls_restarted: Counter,
     pub events_lost: Counter,
     pub events_unreachable: Gauge,
@@ -82,6 +84,8 @@ impl Metrics {
             insert_retries: Counter::default(),
             keep_alives: Counter::default(),
             consumer_redeclared: Counter::default(),
+            events_expired_on_arrival: Counter::default(),
+            time_requests: Counter::default(),
             pulls_restarted: Counter::default(),
             events_lost: Counter::default(),
             events_unreachable: Gauge::default(),
@@ -149,6 +153,16 @@ impl Metrics {
             "consumer_redeclared",
             "Times the durable consumer was found deleted and declared again",
             metrics.consumer_redeclared.clone(),
+        );
+        r.register(
+            "events_expired_on_arrival",
+            "Events stored though captured longer ago than retention.events_days: retention deletes them soon after (an edge offline that long, or its clock set back)",
+            metrics.events_expired_on_arrival.clone(),
+        );
+        r.register(
+            "time_requests",
+            "Clock requests from edges answered (sightline.time)",
+            metrics.time_requests.clone(),
         );
         r.register(
             "pulls_restarted",

@@ -164,6 +164,11 @@ async fn serve(
         return finish(http, nats).await;
     };
     let dead_letters = DeadLetters::new(js.clone(), metrics.clone());
+    tokio::spawn(crate::clock::answer(
+        nats.clone(),
+        metrics.clone(),
+        cancel.clone(),
+    ));
     tokio::spawn(heartbeats::run(
         heartbeat_consumer,
         admin.clone().with_database(&config.clickhouse.database),

@@ -6,6 +6,7 @@
 //!   selected by a `Content-Type` header that also names the schema version.
 //! * [`heartbeat`]: the edge agent's periodic status message (JSON).
 //! * [`subjects`]: NATS subject and JetStream stream names.
+//! * [`clock`]: the cloud's clock answer, and the edge's offset from it.
 //! * [`config`]: the config error and validation trait, TOML parsing, and the connection
 //!   sections that more than one service reads from its config file.
 //!
@@ -14,6 +15,7 @@
 //! The current time is always a parameter, never read here.
 
 pub mod backoff;
+pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod event;

@@ -74,15 +74,32 @@ pub enum ValidationError {
     },
     #[error("{field}: box is inverted ({min} > {max})")]
     InvertedBox { field: String, min: f32, max: f32 },
-    #[error("captured_at: {at} is more than {}s ahead of the receiver's clock ({now})", MAX_FUTURE_SKEW_MS / 1000)]
-    InFuture { at: Timestamp, now: Timestamp },
+    #[error(
+        "captured_at: {at} is more than {max_secs}s ahead of the receiver's clock ({now}): is the sender's clock right?"
+    )]
+    InFuture {
+        at: Timestamp,
+        now: Timestamp,
+        max_secs: i64,
+    },
     #[error("captured_at: {at} is before {MIN_CAPTURED_AT}")]
     TooOld { at: Timestamp },
 }
 
 impl DetectionEvent {
-    /// Checks every rule of the v1 contract; `now` is the validator's clock.
+    /// Checks every rule of the v1 contract; `now` is the validator's clock, and a capture
+    /// time up to [`MAX_FUTURE_SKEW_MS`] ahead of it is accepted.
     pub fn validate(&self, now: Timestamp) -> Result<(), ValidationError> {
+        self.validate_with_skew(now, MAX_FUTURE_SKEW_MS)
+    }
+
+    /// [`DetectionEvent::validate`] with another bound on how far ahead of `now` a capture
+    /// time may be (ingest's `consumer.max_future_skew_secs`).
+    pub fn validate_with_skew(
+        &self,
+        now: Timestamp,
+        max_future_skew_ms: i64,
+    ) -> Result<(), ValidationError> {
         if self.schema_version != SCHEMA_VERSION {
             return Err(ValidationError::SchemaVersion {
                 found: self.schema_version,
@@ -102,10 +119,11 @@ impl DetectionEvent {
                 at: self.captured_at,
             });
         }
-        if self.captured_at.as_millis() > now.as_millis().saturating_add(MAX_FUTURE_SKEW_MS) {
+        if self.captured_at.as_millis() > now.as_millis().saturating_add(max_future_skew_ms) {
             return Err(ValidationError::InFuture {
                 at: self.captured_at,
                 now,
+                max_secs: max_future_skew_ms / 1000,
             });
         }
         in_range("motion_score", self.motion_score, 0.0, 1.0)?;

@@ -4,6 +4,7 @@
 mod api;
 mod backup;
 mod camera;
+mod clock;
 mod deadletter;
 mod deploy;
 mod e2e;

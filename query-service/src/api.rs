@@ -425,16 +425,31 @@ async fn metrics(State(state): State<AppState>) -> Response {
 /// Lets a request through when authentication is off, the route is open, or the request
 /// carries an accepted bearer token.
 async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if !state.tokens.enabled()
-        || openapi::is_open(request.uri().path())
-        || state
-            .tokens
-            .allows(request.headers().get(header::AUTHORIZATION))
-    {
-        return next.run(request).await;
-    }
-    ApiError::Unauthorized.into_response()
+    let holder = state
+        .tokens
+        .holder(request.headers().get(header::AUTHORIZATION));
+    let caller = match holder {
+        Some(name) => name,
+        None if !state.tokens.enabled() || openapi::is_open(request.uri().path()) => {
+            "anonymous".to_owned()
+        }
+        None => {
+            let mut refused = ApiError::Unauthorized.into_response();
+            refused
+                .extensions_mut()
+                .insert(Caller("refused".to_owned()));
+            return refused;
+        }
+    };
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(Caller(caller));
+    response
 }
+
+/// Who made a request, for the access log: a token's name, `anonymous` (authentication off,
+/// or an open route) or `refused`.
+#[derive(Debug, Clone)]
+struct Caller(String);
 
 /// Answers 504 when the rest of the stack takes longer than `limit`.
 async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
@@ -444,14 +459,30 @@ async fn time_limit(State(limit): State<Duration>, request: Request, next: Next)
     }
 }
 
-/// Counts and times every request by its route template.
+/// Counts and times every request by its route template, and writes the access log: one
+/// INFO line per request (target `sightline_query::access`) with the caller's token name
+/// (never the token), method, route, status and duration.
 async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().clone();
     let started = Instant::now();
     let response = next.run(request).await;
+    let caller = response
+        .extensions()
+        .get::<Caller>()
+        .map_or("anonymous", |c| c.0.as_str());
+    tracing::info!(
+        target: "sightline_query::access",
+        caller,
+        %method,
+        route = route.as_str(),
+        status = response.status().as_u16(),
+        ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
     state
         .metrics
         .latency
@@ -641,6 +672,11 @@ mod tests {
         let (status, body) = call(&app, Method::GET, "/v1/events/not-a-uuid", None).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(body["error"]["parameter"], "id");
+        // Replay is off unless the config turns it on.
+        let replay = "/v1/replay?subject=replay.x&since=0&until=1000";
+        let (status, body) = call(&app, Method::POST, replay, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert_eq!(body["error"]["code"], "forbidden");
         // An unknown time zone is the store's finding and the caller's mistake: 400 naming tz.
         let response =
             ApiError::from(StoreError::UnknownTimeZone("Mars/Base".into())).into_response();

@@ -21,22 +21,23 @@ impl Tokens {
         !self.0.is_empty()
     }
 
-    /// Whether `authorization` carries an accepted `Bearer` token. Every token is compared,
-    /// each in constant time, so timing tells nothing about which one was close.
-    pub(crate) fn allows(&self, authorization: Option<&HeaderValue>) -> bool {
-        let Some(presented) = authorization.and_then(|v| v.to_str().ok()).and_then(|v| {
+    /// The name of the accepted token `authorization` carries (`token-<n>`, by its place in
+    /// the configuration; the access log names callers by it, never by the token). Every
+    /// token is compared, each in constant time, so timing tells nothing about which one
+    /// was close.
+    pub(crate) fn holder(&self, authorization: Option<&HeaderValue>) -> Option<String> {
+        let presented = authorization.and_then(|v| v.to_str().ok()).and_then(|v| {
             let (scheme, token) = v.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        }) else {
-            return false;
-        };
+        })?;
         let presented = presented.as_bytes();
-        self.0
-            .iter()
-            .fold(subtle::Choice::from(0), |any, token| {
-                any | token.as_slice().ct_eq(presented)
-            })
-            .into()
+        let mut found = None;
+        for (i, token) in self.0.iter().enumerate() {
+            if bool::from(token.as_slice().ct_eq(presented)) {
+                found = Some(i);
+            }
+        }
+        found.map(|i| format!("token-{}", i + 1))
     }
 }
 
@@ -49,8 +50,14 @@ mod tests {
         let tokens = Tokens::new(vec!["0123456789abcdef".into(), "fedcba9876543210".into()]);
         let header = |v: &str| HeaderValue::from_str(v).unwrap();
         assert!(tokens.enabled());
-        assert!(tokens.allows(Some(&header("Bearer 0123456789abcdef"))));
-        assert!(tokens.allows(Some(&header("bearer fedcba9876543210"))));
+        assert_eq!(
+            tokens.holder(Some(&header("Bearer 0123456789abcdef"))),
+            Some("token-1".into())
+        );
+        assert_eq!(
+            tokens.holder(Some(&header("bearer fedcba9876543210"))),
+            Some("token-2".into())
+        );
         for bad in [
             "Bearer 0123456789abcdeF",
             "Bearer 0123456789abcde",
@@ -59,9 +66,9 @@ mod tests {
             "0123456789abcdef",
             "Bearer ",
         ] {
-            assert!(!tokens.allows(Some(&header(bad))), "{bad}");
+            assert_eq!(tokens.holder(Some(&header(bad))), None, "{bad}");
         }
-        assert!(!tokens.allows(None));
+        assert_eq!(tokens.holder(None), None);
         assert!(!Tokens::default().enabled());
     }
 }

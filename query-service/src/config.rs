@@ -105,7 +105,8 @@ impl AuthConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ReplayConfig {
-    /// Whether replay is offered at all (it needs NATS).
+    /// Whether replay is offered at all (it needs NATS). Off by default: it lets a token
+    /// holder publish into NATS.
     pub enabled: bool,
     /// Callers may only publish to subjects under this prefix.
     pub subject_prefix: String,
@@ -121,7 +122,7 @@ pub struct ReplayConfig {
 impl Default for ReplayConfig {
     fn default() -> Self {
         Self {
-            enabled: true,
+            enabled: false,
             subject_prefix: "replay.".into(),
             max_rate: 5000,
             max_concurrent: 2,

@@ -16,8 +16,15 @@ import yaml
 CHART = pathlib.Path(__file__).resolve().parents[2] / "helm" / "sightline"
 KUBE = "1.37.0"
 
+# The defaults plus the one value the chart requires: API tokens (or allowAnonymous).
+MINIMAL = {"query": {"tokens": ["a-token-of-20-chars!"]}}
+
 VALUE_SETS = {
-    "defaults": {},
+    "defaults with tokens": MINIMAL,
+    "anonymous on purpose, replay on, no policies": {
+        "query": {"allowAnonymous": True, "replay": {"enabled": True, "maxRate": 100}},
+        "networkPolicy": {"enabled": False},
+    },
     "everything on": {
         "nats": {"url": "tls://nats.example:4222", "credentials": "-----BEGIN NATS USER JWT-----"},
         "clickhouse": {"url": "https://ch.example:8443", "ingestPassword": "p1", "queryPassword": "p2"},
@@ -150,7 +157,7 @@ def test_each_workload_mounts_only_its_own_clickhouse_password(name):
 def test_stream_replicas_reach_ingest_and_its_check():
     """The events and dead-letter streams' replicas are a chart value: a cluster needs 3, or
     an event the edge counts as sent lives on one server only."""
-    for values, replicas in [({}, 1), ({"ingest": {"stream": {"replicas": 3}}}, 3)]:
+    for values, replicas in [(MINIMAL, 1), ({**MINIMAL, "ingest": {"stream": {"replicas": 3}}}, 3)]:
         config = next(d for d in render(values) if d["kind"] == "ConfigMap")
         ingest = config["data"]["ingest.toml"]
         stream = ingest.split("[stream]", 1)[1].split("[", 1)[0]
@@ -158,7 +165,7 @@ def test_stream_replicas_reach_ingest_and_its_check():
 
 
 def test_leader_election_gets_exactly_its_lease_rbac():
-    docs = render({})
+    docs = render(MINIMAL)
     role = next(d for d in docs if d["kind"] == "Role")
     assert role["rules"] == [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
@@ -180,7 +187,7 @@ def test_leader_election_gets_exactly_its_lease_rbac():
     assert query["automountServiceAccountToken"] is False, "the query service needs no API access"
     config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["ingest.toml"]
     assert 'mode = "kubernetes"' in config
-    off = render({"ingest": {"leaderElection": {"enabled": False}}})
+    off = render({**MINIMAL, "ingest": {"leaderElection": {"enabled": False}}})
     assert not [d for d in off if d["kind"] in ("Role", "RoleBinding", "ServiceAccount")]
     assert 'mode = "off"' in next(d for d in off if d["kind"] == "ConfigMap")["data"]["ingest.toml"]
 
@@ -236,3 +243,47 @@ def test_bad_values_fail_the_schema_naming_the_key(values, key):
     with pytest.raises(Exception) as error:
         chart.validate_schema(chart.merge_values(values))
     assert key in str(error.value), str(error.value)
+
+
+def test_without_tokens_the_chart_refuses_to_render_unless_anonymous_is_explicit():
+    """An API without authentication must be a decision (a breaking change in 0.2.0)."""
+    with pytest.raises(Exception) as refused:
+        render({})
+    assert "query.allowAnonymous=true" in str(refused.value), refused.value
+    docs = render({"query": {"allowAnonymous": True}})
+    query = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["query.toml"]
+    assert "[auth]" not in query
+    # Query disabled: no API, nothing to refuse.
+    assert render({"query": {"enabled": False}})
+
+
+def test_replay_is_off_unless_enabled():
+    def replay(values):
+        query = next(d for d in render(values) if d["kind"] == "ConfigMap")["data"]["query.toml"]
+        return query.split("[replay]", 1)[1].split("[", 1)[0]
+
+    assert "enabled = false\n" in replay(MINIMAL)
+    on = replay({"query": {**MINIMAL["query"], "replay": {"enabled": True, "subjectPrefix": "lab."}}})
+    assert "enabled = true\n" in on and 'subject_prefix = "lab."' in on, on
+
+
+def test_network_policies_admit_only_the_named_peers():
+    def policies(values):
+        return {d["metadata"]["name"]: d["spec"] for d in render(values) if d["kind"] == "NetworkPolicy"}
+
+    ingress_ns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    same_namespace = {"podSelector": {}}
+    specs = policies(MINIMAL)
+    assert set(specs) == {"sl-sightline-ingest", "sl-sightline-query"}, specs
+    query, ingest = specs["sl-sightline-query"], specs["sl-sightline-ingest"]
+    assert query["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "query"
+    assert query["policyTypes"] == ["Ingress"]
+    assert query["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}],
+                                 "from": [same_namespace, ingress_ns, monitoring]}]
+    # Ingest serves only /metrics and probes: no ingress controller.
+    assert ingest["ingress"][0]["from"] == [same_namespace, monitoring]
+    mine = {"podSelector": {"matchLabels": {"app": "my-gateway"}}}
+    named = policies({**MINIMAL, "networkPolicy": {"apiFrom": [mine], "metricsFrom": []}})
+    assert named["sl-sightline-query"]["ingress"][0]["from"] == [same_namespace, mine]
+    assert not policies({**MINIMAL, "networkPolicy": {"enabled": False}})

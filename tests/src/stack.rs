@@ -80,6 +80,11 @@ impl Stack {
                 ..clickhouse_config
             },
             nats: nats.config(),
+            // Off by default in the service; the API tests exercise it.
+            replay: sightline_query::ReplayConfig {
+                enabled: true,
+                ..Default::default()
+            },
             ..Default::default()
         };
 

@@ -16,12 +16,15 @@ import yaml
 CHART = pathlib.Path(__file__).resolve().parents[2] / "helm" / "sightline"
 KUBE = "1.37.0"
 
-# The defaults plus the one value the chart requires: API tokens (or allowAnonymous).
-MINIMAL = {"query": {"tokens": ["a-token-of-20-chars!"]}}
+# The defaults plus what the chart requires: API tokens (or allowAnonymous) and the
+# ClickHouse users' passwords (or an existing secret).
+PASSWORDS = {"ingestPassword": "p1", "queryPassword": "p2"}
+MINIMAL = {"query": {"tokens": ["a-token-of-20-chars!"]}, "clickhouse": PASSWORDS}
 
 VALUE_SETS = {
     "defaults with tokens": MINIMAL,
     "anonymous on purpose, replay on, no policies": {
+        "clickhouse": PASSWORDS,
         "query": {"allowAnonymous": True, "replay": {"enabled": True, "maxRate": 100}},
         "networkPolicy": {"enabled": False},
     },
@@ -250,11 +253,11 @@ def test_without_tokens_the_chart_refuses_to_render_unless_anonymous_is_explicit
     with pytest.raises(Exception) as refused:
         render({})
     assert "query.allowAnonymous=true" in str(refused.value), refused.value
-    docs = render({"query": {"allowAnonymous": True}})
+    docs = render({"query": {"allowAnonymous": True}, "clickhouse": PASSWORDS})
     query = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["query.toml"]
     assert "[auth]" not in query
     # Query disabled: no API, nothing to refuse.
-    assert render({"query": {"enabled": False}})
+    assert render({"query": {"enabled": False}, "clickhouse": {"ingestPassword": "p1"}})
 
 
 def test_replay_is_off_unless_enabled():
@@ -263,7 +266,7 @@ def test_replay_is_off_unless_enabled():
         return query.split("[replay]", 1)[1].split("[", 1)[0]
 
     assert "enabled = false\n" in replay(MINIMAL)
-    on = replay({"query": {**MINIMAL["query"], "replay": {"enabled": True, "subjectPrefix": "lab."}}})
+    on = replay({**MINIMAL, "query": {**MINIMAL["query"], "replay": {"enabled": True, "subjectPrefix": "lab."}}})
     assert "enabled = true\n" in on and 'subject_prefix = "lab."' in on, on
 
 
@@ -287,3 +290,13 @@ def test_network_policies_admit_only_the_named_peers():
     named = policies({**MINIMAL, "networkPolicy": {"apiFrom": [mine], "metricsFrom": []}})
     assert named["sl-sightline-query"]["ingress"][0]["from"] == [same_namespace, mine]
     assert not policies({**MINIMAL, "networkPolicy": {"enabled": False}})
+
+
+@pytest.mark.parametrize("missing", ["ingestPassword", "queryPassword"])
+def test_a_clickhouse_user_without_a_password_is_refused(missing):
+    passwords = {k: v for k, v in PASSWORDS.items() if k != missing}
+    with pytest.raises(Exception) as refused:
+        render({**MINIMAL, "clickhouse": passwords})
+    assert f"clickhouse.{missing} is empty" in str(refused.value), refused.value
+    # An existing secret holds them instead.
+    assert render({**MINIMAL, "clickhouse": {"existingSecret": "ch-creds"}})

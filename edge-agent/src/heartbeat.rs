@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, message::PublishMessage};
-use sightline_shared::clock::{TIME_SUBJECT, TimeReply, offset_ms};
+use sightline_shared::clock::{MAX_ROUND_TRIP_MS, TIME_SUBJECT, TimeReply, offset_ms};
 use sightline_shared::heartbeat::{CONTENT_TYPE, CameraHeartbeat, Heartbeat};
 use sightline_shared::{Timestamp, codec, subjects};
 use tokio_util::sync::CancellationToken;
@@ -55,20 +55,22 @@ impl ProcessUsage {
 /// say.
 pub async fn measure_clock(nats: &async_nats::Client) -> Option<i64> {
     let asked = sightline_runtime::now().as_millis();
+    // The round trip on the monotonic clock: a time-sync step meanwhile cannot distort it.
+    let started = Instant::now();
     let request = nats.request(TIME_SUBJECT, bytes::Bytes::new());
-    let answer = tokio::time::timeout(Duration::from_secs(2), request)
-        .await
-        .ok()?
-        .ok()?;
-    let answered = sightline_runtime::now().as_millis();
+    let longest = Duration::from_millis(MAX_ROUND_TRIP_MS.unsigned_abs());
+    let answer = tokio::time::timeout(longest, request).await.ok()?.ok()?;
+    let round_trip = i64::try_from(started.elapsed().as_millis()).ok()?;
     let reply: TimeReply = serde_json::from_slice(&answer.payload).ok()?;
-    offset_ms(asked, answered, reply.now_ms)
+    offset_ms(asked, asked + round_trip, reply.now_ms)
 }
 
 /// Measures the clock offset, keeps it for status and metrics, and warns once per crossing
 /// of `max_offset`.
 async fn check_clock(state: &StatusState, max_offset: Duration, warned: &mut bool) {
     let Some(offset) = measure_clock(&state.nats).await else {
+        // Unknown now: an old figure reported as current would mislead.
+        state.clock_offset.clear();
         return;
     };
     state.clock_offset.set(offset);
@@ -127,7 +129,7 @@ pub async fn run(
             storage_limit_bytes: status.buffer.storage.limit_bytes,
             cpu_percent,
             rss_bytes: usage.rss_bytes,
-            schema_version: 2,
+            schema_version: sightline_shared::heartbeat::SCHEMA_VERSION,
             interval_secs: u32::try_from(every.as_secs()).unwrap_or(u32::MAX),
             storage_free_bytes: status.buffer.storage.fs_free_bytes,
             clock_offset_ms: status.clock_offset_ms,

@@ -59,6 +59,10 @@ impl ClockOffset {
         );
     }
 
+    pub fn clear(&self) {
+        self.0.store(i64::MIN, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn get(&self) -> Option<i64> {
         Some(self.0.load(std::sync::atomic::Ordering::Relaxed)).filter(|o| *o != i64::MIN)
     }

@@ -523,3 +523,33 @@ async fn the_counters_add_up_over_every_path() {
     handle.close().await;
     thread.join().unwrap();
 }
+
+/// A disk filled by other files beyond what the whole buffer holds: drop_oldest cannot give
+/// it its reserve back, so it deletes nothing and new events are refused instead.
+#[tokio::test]
+async fn drop_oldest_does_not_empty_the_buffer_for_a_disk_others_filled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let free = FreeSpace::injected(1_000 * MB);
+    let mut settings = disk_settings(tmp.path(), 100 * MB, &free);
+    settings.budget.policy = FullPolicy::DropOldest;
+    let metrics = Metrics::default();
+    let (handle, thread) =
+        worker::start(settings, metrics.clone(), CancellationToken::new()).unwrap();
+    let (stored, _) = fill(&handle, 1_000).await;
+    assert_eq!(stored, 1_000);
+    // 190 MB short of twice the reserve: far more than the buffer's few hundred KB.
+    free.set(10 * MB);
+    status_until(&handle, |s| s.full).await;
+    assert_eq!(
+        metrics.dropped_total(),
+        0,
+        "nothing the buffer holds was deleted"
+    );
+    assert_eq!(handle.status().await.unwrap().stats.unsent, 1_000);
+    assert_eq!(
+        handle.append(event(5_000, now_ms())).await.unwrap_err(),
+        AppendError::Full
+    );
+    handle.close().await;
+    thread.join().unwrap();
+}

@@ -97,7 +97,7 @@ impl Default for ConsumerSettings {
             max_ack_pending: 200_000,
             fetch_batch: 5_000,
             info_interval_secs: 5,
-            max_future_skew_secs: 300,
+            max_future_skew_secs: (sightline_shared::validate::MAX_FUTURE_SKEW_MS / 1000) as u64,
         }
     }
 }

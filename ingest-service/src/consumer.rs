@@ -618,7 +618,7 @@ mod tests {
     }
 
     /// The default `consumer.max_future_skew_secs`, in ms.
-    const SKEW: i64 = 300_000;
+    const SKEW: i64 = sightline_shared::validate::MAX_FUTURE_SKEW_MS;
 
     #[test]
     fn waits_count_until_what_they_aged_is_read() {

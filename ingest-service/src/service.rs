@@ -58,6 +58,12 @@ async fn serve(
     let client = admin.clone().with_database(&config.clickhouse.database);
     let sink = Sink::new(client, config.clickhouse.timeout(), metrics.clone());
     let nats = sightline_runtime::connect_nats(&config.nats, "sightline-ingest").await?;
+    // Edges' clock requests need only NATS: answered even while ClickHouse is not there yet.
+    tokio::spawn(crate::clock::answer(
+        nats.clone(),
+        metrics.clone(),
+        cancel.clone(),
+    ));
 
     let schema_ready = Arc::new(AtomicBool::new(false));
     let streams_ready = Arc::new(AtomicBool::new(false));
@@ -164,11 +170,6 @@ async fn serve(
         return finish(http, nats).await;
     };
     let dead_letters = DeadLetters::new(js.clone(), metrics.clone());
-    tokio::spawn(crate::clock::answer(
-        nats.clone(),
-        metrics.clone(),
-        cancel.clone(),
-    ));
     tokio::spawn(heartbeats::run(
         heartbeat_consumer,
         admin.clone().with_database(&config.clickhouse.database),

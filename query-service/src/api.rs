@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post};
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
-use serde_json::{Value, json};
+use serde_json::json;
 use sightline_shared::{DetectionEvent, EventId, Timestamp};
 use uuid::Uuid;
 
@@ -165,7 +165,7 @@ impl IntoResponse for ApiError {
 }
 
 /// The handler of a documented operation; `None` for one this build does not serve.
-fn handler(endpoint: &Endpoint, document: &Arc<Value>) -> Option<MethodRouter<AppState>> {
+fn handler(endpoint: &Endpoint, document: &bytes::Bytes) -> Option<MethodRouter<AppState>> {
     Some(match (endpoint.method, endpoint.path) {
         ("get", "/v1/events") => get(list_events),
         ("get", EXPORT_PATH) => get(export),
@@ -181,7 +181,12 @@ fn handler(endpoint: &Endpoint, document: &Arc<Value>) -> Option<MethodRouter<Ap
         ("get", "/metrics") => get(metrics),
         ("get", "/openapi.json") => {
             let document = document.clone();
-            get(move || async move { Json(Value::clone(&document)) })
+            get(move || async move {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    document.clone(),
+                )
+            })
         }
         _ => return None,
     })
@@ -196,7 +201,8 @@ fn handler(endpoint: &Endpoint, document: &Arc<Value>) -> Option<MethodRouter<Ap
 pub(crate) fn router(state: AppState, request_timeout: Duration) -> Router {
     // Exports stream for as long as they need (ClickHouse bounds them); the rest is timed.
     let (mut timed, mut streamed) = (Router::new(), Router::new());
-    let document = Arc::new(openapi::document(&state.document_settings()));
+    // Serialised once: every request is served the same bytes.
+    let document = bytes::Bytes::from(openapi::document(&state.document_settings()).to_string());
     for endpoint in openapi::ENDPOINTS {
         let Some(handler) = handler(endpoint, &document) else {
             panic!(
@@ -513,6 +519,7 @@ mod tests {
     use super::*;
     use crate::config::ReplayConfig;
     use crate::store::Limits;
+    use serde_json::Value;
 
     /// The API with a store pointing at a closed loopback port, and `tokens` (none: off).
     fn app(tokens: &[&str]) -> Router {
@@ -539,7 +546,8 @@ mod tests {
             metrics,
             registry: Arc::new(registry),
             default_limit: 100,
-            max_limit: 1000,
+            // Not the config's default: the document must state the state's bound.
+            max_limit: 900,
             tokens: Tokens::new(tokens.iter().map(|t| (*t).to_owned()).collect()),
             replays,
         };
@@ -880,6 +888,6 @@ mod tests {
             .iter()
             .find(|p| p["name"] == "limit")
             .expect("limit")["schema"];
-        assert_eq!(limit["maximum"], 1000);
+        assert_eq!(limit["maximum"], 900);
     }
 }

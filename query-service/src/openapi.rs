@@ -179,15 +179,11 @@ fn param_schema(kind: Kind, settings: &Settings) -> Value {
         }
         Kind::Cursor => json!({"type": "string", "pattern": "^[0-9a-f]{52}$"}),
         Kind::Subject => {
-            // Tokens of A-Z a-z 0-9 _ - separated by dots, under the prefix and longer than it.
+            // Tokens of A-Z a-z 0-9 _ - separated by dots, below the prefix (which the config
+            // requires to end in a dot).
             let token = "[A-Za-z0-9_-]+";
-            let below = if settings.replay_prefix.ends_with('.') {
-                format!("{token}(\\.{token})*")
-            } else {
-                format!("({token}(\\.{token})*|(\\.{token})+)")
-            };
             let prefix = regex_escape(&settings.replay_prefix);
-            json!({"type": "string", "pattern": format!("^{prefix}{below}$"), "maxLength": MAX_SUBJECT_LEN})
+            json!({"type": "string", "pattern": format!("^{prefix}{token}(\\.{token})*$"), "maxLength": MAX_SUBJECT_LEN})
         }
         Kind::TimeZone => json!({"type": "string", "examples": ["UTC", "Europe/Berlin"]}),
     }

@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use crate::Timestamp;
 use crate::validate::is_identifier;
 
+/// The schema version of a heartbeat this build sends.
+pub const SCHEMA_VERSION: u16 = 2;
 /// The `Content-Type` of a heartbeat this build sends (schema version 2).
 pub const CONTENT_TYPE: &str = "application/vnd.sightline.heartbeat.v2+json";
 /// The `Content-Type` of a heartbeat of schema version 1 (agents before v2).
@@ -79,7 +81,7 @@ pub struct Heartbeat {
 }
 
 fn v2() -> u16 {
-    2
+    SCHEMA_VERSION
 }
 
 /// One camera in a heartbeat.
@@ -179,8 +181,9 @@ impl Heartbeat {
         };
         let heartbeat: Self = match media.as_deref() {
             Some(CONTENT_TYPE) => {
-                let mut heartbeat: Self = serde_json::from_slice(payload).map_err(malformed(2))?;
-                heartbeat.schema_version = 2;
+                let mut heartbeat: Self =
+                    serde_json::from_slice(payload).map_err(malformed(SCHEMA_VERSION))?;
+                heartbeat.schema_version = SCHEMA_VERSION;
                 heartbeat
             }
             Some(CONTENT_TYPE_V1) => serde_json::from_slice::<HeartbeatV1>(payload)

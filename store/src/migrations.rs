@@ -248,6 +248,13 @@ async fn run_statement(
     }
 }
 
+/// `statement` as every server generation takes it: `ADD COLUMN IF NOT EXISTS` (which
+/// ClickHouse 18.16 lacks) as a plain `ADD COLUMN` of every column, for a schema applied by
+/// hand once (`ingest-service --print-schema`); anything else as it is.
+pub fn portable(statement: String) -> String {
+    add_missing_columns(&statement, &[]).unwrap_or(statement)
+}
+
 /// For `ALTER TABLE <db>.<table> ADD COLUMN IF NOT EXISTS ...`: the table's name and the
 /// clauses after it.
 fn add_columns_target(statement: &str) -> Option<(String, Vec<String>)> {

@@ -105,7 +105,12 @@ pub async fn prepare(
 pub fn statements(db: &str, retention: &RetentionSettings, caps: Capabilities) -> Vec<String> {
     migrations::bootstrap(db)
         .into_iter()
-        .chain(migrations::MIGRATIONS.iter().flat_map(|m| m.statements(db)))
+        .chain(
+            migrations::MIGRATIONS
+                .iter()
+                .flat_map(|m| m.statements(db))
+                .map(migrations::portable),
+        )
         .chain(retention.ttl_statements(db, caps))
         .chain(caps.dedup_statements(db))
         .collect()

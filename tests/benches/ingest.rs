@@ -138,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
             content_type(&message),
             &message.payload,
             now,
-            300_000,
+            sightline_shared::validate::MAX_FUTURE_SKEW_MS,
         )
         .map_err(|(_, e)| anyhow::anyhow!(e))?;
         std::hint::black_box(EventRow::from(event));

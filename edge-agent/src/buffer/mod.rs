@@ -41,6 +41,11 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         "content_type_quarantine",
         include_str!("../../migrations/0002_content_type_quarantine.sql"),
     ),
+    (
+        3,
+        "dropped",
+        include_str!("../../migrations/0003_dropped.sql"),
+    ),
 ];
 
 const MS_PER_DAY: i64 = 86_400_000;
@@ -301,8 +306,7 @@ impl Buffer {
             .collect::<Result<Vec<_>, _>>()?;
         let captured = events.iter().map(|e| e.captured_at.as_millis());
         self.insert(out.iter().zip(captured), now_ms)?;
-        let next = first + events.len() as u64;
-        self.next_seq = next;
+        let next = self.next_seq;
         self.fresh.extend(out);
         while self.fresh.len() > FRESH_CACHE {
             self.fresh.pop_front();
@@ -385,12 +389,15 @@ impl Buffer {
         Ok(())
     }
 
-    /// The ids of the events in the history captured at or after `since_ms` (all with `None`).
+    /// The ids of the events in the history captured at or after `since_ms` (all with `None`),
+    /// and of the events `drop_oldest` deleted: what a recovery must not offer again.
     fn event_ids(&self, since_ms: Option<i64>) -> Result<HashSet<EventId>, BufferError> {
         let db = db_err(&self.path);
         let mut stmt = self
             .conn
-            .prepare("SELECT CAST(event_id AS VARCHAR) FROM events WHERE captured_ms >= ?")
+            .prepare(
+                "SELECT CAST(event_id AS VARCHAR) FROM events WHERE captured_ms >= ? UNION ALL SELECT CAST(event_id AS VARCHAR) FROM dropped",
+            )
             .map_err(db)?;
         let ids = stmt
             .query_map(params![since_ms.unwrap_or(i64::MIN)], |r| {
@@ -671,6 +678,10 @@ impl Buffer {
                 params![day, day],
             )
             .map_err(db_err(&self.path))?;
+        // The day's logs go with it: nothing is left that could bring its dropped events back.
+        self.conn
+            .execute("DELETE FROM dropped WHERE day = ?", params![day])
+            .map_err(db_err(&self.path))?;
         Ok(n as u64)
     }
 
@@ -710,6 +721,12 @@ impl Buffer {
             rows.collect::<Result<Vec<_>, _>>().map_err(db)?
         };
         if let Some(last) = dropped.last() {
+            // Their ids stay, so a recovery from the day logs does not bring them back.
+            tx.execute(
+                &format!("INSERT INTO dropped SELECT event_id, day, epoch_ms(now()) FROM events WHERE seq IN (SELECT seq FROM outbox WHERE seq <= ? AND ({waiting}))"),
+                params![last.seq as i64],
+            )
+            .map_err(db)?;
             tx.execute(
                 &format!("DELETE FROM events WHERE seq IN (SELECT seq FROM outbox WHERE seq <= ? AND ({waiting}))"),
                 params![last.seq as i64],
@@ -904,11 +921,25 @@ fn compact_path(path: &Path) -> PathBuf {
 /// What an unreadable buffer file moved aside gets after its name, before the unix seconds.
 const CORRUPT_SUFFIX: &str = ".corrupt-";
 
+/// A name no earlier copy has: the current second, or the next free one within ten (two
+/// recoveries in one second must not overwrite each other's copy).
 fn corrupt_path(path: &Path) -> PathBuf {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    with_suffix(path, &format!("{CORRUPT_SUFFIX}{secs}"))
+    let named = |secs: u64| with_suffix(path, &format!("{CORRUPT_SUFFIX}{secs}"));
+    (secs..secs + 10)
+        .map(named)
+        .find(|p| {
+            [
+                p.clone(),
+                wal_path(p),
+                with_suffix(p, recover::MARKER_SUFFIX),
+            ]
+            .iter()
+            .all(|f| !f.exists())
+        })
+        .unwrap_or_else(|| named(secs))
 }
 
 /// The files set aside beside the buffer at `path` as unreadable ([`corrupt_path`]), their

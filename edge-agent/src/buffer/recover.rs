@@ -106,9 +106,7 @@ pub(super) fn open_damaged(
         match Buffer::open_existing(path) {
             Ok(mut buffer) => {
                 tracing::error!(path = %path.display(), wal = %wal_aside.display(), %error, "the buffer's write-ahead log could not be replayed (damaged by a power cut?): set it aside and opened the buffer without it; recovering the events it held from the day logs");
-                if let Some(found) = after_replay(&mut buffer)? {
-                    recovery.from_logs = found.from_logs;
-                }
+                recovery.from_logs = offer_recent_from_logs(&mut buffer)?;
                 finish(&aside, &recovery);
                 return Ok((buffer, recovery));
             }
@@ -161,9 +159,7 @@ pub(super) fn recover_main(
 /// the buffer and what it lacks is stored again (usually nothing: a plain crash loses no
 /// commit). `Some` if anything came back.
 pub(super) fn after_replay(buffer: &mut Buffer) -> Result<Option<Recovery>, BufferError> {
-    let since = buffer.newest_capture_ms()?.map(|ms| ms - SLACK_MS);
-    let mut known = buffer.event_ids(since)?;
-    let from_logs = offer_from_logs(buffer, &mut known, since)?;
+    let from_logs = offer_recent_from_logs(buffer)?;
     if from_logs == 0 {
         return Ok(None);
     }
@@ -174,6 +170,14 @@ pub(super) fn after_replay(buffer: &mut Buffer) -> Result<Option<Recovery>, Buff
     };
     recovery.report();
     Ok(Some(recovery))
+}
+
+/// Stores again the day-log events captured since the buffer's newest less [`SLACK_MS`] that
+/// it lacks (what a lost or partly replayed WAL held); returns how many.
+fn offer_recent_from_logs(buffer: &mut Buffer) -> Result<u64, BufferError> {
+    let since = buffer.newest_capture_ms()?.map(|ms| ms - SLACK_MS);
+    let mut known = buffer.event_ids(since)?;
+    offer_from_logs(buffer, &mut known, since)
 }
 
 /// Salvages copies set aside by an agent that did not recover them (no `.recovered`
@@ -289,8 +293,19 @@ fn read_copy(copy: &Path, buffer: &mut Buffer) -> Result<Salvage, BufferError> {
     };
     // New rows take seqs past the copy's (see `Buffer::recover_damaged`).
     buffer.continue_seqs_from(end as u64)?;
+    // Events drop_oldest deleted stay dropped (files before migration 0003 have no list).
+    let dropped: Result<Vec<String>, duckdb::Error> = conn
+        .prepare("SELECT CAST(event_id AS VARCHAR) FROM dropped")
+        .and_then(|mut stmt| stmt.query_map([], |r| r.get(0))?.collect());
+    salvage.known.extend(
+        dropped
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|id| id.parse::<EventId>().ok()),
+    );
     let mut staged = Vec::new();
-    let mut start = 1;
+    // From the oldest row either table still has (rotation removed what came before).
+    let mut start = seq_start(&conn);
     while start < end {
         let range = start..(start + CHUNK).min(end);
         start = range.end;
@@ -338,6 +353,19 @@ fn read_copy(copy: &Path, buffer: &mut Buffer) -> Result<Salvage, BufferError> {
     }
     store(buffer, &mut staged, &mut salvage)?;
     Ok(salvage)
+}
+
+/// The lowest seq the copy holds, from whichever table can say; 1 if neither can.
+fn seq_start(conn: &Connection) -> i64 {
+    ["SELECT min(seq) FROM outbox", "SELECT min(seq) FROM events"]
+        .iter()
+        .filter_map(|sql| {
+            conn.query_row(sql, [], |r| r.get::<_, Option<i64>>(0))
+                .ok()
+                .flatten()
+        })
+        .min()
+        .unwrap_or(1)
 }
 
 /// One past the highest seq the copy used, from whichever record of it is readable.

@@ -548,7 +548,7 @@ fn a_failed_recovery_leaves_the_buffer_unusable() {
     // Whatever second the recovery runs in, its set-aside name is taken by a non-empty
     // directory, so the rename fails.
     let now = sightline_runtime::now().as_millis() / 1000;
-    for secs in now..now + 30 {
+    for secs in now..now + 60 {
         let taken = with_suffix(&path, &format!("{CORRUPT_SUFFIX}{secs}"));
         std::fs::create_dir_all(taken.join("x")).unwrap();
     }
@@ -567,4 +567,32 @@ fn a_failed_recovery_leaves_the_buffer_unusable() {
     drop(buffer);
     let mut buffer = open(&dir);
     assert_eq!(drain(&mut buffer, 10).len(), 1);
+}
+
+/// Events `drop_oldest` deleted were counted as dropped: a recovery that re-reads the day
+/// logs must not store them again.
+#[test]
+fn a_recovery_does_not_bring_back_what_drop_oldest_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let events: Vec<_> = (0..100).map(|i| event(i, 0)).collect();
+    write_day_logs(dir.path(), &events);
+    let mut buffer = open(&dir);
+    buffer.append(&events, T0).unwrap();
+    let dropped: BTreeSet<EventId> = buffer
+        .drop_oldest_unsent(30)
+        .unwrap()
+        .iter()
+        .map(|d| d.event_id.parse().unwrap())
+        .collect();
+    assert_eq!(dropped.len(), 30);
+    let damage = BufferError::Other {
+        path: buffer.path().to_owned(),
+        message: "a bad block".into(),
+    };
+    let recovery = buffer.recover_damaged(&damage).unwrap();
+    assert_eq!(recovery.salvaged, 70, "{recovery:?}");
+    assert_eq!(recovery.from_logs, 0, "{recovery:?}");
+    let drained = ids(&drain(&mut buffer, 32));
+    assert_eq!(drained, ids_of(&events[30..]));
+    assert!(drained.is_disjoint(&dropped));
 }

@@ -459,6 +459,8 @@ impl Worker {
                     .collect()
             }
             Err(error) => {
+                // A damaged file is recovered, so the next appends can succeed.
+                self.on_error(&error);
                 let error = AppendError::from(error);
                 events.iter().map(|_| Err(error.clone())).collect()
             }
@@ -596,16 +598,25 @@ impl Worker {
         // buffer files moved aside): if it alone is over the target, dropping events would
         // not help.
         let others = usage.used_bytes.saturating_sub(self.buffer.file_bytes());
-        if others >= target && !usage.disk_low() {
+        // A disk short by more than the whole buffer is full of other files: deleting every
+        // unsent event would not give it its reserve back.
+        let disk_helps = usage.disk_shortfall() < self.buffer.file_bytes();
+        if usage.disk_low() && !disk_helps {
+            tracing::error!(storage = %usage.display(), "the filesystem is full of files other than the buffer; dropping unsent events cannot help, refusing new events instead");
+        }
+        if others >= target && !(usage.disk_low() && disk_helps) {
             tracing::error!(storage = %usage.display(), "storage is full of files other than the buffer (protected days' logs and snapshots, buffer files moved aside); dropping unsent events cannot help, refusing new events instead");
             return usage;
         }
         for _ in 0..8 {
             // Down to the budget's target, and to twice the disk's reserve free.
-            let excess = usage
-                .used_bytes
-                .saturating_sub(target)
-                .max(usage.disk_shortfall());
+            let disk = usage.disk_shortfall();
+            let disk = if disk < self.buffer.file_bytes() {
+                disk
+            } else {
+                0
+            };
+            let excess = usage.used_bytes.saturating_sub(target).max(disk);
             if excess == 0 {
                 break;
             }

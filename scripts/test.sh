@@ -52,11 +52,11 @@ run() {
   "$@" 2>&1 | tee "$parts/$name" || failed=1
 }
 # Counts cargo's "test result:" lines (one per test binary) and pytest's
-# "3 passed, 1 skipped in 2.01s".
+# "3 passed, 1 skipped in 2.01s" (or "3 failed in 7.88s", with nothing passed).
 count() {
-  awk -v label="$1" '/^test result:/ || / passed.* in [0-9.]+s/ {
+  awk -v label="$1" '/^test result:/ || /[0-9]+ (passed|failed|error|errors).* in [0-9.]+s/ {
          for (i = 1; i < NF; i++) { w = $(i+1); gsub(/[;,]/, "", w)
-           if (w == "passed") p += $i; if (w == "failed") f += $i; if (w == "ignored" || w == "skipped") s += $i } }
+           if (w == "passed") p += $i; if (w == "failed" || w == "error" || w == "errors") f += $i; if (w == "ignored" || w == "skipped") s += $i } }
        END { printf "%s%d passed, %d failed, %d skipped\n", label, p, f, s }' "${@:2}"
 }
 # Unit, property and doc tests: no servers.

@@ -28,6 +28,10 @@ pub struct Capabilities {
     /// blocks by their own contents, which could drop a rollup block that only looks
     /// like an earlier one). See [`DEDUP_WINDOW_BLOCKS`].
     pub insert_dedup_token: bool,
+    /// `ALTER TABLE ... ADD COLUMN IF NOT EXISTS`: not in 18.16, taken from 19.1 on. The
+    /// migration runner adds only missing columns on any server; this decides how the printed
+    /// schema (`--print-schema`) spells such a statement.
+    pub add_column_if_not_exists: bool,
 }
 
 /// How many recent insert blocks each table remembers for deduplication (one per partition
@@ -48,6 +52,7 @@ impl Capabilities {
         ttl_only_drop_parts: true,
         partitions_per_insert_limit: true,
         insert_dedup_token: true,
+        add_column_if_not_exists: true,
     };
 
     /// What Debian's ClickHouse 18.16 has.
@@ -57,6 +62,7 @@ impl Capabilities {
         ttl_only_drop_parts: false,
         partitions_per_insert_limit: false,
         insert_dedup_token: false,
+        add_column_if_not_exists: false,
     };
 
     /// Asks the server.
@@ -100,6 +106,7 @@ impl Capabilities {
             ttl_only_drop_parts,
             partitions_per_insert_limit,
             insert_dedup_token,
+            add_column_if_not_exists: version >= (19, 1),
         })
     }
 

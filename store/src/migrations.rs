@@ -248,9 +248,9 @@ async fn run_statement(
     }
 }
 
-/// `statement` as every server generation takes it: `ADD COLUMN IF NOT EXISTS` (which
-/// ClickHouse 18.16 lacks) as a plain `ADD COLUMN` of every column, for a schema applied by
-/// hand once (`ingest-service --print-schema`); anything else as it is.
+/// `statement` as ClickHouse 18.16 takes it: `ADD COLUMN IF NOT EXISTS` (which it lacks) as a
+/// plain `ADD COLUMN` of every column, for a schema applied by hand once
+/// (`ingest-service --print-schema legacy`); anything else as it is.
 pub fn portable(statement: String) -> String {
     add_missing_columns(&statement, &[]).unwrap_or(statement)
 }

@@ -109,7 +109,13 @@ pub fn statements(db: &str, retention: &RetentionSettings, caps: Capabilities) -
             migrations::MIGRATIONS
                 .iter()
                 .flat_map(|m| m.statements(db))
-                .map(migrations::portable),
+                .map(|s| {
+                    if caps.add_column_if_not_exists {
+                        s
+                    } else {
+                        migrations::portable(s)
+                    }
+                }),
         )
         .chain(retention.ttl_statements(db, caps))
         .chain(caps.dedup_statements(db))

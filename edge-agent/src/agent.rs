@@ -95,10 +95,11 @@ pub async fn run(
         let access = crate::status::Access::new(addr, &config.status.allowed_hosts, token);
         let app = crate::status::router(state.clone(), access);
         let stop = background.clone();
+        let limits =
+            sightline_runtime::http::HttpLimits::from_secs(config.status.header_read_timeout_secs);
         tasks.spawn(async move {
-            if let Err(error) = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
+            if let Err(error) =
+                sightline_runtime::http::serve(listener, app, limits, stop.cancelled_owned()).await
             {
                 tracing::error!(%error, "the status endpoint failed");
             }

@@ -230,6 +230,9 @@ pub struct StatusConfig {
     pub token_file: Option<String>,
     /// Seconds between status lines in the log (0: none).
     pub log_interval_secs: u64,
+    /// Longest wait for a request's headers, in seconds, which is also how long a
+    /// kept-alive connection may sit idle.
+    pub header_read_timeout_secs: u64,
 }
 
 impl Default for StatusConfig {
@@ -240,6 +243,7 @@ impl Default for StatusConfig {
             allowed_hosts: Vec::new(),
             token_file: None,
             log_interval_secs: 60,
+            header_read_timeout_secs: sightline_runtime::http::DEFAULT_HEADER_READ_TIMEOUT_SECS,
         }
     }
 }
@@ -517,6 +521,9 @@ impl Validate for AgentConfig {
             );
         }
         check_identifier("edge_id", &self.edge_id)?;
+        if self.status.header_read_timeout_secs == 0 {
+            return invalid("status.header_read_timeout_secs", "must be at least 1");
+        }
         let p = &self.publisher;
         if p.max_in_flight == 0 || p.max_in_flight > 65_536 {
             return invalid("publisher.max_in_flight", "must be 1 to 65536");

@@ -35,6 +35,26 @@ pub struct IngestConfig {
     /// Leases for the singleton jobs (the retention sweep; start-up migrations and TTL).
     #[serde(default)]
     pub leader: crate::leader::LeaderSettings,
+    /// The HTTP listener (probes and metrics).
+    #[serde(default)]
+    pub http: HttpSettings,
+}
+
+/// The HTTP listener's limits (its address is the `--listen` flag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Longest wait for a request's headers, in seconds, which is also how long a
+    /// kept-alive connection may sit idle.
+    pub header_read_timeout_secs: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_secs: sightline_runtime::http::DEFAULT_HEADER_READ_TIMEOUT_SECS,
+        }
+    }
 }
 
 /// Settings of the events stream and the dead-letter stream.
@@ -138,6 +158,9 @@ impl Validate for IngestConfig {
         let invalid = |field: &str, problem: &str| Err(ConfigError::invalid(field, problem));
         self.clickhouse.validate()?;
         check_identifier("consumer.durable_name", &self.consumer.durable_name)?;
+        if self.http.header_read_timeout_secs == 0 {
+            return invalid("http.header_read_timeout_secs", "must be at least 1");
+        }
         if self.batch.max_rows == 0 {
             return invalid("batch.max_rows", "must be at least 1");
         }

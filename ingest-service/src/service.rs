@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
+use sightline_runtime::http::HttpLimits;
 use sightline_runtime::retry::{retry, start_up_backoff};
 use sightline_store::{SetupError, setup};
 use tokio::net::TcpListener;
@@ -76,10 +77,12 @@ async fn serve(
             streams_ready: streams_ready.clone(),
         };
         let cancel = cancel.clone();
+        let limits = HttpLimits::from_secs(config.http.header_read_timeout_secs);
         async move {
-            axum::serve(http_listener, router(state))
-                .with_graceful_shutdown(async move { cancel.cancelled().await })
-                .await
+            sightline_runtime::http::serve(http_listener, router(state), limits, async move {
+                cancel.cancelled().await;
+            })
+            .await
         }
     });
 

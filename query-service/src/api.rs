@@ -15,11 +15,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post};
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
+use serde::Serialize;
 use serde_json::json;
 use sightline_shared::{DetectionEvent, EventId, Timestamp};
 use uuid::Uuid;
 
-use crate::auth::Tokens;
+use crate::auth::Clients;
 use crate::metrics::{Metrics, Route, RouteStatus};
 use crate::model::Format;
 use crate::openapi::{self, EXPORT_PATH, Endpoint};
@@ -35,8 +36,13 @@ pub(crate) struct AppState {
     pub registry: Arc<Registry>,
     pub default_limit: u32,
     pub max_limit: u32,
-    pub tokens: Tokens,
+    pub clients: Clients,
     pub replays: Replays,
+    /// Places for exports running at once; none left is a 429.
+    pub exports: Arc<tokio::sync::Semaphore>,
+    /// Places for the other ClickHouse queries running at once.
+    pub queries: Arc<tokio::sync::Semaphore>,
+    pub readiness: Readiness,
 }
 
 impl AppState {
@@ -44,7 +50,7 @@ impl AppState {
     pub(crate) fn document_settings(&self) -> openapi::Settings {
         let replay = self.replays.config();
         openapi::Settings {
-            auth: self.tokens.enabled(),
+            auth: self.clients.enabled(),
             limits: params::Limits {
                 max_limit: self.max_limit,
                 max_rate: replay.max_rate,
@@ -69,10 +75,14 @@ pub(crate) enum ApiError {
     MethodNotAllowed,
     /// Too much already running: 429.
     Busy(String),
+    /// The answer would be larger than the service returns: 400 saying how to narrow it.
+    TooLarge(String),
     /// Past the request timeout: 504.
     Timeout,
     /// Our storage failed: 503 or 500 with a generic message; the detail is logged.
     Store(StoreError),
+    /// Our own failure: 500 with a generic message; the detail is logged.
+    Internal(String),
 }
 
 impl From<ParamError> for ApiError {
@@ -87,6 +97,10 @@ impl From<StoreError> for ApiError {
             StoreError::UnknownTimeZone(_) => Self::BadParameter(ParamError::new(
                 "tz",
                 "is not a time zone ClickHouse knows (use an IANA name such as Europe/Berlin)",
+            )),
+            StoreError::TooLarge(limit) => Self::TooLarge(format!(
+                "the answer has more than {limit} rows: narrow the time range or the filter \
+                 (for stats, a larger interval or fewer group_by fields; for events, an export)"
             )),
             other => Self::Store(other),
         }
@@ -125,7 +139,10 @@ impl IntoResponse for ApiError {
             Self::Busy(message) => {
                 (StatusCode::TOO_MANY_REQUESTS, error_body("busy", &message)).into_response()
             }
-            Self::Timeout => (
+            Self::TooLarge(message) => {
+                (StatusCode::BAD_REQUEST, error_body("too_large", &message)).into_response()
+            }
+            Self::Timeout | Self::Store(StoreError::TimedOut(_)) => (
                 StatusCode::GATEWAY_TIMEOUT,
                 error_body("timeout", "the request took longer than the service allows"),
             )
@@ -149,6 +166,14 @@ impl IntoResponse for ApiError {
                         "unavailable",
                         "the event store is unavailable, try again later",
                     ),
+                )
+                    .into_response()
+            }
+            Self::Internal(error) => {
+                tracing::error!(%error, "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    error_body("internal", "internal error"),
                 )
                     .into_response()
             }
@@ -226,24 +251,64 @@ pub(crate) fn router(state: AppState, request_timeout: Duration) -> Router {
         .with_state(state)
 }
 
+/// A JSON body serialized off the async workers: a page of 20,000 events or 100,000
+/// buckets takes long enough to stall the probes sharing a worker. Typed, never through
+/// `serde_json::Value`, which would hold several times the answer's size.
+async fn json_body<T: Serialize + Send + 'static>(value: T) -> Result<Response, ApiError> {
+    let bytes = tokio::task::spawn_blocking(move || serde_json::to_vec(&value))
+        .await
+        .map_err(|e| ApiError::Internal(format!("serializing the answer panicked: {e}")))?
+        .map_err(|e| ApiError::Internal(format!("serializing the answer failed: {e}")))?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from(bytes),
+    )
+        .into_response())
+}
+
+/// A place among the ClickHouse queries allowed at once, waited for up to [`QUEUE_WAIT`]
+/// (then 429): a flood of heavy requests queues here instead of in ClickHouse, which stays
+/// free to answer the rest (the readiness ping among them).
+async fn query_place(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    match tokio::time::timeout(QUEUE_WAIT, Arc::clone(&state.queries).acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(ApiError::Busy(
+            "as many queries as the service allows are running: try again shortly".into(),
+        )),
+    }
+}
+
+/// The longest a request waits for a place among the queries running at once.
+const QUEUE_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Serialize)]
+struct EventPage {
+    count: usize,
+    events: Vec<DetectionEvent>,
+    next_cursor: Option<String>,
+}
+
 async fn list_events(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let q = params::list_query(query.as_deref(), state.default_limit, state.max_limit)?;
+    let place = query_place(&state).await?;
     let page = state
         .store
         .list_events(&q.filter, q.sort, q.cursor, q.limit)
         .await?;
+    drop(place);
     state
         .metrics
         .returned("/v1/events")
         .inc_by(page.events.len() as u64);
-    Ok(Json(json!({
-        "count": page.events.len(),
-        "events": page.events,
-        "next_cursor": page.next.map(|c| c.encode()),
-    })))
+    json_body(EventPage {
+        count: page.events.len(),
+        events: page.events,
+        next_cursor: page.next.map(|c| c.encode()),
+    })
+    .await
 }
 
 async fn export(
@@ -251,14 +316,29 @@ async fn export(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let q = params::export_query(query.as_deref())?;
+    let permit = Arc::clone(&state.exports)
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::Busy(
+                "as many exports as the service allows are running: try again when one ends".into(),
+            )
+        })?;
+    let deadline = state.store.export_deadline();
     let mut cursor = state.store.export(&q.filter, q.sort, q.limit)?;
     // The first row decides the status: a failing query is a 5xx, not a cut-off 200.
-    let first = cursor.next().await.map_err(StoreError::from)?;
+    let first = state.store.call_until(deadline, cursor.next()).await?;
     let content_type = match q.format {
         Format::Ndjson => "application/x-ndjson",
         Format::Csv => "text/csv; charset=utf-8",
     };
-    let body = crate::export::body(q.format, first, cursor, state.metrics.returned(EXPORT_PATH));
+    let body = crate::export::body(
+        q.format,
+        first,
+        cursor,
+        state.metrics.returned(EXPORT_PATH),
+        deadline,
+        permit,
+    );
     Ok((
         [(header::CONTENT_TYPE, content_type)],
         Body::from_stream(body),
@@ -282,6 +362,7 @@ async fn get_event(
 ) -> Result<Json<DetectionEvent>, ApiError> {
     params::none(query.as_deref())?;
     let id = event_id(&id)?;
+    let _place = query_place(&state).await?;
     let event = state
         .store
         .get_event(id)
@@ -291,49 +372,85 @@ async fn get_event(
     Ok(Json(event))
 }
 
+#[derive(Serialize)]
+struct CameraList {
+    count: usize,
+    cameras: Vec<Camera>,
+}
+
+#[derive(Serialize)]
+struct Camera {
+    camera_id: String,
+    edges: Vec<String>,
+    first_seen: String,
+    last_seen: String,
+    events: u64,
+}
+
 async fn cameras(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let range = params::cameras_query(query.as_deref())?;
+    let place = query_place(&state).await?;
     let rows = state.store.cameras(&range).await?;
+    drop(place);
     let cameras: Vec<_> = rows
         .into_iter()
-        .map(|c| {
-            json!({
-                "camera_id": c.camera_id,
-                "edges": c.edges,
-                "first_seen": Timestamp::from_millis(c.first_seen_ms).to_rfc3339(),
-                "last_seen": Timestamp::from_millis(c.last_seen_ms).to_rfc3339(),
-                "events": c.events,
-            })
+        .map(|c| Camera {
+            camera_id: c.camera_id,
+            edges: c.edges,
+            first_seen: Timestamp::from_millis(c.first_seen_ms).to_rfc3339(),
+            last_seen: Timestamp::from_millis(c.last_seen_ms).to_rfc3339(),
+            events: c.events,
         })
         .collect();
-    Ok(Json(json!({"count": cameras.len(), "cameras": cameras})))
+    json_body(CameraList {
+        count: cameras.len(),
+        cameras,
+    })
+    .await
+}
+
+#[derive(Serialize)]
+struct Stats {
+    interval: &'static str,
+    tz: String,
+    group_by: &'static str,
+    since: String,
+    until: String,
+    source: &'static str,
+    buckets: Vec<Bucket>,
+}
+
+#[derive(Serialize)]
+struct Bucket {
+    start: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    camera_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label: Option<String>,
+    detections: u64,
+    max_confidence: f32,
 }
 
 async fn stats(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let now = sightline_runtime::now();
     let q = params::stats_query(query.as_deref(), now)?;
+    let place = query_place(&state).await?;
     let (source, rows) = state.store.stats(&q).await?;
+    drop(place);
     let buckets: Vec<_> = rows
         .into_iter()
-        .map(|r| {
-            let mut bucket = json!({
-                "start": Timestamp::from_millis(r.start_ms).to_rfc3339(),
-                "detections": r.detections,
-                "max_confidence": r.max_confidence,
-            });
-            if q.by_camera {
-                bucket["camera_id"] = json!(r.camera_id);
-            }
-            if q.by_label {
-                bucket["label"] = json!(r.label);
-            }
-            bucket
+        .map(|r| Bucket {
+            start: Timestamp::from_millis(r.start_ms).to_rfc3339(),
+            camera_id: q.by_camera.then_some(r.camera_id),
+            label: q.by_label.then_some(r.label),
+            detections: r.detections,
+            max_confidence: r.max_confidence,
         })
         .collect();
     let group_by = match (q.by_camera, q.by_label) {
@@ -342,15 +459,16 @@ async fn stats(
         (false, true) => "label",
         (false, false) => "none",
     };
-    Ok(Json(json!({
-        "interval": q.interval.as_str(),
-        "tz": q.tz,
-        "group_by": group_by,
-        "since": q.since.to_rfc3339(),
-        "until": q.until.to_rfc3339(),
-        "source": source.as_str(),
-        "buckets": buckets,
-    })))
+    json_body(Stats {
+        interval: q.interval.as_str(),
+        tz: q.tz,
+        group_by,
+        since: q.since.to_rfc3339(),
+        until: q.until.to_rfc3339(),
+        source: source.as_str(),
+        buckets,
+    })
+    .await
 }
 
 async fn start_replay(
@@ -410,16 +528,73 @@ fn replay_by_id(
     Ok(Json(progress))
 }
 
+/// Ready when ClickHouse answered a background ping lately ([`Readiness`]): the probe
+/// itself never waits for ClickHouse, so it answers at once however busy ClickHouse is.
 async fn readyz(State(state): State<AppState>) -> Response {
-    match state.store.ping().await {
-        Ok(()) => Json(json!({"status": "ready", "clickhouse": true})).into_response(),
-        Err(error) => {
-            tracing::warn!(%error, "not ready");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "not ready", "clickhouse": false})),
-            )
-                .into_response()
+    if state.readiness.ready() {
+        Json(json!({"status": "ready", "clickhouse": true})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "clickhouse": false})),
+        )
+            .into_response()
+    }
+}
+
+/// Whether ClickHouse answered lately: a task pings it every [`PING_EVERY`] and `/readyz`
+/// reads the outcome.
+#[derive(Debug, Clone)]
+pub(crate) struct Readiness {
+    started: Instant,
+    /// Milliseconds after `started` of the last answered ping, plus one (0: never).
+    last_ok: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// How often the readiness task pings ClickHouse.
+pub(crate) const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// How long after its last answered ping the service still counts as ready.
+const READY_FOR: Duration = Duration::from_secs(5);
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            last_ok: Arc::default(),
+        }
+    }
+}
+
+impl Readiness {
+    fn ready(&self) -> bool {
+        let last = self.last_ok.load(std::sync::atomic::Ordering::Relaxed);
+        last > 0
+            && self.started.elapsed().as_millis() as u64 + 1 - last <= READY_FOR.as_millis() as u64
+    }
+
+    /// Pings `store` every [`PING_EVERY`] until `stop`, logging changes of state.
+    pub(crate) async fn watch(self, store: Store, stop: tokio_util::sync::CancellationToken) {
+        let mut was_ready = None;
+        while !stop.is_cancelled() {
+            let outcome = store.ping().await;
+            if outcome.is_ok() {
+                let now = self.started.elapsed().as_millis() as u64 + 1;
+                self.last_ok
+                    .store(now, std::sync::atomic::Ordering::Relaxed);
+            }
+            match (&outcome, was_ready) {
+                (Ok(()), Some(false)) => tracing::info!("ClickHouse answers again: ready"),
+                (Err(error), Some(true) | None) => {
+                    tracing::warn!(%error, "ClickHouse does not answer")
+                }
+                _ => {}
+            }
+            was_ready = Some(outcome.is_ok());
+            tokio::select! {
+                () = tokio::time::sleep(PING_EVERY) => {}
+                () = stop.cancelled() => {}
+            }
         }
     }
 }
@@ -429,14 +604,31 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 /// Lets a request through when authentication is off, the route is open, or the request
-/// carries an accepted bearer token.
+/// carries the token of a client with the route's scope (403 for a client without it).
 async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let holder = state
-        .tokens
+        .clients
         .holder(request.headers().get(header::AUTHORIZATION));
     let caller = match holder {
-        Some(name) => name,
-        None if !state.tokens.enabled() || openapi::is_open(request.uri().path()) => {
+        Some(client) => {
+            let needed = request
+                .extensions()
+                .get::<MatchedPath>()
+                .and_then(|path| openapi::endpoint(request.method().as_str(), path.as_str()))
+                .and_then(|endpoint| endpoint.scope);
+            if let Some(scope) = needed.filter(|&scope| !client.may(scope)) {
+                let mut refused = ApiError::Forbidden(format!(
+                    "this token's client ({}) lacks the {} scope this operation needs",
+                    client.name,
+                    scope.as_str()
+                ))
+                .into_response();
+                refused.extensions_mut().insert(Caller(client.name.clone()));
+                return refused;
+            }
+            client.name.clone()
+        }
+        None if !state.clients.enabled() || openapi::is_open(request.uri().path()) => {
             "anonymous".to_owned()
         }
         None => {
@@ -517,12 +709,28 @@ mod tests {
     use tower::ServiceExt as _;
 
     use super::*;
-    use crate::config::ReplayConfig;
+    use crate::config::{Client, ReplayConfig, Scope};
     use crate::store::Limits;
     use serde_json::Value;
 
-    /// The API with a store pointing at a closed loopback port, and `tokens` (none: off).
+    /// The API with a store pointing at a closed loopback port, and `tokens` (none: off),
+    /// each a client with every scope.
     fn app(tokens: &[&str]) -> Router {
+        app_with(
+            tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| Client {
+                    name: format!("token-{}", i + 1),
+                    token: (*t).to_owned(),
+                    scopes: Scope::ALL.to_vec(),
+                })
+                .collect(),
+        )
+    }
+
+    /// The API with a store pointing at a closed loopback port, and `clients`.
+    fn app_with(clients: Vec<Client>) -> Router {
         let mut registry = Registry::default();
         let metrics = Metrics::new(&mut registry);
         let client = clickhouse::Client::default().with_url("http://127.0.0.1:9");
@@ -532,6 +740,8 @@ mod tests {
                 query_timeout_secs: 5,
                 export_timeout_secs: 5,
                 max_memory_bytes: 1 << 30,
+                max_result_rows: 100_000,
+                call_timeout: Duration::from_secs(5),
             },
         );
         let replays = Replays::new(
@@ -548,8 +758,11 @@ mod tests {
             default_limit: 100,
             // Not the config's default: the document must state the state's bound.
             max_limit: 900,
-            tokens: Tokens::new(tokens.iter().map(|t| (*t).to_owned()).collect()),
+            clients: Clients::new(clients),
             replays,
+            exports: Arc::new(tokio::sync::Semaphore::new(2)),
+            queries: Arc::new(tokio::sync::Semaphore::new(4)),
+            readiness: Readiness::default(),
         };
         router(state, Duration::from_secs(5))
     }
@@ -631,7 +844,7 @@ mod tests {
         for endpoint in openapi::ENDPOINTS {
             let path = concrete(endpoint.path);
             let (status, body) = call(&app, method(endpoint), &path, None).await;
-            if endpoint.auth {
+            if endpoint.scope.is_some() {
                 assert_eq!(
                     status,
                     StatusCode::UNAUTHORIZED,
@@ -660,6 +873,52 @@ mod tests {
                     "{} {path}",
                     endpoint.method
                 );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_reaches_exactly_the_operations_of_its_scopes() {
+        let token = |n: u8| format!("{n}123456789abcdef");
+        let clients = [
+            vec![Scope::Read],
+            vec![Scope::Export],
+            vec![Scope::Replay],
+            vec![Scope::Read, Scope::Export],
+        ];
+        let app = app_with(
+            clients
+                .iter()
+                .enumerate()
+                .map(|(i, scopes)| Client {
+                    name: format!("client-{i}"),
+                    token: token(i as u8),
+                    scopes: scopes.clone(),
+                })
+                .collect(),
+        );
+        for (i, scopes) in clients.iter().enumerate() {
+            for endpoint in openapi::ENDPOINTS {
+                let path = concrete(endpoint.path);
+                let (status, body) =
+                    call(&app, method(endpoint), &path, Some(&token(i as u8))).await;
+                match endpoint.scope {
+                    Some(scope) if !scopes.contains(&scope) => {
+                        assert_eq!(status, StatusCode::FORBIDDEN, "{scopes:?} {path}");
+                        assert_eq!(body["error"]["code"], "forbidden");
+                        let message = body["error"]["message"].as_str().unwrap_or_default();
+                        assert!(
+                            message.contains(scope.as_str())
+                                && message.contains(&format!("client-{i}")),
+                            "{message}"
+                        );
+                    }
+                    _ => assert!(
+                        status != StatusCode::FORBIDDEN && status != StatusCode::UNAUTHORIZED,
+                        "{scopes:?} {} {path}: {status} {body}",
+                        endpoint.method
+                    ),
+                }
             }
         }
     }

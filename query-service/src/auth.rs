@@ -1,19 +1,20 @@
-//! Bearer-token authentication: constant-time comparison against every configured token.
+//! Bearer-token authentication: constant-time comparison against every configured client's
+//! token, then a check of the client's scopes against the route's.
 
 use std::sync::Arc;
 
 use axum::http::HeaderValue;
 use subtle::ConstantTimeEq as _;
 
-/// The accepted tokens; empty means authentication is off.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Tokens(Arc<Vec<Vec<u8>>>);
+use crate::config::{Client, Scope};
 
-impl Tokens {
-    pub(crate) fn new(tokens: Vec<String>) -> Self {
-        Self(Arc::new(
-            tokens.into_iter().map(String::into_bytes).collect(),
-        ))
+/// The accepted clients; none means authentication is off.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Clients(Arc<Vec<Client>>);
+
+impl Clients {
+    pub(crate) fn new(clients: Vec<Client>) -> Self {
+        Self(Arc::new(clients))
     }
 
     /// Whether authentication is on.
@@ -21,23 +22,28 @@ impl Tokens {
         !self.0.is_empty()
     }
 
-    /// The name of the accepted token `authorization` carries (`token-<n>`, by its place in
-    /// the configuration; the access log names callers by it, never by the token). Every
-    /// token is compared, each in constant time, so timing tells nothing about which one
-    /// was close.
-    pub(crate) fn holder(&self, authorization: Option<&HeaderValue>) -> Option<String> {
+    /// The client whose token `authorization` carries. Every token is compared, each in
+    /// constant time, so timing tells nothing about which one was close.
+    pub(crate) fn holder(&self, authorization: Option<&HeaderValue>) -> Option<&Client> {
         let presented = authorization.and_then(|v| v.to_str().ok()).and_then(|v| {
             let (scheme, token) = v.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         })?;
         let presented = presented.as_bytes();
         let mut found = None;
-        for (i, token) in self.0.iter().enumerate() {
-            if bool::from(token.as_slice().ct_eq(presented)) {
-                found = Some(i);
+        for client in self.0.iter() {
+            if bool::from(client.token.as_bytes().ct_eq(presented)) {
+                found = Some(client);
             }
         }
-        found.map(|i| format!("token-{}", i + 1))
+        found
+    }
+}
+
+impl Client {
+    /// Whether this client may use a route that needs `scope`.
+    pub(crate) fn may(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
     }
 }
 
@@ -45,19 +51,32 @@ impl Tokens {
 mod tests {
     use super::*;
 
+    fn client(name: &str, token: &str, scopes: &[Scope]) -> Client {
+        Client {
+            name: name.into(),
+            token: token.into(),
+            scopes: scopes.to_vec(),
+        }
+    }
+
     #[test]
     fn only_a_configured_bearer_token_passes() {
-        let tokens = Tokens::new(vec!["0123456789abcdef".into(), "fedcba9876543210".into()]);
+        let clients = Clients::new(vec![
+            client("grafana", "0123456789abcdef", &[Scope::Read]),
+            client("token-1", "fedcba9876543210", &Scope::ALL),
+        ]);
         let header = |v: &str| HeaderValue::from_str(v).unwrap();
-        assert!(tokens.enabled());
-        assert_eq!(
-            tokens.holder(Some(&header("Bearer 0123456789abcdef"))),
-            Some("token-1".into())
-        );
-        assert_eq!(
-            tokens.holder(Some(&header("bearer fedcba9876543210"))),
-            Some("token-2".into())
-        );
+        assert!(clients.enabled());
+        let grafana = clients
+            .holder(Some(&header("Bearer 0123456789abcdef")))
+            .unwrap();
+        assert_eq!(grafana.name, "grafana");
+        assert!(grafana.may(Scope::Read) && !grafana.may(Scope::Export));
+        let plain = clients
+            .holder(Some(&header("bearer fedcba9876543210")))
+            .unwrap();
+        assert_eq!(plain.name, "token-1");
+        assert!(Scope::ALL.iter().all(|&s| plain.may(s)));
         for bad in [
             "Bearer 0123456789abcdeF",
             "Bearer 0123456789abcde",
@@ -66,9 +85,9 @@ mod tests {
             "0123456789abcdef",
             "Bearer ",
         ] {
-            assert_eq!(tokens.holder(Some(&header(bad))), None, "{bad}");
+            assert!(clients.holder(Some(&header(bad))).is_none(), "{bad}");
         }
-        assert_eq!(tokens.holder(None), None);
-        assert!(!Tokens::default().enabled());
+        assert!(clients.holder(None).is_none());
+        assert!(!Clients::default().enabled());
     }
 }

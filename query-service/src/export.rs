@@ -9,6 +9,8 @@ use futures::Stream;
 use prometheus_client::metrics::counter::Counter;
 use sightline_shared::DetectionEvent;
 use sightline_store::EventRow;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 
 use crate::model::Format;
 
@@ -20,12 +22,17 @@ pub const CSV_HEADER: &str = "event_id,captured_at,edge_id,camera_id,frame_seq,m
 
 /// The body of an export: `first` (already fetched, so a failing query became an error
 /// status instead of a cut-off body) and then the rest of `cursor`. A failure mid-stream
-/// ends the body early and is logged; the client sees a truncated transfer.
+/// ends the body early and is logged; the client sees a truncated transfer. So does
+/// reaching `deadline` (ClickHouse ends an export at its own time limit before that, so
+/// this stops one that stopped answering). `permit` (a place among the exports allowed at
+/// once) is held until the body ends or is dropped.
 pub fn body(
     format: Format,
     first: Option<EventRow>,
     cursor: RowCursor<EventRow>,
     returned: Counter,
+    deadline: Instant,
+    permit: OwnedSemaphorePermit,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
     let head = match format {
         Format::Csv => CSV_HEADER.to_owned(),
@@ -35,14 +42,26 @@ pub fn body(
         (Some(cursor), first, head),
         move |(cursor, mut pending, mut buf)| {
             let returned = returned.clone();
+            // Held as long as the stream is.
+            let _permit = &permit;
             async move {
                 let mut cursor = cursor?;
                 loop {
                     let row = match pending.take() {
                         Some(row) => Some(row),
-                        None => match cursor.next().await {
-                            Ok(row) => row,
-                            Err(error) => {
+                        None => match tokio::time::timeout_at(deadline, cursor.next()).await {
+                            Ok(Ok(row)) => row,
+                            Err(_) => {
+                                tracing::error!(
+                                    "export failed mid-stream: past its deadline, ClickHouse \
+                                     stopped answering"
+                                );
+                                return Some((
+                                    Err(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+                                    (None, None, String::new()),
+                                ));
+                            }
+                            Ok(Err(error)) => {
                                 tracing::error!(%error, "export failed mid-stream");
                                 return Some((
                                     Err(std::io::Error::other(error)),

@@ -19,5 +19,5 @@ mod replay;
 mod service;
 pub mod store;
 
-pub use config::{QueryConfig, ReplayConfig};
+pub use config::{AuthConfig, ClientConfig, QueryConfig, ReplayConfig, Scope};
 pub use service::run;

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use sightline_shared::subjects::MAX_SUBJECT_LEN;
 use sightline_shared::validate::{MAX_ID_LEN, MAX_LABEL_LEN};
 
+use crate::config::Scope;
 use crate::params::{self, Kind, Limits, Param};
 
 /// What the document takes from the service's configuration.
@@ -28,8 +29,8 @@ pub struct Endpoint {
     pub summary: &'static str,
     /// Query parameters, by group.
     pub query: &'static [&'static [Param]],
-    /// Whether a bearer token is needed when authentication is on.
-    pub auth: bool,
+    /// The scope a client needs when authentication is on; `None`: open to everyone.
+    pub scope: Option<Scope>,
     /// Success status and the schema of its body (`None`: not JSON).
     pub ok: (u16, Option<&'static str>),
     /// Error statuses this operation can answer with, beyond 401 and 5xx.
@@ -37,6 +38,7 @@ pub struct Endpoint {
 }
 
 const fn op(
+    scope: Scope,
     method: &'static str,
     path: &'static str,
     summary: &'static str,
@@ -49,7 +51,7 @@ const fn op(
         path,
         summary,
         query,
-        auth: true,
+        scope: Some(scope),
         ok,
         errors,
     }
@@ -65,7 +67,7 @@ const fn open(
         path,
         summary,
         query: &[],
-        auth: false,
+        scope: None,
         ok,
         errors: &[],
     }
@@ -77,46 +79,52 @@ pub const EXPORT_PATH: &str = "/v1/events/export";
 /// Every operation the service offers.
 pub const ENDPOINTS: &[Endpoint] = &[
     op(
+        Scope::Read,
         "get",
         "/v1/events",
         "Events matching a filter, one page at a time (keyset pagination: pass next_cursor back as cursor).",
         params::LIST_QUERY,
         (200, Some("EventPage")),
-        &[400],
+        &[400, 429],
     ),
     op(
+        Scope::Export,
         "get",
         EXPORT_PATH,
-        "Every event matching a filter, streamed as NDJSON (application/x-ndjson) or CSV (text/csv).",
+        "Every event matching a filter, streamed as NDJSON (application/x-ndjson) or CSV (text/csv). A few run at once; beyond that the answer is 429 busy.",
         params::EXPORT_QUERY,
         (200, None),
-        &[400],
+        &[400, 429],
     ),
     op(
+        Scope::Read,
         "get",
         "/v1/events/{id}",
         "One event by id.",
         &[],
         (200, Some("Event")),
-        &[400, 404],
+        &[400, 404, 429],
     ),
     op(
+        Scope::Read,
         "get",
         "/v1/cameras",
         "Every camera with its edges, first and last capture and event count.",
         params::CAMERAS_QUERY,
         (200, Some("CameraList")),
-        &[400],
+        &[400, 429],
     ),
     op(
+        Scope::Read,
         "get",
         "/v1/stats",
         "Detections per time bucket, grouped by camera and/or label, from the hourly rollup where it can answer exactly.",
         params::STATS_QUERY,
         (200, Some("Stats")),
-        &[400],
+        &[400, 429],
     ),
     op(
+        Scope::Replay,
         "post",
         "/v1/replay",
         "Start republishing a time range of events, oldest first, at a bounded rate, to a NATS subject under the configured prefix.",
@@ -125,6 +133,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         &[400, 403, 429],
     ),
     op(
+        Scope::Replay,
         "get",
         "/v1/replay",
         "Every replay this process remembers, oldest first.",
@@ -133,6 +142,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         &[400],
     ),
     op(
+        Scope::Replay,
         "get",
         "/v1/replay/{id}",
         "A replay's progress.",
@@ -141,6 +151,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         &[400, 404],
     ),
     op(
+        Scope::Replay,
         "delete",
         "/v1/replay/{id}",
         "Cancel a replay.",
@@ -249,9 +260,18 @@ fn response_body(schema: Option<&str>, path: &str) -> Value {
     }
 }
 
+/// The operation `method` (any case) on the route template `path`, if documented.
+pub fn endpoint(method: &str, path: &str) -> Option<&'static Endpoint> {
+    ENDPOINTS
+        .iter()
+        .find(|e| e.path == path && e.method.eq_ignore_ascii_case(method))
+}
+
 /// Whether `path` is open without a token: the probes, metrics and this document.
 pub fn is_open(path: &str) -> bool {
-    ENDPOINTS.iter().any(|e| !e.auth && e.path == path)
+    ENDPOINTS
+        .iter()
+        .any(|e| e.scope.is_none() && e.path == path)
 }
 
 /// The whole document for a service configured as `settings`.
@@ -263,22 +283,23 @@ pub fn document(settings: &Settings) -> Value {
         ok["description"] = json!("success");
         responses.insert(e.ok.0.to_string(), ok);
         let error = json!({"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
-        let needs_token = e.auth && settings.auth;
-        for status in e
-            .errors
-            .iter()
-            .chain(if needs_token { &[401][..] } else { &[][..] })
-        {
+        let needs_token = e.scope.is_some() && settings.auth;
+        for status in e.errors.iter().chain(if needs_token {
+            &[401, 403][..]
+        } else {
+            &[][..]
+        }) {
             responses.insert(status.to_string(), error.clone());
         }
         // 503: ClickHouse unavailable or the query over its limits (replay bookkeeping
-        // does not touch it); 504: past the request timeout (exports have none).
+        // does not touch it); 504: past the request timeout, or ClickHouse did not answer
+        // in time (an export's first rows).
         let reads_clickhouse =
             e.path.starts_with("/v1/") && !(e.path.starts_with("/v1/replay") && e.method != "post");
         if reads_clickhouse {
             responses.insert("503".into(), error.clone());
         }
-        if e.path.starts_with("/v1/") && e.path != EXPORT_PATH {
+        if e.path.starts_with("/v1/") {
             responses.insert("504".into(), error.clone());
         }
         let mut operation = json!({
@@ -287,7 +308,14 @@ pub fn document(settings: &Settings) -> Value {
             "parameters": parameters(e, settings),
             "responses": responses,
         });
-        if settings.auth && !e.auth {
+        if let (true, Some(scope)) = (settings.auth, e.scope) {
+            operation["x-sightline-scope"] = json!(scope.as_str());
+            operation["description"] = json!(format!(
+                "Needs a client with the `{}` scope (403 otherwise).",
+                scope.as_str()
+            ));
+        }
+        if settings.auth && e.scope.is_none() {
             operation["security"] = json!([]);
         }
         paths
@@ -302,7 +330,7 @@ pub fn document(settings: &Settings) -> Value {
             "title": "Sightline query API",
             "version": env!("CARGO_PKG_VERSION"),
             "description": if settings.auth {
-                "Historical detection events. Every bad parameter is a 400 whose body names it; unknown parameters are rejected. Send Authorization: Bearer <token> to every operation but the probes, /metrics and this document."
+                "Historical detection events. Every bad parameter is a 400 whose body names it; unknown parameters are rejected. Send Authorization: Bearer <token> to every operation but the probes, /metrics and this document; each operation needs its scope (read, export or replay) on the client the token belongs to. An answer that would be larger than the service allows is a 400 too_large that says how to narrow the request."
             } else {
                 "Historical detection events. Every bad parameter is a 400 whose body names it; unknown parameters are rejected. This service has no tokens configured: no operation needs one."
             },
@@ -322,7 +350,7 @@ fn schemas() -> Value {
     json!({
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "required": ["code", "message"], "properties": {
-                "code": {"type": "string", "enum": ["bad_parameter", "unauthorized", "forbidden", "not_found", "method_not_allowed", "busy", "unavailable", "over_limit", "timeout", "internal"]},
+                "code": {"type": "string", "enum": ["bad_parameter", "too_large", "unauthorized", "forbidden", "not_found", "method_not_allowed", "busy", "unavailable", "over_limit", "timeout", "internal"]},
                 "parameter": {"type": "string", "description": "the parameter at fault (bad_parameter only)"},
                 "message": {"type": "string"}}}}},
         "Detection": {"type": "object", "additionalProperties": false,

@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
+use sightline_runtime::http::HttpLimits;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{AppState, router};
-use crate::auth::Tokens;
+use crate::api::{AppState, Readiness, router};
+use crate::auth::Clients;
 use crate::config::QueryConfig;
 use crate::metrics::Metrics;
 use crate::replay::Replays;
@@ -26,9 +27,15 @@ pub async fn run(
     let client =
         sightline_store::client(&config.clickhouse)?.with_database(&config.clickhouse.database);
     let store = Store::new(client, Limits::from(&config));
-    let tokens = Tokens::new(config.auth.load_tokens()?);
-    if !tokens.enabled() {
-        tracing::warn!("authentication is off: no [auth] tokens configured");
+    let clients = Clients::new(config.auth.load_clients()?);
+    if !clients.enabled() {
+        tracing::warn!("authentication is off: no [[auth.clients]] or [auth] tokens configured");
+    }
+    if config.auth.uses_plain_tokens() {
+        tracing::warn!(
+            "[auth] tokens and token_file are deprecated: each such token may read, export \
+             and replay; name each client with its scopes in [[auth.clients]] instead"
+        );
     }
     let nats = if config.replay.enabled {
         Some(sightline_runtime::connect_nats(&config.nats, "sightline-query").await?)
@@ -49,20 +56,30 @@ pub async fn run(
         registry: Arc::new(registry),
         default_limit: config.default_limit,
         max_limit: config.max_limit,
-        tokens,
+        clients,
         replays,
+        exports: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_exports)),
+        queries: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_queries)),
+        readiness: Readiness::default(),
     };
+    let watching = tokio::spawn(
+        state
+            .readiness
+            .clone()
+            .watch(state.store.clone(), stop.clone()),
+    );
     let app = router(state, Duration::from_secs(config.request_timeout_secs));
     tracing::info!(address = %listener.local_addr()?, "query service listening");
     let stopping = stop.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            // Replays stop publishing at once; open exports end when their clients are done.
-            stopping.cancel();
-        })
-        .await?;
+    let limits = HttpLimits::from_secs(config.header_read_timeout_secs);
+    sightline_runtime::http::serve(listener, app, limits, async move {
+        shutdown.await;
+        // Replays stop publishing at once; open exports end when their clients are done.
+        stopping.cancel();
+    })
+    .await?;
     stop.cancel();
+    watching.await.ok();
     tracing::info!("query service stopped");
     Ok(())
 }

@@ -4,7 +4,11 @@
 //! `readonly = 2`, which allows setting them and nothing else).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use clickhouse::query::Query;
 use clickhouse::query::RowCursor;
@@ -33,13 +37,22 @@ pub enum StoreError {
     /// ClickHouse does not know the time zone the caller named.
     #[error("ClickHouse does not know the time zone {0:?}")]
     UnknownTimeZone(String),
+    /// The answer would have more rows than the service returns at once.
+    #[error("the answer has more than {0} rows")]
+    TooLarge(u64),
+    /// ClickHouse did not answer within the client-side timeout.
+    #[error("ClickHouse did not answer within {0:?}")]
+    TimedOut(Duration),
 }
 
 impl From<clickhouse::error::Error> for StoreError {
     fn from(error: clickhouse::error::Error) -> Self {
         match sightline_store::classify(&error) {
             ErrorKind::Unavailable => Self::Unavailable(error),
-            ErrorKind::OverLimit { .. } => Self::OverLimit(error),
+            // Only the store knows the limit it set: see `Store::call`.
+            ErrorKind::OverLimit { .. } | ErrorKind::ResultTooLarge { .. } => {
+                Self::OverLimit(error)
+            }
             _ => Self::Query(error),
         }
     }
@@ -51,6 +64,11 @@ pub struct Limits {
     pub query_timeout_secs: u64,
     pub export_timeout_secs: u64,
     pub max_memory_bytes: u64,
+    /// Most rows one answer may have (exports excepted): ClickHouse's `max_result_rows`,
+    /// and the total bucket limit of stats and the camera list.
+    pub max_result_rows: u64,
+    /// How long the client waits for ClickHouse to answer a call (`clickhouse.timeout_ms`).
+    pub call_timeout: Duration,
 }
 
 impl From<&crate::QueryConfig> for Limits {
@@ -59,6 +77,8 @@ impl From<&crate::QueryConfig> for Limits {
             query_timeout_secs: config.query_timeout_secs,
             export_timeout_secs: config.export_timeout_secs,
             max_memory_bytes: config.query_max_memory_bytes,
+            max_result_rows: config.max_result_rows,
+            call_timeout: config.clickhouse.timeout(),
         }
     }
 }
@@ -72,6 +92,9 @@ pub struct Store {
     zones: Arc<Mutex<HashMap<String, bool>>>,
     /// How pages over long or open ranges are read.
     page_plan: PagePlan,
+    max_result_rows: u64,
+    call_timeout: Duration,
+    export_timeout: Duration,
 }
 
 /// How a page of events over a long or open range is read. The two-step plan is the faster
@@ -329,6 +352,9 @@ impl Store {
     pub fn new(client: Client, limits: Limits) -> Self {
         let client = client.with_setting("max_memory_usage", limits.max_memory_bytes.to_string());
         Self {
+            max_result_rows: limits.max_result_rows,
+            call_timeout: limits.call_timeout,
+            export_timeout: Duration::from_secs(limits.export_timeout_secs),
             export_client: client
                 .clone()
                 .with_setting("max_execution_time", limits.export_timeout_secs.to_string())
@@ -336,8 +362,14 @@ impl Store {
                     "max_bytes_before_external_sort",
                     (limits.max_memory_bytes / 2).to_string(),
                 ),
+            // Every answer but an export's is bounded: the queries carry their own LIMIT,
+            // and this catches one that does not (the whole answer is buffered on the
+            // server first, so an overflow is an error status, not a cut-off body).
             client: client
-                .with_setting("max_execution_time", limits.query_timeout_secs.to_string()),
+                .with_setting("max_execution_time", limits.query_timeout_secs.to_string())
+                .with_setting("max_result_rows", limits.max_result_rows.to_string())
+                .with_setting("result_overflow_mode", "throw")
+                .with_setting("wait_end_of_query", "1"),
             zones: Arc::default(),
             page_plan: PagePlan::default(),
         }
@@ -385,21 +417,16 @@ impl Store {
             ));
             keys.detections_filter(filter);
             keys.events_page(sort, cursor, Some(fetch));
-            let keys = keys.query(&self.client).fetch_all::<EventKey>().await?;
+            let keys = self
+                .call(keys.query(&self.client).fetch_all::<EventKey>())
+                .await?;
             // Only a full page is trusted: `detections` may keep fewer days than `events`
             // (`retention.detections_days`), so a short answer might end early.
             if keys.len() as u64 == fetch {
-                let marks = vec!["(?, ?)"; keys.len()].join(", ");
-                let mut sql = Sql::new(&format!(
-                    "SELECT ?fields FROM {EVENTS} PREWHERE (camera_id, captured_at_ms) IN ({marks})"
-                ));
-                for key in &keys {
-                    sql.bind(BindValue::Str(key.camera_id.clone()))
-                        .bind(BindValue::I64(key.captured_at_ms));
-                }
-                sql.events_filter(filter);
-                sql.events_page(sort, cursor, Some(fetch));
-                let rows = sql.query(&self.client).fetch_all::<EventRow>().await?;
+                let sql = key_slice(&keys, filter, sort, cursor, fetch);
+                let rows = self
+                    .call(sql.query(&self.client).fetch_all::<EventRow>())
+                    .await?;
                 if rows.len() == keys.len() {
                     return Ok(Page::from_rows(rows, limit, sort));
                 }
@@ -410,9 +437,8 @@ impl Store {
         let short = matches!((filter.since, filter.until), (Some(since), Some(until))
             if until.as_millis() - since.as_millis() <= SHORT_RANGE_MS);
         if short || self.page_plan == PagePlan::OneQuery {
-            let rows = page(None)
-                .query(&self.client)
-                .fetch_all::<EventRow>()
+            let rows = self
+                .call(page(None).query(&self.client).fetch_all::<EventRow>())
                 .await?;
             return Ok(Page::from_rows(rows, limit, sort));
         }
@@ -429,22 +455,26 @@ impl Store {
             sort.direction()
         ))
         .bind(BindValue::U64(fetch));
-        let keys = keys.query(&self.client).fetch_all::<i64>().await?;
+        let keys = self
+            .call(keys.query(&self.client).fetch_all::<i64>())
+            .await?;
         let Some(&bound) = keys.last() else {
             return Ok(Page::from_rows(Vec::new(), limit, sort));
         };
         // Fewer keys than asked: everything matching is at or before the bound anyway.
         let bounded = keys.len() as u64 == fetch;
-        let mut rows = page(bounded.then_some(bound))
-            .query(&self.client)
-            .fetch_all::<EventRow>()
+        let mut rows = self
+            .call(
+                page(bounded.then_some(bound))
+                    .query(&self.client)
+                    .fetch_all::<EventRow>(),
+            )
             .await?;
         if bounded && (rows.len() as u64) < fetch {
             // Unmerged copies of an event took some of step 1's places, so the bound cut
             // the page short: read it again without the bound (rare, and still correct).
-            rows = page(None)
-                .query(&self.client)
-                .fetch_all::<EventRow>()
+            rows = self
+                .call(page(None).query(&self.client).fetch_all::<EventRow>())
                 .await?;
         }
         Ok(Page::from_rows(rows, limit, sort))
@@ -468,32 +498,36 @@ impl Store {
     pub async fn count_events(&self, filter: &EventFilter) -> Result<u64, StoreError> {
         let mut sql = Sql::new(&format!("SELECT uniqExact(event_id) FROM {EVENTS} WHERE 1"));
         sql.events_filter(filter);
-        Ok(sql.query(&self.client).fetch_one::<u64>().await?)
+        self.call(sql.query(&self.client).fetch_one::<u64>()).await
     }
 
     /// One event by id: the `events_by_id` lookup gives its camera and capture time, which
     /// locate it in `events` by primary key, so found or not it costs two point reads.
     pub async fn get_event(&self, id: EventId) -> Result<Option<DetectionEvent>, StoreError> {
         let Some(place) = self
-            .client
-            .query(&format!("SELECT camera_id, captured_at_ms FROM {EVENTS_BY_ID} WHERE event_id = toUUID(?) LIMIT 1"))
-            .bind(id.to_string())
-            .fetch_optional::<(String, i64)>()
+            .call(
+                self.client
+                    .query(&format!("SELECT camera_id, captured_at_ms FROM {EVENTS_BY_ID} WHERE event_id = toUUID(?) LIMIT 1"))
+                    .bind(id.to_string())
+                    .fetch_optional::<(String, i64)>(),
+            )
             .await?
         else {
             return Ok(None);
         };
         let row = self
-            .client
-            .query(&format!(
-                "SELECT ?fields FROM {EVENTS} WHERE camera_id = ? AND captured_at = toDateTime(?) \
-                 AND captured_at_ms = ? AND event_id = toUUID(?) LIMIT 1"
-            ))
-            .bind(place.0.as_str())
-            .bind(place.1.div_euclid(1000))
-            .bind(place.1)
-            .bind(id.to_string())
-            .fetch_optional::<EventRow>()
+            .call(
+                self.client
+                    .query(&format!(
+                        "SELECT ?fields FROM {EVENTS} WHERE camera_id = ? AND captured_at = toDateTime(?) \
+                         AND captured_at_ms = ? AND event_id = toUUID(?) LIMIT 1"
+                    ))
+                    .bind(place.0.as_str())
+                    .bind(place.1.div_euclid(1000))
+                    .bind(place.1)
+                    .bind(id.to_string())
+                    .fetch_optional::<EventRow>(),
+            )
             .await?;
         Ok(row.map(EventRow::into_event))
     }
@@ -506,8 +540,14 @@ impl Store {
              max(captured_at_ms), count() FROM {EVENTS} WHERE 1"
         ));
         sql.range(range.since, range.until);
-        sql.push(" GROUP BY camera_id ORDER BY camera_id");
-        let mut rows = sql.query(&self.client).fetch_all::<CameraRow>().await?;
+        sql.push(" GROUP BY camera_id ORDER BY camera_id LIMIT ?")
+            .bind(BindValue::U64(self.max_result_rows + 1));
+        let mut rows = self
+            .call(sql.query(&self.client).fetch_all::<CameraRow>())
+            .await?;
+        if rows.len() as u64 > self.max_result_rows {
+            return Err(StoreError::TooLarge(self.max_result_rows));
+        }
         for row in &mut rows {
             row.edges.sort();
         }
@@ -519,8 +559,16 @@ impl Store {
     /// hours, no edge or confidence filter), else from the per-object table.
     pub async fn stats(&self, q: &StatsQuery) -> Result<(StatsSource, Vec<StatsRow>), StoreError> {
         let whole_hours = self.zone_has_whole_hours(&q.tz).await?;
-        let (source, sql) = stats_sql(q, whole_hours);
-        let rows = sql.query(&self.client).fetch_all::<StatsRow>().await?;
+        let (source, mut sql) = stats_sql(q, whole_hours);
+        // The total over every group, not per group: one more row tells it was exceeded.
+        sql.push(" LIMIT ?")
+            .bind(BindValue::U64(self.max_result_rows + 1));
+        let rows = self
+            .call(sql.query(&self.client).fetch_all::<StatsRow>())
+            .await?;
+        if rows.len() as u64 > self.max_result_rows {
+            return Err(StoreError::TooLarge(self.max_result_rows));
+        }
         Ok((source, rows))
     }
 
@@ -541,8 +589,10 @@ impl Store {
             )
             .bind(tz)
             .bind(tz)
-            .fetch_one::<u8>()
-            .await;
+            .fetch_one::<u8>();
+        let answer = tokio::time::timeout(self.call_timeout, answer)
+            .await
+            .map_err(|_| StoreError::TimedOut(self.call_timeout))?;
         let whole = match answer {
             Ok(v) => v == 1,
             // The zone is the query's only value from the caller: a bad argument is the zone.
@@ -568,11 +618,95 @@ impl Store {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Whether ClickHouse answers.
+    /// Whether ClickHouse answers, within the shorter of the call timeout and
+    /// [`PING_TIMEOUT`] (a readiness probe must not hang).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.client.query("SELECT 1").execute().await?;
+        let limit = self.call_timeout.min(PING_TIMEOUT);
+        tokio::time::timeout(limit, self.client.query("SELECT 1").execute())
+            .await
+            .map_err(|_| StoreError::TimedOut(limit))??;
         Ok(())
     }
+
+    /// When an export started now must have ended on the client side: ClickHouse stops it
+    /// at `export_timeout_secs` (its `max_execution_time`), so this is a backstop for a
+    /// server that stopped answering, one call timeout later.
+    pub fn export_deadline(&self) -> Instant {
+        Instant::now() + self.export_timeout + self.call_timeout
+    }
+
+    /// Runs one ClickHouse call under the client-side timeout, and names an answer over
+    /// `max_result_rows` as too large.
+    pub(crate) async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<T, clickhouse::error::Error>>,
+    ) -> Result<T, StoreError> {
+        self.call_until(Instant::now() + self.call_timeout, call)
+            .await
+    }
+
+    /// [`Self::call`] with a deadline of its own (an export's).
+    pub(crate) async fn call_until<T>(
+        &self,
+        deadline: Instant,
+        call: impl Future<Output = Result<T, clickhouse::error::Error>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        match tokio::time::timeout_at(deadline, call).await {
+            Err(_) => Err(StoreError::TimedOut(started.elapsed())),
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error))
+                if matches!(
+                    sightline_store::classify(&error),
+                    ErrorKind::ResultTooLarge { .. }
+                ) =>
+            {
+                tracing::debug!(%error, "answer over max_result_rows");
+                Err(StoreError::TooLarge(self.max_result_rows))
+            }
+            Ok(Err(error)) => Err(error.into()),
+        }
+    }
+}
+
+/// The longest a readiness ping waits for ClickHouse.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Pages of more keys than this read the slice between them without naming the cameras.
+const MAX_SLICE_CAMERAS: usize = 100;
+
+/// The events of a page whose `keys` (camera and capture time, in `sort` order, found in
+/// the per-object table) are known: the slice of `events` between the first and the last
+/// key's capture time on the keys' cameras, filtered and paged again. Never an `IN` list of
+/// every key: a page of 20,000 would pass ClickHouse's `max_query_size`. The slice holds the
+/// same events as the keys (the filter is the same), and events after the last key at its
+/// very millisecond sort after them and fall off the page's limit.
+fn key_slice(
+    keys: &[EventKey],
+    filter: &EventFilter,
+    sort: Sort,
+    cursor: Option<Cursor>,
+    fetch: u64,
+) -> Sql {
+    let low = keys.iter().map(|k| k.captured_at_ms).min().unwrap_or(0);
+    let high = keys.iter().map(|k| k.captured_at_ms).max().unwrap_or(0);
+    let mut sql = Sql::new(&format!(
+        "SELECT ?fields FROM {EVENTS} PREWHERE captured_at >= toDateTime(?) \
+         AND captured_at <= toDateTime(?) AND captured_at_ms >= ? AND captured_at_ms <= ?"
+    ));
+    sql.bind(BindValue::I64(low.div_euclid(1000)))
+        .bind(BindValue::I64(high.div_euclid(1000)))
+        .bind(BindValue::I64(low))
+        .bind(BindValue::I64(high));
+    let mut cameras: Vec<String> = keys.iter().map(|k| k.camera_id.clone()).collect();
+    cameras.sort_unstable();
+    cameras.dedup();
+    if cameras.len() <= MAX_SLICE_CAMERAS {
+        sql.any_of("camera_id", &cameras);
+    }
+    sql.events_filter(filter);
+    sql.events_page(sort, cursor, Some(fetch));
+    sql
 }
 
 /// The SQL of a stats request: from the hourly rollup when it can answer exactly (hour or

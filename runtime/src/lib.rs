@@ -1,9 +1,10 @@
 //! Process plumbing shared by the three binaries, so each `main.rs` stays a thin shell
 //! around its library's `run(config, ..., shutdown)`: logging flags and set-up, loading the
-//! config file, shutdown signals, the NATS connection, the `/metrics` response (served
-//! by ingest and query; the edge agent has no HTTP endpoint yet) and the shared retry loop
+//! config file, shutdown signals, the NATS connection, the `/metrics` response, serving
+//! HTTP with timeouts ([`http`], for the three listeners) and the shared retry loop
 //! ([`retry`]).
 
+pub mod http;
 pub mod retry;
 
 use std::path::Path;

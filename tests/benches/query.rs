@@ -16,10 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use prometheus_client::registry::Registry;
 use rand::Rng as _;
-use sightline_ingest::metrics::Metrics as IngestMetrics;
-use sightline_ingest::sink::Sink;
 use sightline_query::QueryConfig;
 use sightline_query::model::{EventFilter, Sort};
 use sightline_query::params;
@@ -27,7 +24,6 @@ use sightline_query::store::{Limits, PagePlan, Store};
 use sightline_shared::Timestamp;
 use sightline_shared::config::ClickHouseConfig;
 use sightline_store::EventRow;
-use sightline_tests::ClickHouseServer;
 use sightline_tests::data;
 use tokio_util::sync::CancellationToken;
 
@@ -49,14 +45,7 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
-    let clickhouse = ClickHouseServer::start()?;
-    let admin = sightline_store::client(&clickhouse.config())?;
-    sightline_store::migrations::migrate(&admin, "sightline").await?;
-    let sink = Sink::new(
-        admin.clone().with_database("sightline"),
-        Duration::from_secs(300),
-        IngestMetrics::new(&mut Registry::default()),
-    );
+    let (clickhouse, admin, sink) = sightline_tests::stack::bench_clickhouse().await?;
 
     // Load: time-ordered over the last 30 days, in batches like the ingest service's.
     println!(

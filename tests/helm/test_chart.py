@@ -1,12 +1,14 @@
 """The Helm chart, checked with Helm's own engine (helm-python-sdk wraps Helm's Go SDK:
 render and lint offline) and every rendered manifest validated against the Kubernetes
 schemas (kubernetes-validate). The rendered service configs must pass the real binaries'
---check-config; bad values must fail the chart's values.schema.json naming the key."""
+--check-config with the secret files exactly as each pod mounts them; each pod reaches only
+its own secrets' keys; bad values must fail the chart's values.schema.json naming the key."""
 
 import os
 import pathlib
 import subprocess
 import tempfile
+import tomllib
 
 import helm_python as helm
 import kubernetes_validate
@@ -29,11 +31,19 @@ VALUE_SETS = {
         "networkPolicy": {"enabled": False},
     },
     "everything on": {
-        "nats": {"url": "tls://nats.example:4222", "credentials": "-----BEGIN NATS USER JWT-----"},
+        "nats": {
+            "url": "tls://nats.example:4222",
+            "credentials": "-----BEGIN NATS USER JWT----- ingest",
+            "replayCredentials": "-----BEGIN NATS USER JWT----- replay",
+        },
         "clickhouse": {"url": "https://ch.example:8443", "ingestPassword": "p1", "queryPassword": "p2"},
         "image": {"registry": "registry.example", "pullSecrets": [{"name": "regcred"}]},
         "ingest": {"autoscaling": {"enabled": True}, "retention": {"eventsDays": 7}},
-        "query": {"tokens": ["a-token-of-20-chars!"], "service": {"type": "LoadBalancer", "port": 80}},
+        "query": {
+            "tokens": ["a-token-of-20-chars!"],
+            "service": {"type": "LoadBalancer", "port": 80},
+            "replay": {"enabled": True},
+        },
         "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
     },
     "existing secrets, query only": {
@@ -41,6 +51,25 @@ VALUE_SETS = {
         "nats": {"existingSecret": "nats-creds"},
         "query": {"existingTokenSecret": "api-tokens"},
         "ingest": {"enabled": False},
+    },
+    "named clients, replay with its own NATS user": {
+        "nats": {"credentials": "ingest-creds", "replayCredentials": "replay-creds"},
+        "clickhouse": PASSWORDS,
+        "query": {
+            "clients": [
+                {"name": "grafana", "scopes": ["read"], "token": "grafana-token-0001"},
+                {"name": "ops_team-2", "scopes": ["read", "export", "replay"], "token": "ops-token-00000002"},
+            ],
+            "replay": {"enabled": True},
+        },
+    },
+    "named clients from existing secrets": {
+        "clickhouse": {"existingSecret": "ch-creds"},
+        "nats": {"existingSecret": "nats-creds"},
+        "query": {
+            "clients": [{"name": "grafana", "scopes": ["read"]}, {"name": "exporter", "scopes": ["export"]}],
+            "existingClientSecret": "api-clients",
+        },
     },
 }
 
@@ -55,6 +84,55 @@ def render(values):
             continue
         docs.extend(d for d in yaml.safe_load_all(text) if d)
     return docs
+
+
+def notes(values):
+    chart = helm.Chart.load(str(CHART))
+    manifests = chart.render(values, name="sl", namespace="sightline", is_install=True)
+    return next(text for path, text in manifests.items() if path.endswith("NOTES.txt"))
+
+
+def pods(docs):
+    """Each Deployment's pod spec, by component."""
+    return {
+        d["metadata"]["labels"]["app.kubernetes.io/component"]: d["spec"]["template"]["spec"]
+        for d in docs
+        if d["kind"] == "Deployment"
+    }
+
+
+def reachable_secrets(pod):
+    """Every (secret, key) the pod spec can read: secret and projected volumes, env and
+    envFrom, in every container. A key of "*" means the whole secret."""
+    reach = set()
+
+    def from_volume_source(source):
+        name = source.get("secretName") or source.get("name")  # a secret or a projected volume
+        if "items" in source:
+            reach.update((name, item["key"]) for item in source["items"])
+        else:
+            reach.add((name, "*"))
+
+    for volume in pod.get("volumes", []):
+        if "secret" in volume:
+            from_volume_source(volume["secret"])
+        for source in volume.get("projected", {}).get("sources", []):
+            if "secret" in source:
+                from_volume_source(source["secret"])
+    for container in pod.get("containers", []) + pod.get("initContainers", []):
+        for env in container.get("env", []):
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                reach.add((ref["name"], ref["key"]))
+        for env_from in container.get("envFrom", []):
+            if "secretRef" in env_from:
+                reach.add((env_from["secretRef"]["name"], "*"))
+    return reach
+
+
+# Stand-ins for the keys of existing secrets the operator made (the chart renders no contents).
+STAND_INS = {"ingest-password": "p", "query-password": "p", "ingest.creds": "creds", "query.creds": "creds",
+             "tokens": "an-operator-token-0001"}
 
 
 def binary(name):
@@ -98,26 +176,45 @@ def test_every_manifest_is_valid_kubernetes(name):
             assert {m["name"] for m in container["volumeMounts"]} <= volumes
 
 
+def mount_secrets(docs, pod, root):
+    """Lay out under root the secret files the pod mounts under /etc/sightline/secrets, as
+    Kubernetes would: the rendered secrets' contents, or stand-ins for existing ones."""
+    made = {d["metadata"]["name"]: d["stringData"] for d in docs if d["kind"] == "Secret"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for mount in pod["containers"][0]["volumeMounts"]:
+        prefix = "/etc/sightline/secrets/"
+        if not mount["mountPath"].startswith(prefix):
+            continue
+        source = volumes[mount["name"]]["secret"]
+        contents = made.get(source["secretName"])
+        if "items" in source:
+            keys = [(i["key"], i["path"]) for i in source["items"]]
+        elif contents is not None:
+            keys = [(k, k) for k in contents]
+        else:
+            keys = [(k, k) for k in STAND_INS]
+        directory = root / mount["mountPath"][len(prefix):]
+        directory.mkdir(parents=True, exist_ok=True)
+        for key, path in keys:
+            if contents is not None:
+                if key not in contents:
+                    continue  # Kubernetes would refuse to start the pod: the config check fails.
+                value = contents[key]
+            else:
+                value = STAND_INS.get(key, f"an-operator-token-for-{key}")
+            (directory / path).write_text(value + "\n")
+
+
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_rendered_configs_pass_the_binaries_check(name):
+    """Each config, with the secret files exactly as its own pod mounts them (a path the
+    config names but the pod does not mount fails the check)."""
     docs = render(VALUE_SETS[name])
     config = next(d for d in docs if d["kind"] == "ConfigMap")
-    # The secrets as the pods mount them: the rendered ones' contents, or stand-ins for
-    # existing secrets the operator made.
-    made = {}
-    for secret in (d for d in docs if d["kind"] == "Secret"):
-        made.update(secret["stringData"])
-    with tempfile.TemporaryDirectory() as secrets:
-        for path, key, stand_in in [
-            ("clickhouse/ingest-password", "ingest-password", "p"),
-            ("clickhouse/query-password", "query-password", "p"),
-            ("nats/nats.creds", "nats.creds", "creds"),
-            ("tokens/tokens", "tokens", "an-operator-token-0001"),
-        ]:
-            file = pathlib.Path(secrets) / path
-            file.parent.mkdir(parents=True, exist_ok=True)
-            file.write_text(made.get(key, stand_in) + "\n")
-        for key, binary_name in [("ingest.toml", "ingest-service"), ("query.toml", "query-service")]:
+    for component, pod in pods(docs).items():
+        key, binary_name = f"{component}.toml", f"{component}-service"
+        with tempfile.TemporaryDirectory() as secrets:
+            mount_secrets(docs, pod, pathlib.Path(secrets))
             text = config["data"][key].replace("/etc/sightline/secrets", secrets)
             with tempfile.NamedTemporaryFile("w", suffix=".toml") as f:
                 f.write(text)
@@ -220,11 +317,25 @@ def test_a_changed_secret_or_config_rolls_the_pods():
         **VALUE_SETS["everything on"]["clickhouse"], "queryPassword": "p3"}})
     retention = annotations({**VALUE_SETS["everything on"], "ingest": {
         **VALUE_SETS["everything on"]["ingest"], "retention": {"eventsDays": 8}}})
+    replay_creds = annotations({**VALUE_SETS["everything on"], "nats": {
+        **VALUE_SETS["everything on"]["nats"], "replayCredentials": "-----BEGIN NATS USER JWT----- new"}})
     for name, before in base.items():
         assert password[name]["checksum/secret"] != before["checksum/secret"], name
         assert password[name]["checksum/config"] == before["checksum/config"], name
         assert retention[name]["checksum/config"] != before["checksum/config"], name
         assert retention[name]["checksum/secret"] == before["checksum/secret"], name
+        assert replay_creds[name]["checksum/secret"] != before["checksum/secret"], name
+        assert replay_creds[name]["checksum/config"] == before["checksum/config"], name
+
+    # A client's new token (the config only names its file) rolls the query pods.
+    clients = VALUE_SETS["named clients, replay with its own NATS user"]
+    before = annotations(clients)
+    grafana, *others = clients["query"]["clients"]
+    rotated = [{**grafana, "token": "grafana-token-0002"}, *others]
+    after = annotations({**clients, "query": {**clients["query"], "clients": rotated}})
+    query = "sl-sightline-query"
+    assert after[query]["checksum/secret"] != before[query]["checksum/secret"]
+    assert after[query]["checksum/config"] == before[query]["checksum/config"]
 
 
 @pytest.mark.parametrize(
@@ -239,6 +350,10 @@ def test_a_changed_secret_or_config_rolls_the_pods():
         ({"ingest": {"replcas": 3}}, "replcas"),
         ({"ingest": {"stream": {"replicas": 2}}}, "/ingest/stream/replicas"),
         ({"ingest": {"leaderElection": {"leaseName": "Bad_Name"}}}, "/ingest/leaderElection/leaseName"),
+        ({"query": {"clients": [{"name": "grafana", "scopes": ["write"]}]}}, "/query/clients/0/scopes/0"),
+        ({"query": {"clients": [{"name": "Grafana.Prod", "scopes": ["read"]}]}}, "/query/clients/0/name"),
+        ({"query": {"clients": [{"name": "grafana", "scopes": []}]}}, "/query/clients/0/scopes"),
+        ({"query": {"clients": [{"name": "grafana", "scopes": ["read"], "token": "short"}]}}, "/query/clients/0/token"),
     ],
 )
 def test_bad_values_fail_the_schema_naming_the_key(values, key):
@@ -300,3 +415,146 @@ def test_a_clickhouse_user_without_a_password_is_refused(missing):
     assert f"clickhouse.{missing} is empty" in str(refused.value), refused.value
     # An existing secret holds them instead.
     assert render({**MINIMAL, "clickhouse": {"existingSecret": "ch-creds"}})
+
+
+# Who holds which NATS credentials: the sets above plus replay on and off around each source.
+BOTH_CREDS = {"credentials": "ingest-creds", "replayCredentials": "replay-creds"}
+EXISTING_NATS = {"existingSecret": "nats-creds"}
+REPLAY_ON = {**MINIMAL["query"], "replay": {"enabled": True}}
+SECRET_CASES = {
+    **VALUE_SETS,
+    "both credentials, replay off": {**MINIMAL, "nats": BOTH_CREDS},
+    "both credentials, replay on": {**MINIMAL, "nats": BOTH_CREDS, "query": REPLAY_ON},
+    "existing NATS secret, replay on": {**MINIMAL, "nats": EXISTING_NATS, "query": REPLAY_ON},
+    "existing NATS secret, replay off": {**MINIMAL, "nats": EXISTING_NATS},
+}
+
+
+@pytest.mark.parametrize("name", SECRET_CASES)
+def test_each_workload_reaches_only_its_own_nats_credentials(name):
+    """The query pod spec has no volume, mount or env that reaches the ingest user's NATS
+    credentials or ClickHouse password, and no NATS secret at all with replay off; the
+    ingest pods cannot reach the replay user's credentials nor the API clients' tokens."""
+    values = SECRET_CASES[name]
+    docs = render(values)
+    nats = values.get("nats", {})
+    nats_secret = nats.get("existingSecret") or "sl-sightline-nats"
+    clickhouse_secret = values["clickhouse"].get("existingSecret") or "sl-sightline-clickhouse"
+    replay = values["query"].get("replay", {}).get("enabled", False)
+    api_secrets = {"sl-sightline-query-clients", "sl-sightline-query-tokens",
+                   values["query"].get("existingClientSecret"), values["query"].get("existingTokenSecret")}
+    query_toml = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["query.toml"]
+    for component, pod in pods(docs).items():
+        reach = reachable_secrets(pod)
+        for secret, key in reach:
+            # Never a whole secret, never the other workload's key.
+            if secret == nats_secret:
+                assert key == f"{component}.creds", (component, secret, key)
+            if secret == clickhouse_secret:
+                assert key == f"{component}-password", (component, secret, key)
+        for container in pod["containers"]:
+            assert not container.get("env") and not container.get("envFrom"), "secrets reach the pods as files only"
+        if component == "ingest":
+            assert not {s for s, _ in reach} & api_secrets, reach
+            continue
+        nats_reach = {key for secret, key in reach if secret == nats_secret}
+        if replay and (nats.get("replayCredentials") or nats.get("existingSecret")):
+            assert nats_reach == {"query.creds"}, reach
+            assert 'credentials_file = "/etc/sightline/secrets/nats/query.creds"' in query_toml
+        else:
+            assert not nats_reach, reach
+            assert "credentials_file" not in query_toml
+            mounts = pod["containers"][0]["volumeMounts"]
+            assert not [m for m in mounts if m["mountPath"].startswith("/etc/sightline/secrets/nats")], mounts
+
+
+def test_replay_without_its_own_nats_credentials_is_refused():
+    """Replay needs the query service's own NATS user once NATS uses authentication: the
+    query pods never get the ingest user's credentials."""
+    with pytest.raises(Exception) as refused:
+        render({**MINIMAL, "query": REPLAY_ON, "nats": {"credentials": "ingest-creds"}})
+    assert "nats.replayCredentials" in str(refused.value), refused.value
+    # An existing secret (keys ingest.creds and query.creds) does instead.
+    assert render({**MINIMAL, "query": REPLAY_ON, "nats": {"existingSecret": "nats-creds"}})
+    # NATS without authentication: nothing is needed, and nothing is mounted.
+    docs = render({**MINIMAL, "query": REPLAY_ON})
+    assert "credentials_file" not in next(d for d in docs if d["kind"] == "ConfigMap")["data"]["query.toml"]
+    assert not [v for v in pods(docs)["query"]["volumes"] if v["name"] == "nats"]
+    # Replay off, or no query service: the ingest credentials alone are fine.
+    assert render({**MINIMAL, "nats": {"credentials": "ingest-creds"}})
+    assert render({**MINIMAL, "query": {**REPLAY_ON, "enabled": False}, "nats": {"credentials": "ingest-creds"}})
+    # The configs name each workload's own key.
+    docs = render(SECRET_CASES["both credentials, replay on"])
+    data = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    assert 'credentials_file = "/etc/sightline/secrets/nats/ingest.creds"' in data["ingest.toml"]
+    assert 'credentials_file = "/etc/sightline/secrets/nats/query.creds"' in data["query.toml"]
+    secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "sl-sightline-nats")
+    assert secret["stringData"] == {"ingest.creds": "ingest-creds", "query.creds": "replay-creds"}
+
+
+def test_named_clients_render_into_config_secret_and_mount():
+    values = VALUE_SETS["named clients, replay with its own NATS user"]
+    docs = render(values)
+    query = tomllib.loads(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["query.toml"])
+    assert query["auth"] == {"clients": [
+        {"name": "grafana", "scopes": ["read"], "token_file": "/etc/sightline/secrets/clients/grafana"},
+        {"name": "ops_team-2", "scopes": ["read", "export", "replay"],
+         "token_file": "/etc/sightline/secrets/clients/ops_team-2"},
+    ]}, "no inline token, no deprecated token_file"
+    secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "sl-sightline-query-clients")
+    assert secret["stringData"] == {"grafana": "grafana-token-0001", "ops_team-2": "ops-token-00000002"}
+    assert not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "sl-sightline-query-tokens"]
+    pod = pods(docs)["query"]
+    mounts = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "clients"]
+    assert mounts == [{"name": "clients", "mountPath": "/etc/sightline/secrets/clients", "readOnly": True}]
+    volume = next(v for v in pod["volumes"] if v["name"] == "clients")["secret"]
+    assert volume["secretName"] == "sl-sightline-query-clients"
+    assert [i["key"] for i in volume["items"]] == ["grafana", "ops_team-2"]
+    assert not [s for s, _ in reachable_secrets(pods(docs)["ingest"]) if s == "sl-sightline-query-clients"]
+    note = notes(values)
+    assert "deprecated" not in note and "clients with the replay scope" in note, note
+
+    # An existing secret: no secret made, its keys named after the clients, nothing else of it mounted.
+    docs = render(VALUE_SETS["named clients from existing secrets"])
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    volume = next(v for v in pods(docs)["query"]["volumes"] if v["name"] == "clients")["secret"]
+    assert volume == {"secretName": "api-clients", "items": [
+        {"key": "grafana", "path": "grafana"}, {"key": "exporter", "path": "exporter"}]}
+
+    # The deprecated tokens still work beside clients, with a warning.
+    mixed = {**values, "query": {**values["query"], "tokens": ["a-token-of-20-chars!"]}}
+    query = tomllib.loads(next(d for d in render(mixed) if d["kind"] == "ConfigMap")["data"]["query.toml"])
+    assert query["auth"]["token_file"] == "/etc/sightline/secrets/tokens/tokens"
+    assert len(query["auth"]["clients"]) == 2
+    assert "WARNING: query.tokens and query.existingTokenSecret are deprecated" in notes(mixed)
+    assert "deprecated" in notes({**MINIMAL, "query": {"existingTokenSecret": "api-tokens"}})
+
+
+def test_clients_alone_satisfy_the_no_anonymous_rule():
+    client = {"name": "grafana", "scopes": ["read"]}
+    docs = render({"clickhouse": PASSWORDS, "query": {"clients": [{**client, "token": "grafana-token-0001"}]}})
+    assert "[[auth.clients]]" in next(d for d in docs if d["kind"] == "ConfigMap")["data"]["query.toml"]
+    assert render({"clickhouse": PASSWORDS, "query": {"clients": [client], "existingClientSecret": "api-clients"}})
+    # An existing client secret with no clients declared authenticates nobody.
+    with pytest.raises(Exception) as refused:
+        render({"clickhouse": PASSWORDS, "query": {"existingClientSecret": "api-clients"}})
+    assert "query.allowAnonymous=true" in str(refused.value), refused.value
+
+
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ({"clients": [{"name": "grafana", "scopes": ["read"]}]}, "query.clients[0] (grafana): no token"),
+        ({"clients": [{"name": "grafana", "scopes": ["read"], "token": "grafana-token-0001"}],
+          "existingClientSecret": "api-clients"}, "give one or the other"),
+        ({"clients": [{"name": "grafana", "scopes": ["read"], "token": "grafana-token-0001"},
+                      {"name": "grafana", "scopes": ["export"], "token": "grafana-token-0002"}]},
+         'the name "grafana" is given twice'),
+        ({"clients": [{"name": "token-1", "scopes": ["read"], "token": "grafana-token-0001"}],
+          "tokens": ["a-token-of-20-chars!"]}, 'the name "token-1" is the one a deprecated'),
+    ],
+)
+def test_client_mistakes_are_refused_naming_the_client(query, message):
+    with pytest.raises(Exception) as refused:
+        render({"clickhouse": PASSWORDS, "query": query})
+    assert message in str(refused.value), refused.value

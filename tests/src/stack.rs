@@ -113,12 +113,30 @@ impl Stack {
         &mut self,
         tweak: impl FnOnce(&mut QueryConfig),
     ) -> anyhow::Result<String> {
+        let api = self.start_query_unready(tweak).await?;
+        wait_ready(&self.http, &api).await?;
+        Ok(api)
+    }
+
+    /// [`Self::start_query`] without waiting for it to be ready (its ClickHouse may never
+    /// answer).
+    pub async fn start_query_unready(
+        &mut self,
+        tweak: impl FnOnce(&mut QueryConfig),
+    ) -> anyhow::Result<String> {
         let mut config = self.query_config.clone();
         tweak(&mut config);
         config.validate()?;
         let (api, task) = spawn_query(config, &self.stop).await?;
         self.more_queries.push(task);
-        wait_ready(&self.http, &api).await?;
+        let address = api.trim_start_matches("http://").to_owned();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(&address).await.is_err() {
+            if std::time::Instant::now() > deadline {
+                bail!("{api} did not listen within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         Ok(api)
     }
 
@@ -419,4 +437,61 @@ pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// The real query-service binary (`binary`, else the one beside the running test) reading
+/// `clickhouse_url` as [`READER`], its config `extra` lines first, in `dir`: the child
+/// process and its base URL once it is ready. A process of its own, so its memory is its
+/// own (`proc_status_bytes`).
+pub async fn spawn_query_binary(
+    binary: Option<std::path::PathBuf>,
+    clickhouse_url: &str,
+    extra: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<(std::process::Child, String)> {
+    let config = dir.join("query.toml");
+    std::fs::write(
+        &config,
+        format!("{extra}\n[clickhouse]\nurl = \"{clickhouse_url}\"\nuser = \"{READER}\"\n"),
+    )?;
+    let binary = binary.unwrap_or_else(|| crate::fixtures::workspace_binary("query-service"));
+    let port = crate::fixtures::free_port();
+    let child = std::process::Command::new(&binary)
+        .args([
+            "--config",
+            config.to_str().context("utf-8")?,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("SIGHTLINE_LOG", "warn")
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let api = format!("http://127.0.0.1:{port}");
+    wait_ready(&reqwest::Client::new(), &api).await?;
+    Ok((child, api))
+}
+
+/// A line of `/proc/<pid>/status` in bytes: `VmRSS:` (resident now), `VmHWM:` (its peak).
+pub fn proc_status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
+    Ok(kb * 1024)
+}
+
+/// A ClickHouse of the `SIGHTLINE_SERVERS` generation for a benchmark, with the schema in
+/// database `sightline`, an admin client of it and a sink that writes as ingest does.
+pub async fn bench_clickhouse() -> anyhow::Result<(ClickHouseServer, clickhouse::Client, Sink)> {
+    let clickhouse = ClickHouseServer::start()?;
+    let admin = sightline_store::client(&clickhouse.config())?;
+    sightline_store::migrations::migrate(&admin, "sightline").await?;
+    let sink = Sink::new(
+        admin.clone().with_database("sightline"),
+        Duration::from_secs(300),
+        IngestMetrics::new(&mut prometheus_client::registry::Registry::default()),
+    );
+    Ok((clickhouse, admin, sink))
 }

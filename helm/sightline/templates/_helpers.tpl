@@ -39,12 +39,35 @@ app.kubernetes.io/component: {{ .component }}
 {{- .Values.query.existingTokenSecret | default (printf "%s-query-tokens" (include "sightline.fullname" .)) -}}
 {{- end -}}
 
-{{- define "sightline.hasNatsCreds" -}}
+{{- /* Each workload's NATS credentials are its own key of the NATS secret: `ingest.creds`
+for the ingest service, `query.creds` for the query service's replay. A pod mounts only its
+own key, and the query pods mount theirs only with replay enabled (nothing else of theirs
+talks to NATS). */ -}}
+{{- define "sightline.hasIngestNatsCreds" -}}
 {{- if or .Values.nats.credentials .Values.nats.existingSecret }}true{{ end -}}
 {{- end -}}
 
-{{- define "sightline.hasTokens" -}}
+{{- define "sightline.hasQueryNatsCreds" -}}
+{{- if and .Values.query.replay.enabled (or .Values.nats.replayCredentials .Values.nats.existingSecret) }}true{{ end -}}
+{{- end -}}
+
+{{- /* Whether the component's pods get NATS credentials: {"root": ., "component": ...}. */ -}}
+{{- define "sightline.mountsNatsCreds" -}}
+{{- if eq .component "ingest" }}{{ include "sightline.hasIngestNatsCreds" .root }}{{ else }}{{ include "sightline.hasQueryNatsCreds" .root }}{{ end -}}
+{{- end -}}
+
+{{- define "sightline.clientSecret" -}}
+{{- .Values.query.existingClientSecret | default (printf "%s-query-clients" (include "sightline.fullname" .)) -}}
+{{- end -}}
+
+{{- /* The deprecated plain tokens (every scope, named token-<n>). */ -}}
+{{- define "sightline.hasLegacyTokens" -}}
 {{- if or .Values.query.tokens .Values.query.existingTokenSecret }}true{{ end -}}
+{{- end -}}
+
+{{- /* Any way to authenticate: named clients or the deprecated tokens. */ -}}
+{{- define "sightline.hasTokens" -}}
+{{- if or .Values.query.clients (include "sightline.hasLegacyTokens" .) }}true{{ end -}}
 {{- end -}}
 
 {{/* Pod and container security: non-root, read-only root filesystem, no privileges. */}}

@@ -79,6 +79,51 @@ async fn bearer_tokens_guard_the_api_but_not_probes() -> anyhow::Result<()> {
     let body: serde_json::Value = response.json().await?;
     assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
 
+    // Named clients get what their scopes allow: a reader reads, and is refused exports
+    // and replays with 403 naming the missing scope; an exporter exports only.
+    let dir = tempfile::tempdir()?;
+    let reader_file = dir.path().join("grafana");
+    std::fs::write(&reader_file, "reader-token-0123456789\n")?;
+    let scoped = stack
+        .start_query(|c| {
+            c.auth.clients = vec![
+                sightline_query::ClientConfig {
+                    name: "grafana".into(),
+                    scopes: vec![sightline_query::Scope::Read],
+                    token: None,
+                    token_file: Some(reader_file.display().to_string()),
+                },
+                sightline_query::ClientConfig {
+                    name: "nightly-export".into(),
+                    scopes: vec![sightline_query::Scope::Export],
+                    token: Some("export-token-0123456789".into()),
+                    token_file: None,
+                },
+            ];
+        })
+        .await?;
+    for (token, path, status) in [
+        ("reader-token-0123456789", "/v1/events", 200),
+        ("reader-token-0123456789", "/v1/stats", 200),
+        ("reader-token-0123456789", "/v1/events/export", 403),
+        ("reader-token-0123456789", "/v1/replay", 403),
+        ("export-token-0123456789", "/v1/events/export", 200),
+        ("export-token-0123456789", "/v1/events", 403),
+    ] {
+        let response = stack
+            .http
+            .get(format!("{scoped}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        assert_eq!(response.status(), status, "{token} {path}");
+        if status == 403 {
+            let body: serde_json::Value = response.json().await?;
+            let message = body["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("scope"), "{message}");
+        }
+    }
+
     // The query service's ClickHouse user really is read-only.
     let denied = stack
         .clickhouse

@@ -1,22 +1,10 @@
 //! `GET /v1/events/export`: a large set streamed at flat memory, NDJSON and CSV.
 
-use anyhow::Context as _;
 use sightline_tests::Stack;
 use sightline_tests::stack::metric;
 
 use super::ndjson;
 use crate::known_events;
-
-/// The peak resident memory of process `pid`, in bytes.
-fn peak_rss(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM")?;
-    Ok(kb * 1024)
-}
 
 /// Streams an export and returns (lines, bytes) without keeping it.
 async fn drain_export(http: &reqwest::Client, url: &str) -> anyhow::Result<(usize, usize)> {
@@ -40,29 +28,14 @@ async fn export_streams_a_large_set_at_flat_memory() -> anyhow::Result<()> {
 
     // The real binary, so its memory is its own.
     let dir = tempfile::tempdir()?;
-    let config = dir.path().join("query.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[clickhouse]\nurl = \"{}\"\nuser = \"{}\"\n[replay]\nenabled = false\n",
-            stack.clickhouse.url(),
-            sightline_tests::stack::READER
-        ),
-    )?;
-    let port = sightline_tests::fixtures::free_port();
-    let mut child =
-        std::process::Command::new(sightline_tests::fixtures::workspace_binary("query-service"))
-            .args([
-                "--config",
-                config.to_str().context("utf-8")?,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .env("SIGHTLINE_LOG", "warn")
-            .spawn()?;
-    let api = format!("http://127.0.0.1:{port}");
+    let (mut child, api) = sightline_tests::stack::spawn_query_binary(
+        None,
+        &stack.clickhouse.url(),
+        "[replay]\nenabled = false",
+        dir.path(),
+    )
+    .await?;
     let http = reqwest::Client::new();
-    sightline_tests::stack::wait_ready(&http, &api).await?;
 
     let (lines, _) = drain_export(
         &http,
@@ -70,10 +43,10 @@ async fn export_streams_a_large_set_at_flat_memory() -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(lines, 1000);
-    let before = peak_rss(child.id())?;
+    let before = sightline_tests::stack::proc_status_bytes(child.id(), "VmHWM:")?;
     let (lines, bytes) =
         drain_export(&http, &format!("{api}/v1/events/export?camera=bulk")).await?;
-    let after = peak_rss(child.id())?;
+    let after = sightline_tests::stack::proc_status_bytes(child.id(), "VmHWM:")?;
     assert_eq!(lines, N, "every event once");
     println!("exported {N} events, {bytes} bytes; peak RSS {before} -> {after}");
     assert!(bytes > 50_000_000, "the export is large: {bytes} bytes");

@@ -7,6 +7,7 @@ mod auth;
 mod export;
 mod filters;
 mod hostile;
+mod limits;
 mod pagination;
 mod replay;
 mod sql;

@@ -24,8 +24,18 @@ struct Args {
     check_config: bool,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // At least four workers, also on a two-core pod: decoding a page of 20,000 rows holds a
+    // worker for a while, and the probes must still find one free (docs/benchmarks.md).
+    let workers = std::thread::available_parallelism().map_or(4, |n| n.get().max(4));
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?
+        .block_on(serve())
+}
+
+async fn serve() -> anyhow::Result<()> {
     let args = Args::parse();
     args.log.init()?;
     let config: QueryConfig = sightline_runtime::load_config_or_default(args.config.as_deref())?;

@@ -43,6 +43,22 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// CPU seconds (user and system) process `pid` has used.
+fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at its closing paren.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the paren.
+    Ok((ticks(11) + ticks(12)) / 100.0)
+}
+
 fn quantile(samples: &mut [Duration], q: f64) -> f64 {
     samples.sort();
     let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
@@ -124,13 +140,13 @@ async fn main() -> anyhow::Result<()> {
     let binary = std::env::var("SIGHTLINE_QUERY_BIN")
         .ok()
         .map(std::path::PathBuf::from);
-    let (mut child, api) = spawn_query_binary(
-        binary.clone(),
-        &clickhouse.url(),
-        "max_limit = 20000",
-        dir.path(),
-    )
-    .await?;
+    // SIGHTLINE_LOAD_CONFIG: more config lines for the service, to compare settings.
+    let extra = format!(
+        "max_limit = 20000\n{}",
+        std::env::var("SIGHTLINE_LOAD_CONFIG").unwrap_or_default()
+    );
+    let (mut child, api) =
+        spawn_query_binary(binary.clone(), &clickhouse.url(), &extra, dir.path()).await?;
     let binary = binary.map_or_else(|| "the debug build".to_owned(), |b| b.display().to_string());
     let port = api.rsplit(':').next().unwrap_or_default().to_owned();
     let pid = child.id();
@@ -231,6 +247,7 @@ async fn main() -> anyhow::Result<()> {
         }));
     }
     let probe = probe_readiness(api.clone(), stop.clone());
+    let cpu_before = cpu_secs(pid)?;
     let mut peak_sampled = 0;
     while Instant::now() < deadline {
         peak_sampled = peak_sampled.max(proc_status_bytes(pid, "VmRSS:")?);
@@ -243,6 +260,7 @@ async fn main() -> anyhow::Result<()> {
     let (mut ready, failed) = probe
         .join()
         .map_err(|_| anyhow::anyhow!("the probe panicked"))?;
+    let cpu = cpu_secs(pid)? - cpu_before;
     let peak = proc_status_bytes(pid, "VmHWM:")?;
     let after = proc_status_bytes(pid, "VmRSS:")?;
     child.kill().ok();
@@ -277,6 +295,10 @@ async fn main() -> anyhow::Result<()> {
         } else {
             "MISSED"
         }
+    );
+    println!(
+        "  service CPU during the attack: {cpu:.1} s of {secs} s ({:.0} % of one core)",
+        cpu * 100.0 / secs as f64
     );
     println!(
         "  slow clients cut off by the header-read timeout: {}",

@@ -543,7 +543,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// Whether ClickHouse answered lately: a task pings it every [`PING_EVERY`] and `/readyz`
-/// reads the outcome.
+/// reads the outcome (unready from a failed ping, or [`READY_FOR`] after the last answer
+/// when pings hang).
 #[derive(Debug, Clone)]
 pub(crate) struct Readiness {
     started: Instant,
@@ -578,11 +579,14 @@ impl Readiness {
         let mut was_ready = None;
         while !stop.is_cancelled() {
             let outcome = store.ping().await;
-            if outcome.is_ok() {
-                let now = self.started.elapsed().as_millis() as u64 + 1;
-                self.last_ok
-                    .store(now, std::sync::atomic::Ordering::Relaxed);
-            }
+            // A failed ping makes the service unready at once; a stalled one within
+            // READY_FOR of the last answer.
+            let last_ok = match outcome {
+                Ok(()) => self.started.elapsed().as_millis() as u64 + 1,
+                Err(_) => 0,
+            };
+            self.last_ok
+                .store(last_ok, std::sync::atomic::Ordering::Relaxed);
             match (&outcome, was_ready) {
                 (Ok(()), Some(false)) => tracing::info!("ClickHouse answers again: ready"),
                 (Err(error), Some(true) | None) => {

@@ -1,13 +1,22 @@
 //! Retention: how long each table keeps its rows.
 //!
-//! On servers with TTL the tables carry `TTL <time> + INTERVAL <days> DAY` (with
-//! `ttl_only_drop_parts = 1` where available, so expiry drops whole daily parts instead of
-//! rewriting them); a changed setting alters the TTL at the next start, without touching
-//! data that is still inside the new window. On servers without TTL (ClickHouse 18.16) a
-//! sweep drops expired partitions on a schedule. Tables are partitioned by day (rollups by
-//! month), so the sweep keeps a partition until all of it is past the cutoff: rows live up
-//! to a day (a month for rollups) longer than with TTL, never shorter. (Ingest runs the
-//! sweep on its leader, on a schedule: [`sweep`] is one pass.)
+//! Rows are kept for their table's days counted from the later of when they were captured
+//! (sent, for heartbeats) and when they arrived, so an event from an edge that was offline
+//! longer than retention, or whose clock ran behind, stays that long after it arrives
+//! instead of being deleted at once (ingest also counts it, `events_expired_on_arrival`).
+//! Partitions stay by capture day, so copies of one event always share a partition and
+//! collapse. Rollups count from their hour: an aggregate has no arrival time.
+//!
+//! On servers with TTL the tables carry `TTL greatest(<time>, <arrival>) + INTERVAL <days>
+//! DAY` (with `ttl_only_drop_parts = 1` where available, so expiry drops whole parts instead
+//! of rewriting them: a part goes when its last row is due); a changed setting alters the
+//! TTL at the next start, without touching data that is still inside the new window. On
+//! servers without TTL (ClickHouse 18.16) a sweep drops a partition on a schedule once all
+//! of it is past the cutoff and none of its parts was written after the cutoff (a part is
+//! written when rows arrive, or merged later, so this errs on keeping). Tables are
+//! partitioned by day (rollups by month): rows live up to a day (a month for rollups)
+//! longer than with TTL, never shorter. (Ingest runs the sweep on its leader, on a
+//! schedule: [`sweep`] is one pass.)
 
 use clickhouse::Client;
 use serde::{Deserialize, Serialize};
@@ -57,9 +66,26 @@ pub enum Partitioning {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetainedTable {
     pub name: &'static str,
-    pub time_column: &'static str,
+    /// What the days count from: the later of capture and arrival where rows have both.
+    pub ttl_time: &'static str,
     pub partitioning: Partitioning,
+    /// Whether the table gets its arrival column with its TTL: the tables kept by views,
+    /// whose rows carry no arrival time of their own (see [`ARRIVAL_COLUMN`]).
+    pub adds_arrival: bool,
 }
+
+/// The arrival column the tables kept by views get on a server with TTL: the view does not
+/// write it, so it is computed at the view's insert (MATERIALIZED, not DEFAULT: an
+/// `INSERT ... SELECT` without a column list, like migration 4's backfill, still fits). Added with the TTL, not by a
+/// migration: ClickHouse 18.16 refuses a view's insert into a table with a column the view
+/// does not write ("Expected column"), and its sweep needs no such column (it reads when
+/// each part was written). Rows stored before it was added read it as the time they are
+/// read until a merge writes it down: they stay up to their retention after the upgrade,
+/// never less.
+pub const ARRIVAL_COLUMN: &str = "ingested_at DateTime('UTC') MATERIALIZED now()";
+
+/// The later of capture and arrival, for the tables that record both.
+const CAPTURED_OR_ARRIVED: &str = "greatest(captured_at, ingested_at)";
 
 impl RetentionSettings {
     /// Every retained table with its retention in days.
@@ -68,40 +94,45 @@ impl RetentionSettings {
             (
                 RetainedTable {
                     name: tables::EVENTS,
-                    time_column: "captured_at",
+                    ttl_time: CAPTURED_OR_ARRIVED,
                     partitioning: Partitioning::Day,
+                    adds_arrival: false,
                 },
                 self.events_days,
             ),
             (
                 RetainedTable {
                     name: tables::EVENTS_BY_ID,
-                    time_column: "captured_at",
+                    ttl_time: CAPTURED_OR_ARRIVED,
                     partitioning: Partitioning::Day,
+                    adds_arrival: true,
                 },
                 self.events_days,
             ),
             (
                 RetainedTable {
                     name: tables::DETECTIONS,
-                    time_column: "captured_at",
+                    ttl_time: CAPTURED_OR_ARRIVED,
                     partitioning: Partitioning::Day,
+                    adds_arrival: true,
                 },
                 self.detections_days,
             ),
             (
                 RetainedTable {
                     name: tables::DETECTIONS_HOURLY,
-                    time_column: "hour",
+                    ttl_time: "hour",
                     partitioning: Partitioning::Month,
+                    adds_arrival: false,
                 },
                 self.rollups_days,
             ),
             (
                 RetainedTable {
                     name: tables::EDGE_HEARTBEATS,
-                    time_column: "sent_at",
+                    ttl_time: "greatest(sent_at, received_at)",
                     partitioning: Partitioning::Day,
+                    adds_arrival: false,
                 },
                 self.heartbeats_days,
             ),
@@ -124,10 +155,17 @@ impl RetainedTable {
     /// The statements that give this table a TTL of `days` and, where the server can, make
     /// the TTL drop whole parts.
     fn ttl_statements(&self, db: &str, days: u32, caps: Capabilities) -> Vec<String> {
-        let mut out = vec![format!(
+        let mut out = Vec::new();
+        if self.adds_arrival {
+            out.push(format!(
+                "ALTER TABLE `{db}`.{} ADD COLUMN IF NOT EXISTS {ARRIVAL_COLUMN}",
+                self.name
+            ));
+        }
+        out.push(format!(
             "ALTER TABLE `{db}`.{} MODIFY TTL {} + INTERVAL {days} DAY",
-            self.name, self.time_column
-        )];
+            self.name, self.ttl_time
+        ));
         if caps.ttl_only_drop_parts {
             out.push(format!(
                 "ALTER TABLE `{db}`.{} MODIFY SETTING ttl_only_drop_parts = 1",
@@ -150,7 +188,7 @@ pub async fn apply_ttl(
     }
     for (table, days) in settings.tables() {
         let engine = crate::capabilities::engine_full(client, db, table.name).await?;
-        let wanted = format!("TTL {} + toIntervalDay({days})", table.time_column);
+        let wanted = format!("TTL {} + toIntervalDay({days})", table.ttl_time);
         let drop_parts = !caps.ttl_only_drop_parts || engine.contains("ttl_only_drop_parts = 1");
         if engine.contains(&wanted) && drop_parts {
             continue;
@@ -190,7 +228,8 @@ pub fn partition_end(id: &str, partitioning: Partitioning) -> Option<OffsetDateT
     Some(date.midnight().assume_utc())
 }
 
-/// Drops every partition wholly older than its table's retention; returns how many.
+/// Drops every partition wholly older than its table's retention and not written to since
+/// the cutoff; returns how many.
 pub async fn sweep(
     client: &Client,
     db: &str,
@@ -200,18 +239,27 @@ pub async fn sweep(
     let mut dropped = 0;
     for (table, days) in settings.tables() {
         let cutoff = now - time::Duration::days(i64::from(days));
-        let partitions: Vec<String> = client
-            .query("SELECT DISTINCT partition FROM system.parts WHERE database = ? AND table = ? AND active")
+        // When each partition was last written: its newest part, made when rows arrived or
+        // by a later merge.
+        let partitions: Vec<(String, u32)> = client
+            .query(
+                "SELECT partition, toUInt32(max(modification_time)) FROM system.parts \
+                 WHERE database = ? AND table = ? AND active GROUP BY partition",
+            )
             .bind(db)
             .bind(table.name)
             .fetch_all()
             .await?;
-        for id in partitions {
+        for (id, written) in partitions {
             let Some(end) = partition_end(&id, table.partitioning) else {
                 tracing::warn!(table = table.name, partition = %id, "unexpected partition id, not touching it");
                 continue;
             };
-            if end <= cutoff {
+            let arrived_late = i64::from(written) > cutoff.unix_timestamp();
+            if arrived_late && end <= cutoff {
+                tracing::debug!(table = table.name, partition = %id, "expired by capture time, kept: written since the cutoff");
+            }
+            if end <= cutoff && !arrived_late {
                 // `id` is all digits (checked by partition_end), so it is safe in SQL.
                 client
                     .query(&format!(
@@ -254,10 +302,20 @@ mod tests {
         let s = RetentionSettings::default();
         assert!(s.ttl_statements("db", Capabilities::LEGACY).is_empty());
         let modern = s.ttl_statements("db", Capabilities::MODERN);
-        assert_eq!(modern.len(), 10);
-        assert!(modern[0].contains("captured_at + INTERVAL 30 DAY"));
-        assert!(modern[2].contains("events_by_id MODIFY TTL captured_at + INTERVAL 30 DAY"));
-        assert!(modern[6].contains("hour + INTERVAL 400 DAY"));
-        assert!(modern[8].contains("edge_heartbeats MODIFY TTL sent_at + INTERVAL 30 DAY"));
+        assert_eq!(modern.len(), 12);
+        assert!(modern[0].contains("TTL greatest(captured_at, ingested_at) + INTERVAL 30 DAY"));
+        // The tables kept by views get their arrival column before their TTL names it.
+        assert_eq!(
+            modern[2],
+            "ALTER TABLE `db`.events_by_id ADD COLUMN IF NOT EXISTS ingested_at DateTime('UTC') MATERIALIZED now()"
+        );
+        assert!(modern[3].contains(
+            "events_by_id MODIFY TTL greatest(captured_at, ingested_at) + INTERVAL 30 DAY"
+        ));
+        assert!(modern[5].starts_with("ALTER TABLE `db`.detections ADD COLUMN IF NOT EXISTS"));
+        assert!(modern[8].contains("MODIFY TTL hour + INTERVAL 400 DAY"));
+        assert!(modern[10].contains(
+            "edge_heartbeats MODIFY TTL greatest(sent_at, received_at) + INTERVAL 30 DAY"
+        ));
     }
 }

@@ -71,6 +71,26 @@ def insert_events(s):
         )
 
 
+def arrived_when_captured(s):
+    """Retention counts from the later of capture and arrival: make every row look as if it
+    arrived when it was captured (sent), so the ages the tests give are what TTL sees."""
+    for table, column, time in (
+        ("events", "ingested_at", "captured_at"),
+        ("edge_heartbeats", "received_at", "sent_at"),
+    ):
+        s.query(
+            f"ALTER TABLE sightline.{table} UPDATE {column} = {time} WHERE 1"
+            " SETTINGS mutations_sync = 1"
+        )
+    # The tables kept by views compute their arrival (MATERIALIZED, never updated): compute
+    # it from the capture time once, then put the expression back.
+    for table in ("events_by_id", "detections"):
+        s.query(f"ALTER TABLE sightline.{table} MODIFY COLUMN ingested_at DateTime('UTC') MATERIALIZED captured_at")
+        s.query(f"ALTER TABLE sightline.{table} MATERIALIZE COLUMN ingested_at SETTINGS mutations_sync = 1")
+        s.query(f"ALTER TABLE sightline.{table} MODIFY COLUMN ingested_at DateTime('UTC') MATERIALIZED now()")
+        s.query(f"ALTER TABLE sightline.{table} MATERIALIZE TTL SETTINGS mutations_sync = 1")
+
+
 def optimize(s):
     for table in ("events", "events_by_id", "detections", "detections_hourly", "edge_heartbeats"):
         s.query(f"OPTIMIZE TABLE sightline.{table} FINAL")
@@ -87,9 +107,9 @@ def test_ttl_removes_exactly_the_expired_rows_and_keeps_rollups(db):
     statements = schema()
     tables = [s for s in statements if not s.startswith("ALTER TABLE")]
     retention = [s for s in statements if s.startswith("ALTER TABLE")]
-    # TTL and ttl_only_drop_parts on five tables, and the dedup window of events and the
-    # three tables its views write.
-    assert len(retention) == 14
+    # TTL and ttl_only_drop_parts on five tables, the arrival column of the two tables kept
+    # by views, and the dedup window of events and the three tables its views write.
+    assert len(retention) == 16
     assert sum("non_replicated_deduplication_window" in s for s in retention) == 4
     apply(db, tables)
     insert_events(db)
@@ -104,6 +124,10 @@ def test_ttl_removes_exactly_the_expired_rows_and_keeps_rollups(db):
     assert rows(db, "SELECT count() FROM sightline.events") == [["4"]]
     assert rows(db, "SELECT count() FROM sightline.detections") == [["7"]]
     apply(db, retention)
+    # Just stored, every row is kept however old its capture: retention counts from arrival.
+    optimize(db)
+    assert rows(db, "SELECT count() FROM sightline.events") == [["4"]]
+    arrived_when_captured(db)
     optimize(db)
     # Events, detections and heartbeats keep 30 days; rollups keep 400.
     assert rows(db, "SELECT count() FROM sightline.edge_heartbeats") == [["1"]]
@@ -139,8 +163,9 @@ def test_a_retention_change_alters_the_ttl(db):
     # Shorter retention in the config: the same statements now set 7 days.
     apply(db, schema("[retention]\nevents_days = 7\ndetections_days = 7\nrollups_days = 30\n"))
     engine = rows(db, "SELECT engine_full FROM system.tables WHERE database = 'sightline' AND name = 'events'")
-    assert "TTL captured_at + toIntervalDay(7)" in engine[0][0]
+    assert "TTL greatest(captured_at, ingested_at) + toIntervalDay(7)" in engine[0][0]
     assert "ttl_only_drop_parts = 1" in engine[0][0]
+    arrived_when_captured(db)
     optimize(db)
     assert rows(db, "SELECT count() FROM sightline.events") == [["1"]]
     assert rows(db, "SELECT count() FROM sightline.detections") == [["3"]]

@@ -573,6 +573,33 @@ impl Buffer {
         Ok(())
     }
 
+    /// Stores rows another buffer file quarantined (a recovered copy's) in this one's
+    /// quarantine, as they were; they were counted when they were quarantined, so they are
+    /// not counted again. Returns how many.
+    fn keep_quarantined(&mut self, rows: &[recover::QuarantinedRow]) -> Result<u64, BufferError> {
+        let db = db_err(&self.path);
+        let tx = self.conn.transaction().map_err(db)?;
+        {
+            let mut insert = tx
+                .prepare("INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?)")
+                .map_err(db)?;
+            for row in rows {
+                insert
+                    .execute(params![
+                        row.seq,
+                        row.captured_ms,
+                        row.content_type,
+                        row.payload,
+                        row.reason,
+                        row.quarantined_ms
+                    ])
+                    .map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)?;
+        Ok(rows.len() as u64)
+    }
+
     /// Rows quarantined since the last call.
     pub fn take_quarantined(&mut self) -> u64 {
         std::mem::take(&mut self.quarantined)

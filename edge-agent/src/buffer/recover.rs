@@ -66,6 +66,10 @@ pub struct Recovery {
     /// Ranges of the copy that could not even be counted (0 when everything was counted);
     /// with the whole file unreadable, 1 and nothing else known.
     pub uncounted_ranges: u64,
+    /// Rows the copy held in quarantine, moved to the new buffer's quarantine (already
+    /// counted as quarantined when they were set aside, so not again): rotation deletes a
+    /// copy with its day, and quarantined rows are never deleted.
+    pub quarantine_kept: u64,
 }
 
 impl Recovery {
@@ -77,6 +81,7 @@ impl Recovery {
             salvaged = self.salvaged,
             from_day_logs = self.from_logs,
             unrecoverable = self.unrecoverable,
+            quarantine_kept = self.quarantine_kept,
             uncounted_ranges = self.uncounted_ranges,
             "recovered a damaged buffer: {} events read back from the damaged file, {} from the day logs, {} lost{}",
             self.salvaged,
@@ -149,6 +154,7 @@ pub(super) fn recover_main(
     recovery.from_logs = offer_from_logs(&mut buffer, &mut salvage.known, None)?;
     recovery.unrecoverable = salvage.unread.saturating_sub(recovery.from_logs);
     recovery.uncounted_ranges = salvage.uncounted;
+    recovery.quarantine_kept = salvage.quarantine_kept;
     finish(aside, &recovery);
     Ok((buffer, recovery))
 }
@@ -204,6 +210,7 @@ pub(super) fn salvage_earlier_copies(buffer: &mut Buffer) {
                     salvaged: salvage.stored,
                     unrecoverable: salvage.unread,
                     uncounted_ranges: salvage.uncounted,
+                    quarantine_kept: salvage.quarantine_kept,
                     ..Recovery::default()
                 },
             ),
@@ -248,6 +255,8 @@ struct Salvage {
     known: HashSet<EventId>,
     /// The ids stored again.
     restored: HashSet<EventId>,
+    /// Rows of the copy's quarantine moved to the new buffer's.
+    quarantine_kept: u64,
 }
 
 /// Reads what can be read of the copy at `copy` (read-only, without its WAL, range by
@@ -352,7 +361,55 @@ fn read_copy(copy: &Path, buffer: &mut Buffer) -> Result<Salvage, BufferError> {
         }
     }
     store(buffer, &mut staged, &mut salvage)?;
+    salvage.quarantine_kept = keep_quarantine(&conn, copy, buffer)?;
     Ok(salvage)
+}
+
+/// Moves the copy's quarantined rows to `buffer`'s quarantine, as they are; returns how
+/// many. A copy from before migration 0002 has no quarantine.
+fn keep_quarantine(
+    conn: &Connection,
+    copy: &Path,
+    buffer: &mut Buffer,
+) -> Result<u64, BufferError> {
+    if conn.prepare("SELECT seq FROM quarantine LIMIT 0").is_err() {
+        return Ok(0);
+    }
+    let rows: Result<Vec<QuarantinedRow>, duckdb::Error> = conn
+        .prepare(
+            "SELECT seq, captured_ms, content_type, payload, reason, quarantined_ms FROM quarantine ORDER BY seq",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| {
+                Ok(QuarantinedRow {
+                    seq: r.get(0)?,
+                    captured_ms: r.get(1)?,
+                    content_type: r.get(2)?,
+                    payload: r.get(3)?,
+                    reason: r.get(4)?,
+                    quarantined_ms: r.get(5)?,
+                })
+            })?
+            .collect()
+        });
+    match rows {
+        Ok(rows) => buffer.keep_quarantined(&rows),
+        Err(error) => {
+            tracing::error!(copy = %copy.display(), %error, "the quarantined rows of the set-aside buffer file cannot be read: they stay only in the copy, which rotation deletes with its day");
+            Ok(0)
+        }
+    }
+}
+
+/// A row of a buffer's `quarantine` table.
+#[derive(Debug, Clone)]
+pub(super) struct QuarantinedRow {
+    pub seq: i64,
+    pub captured_ms: i64,
+    pub content_type: Option<String>,
+    pub payload: Vec<u8>,
+    pub reason: String,
+    pub quarantined_ms: i64,
 }
 
 /// The lowest seq the copy holds, from whichever table can say; 1 if neither can.

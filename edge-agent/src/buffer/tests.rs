@@ -471,6 +471,47 @@ fn an_unreadable_row_is_quarantined_and_paging_goes_on() {
     assert!(reason.contains("malformed"), "{reason}");
 }
 
+/// A damaged file's quarantined rows move to the new buffer's quarantine: the copy is
+/// deleted by rotation with its day, and quarantined rows are never deleted.
+#[test]
+fn a_recovered_copy_keeps_its_quarantined_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let events: Vec<_> = (0..10).map(|i| event(i, 0)).collect();
+    let mut buffer = open(&dir);
+    buffer.append(&events, T0).unwrap();
+    buffer
+        .conn
+        .execute(
+            "UPDATE outbox SET payload = '\\x00\\x01'::BLOB WHERE seq = 3",
+            [],
+        )
+        .unwrap();
+    assert_eq!(drain(&mut buffer, 4).len(), 9);
+    assert_eq!(buffer.take_quarantined(), 1);
+    let damage = BufferError::Other {
+        path: buffer.path().to_owned(),
+        message: "a bad block".into(),
+    };
+    let recovery = buffer.recover_damaged(&damage).unwrap();
+    assert_eq!(recovery.salvaged, 9, "{recovery:?}");
+    assert_eq!(recovery.quarantine_kept, 1, "{recovery:?}");
+    // Kept, not quarantined again.
+    assert_eq!(buffer.take_quarantined(), 0);
+    assert_eq!(buffer.stats().unwrap().quarantined, 1);
+    let (seq, payload, reason): (i64, Vec<u8>, String) = buffer
+        .conn
+        .query_row("SELECT seq, payload, reason FROM quarantine", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!((seq, payload), (3, vec![0, 1]));
+    assert!(reason.contains("malformed"), "{reason}");
+    assert_eq!(
+        ids(&drain(&mut buffer, 4)),
+        ids_of(&[&events[..2], &events[3..]].concat())
+    );
+}
+
 /// A buffer an older agent wrote (before rows recorded their content type) drains with this
 /// code, and a row of another schema version is handed out as it is, under its own type.
 #[test]

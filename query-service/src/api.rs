@@ -528,7 +528,7 @@ fn replay_by_id(
     Ok(Json(progress))
 }
 
-/// Ready when ClickHouse answered a background ping lately ([`Readiness`]): the probe
+/// Ready when ClickHouse answered the last background ping ([`Readiness`]): the probe
 /// itself never waits for ClickHouse, so it answers at once however busy ClickHouse is.
 async fn readyz(State(state): State<AppState>) -> Response {
     if state.readiness.ready() {
@@ -542,59 +542,39 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Whether ClickHouse answered lately: a task pings it every [`PING_EVERY`] and `/readyz`
-/// reads the outcome (unready from a failed ping, or [`READY_FOR`] after the last answer
-/// when pings hang).
-#[derive(Debug, Clone)]
-pub(crate) struct Readiness {
-    started: Instant,
-    /// Milliseconds after `started` of the last answered ping, plus one (0: never).
-    last_ok: Arc<std::sync::atomic::AtomicU64>,
-}
+/// Whether ClickHouse answered the last ping: a task pings it every [`PING_EVERY`], each
+/// ping bounded by [`crate::store::PING_TIMEOUT`], and `/readyz` reads the outcome. So the
+/// service turns unready at once when ClickHouse refuses, within the ping timeout when it
+/// hangs.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Readiness(Arc<std::sync::atomic::AtomicBool>);
 
 /// How often the readiness task pings ClickHouse.
 pub(crate) const PING_EVERY: Duration = Duration::from_secs(1);
 
-/// How long after its last answered ping the service still counts as ready.
-const READY_FOR: Duration = Duration::from_secs(5);
-
-impl Default for Readiness {
-    fn default() -> Self {
-        Self {
-            started: Instant::now(),
-            last_ok: Arc::default(),
-        }
-    }
-}
-
 impl Readiness {
     fn ready(&self) -> bool {
-        let last = self.last_ok.load(std::sync::atomic::Ordering::Relaxed);
-        last > 0
-            && self.started.elapsed().as_millis() as u64 + 1 - last <= READY_FOR.as_millis() as u64
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Pings `store` every [`PING_EVERY`] until `stop`, logging changes of state.
     pub(crate) async fn watch(self, store: Store, stop: tokio_util::sync::CancellationToken) {
-        let mut was_ready = None;
+        let mut first = true;
         while !stop.is_cancelled() {
             let outcome = store.ping().await;
-            // A failed ping makes the service unready at once; a stalled one within
-            // READY_FOR of the last answer.
-            let last_ok = match outcome {
-                Ok(()) => self.started.elapsed().as_millis() as u64 + 1,
-                Err(_) => 0,
-            };
-            self.last_ok
-                .store(last_ok, std::sync::atomic::Ordering::Relaxed);
-            match (&outcome, was_ready) {
-                (Ok(()), Some(false)) => tracing::info!("ClickHouse answers again: ready"),
-                (Err(error), Some(true) | None) => {
-                    tracing::warn!(%error, "ClickHouse does not answer")
+            let was_ready = self
+                .0
+                .swap(outcome.is_ok(), std::sync::atomic::Ordering::Relaxed);
+            match outcome {
+                Ok(()) if !was_ready && !first => {
+                    tracing::info!("ClickHouse answers again: ready");
+                }
+                Err(error) if was_ready || first => {
+                    tracing::warn!(%error, "ClickHouse does not answer");
                 }
                 _ => {}
             }
-            was_ready = Some(outcome.is_ok());
+            first = false;
             tokio::select! {
                 () = tokio::time::sleep(PING_EVERY) => {}
                 () = stop.cancelled() => {}

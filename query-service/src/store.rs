@@ -622,10 +622,11 @@ impl Store {
     /// [`PING_TIMEOUT`] (a readiness probe must not hang).
     pub async fn ping(&self) -> Result<(), StoreError> {
         let limit = self.call_timeout.min(PING_TIMEOUT);
-        tokio::time::timeout(limit, self.client.query("SELECT 1").execute())
-            .await
-            .map_err(|_| StoreError::TimedOut(limit))??;
-        Ok(())
+        self.call_until(
+            Instant::now() + limit,
+            self.client.query("SELECT 1").execute(),
+        )
+        .await
     }
 
     /// When an export started now must have ended on the client side: ClickHouse stops it

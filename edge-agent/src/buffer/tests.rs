@@ -437,22 +437,24 @@ fn whichever_block_is_damaged_every_unsent_event_comes_back() {
     );
 }
 
+/// Appends `events` and garbles the payload of the row with seq 3, as a bad block would.
+fn append_with_a_bad_row(buffer: &mut Buffer, events: &[DetectionEvent]) {
+    buffer.append(events, T0).unwrap();
+    buffer
+        .conn
+        .execute(
+            "UPDATE outbox SET payload = '\\x00\\x01'::BLOB WHERE seq = 3",
+            [],
+        )
+        .unwrap();
+}
+
 /// One unreadable row must neither end the backlog nor be thrown away.
 #[test]
 fn an_unreadable_row_is_quarantined_and_paging_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let events: Vec<_> = (0..10).map(|i| event(i, 0)).collect();
-    {
-        let mut buffer = open(&dir);
-        buffer.append(&events, T0).unwrap();
-        buffer
-            .conn
-            .execute(
-                "UPDATE outbox SET payload = '\\x00\\x01'::BLOB WHERE seq = 3",
-                [],
-            )
-            .unwrap();
-    }
+    append_with_a_bad_row(&mut open(&dir), &events);
     let mut buffer = open(&dir);
     let drained = drain(&mut buffer, 4);
     assert_eq!(
@@ -478,14 +480,7 @@ fn a_recovered_copy_keeps_its_quarantined_rows() {
     let dir = tempfile::tempdir().unwrap();
     let events: Vec<_> = (0..10).map(|i| event(i, 0)).collect();
     let mut buffer = open(&dir);
-    buffer.append(&events, T0).unwrap();
-    buffer
-        .conn
-        .execute(
-            "UPDATE outbox SET payload = '\\x00\\x01'::BLOB WHERE seq = 3",
-            [],
-        )
-        .unwrap();
+    append_with_a_bad_row(&mut buffer, &events);
     assert_eq!(drain(&mut buffer, 4).len(), 9);
     assert_eq!(buffer.take_quarantined(), 1);
     let damage = BufferError::Other {

@@ -9,7 +9,7 @@ use prometheus_client::registry::Registry;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::buffer::worker::{self, BufferHandle, Settings};
+use crate::buffer::worker::{self, BufferHandle};
 use crate::camera::{Camera, CameraState};
 use crate::config::{AgentConfig, SessionSharing, SourceConfig, Validate};
 use crate::detect::Detector;
@@ -39,7 +39,7 @@ pub async fn run(
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     let storage_stop = CancellationToken::new();
-    let settings = Settings::from(&config.storage);
+    let settings = config.storage.worker_settings();
     let (buffer, buffer_thread) = tokio::task::spawn_blocking({
         let (metrics, storage_stop) = (metrics.clone(), storage_stop.clone());
         move || worker::start(settings, metrics, storage_stop)

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sightline_shared::backoff::Backoff;
-use sightline_shared::{Detection, DetectionEvent, EventId, SCHEMA_VERSION};
+use sightline_shared::{Detection, DetectionEvent, EventId, SCHEMA_VERSION, TrackRecord};
 use tokio_util::sync::CancellationToken;
 
 use crate::buffer::worker::BufferHandle;
@@ -20,7 +20,7 @@ use crate::detect::{Detector, Found};
 use crate::metrics::{CameraLabel, Metrics};
 use crate::motion::MotionGate;
 use crate::snapshot;
-use crate::track::Tracker;
+use crate::track::{self, TrackIds, Tracker};
 
 /// Inference times kept for the status quantiles.
 const RECENT_INFERENCES: usize = 512;
@@ -159,6 +159,8 @@ pub(crate) struct Camera {
 struct Pipeline {
     motion: MotionGate,
     tracker: Tracker,
+    /// Track records the tracker made on this frame, stored before the next one.
+    records: Vec<TrackRecord>,
     /// Class ids that make events (`None`: all).
     allowed: Option<HashSet<u32>>,
     min_score: f32,
@@ -185,11 +187,13 @@ impl Camera {
         let mut pipeline = Pipeline {
             motion: MotionGate::new(motion.clone()),
             tracker: Tracker::new(
-                self.config.tracker.iou_threshold,
-                (self.config.tracker.max_age_secs * 1000.0) as i64,
-                // Unique across restarts: ids start at the start time in microseconds.
-                (sightline_runtime::now().as_millis().max(0) as u64) * 1000,
+                track::Settings::from(&self.config.tracker),
+                &self.edge_id,
+                &self.config.id,
+                self.config.zones.clone(),
+                track_ids(self.buffer.clone(), rt.clone(), self.config.id.clone()),
             ),
+            records: Vec::new(),
             allowed,
             min_score: self.config.min_score.unwrap_or(0.0),
             detect_interval: (motion.detect_interval_secs > 0.0)
@@ -239,6 +243,10 @@ impl Camera {
                 }
             }
         }
+        pipeline
+            .tracker
+            .close(sightline_runtime::now().as_millis(), &mut pipeline.records);
+        self.store_tracks(&mut pipeline.records, rt);
         m.up.get_or_create(&label).set(0);
         self.set_fps(&label, 0.0);
     }
@@ -285,6 +293,9 @@ impl Camera {
             (None, Some(_)) => false,
         };
         if !p.motion.is_motion(score) && !due {
+            p.tracker
+                .idle(frame.captured_at.as_millis(), true, &mut p.records);
+            self.store_tracks(&mut p.records, rt);
             m.frames_skipped.get_or_create(label).inc();
             self.state.update(|s| {
                 s.frames_captured += 1;
@@ -322,9 +333,18 @@ impl Camera {
             })
             .collect();
         if found.is_empty() {
+            p.tracker
+                .idle(frame.captured_at.as_millis(), false, &mut p.records);
+            self.store_tracks(&mut p.records, rt);
             return;
         }
-        let assignments = p.tracker.update(&found, frame.captured_at.as_millis());
+        let assignments = p.tracker.update(
+            &found,
+            |class| self.detector.label(class),
+            frame.captured_at.as_millis(),
+            &mut p.records,
+        );
+        self.store_tracks(&mut p.records, rt);
         if !assignments.iter().any(|a| a.new) {
             m.events_suppressed.get_or_create(label).inc();
             self.state.update(|s| s.events_suppressed += 1);
@@ -366,6 +386,9 @@ impl Camera {
             .flatten();
         event.snapshot = saved.as_ref().map(|p| p.display().to_string());
         let event_id = event.event_id;
+        for new in assignments.iter().filter(|a| a.new) {
+            p.tracker.set_arrival(new.track_id, event_id);
+        }
         match rt.block_on(self.buffer.append(event)) {
             Ok(_) => {
                 self.metrics.events_created.inc();
@@ -379,6 +402,23 @@ impl Camera {
                 tracing::error!(camera = %self.config.id, %event_id, %error, "the buffer refused a new event");
                 if let Some(path) = saved {
                     let _ = std::fs::remove_file(self.data_dir.join(path));
+                }
+            }
+        }
+    }
+
+    /// Commits the track records the tracker made (ended tracks before updates, in the
+    /// order made); one the buffer refuses is counted and logged like a refused event.
+    fn store_tracks(&self, records: &mut Vec<TrackRecord>, rt: &tokio::runtime::Handle) {
+        for record in records.drain(..) {
+            let (track_id, revision) = (record.track_id, record.revision);
+            match rt.block_on(self.buffer.append_track(record)) {
+                Ok(_) => {
+                    self.metrics.tracks_recorded.inc();
+                }
+                Err(error) => {
+                    self.metrics.refused(error.drop_reason(), 1);
+                    tracing::error!(camera = %self.config.id, track_id, revision, %error, "the buffer refused a track record");
                 }
             }
         }
@@ -410,6 +450,32 @@ impl Camera {
             }
         }
     }
+}
+
+/// How many track ids a camera reserves at once (one buffer commit per block).
+const TRACK_ID_BLOCK: u64 = 256;
+
+/// A camera's track ids: blocks reserved from the buffer's counter, so they are unique on
+/// the edge across cameras and restarts. If the buffer cannot reserve (it is failing, and
+/// refuses events too), an id is made from the clock in the top quarter of the range, far
+/// from the counter's, and the failure is logged.
+fn track_ids(buffer: BufferHandle, rt: tokio::runtime::Handle, camera: String) -> TrackIds {
+    let mut block = 0..0;
+    Box::new(move || {
+        if block.is_empty() {
+            match rt.block_on(buffer.reserve_track_ids(TRACK_ID_BLOCK)) {
+                Ok(reserved) => block = reserved,
+                Err(error) => {
+                    tracing::error!(%camera, %error, "cannot reserve track ids in the buffer; this track's id comes from the clock");
+                    let micros = sightline_runtime::now().as_millis().max(1) as u64 * 1000;
+                    return (3 << 62) | (micros & ((1 << 62) - 1));
+                }
+            }
+        }
+        let id = block.start;
+        block.start += 1;
+        id
+    })
 }
 
 /// Sleeps for `delay` unless `stop` fires first; `false` if it did.

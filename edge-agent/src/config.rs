@@ -168,7 +168,7 @@ pub struct StorageConfig {
     pub min_retention_days: u32,
     /// When unpublished events alone fill the budget: `reject_new` (default), `drop_oldest`
     /// or `stop`.
-    pub full_policy: crate::storage::FullPolicy,
+    pub full_policy: crate::buffer::storage::FullPolicy,
     /// How often usage is measured, in seconds (also after every 1 % of growth).
     pub check_interval_secs: u64,
     /// Write `events.json` and `events.log` per day.
@@ -185,7 +185,7 @@ impl Default for StorageConfig {
             data_dir: PathBuf::from("/var/lib/sightline"),
             max_storage_gb: 4.0,
             min_retention_days: 7,
-            full_policy: crate::storage::FullPolicy::RejectNew,
+            full_policy: crate::buffer::storage::FullPolicy::RejectNew,
             check_interval_secs: 10,
             daily_logs: true,
             min_free_bytes: 256 * 1024 * 1024,
@@ -200,13 +200,23 @@ impl StorageConfig {
     }
 
     /// The budget and its rules.
-    pub fn budget(&self) -> crate::storage::Budget {
-        crate::storage::Budget {
+    pub fn budget(&self) -> crate::buffer::storage::Budget {
+        crate::buffer::storage::Budget {
             limit_bytes: self.limit_bytes(),
             min_retention_days: self.min_retention_days,
             policy: self.full_policy,
             min_free_bytes: self.min_free_bytes,
-            free_space: crate::storage::FreeSpace::Filesystem,
+            free_space: crate::buffer::storage::FreeSpace::Filesystem,
+        }
+    }
+
+    /// How the buffer worker is set up.
+    pub fn worker_settings(&self) -> crate::buffer::worker::Settings {
+        crate::buffer::worker::Settings {
+            data_dir: self.data_dir.clone(),
+            budget: self.budget(),
+            check_interval: std::time::Duration::from_secs(self.check_interval_secs),
+            daily_logs: self.daily_logs,
         }
     }
 }
@@ -307,6 +317,10 @@ pub struct CameraConfig {
     /// Object tracking and event suppression.
     #[serde(default)]
     pub tracker: TrackerConfig,
+    /// Named areas of the frame (`[[cameras.zones]]`): detections and tracks say which
+    /// ones the object stands in.
+    #[serde(default)]
+    pub zones: Vec<sightline_shared::zone::Zone>,
 }
 
 impl CameraConfig {
@@ -469,9 +483,16 @@ impl Default for MotionConfig {
 pub struct TrackerConfig {
     /// Least IoU between a track's last box and a detection of the same class to match.
     pub iou_threshold: f32,
-    /// A track not seen for this long is forgotten (seconds); an object seen again after
-    /// that is a new event. Keep it above `motion.detect_interval_secs`.
+    /// A track not seen for this long has ended (seconds): its final record is sent, and
+    /// an object seen again after that is a new track and a new event. Keep it above
+    /// `motion.detect_interval_secs`.
     pub max_age_secs: f64,
+    /// While a track lasts, a record of it is sent this often (seconds), so a car parked
+    /// for hours shows before it leaves.
+    pub update_interval_secs: f64,
+    /// Most points kept of a track's path (where the object stood); a longer visit keeps
+    /// evenly spread samples.
+    pub path_points: usize,
 }
 
 impl Default for TrackerConfig {
@@ -479,6 +500,8 @@ impl Default for TrackerConfig {
         Self {
             iou_threshold: 0.3,
             max_age_secs: 15.0,
+            update_interval_secs: 60.0,
+            path_points: 32,
         }
     }
 }
@@ -688,6 +711,20 @@ impl CameraConfig {
                 "must be above 0",
             ));
         }
+        if !(t.update_interval_secs.is_finite() && t.update_interval_secs >= 1.0) {
+            return Err(ConfigError::invalid(
+                field("tracker.update_interval_secs"),
+                "must be 1 or more",
+            ));
+        }
+        let most = sightline_shared::track::MAX_PATH_POINTS;
+        if !(2..=most).contains(&t.path_points) {
+            return Err(ConfigError::invalid(
+                field("tracker.path_points"),
+                format!("must be 2 to {most}"),
+            ));
+        }
+        sightline_shared::zone::validate_zones(&field("zones"), &self.zones)?;
         Ok(())
     }
 }

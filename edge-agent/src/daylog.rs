@@ -16,6 +16,14 @@ use sightline_shared::DetectionEvent;
 use time::OffsetDateTime;
 
 /// The folder under the data directory that holds the day folders.
+const MS_PER_DAY: i64 = 86_400_000;
+
+/// UTC day number (days since 1970-01-01) of a millisecond timestamp: the day an event's
+/// logs, snapshots and buffer rows belong to.
+pub fn day_of(ms: i64) -> i32 {
+    ms.div_euclid(MS_PER_DAY) as i32
+}
+
 pub const EVENTS_DIR: &str = "events";
 pub const JSON_FILE: &str = "events.json";
 pub const TEXT_FILE: &str = "events.log";
@@ -60,7 +68,7 @@ impl DayLogs {
 
     /// Writes one record per event to both files of the event's day.
     pub fn write(&mut self, event: &DetectionEvent) -> io::Result<()> {
-        let day = crate::buffer::day_of(event.captured_at.as_millis());
+        let day = day_of(event.captured_at.as_millis());
         let (json, text) = self.files(day)?;
         let mut line = serde_json::to_vec(event).map_err(io::Error::other)?;
         line.push(b'\n');

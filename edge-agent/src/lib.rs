@@ -25,9 +25,9 @@ pub mod outbox;
 pub mod publisher;
 mod snapshot;
 mod status;
-pub mod storage;
 pub mod synthetic;
 mod track;
 
 pub use agent::run;
+pub use buffer::storage;
 pub use config::AgentConfig;

@@ -148,6 +148,9 @@ impl CameraMetrics {
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
     pub events_created: Counter,
+    /// Track records committed to the buffer. The buffer's counters (published, dropped,
+    /// backlog) count its rows of both kinds.
+    pub tracks_recorded: Counter,
     pub events_published: Counter,
     pub events_duplicate: Counter,
     pub publish_errors: Counter,
@@ -188,6 +191,11 @@ impl Metrics {
             "events_created",
             "Events created by the cameras",
             metrics.events_created.clone(),
+        );
+        r.register(
+            "tracks_recorded",
+            "Track records committed to the buffer (published, dropped and backlog count them with events)",
+            metrics.tracks_recorded.clone(),
         );
         r.register(
             "events_published",

@@ -12,7 +12,7 @@ use std::future::Future;
 
 use bytes::Bytes;
 use sightline_shared::codec::{self, CodecError, EventHead};
-use sightline_shared::{ContentType, DetectionEvent, Encoding};
+use sightline_shared::{ContentType, DetectionEvent, Encoding, Kind, Timestamp, TrackRecord};
 use tokio::sync::mpsc;
 
 use crate::metrics::{DropReason, Metrics};
@@ -33,6 +33,109 @@ pub struct Outgoing {
 
 /// What every event this agent creates is stored as.
 pub const STORED: ContentType = ContentType::current(Encoding::Bincode);
+/// What every track record this agent creates is stored as.
+pub const STORED_TRACK: ContentType = ContentType::current_of(Kind::Track, Encoding::Bincode);
+
+/// Something the buffer stores and the publisher sends: an event or a track record.
+pub trait Stored {
+    /// Encodes it (validated) for the outbox as row `seq`.
+    fn encode(&self, seq: u64) -> Result<Outgoing, CodecError>;
+    /// Its message id, for logs.
+    fn id(&self) -> String;
+    fn camera_id(&self) -> &str;
+    /// The time that files it under a day (rotation): an event's capture, a track record's
+    /// last sighting.
+    fn filed_at(&self) -> Timestamp;
+    /// Checks it against the contract, `now` being the agent's clock.
+    fn validate(&self, now: Timestamp) -> Result<(), String>;
+}
+
+impl Stored for DetectionEvent {
+    fn encode(&self, seq: u64) -> Result<Outgoing, CodecError> {
+        Outgoing::encode(seq, self)
+    }
+    fn id(&self) -> String {
+        self.event_id.to_string()
+    }
+    fn camera_id(&self) -> &str {
+        &self.camera_id
+    }
+    fn filed_at(&self) -> Timestamp {
+        self.captured_at
+    }
+    fn validate(&self, now: Timestamp) -> Result<(), String> {
+        DetectionEvent::validate(self, now).map_err(|e| e.to_string())
+    }
+}
+
+impl Stored for TrackRecord {
+    fn encode(&self, seq: u64) -> Result<Outgoing, CodecError> {
+        Ok(Outgoing {
+            seq,
+            head: EventHead {
+                event_id: self.record_id,
+                schema_version: self.schema_version,
+                edge_id: self.edge_id.clone(),
+                camera_id: self.camera_id.clone(),
+            },
+            content_type: STORED_TRACK,
+            payload: codec::encode_track(self, Encoding::Bincode)?.into(),
+        })
+    }
+    fn id(&self) -> String {
+        self.record_id.to_string()
+    }
+    fn camera_id(&self) -> &str {
+        &self.camera_id
+    }
+    fn filed_at(&self) -> Timestamp {
+        self.last_seen_at
+    }
+    fn validate(&self, now: Timestamp) -> Result<(), String> {
+        TrackRecord::validate(self, now, sightline_shared::validate::MAX_FUTURE_SKEW_MS)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// An event or a track record on its way into the buffer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    Event(DetectionEvent),
+    Track(TrackRecord),
+}
+
+impl Stored for Message {
+    fn encode(&self, seq: u64) -> Result<Outgoing, CodecError> {
+        match self {
+            Self::Event(e) => e.encode(seq),
+            Self::Track(t) => t.encode(seq),
+        }
+    }
+    fn id(&self) -> String {
+        match self {
+            Self::Event(e) => e.id(),
+            Self::Track(t) => t.id(),
+        }
+    }
+    fn camera_id(&self) -> &str {
+        match self {
+            Self::Event(e) => &e.camera_id,
+            Self::Track(t) => &t.camera_id,
+        }
+    }
+    fn filed_at(&self) -> Timestamp {
+        match self {
+            Self::Event(e) => e.filed_at(),
+            Self::Track(t) => t.filed_at(),
+        }
+    }
+    fn validate(&self, now: Timestamp) -> Result<(), String> {
+        match self {
+            Self::Event(e) => Stored::validate(e, now),
+            Self::Track(t) => Stored::validate(t, now),
+        }
+    }
+}
 
 impl Outgoing {
     /// Encodes a (validated) event for the outbox.
@@ -57,9 +160,9 @@ impl Outgoing {
         })
     }
 
-    /// Whether the payload is of the schema version this build reads whole.
+    /// Whether the payload is of the schema version of its kind this build reads whole.
     pub fn is_current(&self) -> bool {
-        self.content_type.schema_version == sightline_shared::SCHEMA_VERSION
+        self.content_type.is_current()
     }
 
     /// The whole event, decoded (for a publisher configured for JSON, and for checks).

@@ -18,7 +18,7 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use sightline_shared::{Backoff, ContentType, Encoding, codec, subjects};
+use sightline_shared::{Backoff, ContentType, Encoding, Kind, codec, subjects};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -110,7 +110,7 @@ impl Publisher {
                         outbox.confirm(outgoing.seq).await;
                         continue;
                     };
-                    let subject = subjects::event_subject(&outgoing.head.edge_id, &outgoing.head.camera_id);
+                    let subject = subjects::subject_for(outgoing.content_type.kind, &outgoing.head.edge_id, &outgoing.head.camera_id);
                     let message = PublishMessage::build()
                         .payload(payload)
                         .message_id(outgoing.head.event_id.to_string())
@@ -158,11 +158,16 @@ impl Publisher {
         if self.encoding == outgoing.content_type.encoding || !outgoing.is_current() {
             return Some((outgoing.content_type, outgoing.payload.clone()));
         }
-        let encoded = outgoing
-            .event()
-            .and_then(|event| codec::encode(&event, self.encoding));
+        let kind = outgoing.content_type.kind;
+        let encoded = match kind {
+            Kind::Event => outgoing
+                .event()
+                .and_then(|event| codec::encode(&event, self.encoding)),
+            Kind::Track => codec::decode_track_as(outgoing.content_type, &outgoing.payload)
+                .and_then(|record| codec::encode_track(&record, self.encoding)),
+        };
         match encoded {
-            Ok(payload) => Some((ContentType::current(self.encoding), payload.into())),
+            Ok(payload) => Some((ContentType::current_of(kind, self.encoding), payload.into())),
             Err(error) => {
                 tracing::error!(event_id = %outgoing.head.event_id, camera = %outgoing.head.camera_id, %error, "dropping an event that cannot be encoded");
                 self.metrics.dropped(DropReason::Invalid, 1);

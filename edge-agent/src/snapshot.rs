@@ -76,12 +76,9 @@ pub(crate) fn render(
 
 /// The snapshot's path relative to the data directory, as the event records it.
 pub(crate) fn relative_path(event: &DetectionEvent) -> PathBuf {
-    daylog::day_dir(
-        Path::new(""),
-        crate::buffer::day_of(event.captured_at.as_millis()),
-    )
-    .join(SNAPSHOTS_DIR)
-    .join(format!("{}.jpg", event.event_id))
+    daylog::day_dir(Path::new(""), daylog::day_of(event.captured_at.as_millis()))
+        .join(SNAPSHOTS_DIR)
+        .join(format!("{}.jpg", event.event_id))
 }
 
 /// Writes a snapshot under `data_dir` atomically (temporary file, then rename), mode 0644.

@@ -5,10 +5,10 @@
 use std::path::Path;
 use std::time::Duration;
 
+use sightline_edge_agent::buffer::Buffer;
 use sightline_edge_agent::buffer::worker::{self, AppendError, BUFFER_FILE, Settings};
-use sightline_edge_agent::buffer::{Buffer, day_of};
 use sightline_edge_agent::config::SyntheticConfig;
-use sightline_edge_agent::daylog::{self, DayLogs};
+use sightline_edge_agent::daylog::{self, DayLogs, day_of};
 use sightline_edge_agent::metrics::Metrics;
 use sightline_edge_agent::storage::{Budget, FreeSpace, FullPolicy, dir_bytes};
 use sightline_shared::{DetectionEvent, EventId, Timestamp};

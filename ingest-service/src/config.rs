@@ -214,6 +214,7 @@ impl Validate for IngestConfig {
             ("retention.detections_days", r.detections_days),
             ("retention.rollups_days", r.rollups_days),
             ("retention.heartbeats_days", r.heartbeats_days),
+            ("retention.tracks_days", r.tracks_days),
         ] {
             if !(1..=36_500).contains(&days) {
                 return invalid(field, "must be 1 to 36500 days");

@@ -22,13 +22,13 @@ mod clock;
 mod config;
 pub mod consumer;
 mod deadletter;
-mod heartbeats;
 mod http;
 pub mod leader;
 pub mod metrics;
 pub mod nats;
 mod retention;
 mod service;
+mod side;
 pub mod sink;
 mod writer;
 

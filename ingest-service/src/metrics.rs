@@ -66,6 +66,8 @@ pub struct Metrics {
     pub retention_errors: Counter,
     pub heartbeats_stored: Counter,
     pub heartbeat_insert_errors: Counter,
+    pub tracks_stored: Counter,
+    pub track_insert_errors: Counter,
 }
 
 impl Metrics {
@@ -96,6 +98,8 @@ impl Metrics {
             retention_errors: Counter::default(),
             heartbeats_stored: Counter::default(),
             heartbeat_insert_errors: Counter::default(),
+            tracks_stored: Counter::default(),
+            track_insert_errors: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("sightline_ingest");
         r.register(
@@ -213,6 +217,16 @@ impl Metrics {
             "heartbeat_insert_errors",
             "Failed heartbeat inserts (the heartbeats are redelivered)",
             metrics.heartbeat_insert_errors.clone(),
+        );
+        r.register(
+            "tracks_stored",
+            "Track records written to tracks",
+            metrics.tracks_stored.clone(),
+        );
+        r.register(
+            "track_insert_errors",
+            "Failed track record inserts (the records are redelivered)",
+            metrics.track_insert_errors.clone(),
         );
         metrics
     }

@@ -30,7 +30,7 @@ pub fn events_stream_config(config: &IngestConfig) -> stream::Config {
     }
 }
 
-/// Creates or updates the events, dead-letter and heartbeat streams and returns the durable
+/// Creates or updates the events, tracks, dead-letter and heartbeat streams and returns the durable
 /// pull consumer of events.
 ///
 /// An existing durable keeps its deliver policy (the server cannot change it in place, and
@@ -52,6 +52,18 @@ pub async fn declare(
             subjects: vec![subjects::DEADLETTER_SUBJECTS.into()],
             storage: stream::StorageType::File,
             max_age: Duration::from_secs(config.stream.deadletter_max_age_days * 86_400),
+            duplicate_window,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        // Track records: kept like events (a sibling stream, one kind per stream).
+        stream::Config {
+            name: subjects::TRACKS_STREAM.into(),
+            description: Some("Sightline track records from edge agents".into()),
+            subjects: vec![subjects::TRACKS_SUBJECTS.into()],
+            storage: stream::StorageType::File,
+            max_age: Duration::from_secs(config.stream.max_age_hours * 3600),
+            max_message_size: sightline_shared::codec::MAX_PAYLOAD_BYTES as i32,
             duplicate_window,
             num_replicas: replicas,
             ..Default::default()

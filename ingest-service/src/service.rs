@@ -22,7 +22,7 @@ use crate::leader::{self, Elector};
 use crate::metrics::Metrics;
 use crate::sink::Sink;
 use crate::writer::{self, Writer};
-use crate::{heartbeats, nats, retention};
+use crate::{nats, retention, side};
 
 /// Runs the ingest service until `shutdown` completes.
 ///
@@ -161,26 +161,26 @@ async fn serve(
         "ingest running"
     );
     let ack_wait = Duration::from_secs(config.consumer.ack_wait_secs);
-    let declared = retry(
-        "declare the heartbeats consumer",
-        &cancel,
-        start_up_backoff(),
-        |_| true,
-        || heartbeats::declare(&js, ack_wait),
-    )
-    .await;
-    let Ok(Some(heartbeat_consumer)) = declared else {
+    let dead_letters = DeadLetters::new(js.clone(), metrics.clone());
+    let heartbeats = side::heartbeats(&metrics);
+    let tracks = side::tracks(
+        &metrics,
+        (config.consumer.max_future_skew_secs as i64).saturating_mul(1000),
+    );
+    let (Some(heartbeat_consumer), Some(track_consumer)) = (
+        side::declare_with_retry(&js, &heartbeats, ack_wait, &cancel).await,
+        side::declare_with_retry(&js, &tracks, ack_wait, &cancel).await,
+    ) else {
         return finish(http, nats).await;
     };
-    let dead_letters = DeadLetters::new(js.clone(), metrics.clone());
-    tokio::spawn(heartbeats::run(
-        heartbeat_consumer,
-        admin.clone().with_database(&config.clickhouse.database),
-        dead_letters.clone(),
-        metrics.clone(),
-        config.clickhouse.timeout(),
-        cancel.clone(),
-    ));
+    let writing = side::Writing {
+        client: admin.clone().with_database(&config.clickhouse.database),
+        dead_letters: dead_letters.clone(),
+        timeout: config.clickhouse.timeout(),
+        cancel: cancel.clone(),
+    };
+    tokio::spawn(side::run(heartbeat_consumer, heartbeats, writing.clone()));
+    tokio::spawn(side::run(track_consumer, tracks, writing));
     let mut writer_client = admin.clone().with_database(&config.clickhouse.database);
     if caps.partitions_per_insert_limit {
         writer_client = writer_client.with_setting("max_partitions_per_insert_block", "0");

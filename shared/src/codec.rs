@@ -1,12 +1,14 @@
 //! The versioned wire format.
 //!
-//! Every event message carries a `Content-Type` header that names both the encoding and the
-//! schema version:
+//! Every event or track message carries a `Content-Type` header that names its kind, its
+//! schema version and its encoding:
 //!
 //! | header value                                  | payload                         |
 //! |-----------------------------------------------|---------------------------------|
 //! | `application/vnd.sightline.event.v1+bincode`  | bincode 2, standard config      |
 //! | `application/vnd.sightline.event.v1+json`     | UTF-8 JSON object (see README)  |
+//! | `application/vnd.sightline.track.v1+bincode`  | a [`TrackRecord`], bincode      |
+//! | `application/vnd.sightline.track.v1+json`     | a [`TrackRecord`], JSON         |
 //!
 //! Bincode is the default: compact and fast. JSON is there for people publishing with other
 //! tools (`nats pub -H 'Content-Type: application/vnd.sightline.event.v1+json' ...`).
@@ -19,6 +21,7 @@ use std::str::FromStr;
 use thiserror::Error;
 
 use crate::event::{DetectionEvent, EventId, SCHEMA_VERSION};
+use crate::track::{TRACK_SCHEMA_VERSION, TrackRecord};
 
 /// The NATS header that carries the [`ContentType`].
 pub const CONTENT_TYPE_HEADER: &str = "Content-Type";
@@ -26,7 +29,41 @@ pub const CONTENT_TYPE_HEADER: &str = "Content-Type";
 /// The largest payload the decoder accepts, matching NATS' default `max_payload` (1 MiB).
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 
-const MEDIA_TYPE_PREFIX: &str = "application/vnd.sightline.event.v";
+const MEDIA_TYPE_PREFIX: &str = "application/vnd.sightline.";
+
+/// What a message holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Kind {
+    /// A [`DetectionEvent`].
+    #[default]
+    Event,
+    /// A [`TrackRecord`].
+    Track,
+}
+
+impl Kind {
+    /// The name in the content type.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Event => "event",
+            Self::Track => "track",
+        }
+    }
+
+    /// The schema version of this kind that this crate writes.
+    pub const fn current_version(self) -> u16 {
+        match self {
+            Self::Event => SCHEMA_VERSION,
+            Self::Track => TRACK_SCHEMA_VERSION,
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// How an event is encoded on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -66,20 +103,32 @@ impl FromStr for Encoding {
     }
 }
 
-/// The value of the `Content-Type` header: encoding plus schema version.
+/// The value of the `Content-Type` header: kind, schema version and encoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ContentType {
+    pub kind: Kind,
     pub encoding: Encoding,
     pub schema_version: u16,
 }
 
 impl ContentType {
-    /// The content type for the current schema version in `encoding`.
+    /// The content type of an event of the current schema version in `encoding`.
     pub const fn current(encoding: Encoding) -> Self {
+        Self::current_of(Kind::Event, encoding)
+    }
+
+    /// The content type of a `kind` message of its current schema version in `encoding`.
+    pub const fn current_of(kind: Kind, encoding: Encoding) -> Self {
         Self {
+            kind,
             encoding,
-            schema_version: SCHEMA_VERSION,
+            schema_version: kind.current_version(),
         }
+    }
+
+    /// Whether this is the schema version of its kind that this crate writes.
+    pub const fn is_current(&self) -> bool {
+        self.schema_version == self.kind.current_version()
     }
 }
 
@@ -87,8 +136,8 @@ impl fmt::Display for ContentType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{MEDIA_TYPE_PREFIX}{}+{}",
-            self.schema_version, self.encoding
+            "{MEDIA_TYPE_PREFIX}{}.v{}+{}",
+            self.kind, self.schema_version, self.encoding
         )
     }
 }
@@ -96,7 +145,7 @@ impl fmt::Display for ContentType {
 impl FromStr for ContentType {
     type Err = CodecError;
 
-    /// Parses `application/vnd.sightline.event.v<N>+<encoding>`, case-insensitively and
+    /// Parses `application/vnd.sightline.<kind>.v<N>+<encoding>`, case-insensitively and
     /// ignoring parameters after `;`. It does not check that the version is supported:
     /// [`decode`] does, so the two failures stay distinct.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -110,6 +159,13 @@ impl FromStr for ContentType {
         let rest = media
             .strip_prefix(MEDIA_TYPE_PREFIX)
             .ok_or_else(unsupported)?;
+        let (kind, rest) = if let Some(rest) = rest.strip_prefix("event.v") {
+            (Kind::Event, rest)
+        } else if let Some(rest) = rest.strip_prefix("track.v") {
+            (Kind::Track, rest)
+        } else {
+            return Err(unsupported());
+        };
         let (version, encoding) = rest.split_once('+').ok_or_else(unsupported)?;
         if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
             return Err(unsupported());
@@ -117,6 +173,7 @@ impl FromStr for ContentType {
         let schema_version = version.parse().map_err(|_| unsupported())?;
         let encoding = encoding.parse().map_err(|_| unsupported())?;
         Ok(Self {
+            kind,
             encoding,
             schema_version,
         })
@@ -133,20 +190,25 @@ pub enum CodecError {
     )]
     MissingContentType,
     #[error(
-        "unsupported content type {0:?} (expected application/vnd.sightline.event.v<N>+bincode or +json)"
+        "unsupported content type {0:?} (expected application/vnd.sightline.<event|track>.v<N>+bincode or +json)"
     )]
     UnsupportedContentType(String),
-    #[error("unsupported schema version {found} (this build reads version {SCHEMA_VERSION})")]
-    UnsupportedVersion { found: u16 },
+    #[error(
+        "unsupported {kind} schema version {found} (this build reads version {})",
+        kind.current_version()
+    )]
+    UnsupportedVersion { kind: Kind, found: u16 },
+    #[error("the content type names a {found} where {expected} was expected")]
+    WrongKind { expected: Kind, found: Kind },
     #[error("payload of {len} bytes exceeds the limit of {MAX_PAYLOAD_BYTES} bytes")]
     TooLarge { len: usize },
     #[error("malformed {encoding} payload: {reason}")]
     Malformed { encoding: Encoding, reason: String },
-    #[error("{extra} unexpected bytes after the {encoding} event")]
+    #[error("{extra} unexpected bytes after the {encoding} message")]
     TrailingBytes { encoding: Encoding, extra: usize },
     #[error("payload says schema_version {payload} but the content type says {header}")]
     VersionMismatch { header: u16, payload: u16 },
-    #[error("failed to encode event as {encoding}: {reason}")]
+    #[error("failed to encode the message as {encoding}: {reason}")]
     Encode { encoding: Encoding, reason: String },
 }
 
@@ -156,11 +218,23 @@ fn bincode_config() -> impl bincode::config::Config {
 
 /// Encodes `event` in `encoding` for the current schema version.
 pub fn encode(event: &DetectionEvent, encoding: Encoding) -> Result<Vec<u8>, CodecError> {
+    encode_message(event, encoding)
+}
+
+/// Encodes a track record in `encoding` for the current track schema version.
+pub fn encode_track(record: &TrackRecord, encoding: Encoding) -> Result<Vec<u8>, CodecError> {
+    encode_message(record, encoding)
+}
+
+fn encode_message<T: serde::Serialize>(
+    message: &T,
+    encoding: Encoding,
+) -> Result<Vec<u8>, CodecError> {
     let encode_err = |reason: String| CodecError::Encode { encoding, reason };
     let bytes = match encoding {
-        Encoding::Bincode => bincode::serde::encode_to_vec(event, bincode_config())
+        Encoding::Bincode => bincode::serde::encode_to_vec(message, bincode_config())
             .map_err(|e| encode_err(e.to_string()))?,
-        Encoding::Json => serde_json::to_vec(event).map_err(|e| encode_err(e.to_string()))?,
+        Encoding::Json => serde_json::to_vec(message).map_err(|e| encode_err(e.to_string()))?,
     };
     if bytes.len() > MAX_PAYLOAD_BYTES {
         return Err(encode_err(format!(
@@ -171,21 +245,60 @@ pub fn encode(event: &DetectionEvent, encoding: Encoding) -> Result<Vec<u8>, Cod
     Ok(bytes)
 }
 
-/// Decodes a payload given the raw `Content-Type` header value, if there was one.
+/// Decodes an event payload given the raw `Content-Type` header value, if there was one.
 ///
 /// Validation of the contents (ranges, ids, clock) is separate:
 /// [`DetectionEvent::validate`].
 pub fn decode(content_type: Option<&str>, payload: &[u8]) -> Result<DetectionEvent, CodecError> {
-    let content_type: ContentType = content_type
-        .ok_or(CodecError::MissingContentType)?
-        .parse()?;
-    decode_as(content_type, payload)
+    decode_as(parse_header(content_type)?, payload)
 }
 
-/// Decodes a payload whose content type is already parsed.
+/// Decodes an event payload whose content type is already parsed.
 pub fn decode_as(content_type: ContentType, payload: &[u8]) -> Result<DetectionEvent, CodecError> {
-    if content_type.schema_version != SCHEMA_VERSION {
+    let event: DetectionEvent = decode_message(Kind::Event, content_type, payload)?;
+    check_version(content_type, event.schema_version)?;
+    Ok(event)
+}
+
+/// Decodes a track record payload given the raw `Content-Type` header value.
+///
+/// Validation of the contents is separate: [`TrackRecord::validate`].
+pub fn decode_track(content_type: Option<&str>, payload: &[u8]) -> Result<TrackRecord, CodecError> {
+    decode_track_as(parse_header(content_type)?, payload)
+}
+
+/// Decodes a track record payload whose content type is already parsed.
+pub fn decode_track_as(
+    content_type: ContentType,
+    payload: &[u8],
+) -> Result<TrackRecord, CodecError> {
+    let record: TrackRecord = decode_message(Kind::Track, content_type, payload)?;
+    check_version(content_type, record.schema_version)?;
+    Ok(record)
+}
+
+/// Parses a raw `Content-Type` header value.
+pub fn parse_header(content_type: Option<&str>) -> Result<ContentType, CodecError> {
+    content_type.ok_or(CodecError::MissingContentType)?.parse()
+}
+
+/// Decodes a whole `kind` message of the current version: the kind and version the content
+/// type names are checked first, then the payload's size, then that the decoder used every
+/// byte.
+fn decode_message<T: serde::de::DeserializeOwned>(
+    kind: Kind,
+    content_type: ContentType,
+    payload: &[u8],
+) -> Result<T, CodecError> {
+    if content_type.kind != kind {
+        return Err(CodecError::WrongKind {
+            expected: kind,
+            found: content_type.kind,
+        });
+    }
+    if !content_type.is_current() {
         return Err(CodecError::UnsupportedVersion {
+            kind,
             found: content_type.schema_version,
         });
     }
@@ -193,29 +306,33 @@ pub fn decode_as(content_type: ContentType, payload: &[u8]) -> Result<DetectionE
         return Err(CodecError::TooLarge { len: payload.len() });
     }
     let encoding = content_type.encoding;
-    let event: DetectionEvent = match encoding {
+    match encoding {
         Encoding::Bincode => {
-            let (event, used) = bincode_prefix(payload)?;
+            let (message, used) = bincode_prefix(payload)?;
             if used != payload.len() {
                 return Err(CodecError::TrailingBytes {
                     encoding,
                     extra: payload.len() - used,
                 });
             }
-            event
+            Ok(message)
         }
         Encoding::Json => serde_json::from_slice(payload).map_err(|e| CodecError::Malformed {
             encoding,
             reason: e.to_string(),
-        })?,
-    };
-    if event.schema_version != content_type.schema_version {
+        }),
+    }
+}
+
+/// The version a payload says it is must be the one its content type names.
+fn check_version(content_type: ContentType, payload: u16) -> Result<(), CodecError> {
+    if payload != content_type.schema_version {
         return Err(CodecError::VersionMismatch {
             header: content_type.schema_version,
-            payload: event.schema_version,
+            payload,
         });
     }
-    Ok(event)
+    Ok(())
 }
 
 /// Decodes a `T` from the front of a bincode payload (its size checked by the caller) and
@@ -231,14 +348,17 @@ fn bincode_prefix<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// What a publisher needs to route an encoded event (subject and `Nats-Msg-Id`), read from
-/// the front of its payload without decoding the rest.
+/// What a publisher needs to route an encoded message (subject and `Nats-Msg-Id`), read
+/// from the front of its payload without decoding the rest.
 ///
-/// A contract across schema versions: every version of [`DetectionEvent`] begins with these
-/// four fields, in this order, so the head of a payload any agent version wrote decodes with
-/// this one (an upgraded agent publishes the rows an older one buffered as they are).
+/// A contract across schema versions and kinds: every version of [`DetectionEvent`] and of
+/// [`TrackRecord`] begins with these four fields, in this order (a track record's id is its
+/// `record_id`), so the head of a payload any agent version wrote decodes with this one (an
+/// upgraded agent publishes the rows an older one buffered as they are).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct EventHead {
+    /// The message's id: an event's `event_id`, a track record's `record_id`.
+    #[serde(alias = "record_id")]
     pub event_id: EventId,
     pub schema_version: u16,
     pub edge_id: String,
@@ -417,7 +537,10 @@ mod tests {
         ));
         assert_eq!(
             decode(Some("application/vnd.sightline.event.v2+bincode"), &bin),
-            Err(CodecError::UnsupportedVersion { found: 2 })
+            Err(CodecError::UnsupportedVersion {
+                kind: Kind::Event,
+                found: 2
+            })
         );
         let mut long = bin;
         long.push(0);
@@ -500,6 +623,7 @@ mod tests {
         newer.schema_version = SCHEMA_VERSION + 1;
         let payload = bincode::serde::encode_to_vec(&newer, bincode_config()).unwrap();
         let its_own = ContentType {
+            kind: Kind::Event,
             encoding: Encoding::Bincode,
             schema_version: SCHEMA_VERSION + 1,
         };
@@ -511,6 +635,71 @@ mod tests {
             decode_head(bincode, &payload),
             Err(CodecError::VersionMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn a_track_record_round_trips_and_routes_like_an_event() {
+        let record = crate::track::tests::record();
+        for encoding in [Encoding::Bincode, Encoding::Json] {
+            let content_type = ContentType::current_of(Kind::Track, encoding);
+            let header = content_type.to_string();
+            assert_eq!(
+                header,
+                format!("application/vnd.sightline.track.v1+{encoding}")
+            );
+            assert_eq!(header.parse::<ContentType>().unwrap(), content_type);
+            let payload = encode_track(&record, encoding).unwrap();
+            assert_eq!(decode_track(Some(&header), &payload).unwrap(), record);
+            // The head the publisher routes by: the record's id, version, edge and camera.
+            let head = decode_head(content_type, &payload).unwrap();
+            assert_eq!(
+                head,
+                EventHead {
+                    event_id: record.record_id,
+                    schema_version: 1,
+                    edge_id: "edge-1".into(),
+                    camera_id: "gate".into(),
+                }
+            );
+            // A track is never read as an event, nor the reverse.
+            assert_eq!(
+                decode(Some(&header), &payload),
+                Err(CodecError::WrongKind {
+                    expected: Kind::Event,
+                    found: Kind::Track
+                })
+            );
+            let event_type = ContentType::current(encoding).to_string();
+            let event = encode(&sample(), encoding).unwrap();
+            assert_eq!(
+                decode_track(Some(&event_type), &event),
+                Err(CodecError::WrongKind {
+                    expected: Kind::Track,
+                    found: Kind::Event
+                })
+            );
+        }
+        assert_eq!(
+            decode_track(Some("application/vnd.sightline.track.v9+json"), b"{}")
+                .unwrap_err()
+                .to_string(),
+            "unsupported track schema version 9 (this build reads version 1)"
+        );
+        assert!(
+            "application/vnd.sightline.tracks.v1+json"
+                .parse::<ContentType>()
+                .is_err()
+        );
+        // A third party's JSON names every field; an unknown one is refused.
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&encode_track(&record, Encoding::Json).unwrap()).unwrap();
+        json["colour"] = "red".into();
+        let refused = decode_track(
+            Some("application/vnd.sightline.track.v1+json"),
+            &serde_json::to_vec(&json).unwrap(),
+        )
+        .unwrap_err();
+        assert!(refused.to_string().contains("colour"), "{refused}");
     }
 
     #[test]

@@ -38,6 +38,17 @@ impl ConfigError {
     }
 }
 
+impl From<crate::validate::ValidationError> for ConfigError {
+    /// A contract rule a configured value breaks: its message starts with the field.
+    fn from(error: crate::validate::ValidationError) -> Self {
+        let message = error.to_string();
+        match message.split_once(": ") {
+            Some((field, problem)) => Self::invalid(field, problem),
+            None => Self::invalid("", message),
+        }
+    }
+}
+
 /// The checks serde cannot express (ranges, cross-field rules, safe identifiers).
 pub trait Validate {
     fn validate(&self) -> Result<(), ConfigError>;

@@ -4,8 +4,10 @@
 //! * [`validate`]: the rules an event must satisfy before anyone stores it.
 //! * [`codec`]: the versioned wire format (bincode by default, JSON as the alternative),
 //!   selected by a `Content-Type` header that also names the schema version.
+//! * [`track`]: the track record (schema v1): one object's visit to one camera.
 //! * [`heartbeat`]: the edge agent's periodic status message (JSON).
 //! * [`subjects`]: NATS subject and JetStream stream names.
+//! * [`zone`]: named polygons over a camera's frame, and which of them hold an object.
 //! * [`clock`]: the cloud's clock answer, and the edge's offset from it.
 //! * [`config`]: the config error and validation trait, TOML parsing, and the connection
 //!   sections that more than one service reads from its config file.
@@ -22,10 +24,13 @@ pub mod event;
 pub mod heartbeat;
 pub mod subjects;
 pub mod timestamp;
+pub mod track;
 pub mod validate;
+pub mod zone;
 
 pub use backoff::Backoff;
-pub use codec::{CodecError, ContentType, Encoding};
+pub use codec::{CodecError, ContentType, Encoding, Kind};
 pub use event::{BoundingBox, Detection, DetectionEvent, EventId, ModelInfo, SCHEMA_VERSION};
 pub use timestamp::Timestamp;
+pub use track::{TrackKey, TrackRecord};
 pub use validate::ValidationError;

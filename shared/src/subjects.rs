@@ -1,9 +1,10 @@
 //! NATS subject and JetStream stream names.
 //!
 //! Events travel on `sightline.events.<edge_id>.<camera_id>`, stored by the stream
-//! [`EVENTS_STREAM`]. Messages that ingest cannot store go, with their original payload and
-//! the reason, to `sightline.deadletter.events.<edge_id>.<camera_id>` (or
-//! `sightline.deadletter.events._unknown` when the original subject was not an event subject),
+//! [`EVENTS_STREAM`]; track records on `sightline.tracks.<edge_id>.<camera_id>`, stored by
+//! [`TRACKS_STREAM`]. Messages that ingest cannot store go, with their original payload and
+//! the reason, to `sightline.deadletter.<events|tracks>.<edge_id>.<camera_id>` (or
+//! `sightline.deadletter.events._unknown` when the original subject was neither),
 //! stored by [`DEADLETTER_STREAM`]. Edge and camera ids are restricted to
 //! `[A-Za-z0-9_-]` (see [`crate::validate::is_identifier`]) so they are always single,
 //! wildcard-free subject tokens.
@@ -32,6 +33,13 @@ pub const DEADLETTER_SEQUENCE_HEADER: &str = "Sightline-Original-Sequence";
 pub const HEARTBEATS_STREAM: &str = "SIGHTLINE_HEARTBEATS";
 /// The subjects of [`HEARTBEATS_STREAM`].
 pub const HEARTBEATS_SUBJECTS: &str = "sightline.heartbeats.>";
+
+/// The JetStream stream that stores track records (a sibling of [`EVENTS_STREAM`], so each
+/// stream holds one kind: nats-server 2.9 has no multi-subject consumer filters, and the
+/// events stream's loss accounting counts every message in it as an event).
+pub const TRACKS_STREAM: &str = "SIGHTLINE_TRACKS";
+/// The subjects of [`TRACKS_STREAM`].
+pub const TRACKS_SUBJECTS: &str = "sightline.tracks.>";
 
 /// The subject an edge publishes its heartbeats on.
 pub fn heartbeat_subject(edge_id: &str) -> String {
@@ -64,16 +72,43 @@ pub fn event_subject(edge_id: &str, camera_id: &str) -> String {
 
 /// Splits an event subject into `(edge_id, camera_id)`; `None` if it is not one.
 pub fn parse_event_subject(subject: &str) -> Option<(&str, &str)> {
-    let rest = subject.strip_prefix(ROOT)?.strip_prefix(".events.")?;
+    parse_camera_subject(subject, ".events.")
+}
+
+/// The subject for track records of one camera.
+pub fn track_subject(edge_id: &str, camera_id: &str) -> String {
+    debug_assert!(is_identifier(edge_id) && is_identifier(camera_id));
+    format!("{ROOT}.tracks.{edge_id}.{camera_id}")
+}
+
+/// Splits a track subject into `(edge_id, camera_id)`; `None` if it is not one.
+pub fn parse_track_subject(subject: &str) -> Option<(&str, &str)> {
+    parse_camera_subject(subject, ".tracks.")
+}
+
+/// The subject a message of `kind` from one camera is published on.
+pub fn subject_for(kind: crate::codec::Kind, edge_id: &str, camera_id: &str) -> String {
+    match kind {
+        crate::codec::Kind::Event => event_subject(edge_id, camera_id),
+        crate::codec::Kind::Track => track_subject(edge_id, camera_id),
+    }
+}
+
+fn parse_camera_subject<'a>(subject: &'a str, kind: &str) -> Option<(&'a str, &'a str)> {
+    let rest = subject.strip_prefix(ROOT)?.strip_prefix(kind)?;
     let (edge, camera) = rest.split_once('.')?;
     (is_identifier(edge) && is_identifier(camera)).then_some((edge, camera))
 }
 
-/// The dead-letter subject for a message originally published on `original`.
+/// The dead-letter subject for a message originally published on `original`: events and
+/// tracks each keep their kind and camera.
 pub fn deadletter_subject(original: &str) -> String {
-    match parse_event_subject(original) {
-        Some((edge, camera)) => format!("{ROOT}.deadletter.events.{edge}.{camera}"),
-        None => format!("{ROOT}.deadletter.events._unknown"),
+    if let Some((edge, camera)) = parse_event_subject(original) {
+        format!("{ROOT}.deadletter.events.{edge}.{camera}")
+    } else if let Some((edge, camera)) = parse_track_subject(original) {
+        format!("{ROOT}.deadletter.tracks.{edge}.{camera}")
+    } else {
+        format!("{ROOT}.deadletter.events._unknown")
     }
 }
 
@@ -103,6 +138,16 @@ mod tests {
         let s = event_subject("edge-1", "cam_2");
         assert_eq!(s, "sightline.events.edge-1.cam_2");
         assert_eq!(parse_event_subject(&s), Some(("edge-1", "cam_2")));
+        assert_eq!(parse_track_subject(&s), None);
+        let t = track_subject("edge-1", "cam_2");
+        assert_eq!(t, "sightline.tracks.edge-1.cam_2");
+        assert_eq!(parse_track_subject(&t), Some(("edge-1", "cam_2")));
+        assert_eq!(parse_event_subject(&t), None);
+        assert_eq!(subject_for(crate::codec::Kind::Track, "edge-1", "cam_2"), t);
+        assert_eq!(
+            deadletter_subject(&t),
+            "sightline.deadletter.tracks.edge-1.cam_2"
+        );
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::fmt::Display;
 
 use thiserror::Error;
 
-use crate::event::{BoundingBox, DetectionEvent, SCHEMA_VERSION};
+use std::collections::BTreeMap;
+
+use crate::event::{BoundingBox, DetectionEvent, EventId, SCHEMA_VERSION};
 use crate::timestamp::Timestamp;
 
 /// Longest `edge_id` or `camera_id`, in bytes.
@@ -39,10 +41,14 @@ pub const MAX_INFERENCE_MS: f32 = 3_600_000.0;
 #[derive(Debug, Clone, PartialEq, Error)]
 #[non_exhaustive]
 pub enum ValidationError {
-    #[error("schema_version: unsupported version {found}, this build reads {SCHEMA_VERSION}")]
-    SchemaVersion { found: u16 },
-    #[error("event_id: {id} is not a UUIDv7 (version {version})")]
-    NotUuidV7 { id: String, version: usize },
+    #[error("schema_version: unsupported version {found}, this build reads {reads}")]
+    SchemaVersion { found: u16, reads: u16 },
+    #[error("{field}: {id} is not a UUIDv7 (version {version})")]
+    NotUuidV7 {
+        field: &'static str,
+        id: String,
+        version: usize,
+    },
     #[error("{field}: must be 1 to {max} characters of A-Z a-z 0-9 _ -, got {value:?}")]
     BadIdentifier {
         field: String,
@@ -75,15 +81,27 @@ pub enum ValidationError {
     #[error("{field}: box is inverted ({min} > {max})")]
     InvertedBox { field: String, min: f32, max: f32 },
     #[error(
-        "captured_at: {at} is more than {max_secs}s ahead of the receiver's clock ({now}): is the sender's clock right?"
+        "{field}: {at} is more than {max_secs}s ahead of the receiver's clock ({now}): is the sender's clock right?"
     )]
     InFuture {
+        field: &'static str,
         at: Timestamp,
         now: Timestamp,
         max_secs: i64,
     },
-    #[error("captured_at: {at} is before {MIN_CAPTURED_AT}")]
-    TooOld { at: Timestamp },
+    #[error("{field}: {at} is before {MIN_CAPTURED_AT}")]
+    TooOld { field: &'static str, at: Timestamp },
+    #[error("{field}: {at} is before {earlier_field} ({earlier})")]
+    OutOfOrder {
+        field: String,
+        at: Timestamp,
+        earlier_field: String,
+        earlier: Timestamp,
+    },
+    #[error("{field}: {value:?} appears twice")]
+    Duplicate { field: String, value: String },
+    #[error("{field}: the outline encloses no area")]
+    Degenerate { field: String },
 }
 
 impl DetectionEvent {
@@ -103,29 +121,13 @@ impl DetectionEvent {
         if self.schema_version != SCHEMA_VERSION {
             return Err(ValidationError::SchemaVersion {
                 found: self.schema_version,
+                reads: SCHEMA_VERSION,
             });
         }
-        let version = self.event_id.as_uuid().get_version_num();
-        if version != 7 {
-            return Err(ValidationError::NotUuidV7 {
-                id: self.event_id.to_string(),
-                version,
-            });
-        }
+        uuid_v7("event_id", &self.event_id)?;
         identifier("edge_id", &self.edge_id)?;
         identifier("camera_id", &self.camera_id)?;
-        if self.captured_at < MIN_CAPTURED_AT {
-            return Err(ValidationError::TooOld {
-                at: self.captured_at,
-            });
-        }
-        if self.captured_at.as_millis() > now.as_millis().saturating_add(max_future_skew_ms) {
-            return Err(ValidationError::InFuture {
-                at: self.captured_at,
-                now,
-                max_secs: max_future_skew_ms / 1000,
-            });
-        }
+        seen_at("captured_at", self.captured_at, now, max_future_skew_ms)?;
         in_range("motion_score", self.motion_score, 0.0, 1.0)?;
         in_range("inference_ms", self.inference_ms, 0.0, MAX_INFERENCE_MS)?;
         text("model.name", &self.model.name, MAX_MODEL_FIELD_LEN, false)?;
@@ -165,18 +167,59 @@ impl DetectionEvent {
             )?;
             bbox(format_args!("detections[{i}].bbox"), &d.bbox)?;
         }
-        count("attributes", self.attributes.len(), MAX_ATTRIBUTES)?;
-        for (key, value) in &self.attributes {
-            identifier("attributes key", key)?;
-            text(
-                format_args!("attributes[{key}]"),
-                value,
-                MAX_ATTRIBUTE_VALUE_LEN,
-                true,
-            )?;
-        }
-        Ok(())
+        attributes(&self.attributes)
     }
+}
+
+/// Checks that `id` is a UUIDv7.
+pub(crate) fn uuid_v7(field: &'static str, id: &EventId) -> Result<(), ValidationError> {
+    let version = id.as_uuid().get_version_num();
+    if version != 7 {
+        return Err(ValidationError::NotUuidV7 {
+            field,
+            id: id.to_string(),
+            version,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a time something was seen at the edge: not before [`MIN_CAPTURED_AT`], and at
+/// most `max_future_skew_ms` ahead of the validator's clock `now`.
+pub(crate) fn seen_at(
+    field: &'static str,
+    at: Timestamp,
+    now: Timestamp,
+    max_future_skew_ms: i64,
+) -> Result<(), ValidationError> {
+    if at < MIN_CAPTURED_AT {
+        return Err(ValidationError::TooOld { field, at });
+    }
+    if at.as_millis() > now.as_millis().saturating_add(max_future_skew_ms) {
+        return Err(ValidationError::InFuture {
+            field,
+            at,
+            now,
+            max_secs: max_future_skew_ms / 1000,
+        });
+    }
+    Ok(())
+}
+
+/// Checks free string attributes: at most [`MAX_ATTRIBUTES`], identifier keys, bounded
+/// values without control characters.
+pub(crate) fn attributes(attributes: &BTreeMap<String, String>) -> Result<(), ValidationError> {
+    count("attributes", attributes.len(), MAX_ATTRIBUTES)?;
+    for (key, value) in attributes {
+        identifier("attributes key", key)?;
+        text(
+            format_args!("attributes[{key}]"),
+            value,
+            MAX_ATTRIBUTE_VALUE_LEN,
+            true,
+        )?;
+    }
+    Ok(())
 }
 
 /// Whether `s` is a valid edge, camera or attribute-key id: 1 to [`MAX_ID_LEN`] bytes of
@@ -195,7 +238,7 @@ pub fn is_label(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_LABEL_LEN && !s.chars().any(char::is_control)
 }
 
-fn identifier(field: impl Display, value: &str) -> Result<(), ValidationError> {
+pub(crate) fn identifier(field: impl Display, value: &str) -> Result<(), ValidationError> {
     if is_identifier(value) {
         return Ok(());
     }
@@ -210,7 +253,7 @@ fn identifier(field: impl Display, value: &str) -> Result<(), ValidationError> {
     })
 }
 
-fn bounded(field: impl Display, value: &str, max: usize) -> Result<(), ValidationError> {
+pub(crate) fn bounded(field: impl Display, value: &str, max: usize) -> Result<(), ValidationError> {
     if value.len() > max {
         return Err(ValidationError::TooLong {
             field: field.to_string(),
@@ -221,7 +264,7 @@ fn bounded(field: impl Display, value: &str, max: usize) -> Result<(), Validatio
     Ok(())
 }
 
-fn text(
+pub(crate) fn text(
     field: impl Display + Copy,
     value: &str,
     max: usize,
@@ -241,7 +284,7 @@ fn text(
     Ok(())
 }
 
-fn count(field: impl Display, count: usize, max: usize) -> Result<(), ValidationError> {
+pub(crate) fn count(field: impl Display, count: usize, max: usize) -> Result<(), ValidationError> {
     if count > max {
         return Err(ValidationError::TooMany {
             field: field.to_string(),
@@ -252,7 +295,12 @@ fn count(field: impl Display, count: usize, max: usize) -> Result<(), Validation
     Ok(())
 }
 
-fn in_range(field: impl Display, value: f32, min: f32, max: f32) -> Result<(), ValidationError> {
+pub(crate) fn in_range(
+    field: impl Display,
+    value: f32,
+    min: f32,
+    max: f32,
+) -> Result<(), ValidationError> {
     // NaN fails both comparisons, so it is out of range too.
     if value >= min && value <= max {
         return Ok(());
@@ -265,7 +313,7 @@ fn in_range(field: impl Display, value: f32, min: f32, max: f32) -> Result<(), V
     })
 }
 
-fn bbox(field: impl Display + Copy, b: &BoundingBox) -> Result<(), ValidationError> {
+pub(crate) fn bbox(field: impl Display + Copy, b: &BoundingBox) -> Result<(), ValidationError> {
     for (name, v) in [
         ("x_min", b.x_min),
         ("y_min", b.y_min),

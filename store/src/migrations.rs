@@ -55,6 +55,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "edge_heartbeats_v2",
         sql: include_str!("../migrations/0006_edge_heartbeats_v2.sql"),
     },
+    Migration {
+        version: 7,
+        name: "tracks",
+        sql: include_str!("../migrations/0007_tracks.sql"),
+    },
 ];
 
 /// Why migrating failed.
@@ -365,7 +370,7 @@ mod tests {
     fn migrations_are_ordered_and_split() {
         assert!(MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version));
         let statements: Vec<_> = MIGRATIONS.iter().flat_map(|m| m.statements("db")).collect();
-        assert_eq!(statements.len(), 10);
+        assert_eq!(statements.len(), 11);
         // Every statement is safe to run twice: DDL with IF NOT EXISTS, backfills that skip
         // what is already there (ADD COLUMN IF NOT EXISTS runs as adds of what is missing).
         assert!(statements.iter().all(|s| s.contains("`db`.")

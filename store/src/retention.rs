@@ -37,6 +37,8 @@ pub struct RetentionSettings {
     pub rollups_days: u32,
     /// Days of edge heartbeats.
     pub heartbeats_days: u32,
+    /// Days of track records (counted from the track's start, or its arrival if later).
+    pub tracks_days: u32,
     /// How often the partition sweep runs on servers without TTL, in seconds.
     pub sweep_interval_secs: u64,
 }
@@ -48,6 +50,7 @@ impl Default for RetentionSettings {
             detections_days: 30,
             rollups_days: 400,
             heartbeats_days: 30,
+            tracks_days: 30,
             sweep_interval_secs: 3600,
         }
     }
@@ -89,7 +92,7 @@ const CAPTURED_OR_ARRIVED: &str = "greatest(captured_at, ingested_at)";
 
 impl RetentionSettings {
     /// Every retained table with its retention in days.
-    pub fn tables(&self) -> [(RetainedTable, u32); 5] {
+    pub fn tables(&self) -> [(RetainedTable, u32); 6] {
         [
             (
                 RetainedTable {
@@ -135,6 +138,15 @@ impl RetentionSettings {
                     adds_arrival: false,
                 },
                 self.heartbeats_days,
+            ),
+            (
+                RetainedTable {
+                    name: tables::TRACKS,
+                    ttl_time: "greatest(started_at, ingested_at)",
+                    partitioning: Partitioning::Day,
+                    adds_arrival: false,
+                },
+                self.tracks_days,
             ),
         ]
     }
@@ -302,7 +314,7 @@ mod tests {
         let s = RetentionSettings::default();
         assert!(s.ttl_statements("db", Capabilities::LEGACY).is_empty());
         let modern = s.ttl_statements("db", Capabilities::MODERN);
-        assert_eq!(modern.len(), 12);
+        assert_eq!(modern.len(), 14);
         assert!(modern[0].contains("TTL greatest(captured_at, ingested_at) + INTERVAL 30 DAY"));
         // The tables kept by views get their arrival column before their TTL names it.
         assert_eq!(
@@ -314,6 +326,10 @@ mod tests {
         ));
         assert!(modern[5].starts_with("ALTER TABLE `db`.detections ADD COLUMN IF NOT EXISTS"));
         assert!(modern[8].contains("MODIFY TTL hour + INTERVAL 400 DAY"));
+        assert!(
+            modern[12]
+                .contains("tracks MODIFY TTL greatest(started_at, ingested_at) + INTERVAL 30 DAY")
+        );
         assert!(modern[10].contains(
             "edge_heartbeats MODIFY TTL greatest(sent_at, received_at) + INTERVAL 30 DAY"
         ));

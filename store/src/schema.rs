@@ -1,6 +1,6 @@
 //! The row types, in column order (RowBinary has no names): [`EventRow`] for `events`
-//! (written by ingest, read back by the query service) and [`HeartbeatRow`] for
-//! `edge_heartbeats`; and the ClickHouse client set-up. The tables themselves are made by
+//! (written by ingest, read back by the query service), [`HeartbeatRow`] for
+//! `edge_heartbeats` and [`TrackRow`] for `tracks`; and the ClickHouse client set-up. The tables themselves are made by
 //! [`crate::migrations`] (see `store/migrations/`).
 //!
 //! Column notes for SQL users:
@@ -13,6 +13,7 @@ use clickhouse::{Client, Row};
 use serde::{Deserialize, Serialize};
 use sightline_shared::config::ClickHouseConfig;
 use sightline_shared::heartbeat::Heartbeat;
+use sightline_shared::track::{BestFrame, EndedBy, PathPoint, TrackRecord, ZoneVisit};
 use sightline_shared::{BoundingBox, Detection, DetectionEvent, EventId, ModelInfo, Timestamp};
 use uuid::Uuid;
 
@@ -277,11 +278,236 @@ impl From<Heartbeat> for HeartbeatRow {
     }
 }
 
+/// One row of `tracks` (without `ingested_at`, which defaults): a track record, its best
+/// frame flattened, its path and zone stays as parallel arrays.
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct TrackRow {
+    pub schema_version: u16,
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub record_id: Uuid,
+    pub edge_id: String,
+    pub camera_id: String,
+    pub track_id: u64,
+    pub revision: u32,
+    pub label: String,
+    pub class_id: u32,
+    /// `DateTime` travels as seconds since the epoch.
+    pub started_at: u32,
+    pub started_at_ms: i64,
+    pub last_seen_at_ms: i64,
+    /// `""` while the track lasts.
+    pub ended_by: String,
+    pub frames: u64,
+    pub max_confidence: f32,
+    pub mean_confidence: f32,
+    pub best_at_ms: i64,
+    pub best_x_min: f32,
+    pub best_y_min: f32,
+    pub best_x_max: f32,
+    pub best_y_max: f32,
+    pub best_confidence: f32,
+    #[serde(rename = "path.at_ms")]
+    pub path_at_ms: Vec<i64>,
+    #[serde(rename = "path.x")]
+    pub path_x: Vec<f32>,
+    #[serde(rename = "path.y")]
+    pub path_y: Vec<f32>,
+    #[serde(rename = "zones.zone")]
+    pub zone_name: Vec<String>,
+    #[serde(rename = "zones.entered_at_ms")]
+    pub zone_entered_at_ms: Vec<i64>,
+    #[serde(rename = "zones.exited_at_ms")]
+    pub zone_exited_at_ms: Vec<Option<i64>>,
+    #[serde(with = "clickhouse::serde::uuid::option")]
+    pub arrival_event_id: Option<Uuid>,
+    pub snapshot: Option<String>,
+    #[serde(rename = "attributes.key")]
+    pub attr_key: Vec<String>,
+    #[serde(rename = "attributes.value")]
+    pub attr_value: Vec<String>,
+}
+
+impl From<TrackRecord> for TrackRow {
+    fn from(r: TrackRecord) -> Self {
+        let (attr_key, attr_value) = r.attributes.into_iter().unzip();
+        Self {
+            schema_version: r.schema_version,
+            record_id: *r.record_id.as_uuid(),
+            edge_id: r.edge_id,
+            camera_id: r.camera_id,
+            track_id: r.track_id,
+            revision: r.revision,
+            label: r.label,
+            class_id: r.class_id,
+            // Validated records start between 2000 and now + skew, well inside u32.
+            started_at: u32::try_from(r.started_at.as_secs()).unwrap_or(0),
+            started_at_ms: r.started_at.as_millis(),
+            last_seen_at_ms: r.last_seen_at.as_millis(),
+            ended_by: r
+                .ended_by
+                .map(EndedBy::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            frames: r.frames,
+            max_confidence: r.max_confidence,
+            mean_confidence: r.mean_confidence,
+            best_at_ms: r.best.captured_at.as_millis(),
+            best_x_min: r.best.bbox.x_min,
+            best_y_min: r.best.bbox.y_min,
+            best_x_max: r.best.bbox.x_max,
+            best_y_max: r.best.bbox.y_max,
+            best_confidence: r.best.confidence,
+            path_at_ms: r.path.iter().map(|p| p.at.as_millis()).collect(),
+            path_x: r.path.iter().map(|p| p.x).collect(),
+            path_y: r.path.iter().map(|p| p.y).collect(),
+            zone_entered_at_ms: r.zones.iter().map(|z| z.entered_at.as_millis()).collect(),
+            zone_exited_at_ms: r
+                .zones
+                .iter()
+                .map(|z| z.exited_at.map(|t| t.as_millis()))
+                .collect(),
+            zone_name: r.zones.into_iter().map(|z| z.zone).collect(),
+            arrival_event_id: r.arrival_event_id.map(|id| *id.as_uuid()),
+            snapshot: r.snapshot,
+            attr_key,
+            attr_value,
+        }
+    }
+}
+
+impl TrackRow {
+    /// Turns a stored row back into the record it came from (an unknown `ended_by`, which
+    /// only a hand-made row can have, reads as `lost`). Parallel arrays of unequal length
+    /// are cut to the shortest rather than panicking.
+    pub fn into_record(self) -> TrackRecord {
+        let ms = Timestamp::from_millis;
+        TrackRecord {
+            record_id: EventId::from_uuid(self.record_id),
+            schema_version: self.schema_version,
+            edge_id: self.edge_id,
+            camera_id: self.camera_id,
+            track_id: self.track_id,
+            revision: self.revision,
+            label: self.label,
+            class_id: self.class_id,
+            started_at: ms(self.started_at_ms),
+            last_seen_at: ms(self.last_seen_at_ms),
+            ended_by: match self.ended_by.as_str() {
+                "" => None,
+                "shutdown" => Some(EndedBy::Shutdown),
+                _ => Some(EndedBy::Lost),
+            },
+            frames: self.frames,
+            max_confidence: self.max_confidence,
+            mean_confidence: self.mean_confidence,
+            best: BestFrame {
+                captured_at: ms(self.best_at_ms),
+                bbox: BoundingBox {
+                    x_min: self.best_x_min,
+                    y_min: self.best_y_min,
+                    x_max: self.best_x_max,
+                    y_max: self.best_y_max,
+                },
+                confidence: self.best_confidence,
+            },
+            path: self
+                .path_at_ms
+                .into_iter()
+                .zip(self.path_x)
+                .zip(self.path_y)
+                .map(|((at, x), y)| PathPoint { at: ms(at), x, y })
+                .collect(),
+            zones: self
+                .zone_name
+                .into_iter()
+                .zip(self.zone_entered_at_ms)
+                .zip(self.zone_exited_at_ms)
+                .map(|((zone, entered), exited)| ZoneVisit {
+                    zone,
+                    entered_at: ms(entered),
+                    exited_at: exited.map(ms),
+                })
+                .collect(),
+            arrival_event_id: self.arrival_event_id.map(EventId::from_uuid),
+            snapshot: self.snapshot,
+            attributes: self.attr_key.into_iter().zip(self.attr_value).collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use sightline_shared::SCHEMA_VERSION;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn row_round_trips_a_track_record() {
+        let at = |ms: i64| Timestamp::from_millis(1_795_000_000_000 + ms);
+        let mut record = TrackRecord {
+            record_id: EventId::new_v7(at(9_000)),
+            schema_version: 1,
+            edge_id: "edge-1".into(),
+            camera_id: "gate".into(),
+            track_id: 7,
+            revision: 2,
+            label: "car".into(),
+            class_id: 2,
+            started_at: at(0),
+            last_seen_at: at(9_000),
+            ended_by: Some(EndedBy::Shutdown),
+            frames: 10,
+            max_confidence: 0.9,
+            mean_confidence: 0.8,
+            best: BestFrame {
+                captured_at: at(3_000),
+                bbox: BoundingBox {
+                    x_min: 0.1,
+                    y_min: 0.2,
+                    x_max: 0.3,
+                    y_max: 0.4,
+                },
+                confidence: 0.9,
+            },
+            path: vec![
+                PathPoint {
+                    at: at(0),
+                    x: 0.2,
+                    y: 0.4,
+                },
+                PathPoint {
+                    at: at(9_000),
+                    x: 0.5,
+                    y: 0.4,
+                },
+            ],
+            zones: vec![
+                ZoneVisit {
+                    zone: "driveway".into(),
+                    entered_at: at(1_000),
+                    exited_at: Some(at(2_000)),
+                },
+                ZoneVisit {
+                    zone: "driveway".into(),
+                    entered_at: at(5_000),
+                    exited_at: None,
+                },
+            ],
+            arrival_event_id: Some(EventId::new_v7(at(0))),
+            snapshot: Some("x.jpg".into()),
+            attributes: BTreeMap::from([("site".to_owned(), "north".to_owned())]),
+        };
+        let row = TrackRow::from(record.clone());
+        assert_eq!(row.ended_by, "shutdown");
+        assert_eq!(row.started_at, 1_795_000_000);
+        assert_eq!(row.zone_exited_at_ms, [Some(1_795_000_002_000), None]);
+        assert_eq!(row.into_record(), record);
+        record.ended_by = None;
+        record.arrival_event_id = None;
+        let row = TrackRow::from(record.clone());
+        assert_eq!(row.ended_by, "");
+        assert_eq!(row.into_record(), record);
+    }
 
     #[test]
     fn row_round_trips_an_event() {

@@ -18,11 +18,14 @@ pub const DETECTIONS_HOURLY: &str = "detections_hourly";
 pub const DETECTIONS_HOURLY_MV: &str = "detections_hourly_mv";
 /// One row per edge heartbeat: `schema::HeartbeatRow`.
 pub const EDGE_HEARTBEATS: &str = "edge_heartbeats";
+/// One row per track record (the latest revision of a track replaces the others):
+/// `schema::TrackRow`.
+pub const TRACKS: &str = "tracks";
 /// The applied migrations (version, name, checksum).
 pub const SCHEMA_MIGRATIONS: &str = "schema_migrations";
 
 /// Every table and view above: what the ownership test looks for in other crates' SQL.
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 10] = [
     EVENTS,
     EVENTS_BY_ID,
     EVENTS_BY_ID_MV,
@@ -31,6 +34,7 @@ pub const ALL: [&str; 9] = [
     DETECTIONS_HOURLY,
     DETECTIONS_HOURLY_MV,
     EDGE_HEARTBEATS,
+    TRACKS,
     SCHEMA_MIGRATIONS,
 ];
 

@@ -77,6 +77,7 @@ def arrived_when_captured(s):
     for table, column, time in (
         ("events", "ingested_at", "captured_at"),
         ("edge_heartbeats", "received_at", "sent_at"),
+        ("tracks", "ingested_at", "started_at"),
     ):
         s.query(
             f"ALTER TABLE sightline.{table} UPDATE {column} = {time} WHERE 1"
@@ -92,7 +93,7 @@ def arrived_when_captured(s):
 
 
 def optimize(s):
-    for table in ("events", "events_by_id", "detections", "detections_hourly", "edge_heartbeats"):
+    for table in ("events", "events_by_id", "detections", "detections_hourly", "edge_heartbeats", "tracks"):
         s.query(f"OPTIMIZE TABLE sightline.{table} FINAL")
 
 
@@ -107,9 +108,9 @@ def test_ttl_removes_exactly_the_expired_rows_and_keeps_rollups(db):
     statements = schema()
     tables = [s for s in statements if not s.startswith("ALTER TABLE")]
     retention = [s for s in statements if s.startswith("ALTER TABLE")]
-    # TTL and ttl_only_drop_parts on five tables, the arrival column of the two tables kept
+    # TTL and ttl_only_drop_parts on six tables, the arrival column of the two tables kept
     # by views, and the dedup window of events and the three tables its views write.
-    assert len(retention) == 16
+    assert len(retention) == 18
     assert sum("non_replicated_deduplication_window" in s for s in retention) == 4
     apply(db, tables)
     insert_events(db)
@@ -121,6 +122,21 @@ def test_ttl_removes_exactly_the_expired_rows_and_keeps_rollups(db):
             f" SELECT 'edge', t, toUnixTimestamp(t) * 1000, '0.1.0', 1, 2, 0, 3, 3, 0, 0, NULL, 1, 2, 0.5, 1"
             f" FROM (SELECT now() - INTERVAL {days} DAY AS t)"
         )
+        # A track that started then, with two records (revisions).
+        for revision in (0, 1):
+            db.query(
+                "INSERT INTO sightline.tracks (schema_version, record_id, edge_id, camera_id, track_id,"
+                " revision, label, class_id, started_at, started_at_ms, last_seen_at_ms, ended_by, frames,"
+                " max_confidence, mean_confidence, best_at_ms, best_x_min, best_y_min, best_x_max,"
+                " best_y_max, best_confidence, path.at_ms, path.x, path.y, zones.zone,"
+                " zones.entered_at_ms, zones.exited_at_ms, arrival_event_id, snapshot,"
+                " attributes.key, attributes.value)"
+                f" SELECT 1, generateUUIDv4(), 'edge', 'gate', {days + 1}, {revision}, 'person', 0, t,"
+                f" toUnixTimestamp(t) * 1000, toUnixTimestamp(t) * 1000 + 5000, '', 3, 0.9, 0.8,"
+                " toUnixTimestamp(t) * 1000, 0.1, 0.1, 0.2, 0.2, 0.9, [], [], [], ['gate'],"
+                " [toUnixTimestamp(t) * 1000], [NULL], NULL, NULL, [], []"
+                f" FROM (SELECT now() - INTERVAL {days} DAY AS t)"
+            )
     assert rows(db, "SELECT count() FROM sightline.events") == [["4"]]
     assert rows(db, "SELECT count() FROM sightline.detections") == [["7"]]
     apply(db, retention)
@@ -129,8 +145,10 @@ def test_ttl_removes_exactly_the_expired_rows_and_keeps_rollups(db):
     assert rows(db, "SELECT count() FROM sightline.events") == [["4"]]
     arrived_when_captured(db)
     optimize(db)
-    # Events, detections and heartbeats keep 30 days; rollups keep 400.
+    # Events, detections, heartbeats and tracks keep 30 days; rollups keep 400. A track's
+    # revisions collapse to the latest.
     assert rows(db, "SELECT count() FROM sightline.edge_heartbeats") == [["1"]]
+    assert rows(db, "SELECT track_id, revision FROM sightline.tracks") == [["1", "1"]]
     assert rows(db, "SELECT toString(event_id) FROM sightline.events ORDER BY event_id") == [
         ["0190b1d2-0000-7000-8000-000000000001"],
         ["0190b1d2-0000-7000-8000-000000000002"],
@@ -187,4 +205,5 @@ def test_migrations_are_idempotent(db):
         "events_by_id",
         "events_by_id_mv",
         "schema_migrations",
+        "tracks",
     ]

@@ -14,6 +14,7 @@
 //! carries).
 
 mod recover;
+pub mod storage;
 #[cfg(test)]
 mod tests;
 pub mod worker;
@@ -25,7 +26,8 @@ use std::path::{Path, PathBuf};
 use duckdb::{Connection, OptionalExt, params};
 use sightline_shared::{DetectionEvent, EventId};
 
-use crate::outbox::Outgoing;
+use crate::daylog::day_of;
+use crate::outbox::{Outgoing, Stored};
 
 pub use recover::Recovery;
 
@@ -46,20 +48,23 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         "dropped",
         include_str!("../../migrations/0003_dropped.sql"),
     ),
+    (
+        4,
+        "track_ids",
+        include_str!("../../migrations/0004_track_ids.sql"),
+    ),
 ];
 
-const MS_PER_DAY: i64 = 86_400_000;
+/// How far past the last track id it can read a recovered buffer starts: a damaged WAL may
+/// have held reservations made since the last checkpoint (cameras reserve small blocks, so
+/// this covers thousands of them).
+const RECOVERED_TRACK_ID_MARGIN: u64 = 1 << 20;
 
 /// What every row stored before migration 0002 (which records each row's content type) is.
 const V1_STORED: &str = "application/vnd.sightline.event.v1+bincode";
 
 fn now_ms() -> i64 {
     sightline_runtime::now().as_millis()
-}
-
-/// UTC day number (days since 1970-01-01) of a millisecond timestamp.
-pub fn day_of(ms: i64) -> i32 {
-    ms.div_euclid(MS_PER_DAY) as i32
 }
 
 /// What went wrong in the buffer.
@@ -288,9 +293,9 @@ impl Buffer {
 
     /// Commits `events` in one transaction and returns their seqs. Either all are stored or
     /// none is.
-    pub fn append(
+    pub fn append<M: Stored>(
         &mut self,
-        events: &[DetectionEvent],
+        events: &[M],
         now_ms: i64,
     ) -> Result<Vec<u64>, BufferError> {
         let first = self.next_seq;
@@ -298,13 +303,13 @@ impl Buffer {
             .iter()
             .zip(first..)
             .map(|(event, seq)| {
-                Outgoing::encode(seq, event).map_err(|e| BufferError::Encode {
-                    event_id: event.event_id.to_string(),
+                event.encode(seq).map_err(|e| BufferError::Encode {
+                    event_id: event.id(),
                     reason: e.to_string(),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let captured = events.iter().map(|e| e.captured_at.as_millis());
+        let captured = events.iter().map(|e| e.filed_at().as_millis());
         self.insert(out.iter().zip(captured), now_ms)?;
         let next = self.next_seq;
         self.fresh.extend(out);
@@ -489,6 +494,37 @@ impl Buffer {
         Some(self.fresh.drain(..n).collect())
     }
 
+    /// Reserves `n` track ids: the range is committed before it is returned, so no id of it
+    /// is handed out again, whatever happens to the agent or the clock.
+    pub fn reserve_track_ids(&mut self, n: u64) -> Result<Range<u64>, BufferError> {
+        let db = db_err(&self.path);
+        let start: i64 = self
+            .conn
+            .query_row("SELECT next_track_id FROM buffer_state", [], |r| r.get(0))
+            .map_err(db)?;
+        let start = (start.max(1)) as u64;
+        let end = start.saturating_add(n.max(1));
+        self.conn
+            .execute(
+                "UPDATE buffer_state SET next_track_id = ?",
+                params![end as i64],
+            )
+            .map_err(db_err(&self.path))?;
+        Ok(start..end)
+    }
+
+    /// Makes new track ids start at `floor` or later (a recovered buffer continues past the
+    /// damaged one's).
+    fn continue_track_ids_from(&mut self, floor: u64) -> Result<(), BufferError> {
+        self.conn
+            .execute(
+                "UPDATE buffer_state SET next_track_id = greatest(next_track_id, ?)",
+                params![floor as i64],
+            )
+            .map_err(db_err(&self.path))?;
+        Ok(())
+    }
+
     /// Records where the sequence is, before rows are deleted (which could remove the newest).
     fn persist_next_seq(&self) -> Result<(), BufferError> {
         self.conn
@@ -656,7 +692,7 @@ impl Buffer {
         let mut stmt = self
             .conn
             .prepare_cached(
-                &format!("SELECT seq, coalesce(content_type, '{V1_STORED}'), payload, seq NOT IN (SELECT seq FROM outbox) FROM events ORDER BY seq DESC LIMIT ?"),
+                &format!("SELECT seq, coalesce(content_type, '{V1_STORED}'), payload, seq NOT IN (SELECT seq FROM outbox) FROM events WHERE coalesce(content_type, '') NOT LIKE 'application/vnd.sightline.track.%' ORDER BY seq DESC LIMIT ?"),
             )
             .map_err(db_err(&self.path))?;
         let rows = stmt

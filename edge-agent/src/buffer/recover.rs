@@ -32,10 +32,10 @@ use duckdb::{AccessMode, Config, Connection, params};
 use sightline_shared::{DetectionEvent, EventId};
 
 use super::{
-    Buffer, BufferError, V1_STORED, corrupt_path, day_of, is_corruption, moved_aside, wal_path,
-    with_suffix,
+    Buffer, BufferError, RECOVERED_TRACK_ID_MARGIN, V1_STORED, corrupt_path, is_corruption,
+    moved_aside, wal_path, with_suffix,
 };
-use crate::daylog;
+use crate::daylog::{self, day_of};
 use crate::outbox::Outgoing;
 
 /// Day-log events captured up to this long before the main file's newest event are
@@ -111,6 +111,14 @@ pub(super) fn open_damaged(
         match Buffer::open_existing(path) {
             Ok(mut buffer) => {
                 tracing::error!(path = %path.display(), wal = %wal_aside.display(), %error, "the buffer's write-ahead log could not be replayed (damaged by a power cut?): set it aside and opened the buffer without it; recovering the events it held from the day logs");
+                // The lost WAL may have reserved track ids since the last checkpoint.
+                let floor = buffer
+                    .conn
+                    .query_row("SELECT next_track_id FROM buffer_state", [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                    .ok();
+                carry_track_ids(&mut buffer, floor)?;
                 recovery.from_logs = offer_recent_from_logs(&mut buffer)?;
                 finish(&aside, &recovery);
                 return Ok((buffer, recovery));
@@ -282,10 +290,17 @@ fn read_copy(copy: &Path, buffer: &mut Buffer) -> Result<Salvage, BufferError> {
         Ok(conn) => conn,
         Err(error) => {
             tracing::error!(copy = %copy.display(), %error, "the set-aside buffer file cannot be opened at all: its events can only come back from the day logs");
+            carry_track_ids(buffer, None)?;
             salvage.uncounted = 1;
             return Ok(salvage);
         }
     };
+    let track_floor = conn
+        .query_row("SELECT next_track_id FROM buffer_state", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .ok();
+    carry_track_ids(buffer, track_floor)?;
     // Files from before migration 0002 have no content type: they hold v1 bincode only.
     let content_type = if conn
         .prepare("SELECT content_type FROM outbox LIMIT 0")
@@ -413,6 +428,17 @@ pub(super) struct QuarantinedRow {
 }
 
 /// The lowest seq the copy holds, from whichever table can say; 1 if neither can.
+/// New track ids start past the damaged buffer's: [`RECOVERED_TRACK_ID_MARGIN`] past its
+/// counter where that is readable (reservations in a lost WAL are covered), otherwise in
+/// microseconds since the epoch (far above any counter, and the clock is all that is left).
+fn carry_track_ids(buffer: &mut Buffer, counter: Option<i64>) -> Result<(), BufferError> {
+    let floor = match counter {
+        Some(next) => (next.max(1) as u64).saturating_add(RECOVERED_TRACK_ID_MARGIN),
+        None => (sightline_runtime::now().as_millis().max(0) as u64).saturating_mul(1000),
+    };
+    buffer.continue_track_ids_from(floor)
+}
+
 fn seq_start(conn: &Connection) -> i64 {
     ["SELECT min(seq) FROM outbox", "SELECT min(seq) FROM events"]
         .iter()

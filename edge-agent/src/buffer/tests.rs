@@ -551,6 +551,7 @@ fn rows_of_every_version_are_published_as_they_were_stored() {
     let mut newer = event(5, 0);
     newer.schema_version = sightline_shared::SCHEMA_VERSION + 1;
     let newer_type = sightline_shared::ContentType {
+        kind: sightline_shared::Kind::Event,
         encoding: sightline_shared::Encoding::Bincode,
         schema_version: newer.schema_version,
     };
@@ -631,4 +632,46 @@ fn a_recovery_does_not_bring_back_what_drop_oldest_dropped() {
     let drained = ids(&drain(&mut buffer, 32));
     assert_eq!(drained, ids_of(&events[30..]));
     assert!(drained.is_disjoint(&dropped));
+}
+
+#[test]
+fn track_ids_are_never_handed_out_twice_across_restarts_and_recoveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut handed_out = Vec::new();
+    {
+        let mut buffer = open(&dir);
+        handed_out.push(buffer.reserve_track_ids(256).unwrap());
+        handed_out.push(buffer.reserve_track_ids(256).unwrap());
+    }
+    {
+        let mut buffer = open(&dir);
+        handed_out.push(buffer.reserve_track_ids(10).unwrap());
+    }
+    assert_eq!(handed_out, [1..257, 257..513, 513..523]);
+    // A damaged file: its readable counter plus the margin for reservations a lost WAL made.
+    let path = dir.path().join("buffer.duckdb");
+    let mut buffer = open(&dir);
+    buffer.close_for_replacement();
+    let (mut recovered, _) = recover::recover_main(
+        &path,
+        &corrupt_path(&path),
+        &"a bad block",
+        Recovery::default(),
+        1,
+    )
+    .unwrap();
+    let next = recovered.reserve_track_ids(1).unwrap();
+    assert_eq!(next.start, 523 + RECOVERED_TRACK_ID_MARGIN);
+    drop(recovered);
+    // A file nothing can be read from: the clock is all that is left.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("buffer.duckdb");
+    std::fs::write(&path, vec![0x5a; 64 * 1024]).unwrap();
+    let (mut buffer, _) = Buffer::open(&path).unwrap();
+    let next = buffer.reserve_track_ids(1).unwrap();
+    let micros = sightline_runtime::now().as_millis() as u64 * 1000;
+    assert!(
+        next.start <= micros && next.start > micros - 60_000_000,
+        "{next:?}"
+    );
 }

@@ -10,15 +10,15 @@ use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
-use sightline_shared::DetectionEvent;
+use sightline_shared::{DetectionEvent, TrackRecord};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::storage::{self, Budget, FullPolicy, Rotation, Usage};
 use super::{Buffer, BufferError, BufferStats, Opened, RecentEvent, Recovery};
 use crate::daylog::DayLogs;
 use crate::metrics::{DropReason, Metrics};
-use crate::outbox::{Outbox, Outgoing};
-use crate::storage::{self, Budget, FullPolicy, Rotation, Usage};
+use crate::outbox::{Message, Outbox, Outgoing, Stored};
 
 /// Most appends committed in one transaction.
 const MAX_GROUP: usize = 4096;
@@ -37,17 +37,6 @@ pub struct Settings {
     pub budget: Budget,
     pub check_interval: Duration,
     pub daily_logs: bool,
-}
-
-impl From<&crate::config::StorageConfig> for Settings {
-    fn from(config: &crate::config::StorageConfig) -> Self {
-        Self {
-            data_dir: config.data_dir.clone(),
-            budget: config.budget(),
-            check_interval: Duration::from_secs(config.check_interval_secs),
-            daily_logs: config.daily_logs,
-        }
-    }
 }
 
 /// Why an event was not stored.
@@ -101,15 +90,13 @@ type Reply<T> = oneshot::Sender<Result<T, String>>;
 type PendingPage = (oneshot::Receiver<Result<Vec<Outgoing>, String>>, bool);
 
 enum Command {
-    Append(
-        Box<DetectionEvent>,
-        oneshot::Sender<Result<u64, AppendError>>,
-    ),
+    Append(Box<Message>, oneshot::Sender<Result<u64, AppendError>>),
     Page(usize, Reply<Vec<Outgoing>>),
     Sent(Vec<u64>),
     Status(Reply<BufferStatus>),
     Recent(usize, Reply<Vec<RecentEvent>>),
     Rotate(bool, Reply<Rotation>),
+    ReserveTrackIds(u64, Reply<std::ops::Range<u64>>),
     Close(oneshot::Sender<()>),
 }
 
@@ -184,13 +171,22 @@ impl BufferHandle {
 
     /// Validates and commits one event; returns its seq once it is durable.
     pub async fn append(&self, event: DetectionEvent) -> Result<u64, AppendError> {
-        let now = sightline_runtime::now();
-        event
-            .validate(now)
-            .map_err(|e| AppendError::Invalid(e.to_string()))?;
+        self.append_message(Message::Event(event)).await
+    }
+
+    /// Validates and commits one track record, like an event (it is published the same
+    /// way, on its own subject); it is not written to the day logs.
+    pub async fn append_track(&self, record: TrackRecord) -> Result<u64, AppendError> {
+        self.append_message(Message::Track(record)).await
+    }
+
+    async fn append_message(&self, message: Message) -> Result<u64, AppendError> {
+        message
+            .validate(sightline_runtime::now())
+            .map_err(AppendError::Invalid)?;
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Append(Box::new(event), reply))
+            .send(Command::Append(Box::new(message), reply))
             .map_err(|_| AppendError::Failed("the buffer is closed".into()))?;
         rx.await
             .map_err(|_| AppendError::Failed("the buffer is closed".into()))?
@@ -208,6 +204,12 @@ impl BufferHandle {
     /// Rotates now: at 90 % or above, or with `force` below it (see [`Budget::rotate`]).
     pub async fn rotate(&self, force: bool) -> Result<Rotation, String> {
         self.ask(|reply| Command::Rotate(force, reply)).await
+    }
+
+    /// Reserves `n` track ids, unique on this edge for good (see
+    /// [`Buffer::reserve_track_ids`]).
+    pub async fn reserve_track_ids(&self, n: u64) -> Result<std::ops::Range<u64>, String> {
+        self.ask(|reply| Command::ReserveTrackIds(n, reply)).await
     }
 
     /// Writes back outstanding state and stops the thread.
@@ -425,10 +427,7 @@ impl Worker {
         }
     }
 
-    fn append(
-        &mut self,
-        appends: Vec<(DetectionEvent, oneshot::Sender<Result<u64, AppendError>>)>,
-    ) {
+    fn append(&mut self, appends: Vec<(Message, oneshot::Sender<Result<u64, AppendError>>)>) {
         if appends.is_empty() {
             return;
         }
@@ -438,7 +437,7 @@ impl Worker {
                 FullPolicy::RejectNew | FullPolicy::DropOldest => AppendError::Full,
             };
             for (event, reply) in appends {
-                tracing::error!(event_id = %event.event_id, camera = %event.camera_id, storage = %self.usage.display(), "dropping a new event: {error}");
+                tracing::error!(id = %event.id(), camera = %event.camera_id(), storage = %self.usage.display(), "dropping a new event or track record: {error}");
                 let _ = reply.send(Err(error.clone()));
             }
             return;
@@ -473,7 +472,8 @@ impl Worker {
                     last = Some(seq);
                     // Roughly what one event adds: its row, its JSON line and its text record.
                     self.bytes_since_check += 1024;
-                    if self.settings.daily_logs
+                    if let Message::Event(event) = event
+                        && self.settings.daily_logs
                         && let Err(error) = self.logs.write(event)
                     {
                         self.metrics.log_write_errors.inc();
@@ -482,7 +482,7 @@ impl Worker {
                     let _ = reply.send(Ok(seq));
                 }
                 Err(error) => {
-                    tracing::error!(event_id = %event.event_id, camera = %event.camera_id, %error, "the buffer could not store an event");
+                    tracing::error!(id = %event.id(), camera = %event.camera_id(), %error, "the buffer could not store an event or track record");
                     let _ = reply.send(Err(error));
                 }
             }
@@ -529,6 +529,13 @@ impl Worker {
             }
             Command::Rotate(force, reply) => {
                 let _ = reply.send(self.check(force).map_err(|e| e.to_string()));
+            }
+            Command::ReserveTrackIds(n, reply) => {
+                let reserved = match self.buffer.unusable() {
+                    Some(why) => Err(format!("the buffer is unusable: {why}")),
+                    None => self.buffer.reserve_track_ids(n).map_err(|e| e.to_string()),
+                };
+                let _ = reply.send(reserved);
             }
             Command::Append(..) | Command::Close(_) => unreachable!("handled in run"),
         }

@@ -141,6 +141,50 @@ min_score = 0.4
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+
+    // Every tracked object's whole visit reaches ClickHouse's tracks: one track per track
+    // id the events name, closed when the camera finished, naming the event that reported
+    // its arrival (the first event that carries it).
+    let mut arrivals = std::collections::BTreeMap::new();
+    for event in events.iter().rev() {
+        for d in &event.detections {
+            if let Some(track) = d.track_id {
+                arrivals
+                    .entry(track)
+                    .or_insert((event.event_id.to_string(), d.label.clone()));
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = stack
+            .clickhouse
+            .query("SELECT track_id, argMax(label, revision), argMax(ended_by, revision), argMax(frames, revision), argMax(ifNull(toString(arrival_event_id), ''), revision), argMax(last_seen_at_ms - started_at_ms, revision) FROM sightline.tracks WHERE edge_id = 'edge-cam' GROUP BY track_id ORDER BY track_id FORMAT TabSeparated")
+            .await?;
+        let stored: Vec<Vec<&str>> = rows
+            .lines()
+            .map(|l| l.split('\t').collect::<Vec<_>>())
+            .collect();
+        if stored.len() == arrivals.len() {
+            for (row, (track, (event_id, label))) in stored.iter().zip(&arrivals) {
+                assert_eq!(row[0], track.to_string(), "{rows}");
+                assert_eq!(row[1], label, "{rows}");
+                assert!(matches!(row[2], "shutdown" | "lost"), "{rows}");
+                assert!(row[3].parse::<u64>()? >= 1, "{rows}");
+                assert_eq!(row[4], event_id, "{rows}");
+                // Frames come 250 ms apart: a track seen in one frame lasts 0 ms, and none
+                // outlasts the 16 frames.
+                assert!(row[5].parse::<i64>()? < 16 * 250, "{rows}");
+            }
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "ClickHouse has tracks {rows}, want the {} the events name",
+            arrivals.len()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     stack.stop().await
 }
 

@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::buffer::{Buffer, BufferError, day_of, moved_aside};
-use crate::daylog::{self, DayLogs};
+use super::{Buffer, BufferError, moved_aside};
+use crate::daylog::{self, DayLogs, day_of};
 
 /// Warn at this share of the budget.
 pub const WARN_PERCENT: f64 = 80.0;

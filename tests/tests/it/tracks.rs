@@ -1,0 +1,187 @@
+//! Track records from a third party, as JSON on the wire: stored in ClickHouse's `tracks`,
+//! the latest revision replacing the earlier ones; bad ones dead-lettered with the reason.
+
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use sightline_shared::codec::{self, CONTENT_TYPE_HEADER};
+use sightline_shared::track::{BestFrame, EndedBy, PathPoint, TrackRecord, ZoneVisit};
+use sightline_shared::{BoundingBox, ContentType, Encoding, EventId, Kind, Timestamp};
+use sightline_tests::Stack;
+use sightline_tests::stack::metric;
+
+fn record(track_id: u64, revision: u32, last_seen_ms: i64, ended: Option<EndedBy>) -> TrackRecord {
+    let start = sightline_runtime::now().as_millis() - 120_000;
+    let at = |ms: i64| Timestamp::from_millis(start + ms);
+    TrackRecord {
+        record_id: EventId::new_v7(at(last_seen_ms)),
+        schema_version: 1,
+        edge_id: "edge-t".into(),
+        camera_id: "gate".into(),
+        track_id,
+        revision,
+        label: "person".into(),
+        class_id: 0,
+        started_at: at(0),
+        last_seen_at: at(last_seen_ms),
+        ended_by: ended,
+        frames: 1 + last_seen_ms as u64 / 500,
+        max_confidence: 0.9,
+        mean_confidence: 0.75,
+        best: BestFrame {
+            captured_at: at(0),
+            bbox: BoundingBox {
+                x_min: 0.1,
+                y_min: 0.2,
+                x_max: 0.3,
+                y_max: 0.9,
+            },
+            confidence: 0.9,
+        },
+        path: vec![
+            PathPoint {
+                at: at(0),
+                x: 0.2,
+                y: 0.9,
+            },
+            PathPoint {
+                at: at(last_seen_ms),
+                x: 0.6,
+                y: 0.9,
+            },
+        ],
+        zones: vec![ZoneVisit {
+            zone: "gate".into(),
+            entered_at: at(1_000),
+            exited_at: ended.map(|_| at(last_seen_ms)),
+        }],
+        arrival_event_id: Some(EventId::new_v7(at(0))),
+        snapshot: None,
+        attributes: Default::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn third_party_json_tracks_are_stored_latest_revision_first_and_bad_ones_dead_lettered()
+-> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let js = stack.jetstream().await?;
+    let json = ContentType::current_of(Kind::Track, Encoding::Json).to_string();
+    let headers = |ct: &str| {
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_TYPE_HEADER, ct);
+        h
+    };
+    let publish = |subject: &str, content_type: &str, payload: Vec<u8>| {
+        let js = js.clone();
+        let subject = subject.to_owned();
+        let message = async_nats::jetstream::message::PublishMessage::build()
+            .payload(payload.into())
+            .headers(headers(content_type));
+        async move { anyhow::Ok(js.send_publish(subject, message).await?.await?) }
+    };
+    // A track that lasts (two updates), then ends; the records arrive out of order.
+    let updates = [
+        record(41, 0, 60_000, None),
+        record(41, 2, 90_000, Some(EndedBy::Lost)),
+        record(41, 1, 80_000, None),
+    ];
+    for r in &updates {
+        publish(
+            "sightline.tracks.edge-t.gate",
+            &json,
+            codec::encode_track(r, Encoding::Json)?,
+        )
+        .await?;
+    }
+    // Bad ones: a field the contract does not know, a rule broken, the wrong camera, an
+    // event's content type.
+    let mut unknown: serde_json::Value = serde_json::from_slice(&codec::encode_track(
+        &record(42, 0, 1_000, None),
+        Encoding::Json,
+    )?)?;
+    unknown["colour"] = "red".into();
+    let mut broken = record(43, 0, 1_000, None);
+    broken.mean_confidence = 0.95;
+    let cases: Vec<(&str, String, Vec<u8>, &str, &str)> = vec![
+        (
+            "sightline.tracks.edge-t.gate",
+            json.clone(),
+            serde_json::to_vec(&unknown)?,
+            "Decode",
+            "colour",
+        ),
+        (
+            "sightline.tracks.edge-t.gate",
+            json.clone(),
+            codec::encode_track(&broken, Encoding::Json)?,
+            "Validation",
+            "mean_confidence",
+        ),
+        (
+            "sightline.tracks.edge-t.door",
+            json.clone(),
+            codec::encode_track(&record(44, 0, 1_000, None), Encoding::Json)?,
+            "Subject",
+            "camera_id",
+        ),
+        (
+            "sightline.tracks.edge-t.gate",
+            ContentType::current(Encoding::Json).to_string(),
+            codec::encode_track(&record(45, 0, 1_000, None), Encoding::Json)?,
+            "Decode",
+            "track",
+        ),
+    ];
+    for (subject, content_type, payload, _, _) in &cases {
+        publish(subject, content_type, payload.clone()).await?;
+    }
+
+    // The latest revision is what a reader sees, whatever order the records came in.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = stack
+            .clickhouse
+            .query("SELECT track_id, revision, ended_by, frames, last_seen_at_ms - started_at_ms, zones.zone, zones.exited_at_ms FROM sightline.tracks FINAL WHERE edge_id = 'edge-t' ORDER BY track_id FORMAT TabSeparated")
+            .await?;
+        let stored: Vec<Vec<&str>> = rows.lines().map(|l| l.split('\t').collect()).collect();
+        if let [row] = stored.as_slice()
+            && row.get(1) == Some(&"2")
+        {
+            let last = &updates[1];
+            let frames = last.frames.to_string();
+            let exited = format!("[{}]", last.last_seen_at.as_millis());
+            assert_eq!(
+                row.as_slice(),
+                ["41", "2", "lost", &frames, "90000", "['gate']", &exited],
+                "{rows}"
+            );
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "tracks: {rows}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let all = stack
+        .clickhouse
+        .query("SELECT count() FROM sightline.tracks WHERE edge_id = 'edge-t' FORMAT TabSeparated")
+        .await?;
+    assert!(
+        matches!(all.trim(), "1" | "2" | "3"),
+        "the three records, or fewer once merged: {all}"
+    );
+
+    let seen = stack.dead_letters(10).await?;
+    assert_eq!(seen.len(), cases.len(), "{seen:?}");
+    for ((subject, _, payload, reason, names), got) in cases.iter().zip(&seen) {
+        assert_eq!(subject, &got.original_subject);
+        assert_eq!(payload, &got.payload);
+        assert!(got.reason.starts_with(reason), "{} / {reason}", got.reason);
+        assert!(got.reason.contains(names), "{} names {names}", got.reason);
+    }
+    let metrics = stack.ingest_metrics().await?;
+    assert_eq!(
+        metric(&metrics, "sightline_ingest_tracks_stored_total", ""),
+        3.0
+    );
+    stack.stop().await
+}

@@ -345,6 +345,11 @@ impl Camera {
             &mut p.records,
         );
         self.store_tracks(&mut p.records, rt);
+        if self.snapshots.enabled {
+            for (f, a) in found.iter().zip(&assignments).filter(|(_, a)| a.best) {
+                self.save_track_snapshot(frame, f, a.track_id, &mut p.tracker, label);
+            }
+        }
         if !assignments.iter().any(|a| a.new) {
             m.events_suppressed.get_or_create(label).inc();
             self.state.update(|s| s.events_suppressed += 1);
@@ -386,11 +391,11 @@ impl Camera {
             .flatten();
         event.snapshot = saved.as_ref().map(|p| p.display().to_string());
         let event_id = event.event_id;
-        for new in assignments.iter().filter(|a| a.new) {
-            p.tracker.set_arrival(new.track_id, event_id);
-        }
         match rt.block_on(self.buffer.append(event)) {
             Ok(_) => {
+                for new in assignments.iter().filter(|a| a.new) {
+                    p.tracker.set_arrival(new.track_id, event_id);
+                }
                 self.metrics.events_created.inc();
                 m.capture_to_buffer_seconds
                     .get_or_create(label)
@@ -420,6 +425,45 @@ impl Camera {
                     self.metrics.refused(error.drop_reason(), 1);
                     tracing::error!(camera = %self.config.id, track_id, revision, %error, "the buffer refused a track record");
                 }
+            }
+        }
+    }
+
+    /// Renders a track's best frame so far (the object alone, boxed) over its snapshot file;
+    /// on failure the track keeps the one before, if any.
+    fn save_track_snapshot(
+        &self,
+        frame: &Frame,
+        found: &Found,
+        track_id: u64,
+        tracker: &mut Tracker,
+        label: &CameraLabel,
+    ) {
+        let m = &self.metrics.cameras;
+        let started = tracker
+            .started_ms(track_id)
+            .unwrap_or(frame.captured_at.as_millis());
+        let relative = snapshot::track_path(track_id, started);
+        let object = [Detection {
+            label: self.detector.label(found.class_id),
+            class_id: found.class_id,
+            confidence: found.score,
+            bbox: found.bbox,
+            track_id: Some(track_id),
+        }];
+        let result = snapshot::render(&frame.image, &object, &self.snapshots)
+            .map_err(|e| e.to_string())
+            .and_then(|jpeg| {
+                snapshot::save(&self.data_dir, &relative, &jpeg).map_err(|e| e.to_string())
+            });
+        match result {
+            Ok(_) => {
+                m.snapshots_written.get_or_create(label).inc();
+                tracker.set_snapshot(track_id, relative.display().to_string());
+            }
+            Err(error) => {
+                m.snapshot_errors.get_or_create(label).inc();
+                tracing::error!(camera = %self.config.id, track_id, %error, "cannot save the track's snapshot; it keeps the one before");
             }
         }
     }
@@ -467,8 +511,7 @@ fn track_ids(buffer: BufferHandle, rt: tokio::runtime::Handle, camera: String) -
                 Ok(reserved) => block = reserved,
                 Err(error) => {
                     tracing::error!(%camera, %error, "cannot reserve track ids in the buffer; this track's id comes from the clock");
-                    let micros = sightline_runtime::now().as_millis().max(1) as u64 * 1000;
-                    return (3 << 62) | (micros & ((1 << 62) - 1));
+                    return clock_track_id();
                 }
             }
         }
@@ -476,6 +519,23 @@ fn track_ids(buffer: BufferHandle, rt: tokio::runtime::Handle, camera: String) -
         block.start += 1;
         id
     })
+}
+
+/// A track id from the clock, for when the buffer cannot reserve any: microseconds since
+/// the epoch in the top quarter of the range (far from the counter's), one more than the
+/// last such id when the clock has not moved on, so two never repeat in one run.
+fn clock_track_id() -> u64 {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    const TOP: u64 = 3 << 62;
+    let micros = (sightline_runtime::now().as_millis().max(1) as u64 * 1000) & !TOP;
+    let previous = LAST
+        .fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |last| Some(last.max(micros - 1) + 1),
+        )
+        .unwrap_or_default();
+    TOP | (previous.max(micros - 1) + 1)
 }
 
 /// Sleeps for `delay` unless `stop` fires first; `false` if it did.

@@ -224,7 +224,7 @@ impl Metrics {
         );
         r.register(
             "backlog_at_start",
-            "Unsent events in the buffer when the agent started, after any recovery (backlog_at_start + created = published + dropped + quarantined + buffer_unsent)",
+            "Unsent rows (events and track records) in the buffer when the agent started, after any recovery (backlog_at_start + created + tracks_recorded = published + dropped + quarantined + buffer_unsent)",
             metrics.backlog_at_start.clone(),
         );
         r.register(

@@ -1,11 +1,13 @@
 //! Store-and-forward publishing to JetStream.
 //!
 //! Each event goes out on `sightline.events.<edge>.<camera>` with `Nats-Msg-Id = event_id`
-//! and the versioned `Content-Type`. Up to `max_in_flight` publishes await their acks at once;
+//! and the versioned `Content-Type`; each track record on `sightline.tracks.<edge>.<camera>`
+//! with `Nats-Msg-Id = record_id`. Up to `max_in_flight` publishes await their acks at once;
 //! when the window is full the publisher stops taking events from the outbox, so memory stays
 //! bounded and the backpressure reaches the cameras. An event is confirmed to the outbox only
 //! after JetStream acknowledged it. A failed publish (timeout, no responders, disconnected)
-//! is retried after a capped, jittered backoff; a retried event may land after newer ones, and
+//! is retried after a capped, jittered backoff (a failed track record apart, without pausing
+//! events: see `Publisher::failed`); a retried event may land after newer ones, and
 //! a re-publish of one that did land is dropped by JetStream's duplicate window or, later, by
 //! ClickHouse's deduplication.
 
@@ -69,10 +71,11 @@ impl Publisher {
         let mut retry: VecDeque<Outgoing> = VecDeque::new();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         let mut paused_until: Option<Instant> = None;
+        let mut parked = Parked::default();
         let mut outbox_open = true;
         let mut report = PublishReport::default();
         loop {
-            if !outbox_open && in_flight.is_empty() && retry.is_empty() {
+            if !outbox_open && in_flight.is_empty() && retry.is_empty() && parked.rows.is_empty() {
                 break;
             }
             let window_open = in_flight.len() < self.max_in_flight && paused_until.is_none();
@@ -80,7 +83,7 @@ impl Publisher {
             tokio::select! {
                 biased;
                 () = stop.cancelled() => {
-                    report.unpublished = (in_flight.len() + retry.len()) as u64;
+                    report.unpublished = (in_flight.len() + retry.len() + parked.rows.len()) as u64;
                     break;
                 }
                 Some((outgoing, result)) = in_flight.next(), if !in_flight.is_empty() => {
@@ -90,15 +93,22 @@ impl Publisher {
                             if ack.duplicate {
                                 self.metrics.events_duplicate.inc();
                             }
-                            backoff.reset();
+                            match outgoing.content_type.kind {
+                                Kind::Event => backoff.reset(),
+                                Kind::Track => parked.backoff.reset(),
+                            }
                             outbox.confirm(outgoing.seq).await;
                             self.metrics.events_published.inc();
                             report.published += 1;
                         }
-                        Err(error) => self.failed(outgoing, &error, &mut retry, &mut backoff, &mut paused_until),
+                        Err(error) => self.failed(outgoing, &error, &mut retry, &mut backoff, &mut paused_until, &mut parked),
                     }
                 }
                 () = tokio::time::sleep_until(resume_at), if paused_until.is_some() => paused_until = None,
+                () = tokio::time::sleep_until(parked.until.unwrap_or_else(Instant::now)), if parked.until.is_some() => {
+                    parked.until = None;
+                    retry.extend(parked.rows.drain(..));
+                }
                 next = next_event(&mut retry, outbox), if window_open && (outbox_open || !retry.is_empty()) => {
                     let Some(outgoing) = next else {
                         outbox_open = false;
@@ -124,7 +134,7 @@ impl Publisher {
                             self.metrics.in_flight.set(in_flight.len() as i64);
                         }
                         Err(error) => {
-                            self.failed(outgoing, &error.to_string(), &mut retry, &mut backoff, &mut paused_until);
+                            self.failed(outgoing, &error.to_string(), &mut retry, &mut backoff, &mut paused_until, &mut parked);
                         }
                     }
                 }
@@ -133,6 +143,10 @@ impl Publisher {
         report
     }
 
+    /// A publish failed: an event waits for its retry and pauses the publisher (the link or
+    /// JetStream is in trouble); a track record is parked apart and pauses only the parked
+    /// ones, so a cloud without the tracks stream (not upgraded yet) never holds events
+    /// back. Past [`MAX_PARKED`] parked records a track record waits like an event.
     fn failed(
         &self,
         outgoing: Outgoing,
@@ -140,8 +154,16 @@ impl Publisher {
         retry: &mut VecDeque<Outgoing>,
         backoff: &mut Backoff,
         paused_until: &mut Option<Instant>,
+        parked: &mut Parked,
     ) {
         self.metrics.publish_errors.inc();
+        if outgoing.content_type.kind == Kind::Track && parked.rows.len() < MAX_PARKED {
+            let delay = parked.backoff.next_delay(rand::random());
+            tracing::warn!(record_id = %outgoing.head.event_id, error, retry_in_ms = delay.as_millis() as u64, "publishing a track record failed, will retry (events go on)");
+            parked.rows.push_back(outgoing);
+            parked.until.get_or_insert(Instant::now() + delay);
+            return;
+        }
         let delay = backoff.next_delay(rand::random());
         tracing::warn!(event_id = %outgoing.head.event_id, error, retry_in_ms = delay.as_millis() as u64, "publish failed, will retry");
         retry.push_back(outgoing);
@@ -178,6 +200,27 @@ impl Publisher {
 }
 
 /// Retries first, then new events. Cancel-safe as long as the outbox's `next` is.
+/// Most track records parked after failed publishes (they are in the buffer too; this bounds
+/// the memory a cloud without the tracks stream can cost).
+const MAX_PARKED: usize = 10_000;
+
+/// Track records whose publish failed, retried together when `until` comes.
+struct Parked {
+    rows: VecDeque<Outgoing>,
+    backoff: Backoff,
+    until: Option<Instant>,
+}
+
+impl Default for Parked {
+    fn default() -> Self {
+        Self {
+            rows: VecDeque::new(),
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
+            until: None,
+        }
+    }
+}
+
 async fn next_event<O: Outbox>(retry: &mut VecDeque<Outgoing>, outbox: &mut O) -> Option<Outgoing> {
     match retry.pop_front() {
         Some(event) => Some(event),

@@ -81,6 +81,14 @@ pub(crate) fn relative_path(event: &DetectionEvent) -> PathBuf {
         .join(format!("{}.jpg", event.event_id))
 }
 
+/// The path of a track's best-frame snapshot relative to the data directory: in the day
+/// the track started, one file per track, rewritten while a better frame comes.
+pub(crate) fn track_path(track_id: u64, started_ms: i64) -> PathBuf {
+    daylog::day_dir(Path::new(""), daylog::day_of(started_ms))
+        .join(SNAPSHOTS_DIR)
+        .join(format!("track-{track_id}.jpg"))
+}
+
 /// Writes a snapshot under `data_dir` atomically (temporary file, then rename), mode 0644.
 /// Returns the bytes written.
 pub(crate) fn save(data_dir: &Path, relative: &Path, jpeg: &[u8]) -> std::io::Result<u64> {

@@ -53,6 +53,9 @@ struct Track {
     bbox: BoundingBox,
     first_seen_ms: i64,
     last_seen_ms: i64,
+    /// Found in the last frame the detector ran on: only such a track is still in view
+    /// while the picture does not change.
+    in_view: bool,
     frames: u64,
     score_sum: f64,
     best: BestFrame,
@@ -63,19 +66,24 @@ struct Track {
     last_point: PathPoint,
     zones: Vec<ZoneVisit>,
     arrival_event_id: Option<EventId>,
+    /// The best frame's snapshot, once written.
+    snapshot: Option<String>,
     /// The revision of the next record.
     revision: u32,
     last_record_ms: i64,
 }
 
 impl Track {
-    fn observe(&mut self, found: &Found, zones: &[Zone], now_ms: i64, path_points: usize) {
+    /// Adds one sighting; `true` if it is the track's best frame so far.
+    fn observe(&mut self, found: &Found, zones: &[Zone], now_ms: i64, path_points: usize) -> bool {
         let at = Timestamp::from_millis(now_ms);
         self.bbox = found.bbox;
         self.last_seen_ms = now_ms;
+        self.in_view = true;
         self.frames += 1;
         self.score_sum += f64::from(found.score);
-        if found.score > self.best.confidence {
+        let best = found.score > self.best.confidence;
+        if best {
             self.best = BestFrame {
                 captured_at: at,
                 bbox: found.bbox,
@@ -113,6 +121,7 @@ impl Track {
                 _ => {}
             }
         }
+        best
     }
 
     /// The record of the track as it is now; `ended` closes its open zone stays at the
@@ -161,7 +170,7 @@ impl Track {
             path,
             zones,
             arrival_event_id: self.arrival_event_id,
-            snapshot: None,
+            snapshot: self.snapshot.clone(),
             attributes: BTreeMap::new(),
         }
     }
@@ -173,6 +182,9 @@ pub(crate) struct Assignment {
     pub track_id: u64,
     /// The object was not tracked before this frame.
     pub new: bool,
+    /// This frame is the track's best so far (its highest score): the frame its snapshot
+    /// shows.
+    pub best: bool,
 }
 
 /// Greedy IoU matching of detections to the live tracks of the same class.
@@ -223,6 +235,9 @@ impl Tracker {
         records: &mut Vec<TrackRecord>,
     ) -> Vec<Assignment> {
         self.end_lost(now_ms, records);
+        for track in &mut self.tracks {
+            track.in_view = false;
+        }
         let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
         for (d, det) in found.iter().enumerate() {
             for (t, track) in self.tracks.iter().enumerate() {
@@ -241,10 +256,11 @@ impl Tracker {
             if assigned[d].is_none() && !taken[t] {
                 taken[t] = true;
                 let track = &mut self.tracks[t];
-                track.observe(&found[d], &self.zones, now_ms, self.settings.path_points);
+                let best = track.observe(&found[d], &self.zones, now_ms, self.settings.path_points);
                 assigned[d] = Some(Assignment {
                     track_id: track.id,
                     new: false,
+                    best,
                 });
             }
         }
@@ -263,6 +279,7 @@ impl Tracker {
                         bbox: det.bbox,
                         first_seen_ms: now_ms,
                         last_seen_ms: now_ms,
+                        in_view: true,
                         frames: 0,
                         score_sum: 0.0,
                         best: BestFrame {
@@ -275,6 +292,7 @@ impl Tracker {
                         last_point: PathPoint { at, x, y },
                         zones: Vec::new(),
                         arrival_event_id: None,
+                        snapshot: None,
                         revision: 0,
                         last_record_ms: now_ms,
                     };
@@ -283,6 +301,7 @@ impl Tracker {
                     Assignment {
                         track_id: id,
                         new: true,
+                        best: true,
                     }
                 })
             })
@@ -292,11 +311,14 @@ impl Tracker {
     }
 
     /// A frame without detections at `now_ms`: tracks not seen for the max age end. When
-    /// the frame is `unchanged` (the motion gate skipped it), the objects in view are still
-    /// there: their tracks are seen now.
+    /// the frame is `unchanged` (the motion gate skipped it), the objects found in the last
+    /// frame the detector ran on are still there: their tracks are seen now. A detector
+    /// frame that found nothing (`unchanged` false) leaves nothing in view.
     pub(crate) fn idle(&mut self, now_ms: i64, unchanged: bool, records: &mut Vec<TrackRecord>) {
-        if unchanged {
-            for track in &mut self.tracks {
+        for track in &mut self.tracks {
+            if !unchanged {
+                track.in_view = false;
+            } else if track.in_view {
                 track.last_seen_ms = track.last_seen_ms.max(now_ms);
             }
         }
@@ -309,6 +331,21 @@ impl Tracker {
         if let Some(track) = self.tracks.iter_mut().find(|t| t.id == track_id) {
             track.arrival_event_id = Some(event_id);
         }
+    }
+
+    /// Notes where a track's best frame's snapshot was written.
+    pub(crate) fn set_snapshot(&mut self, track_id: u64, path: String) {
+        if let Some(track) = self.tracks.iter_mut().find(|t| t.id == track_id) {
+            track.snapshot = Some(path);
+        }
+    }
+
+    /// When a live track started (milliseconds), which files its snapshot under a day.
+    pub(crate) fn started_ms(&self, track_id: u64) -> Option<i64> {
+        self.tracks
+            .iter()
+            .find(|t| t.id == track_id)
+            .map(|t| t.first_seen_ms)
     }
 
     /// The camera stops at `now_ms`: every live track ends with [`EndedBy::Shutdown`].
@@ -435,7 +472,8 @@ mod tests {
             a,
             [Assignment {
                 track_id: 100,
-                new: true
+                new: true,
+                best: true
             }]
         );
         let (a, _) = update(&mut t, &[found(0, 0.12), found(2, 0.5)], 100);
@@ -444,11 +482,13 @@ mod tests {
             [
                 Assignment {
                     track_id: 100,
-                    new: false
+                    new: false,
+                    best: false
                 },
                 Assignment {
                     track_id: 101,
-                    new: true
+                    new: true,
+                    best: true
                 }
             ]
         );
@@ -461,7 +501,8 @@ mod tests {
             a[1],
             Assignment {
                 track_id: 100,
-                new: false
+                new: false,
+                best: false
             }
         );
         assert!(a[0].new);
@@ -471,8 +512,14 @@ mod tests {
     fn a_track_survives_gaps_shorter_than_the_max_age_and_ends_lost_after_it() {
         let mut t = tracker(vec![]);
         update(&mut t, &[found_scored(0, 0.1, 0.6)], 0);
-        assert!(!update(&mut t, &[found_scored(0, 0.1, 0.9)], 4_000).0[0].new);
-        assert!(!update(&mut t, &[found_scored(0, 0.1, 0.6)], 9_000).0[0].new);
+        let a = update(&mut t, &[found_scored(0, 0.1, 0.9)], 4_000).0;
+        assert!(
+            !a[0].new && a[0].best,
+            "a higher score is the new best frame"
+        );
+        let a = update(&mut t, &[found_scored(0, 0.1, 0.6)], 9_000).0;
+        assert!(!a[0].new && !a[0].best);
+        t.set_snapshot(100, "events/x/snapshots/track-100.jpg".into());
         assert!(
             idle(&mut t, 14_000, false).is_empty(),
             "5 s is not more than 5 s"
@@ -497,6 +544,10 @@ mod tests {
             r.mean_confidence
         );
         assert_eq!(r.best.captured_at, ms(4_000));
+        assert_eq!(
+            r.snapshot.as_deref(),
+            Some("events/x/snapshots/track-100.jpg")
+        );
         assert_eq!(r.best.confidence, 0.9);
         assert_eq!(r.duration_ms(), 9_000);
         r.validate(ms(20_000), 0).unwrap();
@@ -548,6 +599,32 @@ mod tests {
         assert_eq!(ended[0].last_seen_at, ms(30_000));
         assert_eq!(ended[0].frames, 1);
         assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn an_object_that_left_before_the_picture_went_still_is_lost_on_time() {
+        let mut t = tracker(vec![]);
+        // A car parks (0.5) while a person walks past (0.1) and leaves; then nothing moves.
+        update(&mut t, &[found(2, 0.5), found(0, 0.1)], 0);
+        update(&mut t, &[found(2, 0.5)], 1_000);
+        let mut ended = Vec::new();
+        for at in (2..=20).map(|s| s * 1000) {
+            ended.extend(idle(&mut t, at, true));
+        }
+        // The person was gone in the last detector frame: lost 5 s after the last
+        // sighting; the car, still in view, goes on.
+        let [r] = ended.as_slice() else {
+            panic!("{ended:?}")
+        };
+        assert_eq!(
+            (r.label.as_str(), r.ended_by),
+            ("person", Some(EndedBy::Lost))
+        );
+        assert_eq!(r.last_seen_at, ms(0));
+        assert_eq!(t.len(), 1);
+        // A new person at the same place later is a new track, with an arrival event.
+        let (a, _) = update(&mut t, &[found(2, 0.5), found(0, 0.1)], 21_000);
+        assert!(!a[0].new && a[1].new);
     }
 
     #[test]

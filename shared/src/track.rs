@@ -212,6 +212,9 @@ impl TrackRecord {
                 )?;
             }
         }
+        if let Some(arrival) = &self.arrival_event_id {
+            uuid_v7("arrival_event_id", arrival)?;
+        }
         if let Some(snapshot) = &self.snapshot {
             text("snapshot", snapshot, MAX_SNAPSHOT_LEN, false)?;
         }
@@ -413,6 +416,10 @@ pub(crate) mod tests {
             (
                 "path:",
                 Box::new(|r| r.path = vec![r.path[0]; MAX_PATH_POINTS + 1]),
+            ),
+            (
+                "arrival_event_id:",
+                Box::new(|r| r.arrival_event_id = Some(EventId::from_uuid(uuid::Uuid::nil()))),
             ),
             (
                 "attributes key:",

@@ -6,9 +6,11 @@
 //! the rule Frigate uses too.
 //!
 //! Inside is decided by the even-odd rule (a ray from the point crosses the outline an odd
-//! number of times). A point exactly on a left or bottom edge counts as inside and one on a
-//! right or top edge as outside, so two zones that share an edge never both hold a point
-//! on it.
+//! number of times). A point exactly on an edge at the smaller x or y (left, top) counts as
+//! inside and one at the larger (right, bottom) as outside, so two zones that share an edge
+//! never both hold a point on it. The standing point is kept just inside the frame, so an
+//! object cut off by the frame's bottom edge (its box ends at `y = 1.0`) stands in a zone
+//! drawn down to that edge.
 
 use std::collections::BTreeSet;
 
@@ -67,9 +69,10 @@ impl Zone {
     }
 }
 
-/// Where an object stands: the bottom-centre of its box.
+/// Where an object stands: the bottom-centre of its box, kept just inside the frame.
 pub fn standing_point(bbox: &BoundingBox) -> (f32, f32) {
-    ((bbox.x_min + bbox.x_max) / 2.0, bbox.y_max)
+    let inside = |v: f32| v.clamp(0.0, 1.0 - f32::EPSILON);
+    (inside((bbox.x_min + bbox.x_max) / 2.0), inside(bbox.y_max))
 }
 
 /// The names of the zones that hold the object in `bbox`, in the order of `zones`.
@@ -201,6 +204,12 @@ mod tests {
         };
         assert_eq!(standing_point(&person), (0.5, 0.7));
         assert_eq!(zones_of(&zones, &person), ["square"]);
+        // Cut off by the frame's bottom edge: it stands in a zone drawn down to that edge.
+        let cut_off = BoundingBox {
+            y_max: 1.0,
+            ..person
+        };
+        assert_eq!(zones_of(&zones, &cut_off), ["square"]);
     }
 
     #[test]

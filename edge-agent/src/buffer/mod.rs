@@ -494,8 +494,9 @@ impl Buffer {
         Some(self.fresh.drain(..n).collect())
     }
 
-    /// Reserves `n` track ids: the range is committed before it is returned, so no id of it
-    /// is handed out again, whatever happens to the agent or the clock.
+    /// Reserves `n` track ids: the range is committed and checkpointed into the main file
+    /// before it is returned (a WAL that replays only in part cannot take it back), so no id
+    /// of it is handed out again, whatever happens to the agent or the clock.
     pub fn reserve_track_ids(&mut self, n: u64) -> Result<Range<u64>, BufferError> {
         let db = db_err(&self.path);
         let start: i64 = self
@@ -510,6 +511,10 @@ impl Buffer {
                 params![end as i64],
             )
             .map_err(db_err(&self.path))?;
+        if let Err(error) = self.conn.execute_batch("CHECKPOINT") {
+            // The reservation is committed; a recovery skips past what a lost WAL held.
+            tracing::warn!(%error, "checkpointing a track id reservation failed");
+        }
         Ok(start..end)
     }
 

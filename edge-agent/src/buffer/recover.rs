@@ -427,7 +427,6 @@ pub(super) struct QuarantinedRow {
     pub quarantined_ms: i64,
 }
 
-/// The lowest seq the copy holds, from whichever table can say; 1 if neither can.
 /// New track ids start past the damaged buffer's: [`RECOVERED_TRACK_ID_MARGIN`] past its
 /// counter where that is readable (reservations in a lost WAL are covered), otherwise in
 /// microseconds since the epoch (far above any counter, and the clock is all that is left).
@@ -439,6 +438,7 @@ fn carry_track_ids(buffer: &mut Buffer, counter: Option<i64>) -> Result<(), Buff
     buffer.continue_track_ids_from(floor)
 }
 
+/// The lowest seq the copy holds, from whichever table can say; 1 if neither can.
 fn seq_start(conn: &Connection) -> i64 {
     ["SELECT min(seq) FROM outbox", "SELECT min(seq) FROM events"]
         .iter()

@@ -117,7 +117,7 @@ min_score = 0.4
             "{snapshot}"
         );
     }
-    let on_disk = walk_jpegs(&data.join("events"));
+    let on_disk = walk_jpegs(&data.join("events"), false);
     assert_eq!(on_disk, events.len(), "one snapshot per event, no strays");
 
     // Through JetStream and ingest into ClickHouse, with the model and snapshot.
@@ -159,7 +159,7 @@ min_score = 0.4
     loop {
         let rows = stack
             .clickhouse
-            .query("SELECT track_id, argMax(label, revision), argMax(ended_by, revision), argMax(frames, revision), argMax(ifNull(toString(arrival_event_id), ''), revision), argMax(last_seen_at_ms - started_at_ms, revision) FROM sightline.tracks WHERE edge_id = 'edge-cam' GROUP BY track_id ORDER BY track_id FORMAT TabSeparated")
+            .query("SELECT track_id, argMax(label, revision), argMax(ended_by, revision), argMax(frames, revision), argMax(ifNull(toString(arrival_event_id), ''), revision), argMax(last_seen_at_ms - started_at_ms, revision), argMax(ifNull(snapshot, ''), revision) FROM sightline.tracks WHERE edge_id = 'edge-cam' GROUP BY track_id ORDER BY track_id FORMAT TabSeparated")
             .await?;
         let stored: Vec<Vec<&str>> = rows
             .lines()
@@ -175,7 +175,18 @@ min_score = 0.4
                 // Frames come 250 ms apart: a track seen in one frame lasts 0 ms, and none
                 // outlasts the 16 frames.
                 assert!(row[5].parse::<i64>()? < 16 * 250, "{rows}");
+                // Its best frame, on disk where the record says.
+                assert!(
+                    row[6].ends_with(&format!("/snapshots/track-{track}.jpg")),
+                    "{rows}"
+                );
+                image::open(data.join(row[6])).map_err(|e| anyhow::anyhow!("{}: {e}", row[6]))?;
             }
+            assert_eq!(
+                walk_jpegs(&data.join("events"), true),
+                arrivals.len(),
+                "one best-frame snapshot per track"
+            );
             break;
         }
         anyhow::ensure!(
@@ -188,7 +199,9 @@ min_score = 0.4
     stack.stop().await
 }
 
-fn walk_jpegs(dir: &Path) -> usize {
+/// The JPEGs under `dir`: the tracks' best frames (`track-<id>.jpg`) with `tracks`, the
+/// events' snapshots without.
+fn walk_jpegs(dir: &Path, tracks: bool) -> usize {
     std::fs::read_dir(dir)
         .map(|entries| {
             entries
@@ -196,9 +209,10 @@ fn walk_jpegs(dir: &Path) -> usize {
                 .map(|e| {
                     let path = e.path();
                     if path.is_dir() {
-                        walk_jpegs(&path)
+                        walk_jpegs(&path, tracks)
                     } else {
-                        usize::from(path.extension().is_some_and(|x| x == "jpg"))
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        usize::from(name.ends_with(".jpg") && name.starts_with("track-") == tracks)
                     }
                 })
                 .sum()

@@ -439,7 +439,6 @@ impl Camera {
         tracker: &mut Tracker,
         label: &CameraLabel,
     ) {
-        let m = &self.metrics.cameras;
         let started = tracker
             .started_ms(track_id)
             .unwrap_or(frame.captured_at.as_millis());
@@ -451,21 +450,33 @@ impl Camera {
             bbox: found.bbox,
             track_id: Some(track_id),
         }];
-        let result = snapshot::render(&frame.image, &object, &self.snapshots)
-            .map_err(|e| e.to_string())
-            .and_then(|jpeg| {
-                snapshot::save(&self.data_dir, &relative, &jpeg).map_err(|e| e.to_string())
-            });
-        match result {
-            Ok(_) => {
-                m.snapshots_written.get_or_create(label).inc();
-                tracker.set_snapshot(track_id, relative.display().to_string());
-            }
+        match self.write_snapshot(frame, &object, &relative, label) {
+            Ok(()) => tracker.set_snapshot(track_id, relative.display().to_string()),
             Err(error) => {
-                m.snapshot_errors.get_or_create(label).inc();
                 tracing::error!(camera = %self.config.id, track_id, %error, "cannot save the track's snapshot; it keeps the one before");
             }
         }
+    }
+
+    /// Renders `detections` over the frame and saves it at `relative`, counted either way.
+    fn write_snapshot(
+        &self,
+        frame: &Frame,
+        detections: &[Detection],
+        relative: &std::path::Path,
+        label: &CameraLabel,
+    ) -> Result<(), String> {
+        let m = &self.metrics.cameras;
+        let result = snapshot::render(&frame.image, detections, &self.snapshots)
+            .map_err(|e| e.to_string())
+            .and_then(|jpeg| {
+                snapshot::save(&self.data_dir, relative, &jpeg).map_err(|e| e.to_string())
+            });
+        match &result {
+            Ok(_) => m.snapshots_written.get_or_create(label).inc(),
+            Err(_) => m.snapshot_errors.get_or_create(label).inc(),
+        };
+        result.map(|_| ())
     }
 
     /// Renders and saves the event's snapshot; on failure the event goes without one.
@@ -475,20 +486,10 @@ impl Camera {
         event: &DetectionEvent,
         label: &CameraLabel,
     ) -> Option<PathBuf> {
-        let m = &self.metrics.cameras;
         let relative = snapshot::relative_path(event);
-        let result = snapshot::render(&frame.image, &event.detections, &self.snapshots)
-            .map_err(|e| e.to_string())
-            .and_then(|jpeg| {
-                snapshot::save(&self.data_dir, &relative, &jpeg).map_err(|e| e.to_string())
-            });
-        match result {
-            Ok(_) => {
-                m.snapshots_written.get_or_create(label).inc();
-                Some(relative)
-            }
+        match self.write_snapshot(frame, &event.detections, &relative, label) {
+            Ok(()) => Some(relative),
             Err(error) => {
-                m.snapshot_errors.get_or_create(label).inc();
                 tracing::error!(camera = %self.config.id, event_id = %event.event_id, %error, "cannot save the snapshot; the event is kept without it");
                 None
             }

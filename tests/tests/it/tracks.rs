@@ -10,7 +10,13 @@ use sightline_shared::{BoundingBox, ContentType, Encoding, EventId, Kind, Timest
 use sightline_tests::Stack;
 use sightline_tests::stack::metric;
 
-fn record(track_id: u64, revision: u32, last_seen_ms: i64, ended: Option<EndedBy>) -> TrackRecord {
+/// A track record of a person at the gate of `edge-t`, started two minutes ago.
+pub(crate) fn record(
+    track_id: u64,
+    revision: u32,
+    last_seen_ms: i64,
+    ended: Option<EndedBy>,
+) -> TrackRecord {
     let start = sightline_runtime::now().as_millis() - 120_000;
     let at = |ms: i64| Timestamp::from_millis(start + ms);
     TrackRecord {

@@ -57,12 +57,47 @@ async fn the_sql_examples_in_the_docs_run_as_the_reader() -> anyhow::Result<()> 
         )
         .await?
         .await?;
+    // Two people's visits to the gate, an update and a final record each, as an agent
+    // sends them.
+    for (track, revision, seen, ended) in [
+        (1, 0, 60_000, None),
+        (1, 1, 70_000, Some(sightline_shared::track::EndedBy::Lost)),
+        (
+            2,
+            0,
+            30_000,
+            Some(sightline_shared::track::EndedBy::Shutdown),
+        ),
+    ] {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            sightline_shared::codec::CONTENT_TYPE_HEADER,
+            "application/vnd.sightline.track.v1+json",
+        );
+        let record = crate::tracks::record(track, revision, seen, ended);
+        stack
+            .jetstream()
+            .await?
+            .publish_with_headers(
+                "sightline.tracks.edge-t.gate",
+                headers,
+                sightline_shared::codec::encode_track(&record, sightline_shared::Encoding::Json)?
+                    .into(),
+            )
+            .await?
+            .await?;
+    }
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while stack
         .clickhouse
         .query("SELECT count() FROM sightline.edge_heartbeats")
         .await?
         == "0"
+        || stack
+            .clickhouse
+            .query("SELECT count() FROM sightline.tracks")
+            .await?
+            != "3"
     {
         anyhow::ensure!(
             std::time::Instant::now() < deadline,

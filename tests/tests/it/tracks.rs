@@ -10,14 +10,15 @@ use sightline_shared::{BoundingBox, ContentType, Encoding, EventId, Kind, Timest
 use sightline_tests::Stack;
 use sightline_tests::stack::metric;
 
-/// A track record of a person at the gate of `edge-t`, started two minutes ago.
+/// A track record of a person at the gate of `edge-t` that started at `start` (epoch ms;
+/// every record of a track must name the same start).
 pub(crate) fn record(
+    start: i64,
     track_id: u64,
     revision: u32,
     last_seen_ms: i64,
     ended: Option<EndedBy>,
 ) -> TrackRecord {
-    let start = sightline_runtime::now().as_millis() - 120_000;
     let at = |ms: i64| Timestamp::from_millis(start + ms);
     TrackRecord {
         record_id: EventId::new_v7(at(last_seen_ms)),
@@ -72,6 +73,7 @@ async fn third_party_json_tracks_are_stored_latest_revision_first_and_bad_ones_d
 -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let js = stack.jetstream().await?;
+    let start = sightline_runtime::now().as_millis() - 120_000;
     let json = ContentType::current_of(Kind::Track, Encoding::Json).to_string();
     let headers = |ct: &str| {
         let mut h = HeaderMap::new();
@@ -88,9 +90,9 @@ async fn third_party_json_tracks_are_stored_latest_revision_first_and_bad_ones_d
     };
     // A track that lasts (two updates), then ends; the records arrive out of order.
     let updates = [
-        record(41, 0, 60_000, None),
-        record(41, 2, 90_000, Some(EndedBy::Lost)),
-        record(41, 1, 80_000, None),
+        record(start, 41, 0, 60_000, None),
+        record(start, 41, 2, 90_000, Some(EndedBy::Lost)),
+        record(start, 41, 1, 80_000, None),
     ];
     for r in &updates {
         publish(
@@ -103,11 +105,11 @@ async fn third_party_json_tracks_are_stored_latest_revision_first_and_bad_ones_d
     // Bad ones: a field the contract does not know, a rule broken, the wrong camera, an
     // event's content type.
     let mut unknown: serde_json::Value = serde_json::from_slice(&codec::encode_track(
-        &record(42, 0, 1_000, None),
+        &record(start, 42, 0, 1_000, None),
         Encoding::Json,
     )?)?;
     unknown["colour"] = "red".into();
-    let mut broken = record(43, 0, 1_000, None);
+    let mut broken = record(start, 43, 0, 1_000, None);
     broken.mean_confidence = 0.95;
     let cases: Vec<(&str, String, Vec<u8>, &str, &str)> = vec![
         (
@@ -127,14 +129,14 @@ async fn third_party_json_tracks_are_stored_latest_revision_first_and_bad_ones_d
         (
             "sightline.tracks.edge-t.door",
             json.clone(),
-            codec::encode_track(&record(44, 0, 1_000, None), Encoding::Json)?,
+            codec::encode_track(&record(start, 44, 0, 1_000, None), Encoding::Json)?,
             "Subject",
             "camera_id",
         ),
         (
             "sightline.tracks.edge-t.gate",
             ContentType::current(Encoding::Json).to_string(),
-            codec::encode_track(&record(45, 0, 1_000, None), Encoding::Json)?,
+            codec::encode_track(&record(start, 45, 0, 1_000, None), Encoding::Json)?,
             "Decode",
             "track",
         ),

@@ -59,6 +59,7 @@ async fn the_sql_examples_in_the_docs_run_as_the_reader() -> anyhow::Result<()> 
         .await?;
     // Two people's visits to the gate, an update and a final record each, as an agent
     // sends them.
+    let start = sightline_runtime::now().as_millis() - 120_000;
     for (track, revision, seen, ended) in [
         (1, 0, 60_000, None),
         (1, 1, 70_000, Some(sightline_shared::track::EndedBy::Lost)),
@@ -74,7 +75,7 @@ async fn the_sql_examples_in_the_docs_run_as_the_reader() -> anyhow::Result<()> 
             sightline_shared::codec::CONTENT_TYPE_HEADER,
             "application/vnd.sightline.track.v1+json",
         );
-        let record = crate::tracks::record(track, revision, seen, ended);
+        let record = crate::tracks::record(start, track, revision, seen, ended);
         stack
             .jetstream()
             .await?

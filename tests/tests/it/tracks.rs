@@ -193,3 +193,80 @@ async fn third_party_json_tracks_are_stored_latest_revision_first_and_bad_ones_d
     );
     stack.stop().await
 }
+
+/// An outbox over rows in memory that records what was confirmed.
+struct Rows {
+    rows: std::collections::VecDeque<sightline_edge_agent::outbox::Outgoing>,
+    confirmed: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl sightline_edge_agent::outbox::Outbox for Rows {
+    async fn next(&mut self) -> Option<sightline_edge_agent::outbox::Outgoing> {
+        self.rows.pop_front()
+    }
+
+    async fn confirm(&mut self, seq: u64) {
+        self.confirmed.lock().expect("lock").push(seq);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn track_records_a_cloud_cannot_take_yet_do_not_hold_events_back() -> anyhow::Result<()> {
+    use sightline_edge_agent::outbox::Stored as _;
+    // A cloud from before tracks: the events stream, no tracks stream.
+    let nats = sightline_tests::fixtures::NatsServer::start()?;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: sightline_shared::subjects::EVENTS_STREAM.into(),
+        subjects: vec![sightline_shared::subjects::EVENTS_SUBJECTS.into()],
+        ..Default::default()
+    })
+    .await?;
+    // Three track records first in the outbox, then a thousand events. Unhindered, they go
+    // out in well under a second; each pause a failed track record caused (100 ms, the
+    // events' acks resetting the backoff) would cost them more than ten.
+    let start = sightline_runtime::now().as_millis() - 120_000;
+    let mut rows = std::collections::VecDeque::new();
+    for seq in 1..=3 {
+        rows.push_back(record(start, seq, 0, 1_000, None).encode(seq)?);
+    }
+    for (seq, event) in (4..).zip(crate::known_events("edge-t", "gate", 1000)) {
+        rows.push_back(event.encode(seq)?);
+    }
+    let confirmed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut outbox = Rows {
+        rows,
+        confirmed: confirmed.clone(),
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let publisher = sightline_edge_agent::publisher::Publisher::new(
+        js,
+        Encoding::Bincode,
+        8,
+        sightline_edge_agent::metrics::Metrics::default(),
+    );
+    let run = publisher.run(&mut outbox, &stop);
+    tokio::pin!(run);
+    // Every event goes out while the track records keep failing.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        tokio::select! {
+            report = &mut run => anyhow::bail!("the publisher ended early: {report:?}"),
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        let done = confirmed.lock().expect("lock").clone();
+        if done.len() == 1000 {
+            assert_eq!(done.iter().copied().min(), Some(4), "only events");
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "events held back by failing track records: {} confirmed",
+            done.len()
+        );
+    }
+    stop.cancel();
+    let report = run.await;
+    assert_eq!(report.unpublished, 3, "the track records wait: {report:?}");
+    Ok(())
+}

@@ -529,14 +529,15 @@ fn clock_track_id() -> u64 {
     static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     const TOP: u64 = 3 << 62;
     let micros = (sightline_runtime::now().as_millis().max(1) as u64 * 1000) & !TOP;
+    let after = |last: u64| last.max(micros - 1) + 1;
     let previous = LAST
         .fetch_update(
             std::sync::atomic::Ordering::Relaxed,
             std::sync::atomic::Ordering::Relaxed,
-            |last| Some(last.max(micros - 1) + 1),
+            |last| Some(after(last)),
         )
         .unwrap_or_default();
-    TOP | (previous.max(micros - 1) + 1)
+    TOP | after(previous)
 }
 
 /// Sleeps for `delay` unless `stop` fires first; `false` if it did.

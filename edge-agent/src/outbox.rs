@@ -72,12 +72,7 @@ impl Stored for TrackRecord {
     fn encode(&self, seq: u64) -> Result<Outgoing, CodecError> {
         Ok(Outgoing {
             seq,
-            head: EventHead {
-                event_id: self.record_id,
-                schema_version: self.schema_version,
-                edge_id: self.edge_id.clone(),
-                camera_id: self.camera_id.clone(),
-            },
+            head: EventHead::from(self),
             content_type: STORED_TRACK,
             payload: codec::encode_track(self, Encoding::Bincode)?.into(),
         })
@@ -104,36 +99,30 @@ pub enum Message {
     Track(TrackRecord),
 }
 
+impl Message {
+    fn inner(&self) -> &dyn Stored {
+        match self {
+            Self::Event(event) => event,
+            Self::Track(record) => record,
+        }
+    }
+}
+
 impl Stored for Message {
     fn encode(&self, seq: u64) -> Result<Outgoing, CodecError> {
-        match self {
-            Self::Event(e) => e.encode(seq),
-            Self::Track(t) => t.encode(seq),
-        }
+        self.inner().encode(seq)
     }
     fn id(&self) -> String {
-        match self {
-            Self::Event(e) => e.id(),
-            Self::Track(t) => t.id(),
-        }
+        self.inner().id()
     }
     fn camera_id(&self) -> &str {
-        match self {
-            Self::Event(e) => &e.camera_id,
-            Self::Track(t) => &t.camera_id,
-        }
+        self.inner().camera_id()
     }
     fn filed_at(&self) -> Timestamp {
-        match self {
-            Self::Event(e) => e.filed_at(),
-            Self::Track(t) => t.filed_at(),
-        }
+        self.inner().filed_at()
     }
     fn validate(&self, now: Timestamp) -> Result<(), String> {
-        match self {
-            Self::Event(e) => Stored::validate(e, now),
-            Self::Track(t) => Stored::validate(t, now),
-        }
+        self.inner().validate(now)
     }
 }
 

@@ -61,15 +61,7 @@ pub async fn declare(
             name: subjects::TRACKS_STREAM.into(),
             description: Some("Sightline track records from edge agents".into()),
             subjects: vec![subjects::TRACKS_SUBJECTS.into()],
-            retention: stream::RetentionPolicy::Limits,
-            storage: stream::StorageType::File,
-            max_age: Duration::from_secs(config.stream.max_age_hours * 3600),
-            max_bytes: config.stream.max_bytes,
-            max_message_size: sightline_shared::codec::MAX_PAYLOAD_BYTES as i32,
-            discard: stream::DiscardPolicy::Old,
-            duplicate_window,
-            num_replicas: replicas,
-            ..Default::default()
+            ..events_stream_config(config)
         },
         // Heartbeats are status snapshots: kept as long as events, oldest dropped first.
         stream::Config {

@@ -159,13 +159,10 @@ impl FromStr for ContentType {
         let rest = media
             .strip_prefix(MEDIA_TYPE_PREFIX)
             .ok_or_else(unsupported)?;
-        let (kind, rest) = if let Some(rest) = rest.strip_prefix("event.v") {
-            (Kind::Event, rest)
-        } else if let Some(rest) = rest.strip_prefix("track.v") {
-            (Kind::Track, rest)
-        } else {
-            return Err(unsupported());
-        };
+        let (kind, rest) = [Kind::Event, Kind::Track]
+            .into_iter()
+            .find_map(|k| Some((k, rest.strip_prefix(k.as_str())?.strip_prefix(".v")?)))
+            .ok_or_else(unsupported)?;
         let (version, encoding) = rest.split_once('+').ok_or_else(unsupported)?;
         if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
             return Err(unsupported());
@@ -198,7 +195,7 @@ pub enum CodecError {
         kind.current_version()
     )]
     UnsupportedVersion { kind: Kind, found: u16 },
-    #[error("the content type names a {found} where {expected} was expected")]
+    #[error("the content type names the kind {found} where {expected} was expected")]
     WrongKind { expected: Kind, found: Kind },
     #[error("payload of {len} bytes exceeds the limit of {MAX_PAYLOAD_BYTES} bytes")]
     TooLarge { len: usize },
@@ -372,6 +369,17 @@ impl From<&DetectionEvent> for EventHead {
             schema_version: event.schema_version,
             edge_id: event.edge_id.clone(),
             camera_id: event.camera_id.clone(),
+        }
+    }
+}
+
+impl From<&TrackRecord> for EventHead {
+    fn from(record: &TrackRecord) -> Self {
+        Self {
+            event_id: record.record_id,
+            schema_version: record.schema_version,
+            edge_id: record.edge_id.clone(),
+            camera_id: record.camera_id.clone(),
         }
     }
 }

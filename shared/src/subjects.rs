@@ -94,8 +94,8 @@ pub fn subject_for(kind: crate::codec::Kind, edge_id: &str, camera_id: &str) -> 
     }
 }
 
-fn parse_camera_subject<'a>(subject: &'a str, kind: &str) -> Option<(&'a str, &'a str)> {
-    let rest = subject.strip_prefix(ROOT)?.strip_prefix(kind)?;
+fn parse_camera_subject<'a>(subject: &'a str, segment: &str) -> Option<(&'a str, &'a str)> {
+    let rest = subject.strip_prefix(ROOT)?.strip_prefix(segment)?;
     let (edge, camera) = rest.split_once('.')?;
     (is_identifier(edge) && is_identifier(camera)).then_some((edge, camera))
 }

@@ -4,11 +4,10 @@
 //! publish too), and a failure names the field and the problem so an operator can fix the
 //! producer. `now` is a parameter: this crate never reads the clock.
 
+use std::collections::BTreeMap;
 use std::fmt::Display;
 
 use thiserror::Error;
-
-use std::collections::BTreeMap;
 
 use crate::event::{BoundingBox, DetectionEvent, EventId, SCHEMA_VERSION};
 use crate::timestamp::Timestamp;

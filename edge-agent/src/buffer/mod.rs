@@ -503,14 +503,14 @@ impl Buffer {
             .conn
             .query_row("SELECT next_track_id FROM buffer_state", [], |r| r.get(0))
             .map_err(db)?;
-        let start = (start.max(1)) as u64;
+        let start = start.max(1) as u64;
         let end = start.saturating_add(n.max(1));
         self.conn
             .execute(
                 "UPDATE buffer_state SET next_track_id = ?",
                 params![end as i64],
             )
-            .map_err(db_err(&self.path))?;
+            .map_err(db)?;
         if let Err(error) = self.conn.execute_batch("CHECKPOINT") {
             // The reservation is committed; a recovery skips past what a lost WAL held.
             tracing::warn!(%error, "checkpointing a track id reservation failed");

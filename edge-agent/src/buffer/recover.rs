@@ -112,13 +112,8 @@ pub(super) fn open_damaged(
             Ok(mut buffer) => {
                 tracing::error!(path = %path.display(), wal = %wal_aside.display(), %error, "the buffer's write-ahead log could not be replayed (damaged by a power cut?): set it aside and opened the buffer without it; recovering the events it held from the day logs");
                 // The lost WAL may have reserved track ids since the last checkpoint.
-                let floor = buffer
-                    .conn
-                    .query_row("SELECT next_track_id FROM buffer_state", [], |r| {
-                        r.get::<_, i64>(0)
-                    })
-                    .ok();
-                carry_track_ids(&mut buffer, floor)?;
+                let counter = track_counter(&buffer.conn);
+                carry_track_ids(&mut buffer, counter)?;
                 recovery.from_logs = offer_recent_from_logs(&mut buffer)?;
                 finish(&aside, &recovery);
                 return Ok((buffer, recovery));
@@ -295,12 +290,7 @@ fn read_copy(copy: &Path, buffer: &mut Buffer) -> Result<Salvage, BufferError> {
             return Ok(salvage);
         }
     };
-    let track_floor = conn
-        .query_row("SELECT next_track_id FROM buffer_state", [], |r| {
-            r.get::<_, i64>(0)
-        })
-        .ok();
-    carry_track_ids(buffer, track_floor)?;
+    carry_track_ids(buffer, track_counter(&conn))?;
     // Files from before migration 0002 have no content type: they hold v1 bincode only.
     let content_type = if conn
         .prepare("SELECT content_type FROM outbox LIMIT 0")
@@ -431,11 +421,19 @@ pub(super) struct QuarantinedRow {
 /// counter where that is readable (reservations in a lost WAL are covered), otherwise in
 /// microseconds since the epoch (far above any counter, and the clock is all that is left).
 fn carry_track_ids(buffer: &mut Buffer, counter: Option<i64>) -> Result<(), BufferError> {
+    // (A file from before migration 0004 has no counter: its tracks had clock-based ids,
+    // and the clock floor is past them.)
     let floor = match counter {
         Some(next) => (next.max(1) as u64).saturating_add(RECOVERED_TRACK_ID_MARGIN),
         None => (sightline_runtime::now().as_millis().max(0) as u64).saturating_mul(1000),
     };
     buffer.continue_track_ids_from(floor)
+}
+
+/// A buffer's track id counter, if it can be read.
+fn track_counter(conn: &Connection) -> Option<i64> {
+    conn.query_row("SELECT next_track_id FROM buffer_state", [], |r| r.get(0))
+        .ok()
 }
 
 /// The lowest seq the copy holds, from whichever table can say; 1 if neither can.

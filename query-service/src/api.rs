@@ -17,6 +17,7 @@ use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use serde_json::json;
+use sightline_shared::track::{TrackKey, TrackRecord};
 use sightline_shared::{DetectionEvent, EventId, Timestamp};
 use uuid::Uuid;
 
@@ -26,7 +27,7 @@ use crate::model::Format;
 use crate::openapi::{self, EXPORT_PATH, Endpoint};
 use crate::params::{self, ParamError};
 use crate::replay::{Progress, Replays, StartError};
-use crate::store::{Store, StoreError};
+use crate::store::{StatsRows, Store, StoreError};
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -197,6 +198,8 @@ fn handler(endpoint: &Endpoint, document: &bytes::Bytes) -> Option<MethodRouter<
         ("get", "/v1/events/{id}") => get(get_event),
         ("get", "/v1/cameras") => get(cameras),
         ("get", "/v1/stats") => get(stats),
+        ("get", "/v1/tracks") => get(list_tracks),
+        ("get", "/v1/tracks/{id}") => get(get_track),
         ("get", "/v1/replay") => get(list_replays),
         ("post", "/v1/replay") => post(start_replay),
         ("get", "/v1/replay/{id}") => get(get_replay),
@@ -355,11 +358,52 @@ fn event_id(id: &str) -> Result<EventId, ParamError> {
     })
 }
 
+/// One event and the tracks its detections belong to.
+#[derive(Serialize)]
+struct EventDetail {
+    #[serde(flatten)]
+    event: DetectionEvent,
+    tracks: Vec<TrackLink>,
+}
+
+/// A track an event's detection belongs to: its id, and where to read it (404 there until
+/// the edge sent the track's first record).
+#[derive(Serialize)]
+struct TrackLink {
+    id: String,
+    label: String,
+    href: String,
+}
+
+impl EventDetail {
+    fn new(event: DetectionEvent) -> Self {
+        let mut tracks: Vec<TrackLink> = Vec::new();
+        for detection in &event.detections {
+            let Some(track_id) = detection.track_id.filter(|&id| id > 0) else {
+                continue;
+            };
+            let id = TrackKey {
+                edge_id: event.edge_id.clone(),
+                track_id,
+            }
+            .to_string();
+            if tracks.iter().all(|t| t.id != id) {
+                tracks.push(TrackLink {
+                    href: format!("/v1/tracks/{id}"),
+                    id,
+                    label: detection.label.clone(),
+                });
+            }
+        }
+        Self { event, tracks }
+    }
+}
+
 async fn get_event(
     State(state): State<AppState>,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
-) -> Result<Json<DetectionEvent>, ApiError> {
+) -> Result<Json<EventDetail>, ApiError> {
     params::none(query.as_deref())?;
     let id = event_id(&id)?;
     let _place = query_place(&state).await?;
@@ -369,7 +413,78 @@ async fn get_event(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no event {id}")))?;
     state.metrics.returned("/v1/events/{id}").inc();
-    Ok(Json(event))
+    Ok(Json(EventDetail::new(event)))
+}
+
+/// A track as the API shows it: its id, its length in view, and its latest record.
+#[derive(Serialize)]
+struct Track {
+    id: String,
+    duration_secs: f64,
+    #[serde(flatten)]
+    record: TrackRecord,
+}
+
+impl From<TrackRecord> for Track {
+    fn from(record: TrackRecord) -> Self {
+        Self {
+            id: record.key().to_string(),
+            duration_secs: record.duration_ms() as f64 / 1000.0,
+            record,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct TrackList {
+    count: usize,
+    tracks: Vec<Track>,
+    next_cursor: Option<String>,
+}
+
+async fn list_tracks(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let q = params::tracks_query(query.as_deref(), state.default_limit, state.max_limit)?;
+    let place = query_place(&state).await?;
+    let page = state
+        .store
+        .list_tracks(&q.filter, q.sort, q.cursor.as_ref(), q.limit)
+        .await?;
+    drop(place);
+    state
+        .metrics
+        .returned("/v1/tracks")
+        .inc_by(page.tracks.len() as u64);
+    json_body(TrackList {
+        count: page.tracks.len(),
+        tracks: page.tracks.into_iter().map(Track::from).collect(),
+        next_cursor: page.next.map(|c| c.encode()),
+    })
+    .await
+}
+
+async fn get_track(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Track>, ApiError> {
+    params::none(query.as_deref())?;
+    let key: TrackKey = id.parse().map_err(|_| {
+        ParamError::new(
+            "id",
+            "must be <edge_id>:<track_id>, such as edge-01:42 (a track's id in /v1/tracks)",
+        )
+    })?;
+    let _place = query_place(&state).await?;
+    let track = state
+        .store
+        .get_track(&key)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no track {key}")))?;
+    state.metrics.returned("/v1/tracks/{id}").inc();
+    Ok(Json(Track::from(track)))
 }
 
 #[derive(Serialize)]
@@ -414,15 +529,18 @@ async fn cameras(
 
 #[derive(Serialize)]
 struct Stats {
+    measure: &'static str,
     interval: &'static str,
     tz: String,
-    group_by: &'static str,
+    group_by: String,
     since: String,
     until: String,
     source: &'static str,
     buckets: Vec<Bucket>,
 }
 
+/// One bucket: `detections` for the detections measure; `objects` and the dwell times for
+/// the objects measure.
 #[derive(Serialize)]
 struct Bucket {
     start: String,
@@ -430,7 +548,16 @@ struct Bucket {
     camera_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     label: Option<String>,
-    detections: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    zone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detections: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    objects: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dwell_p50_secs: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dwell_p95_secs: Option<f64>,
     max_confidence: f32,
 }
 
@@ -443,23 +570,51 @@ async fn stats(
     let place = query_place(&state).await?;
     let (source, rows) = state.store.stats(&q).await?;
     drop(place);
-    let buckets: Vec<_> = rows
-        .into_iter()
-        .map(|r| Bucket {
-            start: Timestamp::from_millis(r.start_ms).to_rfc3339(),
-            camera_id: q.by_camera.then_some(r.camera_id),
-            label: q.by_label.then_some(r.label),
-            detections: r.detections,
-            max_confidence: r.max_confidence,
-        })
-        .collect();
-    let group_by = match (q.by_camera, q.by_label) {
-        (true, true) => "camera,label",
-        (true, false) => "camera",
-        (false, true) => "label",
-        (false, false) => "none",
+    let bucket = |start_ms: i64, camera_id: String, label: String, max_confidence: f32| Bucket {
+        start: Timestamp::from_millis(start_ms).to_rfc3339(),
+        camera_id: q.by_camera.then_some(camera_id),
+        label: q.by_label.then_some(label),
+        zone: None,
+        detections: None,
+        objects: None,
+        dwell_p50_secs: None,
+        dwell_p95_secs: None,
+        max_confidence,
+    };
+    let buckets: Vec<_> = match rows {
+        StatsRows::Detections(rows) => rows
+            .into_iter()
+            .map(|r| Bucket {
+                detections: Some(r.detections),
+                ..bucket(r.start_ms, r.camera_id, r.label, r.max_confidence)
+            })
+            .collect(),
+        StatsRows::Objects(rows) => rows
+            .into_iter()
+            .map(|r| Bucket {
+                zone: q.by_zone.then_some(r.zone),
+                objects: Some(r.objects),
+                dwell_p50_secs: Some(r.dwell_p50_ms as f64 / 1000.0),
+                dwell_p95_secs: Some(r.dwell_p95_ms as f64 / 1000.0),
+                ..bucket(r.start_ms, r.camera_id, r.label, r.max_confidence)
+            })
+            .collect(),
+    };
+    let groups: Vec<&str> = [
+        (q.by_camera, "camera"),
+        (q.by_label, "label"),
+        (q.by_zone, "zone"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
+    let group_by = if groups.is_empty() {
+        "none".to_owned()
+    } else {
+        groups.join(",")
     };
     json_body(Stats {
+        measure: q.measure.as_str(),
         interval: q.interval.as_str(),
         tz: q.tz,
         group_by,

@@ -100,9 +100,9 @@ pub const ENDPOINTS: &[Endpoint] = &[
         Scope::Read,
         "get",
         "/v1/events/{id}",
-        "One event by id.",
+        "One event by id, with the tracks its detections belong to.",
         &[],
-        (200, Some("Event")),
+        (200, Some("EventDetail")),
         &[400, 404, 429],
     ),
     op(
@@ -118,10 +118,28 @@ pub const ENDPOINTS: &[Endpoint] = &[
         Scope::Read,
         "get",
         "/v1/stats",
-        "Detections per time bucket, grouped by camera and/or label, from the hourly rollup where it can answer exactly.",
+        "Detections per time bucket, grouped by camera and/or label, from the hourly rollup where it can answer exactly; or, with measure=objects, distinct objects (ended tracks, counted in the bucket they started in) and their dwell time, also by zone.",
         params::STATS_QUERY,
         (200, Some("Stats")),
         &[400, 429],
+    ),
+    op(
+        Scope::Read,
+        "get",
+        "/v1/tracks",
+        "Tracks (one object's whole visit to a camera) matching a filter, the latest record of each, one page at a time (keyset pagination: pass next_cursor back as cursor).",
+        params::TRACKS_QUERY,
+        (200, Some("TrackPage")),
+        &[400, 429],
+    ),
+    op(
+        Scope::Read,
+        "get",
+        "/v1/tracks/{id}",
+        "One track by id (<edge_id>:<track_id>), its latest record.",
+        &[],
+        (200, Some("Track")),
+        &[400, 404, 429],
     ),
     op(
         Scope::Replay,
@@ -189,6 +207,10 @@ fn param_schema(kind: Kind, settings: &Settings) -> Value {
             json!({"type": "integer", "minimum": 1, "maximum": settings.limits.max(bound)})
         }
         Kind::Cursor => json!({"type": "string", "pattern": "^[0-9a-f]{52}$"}),
+        Kind::TrackCursor => json!({"type": "string", "pattern": "^([0-9a-f]{2}){19,}$"}),
+        Kind::Duration => {
+            json!({"type": "number", "minimum": 0, "maximum": params::MAX_DURATION_SECS, "description": "seconds"})
+        }
         Kind::Subject => {
             // Tokens of A-Z a-z 0-9 _ - separated by dots, below the prefix (which the config
             // requires to end in a dot).
@@ -216,8 +238,13 @@ fn parameters(endpoint: &Endpoint, settings: &Settings) -> Vec<Value> {
         .split('/')
         .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
         .map(|name| {
-            json!({"name": name, "in": "path", "required": true,
-                "schema": {"type": "string", "format": "uuid"}})
+            let schema = if endpoint.path.starts_with("/v1/tracks/") {
+                json!({"type": "string", "pattern": format!("^[A-Za-z0-9_-]{{1,{MAX_ID_LEN}}}:[1-9][0-9]*$"),
+                    "examples": ["edge-01:42"]})
+            } else {
+                json!({"type": "string", "format": "uuid"})
+            };
+            json!({"name": name, "in": "path", "required": true, "schema": schema})
         })
         .collect();
     for p in endpoint.query.iter().flat_map(|g| g.iter()) {
@@ -346,6 +373,74 @@ pub fn document(settings: &Settings) -> Value {
     document
 }
 
+/// A track: its latest record, with its id and length in view.
+fn track_schema() -> Value {
+    let time = json!({"type": "string", "format": "date-time"});
+    let unit = json!({"type": "number", "minimum": 0, "maximum": 1});
+    json!({"type": "object", "additionalProperties": false,
+        "required": ["id", "duration_secs", "record_id", "schema_version", "edge_id", "camera_id", "track_id", "revision", "label", "class_id", "started_at", "last_seen_at", "ended_by", "frames", "max_confidence", "mean_confidence", "best", "path", "zones", "arrival_event_id", "snapshot", "attributes"],
+        "properties": {
+            "id": {"type": "string", "description": "<edge_id>:<track_id>", "examples": ["edge-01:42"]},
+            "duration_secs": {"type": "number", "description": "last_seen_at minus started_at"},
+            "record_id": {"type": "string", "format": "uuid", "description": "the latest record's id"},
+            "schema_version": {"type": "integer"},
+            "edge_id": {"type": "string"},
+            "camera_id": {"type": "string"},
+            "track_id": {"type": "integer", "minimum": 1, "description": "unique per edge"},
+            "revision": {"type": "integer", "description": "0 for a track's first record, one more for each later one"},
+            "label": {"type": "string"},
+            "class_id": {"type": "integer", "minimum": 0},
+            "started_at": time,
+            "last_seen_at": time,
+            "ended_by": {"type": ["string", "null"], "enum": ["lost", "shutdown", null], "description": "null while the track lasts"},
+            "frames": {"type": "integer", "minimum": 1},
+            "max_confidence": unit,
+            "mean_confidence": unit,
+            "best": {"type": "object", "additionalProperties": false, "required": ["captured_at", "bbox", "confidence"],
+                "properties": {"captured_at": time, "bbox": {"$ref": "#/components/schemas/BoundingBox"}, "confidence": unit}},
+            "path": {"type": "array", "maxItems": sightline_shared::track::MAX_PATH_POINTS, "description": "where it stood (bottom-centre of its box, normalised), oldest first",
+                "items": {"type": "object", "additionalProperties": false, "required": ["at", "x", "y"],
+                    "properties": {"at": time, "x": unit, "y": unit}}},
+            "zones": {"type": "array", "maxItems": sightline_shared::track::MAX_ZONE_VISITS, "description": "its stays in zones, in the order it entered them",
+                "items": {"type": "object", "additionalProperties": false, "required": ["zone", "entered_at", "exited_at"],
+                    "properties": {"zone": {"type": "string"}, "entered_at": time, "exited_at": {"type": ["string", "null"], "format": "date-time"}}}},
+            "arrival_event_id": {"type": ["string", "null"], "format": "uuid", "description": "the event that reported its arrival"},
+            "snapshot": {"type": ["string", "null"], "description": "the best frame's snapshot, a path on the edge"},
+            "attributes": {"type": "object", "additionalProperties": {"type": "string"}}}})
+}
+
+/// `GET /v1/events/{id}`: the event, and the tracks its detections belong to.
+fn event_detail_schema() -> Value {
+    let mut schema = event_schema();
+    if let Some(required) = schema["required"].as_array_mut() {
+        required.push(json!("tracks"));
+    }
+    schema["properties"]["tracks"] = json!({"type": "array", "description": "the tracks of its detections (track_id on this event's edge); 404 there until the edge sent the track's first record",
+        "items": {"type": "object", "additionalProperties": false, "required": ["id", "label", "href"],
+            "properties": {"id": {"type": "string", "examples": ["edge-01:42"]}, "label": {"type": "string"}, "href": {"type": "string", "examples": ["/v1/tracks/edge-01:42"]}}}});
+    schema
+}
+
+fn event_schema() -> Value {
+    json!({"type": "object", "additionalProperties": false,
+        "required": ["event_id", "schema_version", "edge_id", "camera_id", "captured_at", "frame_seq", "motion_score", "detections", "model", "inference_ms"],
+        "properties": {
+            "event_id": {"type": "string", "format": "uuid"},
+            "schema_version": {"type": "integer"},
+            "edge_id": {"type": "string"},
+            "camera_id": {"type": "string"},
+            "captured_at": {"type": "string", "format": "date-time", "description": "UTC, millisecond precision"},
+            "frame_seq": {"type": "integer"},
+            "motion_score": {"type": "number"},
+            "detections": {"type": "array", "items": {"$ref": "#/components/schemas/Detection"}},
+            "model": {"type": "object", "additionalProperties": false, "required": ["name", "version"],
+                "properties": {"name": {"type": "string"}, "version": {"type": "string"}}},
+            "inference_ms": {"type": "number"},
+            "snapshot": {"type": ["string", "null"]},
+            "description": {"type": ["string", "null"]},
+            "attributes": {"type": "object", "additionalProperties": {"type": "string"}}}})
+}
+
 fn schemas() -> Value {
     json!({
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {
@@ -359,28 +454,13 @@ fn schemas() -> Value {
                 "label": {"type": "string"},
                 "class_id": {"type": "integer", "minimum": 0},
                 "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-                "bbox": {"type": "object", "additionalProperties": false,
-                    "required": ["x_min", "y_min", "x_max", "y_max"],
-                    "description": "normalised to the frame, 0 to 1",
-                    "properties": {"x_min": {"type": "number"}, "y_min": {"type": "number"}, "x_max": {"type": "number"}, "y_max": {"type": "number"}}},
-                "track_id": {"type": ["integer", "null"]}}},
-        "Event": {"type": "object", "additionalProperties": false,
-            "required": ["event_id", "schema_version", "edge_id", "camera_id", "captured_at", "frame_seq", "motion_score", "detections", "model", "inference_ms"],
-            "properties": {
-                "event_id": {"type": "string", "format": "uuid"},
-                "schema_version": {"type": "integer"},
-                "edge_id": {"type": "string"},
-                "camera_id": {"type": "string"},
-                "captured_at": {"type": "string", "format": "date-time", "description": "UTC, millisecond precision"},
-                "frame_seq": {"type": "integer"},
-                "motion_score": {"type": "number"},
-                "detections": {"type": "array", "items": {"$ref": "#/components/schemas/Detection"}},
-                "model": {"type": "object", "additionalProperties": false, "required": ["name", "version"],
-                    "properties": {"name": {"type": "string"}, "version": {"type": "string"}}},
-                "inference_ms": {"type": "number"},
-                "snapshot": {"type": ["string", "null"]},
-                "description": {"type": ["string", "null"]},
-                "attributes": {"type": "object", "additionalProperties": {"type": "string"}}}},
+                "bbox": {"$ref": "#/components/schemas/BoundingBox"},
+                "track_id": {"type": ["integer", "null"], "description": "the track it belongs to on this event's edge: GET /v1/tracks/<edge_id>:<track_id>"}}},
+        "BoundingBox": {"type": "object", "additionalProperties": false,
+            "required": ["x_min", "y_min", "x_max", "y_max"],
+            "description": "normalised to the frame, 0 to 1",
+            "properties": {"x_min": {"type": "number"}, "y_min": {"type": "number"}, "x_max": {"type": "number"}, "y_max": {"type": "number"}}},
+        "Event": event_schema(),
         "EventPage": {"type": "object", "additionalProperties": false, "required": ["count", "events", "next_cursor"],
             "properties": {
                 "count": {"type": "integer"},
@@ -397,22 +477,35 @@ fn schemas() -> Value {
         "CameraList": {"type": "object", "additionalProperties": false, "required": ["count", "cameras"],
             "properties": {"count": {"type": "integer"}, "cameras": {"type": "array", "items": {"$ref": "#/components/schemas/Camera"}}}},
         "Stats": {"type": "object", "additionalProperties": false,
-            "required": ["interval", "tz", "group_by", "since", "until", "source", "buckets"],
+            "required": ["measure", "interval", "tz", "group_by", "since", "until", "source", "buckets"],
             "properties": {
+                "measure": {"type": "string", "enum": params::MEASURES},
                 "interval": {"type": "string", "enum": params::INTERVALS},
                 "tz": {"type": "string"},
                 "group_by": {"type": "string", "enum": params::GROUPINGS},
                 "since": {"type": "string", "format": "date-time"},
                 "until": {"type": "string", "format": "date-time"},
-                "source": {"type": "string", "enum": ["rollup", "raw"]},
+                "source": {"type": "string", "enum": ["rollup", "raw", "tracks"],
+                    "description": "the table that answered: detections_hourly (rollup), detections (raw) or tracks"},
                 "buckets": {"type": "array", "items": {"type": "object", "additionalProperties": false,
-                    "required": ["start", "detections", "max_confidence"],
+                    "required": ["start", "max_confidence"],
                     "properties": {
                         "start": {"type": "string", "format": "date-time"},
                         "camera_id": {"type": "string"},
                         "label": {"type": "string"},
-                        "detections": {"type": "integer"},
+                        "zone": {"type": "string"},
+                        "detections": {"type": "integer", "description": "measure=detections: detected objects, one per frame"},
+                        "objects": {"type": "integer", "description": "measure=objects: distinct objects (ended tracks) that started in the bucket"},
+                        "dwell_p50_secs": {"type": "number", "description": "measure=objects: median time in view (in the zones, when zones are asked for); the value at position floor(0.5 n) of the n sorted"},
+                        "dwell_p95_secs": {"type": "number", "description": "measure=objects: 95th percentile, the value at position floor(0.95 n) of the n sorted"},
                         "max_confidence": {"type": "number"}}}}}},
+        "Track": track_schema(),
+        "TrackPage": {"type": "object", "additionalProperties": false, "required": ["count", "tracks", "next_cursor"],
+            "properties": {
+                "count": {"type": "integer"},
+                "tracks": {"type": "array", "items": {"$ref": "#/components/schemas/Track"}},
+                "next_cursor": {"type": ["string", "null"], "description": "pass as cursor for the next page; null on the last page"}}},
+        "EventDetail": event_detail_schema(),
         "ReplayProgress": {"type": "object", "additionalProperties": false,
             "required": ["id", "state", "subject", "since", "until", "rate", "encoding", "total", "published", "started_at", "finished_at", "error"],
             "properties": {

@@ -14,7 +14,8 @@ use sightline_shared::validate::{MAX_ID_LEN, MAX_LABEL_LEN, is_identifier, is_la
 use thiserror::Error;
 
 use crate::model::{
-    Cursor, EventFilter, ExportQuery, Format, Interval, ListQuery, ReplayQuery, Sort, StatsQuery,
+    Cursor, EventFilter, ExportQuery, Format, Interval, ListQuery, Measure, ReplayQuery, Sort,
+    StatsQuery, TrackCursor, TrackFilter, TrackListQuery,
 };
 
 /// A parameter the caller got wrong.
@@ -52,8 +53,12 @@ pub enum Kind {
     Choice(&'static [&'static str]),
     /// A positive integer up to a bound the caller checks (and the document states).
     Count(CountMax),
-    /// An opaque page cursor from a previous response.
+    /// An opaque page cursor from a previous page of events.
     Cursor,
+    /// An opaque page cursor from a previous page of tracks.
+    TrackCursor,
+    /// A length of time in seconds (fractions allowed), from 0 to [`MAX_DURATION_SECS`].
+    Duration,
     /// A NATS subject (tokens of `A-Z a-z 0-9 _ -` separated by dots).
     Subject,
     /// An IANA time zone name such as `Europe/Berlin`.
@@ -123,9 +128,22 @@ pub const SORTS: &[&str] = &["newest", "oldest"];
 /// Export formats.
 pub const FORMATS: &[&str] = &["ndjson", "csv"];
 /// Stats bucket sizes.
-pub const INTERVALS: &[&str] = &["1m", "5m", "15m", "1h", "1d"];
-/// Stats groupings.
-pub const GROUPINGS: &[&str] = &["none", "camera", "label", "camera,label"];
+pub const INTERVALS: &[&str] = &["1m", "5m", "15m", "1h", "1d", "all"];
+/// Stats groupings (those with a zone count objects only).
+pub const GROUPINGS: &[&str] = &[
+    "none",
+    "camera",
+    "label",
+    "camera,label",
+    "zone",
+    "camera,zone",
+    "label,zone",
+    "camera,label,zone",
+];
+/// What stats count.
+pub const MEASURES: &[&str] = &[Measure::Detections.as_str(), Measure::Objects.as_str()];
+/// The longest duration a filter takes: ten years.
+pub const MAX_DURATION_SECS: f64 = 315_360_000.0;
 /// Replay payload encodings.
 pub const ENCODINGS: &[&str] = &[Encoding::Bincode.as_str(), Encoding::Json.as_str()];
 
@@ -174,6 +192,69 @@ const SORT: Param = optional(
     Kind::Choice(SORTS),
     "newest (default) or oldest first, by capture time then event id.",
 );
+
+const ZONE: Param = optional(
+    "zone",
+    Kind::Ids,
+    "Only tracks that stood in one of these zones (comma-separated, or repeat the parameter).",
+);
+
+/// `GET /v1/tracks`.
+pub const TRACKS: &[Param] = &[
+    CAMERA,
+    EDGE,
+    optional(
+        "label",
+        Kind::Labels,
+        "Only tracks of these labels (comma-separated, or repeat the parameter).",
+    ),
+    ZONE,
+    optional(
+        "since",
+        Kind::Time,
+        "Only tracks still in view at or after this time (last seen at or after it): with until, the tracks whose lifetime overlaps [since, until).",
+    ),
+    optional(
+        "until",
+        Kind::Time,
+        "Only tracks that started before this time (exclusive); must be later than since.",
+    ),
+    optional(
+        "min_duration",
+        Kind::Duration,
+        "Only tracks in view at least this many seconds (last seen minus started).",
+    ),
+    optional(
+        "max_duration",
+        Kind::Duration,
+        "Only tracks in view at most this many seconds.",
+    ),
+    optional(
+        "min_confidence",
+        Kind::Confidence,
+        "Only tracks whose best score is at least this.",
+    ),
+    optional(
+        "ended",
+        Kind::Bool,
+        "Only tracks that ended (true) or that still last as far as the cloud knows (false).",
+    ),
+    optional(
+        "sort",
+        Kind::Choice(SORTS),
+        "newest (default) or oldest first, by start time, then edge and track id.",
+    ),
+    optional(
+        "limit",
+        Kind::Count(CountMax::PageLimit),
+        "Most tracks per page (default and maximum from the service config).",
+    ),
+    optional(
+        "cursor",
+        Kind::TrackCursor,
+        "next_cursor of the previous page; keep the other parameters the same.",
+    ),
+];
 
 /// The filter every event-returning endpoint shares.
 pub const FILTER: &[Param] = &[
@@ -247,12 +328,22 @@ pub const STATS: &[Param] = &[
     optional(
         "interval",
         Kind::Choice(INTERVALS),
-        "Bucket size: 1m, 5m, 15m, 1h (default) or 1d; the range may span at most 10000 buckets.",
+        "Bucket size: 1m, 5m, 15m, 1h (default), 1d, or all (the whole range as one bucket); the range may span at most 10000 buckets.",
     ),
     optional(
         "group_by",
         Kind::Choice(GROUPINGS),
-        "none, camera (default), label, or camera,label.",
+        "none, camera (default), label, camera,label; with measure=objects also by zone (zone, camera,zone, label,zone, camera,label,zone).",
+    ),
+    optional(
+        "measure",
+        Kind::Choice(MEASURES),
+        "detections (default): detected objects per frame, from events. objects: distinct objects (tracks), each counted once in the bucket its track started in, from ended tracks only, with their dwell time (p50, p95).",
+    ),
+    optional(
+        "zone",
+        Kind::Ids,
+        "measure=objects only: tracks that stood in one of these zones; dwell is then the time spent in them.",
     ),
     optional(
         "tz",
@@ -286,6 +377,7 @@ pub const EXPORT_QUERY: &[&[Param]] = &[FILTER, EXPORT];
 pub const CAMERAS_QUERY: &[&[Param]] = &[CAMERAS];
 pub const STATS_QUERY: &[&[Param]] = &[STATS];
 pub const REPLAY_QUERY: &[&[Param]] = &[FILTER, REPLAY];
+pub const TRACKS_QUERY: &[&[Param]] = &[TRACKS];
 
 /// One parsed value.
 #[derive(Debug, Clone, PartialEq)]
@@ -297,6 +389,8 @@ enum Value {
     Word(String),
     Count(u64),
     Cursor(Cursor),
+    TrackCursor(TrackCursor),
+    Millis(i64),
 }
 
 /// The parsed parameters of one request.
@@ -402,6 +496,20 @@ fn parse_value(spec: &Param, value: &str) -> Result<Value, ParamError> {
             Cursor::decode(value)
                 .ok_or_else(|| bad("is not a cursor this service handed out"))?,
         ),
+        Kind::TrackCursor => Value::TrackCursor(
+            TrackCursor::decode(value)
+                .ok_or_else(|| bad("is not a cursor this service handed out for tracks"))?,
+        ),
+        Kind::Duration => Value::Millis(
+            value
+                .parse::<f64>()
+                .ok()
+                .filter(|secs| (0.0..=MAX_DURATION_SECS).contains(secs))
+                .map(|secs| (secs * 1000.0).round() as i64)
+                .ok_or_else(|| {
+                    bad("must be a number of seconds from 0 to 315360000 (ten years), such as 90 or 2.5")
+                })?,
+        ),
         Kind::Subject => {
             if !is_literal_subject(value) {
                 return Err(bad(&format!(
@@ -498,23 +606,44 @@ impl Values {
         }
     }
 
-    /// The shared event filter; checks that the range and the confidence bounds make sense.
-    fn filter(&mut self) -> Result<EventFilter, ParamError> {
-        let filter = EventFilter {
-            cameras: self.list("camera"),
-            edges: self.list("edge"),
-            labels: self.list("label"),
-            since: self.time("since"),
-            until: self.time("until"),
-            min_confidence: self.number("min_confidence"),
-            max_confidence: self.number("max_confidence"),
-            has_snapshot: self.bool("has_snapshot"),
-        };
-        if let (Some(since), Some(until)) = (filter.since, filter.until)
+    fn track_cursor(&mut self) -> Option<TrackCursor> {
+        match self.0.remove("cursor") {
+            Some(Value::TrackCursor(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    fn millis(&self, name: &str) -> Option<i64> {
+        match self.0.get(name) {
+            Some(Value::Millis(ms)) => Some(*ms),
+            _ => None,
+        }
+    }
+
+    /// `since` before `until`, when both are given.
+    fn range(&self) -> Result<(Option<Timestamp>, Option<Timestamp>), ParamError> {
+        let (since, until) = (self.time("since"), self.time("until"));
+        if let (Some(since), Some(until)) = (since, until)
             && since >= until
         {
             return Err(ParamError::new("until", "must be later than since"));
         }
+        Ok((since, until))
+    }
+
+    /// The shared event filter; checks that the range and the confidence bounds make sense.
+    fn filter(&mut self) -> Result<EventFilter, ParamError> {
+        let (since, until) = self.range()?;
+        let filter = EventFilter {
+            cameras: self.list("camera"),
+            edges: self.list("edge"),
+            labels: self.list("label"),
+            since,
+            until,
+            min_confidence: self.number("min_confidence"),
+            max_confidence: self.number("max_confidence"),
+            has_snapshot: self.bool("has_snapshot"),
+        };
         if let (Some(min), Some(max)) = (filter.min_confidence, filter.max_confidence)
             && min > max
         {
@@ -590,14 +719,24 @@ pub fn stats_query(raw: Option<&str>, now: Timestamp) -> Result<StatsQuery, Para
         Some("5m") => Interval::FiveMinutes,
         Some("15m") => Interval::FifteenMinutes,
         Some("1d") => Interval::Day,
+        Some("all") => Interval::All,
         _ => Interval::Hour,
     };
-    let (by_camera, by_label) = match values.word("group_by") {
-        Some("none") => (false, false),
-        Some("label") => (false, true),
-        Some("camera,label") => (true, true),
-        _ => (true, false),
+    let grouping = values.word("group_by").unwrap_or("camera");
+    let by = |field: &str| grouping.split(',').any(|g| g == field);
+    let (by_camera, by_label, by_zone) = (by("camera"), by("label"), by("zone"));
+    let measure = match values.word("measure") {
+        Some("objects") => Measure::Objects,
+        _ => Measure::Detections,
     };
+    let zones = values.list("zone");
+    // Zones are where tracks stood: the measure is what to change.
+    if measure == Measure::Detections && (!zones.is_empty() || by_zone) {
+        return Err(ParamError::new(
+            "measure",
+            "must be objects to filter or group by zone (zones are where tracks stood)",
+        ));
+    }
     let tz = values.word("tz").unwrap_or("UTC").to_owned();
     let filter = values.filter()?;
     let until = filter.until.unwrap_or(now);
@@ -623,6 +762,9 @@ pub fn stats_query(raw: Option<&str>, now: Timestamp) -> Result<StatsQuery, Para
         interval,
         by_camera,
         by_label,
+        measure,
+        zones,
+        by_zone,
         tz,
     })
 }
@@ -659,6 +801,53 @@ pub fn replay_query(
         subject,
         rate,
         encoding,
+    })
+}
+
+/// `GET /v1/tracks`.
+pub fn tracks_query(
+    raw: Option<&str>,
+    default_limit: u32,
+    max_limit: u32,
+) -> Result<TrackListQuery, ParamError> {
+    let mut values = parse(raw, TRACKS_QUERY)?;
+    let sort = values.sort();
+    let cursor = values.track_cursor();
+    if let Some(cursor) = &cursor
+        && cursor.sort != sort
+    {
+        return Err(ParamError::new(
+            "cursor",
+            format!("belongs to sort={}", cursor.sort.as_str()),
+        ));
+    }
+    let limit = values.count_or("limit", default_limit, max_limit)?;
+    let (since, until) = values.range()?;
+    let filter = TrackFilter {
+        cameras: values.list("camera"),
+        edges: values.list("edge"),
+        labels: values.list("label"),
+        zones: values.list("zone"),
+        since,
+        until,
+        min_duration_ms: values.millis("min_duration"),
+        max_duration_ms: values.millis("max_duration"),
+        min_confidence: values.number("min_confidence"),
+        ended: values.bool("ended"),
+    };
+    if let (Some(min), Some(max)) = (filter.min_duration_ms, filter.max_duration_ms)
+        && min > max
+    {
+        return Err(ParamError::new(
+            "max_duration",
+            "must not be below min_duration",
+        ));
+    }
+    Ok(TrackListQuery {
+        filter,
+        sort,
+        limit,
+        cursor,
     })
 }
 
@@ -772,6 +961,107 @@ mod tests {
             ("has_snapshot=true", "has_snapshot"),
             // Later than the default until (now): the one since/until rule, naming until.
             ("since=1800000000000", "until"),
+        ] {
+            assert_eq!(
+                stats_query(Some(query), now).unwrap_err().parameter,
+                parameter,
+                "{query}"
+            );
+        }
+    }
+
+    #[test]
+    fn parses_a_full_tracks_query_and_names_each_mistake() {
+        let q = tracks_query(
+            Some("camera=gate&edge=e1&label=person&zone=driveway,porch&since=1000&until=2000&min_duration=2.5&max_duration=90&min_confidence=0.5&ended=true&sort=oldest&limit=7"),
+            100,
+            1000,
+        )
+        .unwrap();
+        let want = TrackFilter {
+            cameras: vec!["gate".into()],
+            edges: vec!["e1".into()],
+            labels: vec!["person".into()],
+            zones: vec!["driveway".into(), "porch".into()],
+            since: Some(Timestamp::from_millis(1000)),
+            until: Some(Timestamp::from_millis(2000)),
+            min_duration_ms: Some(2_500),
+            max_duration_ms: Some(90_000),
+            min_confidence: Some(0.5),
+            ended: Some(true),
+        };
+        assert_eq!(q.filter, want);
+        assert_eq!((q.sort, q.limit, q.cursor), (Sort::Oldest, 7, None));
+        for (query, parameter) in [
+            ("min_duration=-1", "min_duration"),
+            ("max_duration=1e12", "max_duration"),
+            ("min_duration=inf", "min_duration"),
+            ("min_duration=10&max_duration=5", "max_duration"),
+            ("zone=a%20b", "zone"),
+            ("since=5&until=5", "until"),
+            ("ended=maybe", "ended"),
+            ("has_snapshot=true", "has_snapshot"),
+            ("cursor=00", "cursor"),
+        ] {
+            let err = tracks_query(Some(query), 100, 1000).unwrap_err();
+            assert_eq!(err.parameter, parameter, "{query}: {err}");
+        }
+        // An event cursor is not a track cursor.
+        let event_cursor = Cursor {
+            sort: Sort::Newest,
+            captured_at_ms: 1,
+            event_id: Uuid::now_v7(),
+        }
+        .encode();
+        let err = tracks_query(Some(&format!("cursor={event_cursor}")), 10, 10).unwrap_err();
+        assert_eq!(err.parameter, "cursor");
+    }
+
+    #[test]
+    fn track_cursors_round_trip_and_reject_forgeries() {
+        let cursor = TrackCursor {
+            sort: Sort::Newest,
+            started_at_ms: -1_500,
+            edge_id: "edge-01".into(),
+            track_id: u64::MAX,
+        };
+        let text = cursor.encode();
+        assert_eq!(TrackCursor::decode(&text), Some(cursor.clone()));
+        let q = tracks_query(Some(&format!("cursor={text}")), 10, 10).unwrap();
+        assert_eq!(q.cursor, Some(cursor));
+        let err = tracks_query(Some(&format!("cursor={text}&sort=oldest")), 10, 10).unwrap_err();
+        assert_eq!(err.parameter, "cursor");
+        // A cut edge id is still an identifier: only the version, the length and the
+        // edge's characters are checked, and a cursor only ever narrows a query.
+        for forged in [
+            &text[..36],
+            &format!("01{}", &text[2..]),
+            &format!("{}2e", &text),
+            &text[1..],
+        ] {
+            assert_eq!(TrackCursor::decode(forged), None, "{forged}");
+        }
+    }
+
+    #[test]
+    fn stats_count_objects_by_zone_only_when_asked_for_objects() {
+        let now = Timestamp::from_millis(1_795_000_000_000);
+        let q = stats_query(
+            Some("measure=objects&zone=gate&group_by=label,zone&interval=all&since=0"),
+            now,
+        )
+        .unwrap();
+        assert_eq!(q.measure, Measure::Objects);
+        assert_eq!(q.zones, ["gate"]);
+        assert_eq!(
+            (q.by_camera, q.by_label, q.by_zone, q.interval),
+            (false, true, true, Interval::All)
+        );
+        assert!(q.in_zones());
+        for (query, parameter) in [
+            ("zone=gate", "measure"),
+            ("group_by=camera,zone", "measure"),
+            ("measure=tracks", "measure"),
         ] {
             assert_eq!(
                 stats_query(Some(query), now).unwrap_err().parameter,

@@ -14,12 +14,17 @@ use clickhouse::query::Query;
 use clickhouse::query::RowCursor;
 use clickhouse::{Client, Row};
 use serde::{Deserialize, Serialize};
+use sightline_shared::track::{TrackKey, TrackRecord};
 use sightline_shared::{DetectionEvent, EventId, Timestamp};
-use sightline_store::tables::{DETECTIONS, DETECTIONS_HOURLY, EVENTS, EVENTS_BY_ID};
-use sightline_store::{ErrorKind, EventRow};
+use sightline_store::tables::{
+    DETECTIONS, DETECTIONS_HOURLY, EVENTS, EVENTS_BY_ID, TRACKS, TRACKS_BY_ID,
+};
+use sightline_store::{ErrorKind, EventRow, TrackRow};
 use thiserror::Error;
 
-use crate::model::{Cursor, EventFilter, Interval, Sort, StatsQuery};
+use crate::model::{
+    Cursor, EventFilter, Interval, Measure, Sort, StatsQuery, TrackCursor, TrackFilter,
+};
 
 /// A failed read.
 #[derive(Debug, Error)]
@@ -143,6 +148,13 @@ impl Sql {
 
     fn bind(&mut self, value: BindValue) -> &mut Self {
         self.binds.push(value);
+        self
+    }
+
+    /// `other`'s text and binds after this one's.
+    fn append(&mut self, other: Self) -> &mut Self {
+        self.text.push_str(&other.text);
+        self.binds.extend(other.binds);
         self
     }
 
@@ -329,6 +341,27 @@ pub struct StatsRow {
     pub max_confidence: f32,
 }
 
+/// One bucket of `GET /v1/stats?measure=objects`; `camera_id`, `label` and `zone` are
+/// empty when not grouped by. Dwell is in milliseconds.
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct ObjectStatsRow {
+    pub start_ms: i64,
+    pub camera_id: String,
+    pub label: String,
+    pub zone: String,
+    pub objects: u64,
+    pub dwell_p50_ms: i64,
+    pub dwell_p95_ms: i64,
+    pub max_confidence: f32,
+}
+
+/// The buckets of a stats request, by what it counted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StatsRows {
+    Detections(Vec<StatsRow>),
+    Objects(Vec<ObjectStatsRow>),
+}
+
 /// Which table answered a stats request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatsSource {
@@ -336,6 +369,8 @@ pub enum StatsSource {
     Rollup,
     /// `detections`, one row per object.
     Raw,
+    /// `tracks`, the latest record of each track.
+    Tracks,
 }
 
 impl StatsSource {
@@ -343,8 +378,16 @@ impl StatsSource {
         match self {
             Self::Rollup => "rollup",
             Self::Raw => "raw",
+            Self::Tracks => "tracks",
         }
     }
+}
+
+/// One page of tracks and where the next one starts.
+#[derive(Debug)]
+pub struct TrackPage {
+    pub tracks: Vec<TrackRecord>,
+    pub next: Option<TrackCursor>,
 }
 
 impl Store {
@@ -557,19 +600,96 @@ impl Store {
     /// Detections per bucket, grouped as asked: from the hourly rollup when it can answer
     /// exactly (hour or day buckets on hour boundaries in a zone whose offset is whole
     /// hours, no edge or confidence filter), else from the per-object table.
-    pub async fn stats(&self, q: &StatsQuery) -> Result<(StatsSource, Vec<StatsRow>), StoreError> {
+    pub async fn stats(&self, q: &StatsQuery) -> Result<(StatsSource, StatsRows), StoreError> {
         let whole_hours = self.zone_has_whole_hours(&q.tz).await?;
-        let (source, mut sql) = stats_sql(q, whole_hours);
-        // The total over every group, not per group: one more row tells it was exceeded.
+        if q.measure == Measure::Objects {
+            let sql = object_stats_sql(q);
+            let rows = self.bounded_rows::<ObjectStatsRow>(sql).await?;
+            return Ok((StatsSource::Tracks, StatsRows::Objects(rows)));
+        }
+        let (source, sql) = stats_sql(q, whole_hours);
+        let rows = self.bounded_rows::<StatsRow>(sql).await?;
+        Ok((source, StatsRows::Detections(rows)))
+    }
+
+    /// Every row of `sql`, at most `max_result_rows` of them in total (over every group,
+    /// not per group: one more row tells the limit was exceeded).
+    async fn bounded_rows<T>(&self, mut sql: Sql) -> Result<Vec<T>, StoreError>
+    where
+        T: clickhouse::RowOwned + clickhouse::RowRead,
+    {
         sql.push(" LIMIT ?")
             .bind(BindValue::U64(self.max_result_rows + 1));
-        let rows = self
-            .call(sql.query(&self.client).fetch_all::<StatsRow>())
-            .await?;
+        let rows = self.call(sql.query(&self.client).fetch_all::<T>()).await?;
         if rows.len() as u64 > self.max_result_rows {
             return Err(StoreError::TooLarge(self.max_result_rows));
         }
-        Ok((source, rows))
+        Ok(rows)
+    }
+
+    /// One page of tracks matching `filter` in `sort` order (by start, then edge and track
+    /// id), after `cursor`: the latest record of each.
+    pub async fn list_tracks(
+        &self,
+        filter: &TrackFilter,
+        sort: Sort,
+        cursor: Option<&TrackCursor>,
+        limit: u32,
+    ) -> Result<TrackPage, StoreError> {
+        let fetch = u64::from(limit) + 1;
+        let sql = tracks_page_sql(filter, sort, cursor, fetch);
+        let mut rows = self
+            .call(sql.query(&self.client).fetch_all::<TrackRow>())
+            .await?;
+        let more = rows.len() as u64 == fetch;
+        rows.truncate(limit as usize);
+        let next = more.then(|| rows.last()).flatten().map(|last| TrackCursor {
+            sort,
+            started_at_ms: last.started_at_ms,
+            edge_id: last.edge_id.clone(),
+            track_id: last.track_id,
+        });
+        Ok(TrackPage {
+            tracks: rows.into_iter().map(TrackRow::into_record).collect(),
+            next,
+        })
+    }
+
+    /// The latest record of one track: the `tracks_by_id` lookup gives its camera and
+    /// start, which locate its records in `tracks` by primary key.
+    pub async fn get_track(&self, key: &TrackKey) -> Result<Option<TrackRecord>, StoreError> {
+        let Some((camera, started_at_ms)) = self
+            .call(
+                self.client
+                    .query(&format!(
+                        "SELECT camera_id, started_at_ms FROM {TRACKS_BY_ID} \
+                         WHERE edge_id = ? AND track_id = ? LIMIT 1"
+                    ))
+                    .bind(key.edge_id.as_str())
+                    .bind(key.track_id)
+                    .fetch_optional::<(String, i64)>(),
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let row = self
+            .call(
+                self.client
+                    .query(&format!(
+                        "SELECT ?fields FROM {TRACKS} WHERE camera_id = ? AND started_at = toDateTime(?) \
+                         AND started_at_ms = ? AND edge_id = ? AND track_id = ? \
+                         ORDER BY revision DESC LIMIT 1"
+                    ))
+                    .bind(camera.as_str())
+                    .bind(started_at_ms.div_euclid(1000))
+                    .bind(started_at_ms)
+                    .bind(key.edge_id.as_str())
+                    .bind(key.track_id)
+                    .fetch_optional::<TrackRow>(),
+            )
+            .await?;
+        Ok(row.map(TrackRow::into_record))
     }
 
     /// Whether ClickHouse knows `tz`, and if its UTC offset is a whole number of hours in
@@ -715,19 +835,15 @@ fn key_slice(
 /// or confidence filter), else from the per-object table.
 fn stats_sql(q: &StatsQuery, whole_hours: bool) -> (StatsSource, Sql) {
     let hour_aligned = q.since.as_millis() % 3_600_000 == 0 && q.until.as_millis() % 3_600_000 == 0;
-    let rollup = matches!(q.interval, Interval::Hour | Interval::Day)
-        && whole_hours
-        && hour_aligned
+    // One bucket over the whole range adds up hours in any zone.
+    let rollup = match q.interval {
+        Interval::Hour | Interval::Day => whole_hours,
+        Interval::All => true,
+        _ => false,
+    } && hour_aligned
         && q.filter.edges.is_empty()
         && q.filter.min_confidence.is_none()
         && q.filter.max_confidence.is_none();
-    let bucket = match q.interval {
-        Interval::Minute => "toStartOfMinute",
-        Interval::FiveMinutes => "toStartOfFiveMinute",
-        Interval::FifteenMinutes => "toStartOfFifteenMinutes",
-        Interval::Hour => "toStartOfHour",
-        Interval::Day => "toStartOfDay",
-    };
     let camera = if q.by_camera { "camera_id" } else { "''" };
     let label = if q.by_label { "label" } else { "''" };
     let (time, table, count, max) = if rollup {
@@ -740,12 +856,12 @@ fn stats_sql(q: &StatsQuery, whole_hours: bool) -> (StatsSource, Sql) {
     } else {
         ("captured_at", DETECTIONS, "count()", "max(confidence)")
     };
-    let mut sql = Sql::new(&format!(
-        "SELECT toInt64(toUnixTimestamp({bucket}({time}, ?))) * 1000 AS start_ms, \
-         {camera} AS camera, {label} AS label_, {count} AS detections, {max} AS max_confidence \
-         FROM {table} WHERE 1"
+    let mut sql = Sql::new("SELECT ");
+    bucket_start(&mut sql, q, time);
+    sql.push(&format!(
+        " AS start_ms, {camera} AS camera, {label} AS label_, {count} AS detections, \
+         {max} AS max_confidence FROM {table} WHERE 1"
     ));
-    sql.bind(BindValue::Str(q.tz.clone()));
     if rollup {
         sql.push(" AND hour >= toDateTime(?) AND hour < toDateTime(?)")
             .bind(BindValue::I64(q.since.as_secs()))
@@ -767,6 +883,206 @@ fn stats_sql(q: &StatsQuery, whole_hours: bool) -> (StatsSource, Sql) {
         StatsSource::Raw
     };
     (source, sql)
+}
+
+/// The bucket a time falls in, as epoch milliseconds: `time` (a `DateTime` column) rounded
+/// down in the query's zone, or the range's start for [`Interval::All`].
+fn bucket_start(sql: &mut Sql, q: &StatsQuery, time: &str) {
+    let round = match q.interval {
+        Interval::Minute => "toStartOfMinute",
+        Interval::FiveMinutes => "toStartOfFiveMinute",
+        Interval::FifteenMinutes => "toStartOfFifteenMinutes",
+        Interval::Hour => "toStartOfHour",
+        Interval::Day => "toStartOfDay",
+        Interval::All => {
+            sql.push("toInt64(?)")
+                .bind(BindValue::I64(q.since.as_millis()));
+            return;
+        }
+    };
+    sql.push(&format!(
+        "toInt64(toUnixTimestamp({round}({time}, ?))) * 1000"
+    ))
+    .bind(BindValue::Str(q.tz.clone()));
+}
+
+/// The latest record of each track matching `filter`'s fields that never change over a
+/// track (camera, edge, label) and that only grow with each revision (last seen, length in
+/// view, best score): a filter on those keeps a track's latest record whenever it keeps
+/// any of its records, so it may narrow the rows before they are deduplicated. The caller
+/// orders and deduplicates.
+fn latest_tracks(sql: &mut Sql, columns: &str, filter: &TrackFilter) {
+    sql.push(&format!("SELECT {columns} FROM {TRACKS} PREWHERE 1"));
+    sql.any_of("camera_id", &filter.cameras);
+    sql.any_of("edge_id", &filter.edges);
+    sql.any_of("label", &filter.labels);
+    if let Some(until) = filter.until {
+        sql.push(" AND started_at <= toDateTime(?) AND started_at_ms < ?")
+            .bind(BindValue::I64(until.as_secs()))
+            .bind(BindValue::I64(until.as_millis()));
+    }
+    if let Some(since) = filter.since {
+        sql.push(" AND last_seen_at_ms >= ?")
+            .bind(BindValue::I64(since.as_millis()));
+    }
+    if let Some(min) = filter.min_duration_ms {
+        sql.push(" AND last_seen_at_ms - started_at_ms >= ?")
+            .bind(BindValue::I64(min));
+    }
+    if let Some(min) = filter.min_confidence {
+        sql.push(" AND max_confidence >= toFloat32(?)")
+            .bind(BindValue::F32(min));
+    }
+}
+
+/// The conditions only a track's latest record can answer: where it stood, whether it
+/// ended, and an upper bound on its length (an earlier record was shorter).
+fn latest_only(sql: &mut Sql, filter: &TrackFilter) -> bool {
+    let mut any = false;
+    if !filter.zones.is_empty() {
+        let marks = vec!["?"; filter.zones.len()].join(", ");
+        sql.push(&format!(
+            " AND arrayExists(z -> z IN ({marks}), `zones.zone`)"
+        ));
+        for zone in &filter.zones {
+            sql.bind(BindValue::Str(zone.clone()));
+        }
+        any = true;
+    }
+    match filter.ended {
+        Some(true) => {
+            sql.push(" AND ended_by != ''");
+            any = true;
+        }
+        Some(false) => {
+            sql.push(" AND ended_by = ''");
+            any = true;
+        }
+        None => {}
+    }
+    if let Some(max) = filter.max_duration_ms {
+        sql.push(" AND last_seen_at_ms - started_at_ms <= ?")
+            .bind(BindValue::I64(max));
+        any = true;
+    }
+    any
+}
+
+/// A page of tracks: the latest record of each, filtered, in `sort` order after `cursor`.
+/// Without conditions on the latest record alone, the inner query stops at the page's
+/// length too.
+fn tracks_page_sql(
+    filter: &TrackFilter,
+    sort: Sort,
+    cursor: Option<&TrackCursor>,
+    fetch: u64,
+) -> Sql {
+    let dir = sort.direction();
+    let order = format!("started_at_ms {dir}, edge_id {dir}, track_id {dir}");
+    let mut inner = Sql::default();
+    latest_tracks(&mut inner, "*", filter);
+    if let Some(cursor) = cursor {
+        let (cmp, coarse) = match sort {
+            Sort::Newest => ("<", "<="),
+            Sort::Oldest => (">", ">="),
+        };
+        inner
+            .push(&format!(
+                " AND started_at {coarse} toDateTime(?) AND (started_at_ms, edge_id, track_id) {cmp} (?, ?, ?)"
+            ))
+            .bind(BindValue::I64(cursor.started_at_ms.div_euclid(1000)))
+            .bind(BindValue::I64(cursor.started_at_ms))
+            .bind(BindValue::Str(cursor.edge_id.clone()))
+            .bind(BindValue::U64(cursor.track_id));
+    }
+    inner.push(&format!(
+        " ORDER BY {order}, revision DESC LIMIT 1 BY edge_id, track_id"
+    ));
+    let mut outer = Sql::default();
+    let narrowed = latest_only(&mut outer, filter);
+    if !narrowed {
+        inner.push(" LIMIT ?").bind(BindValue::U64(fetch));
+    }
+    let mut sql = Sql::new("SELECT ?fields FROM (");
+    sql.append(inner);
+    sql.push(") WHERE 1");
+    sql.append(outer);
+    sql.push(&format!(" ORDER BY {order} LIMIT ?"))
+        .bind(BindValue::U64(fetch));
+    sql
+}
+
+/// Objects per bucket, from the final record of every track that started in the range: a
+/// track counts once, in the bucket it started in; its dwell is its time in view, or with
+/// zones, its time in them (summed over its stays; a stay still open at the end lasts until
+/// the track was last seen). Quantiles are exact: the value at 0-based position
+/// floor(q x n) of the n dwell times sorted (ClickHouse's `quantileExact`).
+fn object_stats_sql(q: &StatsQuery) -> Sql {
+    let camera = if q.by_camera { "t_camera" } else { "''" };
+    let label = if q.by_label { "t_label" } else { "''" };
+    let zone = if q.by_zone { "t_zone" } else { "''" };
+    let mut sql = Sql::new("SELECT ");
+    bucket_start(&mut sql, q, "t_start");
+    sql.push(&format!(
+        " AS start_ms, {camera} AS camera, {label} AS label_, {zone} AS zone_, count() AS objects, \
+         toInt64(quantileExact(0.5)(dwell_ms)) AS p50, toInt64(quantileExact(0.95)(dwell_ms)) AS p95, \
+         max(t_conf) AS max_conf FROM ("
+    ));
+    if q.in_zones() {
+        let visit_zone = if q.by_zone { "z_name" } else { "''" };
+        sql.push(&format!(
+            "SELECT any(started_at) AS t_start, any(camera_id) AS t_camera, any(label) AS t_label, \
+             {visit_zone} AS t_zone, any(max_confidence) AS t_conf, \
+             sum(ifNull(z_exited, last_seen_at_ms) - z_entered) AS dwell_ms FROM ("
+        ));
+    } else {
+        sql.push(
+            "SELECT started_at AS t_start, camera_id AS t_camera, label AS t_label, \
+             max_confidence AS t_conf, last_seen_at_ms - started_at_ms AS dwell_ms FROM (",
+        );
+    }
+    // The final record of each track that started in the range.
+    let filter = TrackFilter {
+        cameras: q.filter.cameras.clone(),
+        edges: q.filter.edges.clone(),
+        labels: q.filter.labels.clone(),
+        ..TrackFilter::default()
+    };
+    sql.push("SELECT * FROM (");
+    latest_tracks(
+        &mut sql,
+        "edge_id, track_id, camera_id, label, started_at, started_at_ms, last_seen_at_ms, \
+         max_confidence, ended_by, `zones.zone` AS zone_names, `zones.entered_at_ms` AS zone_entered, \
+         `zones.exited_at_ms` AS zone_exited",
+        &filter,
+    );
+    sql.push(" AND started_at >= toDateTime(?) AND started_at_ms >= ? AND started_at <= toDateTime(?) AND started_at_ms < ?")
+        .bind(BindValue::I64(q.since.as_secs()))
+        .bind(BindValue::I64(q.since.as_millis()))
+        .bind(BindValue::I64(q.until.as_secs()))
+        .bind(BindValue::I64(q.until.as_millis()));
+    sql.push(" ORDER BY revision DESC LIMIT 1 BY edge_id, track_id) WHERE ended_by != ''");
+    if let Some(min) = q.filter.min_confidence {
+        sql.push(" AND max_confidence >= toFloat32(?)")
+            .bind(BindValue::F32(min));
+    }
+    if let Some(max) = q.filter.max_confidence {
+        sql.push(" AND max_confidence <= toFloat32(?)")
+            .bind(BindValue::F32(max));
+    }
+    sql.push(")");
+    if q.in_zones() {
+        sql.push(
+            " ARRAY JOIN zone_names AS z_name, zone_entered AS z_entered, zone_exited AS z_exited WHERE 1",
+        );
+        sql.any_of("z_name", &q.zones);
+        sql.push(" GROUP BY edge_id, track_id");
+        if q.by_zone {
+            sql.push(", z_name");
+        }
+    }
+    sql.push(") GROUP BY start_ms, camera, label_, zone_ ORDER BY start_ms, camera, label_, zone_");
+    sql
 }
 
 #[cfg(test)]
@@ -900,8 +1216,110 @@ mod tests {
             interval,
             by_camera: true,
             by_label: false,
+            measure: Measure::Detections,
+            zones: Vec::new(),
+            by_zone: false,
             tz: "Europe/Berlin".into(),
         }
+    }
+
+    #[test]
+    fn a_page_of_tracks_stops_early_only_without_latest_record_conditions() {
+        let cursor = TrackCursor {
+            sort: Sort::Newest,
+            started_at_ms: 1_795_000_000_500,
+            edge_id: "e1".into(),
+            track_id: 7,
+        };
+        let growing = TrackFilter {
+            cameras: vec!["gate".into()],
+            since: Some(at(1_795_000_000_000)),
+            min_duration_ms: Some(5_000),
+            min_confidence: Some(0.5),
+            ..TrackFilter::default()
+        };
+        let sql = tracks_page_sql(&growing, Sort::Newest, Some(&cursor), 11);
+        assert_eq!(
+            sql.text,
+            format!(
+                "SELECT ?fields FROM (SELECT * FROM {TRACKS} PREWHERE 1 AND camera_id IN (?) \
+                 AND last_seen_at_ms >= ? AND last_seen_at_ms - started_at_ms >= ? \
+                 AND max_confidence >= toFloat32(?) AND started_at <= toDateTime(?) \
+                 AND (started_at_ms, edge_id, track_id) < (?, ?, ?) \
+                 ORDER BY started_at_ms DESC, edge_id DESC, track_id DESC, revision DESC \
+                 LIMIT 1 BY edge_id, track_id LIMIT ?) WHERE 1 \
+                 ORDER BY started_at_ms DESC, edge_id DESC, track_id DESC LIMIT ?"
+            )
+        );
+        assert_eq!(
+            sql.binds,
+            [
+                BindValue::Str("gate".into()),
+                BindValue::I64(1_795_000_000_000),
+                BindValue::I64(5_000),
+                BindValue::F32(0.5),
+                BindValue::I64(1_795_000_000),
+                BindValue::I64(1_795_000_000_500),
+                BindValue::Str("e1".into()),
+                BindValue::U64(7),
+                BindValue::U64(11),
+                BindValue::U64(11),
+            ]
+        );
+        // Zones, the end and a longest length are the latest record's alone: the inner
+        // query reads every match.
+        let latest = TrackFilter {
+            zones: vec!["gate".into(), "porch".into()],
+            ended: Some(false),
+            max_duration_ms: Some(60_000),
+            ..TrackFilter::default()
+        };
+        let sql = tracks_page_sql(&latest, Sort::Oldest, None, 3);
+        assert!(
+            sql.text.ends_with(
+                "LIMIT 1 BY edge_id, track_id) WHERE 1 \
+                 AND arrayExists(z -> z IN (?, ?), `zones.zone`) AND ended_by = '' \
+                 AND last_seen_at_ms - started_at_ms <= ? \
+                 ORDER BY started_at_ms ASC, edge_id ASC, track_id ASC LIMIT ?"
+            ),
+            "{}",
+            sql.text
+        );
+        // `?fields`, then one mark per bind.
+        assert_eq!(marks(&sql), sql.binds.len() + 1);
+    }
+
+    #[test]
+    fn object_stats_bind_every_value_and_group_by_zone_when_asked() {
+        let hour = 1_795_000_000_000 - 1_795_000_000_000 % 3_600_000;
+        let mut q = stats(
+            Interval::All,
+            hour,
+            EventFilter {
+                labels: vec!["car".into()],
+                min_confidence: Some(0.5),
+                ..EventFilter::default()
+            },
+        );
+        q.measure = Measure::Objects;
+        let plain = object_stats_sql(&q);
+        assert!(plain.text.starts_with("SELECT toInt64(?) AS start_ms"));
+        assert_eq!(plain.binds[0], BindValue::I64(hour));
+        assert!(!plain.text.contains("ARRAY JOIN"));
+        assert!(plain.text.contains("WHERE ended_by != ''"));
+        assert_eq!(marks(&plain), plain.binds.len());
+        q.zones = vec!["driveway".into()];
+        q.by_zone = true;
+        q.interval = Interval::Hour;
+        let zoned = object_stats_sql(&q);
+        assert!(zoned.text.starts_with(
+            "SELECT toInt64(toUnixTimestamp(toStartOfHour(t_start, ?))) * 1000 AS start_ms"
+        ));
+        assert!(zoned.text.contains(
+            "ARRAY JOIN zone_names AS z_name, zone_entered AS z_entered, zone_exited AS z_exited \
+             WHERE 1 AND z_name IN (?) GROUP BY edge_id, track_id, z_name"
+        ));
+        assert_eq!(marks(&zoned), zoned.binds.len());
     }
 
     #[test]

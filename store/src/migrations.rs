@@ -60,6 +60,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "tracks",
         sql: include_str!("../migrations/0007_tracks.sql"),
     },
+    Migration {
+        version: 8,
+        name: "tracks_by_id",
+        sql: include_str!("../migrations/0008_tracks_by_id.sql"),
+    },
 ];
 
 /// Why migrating failed.
@@ -370,7 +375,7 @@ mod tests {
     fn migrations_are_ordered_and_split() {
         assert!(MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version));
         let statements: Vec<_> = MIGRATIONS.iter().flat_map(|m| m.statements("db")).collect();
-        assert_eq!(statements.len(), 11);
+        assert_eq!(statements.len(), 14);
         // Every statement is safe to run twice: DDL with IF NOT EXISTS, backfills that skip
         // what is already there (ADD COLUMN IF NOT EXISTS runs as adds of what is missing).
         assert!(statements.iter().all(|s| s.contains("`db`.")

@@ -92,7 +92,7 @@ const CAPTURED_OR_ARRIVED: &str = "greatest(captured_at, ingested_at)";
 
 impl RetentionSettings {
     /// Every retained table with its retention in days.
-    pub fn tables(&self) -> [(RetainedTable, u32); 6] {
+    pub fn tables(&self) -> [(RetainedTable, u32); 7] {
         [
             (
                 RetainedTable {
@@ -145,6 +145,15 @@ impl RetentionSettings {
                     ttl_time: "greatest(started_at, ingested_at)",
                     partitioning: Partitioning::Day,
                     adds_arrival: false,
+                },
+                self.tracks_days,
+            ),
+            (
+                RetainedTable {
+                    name: tables::TRACKS_BY_ID,
+                    ttl_time: "greatest(started_at, ingested_at)",
+                    partitioning: Partitioning::Day,
+                    adds_arrival: true,
                 },
                 self.tracks_days,
             ),
@@ -314,7 +323,7 @@ mod tests {
         let s = RetentionSettings::default();
         assert!(s.ttl_statements("db", Capabilities::LEGACY).is_empty());
         let modern = s.ttl_statements("db", Capabilities::MODERN);
-        assert_eq!(modern.len(), 14);
+        assert_eq!(modern.len(), 17);
         assert!(modern[0].contains("TTL greatest(captured_at, ingested_at) + INTERVAL 30 DAY"));
         // The tables kept by views get their arrival column before their TTL names it.
         assert_eq!(
@@ -330,6 +339,13 @@ mod tests {
             modern[12]
                 .contains("tracks MODIFY TTL greatest(started_at, ingested_at) + INTERVAL 30 DAY")
         );
+        assert_eq!(
+            modern[14],
+            "ALTER TABLE `db`.tracks_by_id ADD COLUMN IF NOT EXISTS ingested_at DateTime('UTC') MATERIALIZED now()"
+        );
+        assert!(modern[15].contains(
+            "tracks_by_id MODIFY TTL greatest(started_at, ingested_at) + INTERVAL 30 DAY"
+        ));
         assert!(modern[10].contains(
             "edge_heartbeats MODIFY TTL greatest(sent_at, received_at) + INTERVAL 30 DAY"
         ));

@@ -21,11 +21,16 @@ pub const EDGE_HEARTBEATS: &str = "edge_heartbeats";
 /// One row per track record (the latest revision of a track replaces the others):
 /// `schema::TrackRow`.
 pub const TRACKS: &str = "tracks";
+/// (edge, track id) -> camera and start time, for lookups by id (filled by
+/// [`TRACKS_BY_ID_MV`]).
+pub const TRACKS_BY_ID: &str = "tracks_by_id";
+/// The view that fills [`TRACKS_BY_ID`] from each insert into [`TRACKS`].
+pub const TRACKS_BY_ID_MV: &str = "tracks_by_id_mv";
 /// The applied migrations (version, name, checksum).
 pub const SCHEMA_MIGRATIONS: &str = "schema_migrations";
 
 /// Every table and view above: what the ownership test looks for in other crates' SQL.
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 12] = [
     EVENTS,
     EVENTS_BY_ID,
     EVENTS_BY_ID_MV,
@@ -35,6 +40,8 @@ pub const ALL: [&str; 10] = [
     DETECTIONS_HOURLY_MV,
     EDGE_HEARTBEATS,
     TRACKS,
+    TRACKS_BY_ID,
+    TRACKS_BY_ID_MV,
     SCHEMA_MIGRATIONS,
 ];
 

@@ -85,15 +85,15 @@ def arrived_when_captured(s):
         )
     # The tables kept by views compute their arrival (MATERIALIZED, never updated): compute
     # it from the capture time once, then put the expression back.
-    for table in ("events_by_id", "detections"):
-        s.query(f"ALTER TABLE sightline.{table} MODIFY COLUMN ingested_at DateTime('UTC') MATERIALIZED captured_at")
+    for table, time in (("events_by_id", "captured_at"), ("detections", "captured_at"), ("tracks_by_id", "started_at")):
+        s.query(f"ALTER TABLE sightline.{table} MODIFY COLUMN ingested_at DateTime('UTC') MATERIALIZED {time}")
         s.query(f"ALTER TABLE sightline.{table} MATERIALIZE COLUMN ingested_at SETTINGS mutations_sync = 1")
         s.query(f"ALTER TABLE sightline.{table} MODIFY COLUMN ingested_at DateTime('UTC') MATERIALIZED now()")
         s.query(f"ALTER TABLE sightline.{table} MATERIALIZE TTL SETTINGS mutations_sync = 1")
 
 
 def optimize(s):
-    for table in ("events", "events_by_id", "detections", "detections_hourly", "edge_heartbeats", "tracks"):
+    for table in ("events", "events_by_id", "detections", "detections_hourly", "edge_heartbeats", "tracks", "tracks_by_id"):
         s.query(f"OPTIMIZE TABLE sightline.{table} FINAL")
 
 
@@ -108,9 +108,9 @@ def test_ttl_removes_exactly_the_expired_rows_and_keeps_rollups(db):
     statements = schema()
     tables = [s for s in statements if not s.startswith("ALTER TABLE")]
     retention = [s for s in statements if s.startswith("ALTER TABLE")]
-    # TTL and ttl_only_drop_parts on six tables, the arrival column of the two tables kept
-    # by views, and the dedup window of events and the three tables its views write.
-    assert len(retention) == 18
+    # TTL and ttl_only_drop_parts on seven tables, the arrival column of the three tables
+    # kept by views, and the dedup window of events and the three tables its views write.
+    assert len(retention) == 21
     assert sum("non_replicated_deduplication_window" in s for s in retention) == 4
     apply(db, tables)
     insert_events(db)
@@ -149,6 +149,7 @@ def test_ttl_removes_exactly_the_expired_rows_and_keeps_rollups(db):
     # revisions collapse to the latest.
     assert rows(db, "SELECT count() FROM sightline.edge_heartbeats") == [["1"]]
     assert rows(db, "SELECT track_id, revision FROM sightline.tracks") == [["1", "1"]]
+    assert rows(db, "SELECT edge_id, track_id, camera_id FROM sightline.tracks_by_id") == [["edge", "1", "gate"]]
     assert rows(db, "SELECT toString(event_id) FROM sightline.events ORDER BY event_id") == [
         ["0190b1d2-0000-7000-8000-000000000001"],
         ["0190b1d2-0000-7000-8000-000000000002"],
@@ -206,4 +207,6 @@ def test_migrations_are_idempotent(db):
         "events_by_id_mv",
         "schema_migrations",
         "tracks",
+        "tracks_by_id",
+        "tracks_by_id_mv",
     ]

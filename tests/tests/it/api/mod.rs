@@ -12,6 +12,7 @@ mod pagination;
 mod replay;
 mod sql;
 mod stats;
+mod tracks;
 
 use sightline_shared::{Detection, DetectionEvent, EventId, Timestamp};
 
@@ -71,4 +72,35 @@ pub(super) fn ndjson(text: &str) -> anyhow::Result<Vec<DetectionEvent>> {
         .lines()
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?)
+}
+
+/// Every key of `value` is a property of the OpenAPI `schema` (by name) of the running
+/// service's document `doc`, and every property it requires is there.
+pub(super) fn conforms(
+    doc: &serde_json::Value,
+    schema: &str,
+    value: &serde_json::Value,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let schema = &doc["components"]["schemas"][schema];
+    let keys: std::collections::HashSet<&str> = value
+        .as_object()
+        .context("an object")?
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let props: std::collections::HashSet<&str> = schema["properties"]
+        .as_object()
+        .context("the schema's properties")?
+        .keys()
+        .map(String::as_str)
+        .collect();
+    anyhow::ensure!(keys.is_subset(&props), "{keys:?} vs {props:?}");
+    for required in schema["required"].as_array().context("required")? {
+        anyhow::ensure!(
+            keys.contains(required.as_str().unwrap_or_default()),
+            "{required} is missing from {value}"
+        );
+    }
+    Ok(())
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use image::RgbImage;
 use serde::Serialize;
 use sightline_shared::backoff::Backoff;
 use sightline_shared::{Detection, DetectionEvent, EventId, SCHEMA_VERSION, TrackRecord};
@@ -19,7 +20,7 @@ use crate::config::{CameraConfig, SnapshotConfig};
 use crate::detect::{Detector, Found};
 use crate::metrics::{CameraLabel, Metrics};
 use crate::motion::MotionGate;
-use crate::snapshot;
+use crate::snapshot::{self, BestFrame, BestFrames};
 use crate::track::{self, TrackIds, Tracker};
 
 /// Inference times kept for the status quantiles.
@@ -161,6 +162,10 @@ struct Pipeline {
     tracker: Tracker,
     /// Track records the tracker made on this frame, stored before the next one.
     records: Vec<TrackRecord>,
+    /// Each track's best frame since its last record, by track id: its snapshot is
+    /// rendered when the track's next record is made (at most one JPEG per track per
+    /// `update_interval_secs` and one at its end, however often its score improves).
+    best_frames: BestFrames,
     /// Class ids that make events (`None`: all).
     allowed: Option<HashSet<u32>>,
     min_score: f32,
@@ -194,6 +199,7 @@ impl Camera {
                 track_ids(self.buffer.clone(), rt.clone(), self.config.id.clone()),
             ),
             records: Vec::new(),
+            best_frames: BestFrames::default(),
             allowed,
             min_score: self.config.min_score.unwrap_or(0.0),
             detect_interval: (motion.detect_interval_secs > 0.0)
@@ -246,7 +252,7 @@ impl Camera {
         pipeline
             .tracker
             .close(sightline_runtime::now().as_millis(), &mut pipeline.records);
-        self.store_tracks(&mut pipeline.records, rt);
+        self.store_tracks(&mut pipeline, &label, rt);
         m.up.get_or_create(&label).set(0);
         self.set_fps(&label, 0.0);
     }
@@ -295,7 +301,7 @@ impl Camera {
         if !p.motion.is_motion(score) && !due {
             p.tracker
                 .idle(frame.captured_at.as_millis(), true, &mut p.records);
-            self.store_tracks(&mut p.records, rt);
+            self.store_tracks(p, label, rt);
             m.frames_skipped.get_or_create(label).inc();
             self.state.update(|s| {
                 s.frames_captured += 1;
@@ -335,7 +341,7 @@ impl Camera {
         if found.is_empty() {
             p.tracker
                 .idle(frame.captured_at.as_millis(), false, &mut p.records);
-            self.store_tracks(&mut p.records, rt);
+            self.store_tracks(p, label, rt);
             return;
         }
         let assignments = p.tracker.update(
@@ -344,10 +350,18 @@ impl Camera {
             frame.captured_at.as_millis(),
             &mut p.records,
         );
-        self.store_tracks(&mut p.records, rt);
+        self.store_tracks(p, label, rt);
         if self.snapshots.enabled {
             for (f, a) in found.iter().zip(&assignments).filter(|(_, a)| a.best) {
-                self.save_track_snapshot(frame, f, a.track_id, &mut p.tracker, label);
+                p.best_frames
+                    .hold(a.track_id, &frame.image, *f, frame.captured_at.as_millis());
+            }
+            // Held frames are bounded: past the limit, the longest-held is written now.
+            while let Some((track_id, best)) = p.best_frames.overflow() {
+                let started = p.tracker.started_ms(track_id).unwrap_or(best.at_ms);
+                if let Some(path) = self.save_track_snapshot(&best, track_id, started, label) {
+                    p.tracker.set_snapshot(track_id, path);
+                }
             }
         }
         if !assignments.iter().any(|a| a.new) {
@@ -413,10 +427,19 @@ impl Camera {
     }
 
     /// Commits the track records the tracker made (ended tracks before updates, in the
-    /// order made); one the buffer refuses is counted and logged like a refused event.
-    fn store_tracks(&self, records: &mut Vec<TrackRecord>, rt: &tokio::runtime::Handle) {
-        for record in records.drain(..) {
+    /// order made), each with its best frame's snapshot written first when a better frame
+    /// came since its last record; one the buffer refuses is counted and logged like a
+    /// refused event.
+    fn store_tracks(&self, p: &mut Pipeline, label: &CameraLabel, rt: &tokio::runtime::Handle) {
+        for mut record in p.records.drain(..) {
             let (track_id, revision) = (record.track_id, record.revision);
+            if let Some(best) = p.best_frames.take(track_id)
+                && let Some(path) =
+                    self.save_track_snapshot(&best, track_id, record.started_at.as_millis(), label)
+            {
+                p.tracker.set_snapshot(track_id, path.clone());
+                record.snapshot = Some(path);
+            }
             match rt.block_on(self.buffer.append_track(record)) {
                 Ok(_) => {
                     self.metrics.tracks_recorded.inc();
@@ -429,45 +452,37 @@ impl Camera {
         }
     }
 
-    /// Renders a track's best frame so far (the object alone, boxed) over its snapshot file;
-    /// on failure the track keeps the one before, if any.
+    /// Renders a track's best frame (the object alone, boxed) over its snapshot file, filed
+    /// under the day the track `started_ms`; returns the file's path, or `None` on failure
+    /// (logged; the track keeps the one before, if any).
     fn save_track_snapshot(
         &self,
-        frame: &Frame,
-        found: &Found,
+        best: &BestFrame,
         track_id: u64,
-        tracker: &mut Tracker,
+        started_ms: i64,
         label: &CameraLabel,
-    ) {
-        let started = tracker
-            .started_ms(track_id)
-            .unwrap_or(frame.captured_at.as_millis());
-        let relative = snapshot::track_path(track_id, started);
-        let object = [Detection {
-            label: self.detector.label(found.class_id),
-            class_id: found.class_id,
-            confidence: found.score,
-            bbox: found.bbox,
-            track_id: Some(track_id),
-        }];
-        match self.write_snapshot(frame, &object, &relative, label) {
-            Ok(()) => tracker.set_snapshot(track_id, relative.display().to_string()),
+    ) -> Option<String> {
+        let relative = snapshot::track_path(track_id, started_ms);
+        let object = [best.detection(track_id, |c| self.detector.label(c))];
+        match self.write_snapshot(&best.image, &object, &relative, label) {
+            Ok(()) => Some(relative.display().to_string()),
             Err(error) => {
                 tracing::error!(camera = %self.config.id, track_id, %error, "cannot save the track's snapshot; it keeps the one before");
+                None
             }
         }
     }
 
-    /// Renders `detections` over the frame and saves it at `relative`, counted either way.
+    /// Renders `detections` over `image` and saves it at `relative`, counted either way.
     fn write_snapshot(
         &self,
-        frame: &Frame,
+        image: &RgbImage,
         detections: &[Detection],
         relative: &std::path::Path,
         label: &CameraLabel,
     ) -> Result<(), String> {
         let m = &self.metrics.cameras;
-        let result = snapshot::render(&frame.image, detections, &self.snapshots)
+        let result = snapshot::render(image, detections, &self.snapshots)
             .map_err(|e| e.to_string())
             .and_then(|jpeg| {
                 snapshot::save(&self.data_dir, relative, &jpeg).map_err(|e| e.to_string())
@@ -487,7 +502,7 @@ impl Camera {
         label: &CameraLabel,
     ) -> Option<PathBuf> {
         let relative = snapshot::relative_path(event);
-        match self.write_snapshot(frame, &event.detections, &relative, label) {
+        match self.write_snapshot(&frame.image, &event.detections, &relative, label) {
             Ok(()) => Some(relative),
             Err(error) => {
                 tracing::error!(camera = %self.config.id, event_id = %event.event_id, %error, "cannot save the snapshot; the event is kept without it");

@@ -23,10 +23,10 @@ pub mod metrics;
 mod motion;
 pub mod outbox;
 pub mod publisher;
-mod snapshot;
+pub mod snapshot;
 mod status;
 pub mod synthetic;
-mod track;
+pub mod track;
 
 pub use agent::run;
 pub use buffer::storage;

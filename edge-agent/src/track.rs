@@ -23,11 +23,11 @@ use crate::config::TrackerConfig;
 use crate::detect::decode::{Found, iou};
 
 /// Where track ids come from: unique per edge, across its cameras and restarts.
-pub(crate) type TrackIds = Box<dyn FnMut() -> u64 + Send>;
+pub type TrackIds = Box<dyn FnMut() -> u64 + Send>;
 
 /// How the tracker matches and reports.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Settings {
+pub struct Settings {
     pub iou_threshold: f32,
     pub max_age_ms: i64,
     pub update_interval_ms: i64,
@@ -178,7 +178,7 @@ impl Track {
 
 /// What the tracker made of one detection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Assignment {
+pub struct Assignment {
     pub track_id: u64,
     /// The object was not tracked before this frame.
     pub new: bool,
@@ -188,7 +188,7 @@ pub(crate) struct Assignment {
 }
 
 /// Greedy IoU matching of detections to the live tracks of the same class.
-pub(crate) struct Tracker {
+pub struct Tracker {
     settings: Settings,
     edge_id: String,
     camera_id: String,
@@ -207,7 +207,7 @@ impl std::fmt::Debug for Tracker {
 }
 
 impl Tracker {
-    pub(crate) fn new(
+    pub fn new(
         settings: Settings,
         edge_id: &str,
         camera_id: &str,
@@ -227,7 +227,7 @@ impl Tracker {
     /// Matches one frame's detections (taken at `now_ms`; `label` names a class) and
     /// returns one assignment per detection, in order, with the records due: tracks that
     /// ended before this frame, then updates of those that last.
-    pub(crate) fn update(
+    pub fn update(
         &mut self,
         found: &[Found],
         label: impl Fn(u32) -> String,
@@ -314,7 +314,7 @@ impl Tracker {
     /// the frame is `unchanged` (the motion gate skipped it), the objects found in the last
     /// frame the detector ran on are still there: their tracks are seen now. A detector
     /// frame that found nothing (`unchanged` false) leaves nothing in view.
-    pub(crate) fn idle(&mut self, now_ms: i64, unchanged: bool, records: &mut Vec<TrackRecord>) {
+    pub fn idle(&mut self, now_ms: i64, unchanged: bool, records: &mut Vec<TrackRecord>) {
         for track in &mut self.tracks {
             if !unchanged {
                 track.in_view = false;
@@ -327,21 +327,21 @@ impl Tracker {
     }
 
     /// Notes the event that reported a track's arrival.
-    pub(crate) fn set_arrival(&mut self, track_id: u64, event_id: EventId) {
+    pub fn set_arrival(&mut self, track_id: u64, event_id: EventId) {
         if let Some(track) = self.tracks.iter_mut().find(|t| t.id == track_id) {
             track.arrival_event_id = Some(event_id);
         }
     }
 
     /// Notes where a track's best frame's snapshot was written.
-    pub(crate) fn set_snapshot(&mut self, track_id: u64, path: String) {
+    pub fn set_snapshot(&mut self, track_id: u64, path: String) {
         if let Some(track) = self.tracks.iter_mut().find(|t| t.id == track_id) {
             track.snapshot = Some(path);
         }
     }
 
     /// When a live track started (milliseconds), which files its snapshot under a day.
-    pub(crate) fn started_ms(&self, track_id: u64) -> Option<i64> {
+    pub fn started_ms(&self, track_id: u64) -> Option<i64> {
         self.tracks
             .iter()
             .find(|t| t.id == track_id)
@@ -349,7 +349,7 @@ impl Tracker {
     }
 
     /// The camera stops at `now_ms`: every live track ends with [`EndedBy::Shutdown`].
-    pub(crate) fn close(&mut self, now_ms: i64, records: &mut Vec<TrackRecord>) {
+    pub fn close(&mut self, now_ms: i64, records: &mut Vec<TrackRecord>) {
         for mut track in std::mem::take(&mut self.tracks) {
             records.push(track.record(
                 &self.edge_id,

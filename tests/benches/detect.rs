@@ -3,16 +3,26 @@
 //! `onnxruntime`, same library version, same model, same input tensor, same thread count) in
 //! the same run.
 //!
+//! Then the track path (issue 16) in the same run: a camera panning over the test pictures,
+//! each frame decoded and detected, then tracked the way the agent does (matching, the
+//! track's bookkeeping, its records, and the best frames held until a record renders and
+//! writes the snapshot), so the cost of a frame with and without tracks is measured on the
+//! same frames.
+//!
 //! `cargo bench -p sightline-tests --bench detect`; `SIGHTLINE_BENCH_FRAMES` (default 100)
-//! frames per side, `SIGHTLINE_BENCH_THREADS` (default 2) intra-op threads. Needs
+//! frames per side, `SIGHTLINE_BENCH_THREADS` (default 2) intra-op threads,
+//! `SIGHTLINE_BENCH_PAN_FRAMES` (default 40) frames of pan per picture. Needs
 //! `ORT_DYLIB_PATH` and python3 with onnxruntime and numpy (scripts/test.sh installs them).
 
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sightline_edge_agent::config::ModelConfig;
+use sightline_edge_agent::config::{ModelConfig, SnapshotConfig, TrackerConfig};
 use sightline_edge_agent::detect::{Detector, preprocess};
+use sightline_edge_agent::snapshot::{self, BestFrame, BestFrames};
+use sightline_edge_agent::track::{Settings, Tracker};
+use sightline_shared::Detection;
 
 /// ONNX Runtime from Python, timing `session.run` alone on the tensor the agent made.
 const PYTHON: &str = r#"
@@ -141,6 +151,190 @@ fn main() -> anyhow::Result<()> {
         infer_p50 / python_p50,
         total_p50 / python_p50,
         1000.0 / total_p50
+    );
+    track_path(&detector, &repo)
+}
+
+/// Frames of a camera panning over each test picture (a window of 80 % of it sliding from
+/// the top left to the bottom right, scaled to 1280x720), as JPEG, 100 ms apart.
+fn panning_frames(repo: &Path, steps: u32) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut pictures: Vec<_> = std::fs::read_dir(repo.join("tests/fixtures/images"))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    pictures.sort();
+    let mut frames = Vec::new();
+    for picture in pictures {
+        let picture = image::open(&picture)?.to_rgb8();
+        let (w, h) = (picture.width() * 4 / 5, picture.height() * 4 / 5);
+        let span = steps.saturating_sub(1).max(1);
+        for step in 0..steps {
+            let (x, y) = (
+                (picture.width() - w) * step / span,
+                (picture.height() - h) * step / span,
+            );
+            let window = image::imageops::crop_imm(&picture, x, y, w, h).to_image();
+            let frame =
+                image::imageops::resize(&window, 1280, 720, image::imageops::FilterType::Triangle);
+            let mut jpeg = Vec::new();
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85)
+                .encode_image(&frame)?;
+            frames.push(jpeg);
+        }
+    }
+    Ok(frames)
+}
+
+/// A frame's cost without and with the track path, on the same frames, in one run.
+fn track_path(detector: &Detector, repo: &Path) -> anyhow::Result<()> {
+    let steps = env("SIGHTLINE_BENCH_PAN_FRAMES", 40) as u32;
+    let frames = panning_frames(repo, steps)?;
+    let data = tempfile::tempdir()?;
+    let snapshots = SnapshotConfig::default();
+    let mut next_id = 0;
+    let mut tracker = Tracker::new(
+        Settings::from(&TrackerConfig::default()),
+        "edge-bench",
+        "pan",
+        Vec::new(),
+        Box::new(move || {
+            next_id += 1;
+            next_id
+        }),
+    );
+    let (mut frame_cost, mut matching, mut writing) = (Vec::new(), Vec::new(), Vec::new());
+    let mut event_cost = Vec::new();
+    let mut events = 0;
+    let (mut records, mut objects, mut record_count) = (Vec::new(), 0, 0);
+    let mut held = BestFrames::default();
+    let written = std::cell::Cell::new(0);
+    let write = |best: &BestFrame, track_id: u64, started_ms: i64| -> anyhow::Result<()> {
+        let object = [best.detection(track_id, |c| detector.label(c))];
+        let jpeg = snapshot::render(&best.image, &object, &snapshots)?;
+        snapshot::save(
+            data.path(),
+            &snapshot::track_path(track_id, started_ms),
+            &jpeg,
+        )?;
+        written.set(written.get() + 1);
+        Ok(())
+    };
+    for round in 0..2 {
+        for (i, jpeg) in frames.iter().enumerate() {
+            let now_ms = 1_795_000_000_000 + (round * frames.len() + i) as i64 * 100;
+            let started = Instant::now();
+            let image = std::sync::Arc::new(
+                image::load_from_memory_with_format(jpeg, image::ImageFormat::Jpeg)?.to_rgb8(),
+            );
+            let (found, _) = detector.detect(&image)?;
+            let detected = started.elapsed();
+            // The track path: matching and bookkeeping, the records due...
+            let started = Instant::now();
+            let assignments = tracker.update(&found, |c| detector.label(c), now_ms, &mut records);
+            let matched = started.elapsed();
+            // ...each record's snapshot when a better frame came since its last one, and
+            // the best frames held meanwhile, as the camera does.
+            let started = Instant::now();
+            for record in records.drain(..) {
+                record_count += usize::from(round == 1);
+                if let Some(best) = held.take(record.track_id) {
+                    write(&best, record.track_id, record.started_at.as_millis())?;
+                }
+            }
+            for (f, a) in found.iter().zip(&assignments).filter(|(_, a)| a.best) {
+                held.hold(a.track_id, &image, *f, now_ms);
+            }
+            while let Some((track_id, best)) = held.overflow() {
+                write(
+                    &best,
+                    track_id,
+                    tracker.started_ms(track_id).unwrap_or(now_ms),
+                )?;
+            }
+            let wrote = started.elapsed();
+            // With or without tracks, a frame with a new object makes an event and its
+            // snapshot (every object boxed).
+            let started = Instant::now();
+            if assignments.iter().any(|a| a.new) {
+                let boxed: Vec<Detection> = found
+                    .iter()
+                    .zip(&assignments)
+                    .map(|(f, a)| Detection {
+                        label: detector.label(f.class_id),
+                        class_id: f.class_id,
+                        confidence: f.score,
+                        bbox: f.bbox,
+                        track_id: Some(a.track_id),
+                    })
+                    .collect();
+                let jpeg = snapshot::render(&image, &boxed, &snapshots)?;
+                snapshot::save(data.path(), Path::new(&format!("event-{i}.jpg")), &jpeg)?;
+                events += usize::from(round == 1);
+            }
+            let evented = started.elapsed();
+            // The first round warms up.
+            if round == 1 {
+                objects += found.len();
+                frame_cost.push(detected);
+                event_cost.push(evented);
+                matching.push(matched);
+                writing.push(wrote);
+            }
+        }
+        // The camera stops: the last tracks' final records and snapshots. After the
+        // warm-up round, unmeasured, so the measured round has exactly its own tracks;
+        // after it, counted in its last frame.
+        let started = Instant::now();
+        let end_ms = 1_795_000_000_000 + ((round + 1) * frames.len()) as i64 * 100;
+        tracker.close(end_ms, &mut records);
+        for record in records.drain(..) {
+            record_count += usize::from(round == 1);
+            if let Some(best) = held.take(record.track_id) {
+                write(&best, record.track_id, record.started_at.as_millis())?;
+            }
+        }
+        if round == 1
+            && let Some(last) = writing.last_mut()
+        {
+            *last += started.elapsed();
+        }
+        if round == 0 {
+            written.set(0);
+        }
+    }
+    let written = written.get();
+    let n = frame_cost.len();
+    let without: Vec<Duration> = (0..n).map(|i| frame_cost[i] + event_cost[i]).collect();
+    let with: Vec<Duration> = (0..n)
+        .map(|i| without[i] + matching[i] + writing[i])
+        .collect();
+    let mean = |v: &[Duration]| v.iter().map(|d| ms(*d)).sum::<f64>() / v.len().max(1) as f64;
+    let (detect_mean, without_mean) = (mean(&frame_cost), mean(&without));
+    let track_mean = mean(&matching) + mean(&writing);
+    println!(
+        "track path: {n} frames of a camera panning over {} pictures ({:.2} objects per frame on average, {events} frames with a new object), {record_count} track records, {written} best-frame snapshots",
+        n / steps.max(1) as usize,
+        objects as f64 / n.max(1) as f64
+    );
+    println!("  {:<44} {:>9} {:>9}", "per frame", "p50 ms", "mean ms");
+    for (name, samples) in [
+        ("decode + detect", frame_cost),
+        ("an event and its snapshot for a new object", event_cost),
+        ("without tracks: the two above", without),
+        ("tracker: matching, bookkeeping, records", matching.clone()),
+        ("best-frame snapshots: render + write", writing.clone()),
+        ("with tracks: all of the above", with),
+    ] {
+        let (p50, mean) = summary(samples);
+        println!("  {name:<44} {p50:>9.3} {mean:>9.3}");
+    }
+    println!(
+        "  the track path costs {:.2} % of a frame's CPU without tracks ({:.2} % of decode + detect alone; tracker {:.3} %, best-frame snapshots {:.2} %)",
+        100.0 * track_mean / without_mean,
+        100.0 * track_mean / detect_mean,
+        100.0 * mean(&matching) / without_mean,
+        100.0 * mean(&writing) / without_mean,
     );
     Ok(())
 }

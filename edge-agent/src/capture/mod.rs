@@ -8,6 +8,7 @@ pub(crate) mod file;
 pub(crate) mod pattern;
 pub(crate) mod v4l2;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
@@ -15,10 +16,11 @@ use sightline_shared::Timestamp;
 
 use crate::config::SourceConfig;
 
-/// One captured frame.
+/// One captured frame. The picture is shared: a track holds on to its best frame until its
+/// next record writes the snapshot, without copying it.
 #[derive(Debug, Clone)]
 pub(crate) struct Frame {
-    pub image: RgbImage,
+    pub image: Arc<RgbImage>,
     /// Wall-clock capture time (the event's `captured_at`).
     pub captured_at: Timestamp,
     /// Monotonic capture time, for latency measurements.
@@ -33,7 +35,7 @@ impl Frame {
         let seq = *counter;
         *counter += 1;
         Self {
-            image,
+            image: Arc::new(image),
             captured_at: sightline_runtime::now(),
             captured: Instant::now(),
             seq,

@@ -82,8 +82,27 @@ async fn every_event_arrives_exactly_once_with_all_fields() -> anyhow::Result<()
 
     // One event by id, exactly as published.
     let one = &json_events[7];
-    let (status, body) = stack.get(&format!("/v1/events/{}", one.event_id)).await?;
+    let (status, mut body) = stack.get(&format!("/v1/events/{}", one.event_id)).await?;
     assert_eq!(status, 200);
+    // Beside the event, the tracks its detections belong to, each once.
+    let tracks = body
+        .as_object_mut()
+        .and_then(|event| event.remove("tracks"))
+        .unwrap_or_default();
+    let mut named: Vec<String> = Vec::new();
+    for d in &one.detections {
+        if let Some(id) = d.track_id.filter(|&id| id > 0) {
+            let id = format!("{}:{id}", one.edge_id);
+            if !named.contains(&id) {
+                named.push(id);
+            }
+        }
+    }
+    let listed: Vec<&str> = tracks
+        .as_array()
+        .map(|t| t.iter().filter_map(|t| t["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(listed, named, "{tracks}");
     assert_eq!(&serde_json::from_value::<DetectionEvent>(body)?, one);
 
     let metrics = stack.ingest_metrics().await?;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use image::RgbImage;
 use serde::Serialize;
 use sightline_shared::backoff::Backoff;
+use sightline_shared::zone;
 use sightline_shared::{Detection, DetectionEvent, EventId, SCHEMA_VERSION, TrackRecord};
 use tokio_util::sync::CancellationToken;
 
@@ -378,6 +379,10 @@ impl Camera {
                 confidence: f.score,
                 bbox: f.bbox,
                 track_id: Some(a.track_id),
+                zones: zone::zones_of(&self.config.zones, &f.bbox)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
             })
             .collect();
         let mut event = DetectionEvent {

@@ -163,6 +163,7 @@ impl BestFrame {
             confidence: self.found.score,
             bbox: self.found.bbox,
             track_id: Some(track_id),
+            zones: Vec::new(),
         }
     }
 }
@@ -406,6 +407,7 @@ mod tests {
                 y_max: 0.75,
             },
             track_id: Some(1),
+            zones: Vec::new(),
         };
         let config = SnapshotConfig {
             max_width: 640,

@@ -101,6 +101,7 @@ pub fn make_event(
                     y_max: y + h,
                 },
                 track_id: Some(track_id),
+                zones: Vec::new(),
             }
         })
         .collect();

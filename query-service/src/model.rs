@@ -10,6 +10,8 @@ pub struct EventFilter {
     pub cameras: Vec<String>,
     pub edges: Vec<String>,
     pub labels: Vec<String>,
+    /// Events with a detection standing in one of these zones (schema v2 events name them).
+    pub zones: Vec<String>,
     /// Captured at or after (inclusive).
     pub since: Option<Timestamp>,
     /// Captured before (exclusive).

@@ -187,6 +187,11 @@ const HAS_SNAPSHOT: Param = optional(
     Kind::Bool,
     "Only events with (true) or without (false) a snapshot.",
 );
+const EVENT_ZONE: Param = optional(
+    "zone",
+    Kind::Ids,
+    "Only events with a detection standing in one of these zones (with label and the confidence bounds, the same detection); events of schema version 1 name no zones.",
+);
 const SORT: Param = optional(
     "sort",
     Kind::Choice(SORTS),
@@ -261,6 +266,7 @@ pub const FILTER: &[Param] = &[
     CAMERA,
     EDGE,
     LABEL,
+    EVENT_ZONE,
     SINCE,
     UNTIL,
     MIN_CONFIDENCE,
@@ -638,6 +644,7 @@ impl Values {
             cameras: self.list("camera"),
             edges: self.list("edge"),
             labels: self.list("label"),
+            zones: self.list("zone"),
             since,
             until,
             min_confidence: self.number("min_confidence"),

@@ -236,10 +236,6 @@ async fn run(
     job.progress().total = Some(total);
 
     let mut headers = HeaderMap::new();
-    headers.insert(
-        CONTENT_TYPE_HEADER,
-        ContentType::current(q.encoding).to_string().as_str(),
-    );
     headers.insert(REPLAY_ID_HEADER, job.progress().id.to_string().as_str());
     let started = Instant::now();
     let mut sent: u64 = 0;
@@ -256,8 +252,16 @@ async fn run(
                 () = job.cancel.cancelled() => return Ok(()),
                 () = tokio::time::sleep_until(due) => {}
             }
+            // Each event in its own schema version's layout (a v1 event stays v1).
             let payload = encode(event, q.encoding)?;
-            nats.publish_with_headers(q.subject.clone(), headers.clone(), payload.into())
+            let mut headers = headers.clone();
+            headers.insert(
+                CONTENT_TYPE_HEADER,
+                ContentType::of_event(event, q.encoding)
+                    .to_string()
+                    .as_str(),
+            );
+            nats.publish_with_headers(q.subject.clone(), headers, payload.into())
                 .await?;
             sent += 1;
             published.inc();

@@ -208,6 +208,13 @@ impl Sql {
             ));
             binds.extend(filter.labels.iter().cloned().map(BindValue::Str));
         }
+        if !filter.zones.is_empty() {
+            conditions.push(format!(
+                "arrayExists(zone -> zone IN ({}), z)",
+                vec!["?"; filter.zones.len()].join(", ")
+            ));
+            binds.extend(filter.zones.iter().cloned().map(BindValue::Str));
+        }
         // Confidence is Float32: compare against Float32 so 0.7 means the stored 0.7.
         if let Some(min) = filter.min_confidence {
             conditions.push("c >= toFloat32(?)".into());
@@ -218,8 +225,17 @@ impl Sql {
             binds.push(BindValue::F32(max));
         }
         if !conditions.is_empty() {
+            // The zones array only when asked for: it is the widest of the three.
+            let (params, arrays) = if filter.zones.is_empty() {
+                ("(l, c)", "detections.label, detections.confidence")
+            } else {
+                (
+                    "(l, c, z)",
+                    "detections.label, detections.confidence, detections.zones",
+                )
+            };
             self.push(&format!(
-                " AND arrayExists((l, c) -> {}, detections.label, detections.confidence)",
+                " AND arrayExists({params} -> {}, {arrays})",
                 conditions.join(" AND ")
             ));
             self.binds.extend(binds);
@@ -454,7 +470,8 @@ impl Store {
         // Labels: the per-object table is ordered by label, so it finds the page's events
         // (camera and capture time) without scanning every event in the range; the events
         // table then reads just those by primary key.
-        if !filter.labels.is_empty() && filter.has_snapshot.is_none() {
+        // (`detections` has no zones: a zone filter reads `events`.)
+        if !filter.labels.is_empty() && filter.has_snapshot.is_none() && filter.zones.is_empty() {
             let mut keys = Sql::new(&format!(
                 "SELECT camera_id, captured_at_ms, event_id FROM {DETECTIONS} PREWHERE 1"
             ));
@@ -1115,6 +1132,7 @@ mod tests {
             cameras: vec!["gate".into(), "door".into()],
             edges: vec!["e1".into()],
             labels: vec!["person".into()],
+            zones: vec!["driveway".into()],
             since: Some(at(1_795_000_000_500)),
             until: Some(at(1_795_000_100_000)),
             min_confidence: Some(0.5),
@@ -1128,8 +1146,9 @@ mod tests {
             "WHERE 1 AND camera_id IN (?, ?) AND edge_id IN (?) \
              AND captured_at >= toDateTime(?) AND captured_at_ms >= ? \
              AND captured_at <= toDateTime(?) AND captured_at_ms < ? AND isNotNull(snapshot) \
-             AND arrayExists((l, c) -> l IN (?) AND c >= toFloat32(?) AND c <= toFloat32(?), \
-             detections.label, detections.confidence)"
+             AND arrayExists((l, c, z) -> l IN (?) AND arrayExists(zone -> zone IN (?), z) \
+             AND c >= toFloat32(?) AND c <= toFloat32(?), \
+             detections.label, detections.confidence, detections.zones)"
         );
         assert_eq!(
             sql.binds,
@@ -1143,6 +1162,7 @@ mod tests {
                 BindValue::I64(1_795_000_100),
                 BindValue::I64(1_795_000_100_000),
                 BindValue::Str("person".into()),
+                BindValue::Str("driveway".into()),
                 BindValue::F32(0.5),
                 BindValue::F32(0.9),
             ]

@@ -5,8 +5,10 @@
 //!
 //! | header value                                  | payload                         |
 //! |-----------------------------------------------|---------------------------------|
-//! | `application/vnd.sightline.event.v1+bincode`  | bincode 2, standard config      |
-//! | `application/vnd.sightline.event.v1+json`     | UTF-8 JSON object (see README)  |
+//! | `application/vnd.sightline.event.v2+bincode`  | bincode 2, standard config      |
+//! | `application/vnd.sightline.event.v2+json`     | UTF-8 JSON object (see README)  |
+//! | `application/vnd.sightline.event.v1+bincode`  | a v1 event ([`crate::event::v1`]) |
+//! | `application/vnd.sightline.event.v1+json`     | a v1 event, JSON                |
 //! | `application/vnd.sightline.track.v1+bincode`  | a [`TrackRecord`], bincode      |
 //! | `application/vnd.sightline.track.v1+json`     | a [`TrackRecord`], JSON         |
 //!
@@ -20,7 +22,7 @@ use std::str::FromStr;
 
 use thiserror::Error;
 
-use crate::event::{DetectionEvent, EventId, SCHEMA_VERSION};
+use crate::event::{DetectionEvent, EventId, OLDEST_SCHEMA_VERSION, SCHEMA_VERSION, v1};
 use crate::track::{TRACK_SCHEMA_VERSION, TrackRecord};
 
 /// The NATS header that carries the [`ContentType`].
@@ -56,6 +58,30 @@ impl Kind {
             Self::Event => SCHEMA_VERSION,
             Self::Track => TRACK_SCHEMA_VERSION,
         }
+    }
+
+    /// The oldest schema version of this kind that this crate reads (it reads every one up
+    /// to the current).
+    pub const fn oldest_version(self) -> u16 {
+        match self {
+            Self::Event => OLDEST_SCHEMA_VERSION,
+            Self::Track => TRACK_SCHEMA_VERSION,
+        }
+    }
+
+    /// The versions this crate reads, in words: `version 1`, `versions 1 to 2`.
+    pub fn versions_read(self) -> String {
+        let (oldest, current) = (self.oldest_version(), self.current_version());
+        if oldest == current {
+            format!("version {current}")
+        } else {
+            format!("versions {oldest} to {current}")
+        }
+    }
+
+    /// Whether this crate reads `version` of this kind.
+    pub const fn reads(self, version: u16) -> bool {
+        version >= self.oldest_version() && version <= self.current_version()
     }
 }
 
@@ -115,6 +141,15 @@ impl ContentType {
     /// The content type of an event of the current schema version in `encoding`.
     pub const fn current(encoding: Encoding) -> Self {
         Self::current_of(Kind::Event, encoding)
+    }
+
+    /// The content type of `event` in `encoding`: its own schema version's.
+    pub const fn of_event(event: &DetectionEvent, encoding: Encoding) -> Self {
+        Self {
+            kind: Kind::Event,
+            encoding,
+            schema_version: event.schema_version,
+        }
     }
 
     /// The content type of a `kind` message of its current schema version in `encoding`.
@@ -191,8 +226,8 @@ pub enum CodecError {
     )]
     UnsupportedContentType(String),
     #[error(
-        "unsupported {kind} schema version {found} (this build reads version {})",
-        kind.current_version()
+        "unsupported {kind} schema version {found} (this build reads {})",
+        kind.versions_read()
     )]
     UnsupportedVersion { kind: Kind, found: u16 },
     #[error("the content type names the kind {found} where {expected} was expected")]
@@ -213,9 +248,24 @@ fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_PAYLOAD_BYTES>()
 }
 
-/// Encodes `event` in `encoding` for the current schema version.
+/// Encodes `event` in `encoding` in the layout of its own schema version (a v1 event read
+/// from an old buffer or from storage goes out as v1, under [`ContentType::of_event`]).
 pub fn encode(event: &DetectionEvent, encoding: Encoding) -> Result<Vec<u8>, CodecError> {
-    encode_message(event, encoding)
+    match event.schema_version {
+        SCHEMA_VERSION => encode_message(event, encoding),
+        1 => {
+            let old =
+                v1::DetectionEvent::from_current(event).ok_or_else(|| CodecError::Encode {
+                    encoding,
+                    reason: "a schema version 1 event cannot carry zones".into(),
+                })?;
+            encode_message(&old, encoding)
+        }
+        found => Err(CodecError::UnsupportedVersion {
+            kind: Kind::Event,
+            found,
+        }),
+    }
 }
 
 /// Encodes a track record in `encoding` for the current track schema version.
@@ -252,7 +302,11 @@ pub fn decode(content_type: Option<&str>, payload: &[u8]) -> Result<DetectionEve
 
 /// Decodes an event payload whose content type is already parsed.
 pub fn decode_as(content_type: ContentType, payload: &[u8]) -> Result<DetectionEvent, CodecError> {
-    let event: DetectionEvent = decode_message(Kind::Event, content_type, payload)?;
+    let event: DetectionEvent = if content_type.schema_version == 1 {
+        decode_message::<v1::DetectionEvent>(Kind::Event, content_type, payload)?.into()
+    } else {
+        decode_message(Kind::Event, content_type, payload)?
+    };
     check_version(content_type, event.schema_version)?;
     Ok(event)
 }
@@ -279,8 +333,8 @@ pub fn parse_header(content_type: Option<&str>) -> Result<ContentType, CodecErro
     content_type.ok_or(CodecError::MissingContentType)?.parse()
 }
 
-/// Decodes a whole `kind` message of the current version: the kind and version the content
-/// type names are checked first, then the payload's size, then that the decoder used every
+/// Decodes a whole `kind` message of a version this crate reads: the kind and version the
+/// content type names are checked first, then the payload's size, then that the decoder used every
 /// byte.
 fn decode_message<T: serde::de::DeserializeOwned>(
     kind: Kind,
@@ -293,7 +347,7 @@ fn decode_message<T: serde::de::DeserializeOwned>(
             found: content_type.kind,
         });
     }
-    if !content_type.is_current() {
+    if !kind.reads(content_type.schema_version) {
         return Err(CodecError::UnsupportedVersion {
             kind,
             found: content_type.schema_version,
@@ -426,11 +480,12 @@ mod tests {
     prop_compose! {
         fn arb_detection()(label in arb_text(20), class_id in any::<u32>(), confidence in arb_unit(),
                            a in arb_unit(), b in arb_unit(), c in arb_unit(), d in arb_unit(),
-                           track_id in proptest::option::of(any::<u64>())) -> Detection {
+                           track_id in proptest::option::of(any::<u64>()),
+                           zones in proptest::collection::vec("[A-Za-z0-9_-]{1,12}", 0..3)) -> Detection {
             Detection {
                 label, class_id, confidence,
                 bbox: BoundingBox { x_min: a.min(b), x_max: a.max(b), y_min: c.min(d), y_max: c.max(d) },
-                track_id,
+                track_id, zones,
             }
         }
     }
@@ -466,6 +521,28 @@ mod tests {
                 let ct = ContentType::current(encoding).to_string();
                 let bytes = encode(&event, encoding).unwrap();
                 prop_assert_eq!(&decode(Some(&ct), &bytes).unwrap(), &event);
+            }
+        }
+
+        #[test]
+        fn version_1_events_round_trip_as_version_1(event in arb_event()) {
+            // What an agent from before zones wrote: the same event without them.
+            let mut old = event;
+            old.schema_version = 1;
+            for d in &mut old.detections {
+                d.zones.clear();
+            }
+            for encoding in [Encoding::Bincode, Encoding::Json] {
+                let wire = match encoding {
+                    Encoding::Bincode => bincode::serde::encode_to_vec(
+                        v1::DetectionEvent::from_current(&old).unwrap(), bincode_config()).unwrap(),
+                    Encoding::Json => serde_json::to_vec(&v1::DetectionEvent::from_current(&old).unwrap()).unwrap(),
+                };
+                let ct = ContentType::of_event(&old, encoding);
+                prop_assert_eq!(ct.to_string(), format!("application/vnd.sightline.event.v1+{encoding}"));
+                prop_assert_eq!(&decode(Some(&ct.to_string()), &wire).unwrap(), &old);
+                // Encoded again (a publisher re-encoding, a replay), it is the v1 wire.
+                prop_assert_eq!(encode(&old, encoding).unwrap(), wire);
             }
         }
 
@@ -524,7 +601,7 @@ mod tests {
             let ct = ContentType::current(encoding);
             assert_eq!(ct.to_string().parse::<ContentType>().unwrap(), ct);
         }
-        let ct: ContentType = "Application/VND.Sightline.Event.V1+JSON; charset=utf-8"
+        let ct: ContentType = "Application/VND.Sightline.Event.V2+JSON; charset=utf-8"
             .parse()
             .unwrap();
         assert_eq!(ct, ContentType::current(Encoding::Json));
@@ -544,20 +621,27 @@ mod tests {
             Err(CodecError::UnsupportedContentType(_))
         ));
         assert_eq!(
-            decode(Some("application/vnd.sightline.event.v2+bincode"), &bin),
+            decode(Some("application/vnd.sightline.event.v3+bincode"), &bin),
             Err(CodecError::UnsupportedVersion {
                 kind: Kind::Event,
-                found: 2
+                found: 3
+            })
+        );
+        assert_eq!(
+            decode(Some("application/vnd.sightline.event.v0+bincode"), &bin),
+            Err(CodecError::UnsupportedVersion {
+                kind: Kind::Event,
+                found: 0
             })
         );
         let mut long = bin;
         long.push(0);
         assert!(matches!(
-            decode(Some("application/vnd.sightline.event.v1+bincode"), &long),
+            decode(Some("application/vnd.sightline.event.v2+bincode"), &long),
             Err(CodecError::TrailingBytes { extra: 1, .. })
         ));
         assert!(matches!(
-            decode(Some("application/vnd.sightline.event.v1+json"), b"garbage"),
+            decode(Some("application/vnd.sightline.event.v2+json"), b"garbage"),
             Err(CodecError::Malformed {
                 encoding: Encoding::Json,
                 ..
@@ -565,7 +649,7 @@ mod tests {
         ));
         let huge = vec![b' '; MAX_PAYLOAD_BYTES + 1];
         assert!(matches!(
-            decode(Some("application/vnd.sightline.event.v1+json"), &huge),
+            decode(Some("application/vnd.sightline.event.v2+json"), &huge),
             Err(CodecError::TooLarge { .. })
         ));
         let mut json: serde_json::Value = serde_json::to_value(&event).unwrap();

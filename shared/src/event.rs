@@ -1,8 +1,10 @@
-//! The detection event, schema version 1.
+//! The detection event, schema version 2, and version 1 ([`v1`]), which ingest reads forever
+//! (an edge may hold v1 events in its buffer for as long as it was offline).
 //!
 //! The field order of these structs is part of the bincode wire format: bincode writes
 //! fields in declaration order with no names. Changing, reordering or removing a field is a
-//! new schema version (see [`crate::codec`]); never change v1 in place.
+//! new schema version (see [`crate::codec`]); never change a version in place. Version 2
+//! added [`Detection::zones`] (where the object stood).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,8 +15,11 @@ use uuid::Uuid;
 
 use crate::timestamp::Timestamp;
 
-/// The schema version this crate writes, and the only one it reads today.
-pub const SCHEMA_VERSION: u16 = 1;
+/// The schema version this crate writes.
+pub const SCHEMA_VERSION: u16 = 2;
+/// The oldest schema version this crate reads: it reads every version from this one to
+/// [`SCHEMA_VERSION`].
+pub const OLDEST_SCHEMA_VERSION: u16 = 1;
 
 /// The id of an event: a UUIDv7 made at the edge, time-ordered.
 ///
@@ -88,6 +93,10 @@ pub struct Detection {
     pub bbox: BoundingBox,
     /// Stable id of the tracked object across frames of one camera, when a tracker ran.
     pub track_id: Option<u64>,
+    /// The zones of its camera it stood in (the bottom-centre of its box inside the zone's
+    /// outline), in the camera's zone order. Schema version 2; empty in version 1 events.
+    #[serde(default)]
+    pub zones: Vec<String>,
 }
 
 /// The model that produced the detections.
@@ -129,4 +138,112 @@ pub struct DetectionEvent {
     /// Free string attributes (site, zone, firmware, ...).
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
+}
+
+/// Schema version 1: the same event without [`Detection::zones`]. Decoded into the current
+/// types (zones empty, `schema_version` kept at 1, so a stored v1 event stays what it was),
+/// and encoded from them for a v1 event that is published or replayed again.
+pub mod v1 {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Serialize};
+
+    use super::{BoundingBox, EventId, ModelInfo};
+    use crate::timestamp::Timestamp;
+
+    /// A v1 detection: no zones.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Detection {
+        pub label: String,
+        pub class_id: u32,
+        pub confidence: f32,
+        pub bbox: BoundingBox,
+        pub track_id: Option<u64>,
+    }
+
+    /// A v1 event: the fields of [`super::DetectionEvent`] in the same order, with v1
+    /// detections.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct DetectionEvent {
+        pub event_id: EventId,
+        pub schema_version: u16,
+        pub edge_id: String,
+        pub camera_id: String,
+        pub captured_at: Timestamp,
+        pub frame_seq: u64,
+        pub motion_score: f32,
+        pub detections: Vec<Detection>,
+        pub model: ModelInfo,
+        pub inference_ms: f32,
+        pub snapshot: Option<String>,
+        pub description: Option<String>,
+        #[serde(default)]
+        pub attributes: BTreeMap<String, String>,
+    }
+
+    impl From<DetectionEvent> for super::DetectionEvent {
+        fn from(e: DetectionEvent) -> Self {
+            Self {
+                event_id: e.event_id,
+                schema_version: e.schema_version,
+                edge_id: e.edge_id,
+                camera_id: e.camera_id,
+                captured_at: e.captured_at,
+                frame_seq: e.frame_seq,
+                motion_score: e.motion_score,
+                detections: e
+                    .detections
+                    .into_iter()
+                    .map(|d| super::Detection {
+                        label: d.label,
+                        class_id: d.class_id,
+                        confidence: d.confidence,
+                        bbox: d.bbox,
+                        track_id: d.track_id,
+                        zones: Vec::new(),
+                    })
+                    .collect(),
+                model: e.model,
+                inference_ms: e.inference_ms,
+                snapshot: e.snapshot,
+                description: e.description,
+                attributes: e.attributes,
+            }
+        }
+    }
+
+    impl DetectionEvent {
+        /// The v1 form of `event`; `None` if a detection has zones, which v1 cannot carry.
+        pub fn from_current(event: &super::DetectionEvent) -> Option<Self> {
+            Some(Self {
+                event_id: event.event_id,
+                schema_version: event.schema_version,
+                edge_id: event.edge_id.clone(),
+                camera_id: event.camera_id.clone(),
+                captured_at: event.captured_at,
+                frame_seq: event.frame_seq,
+                motion_score: event.motion_score,
+                detections: event
+                    .detections
+                    .iter()
+                    .map(|d| {
+                        d.zones.is_empty().then(|| Detection {
+                            label: d.label.clone(),
+                            class_id: d.class_id,
+                            confidence: d.confidence,
+                            bbox: d.bbox,
+                            track_id: d.track_id,
+                        })
+                    })
+                    .collect::<Option<_>>()?,
+                model: event.model.clone(),
+                inference_ms: event.inference_ms,
+                snapshot: event.snapshot.clone(),
+                description: event.description.clone(),
+                attributes: event.attributes.clone(),
+            })
+        }
+    }
 }

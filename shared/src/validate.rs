@@ -9,7 +9,7 @@ use std::fmt::Display;
 
 use thiserror::Error;
 
-use crate::event::{BoundingBox, DetectionEvent, EventId, SCHEMA_VERSION};
+use crate::event::{BoundingBox, DetectionEvent, EventId, OLDEST_SCHEMA_VERSION, SCHEMA_VERSION};
 use crate::timestamp::Timestamp;
 
 /// Longest `edge_id` or `camera_id`, in bytes.
@@ -40,7 +40,7 @@ pub const MAX_INFERENCE_MS: f32 = 3_600_000.0;
 #[derive(Debug, Clone, PartialEq, Error)]
 #[non_exhaustive]
 pub enum ValidationError {
-    #[error("schema_version: unsupported version {found}, this build reads {reads}")]
+    #[error("schema_version: unsupported version {found}, this build reads versions 1 to {reads}")]
     SchemaVersion { found: u16, reads: u16 },
     #[error("{field}: {id} is not a UUIDv7 (version {version})")]
     NotUuidV7 {
@@ -103,6 +103,9 @@ pub enum ValidationError {
     Degenerate { field: String },
 }
 
+/// Most zones on one camera, so also the most one detection can stand in.
+pub const MAX_ZONES: usize = 64;
+
 impl DetectionEvent {
     /// Checks every rule of the v1 contract; `now` is the validator's clock, and a capture
     /// time up to [`MAX_FUTURE_SKEW_MS`] ahead of it is accepted.
@@ -117,7 +120,7 @@ impl DetectionEvent {
         now: Timestamp,
         max_future_skew_ms: i64,
     ) -> Result<(), ValidationError> {
-        if self.schema_version != SCHEMA_VERSION {
+        if !(OLDEST_SCHEMA_VERSION..=SCHEMA_VERSION).contains(&self.schema_version) {
             return Err(ValidationError::SchemaVersion {
                 found: self.schema_version,
                 reads: SCHEMA_VERSION,
@@ -165,6 +168,27 @@ impl DetectionEvent {
                 1.0,
             )?;
             bbox(format_args!("detections[{i}].bbox"), &d.bbox)?;
+            if self.schema_version < 2 && !d.zones.is_empty() {
+                return Err(ValidationError::TooMany {
+                    field: format!("detections[{i}].zones"),
+                    count: d.zones.len(),
+                    max: 0,
+                });
+            }
+            count(
+                format_args!("detections[{i}].zones"),
+                d.zones.len(),
+                MAX_ZONES,
+            )?;
+            for (z, zone) in d.zones.iter().enumerate() {
+                identifier(format_args!("detections[{i}].zones[{z}]"), zone)?;
+                if d.zones[..z].contains(zone) {
+                    return Err(ValidationError::Duplicate {
+                        field: format!("detections[{i}].zones[{z}]"),
+                        value: zone.clone(),
+                    });
+                }
+            }
         }
         attributes(&self.attributes)
     }
@@ -366,6 +390,7 @@ mod tests {
                     y_max: 0.5,
                 },
                 track_id: Some(3),
+                zones: vec!["driveway".into(), "street".into()],
             }],
             model: ModelInfo {
                 name: "nanodet".into(),
@@ -394,8 +419,30 @@ mod tests {
     }
 
     #[test]
+    fn version_1_events_are_valid_without_zones() {
+        let mut e = event();
+        e.schema_version = 1;
+        rejects(|e| e.schema_version = 1, "detections[0].zones");
+        e.detections[0].zones.clear();
+        e.validate(NOW).unwrap();
+    }
+
+    #[test]
     fn names_the_bad_field() {
-        rejects(|e| e.schema_version = 2, "schema_version");
+        rejects(|e| e.schema_version = 3, "schema_version");
+        rejects(|e| e.schema_version = 0, "schema_version");
+        rejects(
+            |e| e.detections[0].zones[1] = "a zone".into(),
+            "detections[0].zones[1]",
+        );
+        rejects(
+            |e| e.detections[0].zones[1] = "driveway".into(),
+            "detections[0].zones[1]",
+        );
+        rejects(
+            |e| e.detections[0].zones = vec!["z".into(); MAX_ZONES + 1],
+            "detections[0].zones",
+        );
         rejects(
             |e| e.event_id = EventId::from_uuid(uuid::Uuid::nil()),
             "UUIDv7",

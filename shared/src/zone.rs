@@ -17,14 +17,13 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::event::BoundingBox;
+pub use crate::validate::MAX_ZONES;
 use crate::validate::{ValidationError, is_identifier};
 
 /// Fewest points of a zone's outline.
 pub const MIN_ZONE_POINTS: usize = 3;
 /// Most points of a zone's outline.
 pub const MAX_ZONE_POINTS: usize = 64;
-/// Most zones on one camera.
-pub const MAX_ZONES: usize = 64;
 
 /// A named polygon over a camera's frame. Its points are `[x, y]` in `0.0..=1.0`, `0.0`
 /// being the left or top edge of the frame; the outline closes from the last point back to

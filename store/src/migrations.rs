@@ -65,6 +65,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "tracks_by_id",
         sql: include_str!("../migrations/0008_tracks_by_id.sql"),
     },
+    Migration {
+        version: 9,
+        name: "event_zones",
+        sql: include_str!("../migrations/0009_event_zones.sql"),
+    },
 ];
 
 /// Why migrating failed.
@@ -375,7 +380,7 @@ mod tests {
     fn migrations_are_ordered_and_split() {
         assert!(MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version));
         let statements: Vec<_> = MIGRATIONS.iter().flat_map(|m| m.statements("db")).collect();
-        assert_eq!(statements.len(), 14);
+        assert_eq!(statements.len(), 15);
         // Every statement is safe to run twice: DDL with IF NOT EXISTS, backfills that skip
         // what is already there (ADD COLUMN IF NOT EXISTS runs as adds of what is missing).
         assert!(statements.iter().all(|s| s.contains("`db`.")

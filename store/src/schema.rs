@@ -86,6 +86,9 @@ pub struct EventRow {
     pub det_y_max: Vec<f32>,
     #[serde(rename = "detections.track_id")]
     pub det_track_id: Vec<Option<u64>>,
+    /// Schema version 2: the zones each object stood in (empty for version 1 events).
+    #[serde(rename = "detections.zones")]
+    pub det_zones: Vec<Vec<String>>,
     pub model_name: String,
     pub model_version: String,
     pub inference_ms: f32,
@@ -119,6 +122,7 @@ impl From<DetectionEvent> for EventRow {
             det_x_max: Vec::with_capacity(n),
             det_y_max: Vec::with_capacity(n),
             det_track_id: Vec::with_capacity(n),
+            det_zones: Vec::with_capacity(n),
             model_name: e.model.name,
             model_version: e.model.version,
             inference_ms: e.inference_ms,
@@ -136,6 +140,7 @@ impl From<DetectionEvent> for EventRow {
             row.det_x_max.push(d.bbox.x_max);
             row.det_y_max.push(d.bbox.y_max);
             row.det_track_id.push(d.track_id);
+            row.det_zones.push(d.zones);
         }
         for (key, value) in e.attributes {
             row.attr_key.push(key);
@@ -164,11 +169,11 @@ impl EventRow {
             .zip(self.det_confidence)
             .zip(self.det_x_min.into_iter().zip(self.det_y_min))
             .zip(self.det_x_max.into_iter().zip(self.det_y_max))
-            .zip(self.det_track_id)
+            .zip(self.det_track_id.into_iter().zip(self.det_zones))
             .map(
                 |(
                     ((((label, class_id), confidence), (x_min, y_min)), (x_max, y_max)),
-                    track_id,
+                    (track_id, zones),
                 )| {
                     Detection {
                         label,
@@ -181,6 +186,7 @@ impl EventRow {
                             y_max,
                         },
                         track_id,
+                        zones,
                     }
                 },
             )
@@ -532,6 +538,7 @@ mod tests {
                         y_max: 0.4,
                     },
                     track_id: None,
+                    zones: vec!["porch".into()],
                 },
                 Detection {
                     label: "car".into(),
@@ -544,6 +551,7 @@ mod tests {
                         y_max: 1.0,
                     },
                     track_id: Some(4),
+                    zones: Vec::new(),
                 },
             ],
             model: ModelInfo {

@@ -266,6 +266,7 @@ fn track_path(detector: &Detector, repo: &Path) -> anyhow::Result<()> {
                         confidence: f.score,
                         bbox: f.bbox,
                         track_id: Some(a.track_id),
+                        zones: Vec::new(),
                     })
                     .collect();
                 let jpeg = snapshot::render(&image, &boxed, &snapshots)?;

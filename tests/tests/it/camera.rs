@@ -40,6 +40,14 @@ id = "yard"
 source = {{ kind = "file", path = "{}", fps = 4.0, pan = true, pan_frames = 8, repeat = false }}
 labels = ["dog", "person", "bicycle", "horse"]
 min_score = 0.4
+
+[[cameras.zones]]
+name = "left"
+points = [[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]]
+
+[[cameras.zones]]
+name = "everywhere"
+points = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
 "#,
             pictures.display()
         ),
@@ -90,6 +98,25 @@ min_score = 0.4
             .iter()
             .map(|e| (e.frame_seq, e.detections.len()))
             .collect::<Vec<_>>()
+    );
+    // Each detection names the zones it stands in (the bottom-centre of its box), in the
+    // camera's zone order: worked out here from its box.
+    let mut sides = BTreeSet::new();
+    for d in events.iter().flat_map(|e| &e.detections) {
+        let x = (d.bbox.x_min + d.bbox.x_max) / 2.0;
+        let left = x < 0.5;
+        sides.insert(left);
+        let want: Vec<&str> = if left {
+            vec!["left", "everywhere"]
+        } else {
+            vec!["everywhere"]
+        };
+        assert_eq!(d.zones, want, "{d:?}");
+    }
+    assert_eq!(
+        sides.len(),
+        2,
+        "objects on both sides of the left zone's edge"
     );
     let mut tracks = BTreeSet::new();
     for event in &events {
@@ -142,6 +169,22 @@ min_score = 0.4
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
+    // The API's zone filter finds the events with an object on the left.
+    let on_left = events
+        .iter()
+        .filter(|e| {
+            e.detections
+                .iter()
+                .any(|d| d.zones.iter().any(|z| z == "left"))
+        })
+        .count();
+    let (status, body) = stack.get("/v1/events?edge=edge-cam&zone=left").await?;
+    assert_eq!(
+        (status, body["count"].as_u64()),
+        (200, Some(on_left as u64)),
+        "{body}"
+    );
+
     // Every tracked object's whole visit reaches ClickHouse's tracks: one track per track
     // id the events name, closed when the camera finished, naming the event that reported
     // its arrival (the first event that carries it).
@@ -159,7 +202,7 @@ min_score = 0.4
     loop {
         let rows = stack
             .clickhouse
-            .query("SELECT track_id, argMax(label, revision), argMax(ended_by, revision), argMax(frames, revision), argMax(ifNull(toString(arrival_event_id), ''), revision), argMax(last_seen_at_ms - started_at_ms, revision), argMax(ifNull(snapshot, ''), revision) FROM sightline.tracks WHERE edge_id = 'edge-cam' GROUP BY track_id ORDER BY track_id FORMAT TabSeparated")
+            .query("SELECT track_id, argMax(label, revision), argMax(ended_by, revision), argMax(frames, revision), argMax(ifNull(toString(arrival_event_id), ''), revision), argMax(last_seen_at_ms - started_at_ms, revision), argMax(ifNull(snapshot, ''), revision), argMax(indexOf(zones.zone, 'everywhere') > 0 AND zones.entered_at_ms[indexOf(zones.zone, 'everywhere')] = started_at_ms, revision) FROM sightline.tracks WHERE edge_id = 'edge-cam' GROUP BY track_id ORDER BY track_id FORMAT TabSeparated")
             .await?;
         let stored: Vec<Vec<&str>> = rows
             .lines()
@@ -181,6 +224,8 @@ min_score = 0.4
                     "{rows}"
                 );
                 image::open(data.join(row[6])).map_err(|e| anyhow::anyhow!("{}: {e}", row[6]))?;
+                // In the zone that covers the frame from its first frame on.
+                assert_eq!(row[7], "1", "{rows}");
             }
             assert_eq!(
                 walk_jpegs(&data.join("events"), true),

@@ -66,6 +66,13 @@ pub fn known_events(edge: &str, camera: &str, n: usize) -> Vec<DetectionEvent> {
                         y_max: 1.0,
                     },
                     track_id: (k % 2 == 0).then_some(i as u64 * 10 + k as u64),
+                    // Schema v2: the first object stands on the porch step, the third in
+                    // the driveway and the street at once.
+                    zones: match k {
+                        0 => vec!["porch-step".to_owned()],
+                        2 => vec!["driveway".to_owned(), "street".to_owned()],
+                        _ => Vec::new(),
+                    },
                 })
                 .collect();
             DetectionEvent {

@@ -71,6 +71,19 @@ async fn every_filter_matches_a_reference() -> anyhow::Result<()> {
             format!("since={}&until={}", since.to_rfc3339(), until.as_millis()),
             Box::new(move |e| e.captured_at >= since && e.captured_at < until),
         ),
+        // Schema v2: where the objects stood, with label and confidence on one detection.
+        (
+            "zone=driveway".into(),
+            Box::new(|e| in_zone(e, &["driveway"], &[], 0.0)),
+        ),
+        (
+            "zone=porch-step,street".into(),
+            Box::new(|e| in_zone(e, &["porch-step", "street"], &[], 0.0)),
+        ),
+        (
+            "label=person&zone=porch-step&min_confidence=0.5".into(),
+            Box::new(|e| in_zone(e, &["porch-step"], &["person"], 0.5)),
+        ),
         (
             "camera=porch,garage&label=person&has_snapshot=false&max_confidence=0.5".into(),
             Box::new(|e| {
@@ -95,6 +108,9 @@ async fn every_filter_matches_a_reference() -> anyhow::Result<()> {
             assert_eq!(body["next_cursor"], serde_json::Value::Null, "{query}");
         }
     }
+    // A person never stands in the street here: zone and label are one detection's.
+    let (_, body) = stack.get("/v1/events?label=person&zone=street").await?;
+    assert_eq!(body["count"], 0, "{body}");
     // The mixed event proves "together": its car is 0.3 and its dog is 0.9.
     let (_, body) = stack.get("/v1/events?label=car&min_confidence=0.8").await?;
     let found: Vec<DetectionEvent> = serde_json::from_value(body["events"].clone())?;
@@ -108,6 +124,85 @@ async fn every_filter_matches_a_reference() -> anyhow::Result<()> {
     // required one is there.
     let (_, doc) = stack.get("/openapi.json").await?;
     super::conforms(&doc, "Event", &body["events"][0])?;
+    stack.stop().await
+}
+
+/// Whether a detection of `e` stands in one of `zones`, has one of `labels` (any if empty)
+/// and is at least `min` confident.
+fn in_zone(e: &DetectionEvent, zones: &[&str], labels: &[&str], min: f32) -> bool {
+    e.detections.iter().any(|d| {
+        d.zones.iter().any(|z| zones.contains(&z.as_str()))
+            && (labels.is_empty() || labels.contains(&d.label.as_str()))
+            && d.confidence >= min
+    })
+}
+
+/// Events of schema version 1 (an agent from before zones, or one that buffered them while
+/// offline) are stored and served as they were: version 1, no zones, never matching a zone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_1_events_are_kept_as_version_1_beside_version_2() -> anyhow::Result<()> {
+    use sightline_shared::codec::CONTENT_TYPE_HEADER;
+    use sightline_shared::event::v1;
+    let stack = Stack::start().await?;
+    let current = known_events("edge-v", "porch", 8);
+    let old: Vec<DetectionEvent> = known_events("edge-v", "porch", 8)
+        .into_iter()
+        .map(|mut e| {
+            e.schema_version = 1;
+            e.captured_at =
+                sightline_shared::Timestamp::from_millis(e.captured_at.as_millis() - 500);
+            e.event_id = sightline_shared::EventId::new_v7(e.captured_at);
+            for d in &mut e.detections {
+                d.zones.clear();
+            }
+            e
+        })
+        .collect();
+    stack.publish(current.clone(), Encoding::Bincode).await?;
+    let js = stack.jetstream().await?;
+    for (i, e) in old.iter().enumerate() {
+        let encoding = if i % 2 == 0 {
+            Encoding::Json
+        } else {
+            Encoding::Bincode
+        };
+        let wire = v1::DetectionEvent::from_current(e).context("no zones")?;
+        let payload = match encoding {
+            Encoding::Json => serde_json::to_vec(&wire)?,
+            Encoding::Bincode => sightline_shared::codec::encode(e, Encoding::Bincode)?,
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE_HEADER,
+            format!("application/vnd.sightline.event.v1+{encoding}").as_str(),
+        );
+        let message = async_nats::jetstream::message::PublishMessage::build()
+            .payload(payload.into())
+            .headers(headers);
+        js.send_publish("sightline.events.edge-v.porch", message)
+            .await?
+            .await?;
+    }
+    stack.wait_for_events("edge=edge-v&limit=100", 16).await?;
+    for e in &old {
+        let (status, mut body) = stack.get(&format!("/v1/events/{}", e.event_id)).await?;
+        assert_eq!(status, 200, "{body}");
+        if let Some(event) = body.as_object_mut() {
+            event.remove("tracks");
+        }
+        assert_eq!(&serde_json::from_value::<DetectionEvent>(body)?, e);
+    }
+    // Only version 2 events name zones.
+    let (_, body) = stack
+        .get("/v1/events?edge=edge-v&zone=porch-step,driveway&limit=100")
+        .await?;
+    let found: Vec<DetectionEvent> = serde_json::from_value(body["events"].clone())?;
+    let want = current
+        .iter()
+        .filter(|e| in_zone(e, &["porch-step", "driveway"], &[], 0.0))
+        .count();
+    assert_eq!(found.len(), want, "{body}");
+    assert!(found.iter().all(|e| e.schema_version == 2), "{body}");
     stack.stop().await
 }
 

@@ -30,4 +30,5 @@ pub mod track;
 
 pub use agent::run;
 pub use buffer::storage;
+pub use capture::file::pan_window;
 pub use config::AgentConfig;

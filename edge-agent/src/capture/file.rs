@@ -154,7 +154,7 @@ impl FrameSource for FileSource {
 
 /// The window of a pan at `step` of `steps`: 80 % of the picture each way, sliding from the
 /// left edge to the right edge.
-pub(crate) fn pan_window(picture: &RgbImage, step: u32, steps: u32) -> RgbImage {
+pub fn pan_window(picture: &RgbImage, step: u32, steps: u32) -> RgbImage {
     let (w, h) = picture.dimensions();
     let (cw, ch) = ((w * 4 / 5).max(1), (h * 4 / 5).max(1));
     let x = if steps > 1 {

@@ -40,6 +40,7 @@ id = "yard"
 source = {{ kind = "file", path = "{}", fps = 4.0, pan = true, pan_frames = 8, repeat = false }}
 labels = ["dog", "person", "bicycle", "horse"]
 min_score = 0.4
+motion = {{ enabled = false }}
 
 [[cameras.zones]]
 name = "left"
@@ -241,6 +242,238 @@ points = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // The tracks, worked out from the frames: the same pictures panned the same way, through
+    // the same model, label filter and tracker, 250 ms apart. Their start, end, frames, best
+    // frame and score are what ClickHouse holds (frames are placed by their capture time:
+    // an event's frame number and time give the first frame's).
+    let expected = worked_out_tracks(&["dog.jpg", "person.jpg"], 8)?;
+    let first_frame_ms = events
+        .iter()
+        .map(|e| e.captured_at.as_millis() - e.frame_seq as i64 * 250)
+        .min()
+        .unwrap_or_default();
+    let frame_of = |ms: i64| (ms - first_frame_ms + 125).div_euclid(250);
+    let rows = stack
+        .clickhouse
+        .query("SELECT argMax(label, revision), argMax(started_at_ms, revision), argMax(last_seen_at_ms, revision), argMax(frames, revision), argMax(best_at_ms, revision), argMax(max_confidence, revision) FROM sightline.tracks WHERE edge_id = 'edge-cam' GROUP BY track_id FORMAT TabSeparated")
+        .await?;
+    let mut stored: Vec<TrackSummary> = rows
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            anyhow::ensure!(f.len() == 6, "{l}");
+            Ok((
+                f[0].to_owned(),
+                frame_of(f[1].parse()?),
+                frame_of(f[2].parse()?),
+                f[3].parse()?,
+                frame_of(f[4].parse()?),
+                f[5].parse()?,
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    stored.sort_by(|a, b| (a.1, &a.0, a.3).cmp(&(b.1, &b.0, b.3)));
+    assert!(
+        expected.len() >= 2,
+        "the pictures hold objects: {expected:?}"
+    );
+    println!("tracks worked out from the frames: {expected:?}");
+    assert_eq!(
+        stored.len(),
+        expected.len(),
+        "{stored:?}\nwant {expected:?}"
+    );
+    for (got, want) in stored.iter().zip(&expected) {
+        assert_eq!(
+            (&got.0, got.1, got.2, got.3, got.4),
+            (&want.0, want.1, want.2, want.3, want.4),
+            "label, first and last frame, frames, best frame: {stored:?}\nwant {expected:?}"
+        );
+        assert!(
+            (got.5 - want.5).abs() < 1e-3,
+            "best score {} vs {}",
+            got.5,
+            want.5
+        );
+    }
+    stack.stop().await
+}
+
+/// A track as the camera test compares it: label, first frame, last frame, frames seen,
+/// best frame, best score.
+type TrackSummary = (String, i64, i64, u64, i64, f32);
+
+/// The tracks a camera panning over `pictures` (each over `steps` frames, every frame
+/// detected, 250 ms apart) makes with the shipped model, the camera's label filter
+/// (dog, person, bicycle, horse at 0.4 or more) and the default tracker, ordered by first
+/// frame, label and frames: (label, first frame, last frame, frames, best frame, best score).
+fn worked_out_tracks(pictures: &[&str], steps: u32) -> anyhow::Result<Vec<TrackSummary>> {
+    use sightline_edge_agent::config::{ModelConfig, TrackerConfig};
+    use sightline_edge_agent::detect::Detector;
+    use sightline_edge_agent::track::{Settings, Tracker};
+    let repo = crate::repo();
+    let detector = Detector::load(&ModelConfig {
+        path: repo.join("models/nanodet_coco_416.onnx"),
+        labels: repo.join("models/coco.names"),
+        ..ModelConfig::default()
+    })?;
+    let wanted = ["dog", "person", "bicycle", "horse"];
+    let mut next = 0;
+    let mut tracker = Tracker::new(
+        Settings::from(&TrackerConfig::default()),
+        "edge-cam",
+        "yard",
+        Vec::new(),
+        Box::new(move || {
+            next += 1;
+            next
+        }),
+    );
+    let mut records = Vec::new();
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/images");
+    let mut frame = 0i64;
+    for name in pictures {
+        let picture = image::open(from.join(name))?.to_rgb8();
+        for step in 0..steps {
+            let image = sightline_edge_agent::pan_window(&picture, step, steps);
+            let (found, _) = detector.detect(&image)?;
+            let found: Vec<_> = found
+                .into_iter()
+                .filter(|f| f.score >= 0.4 && wanted.contains(&detector.label(f.class_id).as_str()))
+                .collect();
+            let at = frame * 250;
+            if found.is_empty() {
+                tracker.idle(at, false, &mut records);
+            } else {
+                tracker.update(&found, |c| detector.label(c), at, &mut records);
+            }
+            frame += 1;
+        }
+    }
+    tracker.close((frame - 1) * 250, &mut records);
+    // The latest record of each track.
+    let mut latest = std::collections::BTreeMap::new();
+    for r in records {
+        latest.insert(r.track_id, r);
+    }
+    let mut tracks: Vec<_> = latest
+        .into_values()
+        .map(|r| {
+            let frame = |t: sightline_shared::Timestamp| t.as_millis() / 250;
+            (
+                r.label.clone(),
+                frame(r.started_at),
+                frame(r.last_seen_at),
+                r.frames,
+                frame(r.best.captured_at),
+                r.max_confidence,
+            )
+        })
+        .collect();
+    tracks.sort_by(|a, b| (a.1, &a.0, a.3).cmp(&(b.1, &b.0, b.3)));
+    Ok(tracks)
+}
+
+/// The latest record of each track of `edge`: (track id, revision, ended_by, ms in view).
+async fn latest_tracks(stack: &Stack, edge: &str) -> anyhow::Result<Vec<(u64, u32, String, i64)>> {
+    let rows = stack
+        .clickhouse
+        .query(&format!(
+            "SELECT track_id, max(revision), argMax(ended_by, revision), \
+             argMax(last_seen_at_ms - started_at_ms, revision) FROM sightline.tracks \
+             WHERE edge_id = '{edge}' GROUP BY track_id ORDER BY track_id FORMAT TabSeparated"
+        ))
+        .await?;
+    rows.lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split('\t').collect();
+            anyhow::ensure!(f.len() == 4, "{line}");
+            Ok((f[0].parse()?, f[1].parse()?, f[2].to_owned(), f[3].parse()?))
+        })
+        .collect()
+}
+
+/// A dog that never moves in front of a camera that never moves: one event and one track,
+/// whose record is updated every `update_interval_secs` while the agent runs, and closed
+/// with `shutdown` when it stops; the agent started again gives the same dog a new track
+/// id, never the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stationary_object_is_one_track_updated_while_it_stays_and_closed_on_stop()
+-> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let tmp = tempfile::tempdir()?;
+    let pictures = tmp.path().join("pictures");
+    copy_pictures(&pictures, &["dog.jpg"])?;
+    let (config, _) = write_agent_config(
+        tmp.path(),
+        &stack.nats.url(),
+        "edge-still",
+        &format!(
+            r#"[[cameras]]
+id = "kennel"
+source = {{ kind = "file", path = "{}", fps = 4.0, pan = false, repeat = true }}
+labels = ["dog"]
+min_score = 0.4
+tracker = {{ update_interval_secs = 1.0 }}
+"#,
+            pictures.display()
+        ),
+    )?;
+    let log = tmp.path().join("agent.log");
+    let mut agent = spawn_agent(&config, &log)?;
+    // Updates arrive while the dog stays: revision 3 is three intervals in.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let tracks = latest_tracks(&stack, "edge-still").await?;
+        if tracks.first().is_some_and(|t| t.1 >= 3) {
+            assert_eq!(tracks.len(), 1, "one dog, one track: {tracks:?}");
+            assert_eq!(tracks[0].2, "", "still lasting: {tracks:?}");
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no third update: {tracks:?}\n{}",
+            std::fs::read_to_string(&log)?
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    anyhow::ensure!(agent.terminate().await?.success(), "the agent failed");
+    // Closed by the stop, having lasted as long as its updates say.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        let tracks = latest_tracks(&stack, "edge-still").await?;
+        if let [track] = tracks.as_slice()
+            && track.2 == "shutdown"
+        {
+            assert!(track.1 >= 4, "updates, then the final record: {track:?}");
+            assert!(
+                track.3 >= 3_000,
+                "in view at least three intervals: {track:?}"
+            );
+            break track.0;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "not closed: {tracks:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // One event, not one per frame.
+    let events = stack.wait_for_events("edge=edge-still", 1).await?;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].detections[0].track_id, Some(first));
+
+    // Started again on the same data: the same dog is a new track with a new id.
+    let mut agent = spawn_agent(&config, &log)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let tracks = latest_tracks(&stack, "edge-still").await?;
+        if tracks.len() == 2 {
+            // (Reusing the old id would have made one track of both visits.)
+            assert!(tracks[1].0 > first, "{tracks:?}");
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no second track: {tracks:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    anyhow::ensure!(agent.terminate().await?.success(), "the agent failed");
     stack.stop().await
 }
 

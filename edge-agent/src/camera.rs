@@ -351,7 +351,7 @@ impl Camera {
             frame.captured_at.as_millis(),
             &mut p.records,
         );
-        self.store_tracks(p, label, rt);
+        // This frame's best frames first: a record made on this frame shows them.
         if self.snapshots.enabled {
             for (f, a) in found.iter().zip(&assignments).filter(|(_, a)| a.best) {
                 p.best_frames
@@ -365,6 +365,7 @@ impl Camera {
                 }
             }
         }
+        self.store_tracks(p, label, rt);
         if !assignments.iter().any(|a| a.new) {
             m.events_suppressed.get_or_create(label).inc();
             self.state.update(|s| s.events_suppressed += 1);

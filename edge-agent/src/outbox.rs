@@ -127,12 +127,13 @@ impl Stored for Message {
 }
 
 impl Outgoing {
-    /// Encodes a (validated) event for the outbox.
+    /// Encodes a (validated) event for the outbox, in its own schema version (a v1 event
+    /// from an older agent's day log stays v1, under the v1 content type).
     pub fn encode(seq: u64, event: &DetectionEvent) -> Result<Self, CodecError> {
         Ok(Self {
             seq,
             head: EventHead::from(event),
-            content_type: STORED,
+            content_type: ContentType::of_event(event, STORED.encoding),
             payload: codec::encode(event, Encoding::Bincode)?.into(),
         })
     }

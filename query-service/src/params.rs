@@ -329,8 +329,16 @@ pub const STATS: &[Param] = &[
         Kind::Time,
         "End of the range (exclusive), later than since; default: now.",
     ),
-    MIN_CONFIDENCE,
-    MAX_CONFIDENCE,
+    optional(
+        "min_confidence",
+        Kind::Confidence,
+        "Only detections at least this confident (measure=objects: tracks whose best score is).",
+    ),
+    optional(
+        "max_confidence",
+        Kind::Confidence,
+        "Only detections at most this confident (measure=objects: tracks whose best score is).",
+    ),
     optional(
         "interval",
         Kind::Choice(INTERVALS),

@@ -923,11 +923,12 @@ fn bucket_start(sql: &mut Sql, q: &StatsQuery, time: &str) {
     .bind(BindValue::Str(q.tz.clone()));
 }
 
-/// The latest record of each track matching `filter`'s fields that never change over a
-/// track (camera, edge, label) and that only grow with each revision (last seen, length in
-/// view, best score): a filter on those keeps a track's latest record whenever it keeps
-/// any of its records, so it may narrow the rows before they are deduplicated. The caller
-/// orders and deduplicates.
+/// The records matching `filter`'s fields that never change over a track (camera, edge,
+/// label, start): a filter on those keeps all of a track's records or none, so it may narrow
+/// the rows before they are deduplicated. (Last seen, length and best score grow with each
+/// revision from a well-behaved edge, but a clock stepped back or a third party can send
+/// a later record with less: filtered first, an earlier record could stand in for the
+/// latest.) The caller orders and deduplicates.
 fn latest_tracks(sql: &mut Sql, columns: &str, filter: &TrackFilter) {
     sql.push(&format!("SELECT {columns} FROM {TRACKS} PREWHERE 1"));
     sql.any_of("camera_id", &filter.cameras);
@@ -938,24 +939,27 @@ fn latest_tracks(sql: &mut Sql, columns: &str, filter: &TrackFilter) {
             .bind(BindValue::I64(until.as_secs()))
             .bind(BindValue::I64(until.as_millis()));
     }
+}
+
+/// The conditions only a track's latest record can answer: when it was last seen, how long
+/// it lasted, its best score, where it stood and whether it ended.
+fn latest_only(sql: &mut Sql, filter: &TrackFilter) -> bool {
+    let mut any = false;
     if let Some(since) = filter.since {
         sql.push(" AND last_seen_at_ms >= ?")
             .bind(BindValue::I64(since.as_millis()));
+        any = true;
     }
     if let Some(min) = filter.min_duration_ms {
         sql.push(" AND last_seen_at_ms - started_at_ms >= ?")
             .bind(BindValue::I64(min));
+        any = true;
     }
     if let Some(min) = filter.min_confidence {
         sql.push(" AND max_confidence >= toFloat32(?)")
             .bind(BindValue::F32(min));
+        any = true;
     }
-}
-
-/// The conditions only a track's latest record can answer: where it stood, whether it
-/// ended, and an upper bound on its length (an earlier record was shorter).
-fn latest_only(sql: &mut Sql, filter: &TrackFilter) -> bool {
-    let mut any = false;
     if !filter.zones.is_empty() {
         let marks = vec!["?"; filter.zones.len()].join(", ");
         sql.push(&format!(
@@ -1245,12 +1249,26 @@ mod tests {
 
     #[test]
     fn a_page_of_tracks_stops_early_only_without_latest_record_conditions() {
+        // Conditions on fields a track never changes: the inner query stops at the page.
+        let keyed = TrackFilter {
+            cameras: vec!["gate".into()],
+            until: Some(at(1_795_000_100_000)),
+            ..TrackFilter::default()
+        };
+        let sql = tracks_page_sql(&keyed, Sort::Newest, None, 11);
+        assert!(
+            sql.text
+                .contains("LIMIT 1 BY edge_id, track_id LIMIT ?) WHERE 1 ORDER BY"),
+            "{}",
+            sql.text
+        );
         let cursor = TrackCursor {
             sort: Sort::Newest,
             started_at_ms: 1_795_000_000_500,
             edge_id: "e1".into(),
             track_id: 7,
         };
+        // Last seen, length and best score: the latest record's, so after the dedup.
         let growing = TrackFilter {
             cameras: vec!["gate".into()],
             since: Some(at(1_795_000_000_000)),
@@ -1263,11 +1281,12 @@ mod tests {
             sql.text,
             format!(
                 "SELECT ?fields FROM (SELECT * FROM {TRACKS} PREWHERE 1 AND camera_id IN (?) \
-                 AND last_seen_at_ms >= ? AND last_seen_at_ms - started_at_ms >= ? \
-                 AND max_confidence >= toFloat32(?) AND started_at <= toDateTime(?) \
+                 AND started_at <= toDateTime(?) \
                  AND (started_at_ms, edge_id, track_id) < (?, ?, ?) \
                  ORDER BY started_at_ms DESC, edge_id DESC, track_id DESC, revision DESC \
-                 LIMIT 1 BY edge_id, track_id LIMIT ?) WHERE 1 \
+                 LIMIT 1 BY edge_id, track_id) WHERE 1 \
+                 AND last_seen_at_ms >= ? AND last_seen_at_ms - started_at_ms >= ? \
+                 AND max_confidence >= toFloat32(?) \
                  ORDER BY started_at_ms DESC, edge_id DESC, track_id DESC LIMIT ?"
             )
         );
@@ -1275,14 +1294,13 @@ mod tests {
             sql.binds,
             [
                 BindValue::Str("gate".into()),
-                BindValue::I64(1_795_000_000_000),
-                BindValue::I64(5_000),
-                BindValue::F32(0.5),
                 BindValue::I64(1_795_000_000),
                 BindValue::I64(1_795_000_000_500),
                 BindValue::Str("e1".into()),
                 BindValue::U64(7),
-                BindValue::U64(11),
+                BindValue::I64(1_795_000_000_000),
+                BindValue::I64(5_000),
+                BindValue::F32(0.5),
                 BindValue::U64(11),
             ]
         );

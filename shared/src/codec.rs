@@ -664,6 +664,48 @@ mod tests {
         );
     }
 
+    /// A v1 JSON event exactly as README showed third parties before zones: it decodes
+    /// (zones empty, still version 1) and encodes back to the same fields, so a later edit of
+    /// `event::v1` cannot pass unnoticed.
+    #[test]
+    fn a_version_1_json_event_as_published_before_zones_still_reads() {
+        let text = r#"{"event_id":"0190b1d2-7c4e-7a31-9f00-2b1c3d4e5f60","schema_version":1,"edge_id":"my-edge","camera_id":"cam-1","captured_at":"2026-11-22T03:55:00.123Z","frame_seq":1,"motion_score":0.4,"detections":[{"label":"person","class_id":0,"confidence":0.8,"bbox":{"x_min":0.1,"y_min":0.2,"x_max":0.3,"y_max":0.9},"track_id":null}],"model":{"name":"my-model","version":"1"},"inference_ms":12.5,"snapshot":null,"description":null,"attributes":{}}"#;
+        let event = decode(
+            Some("application/vnd.sightline.event.v1+json"),
+            text.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(event.schema_version, 1);
+        assert_eq!(event.detections[0].label, "person");
+        assert!(event.detections[0].zones.is_empty());
+        let again: serde_json::Value =
+            serde_json::from_slice(&encode(&event, Encoding::Json).unwrap()).unwrap();
+        assert_eq!(
+            again,
+            serde_json::from_str::<serde_json::Value>(text).unwrap()
+        );
+        // Under the v2 type, the payload's version must still match the header's.
+        assert_eq!(
+            decode(
+                Some("application/vnd.sightline.event.v2+json"),
+                text.as_bytes()
+            ),
+            Err(CodecError::VersionMismatch {
+                header: 2,
+                payload: 1
+            })
+        );
+        // A v1 payload with zones is not v1.
+        let zoned = text.replace(r#""track_id":null"#, r#""track_id":null,"zones":["a"]"#);
+        assert!(matches!(
+            decode(
+                Some("application/vnd.sightline.event.v1+json"),
+                zoned.as_bytes()
+            ),
+            Err(CodecError::Malformed { .. })
+        ));
+    }
+
     #[test]
     fn json_rejects_unknown_fields_and_names_them() {
         let mut json: serde_json::Value = serde_json::to_value(sample()).unwrap();

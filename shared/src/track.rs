@@ -299,7 +299,8 @@ impl std::str::FromStr for TrackKey {
             return Err(bad());
         }
         match track.parse::<u64>() {
-            Ok(track_id) if track_id > 0 && !track.starts_with('+') => Ok(Self {
+            // One spelling per id: no sign, no leading zeros.
+            Ok(track_id) if track_id > 0 && !track.starts_with(['+', '0']) => Ok(Self {
                 edge_id: edge.to_owned(),
                 track_id,
             }),
@@ -453,6 +454,7 @@ pub(crate) mod tests {
             "edge-1:0",
             "edge-1:-3",
             "edge-1:+3",
+            "edge-1:042",
             ":4",
             "a b:4",
             "e:4:5",

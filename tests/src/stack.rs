@@ -13,7 +13,7 @@ use sightline_ingest::metrics::Metrics as IngestMetrics;
 use sightline_ingest::sink::Sink;
 use sightline_query::QueryConfig;
 use sightline_shared::config::{ClickHouseConfig, Validate};
-use sightline_shared::{DetectionEvent, Encoding, subjects};
+use sightline_shared::{DetectionEvent, Encoding, EventId, subjects};
 use sightline_store::EventRow;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -285,6 +285,23 @@ impl Stack {
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `GET /v1/events/{id}` once it answers 200 (at most 10 s): an insert writes `events`
+    /// before the views' tables, so for a moment after an event is listed its id may not be
+    /// in `events_by_id` yet.
+    pub async fn get_event(&self, id: EventId) -> anyhow::Result<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, body) = self.get(&format!("/v1/events/{id}")).await?;
+            if status == 200 {
+                return Ok(body);
+            }
+            if Instant::now() > deadline {
+                bail!("GET /v1/events/{id} answered {status} for 10 s: {body}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

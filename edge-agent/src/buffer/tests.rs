@@ -685,3 +685,20 @@ fn track_ids_are_never_handed_out_twice_across_restarts_and_recoveries() {
         "{next:?}"
     );
 }
+
+/// A v1 event this build encodes (a day log an older agent wrote, read back by a recovery)
+/// is stored under the v1 content type its payload has, so it reads back and goes out whole.
+#[test]
+fn a_version_1_event_is_stored_under_its_own_version() {
+    let mut old = event(3, 0);
+    old.schema_version = 1;
+    for d in &mut old.detections {
+        d.zones.clear();
+    }
+    let row = Outgoing::encode(7, &old).unwrap();
+    assert_eq!(row.content_type.to_string(), V1_STORED);
+    assert_eq!(row.event().unwrap(), old);
+    let stored =
+        Outgoing::from_stored(7, &row.content_type.to_string(), row.payload.to_vec()).unwrap();
+    assert_eq!(stored.head.event_id, old.event_id);
+}

@@ -185,8 +185,7 @@ async fn version_1_events_are_kept_as_version_1_beside_version_2() -> anyhow::Re
     }
     stack.wait_for_events("edge=edge-v&limit=100", 16).await?;
     for e in &old {
-        let (status, mut body) = stack.get(&format!("/v1/events/{}", e.event_id)).await?;
-        assert_eq!(status, 200, "{body}");
+        let mut body = stack.get_event(e.event_id).await?;
         if let Some(event) = body.as_object_mut() {
             event.remove("tracks");
         }

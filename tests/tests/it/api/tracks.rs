@@ -400,8 +400,7 @@ async fn tracks_are_listed_found_linked_and_counted_as_a_rust_reference_says() -
             1,
         )
         .await?;
-    let (status, body) = stack.get(&format!("/v1/events/{}", event.event_id)).await?;
-    assert_eq!(status, 200, "{body}");
+    let body = stack.get_event(event.event_id).await?;
     let links = body["tracks"].as_array().context("tracks")?;
     assert_eq!(links.len(), 1, "one track, named once: {body}");
     assert_eq!(links[0]["id"], some.key().to_string());

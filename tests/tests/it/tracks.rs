@@ -186,7 +186,13 @@ async fn third_party_json_tracks_are_stored_latest_revision_first_and_bad_ones_d
         assert!(got.reason.starts_with(reason), "{} / {reason}", got.reason);
         assert!(got.reason.contains(names), "{} names {names}", got.reason);
     }
-    let metrics = stack.ingest_metrics().await?;
+    // All three records are stored, each counted once (the latest showing up first says
+    // nothing about when the others are written).
+    let metrics = stack
+        .wait_for_ingest_metrics("three track records stored", Duration::from_secs(30), |m| {
+            metric(m, "sightline_ingest_tracks_stored_total", "") >= 3.0
+        })
+        .await?;
     assert_eq!(
         metric(&metrics, "sightline_ingest_tracks_stored_total", ""),
         3.0

@@ -1,6 +1,7 @@
 //! The Sightline event contract, shared by every service.
 //!
-//! * [`event`]: the detection event (schema v1) and its parts.
+//! * [`event`]: the detection event (schema v2, and the v1 layout it still reads) and its
+//!   parts.
 //! * [`validate`]: the rules an event must satisfy before anyone stores it.
 //! * [`codec`]: the versioned wire format (bincode by default, JSON as the alternative),
 //!   selected by a `Content-Type` header that also names the schema version.
@@ -9,6 +10,7 @@
 //! * [`subjects`]: NATS subject and JetStream stream names.
 //! * [`zone`]: named polygons over a camera's frame, and which of them hold an object.
 //! * [`clock`]: the cloud's clock answer, and the edge's offset from it.
+//! * [`jpeg`]: checking that a snapshot is a whole JPEG of the size and SHA-256 it claims.
 //! * [`config`]: the config error and validation trait, TOML parsing, and the connection
 //!   sections that more than one service reads from its config file.
 //!
@@ -22,6 +24,7 @@ pub mod codec;
 pub mod config;
 pub mod event;
 pub mod heartbeat;
+pub mod jpeg;
 pub mod subjects;
 pub mod timestamp;
 pub mod track;

@@ -374,16 +374,13 @@ impl Camera {
         let detections = found
             .iter()
             .zip(&assignments)
-            .map(|(f, a)| Detection {
-                label: self.detector.label(f.class_id),
-                class_id: f.class_id,
-                confidence: f.score,
-                bbox: f.bbox,
-                track_id: Some(a.track_id),
-                zones: zone::zones_of(&self.config.zones, &f.bbox)
-                    .into_iter()
-                    .map(str::to_owned)
-                    .collect(),
+            .map(|(f, a)| {
+                let zones = zone::zones_of(&self.config.zones, &f.bbox);
+                f.detection(
+                    self.detector.label(f.class_id),
+                    a.track_id,
+                    zones.into_iter().map(str::to_owned).collect(),
+                )
             })
             .collect();
         let mut event = DetectionEvent {

@@ -157,14 +157,8 @@ pub struct BestFrame {
 impl BestFrame {
     /// The object as its snapshot labels it; `label` names a class.
     pub fn detection(&self, track_id: u64, label: impl Fn(u32) -> String) -> Detection {
-        Detection {
-            label: label(self.found.class_id),
-            class_id: self.found.class_id,
-            confidence: self.found.score,
-            bbox: self.found.bbox,
-            track_id: Some(track_id),
-            zones: Vec::new(),
-        }
+        self.found
+            .detection(label(self.found.class_id), track_id, Vec::new())
     }
 }
 

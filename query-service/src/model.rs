@@ -36,6 +36,15 @@ impl Sort {
         }
     }
 
+    /// The SQL comparisons that keep what comes after a point in this order: strict on the
+    /// whole sort key, and inclusive on a coarse column (whole seconds) that prunes parts.
+    pub const fn after(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Newest => ("<", "<="),
+            Self::Oldest => (">", ">="),
+        }
+    }
+
     /// The SQL direction.
     pub const fn direction(self) -> &'static str {
         match self {

@@ -260,10 +260,7 @@ impl Sql {
 
     /// Only events after `cursor` in `sort` order.
     fn cursor(&mut self, sort: Sort, cursor: Option<Cursor>) {
-        let (cmp, coarse) = match sort {
-            Sort::Newest => ("<", "<="),
-            Sort::Oldest => (">", ">="),
-        };
+        let (cmp, coarse) = sort.after();
         if let Some(cursor) = cursor {
             self.push(&format!(
                 " AND captured_at {coarse} toDateTime(?) AND (captured_at_ms, event_id) {cmp} (?, toUUID(?))"
@@ -1003,10 +1000,7 @@ fn tracks_page_sql(
     let mut inner = Sql::default();
     latest_tracks(&mut inner, "*", filter);
     if let Some(cursor) = cursor {
-        let (cmp, coarse) = match sort {
-            Sort::Newest => ("<", "<="),
-            Sort::Oldest => (">", ">="),
-        };
+        let (cmp, coarse) = sort.after();
         inner
             .push(&format!(
                 " AND started_at {coarse} toDateTime(?) AND (started_at_ms, edge_id, track_id) {cmp} (?, ?, ?)"

@@ -260,14 +260,7 @@ fn track_path(detector: &Detector, repo: &Path) -> anyhow::Result<()> {
                 let boxed: Vec<Detection> = found
                     .iter()
                     .zip(&assignments)
-                    .map(|(f, a)| Detection {
-                        label: detector.label(f.class_id),
-                        class_id: f.class_id,
-                        confidence: f.score,
-                        bbox: f.bbox,
-                        track_id: Some(a.track_id),
-                        zones: Vec::new(),
-                    })
+                    .map(|(f, a)| f.detection(detector.label(f.class_id), a.track_id, Vec::new()))
                     .collect();
                 let jpeg = snapshot::render(&image, &boxed, &snapshots)?;
                 snapshot::save(data.path(), Path::new(&format!("event-{i}.jpg")), &jpeg)?;

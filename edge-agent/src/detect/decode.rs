@@ -3,7 +3,7 @@
 //!
 //! Everything here works on plain slices so it can be tested with hand-made tensors.
 
-use sightline_shared::BoundingBox;
+use sightline_shared::{BoundingBox, Detection};
 
 /// One box the model found, before tracking: class index, score, and where, normalized to
 /// the frame (the whole frame is resized into the model's input, so input-relative and
@@ -13,6 +13,21 @@ pub struct Found {
     pub class_id: u32,
     pub score: f32,
     pub bbox: BoundingBox,
+}
+
+impl Found {
+    /// The object as an event names it: its class named by `label`, the track it belongs
+    /// to and the zones it stands in.
+    pub fn detection(&self, label: String, track_id: u64, zones: Vec<String>) -> Detection {
+        Detection {
+            label,
+            class_id: self.class_id,
+            confidence: self.score,
+            bbox: self.bbox,
+            track_id: Some(track_id),
+            zones,
+        }
+    }
 }
 
 /// A decoder input: one output tensor's shape and data.

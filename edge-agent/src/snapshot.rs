@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use image::{Rgb, RgbImage};
+use sightline_runtime::picture::{EncodeError, downscale, encode};
 use sightline_shared::{Detection, DetectionEvent};
 
 use crate::config::SnapshotConfig;
@@ -32,10 +33,8 @@ const PALETTE: [[u8; 3]; 8] = [
 /// Why a snapshot could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
-    #[error("a {0}x{1} picture is too large for a JPEG (at most 65535 on a side)")]
-    TooLarge(u32, u32),
-    #[error("JPEG encoding failed: {0}")]
-    Encode(#[from] jpeg_encoder::EncodingError),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
 }
 
 /// Draws the event's detections on `frame`, scales it to at most `max_width` and encodes it.
@@ -78,56 +77,7 @@ pub fn render(
         );
         draw_text(&mut image, x0 + 1, ty + 1, &text, scale, Rgb([0, 0, 0]));
     }
-    let (width, height) = image.dimensions();
-    let too_large = || RenderError::TooLarge(width, height);
-    let mut jpeg = Vec::new();
-    jpeg_encoder::Encoder::new(&mut jpeg, config.quality.clamp(1, 100)).encode(
-        image.as_raw(),
-        u16::try_from(width).map_err(|_| too_large())?,
-        u16::try_from(height).map_err(|_| too_large())?,
-        jpeg_encoder::ColorType::Rgb,
-    )?;
-    Ok(jpeg)
-}
-
-/// `frame` scaled down to `width` x `height` (each at most the frame's): every output pixel
-/// is the mean of the frame's pixels in its area (rounded), so no detail aliases away; each
-/// pixel of the frame is read once.
-pub fn downscale(frame: &RgbImage, width: u32, height: u32) -> RgbImage {
-    let (w, h) = (frame.width() as usize, frame.height() as usize);
-    let (out_w, out_h) = (
-        (width as usize).clamp(1, w.max(1)),
-        (height as usize).clamp(1, h.max(1)),
-    );
-    // The frame's columns and rows each output column and row covers: [start, end).
-    let spans = |n: usize, out: usize| -> Vec<(usize, usize)> {
-        (0..out)
-            .map(|i| {
-                let start = i * n / out;
-                (start, ((i + 1) * n / out).max(start + 1))
-            })
-            .collect()
-    };
-    let mut out = Vec::with_capacity(out_w * out_h * 3);
-    if w == 2 * out_w && h == 2 * out_h {
-        // Half size (1280x720 to 640, the default): each output pixel is a 2x2 block.
-        for pair in frame.as_raw().chunks_exact(w * 6) {
-            let (upper, lower) = pair.split_at(w * 3);
-            for (a, b) in upper.chunks_exact(6).zip(lower.chunks_exact(6)) {
-                for c in 0..3 {
-                    let sum = u16::from(a[c])
-                        + u16::from(a[c + 3])
-                        + u16::from(b[c])
-                        + u16::from(b[c + 3]);
-                    out.push(((sum + 2) / 4) as u8);
-                }
-            }
-        }
-    } else {
-        let (columns, rows) = (spans(w, out_w), spans(h, out_h));
-        average_areas(frame.as_raw(), w, &rows, &columns, &mut out);
-    }
-    RgbImage::from_raw(out_w as u32, out_h as u32, out).unwrap_or_default()
+    Ok(encode(&image, config.quality)?)
 }
 
 /// The snapshot's path relative to the data directory, as the event records it.
@@ -211,38 +161,6 @@ impl BestFrames {
     }
 }
 
-/// The mean of each (row span x column span) area of the RGB pixels `src` (rows of `w`),
-/// appended to `out`. Per output row, the frame's rows it covers are summed column by
-/// column (a plain loop the compiler vectorizes), then each output pixel's columns of that
-/// sum.
-fn average_areas(
-    src: &[u8],
-    w: usize,
-    rows: &[(usize, usize)],
-    columns: &[(usize, usize)],
-    out: &mut Vec<u8>,
-) {
-    let mut column_sums = vec![0u32; w * 3];
-    for &(top, bottom) in rows {
-        column_sums.fill(0);
-        for row in src[top * w * 3..bottom * w * 3].chunks_exact(w * 3) {
-            for (sum, &byte) in column_sums.iter_mut().zip(row) {
-                *sum += u32::from(byte);
-            }
-        }
-        for &(left, right) in columns {
-            let area = ((right - left) * (bottom - top)) as u32;
-            let mut pixel = [0u32; 3];
-            for sum in column_sums[left * 3..right * 3].chunks_exact(3) {
-                pixel[0] += sum[0];
-                pixel[1] += sum[1];
-                pixel[2] += sum[2];
-            }
-            out.extend(pixel.map(|s| ((s + area / 2) / area) as u8));
-        }
-    }
-}
-
 /// Writes a snapshot under `data_dir` atomically (temporary file, then rename), mode 0644.
 /// Returns the bytes written.
 pub fn save(data_dir: &Path, relative: &Path, jpeg: &[u8]) -> std::io::Result<u64> {
@@ -301,48 +219,6 @@ fn draw_text(image: &mut RgbImage, x: u32, y: u32, text: &str, scale: u32, colou
 mod tests {
     use super::*;
     use sightline_shared::BoundingBox;
-
-    #[test]
-    fn downscaling_averages_each_area() {
-        // A 4x2 frame: two 2x2 blocks, one of 0/100/200/40 red, one of 255s.
-        let mut frame = RgbImage::new(4, 2);
-        for (x, y, red) in [(0, 0, 0), (1, 0, 100), (0, 1, 200), (1, 1, 40)] {
-            frame.put_pixel(x, y, Rgb([red, 7, 9]));
-        }
-        for (x, y) in [(2, 0), (3, 0), (2, 1), (3, 1)] {
-            frame.put_pixel(x, y, Rgb([255, 255, 255]));
-        }
-        let small = downscale(&frame, 2, 1);
-        assert_eq!(small.dimensions(), (2, 1));
-        assert_eq!(small.get_pixel(0, 0), &Rgb([85, 7, 9]));
-        assert_eq!(small.get_pixel(1, 0), &Rgb([255, 255, 255]));
-        // A ratio that is not whole: 5 columns into 2 (2 and 3 columns), and no larger
-        // than the frame however asked.
-        let wide = RgbImage::from_fn(5, 1, |x, _| Rgb([(x * 10) as u8, 0, 0]));
-        let small = downscale(&wide, 2, 9);
-        assert_eq!(small.dimensions(), (2, 1));
-        assert_eq!(
-            (small.get_pixel(0, 0)[0], small.get_pixel(1, 0)[0]),
-            (5, 30)
-        );
-    }
-
-    #[test]
-    fn halving_is_the_mean_of_each_two_by_two_block() {
-        let frame = RgbImage::from_fn(8, 6, |x, y| {
-            Rgb([(x * 31 + y * 7) as u8, (x * y) as u8, 255])
-        });
-        let small = downscale(&frame, 4, 3);
-        for (x, y, pixel) in small.enumerate_pixels() {
-            for c in 0..3 {
-                let sum: u32 = [(0, 0), (1, 0), (0, 1), (1, 1)]
-                    .iter()
-                    .map(|(dx, dy)| u32::from(frame.get_pixel(2 * x + dx, 2 * y + dy)[c]))
-                    .sum();
-                assert_eq!(u32::from(pixel[c]), (sum + 2) / 4, "({x}, {y}) channel {c}");
-            }
-        }
-    }
 
     #[test]
     fn best_frames_are_shared_replaced_and_bounded() {

@@ -38,6 +38,30 @@ pub struct IngestConfig {
     /// The HTTP listener (probes and metrics).
     #[serde(default)]
     pub http: HttpSettings,
+    /// The snapshot writer.
+    #[serde(default)]
+    pub snapshots: SnapshotSettings,
+}
+
+/// What the snapshot writer accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotSettings {
+    /// Largest snapshot accepted, in bytes (at most NATS's message limit, 1 MiB by default).
+    pub max_bytes: usize,
+    /// How long a snapshot waits for the event or track it shows to reach ClickHouse, in
+    /// seconds, before it is dead-lettered (`Owner`): uploads follow their events, but a
+    /// backlog of events can hold the event back for a while.
+    pub owner_wait_secs: u64,
+}
+
+impl Default for SnapshotSettings {
+    fn default() -> Self {
+        Self {
+            max_bytes: sightline_shared::snapshot::MAX_BYTES,
+            owner_wait_secs: 3600,
+        }
+    }
 }
 
 /// The HTTP listener's limits (its address is the `--listen` flag).
@@ -223,6 +247,12 @@ impl Validate for IngestConfig {
         if r.sweep_interval_secs < 10 {
             return invalid("retention.sweep_interval_secs", "must be at least 10");
         }
+        if !(1024..=8 * 1024 * 1024).contains(&self.snapshots.max_bytes) {
+            return invalid("snapshots.max_bytes", "must be 1024 to 8388608 bytes");
+        }
+        if !(1..=30 * 86_400).contains(&self.snapshots.owner_wait_secs) {
+            return invalid("snapshots.owner_wait_secs", "must be 1 to 2592000 seconds");
+        }
         if self.stream.replicas == 0 || self.stream.replicas > 5 {
             return invalid("stream.replicas", "must be 1 to 5");
         }
@@ -303,6 +333,11 @@ mod tests {
             (
                 &format!("[leader]\nlease_name = \"{}\"", "a".repeat(247)),
                 "leader.lease_name",
+            ),
+            ("[snapshots]\nmax_bytes = 10", "snapshots.max_bytes"),
+            (
+                "[snapshots]\nowner_wait_secs = 0",
+                "snapshots.owner_wait_secs",
             ),
             (
                 "[consumer]\ninfo_interval_secs = 0",

@@ -7,8 +7,9 @@
 //!
 //! Stages, one file each: [`config`], [`nats`] (streams and the durable consumer) ->
 //! [`consumer`] (fetch, decode, batch) -> [`writer`]
-//! (insert through [`sink`], retry, bisect, then ack) and [`deadletter`]; [`heartbeats`]
-//! stores the edge agents' heartbeats with a second consumer; [`retention`] runs the
+//! (insert through [`sink`], retry, bisect, then ack) and [`deadletter`]; `side` stores
+//! the edge agents' heartbeats and track records with consumers of their own; `snapshots`
+//! checks snapshot uploads and keeps them in the object store; `retention` runs the
 //! partition sweep on servers without TTL; [`backlog`] watches the
 //! durable's position (backlog gauges, ack floor, events the stream removed before delivery);
 //! [`leader`] elects the replica that runs the singleton jobs; [`service`] wires them with
@@ -30,6 +31,7 @@ mod retention;
 mod service;
 mod side;
 pub mod sink;
+mod snapshots;
 mod writer;
 
 pub use config::IngestConfig;

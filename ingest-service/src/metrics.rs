@@ -19,6 +19,12 @@ pub enum DeadLetterReason {
     Subject,
     /// ClickHouse rejected the row itself (a data error, isolated by bisecting the batch).
     Insert,
+    /// A snapshot's payload is not an acceptable picture: not a whole JPEG, over the size
+    /// limit, or not the SHA-256 or size its headers name.
+    Snapshot,
+    /// A snapshot names an event or track that did not reach the cloud within
+    /// `[snapshots] owner_wait_secs`.
+    Owner,
 }
 
 /// How an INSERT ended.
@@ -68,6 +74,12 @@ pub struct Metrics {
     pub heartbeat_insert_errors: Counter,
     pub tracks_stored: Counter,
     pub track_insert_errors: Counter,
+    pub snapshots_stored: Counter,
+    pub snapshot_bytes_stored: Counter,
+    pub snapshots_waiting: Counter,
+    pub snapshot_errors: Counter,
+    pub snapshot_bucket_bytes: Gauge,
+    pub snapshots_expired: Counter,
 }
 
 impl Metrics {
@@ -100,6 +112,12 @@ impl Metrics {
             heartbeat_insert_errors: Counter::default(),
             tracks_stored: Counter::default(),
             track_insert_errors: Counter::default(),
+            snapshots_stored: Counter::default(),
+            snapshot_bytes_stored: Counter::default(),
+            snapshots_waiting: Counter::default(),
+            snapshot_errors: Counter::default(),
+            snapshot_bucket_bytes: Gauge::default(),
+            snapshots_expired: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("sightline_ingest");
         r.register(
@@ -227,6 +245,36 @@ impl Metrics {
             "track_insert_errors",
             "Failed track record inserts (the records are redelivered)",
             metrics.track_insert_errors.clone(),
+        );
+        r.register(
+            "snapshots_stored",
+            "Snapshots checked, put in the object store and recorded in snapshots",
+            metrics.snapshots_stored.clone(),
+        );
+        r.register(
+            "snapshot_bytes_stored",
+            "Bytes of the snapshots stored",
+            metrics.snapshot_bytes_stored.clone(),
+        );
+        r.register(
+            "snapshots_waiting",
+            "Times a snapshot was put back because the event or track it shows has not arrived yet",
+            metrics.snapshots_waiting.clone(),
+        );
+        r.register(
+            "snapshot_errors",
+            "Failed puts or inserts of snapshots (the uploads are redelivered)",
+            metrics.snapshot_errors.clone(),
+        );
+        r.register(
+            "snapshot_bucket_bytes",
+            "Bytes the snapshot object store bucket uses",
+            metrics.snapshot_bucket_bytes.clone(),
+        );
+        r.register(
+            "snapshots_expired",
+            "Snapshots removed by retention (object and row)",
+            metrics.snapshots_expired.clone(),
         );
         metrics
     }

@@ -30,7 +30,7 @@ pub fn events_stream_config(config: &IngestConfig) -> stream::Config {
     }
 }
 
-/// Creates or updates the events, tracks, dead-letter and heartbeat streams and returns the durable
+/// Creates or updates the events, tracks, snapshots, dead-letter and heartbeat streams and returns the durable
 /// pull consumer of events.
 ///
 /// An existing durable keeps its deliver policy (the server cannot change it in place, and
@@ -61,6 +61,16 @@ pub async fn declare(
             name: subjects::TRACKS_STREAM.into(),
             description: Some("Sightline track records from edge agents".into()),
             subjects: vec![subjects::TRACKS_SUBJECTS.into()],
+            ..events_stream_config(config)
+        },
+        // Snapshot uploads: kept like events until the writer took them; one JPEG per
+        // message, as large as NATS lets through (the writer dead-letters what is over its
+        // own limit, with the reason, rather than the stream refusing it unexplained).
+        stream::Config {
+            name: subjects::SNAPSHOTS_STREAM.into(),
+            description: Some("Sightline snapshot uploads from edge agents".into()),
+            subjects: vec![subjects::SNAPSHOTS_SUBJECTS.into()],
+            max_message_size: -1,
             ..events_stream_config(config)
         },
         // Heartbeats are status snapshots: kept as long as events, oldest dropped first.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use sightline_runtime::http::HttpLimits;
+use sightline_runtime::objects::JetStreamSnapshots;
 use sightline_runtime::retry::{retry, start_up_backoff};
 use sightline_store::{SetupError, setup};
 use tokio::net::TcpListener;
@@ -22,7 +23,7 @@ use crate::leader::{self, Elector};
 use crate::metrics::Metrics;
 use crate::sink::Sink;
 use crate::writer::{self, Writer};
-use crate::{nats, retention, side};
+use crate::{nats, retention, side, snapshots};
 
 /// Runs the ingest service until `shutdown` completes.
 ///
@@ -167,12 +168,43 @@ async fn serve(
         &metrics,
         (config.consumer.max_future_skew_secs as i64).saturating_mul(1000),
     );
-    let (Some(heartbeat_consumer), Some(track_consumer)) = (
-        side::declare_with_retry(&js, &heartbeats, ack_wait, &cancel).await,
-        side::declare_with_retry(&js, &tracks, ack_wait, &cancel).await,
+    let snapshot_store = Arc::new(JetStreamSnapshots::new(
+        js.clone(),
+        sightline_shared::subjects::SNAPSHOTS_BUCKET,
+    ));
+    let bucket = retry(
+        "declare the snapshot bucket",
+        &cancel,
+        start_up_backoff(),
+        |_| true,
+        || snapshot_store.declare(config.stream.replicas),
+    )
+    .await;
+    let (Some(heartbeat_consumer), Some(track_consumer), Ok(Some(())), Some(snapshot_consumer)) = (
+        side::declare_with_retry(&js, heartbeats.durable(), ack_wait, &cancel).await,
+        side::declare_with_retry(&js, tracks.durable(), ack_wait, &cancel).await,
+        bucket,
+        side::declare_with_retry(&js, snapshots::durable(), ack_wait, &cancel).await,
     ) else {
         return finish(http, nats).await;
     };
+    tokio::spawn(
+        snapshots::SnapshotWriter {
+            client: admin.clone().with_database(&config.clickhouse.database),
+            store: snapshot_store.clone(),
+            dead_letters: dead_letters.clone(),
+            metrics: metrics.clone(),
+            settings: config.snapshots,
+            timeout: config.clickhouse.timeout(),
+        }
+        .run(snapshot_consumer, cancel.clone()),
+    );
+    tokio::spawn(snapshots::watch_usage(
+        snapshot_store.clone(),
+        Duration::from_secs(config.consumer.info_interval_secs),
+        metrics.clone(),
+        cancel.clone(),
+    ));
     let writing = side::Writing {
         client: admin.clone().with_database(&config.clickhouse.database),
         dead_letters: dead_letters.clone(),

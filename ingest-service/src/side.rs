@@ -124,20 +124,38 @@ fn check_track(message: &jetstream::Message, max_future_skew_ms: i64) -> Result<
     Ok(TrackRow::from(record))
 }
 
-/// Declares the side stream's consumer, retrying until it works or `cancel` fires (`None`).
-pub(crate) async fn declare_with_retry<R>(
+/// A durable consumer of one side stream.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Durable {
+    pub stream: &'static str,
+    pub name: &'static str,
+    pub description: &'static str,
+}
+
+impl<R> Side<R> {
+    pub(crate) fn durable(&self) -> Durable {
+        Durable {
+            stream: self.stream,
+            name: self.durable,
+            description: self.description,
+        }
+    }
+}
+
+/// Declares a side stream's consumer, retrying until it works or `cancel` fires (`None`).
+pub(crate) async fn declare_with_retry(
     js: &jetstream::Context,
-    side: &Side<R>,
+    durable: Durable,
     ack_wait: Duration,
     cancel: &CancellationToken,
 ) -> Option<consumer::PullConsumer> {
-    let what = format!("declare the consumer {}", side.durable);
+    let what = format!("declare the consumer {}", durable.name);
     sightline_runtime::retry::retry(
         &what,
         cancel,
         start_up_backoff(),
         |_| true,
-        || declare(js, side, ack_wait),
+        || declare(js, durable, ack_wait),
     )
     .await
     .ok()
@@ -154,24 +172,24 @@ pub(crate) struct Writing {
     pub cancel: CancellationToken,
 }
 
-/// Creates (or updates) the side stream's durable consumer.
-async fn declare<R>(
+/// Creates (or updates) a side stream's durable consumer.
+async fn declare(
     js: &jetstream::Context,
-    side: &Side<R>,
+    durable: Durable,
     ack_wait: Duration,
 ) -> anyhow::Result<consumer::PullConsumer> {
-    let stream = js.get_stream(side.stream).await?;
+    let stream = js.get_stream(durable.stream).await?;
     stream
         .create_consumer(consumer::pull::Config {
-            durable_name: Some(side.durable.into()),
-            description: Some(side.description.into()),
+            durable_name: Some(durable.name.into()),
+            description: Some(durable.description.into()),
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait,
             deliver_policy: consumer::DeliverPolicy::All,
             ..Default::default()
         })
         .await
-        .with_context(|| format!("failed to create or update consumer {}", side.durable))
+        .with_context(|| format!("failed to create or update consumer {}", durable.name))
 }
 
 /// Consumes the side stream until `cancel` fires.
@@ -190,7 +208,7 @@ where
     while !cancel.is_cancelled() {
         let fetched = tokio::select! {
             () = cancel.cancelled() => return,
-            fetched = fetch(&consumer) => fetched,
+            fetched = fetch(&consumer, FETCH) => fetched,
         };
         let messages = match fetched {
             Ok(messages) => messages,
@@ -248,10 +266,14 @@ where
     }
 }
 
-async fn fetch(consumer: &consumer::PullConsumer) -> anyhow::Result<Vec<jetstream::Message>> {
+/// What is there, up to `max` messages, waiting at most a second.
+pub(crate) async fn fetch(
+    consumer: &consumer::PullConsumer,
+    max: usize,
+) -> anyhow::Result<Vec<jetstream::Message>> {
     let mut batch = consumer
         .fetch()
-        .max_messages(FETCH)
+        .max_messages(max)
         .expires(Duration::from_secs(1))
         .messages()
         .await?;

@@ -27,7 +27,10 @@ use crate::model::Format;
 use crate::openapi::{self, EXPORT_PATH, Endpoint};
 use crate::params::{self, ParamError};
 use crate::replay::{Progress, Replays, StartError};
+use crate::snapshots::{ServeError, Snapshots};
 use crate::store::{StatsRows, Store, StoreError};
+use sightline_runtime::objects::ObjectError;
+use sightline_shared::snapshot::Owner;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -44,6 +47,8 @@ pub(crate) struct AppState {
     /// Places for the other ClickHouse queries running at once.
     pub queries: Arc<tokio::sync::Semaphore>,
     pub readiness: Readiness,
+    /// Where snapshots are served from; `None` with `[snapshots] enabled = false`.
+    pub snapshots: Option<Snapshots>,
 }
 
 impl AppState {
@@ -80,6 +85,9 @@ pub(crate) enum ApiError {
     TooLarge(String),
     /// Past the request timeout: 504.
     Timeout,
+    /// A store other than ClickHouse is unreachable (the snapshot store): 503; the detail
+    /// is logged.
+    Unavailable(String),
     /// Our storage failed: 503 or 500 with a generic message; the detail is logged.
     Store(StoreError),
     /// Our own failure: 500 with a generic message; the detail is logged.
@@ -170,6 +178,17 @@ impl IntoResponse for ApiError {
                 )
                     .into_response()
             }
+            Self::Unavailable(error) => {
+                tracing::error!(%error, "snapshot store unavailable");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    error_body(
+                        "unavailable",
+                        "the snapshot store is unavailable, try again later",
+                    ),
+                )
+                    .into_response()
+            }
             Self::Internal(error) => {
                 tracing::error!(%error, "internal error");
                 (
@@ -196,6 +215,8 @@ fn handler(endpoint: &Endpoint, document: &bytes::Bytes) -> Option<MethodRouter<
         ("get", "/v1/events") => get(list_events),
         ("get", EXPORT_PATH) => get(export),
         ("get", "/v1/events/{id}") => get(get_event),
+        ("get", "/v1/events/{id}/snapshot") => get(event_snapshot),
+        ("get", "/v1/tracks/{id}/snapshot") => get(track_snapshot),
         ("get", "/v1/cameras") => get(cameras),
         ("get", "/v1/stats") => get(stats),
         ("get", "/v1/tracks") => get(list_tracks),
@@ -287,8 +308,49 @@ const QUEUE_WAIT: Duration = Duration::from_secs(2);
 #[derive(Serialize)]
 struct EventPage {
     count: usize,
-    events: Vec<DetectionEvent>,
+    events: Vec<ApiEvent>,
     next_cursor: Option<String>,
+}
+
+/// An event as the API shows it: with `snapshot_url` when its picture is in the cloud.
+#[derive(Serialize)]
+struct ApiEvent {
+    #[serde(flatten)]
+    event: DetectionEvent,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot_url: Option<String>,
+}
+
+/// Where the snapshot of event `id` is served.
+fn snapshot_url(id: EventId) -> String {
+    format!("/v1/events/{id}/snapshot")
+}
+
+/// `events` with their `snapshot_url`s: one look-up for the events that have a snapshot on
+/// their edge (only those can have one in the cloud).
+async fn with_snapshot_urls(
+    state: &AppState,
+    events: Vec<DetectionEvent>,
+) -> Result<Vec<ApiEvent>, ApiError> {
+    let with_snapshot: Vec<EventId> = events
+        .iter()
+        .filter(|e| e.snapshot.is_some())
+        .map(|e| e.event_id)
+        .collect();
+    let in_cloud = if state.snapshots.is_some() && !with_snapshot.is_empty() {
+        state.store.events_in_cloud(&with_snapshot).await?
+    } else {
+        Default::default()
+    };
+    Ok(events
+        .into_iter()
+        .map(|event| ApiEvent {
+            snapshot_url: in_cloud
+                .contains(&event.event_id)
+                .then(|| snapshot_url(event.event_id)),
+            event,
+        })
+        .collect())
 }
 
 async fn list_events(
@@ -301,14 +363,15 @@ async fn list_events(
         .store
         .list_events(&q.filter, q.sort, q.cursor, q.limit)
         .await?;
+    let events = with_snapshot_urls(&state, page.events).await?;
     drop(place);
     state
         .metrics
         .returned("/v1/events")
-        .inc_by(page.events.len() as u64);
+        .inc_by(events.len() as u64);
     json_body(EventPage {
-        count: page.events.len(),
-        events: page.events,
+        count: events.len(),
+        events,
         next_cursor: page.next.map(|c| c.encode()),
     })
     .await
@@ -362,7 +425,7 @@ fn event_id(id: &str) -> Result<EventId, ParamError> {
 #[derive(Serialize)]
 struct EventDetail {
     #[serde(flatten)]
-    event: DetectionEvent,
+    event: ApiEvent,
     tracks: Vec<TrackLink>,
 }
 
@@ -376,14 +439,14 @@ struct TrackLink {
 }
 
 impl EventDetail {
-    fn new(event: DetectionEvent) -> Self {
+    fn new(event: ApiEvent) -> Self {
         let mut tracks: Vec<TrackLink> = Vec::new();
-        for detection in &event.detections {
+        for detection in &event.event.detections {
             let Some(track_id) = detection.track_id.filter(|&id| id > 0) else {
                 continue;
             };
             let id = TrackKey {
-                edge_id: event.edge_id.clone(),
+                edge_id: event.event.edge_id.clone(),
                 track_id,
             }
             .to_string();
@@ -412,8 +475,92 @@ async fn get_event(
         .get_event(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no event {id}")))?;
+    let event = with_snapshot_urls(&state, vec![event])
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::Internal("an event went missing".into()))?;
     state.metrics.returned("/v1/events/{id}").inc();
     Ok(Json(EventDetail::new(event)))
+}
+
+async fn event_snapshot(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let width = params::snapshot_query(query.as_deref())?;
+    let id = event_id(&id)?;
+    serve_snapshot(
+        &state,
+        Owner::Event(id),
+        "",
+        width,
+        &headers,
+        &format!("event {id}"),
+    )
+    .await
+}
+
+async fn track_snapshot(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let width = params::snapshot_query(query.as_deref())?;
+    let key = track_key(&id)?;
+    serve_snapshot(
+        &state,
+        Owner::Track(key.track_id),
+        &key.edge_id,
+        width,
+        &headers,
+        &format!("track {key}"),
+    )
+    .await
+}
+
+/// The snapshot of `owner` (a track's of `edge_id`): its row, then the picture.
+async fn serve_snapshot(
+    state: &AppState,
+    owner: Owner,
+    edge_id: &str,
+    width: Option<u32>,
+    headers: &axum::http::HeaderMap,
+    what: &str,
+) -> Result<Response, ApiError> {
+    let Some(snapshots) = &state.snapshots else {
+        return Err(ApiError::NotFound(
+            "this service serves no snapshots ([snapshots] enabled = false)".into(),
+        ));
+    };
+    let place = query_place(state).await?;
+    let row = state
+        .store
+        .snapshot(owner, edge_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no snapshot of {what} in the cloud")))?;
+    drop(place);
+    snapshots
+        .respond(row, owner, width, headers, &state.metrics, what)
+        .await
+        .map_err(|e| match e {
+            ServeError::Gone(message) => ApiError::NotFound(message),
+            ServeError::Store(ObjectError::Unavailable(detail)) => ApiError::Unavailable(detail),
+            ServeError::Store(ObjectError::Failed(detail)) | ServeError::Internal(detail) => {
+                ApiError::Internal(detail)
+            }
+        })
+}
+
+fn track_key(id: &str) -> Result<TrackKey, ParamError> {
+    id.parse().map_err(|_| {
+        ParamError::new(
+            "id",
+            "must be <edge_id>:<track_id>, such as edge-01:42 (a track's id in /v1/tracks)",
+        )
+    })
 }
 
 /// A track as the API shows it: its id, its length in view, and its latest record.
@@ -471,12 +618,7 @@ async fn get_track(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Track>, ApiError> {
     params::none(query.as_deref())?;
-    let key: TrackKey = id.parse().map_err(|_| {
-        ParamError::new(
-            "id",
-            "must be <edge_id>:<track_id>, such as edge-01:42 (a track's id in /v1/tracks)",
-        )
-    })?;
+    let key = track_key(&id)?;
     let _place = query_place(&state).await?;
     let track = state
         .store
@@ -902,6 +1044,7 @@ mod tests {
             exports: Arc::new(tokio::sync::Semaphore::new(2)),
             queries: Arc::new(tokio::sync::Semaphore::new(4)),
             readiness: Readiness::default(),
+            snapshots: None,
         };
         router(state, Duration::from_secs(5))
     }

@@ -43,8 +43,33 @@ pub struct QueryConfig {
     pub auth: AuthConfig,
     /// Republishing history to NATS (`POST /v1/replay`).
     pub replay: ReplayConfig,
-    /// The NATS server replays publish to.
+    /// The NATS server replays publish to, and whose object store keeps the snapshots.
     pub nats: NatsConfig,
+    /// Serving snapshots (`GET /v1/events/{id}/snapshot`, `GET /v1/tracks/{id}/snapshot`).
+    pub snapshots: SnapshotConfig,
+}
+
+/// Serving snapshots from the object store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// Serve snapshots (needs NATS); with `false` the snapshot routes answer 404 and event
+    /// JSON carries no `snapshot_url`.
+    pub enabled: bool,
+    /// Bytes of thumbnails (`max_width`) kept in memory; the oldest go first.
+    pub thumbnail_cache_bytes: usize,
+    /// JPEG quality of thumbnails, 1 to 100.
+    pub thumbnail_quality: u8,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            thumbnail_cache_bytes: 32 * 1024 * 1024,
+            thumbnail_quality: 80,
+        }
+    }
 }
 
 impl Default for QueryConfig {
@@ -64,6 +89,7 @@ impl Default for QueryConfig {
             auth: AuthConfig::default(),
             replay: ReplayConfig::default(),
             nats: NatsConfig::default(),
+            snapshots: SnapshotConfig::default(),
         }
     }
 }
@@ -286,6 +312,9 @@ impl Validate for QueryConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field: &str, problem: &str| Err(ConfigError::invalid(field, problem));
         self.clickhouse.validate()?;
+        if !(1..=100).contains(&self.snapshots.thumbnail_quality) {
+            return invalid("snapshots.thumbnail_quality", "must be 1 to 100");
+        }
         if self.max_limit == 0 || self.max_limit > 100_000 {
             return invalid("max_limit", "must be 1 to 100000");
         }

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub latency: Family<Route, Histogram>,
     pub events_returned: Family<Route, Counter>,
     pub replay_published: Counter,
+    pub snapshots_served: Counter,
+    pub snapshot_damaged: Counter,
 }
 
 impl Metrics {
@@ -37,6 +39,8 @@ impl Metrics {
             }),
             events_returned: Family::default(),
             replay_published: Counter::default(),
+            snapshots_served: Counter::default(),
+            snapshot_damaged: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("sightline_query");
         r.register(
@@ -58,6 +62,16 @@ impl Metrics {
             "replay_published",
             "Events republished to NATS by replays",
             metrics.replay_published.clone(),
+        );
+        r.register(
+            "snapshots_served",
+            "Snapshots and thumbnails served",
+            metrics.snapshots_served.clone(),
+        );
+        r.register(
+            "snapshots_damaged",
+            "Snapshots not served because the store's object is missing or does not match its SHA-256",
+            metrics.snapshot_damaged.clone(),
         );
         metrics
     }

@@ -19,6 +19,8 @@ pub struct EventFilter {
     pub min_confidence: Option<f32>,
     pub max_confidence: Option<f32>,
     pub has_snapshot: Option<bool>,
+    /// Events whose snapshot is (or is not) stored in the cloud.
+    pub in_cloud: Option<bool>,
 }
 
 /// The order of event lists: by capture time, then event id.

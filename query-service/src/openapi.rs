@@ -108,6 +108,15 @@ pub const ENDPOINTS: &[Endpoint] = &[
     op(
         Scope::Read,
         "get",
+        "/v1/events/{id}/snapshot",
+        "The event's snapshot as the edge took it (image/jpeg), checked against its SHA-256; ETag is the SHA-256 (304 on If-None-Match), max_width scales it down for a thumbnail. 404 when the cloud has no picture of the event.",
+        params::SNAPSHOT_QUERY,
+        (200, None),
+        &[304, 400, 404, 429],
+    ),
+    op(
+        Scope::Read,
+        "get",
         "/v1/cameras",
         "Every camera with its edges, first and last capture and event count.",
         params::CAMERAS_QUERY,
@@ -140,6 +149,15 @@ pub const ENDPOINTS: &[Endpoint] = &[
         &[],
         (200, Some("Track")),
         &[400, 404, 429],
+    ),
+    op(
+        Scope::Read,
+        "get",
+        "/v1/tracks/{id}/snapshot",
+        "The track's best frame (image/jpeg), the newest the edge uploaded: it changes when the track finds a better frame (Cache-Control: no-cache; revalidate with the ETag). max_width scales it down. 404 when the cloud has no picture of the track.",
+        params::SNAPSHOT_QUERY,
+        (200, None),
+        &[304, 400, 404, 429],
     ),
     op(
         Scope::Replay,
@@ -283,6 +301,11 @@ fn response_body(schema: Option<&str>, path: &str) -> Value {
         (None, EXPORT_PATH) => json!({"content": {
             "application/x-ndjson": {"schema": {"$ref": "#/components/schemas/Event"}},
             "text/csv": {"schema": {"type": "string", "description": format!("header: {}", crate::export::CSV_HEADER.trim_end())}}}}),
+        (None, path) if path.ends_with("/snapshot") => {
+            json!({"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+                "headers": {"ETag": {"schema": {"type": "string"}, "description": "the picture's SHA-256 (with -w<max_width> for a thumbnail), quoted"},
+                    "Cache-Control": {"schema": {"type": "string"}}}})
+        }
         (None, _) => json!({"content": {"text/plain": {"schema": {"type": "string"}}}}),
     }
 }
@@ -316,7 +339,12 @@ pub fn document(settings: &Settings) -> Value {
         } else {
             &[][..]
         }) {
-            responses.insert(status.to_string(), error.clone());
+            let response = if *status == 304 {
+                json!({"description": "not modified: If-None-Match named the current ETag"})
+            } else {
+                error.clone()
+            };
+            responses.insert(status.to_string(), response);
         }
         // 503: ClickHouse unavailable or the query over its limits (replay bookkeeping
         // does not touch it); 504: past the request timeout, or ClickHouse did not answer
@@ -436,7 +464,8 @@ fn event_schema() -> Value {
             "model": {"type": "object", "additionalProperties": false, "required": ["name", "version"],
                 "properties": {"name": {"type": "string"}, "version": {"type": "string"}}},
             "inference_ms": {"type": "number"},
-            "snapshot": {"type": ["string", "null"]},
+            "snapshot": {"type": ["string", "null"], "description": "the snapshot's path on the edge (the edge took one)"},
+            "snapshot_url": {"type": "string", "description": "where the API serves the snapshot: present only when the picture is stored in the cloud"},
             "description": {"type": ["string", "null"]},
             "attributes": {"type": "object", "additionalProperties": {"type": "string"}}}})
 }

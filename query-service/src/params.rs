@@ -74,7 +74,12 @@ pub enum CountMax {
     ExportLimit,
     /// `replay.max_rate` of the config: events per second.
     ReplayRate,
+    /// [`MAX_THUMBNAIL_WIDTH`]: a snapshot's thumbnail width.
+    ThumbnailWidth,
 }
+
+/// The widest thumbnail `max_width` asks for.
+pub const MAX_THUMBNAIL_WIDTH: u32 = 1920;
 
 /// The configured bounds a count is checked against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +94,7 @@ impl Limits {
             CountMax::PageLimit => self.max_limit.into(),
             CountMax::ExportLimit => MAX_EXPORT,
             CountMax::ReplayRate => self.max_rate.into(),
+            CountMax::ThumbnailWidth => MAX_THUMBNAIL_WIDTH.into(),
         }
     }
 }
@@ -187,6 +193,11 @@ const HAS_SNAPSHOT: Param = optional(
     Kind::Bool,
     "Only events with (true) or without (false) a snapshot.",
 );
+const IN_CLOUD: Param = optional(
+    "in_cloud",
+    Kind::Bool,
+    "Only events whose snapshot is (true) or is not (false) stored in the cloud, where GET /v1/events/{id}/snapshot serves it.",
+);
 const EVENT_ZONE: Param = optional(
     "zone",
     Kind::Ids,
@@ -272,7 +283,15 @@ pub const FILTER: &[Param] = &[
     MIN_CONFIDENCE,
     MAX_CONFIDENCE,
     HAS_SNAPSHOT,
+    IN_CLOUD,
 ];
+
+/// `GET /v1/events/{id}/snapshot` and `GET /v1/tracks/{id}/snapshot`.
+pub const SNAPSHOT: &[Param] = &[optional(
+    "max_width",
+    Kind::Count(CountMax::ThumbnailWidth),
+    "Scale the picture down to at most this many pixels wide (its aspect kept), for thumbnails; a picture that is narrower already is served as stored.",
+)];
 
 /// `GET /v1/events` beyond the filter.
 pub const LIST: &[Param] = &[
@@ -392,6 +411,7 @@ pub const CAMERAS_QUERY: &[&[Param]] = &[CAMERAS];
 pub const STATS_QUERY: &[&[Param]] = &[STATS];
 pub const REPLAY_QUERY: &[&[Param]] = &[FILTER, REPLAY];
 pub const TRACKS_QUERY: &[&[Param]] = &[TRACKS];
+pub const SNAPSHOT_QUERY: &[&[Param]] = &[SNAPSHOT];
 
 /// One parsed value.
 #[derive(Debug, Clone, PartialEq)]
@@ -658,6 +678,7 @@ impl Values {
             min_confidence: self.number("min_confidence"),
             max_confidence: self.number("max_confidence"),
             has_snapshot: self.bool("has_snapshot"),
+            in_cloud: self.bool("in_cloud"),
         };
         if let (Some(min), Some(max)) = (filter.min_confidence, filter.max_confidence)
             && min > max
@@ -867,6 +888,14 @@ pub fn tracks_query(
 }
 
 /// Rejects any parameter: for endpoints that take none.
+/// A snapshot's query: the thumbnail width, if one is asked for.
+pub fn snapshot_query(raw: Option<&str>) -> Result<Option<u32>, ParamError> {
+    let values = parse(raw, SNAPSHOT_QUERY)?;
+    Ok(values
+        .count("max_width", MAX_THUMBNAIL_WIDTH.into())?
+        .map(|n| n as u32))
+}
+
 pub fn none(raw: Option<&str>) -> Result<(), ParamError> {
     parse(raw, &[]).map(drop)
 }
@@ -875,6 +904,24 @@ pub fn none(raw: Option<&str>) -> Result<(), ParamError> {
 mod tests {
     use super::*;
     use uuid::Uuid;
+
+    #[test]
+    fn a_snapshot_takes_a_bounded_width_and_nothing_else() {
+        assert_eq!(snapshot_query(None), Ok(None));
+        assert_eq!(snapshot_query(Some("max_width=320")), Ok(Some(320)));
+        for (raw, named) in [
+            ("max_width=0", "max_width"),
+            ("max_width=1921", "max_width"),
+            ("max_width=wide", "max_width"),
+            ("width=10", "width"),
+        ] {
+            assert_eq!(
+                snapshot_query(Some(raw)).unwrap_err().parameter,
+                named,
+                "{raw}"
+            );
+        }
+    }
 
     #[test]
     fn parses_a_full_list_query() {
@@ -894,7 +941,15 @@ mod tests {
         assert_eq!(q.filter.until.unwrap().as_millis(), 1_800_000_000_000);
         assert_eq!(q.filter.min_confidence, Some(0.5));
         assert_eq!(q.filter.has_snapshot, Some(true));
+        assert_eq!(q.filter.in_cloud, None);
         assert_eq!((q.sort, q.limit), (Sort::Oldest, 5));
+        assert_eq!(
+            list_query(Some("in_cloud=false"), 100, 1000)
+                .unwrap()
+                .filter
+                .in_cloud,
+            Some(false)
+        );
         assert_eq!(list_query(None, 100, 1000).unwrap().limit, 100);
     }
 
@@ -943,6 +998,7 @@ mod tests {
             ("min_confidence=NaN", "min_confidence"),
             ("min_confidence=0.9&max_confidence=0.1", "max_confidence"),
             ("has_snapshot=yes", "has_snapshot"),
+            ("in_cloud=1", "in_cloud"),
             ("sort=random", "sort"),
             ("cursor=abc", "cursor"),
             ("cameras=x", "cameras"),

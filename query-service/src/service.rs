@@ -14,7 +14,9 @@ use crate::auth::Clients;
 use crate::config::QueryConfig;
 use crate::metrics::Metrics;
 use crate::replay::Replays;
+use crate::snapshots::{Snapshots, Thumbnails};
 use crate::store::{Limits, Store};
+use sightline_runtime::objects::JetStreamSnapshots;
 
 /// Serves the API on `listener` until `shutdown` completes.
 pub async fn run(
@@ -37,11 +39,23 @@ pub async fn run(
              and replay; name each client with its scopes in [[auth.clients]] instead"
         );
     }
-    let nats = if config.replay.enabled {
+    let nats = if config.replay.enabled || config.snapshots.enabled {
         Some(sightline_runtime::connect_nats(&config.nats, "sightline-query").await?)
     } else {
         None
     };
+    let snapshots = match &nats {
+        Some(nats) if config.snapshots.enabled => Some(Snapshots {
+            store: Arc::new(JetStreamSnapshots::new(
+                async_nats::jetstream::new(nats.clone()),
+                sightline_shared::subjects::SNAPSHOTS_BUCKET,
+            )),
+            thumbnails: Arc::new(Thumbnails::new(config.snapshots.thumbnail_cache_bytes)),
+            quality: config.snapshots.thumbnail_quality,
+        }),
+        _ => None,
+    };
+    let nats = nats.filter(|_| config.replay.enabled);
     let stop = CancellationToken::new();
     let replays = Replays::new(
         config.replay.clone(),
@@ -61,6 +75,7 @@ pub async fn run(
         exports: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_exports)),
         queries: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_queries)),
         readiness: Readiness::default(),
+        snapshots,
     };
     let watching = tokio::spawn(
         state

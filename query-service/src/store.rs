@@ -14,12 +14,13 @@ use clickhouse::query::Query;
 use clickhouse::query::RowCursor;
 use clickhouse::{Client, Row};
 use serde::{Deserialize, Serialize};
+use sightline_shared::snapshot::Owner;
 use sightline_shared::track::{TrackKey, TrackRecord};
 use sightline_shared::{DetectionEvent, EventId, Timestamp};
 use sightline_store::tables::{
-    DETECTIONS, DETECTIONS_HOURLY, EVENTS, EVENTS_BY_ID, TRACKS, TRACKS_BY_ID,
+    DETECTIONS, DETECTIONS_HOURLY, EVENTS, EVENTS_BY_ID, SNAPSHOTS, TRACKS, TRACKS_BY_ID,
 };
-use sightline_store::{ErrorKind, EventRow, TrackRow};
+use sightline_store::{ErrorKind, EventRow, SnapshotRow, TrackRow};
 use thiserror::Error;
 
 use crate::model::{
@@ -197,6 +198,16 @@ impl Sql {
                 self.push(" AND isNull(snapshot)");
             }
             None => {}
+        }
+        // Event snapshots carry their event's capture time (the writer checks), so the
+        // range narrows the lookup too.
+        if let Some(in_cloud) = filter.in_cloud {
+            let not = if in_cloud { "" } else { "NOT " };
+            self.push(&format!(
+                " AND event_id {not}IN (SELECT event_id FROM {SNAPSHOTS} WHERE track_id = 0"
+            ));
+            self.range(filter.since, filter.until);
+            self.push(")");
         }
         // One detection must match the labels and the confidence bounds together.
         let mut conditions = Vec::new();
@@ -468,7 +479,11 @@ impl Store {
         // (camera and capture time) without scanning every event in the range; the events
         // table then reads just those by primary key.
         // (`detections` has no zones: a zone filter reads `events`.)
-        if !filter.labels.is_empty() && filter.has_snapshot.is_none() && filter.zones.is_empty() {
+        if !filter.labels.is_empty()
+            && filter.has_snapshot.is_none()
+            && filter.in_cloud.is_none()
+            && filter.zones.is_empty()
+        {
             let mut keys = Sql::new(&format!(
                 "SELECT camera_id, captured_at_ms, event_id FROM {DETECTIONS} PREWHERE 1"
             ));
@@ -667,6 +682,54 @@ impl Store {
             tracks: rows.into_iter().map(TrackRow::into_record).collect(),
             next,
         })
+    }
+
+    /// The latest snapshot stored of `owner`: an event, or a track of `edge_id`. (An event
+    /// has one; a track one per record that had a better frame: the newest wins.)
+    pub async fn snapshot(
+        &self,
+        owner: Owner,
+        edge_id: &str,
+    ) -> Result<Option<SnapshotRow>, StoreError> {
+        let (event_id, track_id) = SnapshotRow::owner_columns(owner);
+        let edge = if track_id > 0 { " AND edge_id = ?" } else { "" };
+        let mut query = self
+            .client
+            .query(&format!(
+                "SELECT ?fields FROM {SNAPSHOTS} WHERE event_id = toUUID(?){edge} AND track_id = ? \
+                 ORDER BY toString(snapshot_id) DESC LIMIT 1"
+            ))
+            .bind(event_id.to_string());
+        if track_id > 0 {
+            query = query.bind(edge_id);
+        }
+        self.call(query.bind(track_id).fetch_optional::<SnapshotRow>())
+            .await
+    }
+
+    /// Which of `ids` have a snapshot stored in the cloud (for `snapshot_url`).
+    pub async fn events_in_cloud(
+        &self,
+        ids: &[EventId],
+    ) -> Result<std::collections::HashSet<EventId>, StoreError> {
+        let mut found = std::collections::HashSet::new();
+        // In slices, so a page of many thousands stays within ClickHouse's query size.
+        for slice in ids.chunks(1000) {
+            let marks = vec!["toUUID(?)"; slice.len()].join(", ");
+            let mut query = self.client.query(&format!(
+                "SELECT DISTINCT toString(event_id) FROM {SNAPSHOTS} \
+                 WHERE track_id = 0 AND event_id IN ({marks})"
+            ));
+            for id in slice {
+                query = query.bind(id.to_string());
+            }
+            for id in self.call(query.fetch_all::<String>()).await? {
+                if let Ok(id) = id.parse() {
+                    found.insert(id);
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// The latest record of one track: the `tracks_by_id` lookup gives its camera and
@@ -1136,6 +1199,7 @@ mod tests {
             min_confidence: Some(0.5),
             max_confidence: Some(0.9),
             has_snapshot: Some(true),
+            in_cloud: Some(false),
         };
         let mut sql = Sql::new("WHERE 1");
         sql.events_filter(&filter);
@@ -1144,6 +1208,9 @@ mod tests {
             "WHERE 1 AND camera_id IN (?, ?) AND edge_id IN (?) \
              AND captured_at >= toDateTime(?) AND captured_at_ms >= ? \
              AND captured_at <= toDateTime(?) AND captured_at_ms < ? AND isNotNull(snapshot) \
+             AND event_id NOT IN (SELECT event_id FROM snapshots WHERE track_id = 0 \
+             AND captured_at >= toDateTime(?) AND captured_at_ms >= ? \
+             AND captured_at <= toDateTime(?) AND captured_at_ms < ?) \
              AND arrayExists((l, c, z) -> l IN (?) AND arrayExists(zone -> zone IN (?), z) \
              AND c >= toFloat32(?) AND c <= toFloat32(?), \
              detections.label, detections.confidence, detections.zones)"
@@ -1155,6 +1222,11 @@ mod tests {
                 BindValue::Str("door".into()),
                 BindValue::Str("e1".into()),
                 // The coarse bound in whole seconds, rounded down, then the exact one.
+                BindValue::I64(1_795_000_000),
+                BindValue::I64(1_795_000_000_500),
+                BindValue::I64(1_795_000_100),
+                BindValue::I64(1_795_000_100_000),
+                // The same range again, for the snapshots' look-up.
                 BindValue::I64(1_795_000_000),
                 BindValue::I64(1_795_000_000_500),
                 BindValue::I64(1_795_000_100),

@@ -1,10 +1,13 @@
 //! Process plumbing shared by the three binaries, so each `main.rs` stays a thin shell
 //! around its library's `run(config, ..., shutdown)`: logging flags and set-up, loading the
 //! config file, shutdown signals, the NATS connection, the `/metrics` response, serving
-//! HTTP with timeouts ([`http`], for the three listeners) and the shared retry loop
-//! ([`retry`]).
+//! HTTP with timeouts ([`http`], for the three listeners), the shared retry loop
+//! ([`retry`]) and the snapshot store both cloud services use ([`objects`]) and the
+//! picture scaling the edge's snapshots and the API's thumbnails share ([`picture`]).
 
 pub mod http;
+pub mod objects;
+pub mod picture;
 pub mod retry;
 
 use std::path::Path;

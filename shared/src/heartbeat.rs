@@ -7,7 +7,7 @@
 //!
 //! - **v2** ([`CONTENT_TYPE`], [`Heartbeat`]): v1's fields and the interval (so "offline" can
 //!   be judged), the filesystem's free space, the clock offset, quarantined rows and each
-//!   camera's state. v2 grows by *adding* optional fields: a reader ignores fields it does not
+//!   camera's state, and since issue 17 the snapshot upload queue. v2 grows by *adding* optional fields: a reader ignores fields it does not
 //!   know, and a field missing from an older v2 sender takes its default. Removing a field or
 //!   changing what one means needs v3.
 //! - **v1** ([`CONTENT_TYPE_V1`], [`HeartbeatV1`]): strict (unknown fields are refused), as
@@ -78,6 +78,21 @@ pub struct Heartbeat {
     /// Each camera's state (empty from a v1 sender).
     #[serde(default)]
     pub camera_states: Vec<CameraHeartbeat>,
+    /// Snapshot uploads queued and not yet acknowledged (0 from senders before uploads).
+    #[serde(default)]
+    pub uploads_pending: u64,
+    /// Snapshot uploads acknowledged since the agent started.
+    #[serde(default)]
+    pub uploads_sent: u64,
+    /// Queued snapshot uploads that will never be sent, since the agent started.
+    #[serde(default)]
+    pub uploads_dropped: u64,
+    /// Failed upload attempts (each retried) since the agent started.
+    #[serde(default)]
+    pub upload_errors: u64,
+    /// Bytes of snapshots acknowledged since the agent started.
+    #[serde(default)]
+    pub upload_bytes: u64,
 }
 
 fn v2() -> u16 {
@@ -144,6 +159,11 @@ impl From<HeartbeatV1> for Heartbeat {
             events_quarantined: 0,
             events_refused: 0,
             camera_states: Vec::new(),
+            uploads_pending: 0,
+            uploads_sent: 0,
+            uploads_dropped: 0,
+            upload_errors: 0,
+            upload_bytes: 0,
         }
     }
 }

@@ -10,6 +10,7 @@
 //! * [`subjects`]: NATS subject and JetStream stream names.
 //! * [`zone`]: named polygons over a camera's frame, and which of them hold an object.
 //! * [`clock`]: the cloud's clock answer, and the edge's offset from it.
+//! * [`snapshot`]: the headers a snapshot upload carries, and what the snapshot shows.
 //! * [`jpeg`]: checking that a snapshot is a whole JPEG of the size and SHA-256 it claims.
 //! * [`config`]: the config error and validation trait, TOML parsing, and the connection
 //!   sections that more than one service reads from its config file.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod event;
 pub mod heartbeat;
 pub mod jpeg;
+pub mod snapshot;
 pub mod subjects;
 pub mod timestamp;
 pub mod track;

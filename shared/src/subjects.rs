@@ -2,7 +2,8 @@
 //!
 //! Events travel on `sightline.events.<edge_id>.<camera_id>`, stored by the stream
 //! [`EVENTS_STREAM`]; track records on `sightline.tracks.<edge_id>.<camera_id>`, stored by
-//! [`TRACKS_STREAM`]. Messages that ingest cannot store go, with their original payload and
+//! [`TRACKS_STREAM`]; snapshot uploads on `sightline.snapshots.<edge_id>.<camera_id>`,
+//! carried by [`SNAPSHOTS_STREAM`] and kept in the bucket [`SNAPSHOTS_BUCKET`]. Messages that ingest cannot store go, with their original payload and
 //! the reason, to `sightline.deadletter.<events|tracks>.<edge_id>.<camera_id>` (or
 //! `sightline.deadletter.events._unknown` when the original subject was neither),
 //! stored by [`DEADLETTER_STREAM`]. Edge and camera ids are restricted to
@@ -40,6 +41,16 @@ pub const HEARTBEATS_SUBJECTS: &str = "sightline.heartbeats.>";
 pub const TRACKS_STREAM: &str = "SIGHTLINE_TRACKS";
 /// The subjects of [`TRACKS_STREAM`].
 pub const TRACKS_SUBJECTS: &str = "sightline.tracks.>";
+
+/// The JetStream stream that carries snapshot uploads from the edges to ingest's snapshot
+/// writer (one JPEG per message; see [`crate::snapshot`]). What the writer stored lives in
+/// the object store bucket [`SNAPSHOTS_BUCKET`], not here.
+pub const SNAPSHOTS_STREAM: &str = "SIGHTLINE_SNAPSHOTS";
+/// The subjects of [`SNAPSHOTS_STREAM`].
+pub const SNAPSHOTS_SUBJECTS: &str = "sightline.snapshots.>";
+/// The JetStream object store bucket that keeps the checked snapshots, one object per
+/// snapshot id (its stream is `OBJ_SIGHTLINE_SNAPSHOTS`).
+pub const SNAPSHOTS_BUCKET: &str = "SIGHTLINE_SNAPSHOTS";
 
 /// The subject an edge publishes its heartbeats on.
 pub fn heartbeat_subject(edge_id: &str) -> String {
@@ -86,6 +97,17 @@ pub fn parse_track_subject(subject: &str) -> Option<(&str, &str)> {
     parse_camera_subject(subject, ".tracks.")
 }
 
+/// The subject for snapshot uploads of one camera.
+pub fn snapshot_subject(edge_id: &str, camera_id: &str) -> String {
+    debug_assert!(is_identifier(edge_id) && is_identifier(camera_id));
+    format!("{ROOT}.snapshots.{edge_id}.{camera_id}")
+}
+
+/// Splits a snapshot subject into `(edge_id, camera_id)`; `None` if it is not one.
+pub fn parse_snapshot_subject(subject: &str) -> Option<(&str, &str)> {
+    parse_camera_subject(subject, ".snapshots.")
+}
+
 /// The subject a message of `kind` from one camera is published on.
 pub fn subject_for(kind: crate::codec::Kind, edge_id: &str, camera_id: &str) -> String {
     match kind {
@@ -101,12 +123,14 @@ fn parse_camera_subject<'a>(subject: &'a str, segment: &str) -> Option<(&'a str,
 }
 
 /// The dead-letter subject for a message originally published on `original`: events and
-/// tracks each keep their kind and camera.
+/// tracks and snapshots each keep their kind and camera.
 pub fn deadletter_subject(original: &str) -> String {
     if let Some((edge, camera)) = parse_event_subject(original) {
         format!("{ROOT}.deadletter.events.{edge}.{camera}")
     } else if let Some((edge, camera)) = parse_track_subject(original) {
         format!("{ROOT}.deadletter.tracks.{edge}.{camera}")
+    } else if let Some((edge, camera)) = parse_snapshot_subject(original) {
+        format!("{ROOT}.deadletter.snapshots.{edge}.{camera}")
     } else {
         format!("{ROOT}.deadletter.events._unknown")
     }
@@ -144,6 +168,14 @@ mod tests {
         assert_eq!(parse_track_subject(&t), Some(("edge-1", "cam_2")));
         assert_eq!(parse_event_subject(&t), None);
         assert_eq!(subject_for(crate::codec::Kind::Track, "edge-1", "cam_2"), t);
+        let p = snapshot_subject("edge-1", "cam_2");
+        assert_eq!(p, "sightline.snapshots.edge-1.cam_2");
+        assert_eq!(parse_snapshot_subject(&p), Some(("edge-1", "cam_2")));
+        assert_eq!(parse_track_subject(&p), None);
+        assert_eq!(
+            deadletter_subject(&p),
+            "sightline.deadletter.snapshots.edge-1.cam_2"
+        );
         assert_eq!(
             deadletter_subject(&t),
             "sightline.deadletter.tracks.edge-1.cam_2"

@@ -27,5 +27,5 @@ pub mod tables;
 
 pub use capabilities::Capabilities;
 pub use error::{ErrorKind, classify};
-pub use schema::{EventRow, HeartbeatRow, TrackRow, client};
+pub use schema::{EventRow, HeartbeatRow, SnapshotRow, TrackRow, client};
 pub use setup::{NoLock, SchemaLock, SetupError};

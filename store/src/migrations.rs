@@ -70,6 +70,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "event_zones",
         sql: include_str!("../migrations/0009_event_zones.sql"),
     },
+    Migration {
+        version: 10,
+        name: "snapshots",
+        sql: include_str!("../migrations/0010_snapshots.sql"),
+    },
+    Migration {
+        version: 11,
+        name: "heartbeat_uploads",
+        sql: include_str!("../migrations/0011_heartbeat_uploads.sql"),
+    },
 ];
 
 /// Why migrating failed.
@@ -380,7 +390,7 @@ mod tests {
     fn migrations_are_ordered_and_split() {
         assert!(MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version));
         let statements: Vec<_> = MIGRATIONS.iter().flat_map(|m| m.statements("db")).collect();
-        assert_eq!(statements.len(), 15);
+        assert_eq!(statements.len(), 17);
         // Every statement is safe to run twice: DDL with IF NOT EXISTS, backfills that skip
         // what is already there (ADD COLUMN IF NOT EXISTS runs as adds of what is missing).
         assert!(statements.iter().all(|s| s.contains("`db`.")

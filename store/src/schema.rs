@@ -13,6 +13,7 @@ use clickhouse::{Client, Row};
 use serde::{Deserialize, Serialize};
 use sightline_shared::config::ClickHouseConfig;
 use sightline_shared::heartbeat::Heartbeat;
+use sightline_shared::snapshot::Owner;
 use sightline_shared::track::{BestFrame, EndedBy, PathPoint, TrackRecord, ZoneVisit};
 use sightline_shared::{BoundingBox, Detection, DetectionEvent, EventId, ModelInfo, Timestamp};
 use uuid::Uuid;
@@ -244,6 +245,11 @@ pub struct HeartbeatRow {
     pub camera_fps: Vec<f64>,
     pub camera_events_created: Vec<u64>,
     pub camera_errors: Vec<u64>,
+    pub uploads_pending: u64,
+    pub uploads_sent: u64,
+    pub uploads_dropped: u64,
+    pub upload_errors: u64,
+    pub upload_bytes: u64,
 }
 
 impl From<Heartbeat> for HeartbeatRow {
@@ -280,6 +286,11 @@ impl From<Heartbeat> for HeartbeatRow {
                 .map(|c| c.camera_id.clone())
                 .collect(),
             camera_states: h.camera_states.into_iter().map(|c| c.state).collect(),
+            uploads_pending: h.uploads_pending,
+            uploads_sent: h.uploads_sent,
+            uploads_dropped: h.uploads_dropped,
+            upload_errors: h.upload_errors,
+            upload_bytes: h.upload_bytes,
         }
     }
 }
@@ -377,6 +388,51 @@ impl From<TrackRecord> for TrackRow {
             snapshot: r.snapshot,
             attr_key,
             attr_value,
+        }
+    }
+}
+
+/// One row of `snapshots`: a picture the snapshot writer checked and stored, and what it
+/// shows (an event, or a track of its edge: `track_id` > 0 and the nil `event_id`).
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct SnapshotRow {
+    pub schema_version: u16,
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub snapshot_id: Uuid,
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub event_id: Uuid,
+    pub track_id: u64,
+    pub edge_id: String,
+    pub camera_id: String,
+    /// `DateTime` travels as seconds since the epoch.
+    pub captured_at: u32,
+    pub captured_at_ms: i64,
+    pub width: u16,
+    pub height: u16,
+    pub size: u32,
+    /// Lowercase hex.
+    pub sha256: String,
+    pub stored_at_ms: i64,
+}
+
+impl SnapshotRow {
+    /// The row's schema version.
+    pub const SCHEMA_VERSION: u16 = 1;
+
+    /// What the snapshot shows.
+    pub fn owner(&self) -> Owner {
+        if self.track_id > 0 {
+            Owner::Track(self.track_id)
+        } else {
+            Owner::Event(EventId::from_uuid(self.event_id))
+        }
+    }
+
+    /// The `(event_id, track_id)` columns of `owner`.
+    pub fn owner_columns(owner: Owner) -> (Uuid, u64) {
+        match owner {
+            Owner::Event(id) => (*id.as_uuid(), 0),
+            Owner::Track(id) => (Uuid::nil(), id),
         }
     }
 }

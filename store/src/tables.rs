@@ -26,11 +26,13 @@ pub const TRACKS: &str = "tracks";
 pub const TRACKS_BY_ID: &str = "tracks_by_id";
 /// The view that fills [`TRACKS_BY_ID`] from each insert into [`TRACKS`].
 pub const TRACKS_BY_ID_MV: &str = "tracks_by_id_mv";
+/// One row per snapshot stored in the object store bucket: `schema::SnapshotRow`.
+pub const SNAPSHOTS: &str = "snapshots";
 /// The applied migrations (version, name, checksum).
 pub const SCHEMA_MIGRATIONS: &str = "schema_migrations";
 
 /// Every table and view above: what the ownership test looks for in other crates' SQL.
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 13] = [
     EVENTS,
     EVENTS_BY_ID,
     EVENTS_BY_ID_MV,
@@ -42,6 +44,7 @@ pub const ALL: [&str; 12] = [
     TRACKS,
     TRACKS_BY_ID,
     TRACKS_BY_ID_MV,
+    SNAPSHOTS,
     SCHEMA_MIGRATIONS,
 ];
 

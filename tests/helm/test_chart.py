@@ -34,15 +34,17 @@ VALUE_SETS = {
         "nats": {
             "url": "tls://nats.example:4222",
             "credentials": "-----BEGIN NATS USER JWT----- ingest",
-            "replayCredentials": "-----BEGIN NATS USER JWT----- replay",
+            "queryCredentials": "-----BEGIN NATS USER JWT----- query",
         },
         "clickhouse": {"url": "https://ch.example:8443", "ingestPassword": "p1", "queryPassword": "p2"},
         "image": {"registry": "registry.example", "pullSecrets": [{"name": "regcred"}]},
-        "ingest": {"autoscaling": {"enabled": True}, "retention": {"eventsDays": 7}},
+        "ingest": {"autoscaling": {"enabled": True}, "retention": {"eventsDays": 7},
+                   "snapshots": {"maxBytes": 8388608, "ownerWaitSecs": 2592000}},
         "query": {
             "tokens": ["a-token-of-20-chars!"],
             "service": {"type": "LoadBalancer", "port": 80},
             "replay": {"enabled": True},
+            "snapshots": {"thumbnailCacheBytes": 0, "thumbnailQuality": 100},
         },
         "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
     },
@@ -53,7 +55,7 @@ VALUE_SETS = {
         "ingest": {"enabled": False},
     },
     "named clients, replay with its own NATS user": {
-        "nats": {"credentials": "ingest-creds", "replayCredentials": "replay-creds"},
+        "nats": {"credentials": "ingest-creds", "queryCredentials": "query-creds"},
         "clickhouse": PASSWORDS,
         "query": {
             "clients": [
@@ -70,6 +72,17 @@ VALUE_SETS = {
             "clients": [{"name": "grafana", "scopes": ["read"]}, {"name": "exporter", "scopes": ["export"]}],
             "existingClientSecret": "api-clients",
         },
+    },
+    "snapshots only, the deprecated replayCredentials": {
+        "nats": {"credentials": "ingest-creds", "replayCredentials": "replay-creds"},
+        "clickhouse": PASSWORDS,
+        "query": {"tokens": ["a-token-of-20-chars!"], "snapshots": {"thumbnailQuality": 1}},
+        "ingest": {"snapshots": {"maxBytes": 1024, "ownerWaitSecs": 1}},
+    },
+    "NATS with authentication, query off NATS": {
+        "nats": {"credentials": "ingest-creds"},
+        "clickhouse": PASSWORDS,
+        "query": {"tokens": ["a-token-of-20-chars!"], "snapshots": {"enabled": False}},
     },
 }
 
@@ -317,15 +330,15 @@ def test_a_changed_secret_or_config_rolls_the_pods():
         **VALUE_SETS["everything on"]["clickhouse"], "queryPassword": "p3"}})
     retention = annotations({**VALUE_SETS["everything on"], "ingest": {
         **VALUE_SETS["everything on"]["ingest"], "retention": {"eventsDays": 8}}})
-    replay_creds = annotations({**VALUE_SETS["everything on"], "nats": {
-        **VALUE_SETS["everything on"]["nats"], "replayCredentials": "-----BEGIN NATS USER JWT----- new"}})
+    query_creds = annotations({**VALUE_SETS["everything on"], "nats": {
+        **VALUE_SETS["everything on"]["nats"], "queryCredentials": "-----BEGIN NATS USER JWT----- new"}})
     for name, before in base.items():
         assert password[name]["checksum/secret"] != before["checksum/secret"], name
         assert password[name]["checksum/config"] == before["checksum/config"], name
         assert retention[name]["checksum/config"] != before["checksum/config"], name
         assert retention[name]["checksum/secret"] == before["checksum/secret"], name
-        assert replay_creds[name]["checksum/secret"] != before["checksum/secret"], name
-        assert replay_creds[name]["checksum/config"] == before["checksum/config"], name
+        assert query_creds[name]["checksum/secret"] != before["checksum/secret"], name
+        assert query_creds[name]["checksum/config"] == before["checksum/config"], name
 
     # A client's new token (the config only names its file) rolls the query pods.
     clients = VALUE_SETS["named clients, replay with its own NATS user"]
@@ -354,6 +367,16 @@ def test_a_changed_secret_or_config_rolls_the_pods():
         ({"query": {"clients": [{"name": "Grafana.Prod", "scopes": ["read"]}]}}, "/query/clients/0/name"),
         ({"query": {"clients": [{"name": "grafana", "scopes": []}]}}, "/query/clients/0/scopes"),
         ({"query": {"clients": [{"name": "grafana", "scopes": ["read"], "token": "short"}]}}, "/query/clients/0/token"),
+        ({"query": {"snapshots": {"thumbnailQuality": 0}}}, "/query/snapshots/thumbnailQuality"),
+        ({"query": {"snapshots": {"thumbnailQuality": 101}}}, "/query/snapshots/thumbnailQuality"),
+        ({"query": {"snapshots": {"thumbnailCacheBytes": -1}}}, "/query/snapshots/thumbnailCacheBytes"),
+        ({"query": {"snapshots": {"enabled": "yes"}}}, "/query/snapshots/enabled"),
+        ({"query": {"snapshots": {"thumbnailQualty": 80}}}, "thumbnailQualty"),
+        ({"ingest": {"snapshots": {"maxBytes": 1023}}}, "/ingest/snapshots/maxBytes"),
+        ({"ingest": {"snapshots": {"maxBytes": 8388609}}}, "/ingest/snapshots/maxBytes"),
+        ({"ingest": {"snapshots": {"ownerWaitSecs": 0}}}, "/ingest/snapshots/ownerWaitSecs"),
+        ({"ingest": {"snapshots": {"ownerWaitSecs": 2592001}}}, "/ingest/snapshots/ownerWaitSecs"),
+        ({"nats": {"queryCredentials": 7}}, "/nats/queryCredentials"),
     ],
 )
 def test_bad_values_fail_the_schema_naming_the_key(values, key):
@@ -417,30 +440,48 @@ def test_a_clickhouse_user_without_a_password_is_refused(missing):
     assert render({**MINIMAL, "clickhouse": {"existingSecret": "ch-creds"}})
 
 
-# Who holds which NATS credentials: the sets above plus replay on and off around each source.
-BOTH_CREDS = {"credentials": "ingest-creds", "replayCredentials": "replay-creds"}
+# Who holds which NATS credentials: the sets above plus snapshots and replay on and off
+# around each source. The query service uses NATS for snapshots (on by default) and replay.
+BOTH_CREDS = {"credentials": "ingest-creds", "queryCredentials": "query-creds"}
+DEPRECATED_CREDS = {"credentials": "ingest-creds", "replayCredentials": "replay-creds"}
 EXISTING_NATS = {"existingSecret": "nats-creds"}
 REPLAY_ON = {**MINIMAL["query"], "replay": {"enabled": True}}
+SNAPSHOTS_OFF = {**MINIMAL["query"], "snapshots": {"enabled": False}}
+REPLAY_ONLY = {**REPLAY_ON, "snapshots": {"enabled": False}}
 SECRET_CASES = {
     **VALUE_SETS,
-    "both credentials, replay off": {**MINIMAL, "nats": BOTH_CREDS},
-    "both credentials, replay on": {**MINIMAL, "nats": BOTH_CREDS, "query": REPLAY_ON},
-    "existing NATS secret, replay on": {**MINIMAL, "nats": EXISTING_NATS, "query": REPLAY_ON},
-    "existing NATS secret, replay off": {**MINIMAL, "nats": EXISTING_NATS},
+    "both credentials, snapshots on, replay off": {**MINIMAL, "nats": BOTH_CREDS},
+    "both credentials, snapshots and replay on": {**MINIMAL, "nats": BOTH_CREDS, "query": REPLAY_ON},
+    "both credentials, replay only": {**MINIMAL, "nats": BOTH_CREDS, "query": REPLAY_ONLY},
+    "both credentials, snapshots and replay off": {**MINIMAL, "nats": BOTH_CREDS, "query": SNAPSHOTS_OFF},
+    "deprecated replayCredentials, snapshots on": {**MINIMAL, "nats": DEPRECATED_CREDS},
+    "deprecated replayCredentials, snapshots and replay off": {
+        **MINIMAL, "nats": DEPRECATED_CREDS, "query": SNAPSHOTS_OFF},
+    "both query credential names, replay on": {
+        **MINIMAL, "nats": {**BOTH_CREDS, "replayCredentials": "replay-creds"}, "query": REPLAY_ON},
+    "existing NATS secret, snapshots and replay on": {**MINIMAL, "nats": EXISTING_NATS, "query": REPLAY_ON},
+    "existing NATS secret, snapshots on, replay off": {**MINIMAL, "nats": EXISTING_NATS},
+    "existing NATS secret, snapshots and replay off": {**MINIMAL, "nats": EXISTING_NATS, "query": SNAPSHOTS_OFF},
+    "NATS without authentication, snapshots and replay on": {**MINIMAL, "query": REPLAY_ON},
 }
+
+
+def query_uses_nats(values):
+    query = values["query"]
+    return query.get("snapshots", {}).get("enabled", True) or query.get("replay", {}).get("enabled", False)
 
 
 @pytest.mark.parametrize("name", SECRET_CASES)
 def test_each_workload_reaches_only_its_own_nats_credentials(name):
     """The query pod spec has no volume, mount or env that reaches the ingest user's NATS
-    credentials or ClickHouse password, and no NATS secret at all with replay off; the
-    ingest pods cannot reach the replay user's credentials nor the API clients' tokens."""
+    credentials or ClickHouse password, and no NATS secret at all with snapshots and replay
+    off; the ingest pods cannot reach the query user's credentials nor the API clients' tokens."""
     values = SECRET_CASES[name]
     docs = render(values)
     nats = values.get("nats", {})
     nats_secret = nats.get("existingSecret") or "sl-sightline-nats"
     clickhouse_secret = values["clickhouse"].get("existingSecret") or "sl-sightline-clickhouse"
-    replay = values["query"].get("replay", {}).get("enabled", False)
+    query_creds = nats.get("queryCredentials") or nats.get("replayCredentials") or nats.get("existingSecret")
     api_secrets = {"sl-sightline-query-clients", "sl-sightline-query-tokens",
                    values["query"].get("existingClientSecret"), values["query"].get("existingTokenSecret")}
     query_toml = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["query.toml"]
@@ -458,38 +499,135 @@ def test_each_workload_reaches_only_its_own_nats_credentials(name):
             assert not {s for s, _ in reach} & api_secrets, reach
             continue
         nats_reach = {key for secret, key in reach if secret == nats_secret}
-        if replay and (nats.get("replayCredentials") or nats.get("existingSecret")):
+        mounts = pod["containers"][0]["volumeMounts"]
+        nats_mounts = [m for m in mounts if m["mountPath"].startswith("/etc/sightline/secrets/nats")]
+        if query_uses_nats(values) and query_creds:
             assert nats_reach == {"query.creds"}, reach
+            assert nats_mounts == [{"name": "nats", "mountPath": "/etc/sightline/secrets/nats", "readOnly": True}]
             assert 'credentials_file = "/etc/sightline/secrets/nats/query.creds"' in query_toml
         else:
             assert not nats_reach, reach
+            assert not nats_mounts, mounts
+            assert not [v for v in pod["volumes"] if v["name"] == "nats"], pod["volumes"]
             assert "credentials_file" not in query_toml
-            mounts = pod["containers"][0]["volumeMounts"]
-            assert not [m for m in mounts if m["mountPath"].startswith("/etc/sightline/secrets/nats")], mounts
 
 
-def test_replay_without_its_own_nats_credentials_is_refused():
-    """Replay needs the query service's own NATS user once NATS uses authentication: the
-    query pods never get the ingest user's credentials."""
+def test_query_nats_credentials_follow_snapshots_and_replay():
+    """Snapshots alone (replay off) mount query.creds; with both off the query pods get
+    nothing NATS-related but the URL, and their config says so."""
+    def query_side(values):
+        docs = render(values)
+        toml = tomllib.loads(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["query.toml"])
+        return toml, pods(docs)["query"]
+
+    toml, pod = query_side({**MINIMAL, "nats": BOTH_CREDS})
+    assert toml["snapshots"]["enabled"] is True and toml["replay"]["enabled"] is False
+    assert toml["nats"]["credentials_file"] == "/etc/sightline/secrets/nats/query.creds"
+    volume = next(v for v in pod["volumes"] if v["name"] == "nats")
+    assert volume["secret"] == {"secretName": "sl-sightline-nats", "items": [{"key": "query.creds", "path": "query.creds"}]}
+
+    toml, pod = query_side({**MINIMAL, "nats": BOTH_CREDS, "query": SNAPSHOTS_OFF})
+    assert toml["snapshots"]["enabled"] is False and toml["replay"]["enabled"] is False
+    assert "credentials_file" not in toml["nats"]
+    assert not [v for v in pod["volumes"] if v["name"] == "nats" or "nats" in str(v.get("secret", {}))]
+    assert not [m for c in pod["containers"] for m in c["volumeMounts"] if "nats" in m["mountPath"]]
+    note = notes({**MINIMAL, "nats": BOTH_CREDS, "query": SNAPSHOTS_OFF})
+    assert "Snapshots are served" not in note, note
+
+    note = notes({**MINIMAL, "nats": BOTH_CREDS})
+    assert "SIGHTLINE_SNAPSHOTS" in note and "query.creds" in note, note
+    assert "query.snapshots.enabled=false" in note, note
+
+
+@pytest.mark.parametrize(
+    "query, names, off",
+    [
+        (MINIMAL["query"], "query.snapshots.enabled needs", "query.snapshots.enabled=false to keep"),
+        (REPLAY_ON, "query.snapshots.enabled and query.replay.enabled need",
+         "query.snapshots.enabled=false and query.replay.enabled=false to keep"),
+        (REPLAY_ONLY, "query.replay.enabled needs", "query.replay.enabled=false to keep"),
+    ],
+)
+def test_query_nats_without_its_own_credentials_is_refused(query, names, off):
+    """Snapshots and replay need the query service's own NATS user once NATS uses
+    authentication: the query pods never get the ingest user's credentials."""
     with pytest.raises(Exception) as refused:
-        render({**MINIMAL, "query": REPLAY_ON, "nats": {"credentials": "ingest-creds"}})
-    assert "nats.replayCredentials" in str(refused.value), refused.value
-    # An existing secret (keys ingest.creds and query.creds) does instead.
-    assert render({**MINIMAL, "query": REPLAY_ON, "nats": {"existingSecret": "nats-creds"}})
+        render({**MINIMAL, "query": query, "nats": {"credentials": "ingest-creds"}})
+    message = str(refused.value)
+    assert f"{names} nats.queryCredentials: the query service's own NATS credentials" in message, message
+    assert f"or set {off} the query pods off NATS" in message, message
+    assert "SIGHTLINE_SNAPSHOTS" in message and "chart 0.3.0" in message, message
+    # Its own credentials, the deprecated name, or an existing secret (keys ingest.creds and
+    # query.creds) do instead.
+    for nats in (BOTH_CREDS, DEPRECATED_CREDS, EXISTING_NATS):
+        assert render({**MINIMAL, "query": query, "nats": nats})
     # NATS without authentication: nothing is needed, and nothing is mounted.
-    docs = render({**MINIMAL, "query": REPLAY_ON})
+    docs = render({**MINIMAL, "query": query})
     assert "credentials_file" not in next(d for d in docs if d["kind"] == "ConfigMap")["data"]["query.toml"]
     assert not [v for v in pods(docs)["query"]["volumes"] if v["name"] == "nats"]
-    # Replay off, or no query service: the ingest credentials alone are fine.
-    assert render({**MINIMAL, "nats": {"credentials": "ingest-creds"}})
-    assert render({**MINIMAL, "query": {**REPLAY_ON, "enabled": False}, "nats": {"credentials": "ingest-creds"}})
-    # The configs name each workload's own key.
-    docs = render(SECRET_CASES["both credentials, replay on"])
+    # No query service: the ingest credentials alone are fine.
+    assert render({**MINIMAL, "query": {**query, "enabled": False}, "nats": {"credentials": "ingest-creds"}})
+
+
+def test_snapshots_and_replay_off_need_no_query_nats_credentials():
+    docs = render({**MINIMAL, "query": SNAPSHOTS_OFF, "nats": {"credentials": "ingest-creds"}})
+    data = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    assert 'credentials_file = "/etc/sightline/secrets/nats/ingest.creds"' in data["ingest.toml"]
+    assert "credentials_file" not in data["query.toml"]
+    secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "sl-sightline-nats")
+    assert secret["stringData"] == {"ingest.creds": "ingest-creds"}
+
+
+def test_each_config_names_its_own_nats_key():
+    docs = render(SECRET_CASES["both credentials, snapshots and replay on"])
     data = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
     assert 'credentials_file = "/etc/sightline/secrets/nats/ingest.creds"' in data["ingest.toml"]
     assert 'credentials_file = "/etc/sightline/secrets/nats/query.creds"' in data["query.toml"]
     secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "sl-sightline-nats")
-    assert secret["stringData"] == {"ingest.creds": "ingest-creds", "query.creds": "replay-creds"}
+    assert secret["stringData"] == {"ingest.creds": "ingest-creds", "query.creds": "query-creds"}
+    assert "nats.replayCredentials" not in notes(SECRET_CASES["both credentials, snapshots and replay on"])
+
+
+def test_the_deprecated_replay_credentials_still_work():
+    """nats.replayCredentials is the old name of nats.queryCredentials: the same key, the
+    same mount, a warning; queryCredentials wins when both are set."""
+    def nats_secret(values):
+        docs = render(values)
+        secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "sl-sightline-nats")
+        query = pods(docs)["query"]
+        return secret["stringData"], {k for s, k in reachable_secrets(query) if s == "sl-sightline-nats"}
+
+    assert nats_secret({**MINIMAL, "nats": DEPRECATED_CREDS}) == (
+        {"ingest.creds": "ingest-creds", "query.creds": "replay-creds"}, {"query.creds"})
+    assert nats_secret({**MINIMAL, "nats": DEPRECATED_CREDS, "query": REPLAY_ONLY}) == (
+        {"ingest.creds": "ingest-creds", "query.creds": "replay-creds"}, {"query.creds"})
+    # Alone, without the ingest user's.
+    assert nats_secret({**MINIMAL, "nats": {"replayCredentials": "replay-creds"}}) == (
+        {"query.creds": "replay-creds"}, {"query.creds"})
+    both = {**MINIMAL, "nats": {**BOTH_CREDS, "replayCredentials": "replay-creds"}}
+    assert nats_secret(both) == ({"ingest.creds": "ingest-creds", "query.creds": "query-creds"}, {"query.creds"})
+    warning = "WARNING: nats.replayCredentials is deprecated: rename it to nats.queryCredentials"
+    assert warning in notes({**MINIMAL, "nats": DEPRECATED_CREDS})
+    assert "nats.queryCredentials is set as well and is the one used" in notes(both)
+    assert "nats.replayCredentials" not in notes({**MINIMAL, "nats": BOTH_CREDS})
+
+
+def test_snapshot_settings_render_into_both_configs():
+    def configs(values):
+        data = next(d for d in render(values) if d["kind"] == "ConfigMap")["data"]
+        return tomllib.loads(data["ingest.toml"]), tomllib.loads(data["query.toml"])
+
+    ingest, query = configs(MINIMAL)
+    assert ingest["snapshots"] == {"max_bytes": 1000000, "owner_wait_secs": 3600}
+    assert query["snapshots"] == {"enabled": True, "thumbnail_cache_bytes": 33554432, "thumbnail_quality": 80}
+    ingest, query = configs({
+        **MINIMAL,
+        "ingest": {"snapshots": {"maxBytes": 2097152, "ownerWaitSecs": 600}},
+        "query": {**MINIMAL["query"], "snapshots": {
+            "enabled": False, "thumbnailCacheBytes": 8589934592, "thumbnailQuality": 55}},
+    })
+    assert ingest["snapshots"] == {"max_bytes": 2097152, "owner_wait_secs": 600}
+    assert query["snapshots"] == {"enabled": False, "thumbnail_cache_bytes": 8589934592, "thumbnail_quality": 55}
 
 
 def test_named_clients_render_into_config_secret_and_mount():

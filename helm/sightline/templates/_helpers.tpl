@@ -40,15 +40,26 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{- /* Each workload's NATS credentials are its own key of the NATS secret: `ingest.creds`
-for the ingest service, `query.creds` for the query service's replay. A pod mounts only its
-own key, and the query pods mount theirs only with replay enabled (nothing else of theirs
-talks to NATS). */ -}}
+for the ingest service, `query.creds` for the query service (snapshots read from the
+SIGHTLINE_SNAPSHOTS bucket, and replay). A pod mounts only its own key, and the query pods
+mount theirs only with snapshots or replay enabled (nothing else of theirs talks to NATS). */ -}}
 {{- define "sightline.hasIngestNatsCreds" -}}
 {{- if or .Values.nats.credentials .Values.nats.existingSecret }}true{{ end -}}
 {{- end -}}
 
+{{- /* The query service's NATS credentials: nats.queryCredentials, or the deprecated
+nats.replayCredentials (queryCredentials wins when both are set). */ -}}
+{{- define "sightline.queryNatsCredentials" -}}
+{{- .Values.nats.queryCredentials | default .Values.nats.replayCredentials -}}
+{{- end -}}
+
+{{- /* Whether the query service talks to NATS at all: snapshots or replay. */ -}}
+{{- define "sightline.queryUsesNats" -}}
+{{- if or .Values.query.snapshots.enabled .Values.query.replay.enabled }}true{{ end -}}
+{{- end -}}
+
 {{- define "sightline.hasQueryNatsCreds" -}}
-{{- if and .Values.query.replay.enabled (or .Values.nats.replayCredentials .Values.nats.existingSecret) }}true{{ end -}}
+{{- if and (include "sightline.queryUsesNats" .) (or (include "sightline.queryNatsCredentials" .) .Values.nats.existingSecret) }}true{{ end -}}
 {{- end -}}
 
 {{- /* Whether the component's pods get NATS credentials: {"root": ., "component": ...}. */ -}}

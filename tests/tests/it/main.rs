@@ -12,6 +12,7 @@ mod edge;
 mod faults;
 mod monitoring;
 mod schema;
+mod snapshots;
 mod tracks;
 
 use std::collections::BTreeMap;

@@ -68,6 +68,33 @@ pub(crate) fn record(
     }
 }
 
+/// Publishes `records` as their edge does, each on its camera's track subject.
+pub(crate) async fn publish_records<'a>(
+    js: &async_nats::jetstream::Context,
+    records: impl IntoIterator<Item = &'a TrackRecord>,
+    encoding: Encoding,
+) -> anyhow::Result<()> {
+    for r in records {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE_HEADER,
+            ContentType::current_of(Kind::Track, encoding)
+                .to_string()
+                .as_str(),
+        );
+        let message = async_nats::jetstream::message::PublishMessage::build()
+            .payload(codec::encode_track(r, encoding)?.into())
+            .headers(headers);
+        js.send_publish(
+            sightline_shared::subjects::track_subject(&r.edge_id, &r.camera_id),
+            message,
+        )
+        .await?
+        .await?;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn third_party_json_tracks_are_stored_latest_revision_first_and_bad_ones_dead_lettered()
 -> anyhow::Result<()> {

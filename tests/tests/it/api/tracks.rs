@@ -6,13 +6,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::HeaderMap;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sightline_shared::codec::{self, CONTENT_TYPE_HEADER};
-use sightline_shared::subjects::track_subject;
 use sightline_shared::track::{BestFrame, EndedBy, PathPoint, TrackRecord, ZoneVisit};
-use sightline_shared::{BoundingBox, ContentType, Encoding, EventId, Kind, Timestamp};
+use sightline_shared::{BoundingBox, Encoding, EventId, Timestamp};
 use sightline_tests::Stack;
 
 const HOUR: i64 = 3_600_000;
@@ -218,25 +215,11 @@ async fn publish_tracks(stack: &Stack, tracks: &[Track]) -> anyhow::Result<()> {
         } else {
             Encoding::Bincode
         };
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            CONTENT_TYPE_HEADER,
-            ContentType::current_of(Kind::Track, encoding)
-                .to_string()
-                .as_str(),
-        );
         let mut records: Vec<&TrackRecord> = track.records.iter().collect();
         if i % 2 == 1 {
             records.reverse();
         }
-        for r in records {
-            let message = async_nats::jetstream::message::PublishMessage::build()
-                .payload(codec::encode_track(r, encoding)?.into())
-                .headers(headers.clone());
-            js.send_publish(track_subject(&r.edge_id, &r.camera_id), message)
-                .await?
-                .await?;
-        }
+        crate::tracks::publish_records(&js, records, encoding).await?;
     }
     Ok(())
 }

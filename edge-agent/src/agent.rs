@@ -158,6 +158,23 @@ pub async fn run(
     }
     tracing::info!(edge_id = %config.edge_id, cameras = config.cameras.len(), nats = %config.nats.url, data_dir = %config.storage.data_dir.display(), "edge agent running");
 
+    // Snapshots to the cloud, after their events; on shutdown they drain after the events,
+    // within what is left of the drain timeout, and stop before the buffer closes (what is
+    // pending stays queued for the next start).
+    let stop_uploads = CancellationToken::new();
+    let finish_uploads = CancellationToken::new();
+    let uploading = tokio::spawn(
+        crate::uploader::Uploader {
+            buffer: buffer.clone(),
+            js: js.clone(),
+            edge_id: config.edge_id.clone(),
+            data_dir: config.storage.data_dir.clone(),
+            config: config.snapshots.upload.clone(),
+            metrics: metrics.clone(),
+        }
+        .run(stop_uploads.clone(), finish_uploads.clone()),
+    );
+
     let cameras_done = CancellationToken::new();
     let stop_publisher = CancellationToken::new();
     let publisher = Publisher::new(
@@ -197,6 +214,7 @@ pub async fn run(
     cameras_done.cancel();
 
     let drain = Duration::from_secs(config.publisher.drain_timeout_secs);
+    let draining = tokio::time::Instant::now() + drain;
     let report = match tokio::time::timeout(drain, &mut publishing).await {
         Ok(joined) => joined?,
         Err(_) => {
@@ -208,6 +226,16 @@ pub async fn run(
             publishing.await?
         }
     };
+    finish_uploads.cancel();
+    let mut uploading = uploading;
+    if tokio::time::timeout_at(draining, &mut uploading)
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout passed with snapshots still to upload; they stay queued");
+        stop_uploads.cancel();
+        let _ = uploading.await;
+    }
     let unsent = close_buffer(&buffer, buffer_thread).await;
     background.cancel();
     while tasks.join_next().await.is_some() {}

@@ -3,7 +3,7 @@
 //! buffer. A source that fails is reopened with capped backoff and reported in status and
 //! metrics; it never takes the agent down.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,18 +11,22 @@ use std::time::{Duration, Instant};
 use image::RgbImage;
 use serde::Serialize;
 use sightline_shared::backoff::Backoff;
+use sightline_shared::snapshot::Owner;
 use sightline_shared::zone;
 use sightline_shared::{Detection, DetectionEvent, EventId, SCHEMA_VERSION, TrackRecord};
 use tokio_util::sync::CancellationToken;
 
+use crate::buffer::UploadRequest;
 use crate::buffer::worker::BufferHandle;
 use crate::capture::{self, CaptureError, Frame};
 use crate::config::{CameraConfig, SnapshotConfig};
+use crate::daylog::day_of;
 use crate::detect::{Detector, Found};
 use crate::metrics::{CameraLabel, Metrics};
 use crate::motion::MotionGate;
 use crate::snapshot::{self, BestFrame, BestFrames};
 use crate::track::{self, TrackIds, Tracker};
+use crate::uploader;
 
 /// Inference times kept for the status quantiles.
 const RECENT_INFERENCES: usize = 512;
@@ -167,6 +171,9 @@ struct Pipeline {
     /// rendered when the track's next record is made (at most one JPEG per track per
     /// `update_interval_secs` and one at its end, however often its score improves).
     best_frames: BestFrames,
+    /// Tracks whose snapshot file was rendered since their last queued upload, with the
+    /// capture time of the frame it shows: the next record of such a track queues it.
+    unsent_track_snapshots: HashMap<u64, i64>,
     /// Class ids that make events (`None`: all).
     allowed: Option<HashSet<u32>>,
     min_score: f32,
@@ -201,6 +208,7 @@ impl Camera {
             ),
             records: Vec::new(),
             best_frames: BestFrames::default(),
+            unsent_track_snapshots: HashMap::new(),
             allowed,
             min_score: self.config.min_score.unwrap_or(0.0),
             detect_interval: (motion.detect_interval_secs > 0.0)
@@ -362,6 +370,7 @@ impl Camera {
                 let started = p.tracker.started_ms(track_id).unwrap_or(best.at_ms);
                 if let Some(path) = self.save_track_snapshot(&best, track_id, started, label) {
                     p.tracker.set_snapshot(track_id, path);
+                    p.unsent_track_snapshots.insert(track_id, best.at_ms);
                 }
             }
         }
@@ -408,7 +417,20 @@ impl Camera {
             .flatten();
         event.snapshot = saved.as_ref().map(|p| p.display().to_string());
         let event_id = event.event_id;
-        match rt.block_on(self.buffer.append(event)) {
+        let upload = match &event.snapshot {
+            Some(path) if uploader::wants_event(&self.snapshots.upload, &event) => {
+                Some(UploadRequest {
+                    snapshot_id: *EventId::new_v7(sightline_runtime::now()).as_uuid(),
+                    owner: Owner::Event(event_id),
+                    camera_id: event.camera_id.clone(),
+                    path: path.clone(),
+                    captured_ms: event.captured_at.as_millis(),
+                    day: day_of(event.captured_at.as_millis()),
+                })
+            }
+            _ => None,
+        };
+        match rt.block_on(self.buffer.append_with_upload(event, upload)) {
             Ok(_) => {
                 for new in assignments.iter().filter(|a| a.new) {
                     p.tracker.set_arrival(new.track_id, event_id);
@@ -441,15 +463,37 @@ impl Camera {
                     self.save_track_snapshot(&best, track_id, record.started_at.as_millis(), label)
             {
                 p.tracker.set_snapshot(track_id, path.clone());
+                p.unsent_track_snapshots.insert(track_id, best.at_ms);
                 record.snapshot = Some(path);
             }
-            match rt.block_on(self.buffer.append_track(record)) {
+            // A picture rendered since the track's last upload goes with this record.
+            let upload = match (&record.snapshot, p.unsent_track_snapshots.get(&track_id)) {
+                (Some(path), Some(&at_ms))
+                    if uploader::wants_track(&self.snapshots.upload, &record) =>
+                {
+                    Some(UploadRequest {
+                        snapshot_id: *EventId::new_v7(sightline_runtime::now()).as_uuid(),
+                        owner: Owner::Track(track_id),
+                        camera_id: record.camera_id.clone(),
+                        path: path.clone(),
+                        captured_ms: at_ms,
+                        day: day_of(record.started_at.as_millis()),
+                    })
+                }
+                _ => None,
+            };
+            let ended = record.ended_by.is_some();
+            match rt.block_on(self.buffer.append_track(record, upload)) {
                 Ok(_) => {
                     self.metrics.tracks_recorded.inc();
+                    p.unsent_track_snapshots.remove(&track_id);
                 }
                 Err(error) => {
                     self.metrics.refused(error.drop_reason(), 1);
                     tracing::error!(camera = %self.config.id, track_id, revision, %error, "the buffer refused a track record");
+                    if ended {
+                        p.unsent_track_snapshots.remove(&track_id);
+                    }
                 }
             }
         }

@@ -116,6 +116,8 @@ pub struct SnapshotConfig {
     pub max_width: u32,
     /// JPEG quality, 1-100.
     pub quality: u8,
+    /// Which snapshots go to the cloud, and how fast.
+    pub upload: UploadConfig,
 }
 
 impl Default for SnapshotConfig {
@@ -124,8 +126,50 @@ impl Default for SnapshotConfig {
             enabled: true,
             max_width: 640,
             quality: 80,
+            upload: UploadConfig::default(),
         }
     }
+}
+
+/// What snapshots are sent to the cloud (`[snapshots.upload]`): `send = "all"`, `"none"`,
+/// or `"matching"` the rules (an event matches with a detection of one of `labels` (any
+/// label if empty), at least `min_confidence` sure, standing in one of `zones` (anywhere if
+/// empty): the same detection must match all three; a track by its label, best score and
+/// the zones it stood in). Uploads follow the events they show, oldest first, at most
+/// `max_bytes_per_sec` on average.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UploadConfig {
+    pub send: UploadSend,
+    pub labels: Vec<String>,
+    pub min_confidence: f32,
+    pub zones: Vec<String>,
+    /// The bandwidth cap: bytes per second, averaged (a burst of one snapshot may exceed it).
+    pub max_bytes_per_sec: u64,
+    /// Most uploads awaiting their JetStream ack at once.
+    pub max_in_flight: usize,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        Self {
+            send: UploadSend::All,
+            labels: Vec::new(),
+            min_confidence: 0.0,
+            zones: Vec::new(),
+            max_bytes_per_sec: 256 * 1024,
+            max_in_flight: 4,
+        }
+    }
+}
+
+/// Which snapshots [`UploadConfig`] sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UploadSend {
+    All,
+    None,
+    Matching,
 }
 
 /// How events are published.
@@ -645,6 +689,45 @@ impl Validate for AgentConfig {
         if snap.max_width < 32 {
             return invalid("snapshots.max_width", "must be at least 32");
         }
+        let upload = &snap.upload;
+        if !(0.0..=1.0).contains(&upload.min_confidence) {
+            return invalid("snapshots.upload.min_confidence", "must be 0 to 1");
+        }
+        if upload.max_bytes_per_sec < 1024 {
+            return invalid(
+                "snapshots.upload.max_bytes_per_sec",
+                "must be at least 1024",
+            );
+        }
+        if !(1..=64).contains(&upload.max_in_flight) {
+            return invalid("snapshots.upload.max_in_flight", "must be 1 to 64");
+        }
+        for (i, zone) in upload.zones.iter().enumerate() {
+            if !sightline_shared::validate::is_identifier(zone) {
+                return invalid(
+                    &format!("snapshots.upload.zones[{i}]"),
+                    "must be a zone name (1-64 of A-Z a-z 0-9 _ -)",
+                );
+            }
+        }
+        for (i, label) in upload.labels.iter().enumerate() {
+            if label.is_empty() {
+                return invalid(
+                    &format!("snapshots.upload.labels[{i}]"),
+                    "must not be empty",
+                );
+            }
+        }
+        if upload.send != UploadSend::Matching
+            && (!upload.labels.is_empty()
+                || !upload.zones.is_empty()
+                || upload.min_confidence > 0.0)
+        {
+            return invalid(
+                "snapshots.upload.send",
+                "labels, min_confidence and zones apply only with send = \"matching\"",
+            );
+        }
         Ok(())
     }
 }
@@ -834,6 +917,26 @@ mod tests {
             (
                 format!("{GOOD}\n[publisher]\nmax_in_flight = 0"),
                 "publisher.max_in_flight",
+            ),
+            (
+                format!("{GOOD}\n[snapshots.upload]\nsend = \"some\""),
+                "some",
+            ),
+            (
+                format!("{GOOD}\n[snapshots.upload]\nlabels = [\"car\"]"),
+                "snapshots.upload.send",
+            ),
+            (
+                format!("{GOOD}\n[snapshots.upload]\nsend = \"matching\"\nzones = [\"a b\"]"),
+                "snapshots.upload.zones[0]",
+            ),
+            (
+                format!("{GOOD}\n[snapshots.upload]\nmax_bytes_per_sec = 10"),
+                "snapshots.upload.max_bytes_per_sec",
+            ),
+            (
+                format!("{GOOD}\n[snapshots.upload]\nsend = \"matching\"\nmin_confidence = 1.5"),
+                "snapshots.upload.min_confidence",
             ),
             (
                 format!("{GOOD}\n[[cameras]]\nid = \"gate\"\nsource = {{ kind = \"synthetic\" }}"),

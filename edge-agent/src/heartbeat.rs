@@ -146,6 +146,11 @@ pub async fn run(
                     errors: c.errors,
                 })
                 .collect(),
+            uploads_pending: status.buffer.uploads.pending,
+            uploads_sent: status.uploads.sent,
+            uploads_dropped: status.uploads.dropped,
+            upload_errors: status.uploads.errors,
+            upload_bytes: status.uploads.bytes,
         };
         let message = PublishMessage::build()
             .payload(heartbeat.encode().into())

@@ -8,7 +8,8 @@
 //! [`publisher`] publishes from the buffer with `Nats-Msg-Id = event_id` and a bounded
 //! window of in-flight publishes, and the buffer marks an event sent only after JetStream
 //! acknowledged it. [`storage`] keeps the data directory inside its budget. [`status`] is the
-//! local HTTP endpoint, [`heartbeat`] the periodic status to the cloud, and [`agent`] wires
+//! local HTTP endpoint, [`heartbeat`] the periodic status to the cloud, [`uploader`] sends
+//! the snapshots the upload rules chose (after their events, under a bandwidth cap), and [`agent`] wires
 //! it together with clean shutdown.
 
 mod agent;
@@ -27,6 +28,7 @@ pub mod snapshot;
 mod status;
 pub mod synthetic;
 pub mod track;
+pub mod uploader;
 
 pub use agent::run;
 pub use buffer::storage;

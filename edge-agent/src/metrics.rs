@@ -22,6 +22,27 @@ pub enum DropReason {
     BufferError,
 }
 
+/// Why a queued snapshot upload was never sent. Every drop is also logged (superseded at
+/// debug: nothing is lost, a newer best frame of the same track goes instead).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum UploadDrop {
+    /// Rotation deleted its day (pictures and all) before it could be sent.
+    Rotated,
+    /// Its file was gone or unreadable when its turn came.
+    Missing,
+    /// Its file was over the upload size limit.
+    TooLarge,
+    /// The full-disk policy dropped its event unsent.
+    EventDropped,
+    /// A newer best frame of its track replaced it.
+    Superseded,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UploadDropLabel {
+    pub reason: UploadDrop,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabel {
     pub reason: DropReason,
@@ -175,11 +196,19 @@ pub struct Metrics {
     pub heartbeats_sent: Counter,
     pub clock_offset_seconds: Gauge<f64, AtomicU64>,
     pub heartbeat_errors: Counter,
+    pub snapshot_uploads_queued: Counter,
+    pub snapshot_uploads_pending: Gauge,
+    pub snapshot_uploads: Counter,
+    pub snapshot_upload_bytes: Counter,
+    pub snapshot_upload_errors: Counter,
+    pub snapshot_uploads_dropped: Family<UploadDropLabel, Counter>,
     pub cameras: CameraMetrics,
     /// All drops, whatever the reason (not exported: the family sums to it).
     dropped_sum: Counter,
     /// All refusals, whatever the reason (likewise).
     refused_sum: Counter,
+    /// All dropped uploads but superseded ones, whatever the reason (likewise).
+    uploads_dropped_sum: Counter,
 }
 
 impl Metrics {
@@ -317,8 +346,55 @@ impl Metrics {
             "Heartbeats that could not be published",
             metrics.heartbeat_errors.clone(),
         );
+        r.register(
+            "snapshot_uploads_queued",
+            "Snapshots queued for the cloud (the upload rules chose them)",
+            metrics.snapshot_uploads_queued.clone(),
+        );
+        r.register(
+            "snapshot_uploads_pending",
+            "Queued snapshots not yet acknowledged by JetStream",
+            metrics.snapshot_uploads_pending.clone(),
+        );
+        r.register(
+            "snapshot_uploads",
+            "Snapshots acknowledged by JetStream",
+            metrics.snapshot_uploads.clone(),
+        );
+        r.register(
+            "snapshot_upload_bytes",
+            "Bytes of the snapshots acknowledged by JetStream",
+            metrics.snapshot_upload_bytes.clone(),
+        );
+        r.register(
+            "snapshot_upload_errors",
+            "Failed snapshot publishes (each is retried)",
+            metrics.snapshot_upload_errors.clone(),
+        );
+        r.register(
+            "snapshot_uploads_dropped",
+            "Queued snapshots that will never be sent, by reason (queued = uploaded + dropped + pending)",
+            metrics.snapshot_uploads_dropped.clone(),
+        );
         metrics.cameras.register(r);
         metrics
+    }
+
+    /// Counts queued uploads that will never be sent.
+    pub fn uploads_dropped(&self, reason: UploadDrop, count: u64) {
+        if count > 0 {
+            self.snapshot_uploads_dropped
+                .get_or_create(&UploadDropLabel { reason })
+                .inc_by(count);
+            if reason != UploadDrop::Superseded {
+                self.uploads_dropped_sum.inc_by(count);
+            }
+        }
+    }
+
+    /// Queued uploads lost so far (superseded ones, replaced by a newer picture, apart).
+    pub fn uploads_dropped_total(&self) -> u64 {
+        self.uploads_dropped_sum.get()
     }
 
     /// Counts one dropped event.

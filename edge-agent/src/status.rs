@@ -88,6 +88,21 @@ pub struct Status {
     /// has measured it, or the cloud did not answer).
     pub clock_offset_ms: Option<i64>,
     pub buffer: BufferStatus,
+    /// Snapshots to the cloud since the agent started (the queue itself is under `buffer`).
+    pub uploads: UploadTotals,
+}
+
+/// Snapshot uploads since the agent started.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct UploadTotals {
+    /// Acknowledged by JetStream.
+    pub sent: u64,
+    /// Never to be sent (rotated away, file gone or too large, event dropped).
+    pub dropped: u64,
+    /// Failed attempts, each retried.
+    pub errors: u64,
+    /// Bytes acknowledged.
+    pub bytes: u64,
 }
 
 impl StatusState {
@@ -108,6 +123,12 @@ impl StatusState {
             backlog_at_start: self.metrics.backlog_at_start.get() as u64,
             clock_offset_ms: self.clock_offset.get(),
             buffer,
+            uploads: UploadTotals {
+                sent: self.metrics.snapshot_uploads.get(),
+                dropped: self.metrics.uploads_dropped_total(),
+                errors: self.metrics.snapshot_upload_errors.get(),
+                bytes: self.metrics.snapshot_upload_bytes.get(),
+            },
         })
     }
 }

@@ -273,7 +273,7 @@ impl Stack {
         loop {
             let (status, body) = self.get(&format!("/v1/events?{query}")).await?;
             if status == 200 {
-                let events: Vec<DetectionEvent> = serde_json::from_value(body["events"].clone())?;
+                let events = events_of(&body)?;
                 last = events.len();
                 if events.len() >= count {
                     return Ok(events);
@@ -362,6 +362,22 @@ impl Stack {
         }
         Ok(())
     }
+}
+
+/// The events of a page of `GET /v1/events` as the contract's type: the fields the API adds
+/// (`snapshot_url`, which must name the event's own snapshot) are checked and set aside.
+pub fn events_of(page: &serde_json::Value) -> anyhow::Result<Vec<DetectionEvent>> {
+    let mut events = page["events"].clone();
+    for event in events.as_array_mut().into_iter().flatten() {
+        if let Some(url) = event.as_object_mut().and_then(|e| e.remove("snapshot_url")) {
+            let want = format!(
+                "/v1/events/{}/snapshot",
+                event["event_id"].as_str().unwrap_or("?")
+            );
+            anyhow::ensure!(url == want.as_str(), "snapshot_url {url}, want {want}");
+        }
+    }
+    Ok(serde_json::from_value(events)?)
 }
 
 /// `GET url`: the body as text; a status other than 2xx is an error.

@@ -17,6 +17,7 @@ mod recover;
 pub mod storage;
 #[cfg(test)]
 mod tests;
+pub mod uploads;
 pub mod worker;
 
 use std::collections::{HashSet, VecDeque};
@@ -28,6 +29,8 @@ use sightline_shared::{DetectionEvent, EventId};
 
 use crate::daylog::day_of;
 use crate::outbox::{Outgoing, Stored};
+
+pub use uploads::{PendingUpload, UploadOutcome, UploadRequest};
 
 pub use recover::Recovery;
 
@@ -52,6 +55,11 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         4,
         "track_ids",
         include_str!("../../migrations/0004_track_ids.sql"),
+    ),
+    (
+        5,
+        "uploads",
+        include_str!("../../migrations/0005_uploads.sql"),
     ),
 ];
 
@@ -139,6 +147,9 @@ pub struct Buffer {
     /// statement costs milliseconds of planning; at a steady rate this halves the CPU per
     /// event). Contiguous seqs; cleared whenever unsent rows are deleted.
     fresh: VecDeque<Outgoing>,
+    /// Pending uploads a newer best frame of their track replaced since
+    /// [`Buffer::take_superseded`].
+    uploads_superseded: u64,
 }
 
 /// Most recent appends kept in memory for live pages.
@@ -283,6 +294,7 @@ impl Buffer {
             quarantined: 0,
             unusable: None,
             fresh: VecDeque::new(),
+            uploads_superseded: 0,
         })
     }
 
@@ -298,6 +310,17 @@ impl Buffer {
         events: &[M],
         now_ms: i64,
     ) -> Result<Vec<u64>, BufferError> {
+        self.append_with_uploads(events, &[], now_ms)
+    }
+
+    /// [`Self::append`], with the snapshot uploads some of them ask for (`uploads[i]` for
+    /// `events[i]`; missing ones ask for none) in the same transaction.
+    pub fn append_with_uploads<M: Stored>(
+        &mut self,
+        events: &[M],
+        uploads: &[Option<UploadRequest>],
+        now_ms: i64,
+    ) -> Result<Vec<u64>, BufferError> {
         let first = self.next_seq;
         let out = events
             .iter()
@@ -310,7 +333,12 @@ impl Buffer {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let captured = events.iter().map(|e| e.filed_at().as_millis());
-        self.insert(out.iter().zip(captured), now_ms)?;
+        let uploads: Vec<(u64, &UploadRequest)> = uploads
+            .iter()
+            .zip(first..)
+            .filter_map(|(upload, seq)| upload.as_ref().map(|u| (seq, u)))
+            .collect();
+        self.insert(out.iter().zip(captured), &uploads, now_ms)?;
         let next = self.next_seq;
         self.fresh.extend(out);
         while self.fresh.len() > FRESH_CACHE {
@@ -324,6 +352,7 @@ impl Buffer {
     fn insert<'a>(
         &mut self,
         rows: impl Iterator<Item = (&'a Outgoing, i64)>,
+        uploads: &[(u64, &UploadRequest)],
         now_ms: i64,
     ) -> Result<(), BufferError> {
         let db = db_err(&self.path);
@@ -356,7 +385,9 @@ impl Buffer {
             history.flush().map_err(db)?;
             outbox.flush().map_err(db)?;
         }
+        let superseded = uploads::queue(&tx, uploads, now_ms).map_err(db)?;
         tx.commit().map_err(db)?;
+        self.uploads_superseded += superseded;
         if let Some(last) = last {
             self.next_seq = self.next_seq.max(last + 1);
         }
@@ -377,7 +408,11 @@ impl Buffer {
             .zip(first..)
             .map(|((row, captured), seq)| (Outgoing { seq, ..row }, captured))
             .collect();
-        self.insert(rows.iter().map(|(row, captured)| (row, *captured)), now_ms)?;
+        self.insert(
+            rows.iter().map(|(row, captured)| (row, *captured)),
+            &[],
+            now_ms,
+        )?;
         let stored = rows.len() as u64;
         self.push_backlog(first..first + stored);
         self.live_next = self.next_seq;

@@ -154,6 +154,9 @@ pub struct Rotation {
     pub rows_deleted: u64,
     pub before: Usage,
     pub after: Usage,
+    /// Snapshot uploads still pending when their day went: never to be sent.
+    #[serde(skip)]
+    pub uploads_dropped: Vec<super::PendingUpload>,
 }
 
 /// The budget and the rules.
@@ -273,6 +276,9 @@ impl Budget {
                     tracing::error!(dir = %dir.display(), %error, "rotation could not delete a day folder");
                 }
                 let rows = buffer.delete_sent_day(day)?;
+                rotation
+                    .uploads_dropped
+                    .extend(buffer.delete_uploads_of_day(day)?);
                 let copies_bytes = remove_moved_aside(&corrupt, day);
                 let freed = folder_bytes + copies_bytes + rows * bytes_per_row;
                 used = used.saturating_sub(freed);

@@ -702,3 +702,141 @@ fn a_version_1_event_is_stored_under_its_own_version() {
         Outgoing::from_stored(7, &row.content_type.to_string(), row.payload.to_vec()).unwrap();
     assert_eq!(stored.head.event_id, old.event_id);
 }
+
+fn upload_of(e: &DetectionEvent) -> UploadRequest {
+    UploadRequest {
+        snapshot_id: uuid::Uuid::now_v7(),
+        owner: sightline_shared::snapshot::Owner::Event(e.event_id),
+        camera_id: e.camera_id.clone(),
+        path: format!("snapshots/{}.jpg", e.event_id),
+        captured_ms: e.captured_at.as_millis(),
+        day: crate::daylog::day_of(e.captured_at.as_millis()),
+    }
+}
+
+#[test]
+fn uploads_are_queued_with_their_event_and_sent_only_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut buffer = open(&dir);
+    let events: Vec<_> = (0..3).map(|i| event(i, 0)).collect();
+    let uploads = [
+        Some(upload_of(&events[0])),
+        None,
+        Some(upload_of(&events[2])),
+    ];
+    let seqs = buffer.append_with_uploads(&events, &uploads, T0).unwrap();
+    // Queued, but their events are unsent: nothing to upload yet; and none while more
+    // rows than asked are unsent (events first).
+    assert_eq!(buffer.upload_counts().unwrap().pending, 2);
+    assert!(buffer.pending_uploads(10, 100).unwrap().0.is_empty());
+    let (none, unsent) = buffer.pending_uploads(10, 2).unwrap();
+    assert!(none.is_empty());
+    assert_eq!(unsent, 3);
+    // Strictly oldest first: the newer upload waits behind the older one's unsent event.
+    buffer.mark_sent(&seqs[2..]).unwrap();
+    assert!(buffer.pending_uploads(10, 100).unwrap().0.is_empty());
+    buffer.mark_sent(&seqs[..2]).unwrap();
+    let (ready, _) = buffer.pending_uploads(10, 100).unwrap();
+    assert_eq!(ready.len(), 2, "oldest queued first");
+    assert_eq!(ready[0], uploads[0].clone().unwrap());
+    // Done: uploaded or dropped, never pending again; a late outcome changes nothing.
+    let first = uploads[0].as_ref().unwrap().snapshot_id;
+    let last = uploads[2].as_ref().unwrap().snapshot_id;
+    buffer
+        .finish_uploads(
+            &[
+                (first, UploadOutcome::Uploaded { bytes: 1234 }),
+                (
+                    last,
+                    UploadOutcome::Dropped {
+                        reason: "gone".into(),
+                    },
+                ),
+            ],
+            T0,
+        )
+        .unwrap();
+    buffer
+        .finish_uploads(&[(last, UploadOutcome::Uploaded { bytes: 1 })], T0)
+        .unwrap();
+    assert_eq!(buffer.upload_counts().unwrap().pending, 0);
+    assert_eq!(
+        buffer.upload_state(first).unwrap(),
+        Some(("uploaded".into(), None))
+    );
+    assert_eq!(
+        buffer.upload_state(last).unwrap(),
+        Some(("dropped".into(), Some("gone".into())))
+    );
+}
+
+#[test]
+fn a_crash_keeps_the_queue_and_a_failed_append_queues_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = event(1, 0);
+    let upload = upload_of(&e);
+    {
+        let mut buffer = open(&dir);
+        buffer
+            .append_with_uploads(std::slice::from_ref(&e), &[Some(upload)], T0)
+            .unwrap();
+        // Dropped without a checkpoint: the WAL holds the transaction.
+        std::mem::forget(buffer);
+    }
+    let mut buffer = open(&dir);
+    assert_eq!(buffer.upload_counts().unwrap().pending, 1);
+    // An event that cannot be stored takes its upload with it.
+    let mut bad = event(2, 0);
+    bad.schema_version = 99;
+    let bad_upload = upload_of(&bad);
+    assert!(
+        buffer
+            .append_with_uploads(&[bad], &[Some(bad_upload.clone())], T0)
+            .is_err()
+    );
+    assert_eq!(buffer.upload_state(bad_upload.snapshot_id).unwrap(), None);
+    assert_eq!(buffer.upload_counts().unwrap().pending, 1);
+}
+
+#[test]
+fn a_tracks_new_picture_supersedes_its_pending_one_and_rotation_drops_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut buffer = open(&dir);
+    let e = event(1, 0);
+    let track = |n: i64| UploadRequest {
+        snapshot_id: uuid::Uuid::now_v7(),
+        owner: sightline_shared::snapshot::Owner::Track(7),
+        camera_id: "cam-1".into(),
+        path: "snapshots/track-7.jpg".into(),
+        captured_ms: T0 + n,
+        day: crate::daylog::day_of(T0),
+    };
+    let (first, second) = (track(1), track(2));
+    buffer
+        .append_with_uploads(std::slice::from_ref(&e), &[Some(first.clone())], T0)
+        .unwrap();
+    buffer
+        .append_with_uploads(&[event(2, 0)], &[Some(second.clone())], T0)
+        .unwrap();
+    assert_eq!(buffer.take_superseded(), 1);
+    assert_eq!(buffer.take_superseded(), 0);
+    assert_eq!(
+        buffer.upload_state(first.snapshot_id).unwrap(),
+        Some(("dropped".into(), Some(super::uploads::SUPERSEDED.into())))
+    );
+    let other_day = upload_of(&event(3, 1));
+    buffer
+        .append_with_uploads(&[event(3, 1)], &[Some(other_day)], T0)
+        .unwrap();
+    let gone = buffer
+        .delete_uploads_of_day(crate::daylog::day_of(T0))
+        .unwrap();
+    assert_eq!(gone, [second]);
+    assert_eq!(buffer.upload_counts().unwrap().pending, 1);
+    // The full-disk policy's dropped events take their uploads along.
+    let seqs: Vec<u64> = buffer
+        .append_with_uploads(&[event(4, 1)], &[Some(upload_of(&event(4, 1)))], T0)
+        .unwrap();
+    assert_eq!(buffer.drop_uploads_of(&seqs, T0).unwrap(), 1);
+    assert_eq!(buffer.upload_counts().unwrap().pending, 1);
+}

@@ -15,9 +15,13 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::storage::{self, Budget, FullPolicy, Rotation, Usage};
-use super::{Buffer, BufferError, BufferStats, Opened, RecentEvent, Recovery};
+use super::uploads::UploadCounts;
+use super::{
+    Buffer, BufferError, BufferStats, Opened, PendingUpload, RecentEvent, Recovery, UploadOutcome,
+    UploadRequest,
+};
 use crate::daylog::DayLogs;
-use crate::metrics::{DropReason, Metrics};
+use crate::metrics::{DropReason, Metrics, UploadDrop};
 use crate::outbox::{Message, Outbox, Outgoing, Stored};
 
 /// Most appends committed in one transaction.
@@ -83,14 +87,28 @@ pub struct BufferStatus {
     /// The budget is used up and the policy refuses new events.
     pub full: bool,
     pub policy: FullPolicy,
+    /// The snapshot upload queue.
+    pub uploads: UploadCounts,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, String>>;
+/// An append waiting for its transaction: the event or record, its upload, the reply.
+type Appending = (
+    Message,
+    Option<UploadRequest>,
+    oneshot::Sender<Result<u64, AppendError>>,
+);
 /// A page request in flight, and whether the cameras had finished when it was sent.
 type PendingPage = (oneshot::Receiver<Result<Vec<Outgoing>, String>>, bool);
 
 enum Command {
-    Append(Box<Message>, oneshot::Sender<Result<u64, AppendError>>),
+    Append(
+        Box<Message>,
+        Option<UploadRequest>,
+        oneshot::Sender<Result<u64, AppendError>>,
+    ),
+    PendingUploads(usize, u64, Reply<(Vec<PendingUpload>, u64)>),
+    FinishUploads(Vec<(uuid::Uuid, UploadOutcome)>),
     Page(usize, Reply<Vec<Outgoing>>),
     Sent(Vec<u64>),
     Status(Reply<BufferStatus>),
@@ -171,22 +189,40 @@ impl BufferHandle {
 
     /// Validates and commits one event; returns its seq once it is durable.
     pub async fn append(&self, event: DetectionEvent) -> Result<u64, AppendError> {
-        self.append_message(Message::Event(event)).await
+        self.append_message(Message::Event(event), None).await
+    }
+
+    /// [`Self::append`], with the upload of its snapshot queued in the same transaction.
+    pub async fn append_with_upload(
+        &self,
+        event: DetectionEvent,
+        upload: Option<UploadRequest>,
+    ) -> Result<u64, AppendError> {
+        self.append_message(Message::Event(event), upload).await
     }
 
     /// Validates and commits one track record, like an event (it is published the same
-    /// way, on its own subject); it is not written to the day logs.
-    pub async fn append_track(&self, record: TrackRecord) -> Result<u64, AppendError> {
-        self.append_message(Message::Track(record)).await
+    /// way, on its own subject); it is not written to the day logs. `upload` queues its best
+    /// frame's upload in the same transaction.
+    pub async fn append_track(
+        &self,
+        record: TrackRecord,
+        upload: Option<UploadRequest>,
+    ) -> Result<u64, AppendError> {
+        self.append_message(Message::Track(record), upload).await
     }
 
-    async fn append_message(&self, message: Message) -> Result<u64, AppendError> {
+    async fn append_message(
+        &self,
+        message: Message,
+        upload: Option<UploadRequest>,
+    ) -> Result<u64, AppendError> {
         message
             .validate(sightline_runtime::now())
             .map_err(AppendError::Invalid)?;
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Append(Box::new(message), reply))
+            .send(Command::Append(Box::new(message), upload, reply))
             .map_err(|_| AppendError::Failed("the buffer is closed".into()))?;
         rx.await
             .map_err(|_| AppendError::Failed("the buffer is closed".into()))?
@@ -210,6 +246,22 @@ impl BufferHandle {
     /// [`Buffer::reserve_track_ids`]).
     pub async fn reserve_track_ids(&self, n: u64) -> Result<std::ops::Range<u64>, String> {
         self.ask(|reply| Command::ReserveTrackIds(n, reply)).await
+    }
+
+    /// Up to `limit` pending snapshot uploads whose records were sent, oldest first, and
+    /// the unsent rows; none while more than `max_unsent` rows are unsent.
+    pub async fn pending_uploads(
+        &self,
+        limit: usize,
+        max_unsent: u64,
+    ) -> Result<(Vec<PendingUpload>, u64), String> {
+        self.ask(|reply| Command::PendingUploads(limit, max_unsent, reply))
+            .await
+    }
+
+    /// Records how uploads ended.
+    pub fn finish_uploads(&self, outcomes: Vec<(uuid::Uuid, UploadOutcome)>) {
+        let _ = self.tx.send(Command::FinishUploads(outcomes));
     }
 
     /// Writes back outstanding state and stops the thread.
@@ -378,7 +430,9 @@ impl Worker {
             let mut others = Vec::new();
             for command in commands {
                 match command {
-                    Command::Append(event, reply) => appends.push((*event, reply)),
+                    Command::Append(event, upload, reply) => {
+                        appends.push((*event, upload, reply));
+                    }
                     Command::Close(reply) => close = Some(reply),
                     other => others.push(other),
                 }
@@ -427,7 +481,7 @@ impl Worker {
         }
     }
 
-    fn append(&mut self, appends: Vec<(Message, oneshot::Sender<Result<u64, AppendError>>)>) {
+    fn append(&mut self, appends: Vec<Appending>) {
         if appends.is_empty() {
             return;
         }
@@ -436,22 +490,35 @@ impl Worker {
                 FullPolicy::Stop => AppendError::Stopped,
                 FullPolicy::RejectNew | FullPolicy::DropOldest => AppendError::Full,
             };
-            for (event, reply) in appends {
+            for (event, _, reply) in appends {
                 tracing::error!(id = %event.id(), camera = %event.camera_id(), storage = %self.usage.display(), "dropping a new event or track record: {error}");
                 let _ = reply.send(Err(error.clone()));
             }
             return;
         }
-        let (events, replies): (Vec<_>, Vec<_>) = appends.into_iter().unzip();
+        let mut events = Vec::with_capacity(appends.len());
+        let mut uploads = Vec::with_capacity(appends.len());
+        let mut replies = Vec::with_capacity(appends.len());
+        for (event, upload, reply) in appends {
+            events.push(event);
+            uploads.push(upload);
+            replies.push(reply);
+        }
         let now = now_ms();
-        let outcome: Vec<Result<u64, AppendError>> = match self.buffer.append(&events, now) {
+        let appended = self.buffer.append_with_uploads(&events, &uploads, now);
+        let outcome: Vec<Result<u64, AppendError>> = match appended {
             Err(BufferError::Encode { .. }) if events.len() > 1 => {
                 // One bad event must not fail the others: store them one by one.
                 events
                     .iter()
-                    .map(|e| {
+                    .zip(&uploads)
+                    .map(|(e, upload)| {
                         self.buffer
-                            .append(std::slice::from_ref(e), now)
+                            .append_with_uploads(
+                                std::slice::from_ref(e),
+                                std::slice::from_ref(upload),
+                                now,
+                            )
                             .map(|s| s[0])
                             .map_err(AppendError::from)
                     })
@@ -466,10 +533,16 @@ impl Worker {
             Ok(seqs) => seqs.into_iter().map(Ok).collect(),
         };
         let mut last = None;
-        for ((event, reply), result) in events.iter().zip(replies).zip(outcome) {
+        for (((event, upload), reply), result) in
+            events.iter().zip(&uploads).zip(replies).zip(outcome)
+        {
             match result {
                 Ok(seq) => {
                     last = Some(seq);
+                    if upload.is_some() {
+                        self.metrics.snapshot_uploads_queued.inc();
+                        self.metrics.snapshot_uploads_pending.inc();
+                    }
                     // Roughly what one event adds: its row, its JSON line and its text record.
                     self.bytes_since_check += 1024;
                     if let Message::Event(event) = event
@@ -487,6 +560,12 @@ impl Worker {
                 }
             }
         }
+        let superseded = self.buffer.take_superseded();
+        self.metrics
+            .uploads_dropped(UploadDrop::Superseded, superseded);
+        self.metrics
+            .snapshot_uploads_pending
+            .dec_by(superseded as i64);
         if let Some(seq) = last {
             self.committed.send_replace(seq);
         }
@@ -514,13 +593,16 @@ impl Worker {
                 }
             }
             Command::Status(reply) => {
-                let status = self.buffer.stats().map(|stats| BufferStatus {
-                    path: self.buffer.path().to_owned(),
-                    stats,
-                    file_bytes: self.buffer.file_bytes(),
-                    storage: self.usage,
-                    full: self.full,
-                    policy: self.settings.budget.policy,
+                let status = self.buffer.stats().and_then(|stats| {
+                    Ok(BufferStatus {
+                        path: self.buffer.path().to_owned(),
+                        stats,
+                        file_bytes: self.buffer.file_bytes(),
+                        storage: self.usage,
+                        full: self.full,
+                        policy: self.settings.budget.policy,
+                        uploads: self.buffer.upload_counts()?,
+                    })
                 });
                 let _ = reply.send(status.map_err(|e| e.to_string()));
             }
@@ -536,6 +618,22 @@ impl Worker {
                     None => self.buffer.reserve_track_ids(n).map_err(|e| e.to_string()),
                 };
                 let _ = reply.send(reserved);
+            }
+            Command::PendingUploads(limit, max_unsent, reply) => {
+                let pending = self.buffer.pending_uploads(limit, max_unsent);
+                if let Err(error) = &pending {
+                    self.on_error(error);
+                }
+                let _ = reply.send(pending.map_err(|e| e.to_string()));
+            }
+            Command::FinishUploads(outcomes) => {
+                if let Err(error) = self.buffer.finish_uploads(&outcomes, now_ms()) {
+                    // They stay pending and are sent again: the cloud takes a repeat as
+                    // the same snapshot.
+                    tracing::error!(%error, uploads = outcomes.len(), "recording finished uploads failed");
+                    self.on_error(&error);
+                }
+                self.update_upload_gauge();
             }
             Command::Append(..) | Command::Close(_) => unreachable!("handled in run"),
         }
@@ -555,6 +653,11 @@ impl Worker {
                 return Err(error);
             }
         };
+        for upload in &rotation.uploads_dropped {
+            tracing::error!(snapshot = %upload.snapshot_id, of = %upload.owner, camera = %upload.camera_id, path = %upload.path, "a snapshot was never uploaded: rotation deleted its day first");
+        }
+        self.metrics
+            .uploads_dropped(UploadDrop::Rotated, rotation.uploads_dropped.len() as u64);
         if !rotation.days.is_empty() {
             self.metrics.rotations.inc();
             self.metrics.rotated_bytes.inc_by(
@@ -638,6 +741,21 @@ impl Worker {
                     }
                     self.metrics
                         .dropped(DropReason::StorageFull, dropped.len() as u64);
+                    let seqs: Vec<u64> = dropped.iter().map(|row| row.seq).collect();
+                    match self.buffer.drop_uploads_of(&seqs, now_ms()) {
+                        Ok(n) => {
+                            if n > 0 {
+                                tracing::error!(
+                                    uploads = n,
+                                    "dropping the snapshot uploads of the dropped events"
+                                );
+                            }
+                            self.metrics.uploads_dropped(UploadDrop::EventDropped, n);
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "dropping the uploads of dropped events failed (they fail when their turn comes)")
+                        }
+                    }
                     storage::compact(&mut self.buffer);
                 }
                 Err(error) => {
@@ -650,7 +768,16 @@ impl Worker {
         usage
     }
 
+    fn update_upload_gauge(&self) {
+        if let Ok(counts) = self.buffer.upload_counts() {
+            self.metrics
+                .snapshot_uploads_pending
+                .set(counts.pending as i64);
+        }
+    }
+
     fn update_gauges(&self) {
+        self.update_upload_gauge();
         let m = &self.metrics;
         m.storage_used_bytes.set(self.usage.used_bytes as i64);
         m.storage_limit_bytes.set(self.usage.limit_bytes as i64);

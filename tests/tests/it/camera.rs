@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use sightline_edge_agent::buffer::Buffer;
 use sightline_edge_agent::buffer::worker::BUFFER_FILE;
-use sightline_tests::fixtures::NatsServer;
+use sightline_tests::fixtures::{NatsServer, poll_until};
 use sightline_tests::stack::Stack;
 
 use crate::edge::{metrics_text, spawn_agent, wait_status, write_agent_config};
@@ -61,6 +61,11 @@ points = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
     let data = tmp.path().join("data");
     let (buffer, _) = Buffer::open(&data.join(BUFFER_FILE))?;
     assert_eq!(buffer.stats()?.unsent, 0, "everything published");
+    assert_eq!(
+        buffer.upload_counts()?.pending,
+        0,
+        "every snapshot uploaded before the agent stopped"
+    );
     let events: Vec<_> = buffer.recent(1000)?.into_iter().map(|r| r.event).collect();
     drop(buffer);
     let labels: BTreeSet<&str> = events
@@ -242,6 +247,34 @@ points = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // Every picture reached the cloud byte for byte: each event's snapshot, and each
+    // track's best frame as it was last rendered (the newest upload of the track).
+    for event in &events {
+        let local = std::fs::read(data.join(event.snapshot.as_deref().unwrap_or_default()))?;
+        let served =
+            served_picture(&stack, &format!("/v1/events/{}/snapshot", event.event_id)).await?;
+        assert_eq!(
+            sightline_shared::jpeg::sha256_hex(&served),
+            sightline_shared::jpeg::sha256_hex(&local),
+            "event {}",
+            event.event_id
+        );
+    }
+    for track in arrivals.keys() {
+        let local = walk_track_snapshot(&data.join("events"), *track)?;
+        let path = format!("/v1/tracks/edge-cam:{track}/snapshot");
+        let served = poll_until(
+            Duration::from_secs(30),
+            || served_picture(&stack, &path),
+            |served| *served == local,
+        )
+        .await?;
+        assert!(
+            served.is_ok(),
+            "{path} never served the track's last best frame"
+        );
+    }
+
     // The tracks, worked out from the frames: the same pictures panned the same way, through
     // the same model, label filter and tracker, 250 ms apart. Their start, end, frames, best
     // frame and score are what ClickHouse holds (frames are placed by their capture time:
@@ -297,6 +330,37 @@ points = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
         );
     }
     stack.stop().await
+}
+
+/// `GET {path}` until it answers 200 (30 s at most): the picture.
+async fn served_picture(stack: &Stack, path: &str) -> anyhow::Result<Vec<u8>> {
+    let url = format!("{}{path}", stack.api);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = stack.http.get(&url).send().await?;
+        if response.status() == 200 {
+            return Ok(response.bytes().await?.to_vec());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "GET {path}: {} {}",
+            response.status(),
+            response.text().await.unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The bytes of track `id`'s best-frame snapshot under the day folders in `events`.
+fn walk_track_snapshot(events: &Path, id: u64) -> anyhow::Result<Vec<u8>> {
+    let name = format!("track-{id}.jpg");
+    for day in std::fs::read_dir(events)? {
+        let path = day?.path().join("snapshots").join(&name);
+        if path.exists() {
+            return Ok(std::fs::read(path)?);
+        }
+    }
+    anyhow::bail!("no {name} under {}", events.display())
 }
 
 /// A track as the camera test compares it: label, first frame, last frame, frames seen,
@@ -611,4 +675,157 @@ source = {{ kind = "pattern", width = 320, height = 240, fps = 5.0 }}
     let exit = agent.terminate().await?;
     anyhow::ensure!(exit.success(), "the agent exited with {exit}");
     Ok(())
+}
+
+/// Every message of `stream` (up to 10,000), in stream order: its headers and when the
+/// server stored it.
+async fn stream_messages(
+    stack: &Stack,
+    stream: &str,
+) -> anyhow::Result<Vec<(async_nats::HeaderMap, time::OffsetDateTime)>> {
+    use futures::StreamExt as _;
+    let consumer = stack
+        .jetstream()
+        .await?
+        .get_stream(stream)
+        .await?
+        .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+        .await?;
+    let mut out = Vec::new();
+    loop {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1000)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await?;
+        let before = out.len();
+        while let Some(message) = batch.next().await {
+            let message = message.map_err(|e| anyhow::anyhow!(e))?;
+            let published = message.info().map_err(|e| anyhow::anyhow!(e))?.published;
+            out.push((message.headers.clone().unwrap_or_default(), published));
+        }
+        if out.len() == before || out.len() >= 10_000 {
+            return Ok(out);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_edge_queues_its_snapshots_and_sends_them_oldest_first_after_their_events()
+-> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    // The uplink is down from the start.
+    stack.nats.kill();
+    let tmp = tempfile::tempdir()?;
+    let pictures = tmp.path().join("pictures");
+    copy_pictures(&pictures, &["dog.jpg", "person.jpg", "horses.jpg"])?;
+    let (config, status_url) = write_agent_config(
+        tmp.path(),
+        &stack.nats.url(),
+        "edge-off",
+        &format!(
+            r#"[[cameras]]
+id = "porch"
+source = {{ kind = "file", path = "{}", fps = 4.0, pan = true, pan_frames = 4, repeat = true }}
+labels = ["dog", "person", "horse"]
+min_score = 0.4
+motion = {{ enabled = false }}
+
+[snapshots.upload]
+max_in_flight = 1
+max_bytes_per_sec = 2000000
+"#,
+            pictures.display()
+        ),
+    )?;
+    let log = tmp.path().join("agent.log");
+    let mut agent = spawn_agent(&config, &log)?;
+    let http = reqwest::Client::new();
+    let pending = |s: &serde_json::Value| s["buffer"]["uploads"]["pending"].as_u64().unwrap_or(0);
+    wait_status(
+        &http,
+        &status_url,
+        "snapshots queued while offline",
+        Duration::from_secs(120),
+        |s| pending(s) >= 6,
+    )
+    .await?;
+    // kill -9 mid-queue: the queue is in the buffer, committed with its events.
+    agent.kill()?;
+    agent.wait()?;
+    stack.nats.start_again()?;
+    let mut agent = spawn_agent(&config, &log)?;
+    wait_status(
+        &http,
+        &status_url,
+        "snapshots uploaded once the uplink is back",
+        Duration::from_secs(120),
+        |s| s["uploads"]["sent"].as_u64().unwrap_or(0) >= 6,
+    )
+    .await?;
+    let exit = agent.terminate().await?;
+    anyhow::ensure!(exit.success(), "{}", std::fs::read_to_string(&log)?);
+
+    // Everything the camera queued was sent (or replaced by a newer best frame of its
+    // track), nothing else dropped.
+    let (buffer, _) = Buffer::open(&tmp.path().join("data").join(BUFFER_FILE))?;
+    let queue = buffer.uploads()?;
+    drop(buffer);
+    assert!(queue.len() >= 6, "{queue:?}");
+    for upload in &queue {
+        assert!(
+            upload.state == "uploaded" || upload.reason.as_deref() == Some("superseded"),
+            "{upload:?}"
+        );
+    }
+    let sent: Vec<uuid::Uuid> = queue
+        .iter()
+        .filter(|upload| upload.state == "uploaded")
+        .map(|upload| upload.snapshot_id)
+        .collect();
+
+    // In the cloud: each one once, object and row.
+    let expected: BTreeSet<uuid::Uuid> = sent.iter().copied().collect();
+    let stored = poll_until(
+        Duration::from_secs(60),
+        || crate::snapshots::objects_and_rows(&stack),
+        |(objects, rows)| *objects == expected && *rows == expected,
+    )
+    .await?;
+    assert!(stored.is_ok(), "{stored:?} want {expected:?}");
+
+    // On the wire: oldest first (the order they were queued), each after its own event.
+    let uploads = stream_messages(&stack, sightline_shared::subjects::SNAPSHOTS_STREAM).await?;
+    let header = |h: &async_nats::HeaderMap, name: &str| {
+        h.get(name)
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default()
+    };
+    let order: Vec<uuid::Uuid> = uploads
+        .iter()
+        .map(|(h, _)| header(h, sightline_shared::snapshot::ID_HEADER).parse())
+        .collect::<Result<_, _>>()?;
+    assert_eq!(order, sent, "uploads in queue order");
+    let events = stream_messages(&stack, sightline_shared::subjects::EVENTS_STREAM).await?;
+    let event_times: std::collections::HashMap<String, time::OffsetDateTime> = events
+        .iter()
+        .map(|(h, at)| (header(h, "Nats-Msg-Id"), *at))
+        .collect();
+    let mut checked = 0;
+    for (h, at) in &uploads {
+        let of = header(h, sightline_shared::snapshot::OF_HEADER);
+        if let Some(event) = of.strip_prefix("event:") {
+            let published = event_times
+                .get(event)
+                .ok_or_else(|| anyhow::anyhow!("the upload of {of} came without its event"))?;
+            assert!(
+                published <= at,
+                "{of}: event at {published}, picture at {at}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "{checked} event pictures checked");
+    stack.stop().await
 }

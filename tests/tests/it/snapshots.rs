@@ -66,7 +66,9 @@ async fn fetch_picture(
 }
 
 /// Ids in the bucket and distinct snapshot ids in `snapshots`.
-async fn objects_and_rows(stack: &Stack) -> anyhow::Result<(BTreeSet<Uuid>, BTreeSet<Uuid>)> {
+pub(crate) async fn objects_and_rows(
+    stack: &Stack,
+) -> anyhow::Result<(BTreeSet<Uuid>, BTreeSet<Uuid>)> {
     let store = JetStreamSnapshots::new(stack.jetstream().await?, SNAPSHOTS_BUCKET);
     let objects: BTreeSet<Uuid> = store.list().await?.into_iter().collect();
     let client = sightline_store::client(&stack.clickhouse.config())?

@@ -199,6 +199,14 @@ async fn serve(
         }
         .run(snapshot_consumer, cancel.clone()),
     );
+    tokio::spawn(retention::run_snapshot_sweeps(
+        admin.clone().with_database(&config.clickhouse.database),
+        snapshot_store.clone(),
+        config.retention.clone(),
+        metrics.clone(),
+        leadership.clone(),
+        cancel.clone(),
+    ));
     tokio::spawn(snapshots::watch_usage(
         snapshot_store.clone(),
         Duration::from_secs(config.consumer.info_interval_secs),

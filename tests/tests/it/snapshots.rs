@@ -369,3 +369,94 @@ async fn a_crash_of_ingest_mid_write_loses_nothing_and_leaves_no_orphan() -> any
     assert_eq!(rows, expected);
     stack.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_expired_pictures_object_and_row_by_their_capture_time()
+-> anyhow::Result<()> {
+    let stack = Stack::start_with(|config| {
+        config.retention.events_days = 1;
+        config.retention.sweep_interval_secs = 10;
+    })
+    .await?;
+    let mut events = known_events("edge-r", "gate", 2);
+    // The first was captured three days ago and arrives now (an edge that was offline):
+    // past its day of retention plus the picture's day, counted from its arrival it is not.
+    let old = Timestamp::from_millis(events[0].captured_at.as_millis() - 3 * 86_400_000);
+    events[0].captured_at = old;
+    events[0].event_id = EventId::new_v7(old);
+    stack.publish(events.clone(), Encoding::Bincode).await?;
+    stack.wait_for_events("camera=gate&since=0", 2).await?;
+    let js = stack.jetstream().await?;
+    let dog = picture("dog.jpg");
+    let headers: Vec<SnapshotHeader> = events.iter().map(|e| header_of(e, &dog)).collect();
+    for header in &headers {
+        publish_upload(&js, "edge-r", "gate", header, dog.clone()).await?;
+    }
+    stack
+        .wait_for_ingest_metrics("both stored", Duration::from_secs(30), |m| {
+            metric(m, "sightline_ingest_snapshots_stored_total", "") >= 2.0
+        })
+        .await?;
+    // The old one arrived now, so neither is due yet: the sweeps (every 10 s) keep both.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let (objects, rows) = objects_and_rows(&stack).await?;
+    let both: BTreeSet<Uuid> = headers.iter().map(|h| h.id).collect();
+    assert_eq!((&objects, &rows), (&both, &both));
+    // A third, of an event captured and stored three days ago (as the writer would have
+    // then: object, then row): due.
+    let mut stale = known_events("edge-r", "gate", 1).remove(0);
+    stale.captured_at = Timestamp::from_millis(old.as_millis() - 1000);
+    stale.event_id = EventId::new_v7(stale.captured_at);
+    let stale_header = header_of(&stale, &dog);
+    JetStreamSnapshots::new(stack.jetstream().await?, SNAPSHOTS_BUCKET)
+        .put(stale_header.id, dog.clone(), &[])
+        .await?;
+    let client = sightline_store::client(&stack.clickhouse.config())?
+        .with_database(&stack.ingest_config.clickhouse.database);
+    let (event_id, track_id) = sightline_store::SnapshotRow::owner_columns(stale_header.owner);
+    sightline_store::insert::insert_rows(
+        &client,
+        sightline_store::tables::SNAPSHOTS,
+        &[sightline_store::SnapshotRow {
+            schema_version: sightline_store::SnapshotRow::SCHEMA_VERSION,
+            snapshot_id: stale_header.id,
+            event_id,
+            track_id,
+            edge_id: "edge-r".into(),
+            camera_id: "gate".into(),
+            captured_at: stale.captured_at.as_secs() as u32,
+            captured_at_ms: stale.captured_at.as_millis(),
+            width: 1,
+            height: 1,
+            size: dog.len() as u32,
+            sha256: stale_header.sha256.clone(),
+            stored_at_ms: stale.captured_at.as_millis(),
+        }],
+        Duration::from_secs(10),
+        None,
+    )
+    .await?;
+    stack
+        .wait_for_ingest_metrics("the stale one expired", Duration::from_secs(60), |m| {
+            metric(m, "sightline_ingest_snapshots_expired_total", "") >= 1.0
+        })
+        .await?;
+    let swept = poll_until(
+        Duration::from_secs(60),
+        || objects_and_rows(&stack),
+        |(objects, rows)| *objects == both && *rows == both,
+    )
+    .await?;
+    assert!(swept.is_ok(), "{swept:?}");
+    let metrics = stack.ingest_metrics().await?;
+    assert_eq!(
+        metric(&metrics, "sightline_ingest_snapshots_expired_total", ""),
+        1.0
+    );
+    for event in &events {
+        let (served, _) =
+            fetch_picture(&stack, &format!("/v1/events/{}/snapshot", event.event_id)).await?;
+        assert_eq!(served, dog);
+    }
+    stack.stop().await
+}

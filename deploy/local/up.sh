@@ -77,6 +77,19 @@ for _ in $(seq 1 100); do
   curl -sf "http://$api/v1/events?limit=5" 2>/dev/null | grep -q '"count":[1-9]' && break
   sleep 0.2
 done
+# A picture the edge took and uploaded: the newest event whose snapshot is in the cloud.
+snapshot_url=
+for _ in $(seq 1 150); do
+  snapshot_url=$(curl -sf "http://$api/v1/events?camera=yard&in_cloud=true&limit=1" 2>/dev/null \
+    | grep -o '"snapshot_url":"[^"]*"' | head -n 1 | cut -d'"' -f4) || true
+  [ -n "$snapshot_url" ] && break
+  sleep 0.2
+done
+if [ -n "$snapshot_url" ]; then
+  snapshot="curl -s -o snapshot.jpg 'http://$api$snapshot_url'   (the edge's JPEG, byte for byte; ?max_width=320 for a thumbnail)"
+else
+  snapshot="curl -s 'http://$api/v1/events?in_cloud=true&limit=1'   (no picture had reached the cloud yet: take snapshot_url from an event)"
+fi
 
 cat <<MSG
 
@@ -86,6 +99,7 @@ on the $servers servers.
 
   The API:          curl -s 'http://$api/v1/events?limit=5'
                     curl -s 'http://$api/v1/events?camera=yard&limit=3'
+  A snapshot:       $snapshot
   ClickHouse SQL:   curl -s http://127.0.0.1:8123/ --data-binary 'SELECT camera_id, count() FROM sightline.events GROUP BY camera_id'
   Metrics:          curl -s http://$api/metrics ; curl -s http://127.0.0.1:8081/metrics
   The edge agent:   curl -s http://127.0.0.1:9470/v1/status ; curl -s 'http://127.0.0.1:9470/v1/events/recent?limit=3'

@@ -157,14 +157,62 @@ pub async fn connect_nats(
             .await
             .with_context(|| format!("failed to read NATS credentials file {path}"))?;
     }
+    // A user and password in the URL (`nats://user:password@host:4222`), as other NATS
+    // clients take them: async-nats reads them only from its options.
+    let (urls, user) = split_user(&config.url);
+    if let Some((user, password)) = user {
+        options = options.user_and_password(user, password);
+    }
     options
-        .connect(config.url.as_str())
+        .connect(urls.as_str())
         .await
-        .with_context(|| format!("failed to connect to NATS at {}", config.url))
+        .with_context(|| format!("failed to connect to NATS at {urls}"))
+}
+
+/// `urls` (comma separated) without the `user:password@` any of them holds, and the first
+/// such user and password.
+fn split_user(urls: &str) -> (String, Option<(String, String)>) {
+    let mut user = None;
+    let stripped: Vec<String> = urls
+        .split(',')
+        .map(|url| {
+            let url = url.trim();
+            let Some((scheme, rest)) = url.split_once("://") else {
+                return url.to_owned();
+            };
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            match authority.rsplit_once('@') {
+                Some((info, host)) => {
+                    if user.is_none() {
+                        let (name, password) = info.split_once(':').unwrap_or((info, ""));
+                        user = Some((name.to_owned(), password.to_owned()));
+                    }
+                    format!("{scheme}://{host}{path}")
+                }
+                None => url.to_owned(),
+            }
+        })
+        .collect();
+    (stripped.join(","), user)
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_user_in_the_url_is_taken_out_of_it() {
+        assert_eq!(
+            super::split_user("nats://query:s3cr:et@10.0.0.1:4222, nats://10.0.0.2:4222"),
+            (
+                "nats://10.0.0.1:4222,nats://10.0.0.2:4222".to_owned(),
+                Some(("query".to_owned(), "s3cr:et".to_owned()))
+            )
+        );
+        assert_eq!(
+            super::split_user("nats://127.0.0.1:4222"),
+            ("nats://127.0.0.1:4222".to_owned(), None)
+        );
+    }
+
     use super::*;
 
     #[derive(Debug, serde::Deserialize)]

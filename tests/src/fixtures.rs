@@ -237,22 +237,45 @@ pub struct NatsServer {
     port: u16,
     dir: TempDir,
     servers: Servers,
+    /// A configuration file given with `-c` (users and permissions), if any.
+    config: Option<PathBuf>,
 }
 
 impl NatsServer {
     /// Starts a server and waits until it accepts connections.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with_config(None)
+    }
+
+    /// Starts a server with `config` as its configuration file (for users and permissions;
+    /// the address, port and JetStream are set by flags) and waits until it accepts
+    /// connections.
+    pub fn start_with_config(config: Option<&str>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("sightline-nats-")
             .tempdir()?;
+        let config = match config {
+            Some(text) => {
+                let path = dir.path().join("nats-server.conf");
+                std::fs::write(&path, text)?;
+                Some(path)
+            }
+            None => None,
+        };
         let mut server = Self {
             child: None,
             port: free_port(),
             dir,
             servers: Servers::current(),
+            config,
         };
         server.start_again()?;
         Ok(server)
+    }
+
+    /// `nats://<user>:<password>@127.0.0.1:<port>`.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("nats://{user}:{password}@127.0.0.1:{}", self.port)
     }
 
     /// Starts the server again on the same port and data directory (after [`Self::kill`]).
@@ -263,7 +286,11 @@ impl NatsServer {
             Servers::Debian => binary("SIGHTLINE_NATS_SERVER", "nats-server"),
             Servers::Modern => venv_program("nats-server")?,
         };
-        let mut child = Command::new(program)
+        let mut command = Command::new(program);
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let mut child = command
             .args([
                 "-a",
                 "127.0.0.1",

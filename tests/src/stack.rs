@@ -61,8 +61,17 @@ impl Stack {
 
     /// Starts everything; `tweak` adjusts the ingest config first.
     pub async fn start_with(tweak: impl FnOnce(&mut IngestConfig)) -> anyhow::Result<Self> {
+        Self::start_on(NatsServer::start()?, tweak, |_| {}).await
+    }
+
+    /// Starts everything on `nats` (say, one with users and permissions); `tweak` and
+    /// `tweak_query` adjust the services' configs first (their NATS URLs, for one).
+    pub async fn start_on(
+        nats: NatsServer,
+        tweak: impl FnOnce(&mut IngestConfig),
+        tweak_query: impl FnOnce(&mut QueryConfig),
+    ) -> anyhow::Result<Self> {
         init_tracing();
-        let nats = NatsServer::start()?;
         let clickhouse = ClickHouseServer::start()?;
         let clickhouse_config = clickhouse.config();
         let mut ingest_config = IngestConfig {
@@ -87,6 +96,9 @@ impl Stack {
             },
             ..Default::default()
         };
+        let mut query_config = query_config;
+        tweak_query(&mut query_config);
+        query_config.validate()?;
 
         let stop = CancellationToken::new();
         let (api, query) = spawn_query(query_config.clone(), &stop).await?;

@@ -460,3 +460,106 @@ async fn retention_removes_expired_pictures_object_and_row_by_their_capture_time
     }
     stack.stop().await
 }
+
+/// NATS users as docs/operations.md ("NATS users") gives them: ingest may do everything;
+/// the query service may read the snapshot bucket (and publish replays); an edge may
+/// publish only on its own subjects.
+pub(crate) const NATS_USERS: &str = r#"
+authorization {
+  users = [
+    { user: ingest, password: ingest-secret }
+    { user: query, password: query-secret, permissions: {
+        publish: { allow: [
+          "replay.>",
+          "$JS.API.STREAM.INFO.OBJ_SIGHTLINE_SNAPSHOTS",
+          "$JS.API.STREAM.MSG.GET.OBJ_SIGHTLINE_SNAPSHOTS",
+          "$JS.API.DIRECT.GET.OBJ_SIGHTLINE_SNAPSHOTS.>",
+          "$JS.API.CONSUMER.CREATE.OBJ_SIGHTLINE_SNAPSHOTS",
+          "$JS.API.CONSUMER.CREATE.OBJ_SIGHTLINE_SNAPSHOTS.>",
+          "$JS.API.CONSUMER.DELETE.OBJ_SIGHTLINE_SNAPSHOTS.>",
+          "$JS.FC.OBJ_SIGHTLINE_SNAPSHOTS.>"
+        ] }
+        subscribe: { allow: ["_INBOX.>"] }
+    } }
+    { user: edge-a, password: edge-secret, permissions: {
+        publish: { allow: [
+          "sightline.events.edge-a.>",
+          "sightline.tracks.edge-a.>",
+          "sightline.snapshots.edge-a.>",
+          "sightline.heartbeats.edge-a",
+          "sightline.time"
+        ] }
+        subscribe: { allow: ["_INBOX.>"] }
+    } }
+  ]
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_users_an_edge_uploads_only_as_itself_and_the_api_only_reads()
+-> anyhow::Result<()> {
+    let nats = sightline_tests::fixtures::NatsServer::start_with_config(Some(NATS_USERS))?;
+    let (ingest_url, query_url) = (
+        nats.url_as("ingest", "ingest-secret"),
+        nats.url_as("query", "query-secret"),
+    );
+    let plain = nats.url();
+    let connect_as = |user: &str, password: &str| {
+        async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+            .connect(plain.clone())
+    };
+    let stack = Stack::start_on(
+        nats,
+        |ingest| ingest.nats.url = ingest_url,
+        |query| query.nats.url = query_url.clone(),
+    )
+    .await?;
+    let edge = async_nats::jetstream::new(connect_as("edge-a", "edge-secret").await?);
+    let events = known_events("edge-a", "porch", 1);
+    let report =
+        sightline_tests::stack::publish_via(edge.clone(), events.clone(), Encoding::Bincode, 8)
+            .await;
+    assert_eq!(report.published, 1, "{report:?}");
+    stack.wait_for_events("camera=porch", 1).await?;
+    let dog = picture("dog.jpg");
+    let header = header_of(&events[0], &dog);
+    publish_upload(&edge, "edge-a", "porch", &header, dog.clone()).await?;
+    let (served, _) = fetch_picture(
+        &stack,
+        &format!("/v1/events/{}/snapshot", events[0].event_id),
+    )
+    .await?;
+    assert_eq!(served, dog, "the query user reads the bucket");
+    // Thumbnails too (a second read of the same object).
+    fetch_picture(
+        &stack,
+        &format!("/v1/events/{}/snapshot?max_width=64", events[0].event_id),
+    )
+    .await?;
+
+    // An edge cannot upload as another edge: the server refuses the publish.
+    let other = header_for(header.owner, header.captured_at, &dog);
+    let refused = publish_upload(&edge, "edge-b", "porch", &other, dog.clone()).await;
+    assert!(refused.is_err(), "{refused:?}");
+    // Nor write the bucket itself.
+    let bucket = JetStreamSnapshots::new(edge.clone(), SNAPSHOTS_BUCKET);
+    assert!(bucket.put(other.id, dog.clone(), &[]).await.is_err());
+    // The query user can neither write the bucket nor publish into the live streams.
+    let query = async_nats::jetstream::new(connect_as("query", "query-secret").await?);
+    let bucket = JetStreamSnapshots::new(query.clone(), SNAPSHOTS_BUCKET);
+    assert!(bucket.delete(header.id).await.is_err());
+    assert!(bucket.put(other.id, dog.clone(), &[]).await.is_err());
+    assert!(
+        publish_upload(&query, "edge-a", "porch", &other, dog.clone())
+            .await
+            .is_err()
+    );
+    // And the picture is still there.
+    let (served, _) = fetch_picture(
+        &stack,
+        &format!("/v1/events/{}/snapshot", events[0].event_id),
+    )
+    .await?;
+    assert_eq!(served, dog);
+    stack.stop().await
+}

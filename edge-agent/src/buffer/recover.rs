@@ -367,7 +367,61 @@ fn read_copy(copy: &Path, buffer: &mut Buffer) -> Result<Salvage, BufferError> {
     }
     store(buffer, &mut staged, &mut salvage)?;
     salvage.quarantine_kept = keep_quarantine(&conn, copy, buffer)?;
+    keep_uploads(&conn, copy, buffer)?;
     Ok(salvage)
+}
+
+/// Queues the copy's pending snapshot uploads again in `buffer` (their events came back as
+/// new rows, so they no longer name a row: the uploader sends them at once, and the cloud
+/// waits for their events if it must). A copy from before migration 0005 has none; an
+/// unreadable queue is logged (its pictures stay on the box).
+fn keep_uploads(conn: &Connection, copy: &Path, buffer: &mut Buffer) -> Result<(), BufferError> {
+    if conn.prepare("SELECT state FROM uploads LIMIT 0").is_err() {
+        return Ok(());
+    }
+    let read: Result<Vec<(String, String, String, String, i64, i32)>, duckdb::Error> = conn
+        .prepare(
+            "SELECT CAST(snapshot_id AS VARCHAR), owner, camera_id, path, captured_ms, day \
+             FROM uploads WHERE state = 'pending' ORDER BY created_ms, seq",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?
+            .collect()
+        });
+    let rows = match read {
+        Ok(rows) => rows,
+        Err(error) => {
+            tracing::error!(copy = %copy.display(), %error, "the set-aside buffer's snapshot upload queue cannot be read: those pictures stay on the box");
+            return Ok(());
+        }
+    };
+    let uploads: Vec<super::UploadRequest> = rows
+        .into_iter()
+        .filter_map(|(id, owner, camera_id, path, captured_ms, day)| {
+            Some(super::UploadRequest {
+                snapshot_id: id.parse().ok()?,
+                owner: owner.parse().ok()?,
+                camera_id,
+                path,
+                captured_ms,
+                day,
+            })
+        })
+        .collect();
+    if !uploads.is_empty() {
+        tracing::warn!(copy = %copy.display(), uploads = uploads.len(), "queued the set-aside buffer's pending snapshot uploads again");
+        buffer.requeue_uploads(&uploads, super::now_ms())?;
+    }
+    Ok(())
 }
 
 /// Moves the copy's quarantined rows to `buffer`'s quarantine, as they are; returns how

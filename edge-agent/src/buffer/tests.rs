@@ -840,3 +840,40 @@ fn a_tracks_new_picture_supersedes_its_pending_one_and_rotation_drops_the_rest()
     assert_eq!(buffer.drop_uploads_of(&seqs, T0).unwrap(), 1);
     assert_eq!(buffer.upload_counts().unwrap().pending, 1);
 }
+
+#[test]
+fn a_set_aside_buffers_pending_uploads_are_queued_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("buffer.duckdb");
+    let events: Vec<_> = (0..4).map(|i| event(i, 0)).collect();
+    let uploads: Vec<_> = events.iter().map(|e| Some(upload_of(e))).collect();
+    {
+        let mut buffer = open(&dir);
+        buffer.append_with_uploads(&events, &uploads, T0).unwrap();
+        let done = uploads[0].as_ref().unwrap().snapshot_id;
+        buffer
+            .finish_uploads(&[(done, UploadOutcome::Uploaded { bytes: 1 })], T0)
+            .unwrap();
+        buffer.checkpoint().unwrap();
+    }
+    // Set aside by an agent that did not recover it: the next open salvages it.
+    std::fs::rename(&path, corrupt_path(&path)).unwrap();
+    let (buffer, _) = Buffer::open(&path).unwrap();
+    let pending: Vec<_> = buffer
+        .uploads()
+        .unwrap()
+        .into_iter()
+        .filter(|u| u.state == "pending")
+        .map(|u| u.snapshot_id)
+        .collect();
+    let want: Vec<_> = uploads[1..]
+        .iter()
+        .map(|u| u.as_ref().unwrap().snapshot_id)
+        .collect();
+    assert_eq!(
+        pending, want,
+        "the pending ones, in order; not the uploaded one"
+    );
+    // Sendable at once: their events came back as new rows, and they name none.
+    assert_eq!(buffer.pending_uploads(10, u64::MAX).unwrap().0.len(), 3);
+}

@@ -280,6 +280,21 @@ impl Buffer {
         Ok(out)
     }
 
+    /// Queues `uploads` recovered from a damaged buffer, naming no row (seq 0: their
+    /// events came back as new rows, unsent or sent).
+    pub(super) fn requeue_uploads(
+        &mut self,
+        uploads: &[UploadRequest],
+        now_ms: i64,
+    ) -> Result<(), BufferError> {
+        let db = db_err(&self.path);
+        let tx = self.conn.transaction().map_err(db)?;
+        let rows: Vec<(u64, &UploadRequest)> = uploads.iter().map(|u| (0, u)).collect();
+        queue(&tx, &rows, now_ms).map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(())
+    }
+
     /// Uploads superseded since the last call.
     pub fn take_superseded(&mut self) -> u64 {
         std::mem::take(&mut self.uploads_superseded)

@@ -764,6 +764,27 @@ max_bytes_per_sec = 2000000
         |s| s["uploads"]["sent"].as_u64().unwrap_or(0) >= 6,
     )
     .await?;
+    // Heartbeats told the cloud how the queue went.
+    let told = poll_until(
+        Duration::from_secs(30),
+        || async {
+            stack
+                .clickhouse
+                .query("SELECT max(uploads_sent), max(upload_bytes), max(uploads_dropped) FROM sightline.edge_heartbeats WHERE edge_id = 'edge-off' FORMAT TabSeparated")
+                .await
+        },
+        |row| row.split('\t').next().and_then(|n| n.trim().parse::<u64>().ok()).is_some_and(|n| n >= 6),
+    )
+    .await?;
+    let told =
+        told.map_err(|row| anyhow::anyhow!("heartbeats never reported the uploads: {row}"))?;
+    let fields: Vec<u64> = told
+        .trim()
+        .split('\t')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    assert!(fields[1] > 0 && fields[2] == 0, "{told}");
+
     let exit = agent.terminate().await?;
     anyhow::ensure!(exit.success(), "{}", std::fs::read_to_string(&log)?);
 
@@ -794,7 +815,6 @@ max_bytes_per_sec = 2000000
     )
     .await?;
     assert!(stored.is_ok(), "{stored:?} want {expected:?}");
-
     // On the wire: oldest first (the order they were queued), each after its own event.
     let uploads = stream_messages(&stack, sightline_shared::subjects::SNAPSHOTS_STREAM).await?;
     let header = |h: &async_nats::HeaderMap, name: &str| {

@@ -379,44 +379,13 @@ fn keep_uploads(conn: &Connection, copy: &Path, buffer: &mut Buffer) -> Result<(
     if conn.prepare("SELECT state FROM uploads LIMIT 0").is_err() {
         return Ok(());
     }
-    let read: Result<Vec<(String, String, String, String, i64, i32)>, duckdb::Error> = conn
-        .prepare(
-            "SELECT CAST(snapshot_id AS VARCHAR), owner, camera_id, path, captured_ms, day \
-             FROM uploads WHERE state = 'pending' ORDER BY created_ms, seq",
-        )
-        .and_then(|mut stmt| {
-            stmt.query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            })?
-            .collect()
-        });
-    let rows = match read {
-        Ok(rows) => rows,
+    let uploads = match super::uploads::all_pending(conn) {
+        Ok(uploads) => uploads,
         Err(error) => {
             tracing::error!(copy = %copy.display(), %error, "the set-aside buffer's snapshot upload queue cannot be read: those pictures stay on the box");
             return Ok(());
         }
     };
-    let uploads: Vec<super::UploadRequest> = rows
-        .into_iter()
-        .filter_map(|(id, owner, camera_id, path, captured_ms, day)| {
-            Some(super::UploadRequest {
-                snapshot_id: id.parse().ok()?,
-                owner: owner.parse().ok()?,
-                camera_id,
-                path,
-                captured_ms,
-                day,
-            })
-        })
-        .collect();
     if !uploads.is_empty() {
         tracing::warn!(copy = %copy.display(), uploads = uploads.len(), "queued the set-aside buffer's pending snapshot uploads again");
         buffer.requeue_uploads(&uploads, super::now_ms())?;

@@ -112,6 +112,29 @@ fn request(r: &duckdb::Row<'_>) -> duckdb::Result<(String, String, UploadRequest
     ))
 }
 
+/// Every pending upload in `conn`'s queue, in the order queued (a row that does not read
+/// is skipped and logged).
+pub(super) fn all_pending(conn: &duckdb::Connection) -> duckdb::Result<Vec<UploadRequest>> {
+    let mut stmt = conn.prepare(
+        "SELECT CAST(snapshot_id AS VARCHAR), owner, camera_id, path, captured_ms, day FROM uploads \
+         WHERE state = 'pending' ORDER BY created_ms, seq",
+    )?;
+    let rows = stmt.query_map([], request)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, owner, mut upload) = row?;
+        match (id.parse(), owner.parse()) {
+            (Ok(id), Ok(owner)) => {
+                upload.snapshot_id = id;
+                upload.owner = owner;
+                out.push(upload);
+            }
+            _ => tracing::error!(id, owner, "an upload row that does not read; skipping it"),
+        }
+    }
+    Ok(out)
+}
+
 impl Buffer {
     /// The oldest `limit` pending uploads, in the order they were queued, up to the first
     /// whose event or track record JetStream has not acknowledged yet (the queue drains

@@ -97,19 +97,22 @@ pub struct UploadCounts {
     pub oldest_pending_ms: Option<i64>,
 }
 
-fn request(r: &duckdb::Row<'_>) -> duckdb::Result<(String, String, UploadRequest)> {
-    Ok((
-        r.get::<_, String>(0)?,
-        r.get::<_, String>(1)?,
-        UploadRequest {
-            snapshot_id: Uuid::nil(),
-            owner: Owner::Track(1),
-            camera_id: r.get(2)?,
-            path: r.get(3)?,
-            captured_ms: r.get(4)?,
-            day: r.get(5)?,
-        },
-    ))
+/// An upload from the columns (id, owner, camera, path, capture time, day); `None` (logged)
+/// for a row whose id or owner does not read, which only a hand-edited file has.
+fn request(r: &duckdb::Row<'_>) -> duckdb::Result<Option<UploadRequest>> {
+    let (id, owner): (String, String) = (r.get(0)?, r.get(1)?);
+    let (Ok(snapshot_id), Ok(parsed)) = (id.parse(), owner.parse()) else {
+        tracing::error!(id, owner, "an upload row that does not read; skipping it");
+        return Ok(None);
+    };
+    Ok(Some(UploadRequest {
+        snapshot_id,
+        owner: parsed,
+        camera_id: r.get(2)?,
+        path: r.get(3)?,
+        captured_ms: r.get(4)?,
+        day: r.get(5)?,
+    }))
 }
 
 /// Every pending upload in `conn`'s queue, in the order queued (a row that does not read
@@ -120,19 +123,7 @@ pub(super) fn all_pending(conn: &duckdb::Connection) -> duckdb::Result<Vec<Uploa
          WHERE state = 'pending' ORDER BY created_ms, seq",
     )?;
     let rows = stmt.query_map([], request)?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (id, owner, mut upload) = row?;
-        match (id.parse(), owner.parse()) {
-            (Ok(id), Ok(owner)) => {
-                upload.snapshot_id = id;
-                upload.owner = owner;
-                out.push(upload);
-            }
-            _ => tracing::error!(id, owner, "an upload row that does not read; skipping it"),
-        }
-    }
-    Ok(out)
+    rows.filter_map(Result::transpose).collect()
 }
 
 impl Buffer {
@@ -170,18 +161,11 @@ impl Buffer {
             .map_err(db)?;
         let mut out = Vec::new();
         for row in rows {
-            let ((id, owner, mut upload), record_unsent) = row.map_err(db)?;
+            let (upload, record_unsent) = row.map_err(db)?;
             if record_unsent {
                 break;
             }
-            match (id.parse(), owner.parse()) {
-                (Ok(id), Ok(owner)) => {
-                    upload.snapshot_id = id;
-                    upload.owner = owner;
-                    out.push(upload);
-                }
-                _ => tracing::error!(id, owner, "an upload row that does not read; skipping it"),
-            }
+            out.extend(upload);
         }
         Ok((out, unsent))
     }
@@ -239,14 +223,9 @@ impl Buffer {
                 )
                 .map_err(db)?;
             let rows = stmt.query_map(params![day], request).map_err(db)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (id, owner, mut upload) = row.map_err(db)?;
-                upload.snapshot_id = id.parse().unwrap_or_default();
-                upload.owner = owner.parse().unwrap_or(Owner::Track(1));
-                out.push(upload);
-            }
-            out
+            rows.filter_map(Result::transpose)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db)?
         };
         self.conn
             .execute("DELETE FROM uploads WHERE day = ?", params![day])

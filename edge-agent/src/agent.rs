@@ -156,7 +156,7 @@ pub async fn run(
             (_, None) => unreachable!("load_detectors gives every camera with frames a detector"),
         }
     }
-    tracing::info!(edge_id = %config.edge_id, cameras = config.cameras.len(), nats = %config.nats.url, data_dir = %config.storage.data_dir.display(), "edge agent running");
+    tracing::info!(edge_id = %config.edge_id, cameras = config.cameras.len(), nats = %sightline_shared::config::redacted_urls(&config.nats.url), data_dir = %config.storage.data_dir.display(), "edge agent running");
 
     // Snapshots to the cloud, after their events; on shutdown they drain after the events,
     // within what is left of the drain timeout, and stop before the buffer closes (what is
@@ -166,7 +166,7 @@ pub async fn run(
     let uploading = tokio::spawn(
         crate::uploader::Uploader {
             buffer: buffer.clone(),
-            js: js.clone(),
+            js: crate::uploader::context(&client, &config),
             edge_id: config.edge_id.clone(),
             data_dir: config.storage.data_dir.clone(),
             config: config.snapshots.upload.clone(),

@@ -483,10 +483,15 @@ impl Camera {
                 _ => None,
             };
             let ended = record.ended_by.is_some();
+            let queued = upload.is_some();
             match rt.block_on(self.buffer.append_track(record, upload)) {
                 Ok(_) => {
                     self.metrics.tracks_recorded.inc();
-                    p.unsent_track_snapshots.remove(&track_id);
+                    // Sent, or never to be: otherwise a later record that matches the rules
+                    // (the track entered a zone) still sends the picture.
+                    if queued || ended {
+                        p.unsent_track_snapshots.remove(&track_id);
+                    }
                 }
                 Err(error) => {
                     self.metrics.refused(error.drop_reason(), 1);

@@ -198,6 +198,7 @@ pub struct Metrics {
     pub heartbeat_errors: Counter,
     pub snapshot_uploads_queued: Counter,
     pub snapshot_uploads_pending: Gauge,
+    pub snapshot_uploads_pending_at_start: Gauge,
     pub snapshot_uploads: Counter,
     pub snapshot_upload_bytes: Counter,
     pub snapshot_upload_errors: Counter,
@@ -357,6 +358,11 @@ impl Metrics {
             metrics.snapshot_uploads_pending.clone(),
         );
         r.register(
+            "snapshot_uploads_pending_at_start",
+            "Queued snapshots pending when the agent started (pending_at_start + queued = uploads + dropped + pending)",
+            metrics.snapshot_uploads_pending_at_start.clone(),
+        );
+        r.register(
             "snapshot_uploads",
             "Snapshots acknowledged by JetStream",
             metrics.snapshot_uploads.clone(),
@@ -373,7 +379,7 @@ impl Metrics {
         );
         r.register(
             "snapshot_uploads_dropped",
-            "Queued snapshots that will never be sent, by reason (queued = uploaded + dropped + pending)",
+            "Queued snapshots that will never be sent, by reason (pending_at_start + queued = uploads + dropped + pending)",
             metrics.snapshot_uploads_dropped.clone(),
         );
         metrics.cameras.register(r);

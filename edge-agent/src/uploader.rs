@@ -104,6 +104,23 @@ impl TokenBucket {
     }
 }
 
+/// The uploader's own JetStream context: its own window (`max_in_flight`), never taking the
+/// event publisher's, and an ack timeout that allows for a picture at the cap, so a picture
+/// on a slow uplink is not given up and sent again while it is still on its way.
+pub fn context(client: &async_nats::Client, config: &crate::AgentConfig) -> jetstream::Context {
+    let upload = &config.snapshots.upload;
+    let transfer = sightline_shared::snapshot::MAX_BYTES as u64
+        * u64::from(upload.max_in_flight as u32)
+        / upload.max_bytes_per_sec.max(1);
+    jetstream::context::ContextBuilder::new()
+        .timeout(
+            Duration::from_millis(config.publisher.ack_timeout_ms)
+                + Duration::from_secs(transfer.min(600)),
+        )
+        .max_ack_inflight(upload.max_in_flight)
+        .build(client.clone())
+}
+
 /// While the buffer holds more unsent events than this, no snapshot goes: events first.
 const EVENTS_FIRST: u64 = 1000;
 /// How long the uploader rests with nothing to send.
@@ -176,12 +193,14 @@ impl Uploader {
                     bucket.take(payload.len() as u64).await;
                     sends.push(self.send(upload, payload));
                 }
-                Err((reason, detail)) => {
+                Err((why, detail)) => {
                     tracing::error!(snapshot = %upload.snapshot_id, of = %upload.owner, path = %upload.path, detail, "a queued snapshot cannot be uploaded; dropping it");
-                    self.metrics.uploads_dropped(reason, 1);
                     outcomes.push((
                         upload.snapshot_id,
-                        UploadOutcome::Dropped { reason: detail },
+                        UploadOutcome::Dropped {
+                            why,
+                            reason: detail,
+                        },
                     ));
                 }
             }
@@ -189,11 +208,7 @@ impl Uploader {
         let mut failed = false;
         for (id, sent) in join_all(sends).await {
             match sent {
-                Ok(bytes) => {
-                    self.metrics.snapshot_uploads.inc();
-                    self.metrics.snapshot_upload_bytes.inc_by(bytes);
-                    outcomes.push((id, UploadOutcome::Uploaded { bytes }));
-                }
+                Ok(bytes) => outcomes.push((id, UploadOutcome::Uploaded { bytes })),
                 Err(error) => {
                     self.metrics.snapshot_upload_errors.inc();
                     tracing::warn!(snapshot = %id, %error, "a snapshot upload failed; it stays queued");

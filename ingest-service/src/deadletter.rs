@@ -73,13 +73,41 @@ impl DeadLetters {
                 sequence.to_string().as_str(),
             );
         }
+        // A message within the server's size limit may not fit beside the dead letter's
+        // headers (a picture just under the limit): then the reason is kept without the
+        // payload, said so in a header and logged, rather than retrying a publish that can
+        // never go (which would stall everything behind it).
+        let mut payload = message.payload.clone();
+        let max = self.js.client().server_info().max_payload;
+        let header_bytes: usize = headers
+            .iter()
+            .map(|(name, values)| {
+                AsRef::<str>::as_ref(name).len()
+                    + values.iter().map(|v| v.as_str().len() + 4).sum::<usize>()
+            })
+            .sum();
+        if max > 0 && payload.len() + header_bytes + 1024 > max {
+            tracing::error!(
+                subject = %message.subject, bytes = payload.len(), max_payload = max,
+                "a dead letter would be over the server's max_payload: keeping its reason and headers without the payload"
+            );
+            headers.insert(
+                subjects::DEADLETTER_PAYLOAD_OMITTED_HEADER,
+                format!(
+                    "{} bytes, over the server's max_payload of {max} with the headers",
+                    payload.len()
+                )
+                .as_str(),
+            );
+            payload = bytes::Bytes::new();
+        }
         let subject = subjects::deadletter_subject(&message.subject);
         let published = retry(
             &format!("publish the dead letter of stream sequence {sequence:?}"),
             cancel,
             Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
             |_| true,
-            || self.publish(&subject, message, headers.clone(), sequence),
+            || self.publish(&subject, payload.clone(), headers.clone(), sequence),
         )
         .await;
         if !matches!(published, Ok(Some(()))) {
@@ -107,13 +135,11 @@ impl DeadLetters {
     async fn publish(
         &self,
         subject: &str,
-        message: &jetstream::Message,
+        payload: bytes::Bytes,
         headers: HeaderMap,
         sequence: Option<u64>,
     ) -> Result<(), async_nats::Error> {
-        let mut publish = PublishMessage::build()
-            .payload(message.payload.clone())
-            .headers(headers);
+        let mut publish = PublishMessage::build().payload(payload).headers(headers);
         if let Some(sequence) = sequence {
             publish = publish.message_id(format!("dlq-{sequence}"));
         }

@@ -71,6 +71,9 @@ pub async fn declare(
             description: Some("Sightline snapshot uploads from edge agents".into()),
             subjects: vec![subjects::SNAPSHOTS_SUBJECTS.into()],
             max_message_size: -1,
+            // Its own size: the events stream's byte limit, sized for small events, would
+            // discard pictures the edges counted as sent. Its age limit bounds it.
+            max_bytes: -1,
             ..events_stream_config(config)
         },
         // Heartbeats are status snapshots: kept as long as events, oldest dropped first.

@@ -110,37 +110,51 @@ pub(crate) async fn sweep_snapshots(
 ) -> anyhow::Result<u64> {
     let mut expired = 0;
     for (owner, cutoff) in cutoffs(settings, now_ms) {
-        let ids: Vec<String> = client
-            .query(&format!(
-                "SELECT toString(snapshot_id) FROM {SNAPSHOTS} WHERE {owner} GROUP BY snapshot_id \
-                 HAVING max(greatest(captured_at_ms, stored_at_ms)) < ? LIMIT ?"
-            ))
-            .bind(cutoff)
-            .bind(EXPIRE_BATCH as u64)
-            .fetch_all()
-            .await?;
-        if ids.is_empty() {
-            continue;
+        // Page by id, so a sweep gets through any number (the rows of one page go by a
+        // mutation ClickHouse applies later: the next page must not read them again).
+        let mut after: Option<uuid::Uuid> = None;
+        loop {
+            let after_clause = after.map_or(String::new(), |id| {
+                format!(" AND snapshot_id > toUUID('{id}')")
+            });
+            let ids: Vec<String> = client
+                .query(&format!(
+                    "SELECT toString(snapshot_id) FROM {SNAPSHOTS} WHERE {owner}{after_clause} \
+                     GROUP BY snapshot_id HAVING max(greatest(captured_at_ms, stored_at_ms)) < ? \
+                     ORDER BY snapshot_id LIMIT ?"
+                ))
+                .bind(cutoff)
+                .bind(EXPIRE_BATCH as u64)
+                .fetch_all()
+                .await?;
+            let mut gone = Vec::with_capacity(ids.len());
+            for id in &ids {
+                let Ok(uuid) = id.parse::<uuid::Uuid>() else {
+                    continue;
+                };
+                store.delete(uuid).await?;
+                gone.push(format!("toUUID('{uuid}')"));
+                after = Some(uuid);
+            }
+            if !gone.is_empty() {
+                client
+                    .query(&format!(
+                        "ALTER TABLE {SNAPSHOTS} DELETE WHERE snapshot_id IN ({})",
+                        gone.join(",")
+                    ))
+                    .execute()
+                    .await?;
+                tracing::info!(
+                    snapshots = gone.len(),
+                    owner,
+                    "expired snapshots removed (objects, then rows)"
+                );
+                expired += gone.len() as u64;
+            }
+            if ids.len() < EXPIRE_BATCH {
+                break;
+            }
         }
-        let mut gone = Vec::with_capacity(ids.len());
-        for id in &ids {
-            let Ok(uuid) = id.parse() else { continue };
-            store.delete(uuid).await?;
-            gone.push(format!("toUUID('{uuid}')"));
-        }
-        client
-            .query(&format!(
-                "ALTER TABLE {SNAPSHOTS} DELETE WHERE snapshot_id IN ({})",
-                gone.join(",")
-            ))
-            .execute()
-            .await?;
-        tracing::info!(
-            snapshots = gone.len(),
-            owner,
-            "expired snapshots removed (objects, then rows)"
-        );
-        expired += gone.len() as u64;
     }
     Ok(expired)
 }

@@ -195,6 +195,7 @@ async fn serve(
             dead_letters: dead_letters.clone(),
             metrics: metrics.clone(),
             settings: config.snapshots,
+            max_future_skew_ms: (config.consumer.max_future_skew_secs as i64).saturating_mul(1000),
             timeout: config.clickhouse.timeout(),
         }
         .run(snapshot_consumer, cancel.clone()),

@@ -3,14 +3,17 @@
 //! in `snapshots`, and only then acknowledges them.
 //!
 //! The checks, in order (the first that fails dead-letters the upload with its reason):
-//! 1. the subject is `sightline.snapshots.<edge>.<camera>` and the headers name a snapshot
-//!    id, what it shows, its capture time, size and SHA-256 ([`SnapshotHeader`]): `Decode`;
-//! 2. the payload is a whole JPEG within `[snapshots] max_bytes`, of the size and SHA-256
-//!    named ([`jpeg::check`]): `Snapshot`;
+//! 1. the subject is `sightline.snapshots.<edge>.<camera>` (`Subject`) and the headers name
+//!    a snapshot id, what it shows, its capture time, size and SHA-256 ([`SnapshotHeader`]):
+//!    `Decode`;
+//! 2. the payload is a whole JPEG within `[snapshots] max_bytes` and [`MAX_PIXELS`], of the
+//!    size and SHA-256 named ([`jpeg::check`]), captured no later than `max_future_skew`
+//!    ahead of ingest's clock: `Snapshot`;
 //! 3. the event or track it shows is in ClickHouse and came from the subject's edge and
-//!    camera: `Subject` if it came from another, `Owner` if it has not arrived within
-//!    `owner_wait_secs` (until then the upload is put back and tried again, since uploads
-//!    follow their events but may overtake them in a backlog).
+//!    camera (`Subject` if it came from another), and the picture's capture time is its
+//!    event's, or within its track's visit (`Snapshot`); `Owner` if it has not arrived
+//!    while the writer waited `owner_wait_secs` for it (until then the upload is put back
+//!    every few seconds: uploads follow their events but may overtake them in a backlog).
 //!
 //! Order of writes: object, then row, then ack. A writer killed after the put and before the
 //! row leaves an object the redelivery overwrites (same key) before writing its row; after
@@ -86,6 +89,8 @@ pub(crate) struct SnapshotWriter {
     pub dead_letters: DeadLetters,
     pub metrics: Metrics,
     pub settings: SnapshotSettings,
+    /// How far ahead of ingest's clock a capture time may be, as for events.
+    pub max_future_skew_ms: i64,
     /// Bounds each ClickHouse query and insert.
     pub timeout: Duration,
 }
@@ -102,8 +107,16 @@ struct Checked {
 /// Why an upload cannot be stored.
 type Refusal = (DeadLetterReason, String);
 
-/// Checks 1 and 2 of the module's list.
-fn check(message: &jetstream::Message, max_bytes: usize) -> Result<Checked, Refusal> {
+/// The most pixels a picture may have (8192 x 8192): a thumbnail decodes the whole of it,
+/// so a header that claims a gigapixel frame is refused here, not in the query service.
+pub(crate) const MAX_PIXELS: u64 = 8192 * 8192;
+
+/// Checks 1 and 2 of the module's list; `latest_ms` is the latest capture time accepted.
+fn check(
+    message: &jetstream::Message,
+    max_bytes: usize,
+    latest_ms: i64,
+) -> Result<Checked, Refusal> {
     let (edge_id, camera_id) =
         subjects::parse_snapshot_subject(&message.subject).ok_or_else(|| {
             (
@@ -124,6 +137,24 @@ fn check(message: &jetstream::Message, max_bytes: usize) -> Result<Checked, Refu
     .map_err(|e| (DeadLetterReason::Decode, e.to_string()))?;
     let info = jpeg::check(&message.payload, max_bytes, &header.sha256)
         .map_err(|e| (DeadLetterReason::Snapshot, e.to_string()))?;
+    if u64::from(info.width) * u64::from(info.height) > MAX_PIXELS {
+        return Err((
+            DeadLetterReason::Snapshot,
+            format!(
+                "a {}x{} picture is over the limit of {MAX_PIXELS} pixels",
+                info.width, info.height
+            ),
+        ));
+    }
+    if header.captured_at.as_millis() > latest_ms {
+        return Err((
+            DeadLetterReason::Snapshot,
+            format!(
+                "it says it was captured at {} ms, ahead of ingest's clock by more than the allowed skew",
+                header.captured_at.as_millis()
+            ),
+        ));
+    }
     if header.size != info.len as u64 {
         return Err((
             DeadLetterReason::Snapshot,
@@ -144,8 +175,38 @@ fn check(message: &jetstream::Message, max_bytes: usize) -> Result<Checked, Refu
     })
 }
 
-/// Where an owner came from: its edge and camera.
-type Source = (String, String);
+/// Where an owner came from, and when: its edge, camera and the capture time its picture
+/// must have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Source {
+    edge: String,
+    camera: String,
+    captured: Captured,
+}
+
+/// The capture time an owner's picture must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Captured {
+    /// An event's picture is of its frame: this capture time exactly.
+    Exactly(i64),
+    /// A track's best frame is from its visit: at or after its start.
+    From(i64),
+}
+
+impl Source {
+    /// What is wrong with a picture captured at `at_ms`, if anything.
+    fn capture_mismatch(&self, at_ms: i64) -> Option<String> {
+        match self.captured {
+            Captured::Exactly(ms) if ms != at_ms => Some(format!(
+                "the picture says it was captured at {at_ms} ms, its event at {ms} ms"
+            )),
+            Captured::From(ms) if at_ms < ms => Some(format!(
+                "the picture says it was captured at {at_ms} ms, before its track started ({ms} ms)"
+            )),
+            _ => None,
+        }
+    }
+}
 
 impl SnapshotWriter {
     /// Consumes the snapshot uploads until `cancel` fires.
@@ -185,8 +246,11 @@ impl SnapshotWriter {
         cancel: &CancellationToken,
     ) -> Result<(), Stop> {
         let mut checked = Vec::new();
+        let latest = sightline_runtime::now()
+            .as_millis()
+            .saturating_add(self.max_future_skew_ms);
         for message in messages {
-            match check(&message, self.settings.max_bytes) {
+            match check(&message, self.settings.max_bytes, latest) {
                 Ok(c) => checked.push(c),
                 Err(refusal) => self.refuse(&message, refusal, cancel).await?,
             }
@@ -206,13 +270,20 @@ impl SnapshotWriter {
         let mut ready = Vec::new();
         for c in checked {
             match owners.get(&(c.edge_id.clone(), c.header.owner)) {
-                Some((edge, camera)) if *edge == c.edge_id && *camera == c.camera_id => {
-                    ready.push(c);
+                Some(source) if source.edge == c.edge_id && source.camera == c.camera_id => {
+                    match source.capture_mismatch(c.header.captured_at.as_millis()) {
+                        None => ready.push(c),
+                        Some(detail) => {
+                            let detail = format!("{}: {detail}", c.header.owner);
+                            self.refuse(&c.message, (DeadLetterReason::Snapshot, detail), cancel)
+                                .await?;
+                        }
+                    }
                 }
-                Some((edge, camera)) => {
+                Some(source) => {
                     let detail = format!(
-                        "it shows {} of edge {edge:?} camera {camera:?}, but came on {}",
-                        c.header.owner, c.message.subject
+                        "it shows {} of edge {:?} camera {:?}, but came on {}",
+                        c.header.owner, source.edge, source.camera, c.message.subject
                     );
                     self.refuse(&c.message, (DeadLetterReason::Subject, detail), cancel)
                         .await?;
@@ -221,7 +292,8 @@ impl SnapshotWriter {
             }
         }
         let mut stored = Vec::new();
-        for c in ready {
+        let mut ready = ready.into_iter();
+        while let Some(c) = ready.next() {
             let metadata = [
                 ("edge_id", c.edge_id.clone()),
                 ("camera_id", c.camera_id.clone()),
@@ -236,6 +308,7 @@ impl SnapshotWriter {
                 tracing::warn!(%error, snapshot = %c.header.id, "putting a snapshot failed; the uploads will be redelivered");
                 self.metrics.snapshot_errors.inc();
                 stored.push(c);
+                stored.extend(ready);
                 put_back(messages_of(&stored), Duration::from_secs(1)).await;
                 return Err(Stop::Failed);
             }
@@ -266,21 +339,20 @@ impl SnapshotWriter {
     /// An upload whose event or track is not in ClickHouse: put back for a while, then
     /// dead-lettered.
     async fn wait_for_owner(&self, c: Checked, cancel: &CancellationToken) -> Result<(), Stop> {
-        let age = c
-            .message
-            .info()
-            .ok()
-            .map(|info| time::OffsetDateTime::now_utc() - info.published)
-            .unwrap_or(time::Duration::ZERO);
-        let wait = time::Duration::seconds(self.settings.owner_wait_secs as i64);
-        if age < wait {
+        // How long this writer has waited: each delivery after the first came OWNER_RETRY
+        // after a put-back. Counted in deliveries, not from the upload's publish time, so
+        // uploads that waited in the stream while ingest (or ClickHouse) was down get their
+        // whole wait once it runs again, beside the events backlog they wait for.
+        let deliveries = c.message.info().map_or(1, |info| info.delivered.max(1));
+        let waited = (deliveries - 1) as u64 * OWNER_RETRY.as_secs();
+        if waited < self.settings.owner_wait_secs {
             tracing::debug!(snapshot = %c.header.id, of = %c.header.owner, "the snapshot's event or track has not arrived; trying again soon");
             self.metrics.snapshots_waiting.inc();
             put_back([&c.message], OWNER_RETRY).await;
             return Ok(());
         }
         let detail = format!(
-            "the {} it shows did not reach the cloud from edge {:?} within {} s of the upload",
+            "the {} it shows did not reach the cloud from edge {:?} while the writer waited {} s for it",
             c.header.owner, c.edge_id, self.settings.owner_wait_secs
         );
         self.refuse(&c.message, (DeadLetterReason::Owner, detail), cancel)
@@ -328,6 +400,7 @@ impl SnapshotWriter {
                         .fetch_all(),
                 )
                 .await?;
+            // The sorting key of `events` is (camera, capture ms, id): both narrow the read.
             if !places.is_empty() {
                 let cameras: HashSet<&str> = places.iter().map(|(c, _)| c.as_str()).collect();
                 let cameras = cameras
@@ -342,18 +415,24 @@ impl SnapshotWriter {
                     .map(|s| format!("toDateTime({s})"))
                     .collect::<Vec<_>>()
                     .join(",");
-                let rows: Vec<(String, String, String)> = self
+                let millis: HashSet<i64> = places.iter().map(|(_, ms)| *ms).collect();
+                let millis = millis
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let rows: Vec<(String, String, String, i64)> = self
                     .bounded(
                         self.client
                             .query(&format!(
-                                "SELECT DISTINCT toString(event_id), edge_id, camera_id FROM {EVENTS} \
+                                "SELECT DISTINCT toString(event_id), edge_id, camera_id, captured_at_ms FROM {EVENTS} \
                                  WHERE camera_id IN ({cameras}) AND captured_at IN ({seconds}) \
-                                 AND event_id IN ({ids})"
+                                 AND captured_at_ms IN ({millis}) AND event_id IN ({ids})"
                             ))
                             .fetch_all(),
                     )
                     .await?;
-                for (id, edge, camera) in rows {
+                for (id, edge, camera, captured_ms) in rows {
                     let Ok(id) = id.parse() else { continue };
                     // Keyed by every uploader: an event is found whichever edge sent the
                     // upload, so an upload from another edge is told apart from a missing one.
@@ -361,7 +440,11 @@ impl SnapshotWriter {
                         if c.header.owner == Owner::Event(id) {
                             found.insert(
                                 (c.edge_id.clone(), c.header.owner),
-                                (edge.clone(), camera.clone()),
+                                Source {
+                                    edge: edge.clone(),
+                                    camera: camera.clone(),
+                                    captured: Captured::Exactly(captured_ms),
+                                },
                             );
                         }
                     }
@@ -381,18 +464,25 @@ impl SnapshotWriter {
                 .map(|(edge, id)| format!("('{edge}',{id})"))
                 .collect::<Vec<_>>()
                 .join(",");
-            let rows: Vec<(String, u64, String)> = self
+            let rows: Vec<(String, u64, String, i64)> = self
                 .bounded(
                     self.client
                         .query(&format!(
-                            "SELECT DISTINCT edge_id, track_id, camera_id FROM {TRACKS_BY_ID} \
+                            "SELECT DISTINCT edge_id, track_id, camera_id, started_at_ms FROM {TRACKS_BY_ID} \
                              WHERE (edge_id, track_id) IN ({keys})"
                         ))
                         .fetch_all(),
                 )
                 .await?;
-            for (edge, id, camera) in rows {
-                found.insert((edge.clone(), Owner::Track(id)), (edge, camera));
+            for (edge, id, camera, started_ms) in rows {
+                found.insert(
+                    (edge.clone(), Owner::Track(id)),
+                    Source {
+                        edge,
+                        camera,
+                        captured: Captured::From(started_ms),
+                    },
+                );
             }
         }
         Ok(found)

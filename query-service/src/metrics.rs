@@ -27,6 +27,7 @@ pub struct Metrics {
     pub replay_published: Counter,
     pub snapshots_served: Counter,
     pub snapshot_damaged: Counter,
+    pub snapshots_missing: Counter,
 }
 
 impl Metrics {
@@ -41,6 +42,7 @@ impl Metrics {
             replay_published: Counter::default(),
             snapshots_served: Counter::default(),
             snapshot_damaged: Counter::default(),
+            snapshots_missing: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("sightline_query");
         r.register(
@@ -70,8 +72,13 @@ impl Metrics {
         );
         r.register(
             "snapshots_damaged",
-            "Snapshots not served because the store's object is missing or does not match its SHA-256",
+            "Snapshots not served because the store's object does not match its SHA-256",
             metrics.snapshot_damaged.clone(),
+        );
+        r.register(
+            "snapshots_missing",
+            "Snapshots recorded whose object the store does not have: briefly, pictures being expired (object first, then row); otherwise lost objects",
+            metrics.snapshots_missing.clone(),
         );
         metrics
     }

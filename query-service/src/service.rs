@@ -52,6 +52,7 @@ pub async fn run(
             )),
             thumbnails: Arc::new(Thumbnails::new(config.snapshots.thumbnail_cache_bytes)),
             quality: config.snapshots.thumbnail_quality,
+            making: Arc::new(tokio::sync::Semaphore::new(2)),
         }),
         _ => None,
     };

@@ -26,6 +26,8 @@ pub(crate) struct Snapshots {
     pub store: Arc<dyn SnapshotStore>,
     pub thumbnails: Arc<Thumbnails>,
     pub quality: u8,
+    /// Thumbnails made at once (each decodes a whole picture): more wait their turn.
+    pub making: Arc<tokio::sync::Semaphore>,
 }
 
 /// Thumbnails by (snapshot id, width), up to a byte budget; the oldest go first.
@@ -144,8 +146,10 @@ impl Snapshots {
             Some(thumbnail) => thumbnail,
             None => {
                 let Some(bytes) = self.store.get(row.snapshot_id).await? else {
-                    tracing::error!(snapshot = %row.snapshot_id, "a snapshot row names an object the store does not have");
-                    metrics.snapshot_damaged.inc();
+                    // Retention deletes the object first, then the row (by a mutation
+                    // ClickHouse applies shortly after): an expiring picture shows here.
+                    tracing::warn!(snapshot = %row.snapshot_id, "a snapshot row names an object the store does not have (expiring, or lost)");
+                    metrics.snapshots_missing.inc();
                     return Err(ServeError::Gone(format!(
                         "the snapshot of {what} is recorded but its picture is gone"
                     )));
@@ -182,6 +186,15 @@ impl Snapshots {
     async fn thumbnail(&self, id: Uuid, bytes: Bytes, width: u32) -> Result<Bytes, ServeError> {
         let quality = self.quality;
         let source = bytes.clone();
+        let _turn = self
+            .making
+            .acquire()
+            .await
+            .map_err(|e| ServeError::Internal(format!("the thumbnail queue closed: {e}")))?;
+        // Another request may have made it while this one waited.
+        if let Some(made) = self.thumbnails.get((id, width)) {
+            return Ok(made);
+        }
         let made = tokio::task::spawn_blocking(move || {
             sightline_runtime::picture::thumbnail(&source, width, quality)
         })

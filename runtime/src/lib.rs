@@ -169,8 +169,34 @@ pub async fn connect_nats(
         .with_context(|| format!("failed to connect to NATS at {urls}"))
 }
 
+/// `text` with its `%XX` escapes decoded (a user or password in a URL must escape `@`, `:`
+/// and `/`); an escape that does not decode is kept as it is.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// `urls` (comma separated) without the `user:password@` any of them holds, and the first
-/// such user and password.
+/// such user and password (percent-decoded).
 fn split_user(urls: &str) -> (String, Option<(String, String)>) {
     let mut user = None;
     let stripped: Vec<String> = urls
@@ -185,7 +211,7 @@ fn split_user(urls: &str) -> (String, Option<(String, String)>) {
                 Some((info, host)) => {
                     if user.is_none() {
                         let (name, password) = info.split_once(':').unwrap_or((info, ""));
-                        user = Some((name.to_owned(), password.to_owned()));
+                        user = Some((percent_decode(name), percent_decode(password)));
                     }
                     format!("{scheme}://{host}{path}")
                 }
@@ -210,6 +236,11 @@ mod tests {
         assert_eq!(
             super::split_user("nats://127.0.0.1:4222"),
             ("nats://127.0.0.1:4222".to_owned(), None)
+        );
+        // Escaped characters, as a URL must carry them.
+        assert_eq!(
+            super::split_user("nats://edge%2D1:p%40ss%2Fw%3Ard@host:4222").1,
+            Some(("edge-1".to_owned(), "p@ss/w:rd".to_owned()))
         );
     }
 

@@ -52,7 +52,9 @@ pub trait SnapshotStore: fmt::Debug + Send + Sync {
     ) -> BoxFuture<'a, Result<(), ObjectError>>;
     /// The object under `id`; `None` if there is none.
     fn get(&self, id: Uuid) -> BoxFuture<'_, Result<Option<Bytes>, ObjectError>>;
-    /// Removes the object under `id`; `false` if there was none.
+    /// Removes the object under `id`; `false` if there was none (an object deleted before
+    /// may still answer `true`: the JetStream store keeps a deletion marker). Either way it
+    /// is gone afterwards.
     fn delete(&self, id: Uuid) -> BoxFuture<'_, Result<bool, ObjectError>>;
     /// The ids of every object (for audits and tests: it reads the whole index).
     fn list(&self) -> BoxFuture<'_, Result<Vec<Uuid>, ObjectError>>;

@@ -5,6 +5,9 @@
 use image::RgbImage;
 use thiserror::Error;
 
+/// The widest and tallest picture [`thumbnail`] decodes.
+pub const MAX_SIDE: u32 = 8192;
+
 /// Why a picture could not be encoded.
 #[derive(Debug, Error)]
 pub enum EncodeError {
@@ -44,7 +47,16 @@ pub fn thumbnail(
     max_width: u32,
     quality: u8,
 ) -> Result<Option<Vec<u8>>, ThumbnailError> {
-    let decoded = image::load_from_memory_with_format(jpeg, image::ImageFormat::Jpeg)?;
+    // Bounded: a stored picture is at most 8192 x 8192 (ingest refuses larger), and a
+    // decode never allocates more than one of those.
+    let mut reader =
+        image::ImageReader::with_format(std::io::Cursor::new(jpeg), image::ImageFormat::Jpeg);
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(u64::from(MAX_SIDE) * u64::from(MAX_SIDE) * 3);
+    reader.limits(limits);
+    let decoded = reader.decode()?;
     if decoded.width() <= max_width {
         return Ok(None);
     }

@@ -81,8 +81,9 @@ pub fn check_identifier(field: &str, value: &str) -> Result<(), ConfigError> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
-    /// Server URL(s), comma separated, e.g. `nats://127.0.0.1:4222`.
-    #[serde(default = "default_nats_url")]
+    /// Server URL(s), comma separated, e.g. `nats://127.0.0.1:4222`; a user and password
+    /// may be given in it (`nats://edge-1:secret@host:4222`), never printed.
+    #[serde(default = "default_nats_url", serialize_with = "redact_password")]
     pub url: String,
     /// Optional path to a `.creds` file for authentication.
     #[serde(default)]
@@ -100,6 +101,31 @@ impl Default for NatsConfig {
 
 fn default_nats_url() -> String {
     "nats://127.0.0.1:4222".into()
+}
+
+/// `urls` (comma separated) with any password in them replaced by `<redacted>`: for logs
+/// and printed configs.
+pub fn redacted_urls(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| {
+            let Some((scheme, rest)) = url.split_once("://") else {
+                return url.to_owned();
+            };
+            let end = rest.find('/').unwrap_or(rest.len());
+            match rest[..end].rsplit_once('@') {
+                Some((info, host)) if info.contains(':') => {
+                    let user = info.split(':').next().unwrap_or_default();
+                    format!("{scheme}://{user}:<redacted>@{host}{}", &rest[end..])
+                }
+                _ => url.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn redact_password<S: serde::Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&redacted_urls(url))
 }
 
 /// Serializes a secret as `<redacted>`, so printing an effective config never shows it.
@@ -190,4 +216,23 @@ fn default_clickhouse_user() -> String {
 
 const fn default_clickhouse_timeout_ms() -> u64 {
     30_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_in_a_nats_url_is_never_printed() {
+        assert_eq!(
+            redacted_urls("nats://edge-1:secret@10.0.0.1:4222/x,nats://10.0.0.2:4222"),
+            "nats://edge-1:<redacted>@10.0.0.1:4222/x,nats://10.0.0.2:4222"
+        );
+        let config = NatsConfig {
+            url: "nats://q:pw@h:4222".into(),
+            credentials_file: None,
+        };
+        let printed = serde_json::to_string(&config).unwrap();
+        assert!(!printed.contains("pw@"), "{printed}");
+    }
 }

@@ -26,6 +26,9 @@ pub const DEADLETTER_SUBJECTS: &str = "sightline.deadletter.>";
 pub const DEADLETTER_REASON_HEADER: &str = "Sightline-Deadletter-Reason";
 /// Header on a dead letter: the subject the message was originally published on.
 pub const DEADLETTER_SUBJECT_HEADER: &str = "Sightline-Original-Subject";
+/// Header on a dead letter kept without its payload (it would not fit beside the headers
+/// under the server's `max_payload`): the payload's size.
+pub const DEADLETTER_PAYLOAD_OMITTED_HEADER: &str = "Sightline-Deadletter-Payload-Omitted";
 /// Header on a dead letter: the stream sequence of the original message.
 pub const DEADLETTER_SEQUENCE_HEADER: &str = "Sightline-Original-Sequence";
 

@@ -1,5 +1,6 @@
 -- Heartbeats report the edge's snapshot upload queue (issue 17): pending, sent, dropped
--- (never to be sent, every reason), failed attempts (retried) and bytes sent since the
+-- (never to be sent: rotated away, file gone or too large, event dropped; not those a newer
+-- best frame of their track replaced), failed attempts (retried) and bytes sent since the
 -- agent started. Heartbeats from agents before it read 0.
 ALTER TABLE {db}.edge_heartbeats
     ADD COLUMN IF NOT EXISTS uploads_pending UInt64 DEFAULT 0,

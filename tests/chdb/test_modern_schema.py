@@ -206,6 +206,7 @@ def test_migrations_are_idempotent(db):
         "events_by_id",
         "events_by_id_mv",
         "schema_migrations",
+        "snapshots",
         "tracks",
         "tracks_by_id",
         "tracks_by_id_mv",

@@ -34,6 +34,19 @@ pub fn init_tracing() {
     });
 }
 
+/// An ingest service running on a runtime of its own, so a crash takes all of it: the
+/// service and every task it spawned (its writers, its side consumers), mid-whatever.
+struct Ingest {
+    task: JoinHandle<anyhow::Result<()>>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl std::fmt::Debug for Ingest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingest").finish_non_exhaustive()
+    }
+}
+
 /// NATS, ClickHouse, the ingest service and the query service.
 #[derive(Debug)]
 pub struct Stack {
@@ -48,7 +61,7 @@ pub struct Stack {
     pub ingest_http: String,
     pub http: reqwest::Client,
     stop: CancellationToken,
-    ingest: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+    ingest: Option<Ingest>,
     query: JoinHandle<anyhow::Result<()>>,
     more_queries: Vec<JoinHandle<anyhow::Result<()>>>,
 }
@@ -162,25 +175,33 @@ impl Stack {
         Ok(())
     }
 
-    /// Starts an ingest service (another one after [`Self::crash_ingest`]).
+    /// Starts an ingest service (another one after [`Self::crash_ingest`]), on a runtime of
+    /// its own.
     pub async fn start_ingest(&mut self) -> anyhow::Result<()> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
         self.ingest_http = format!("http://{}", listener.local_addr()?);
-        let stop = self.stop.child_token();
-        let task = tokio::spawn(sightline_ingest::run(
-            self.ingest_config.clone(),
-            listener,
-            stop.clone().cancelled_owned(),
-        ));
-        self.ingest = Some((stop, task));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("ingest")
+            .enable_all()
+            .build()?;
+        let config = self.ingest_config.clone();
+        let shutdown = self.stop.child_token().cancelled_owned();
+        let task = runtime.spawn(async move {
+            let listener = TcpListener::from_std(listener)?;
+            sightline_ingest::run(config, listener, shutdown).await
+        });
+        self.ingest = Some(Ingest { task, runtime });
         Ok(())
     }
 
     /// Kills the ingest service mid-whatever: no flush, no acks, no goodbye, like a crash.
+    /// Its runtime goes with every task on it, and its connections close.
     pub async fn crash_ingest(&mut self) {
-        if let Some((_, task)) = self.ingest.take() {
-            task.abort();
-            let _ = task.await;
+        if let Some(ingest) = self.ingest.take() {
+            ingest.runtime.shutdown_background();
+            let _ = ingest.task.await;
         }
     }
 
@@ -362,10 +383,10 @@ impl Stack {
     /// Stops both services in order and reports their errors.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.stop.cancel();
-        if let Some((_, task)) = self.ingest {
-            tokio::time::timeout(Duration::from_secs(30), task)
-                .await
-                .context("ingest did not stop in 30 s")???;
+        if let Some(ingest) = self.ingest {
+            let stopped = tokio::time::timeout(Duration::from_secs(30), ingest.task).await;
+            ingest.runtime.shutdown_background();
+            stopped.context("ingest did not stop in 30 s")???;
         }
         for query in std::iter::once(self.query).chain(self.more_queries) {
             tokio::time::timeout(Duration::from_secs(30), query)

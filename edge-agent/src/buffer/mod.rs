@@ -150,6 +150,9 @@ pub struct Buffer {
     /// Pending uploads a newer best frame of their track replaced since
     /// [`Buffer::take_superseded`].
     uploads_superseded: u64,
+    /// Pending uploads whose events were quarantined since
+    /// [`Buffer::take_uploads_dropped_with_events`].
+    uploads_dropped_with_events: u64,
 }
 
 /// Most recent appends kept in memory for live pages.
@@ -295,6 +298,7 @@ impl Buffer {
             unusable: None,
             fresh: VecDeque::new(),
             uploads_superseded: 0,
+            uploads_dropped_with_events: 0,
         })
     }
 
@@ -643,6 +647,13 @@ impl Buffer {
             .map_err(db)?;
             tx.execute("DELETE FROM outbox WHERE seq = ?", params![*seq as i64])
                 .map_err(db)?;
+            // Its picture would show an event the cloud never gets.
+            self.uploads_dropped_with_events += tx
+                .execute(
+                    "UPDATE uploads SET state = 'dropped', reason = 'event quarantined', done_ms = epoch_ms(now()) WHERE seq = ? AND state = 'pending'",
+                    params![*seq as i64],
+                )
+                .map_err(db)? as u64;
         }
         tx.commit().map_err(db)?;
         self.quarantined += bad.len() as u64;

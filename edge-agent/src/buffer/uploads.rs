@@ -13,6 +13,7 @@ use sightline_shared::snapshot::Owner;
 use uuid::Uuid;
 
 use super::{Buffer, BufferError, db_err};
+use crate::metrics::UploadDrop;
 
 /// A snapshot to send: what it shows, where its file is, when it was captured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,8 +36,8 @@ pub type PendingUpload = UploadRequest;
 pub enum UploadOutcome {
     /// JetStream acknowledged it.
     Uploaded { bytes: u64 },
-    /// It will never be sent; the reason is kept with the row.
-    Dropped { reason: String },
+    /// It will never be sent: why (for its metric), and the detail kept with the row.
+    Dropped { why: UploadDrop, reason: String },
 }
 
 /// An upload in the queue as it stands.
@@ -170,28 +171,32 @@ impl Buffer {
         Ok((out, unsent))
     }
 
-    /// Records how uploads ended (only pending rows change: an upload dropped meanwhile,
-    /// say by rotation, stays dropped).
+    /// Records how uploads ended and returns the ones that did end here: only pending rows
+    /// change (an upload dropped meanwhile, say superseded or rotated away, stays as it
+    /// was), so each upload is counted once, by whoever ended it.
     pub fn finish_uploads(
         &mut self,
         outcomes: &[(Uuid, UploadOutcome)],
         now_ms: i64,
-    ) -> Result<(), BufferError> {
+    ) -> Result<Vec<bool>, BufferError> {
         let db = db_err(&self.path);
         let tx = self.conn.transaction().map_err(db)?;
+        let mut ended = Vec::with_capacity(outcomes.len());
         for (id, outcome) in outcomes {
             let (state, bytes, reason) = match outcome {
                 UploadOutcome::Uploaded { bytes } => ("uploaded", Some(*bytes as i64), None),
-                UploadOutcome::Dropped { reason } => ("dropped", None, Some(reason.as_str())),
+                UploadOutcome::Dropped { reason, .. } => ("dropped", None, Some(reason.as_str())),
             };
-            tx.execute(
-                "UPDATE uploads SET state = ?, bytes = ?, reason = ?, done_ms = ? WHERE snapshot_id = ? AND state = 'pending'",
-                params![state, bytes, reason, now_ms, id.to_string()],
-            )
-            .map_err(db)?;
+            let changed = tx
+                .execute(
+                    "UPDATE uploads SET state = ?, bytes = ?, reason = ?, done_ms = ? WHERE snapshot_id = ? AND state = 'pending'",
+                    params![state, bytes, reason, now_ms, id.to_string()],
+                )
+                .map_err(db)?;
+            ended.push(changed > 0);
         }
         tx.commit().map_err(db)?;
-        Ok(())
+        Ok(ended)
     }
 
     /// Pending uploads and the oldest one's capture time.
@@ -295,6 +300,11 @@ impl Buffer {
         queue(&tx, &rows, now_ms).map_err(db)?;
         tx.commit().map_err(db)?;
         Ok(())
+    }
+
+    /// Pending uploads whose events were quarantined since the last call.
+    pub fn take_uploads_dropped_with_events(&mut self) -> u64 {
+        std::mem::take(&mut self.uploads_dropped_with_events)
     }
 
     /// Uploads superseded since the last call.

@@ -143,6 +143,11 @@ pub fn start(
     metrics
         .backlog_at_start
         .set(buffer.stats().map_or(0, |s| s.unsent) as i64);
+    let pending_uploads = buffer.upload_counts().map_or(0, |c| c.pending) as i64;
+    metrics
+        .snapshot_uploads_pending_at_start
+        .set(pending_uploads);
+    metrics.snapshot_uploads_pending.set(pending_uploads);
     let (tx, rx) = std_mpsc::channel();
     let (committed_tx, committed) = watch::channel(0);
     let logs = DayLogs::new(&settings.data_dir);
@@ -582,6 +587,10 @@ impl Worker {
                 self.metrics
                     .events_quarantined
                     .inc_by(self.buffer.take_quarantined());
+                self.metrics.uploads_dropped(
+                    UploadDrop::EventDropped,
+                    self.buffer.take_uploads_dropped_with_events(),
+                );
                 let _ = reply.send(page);
             }
             Command::Sent(seqs) => {
@@ -627,11 +636,28 @@ impl Worker {
                 let _ = reply.send(pending.map_err(|e| e.to_string()));
             }
             Command::FinishUploads(outcomes) => {
-                if let Err(error) = self.buffer.finish_uploads(&outcomes, now_ms()) {
-                    // They stay pending and are sent again: the cloud takes a repeat as
-                    // the same snapshot.
-                    tracing::error!(%error, uploads = outcomes.len(), "recording finished uploads failed");
-                    self.on_error(&error);
+                match self.buffer.finish_uploads(&outcomes, now_ms()) {
+                    Ok(ended) => {
+                        // Counted here, once, for the uploads that ended now.
+                        for ((_, outcome), ended) in outcomes.iter().zip(ended) {
+                            match (outcome, ended) {
+                                (UploadOutcome::Uploaded { bytes }, true) => {
+                                    self.metrics.snapshot_uploads.inc();
+                                    self.metrics.snapshot_upload_bytes.inc_by(*bytes);
+                                }
+                                (UploadOutcome::Dropped { why, .. }, true) => {
+                                    self.metrics.uploads_dropped(*why, 1);
+                                }
+                                (_, false) => {}
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        // They stay pending and are sent again: the cloud takes a repeat as
+                        // the same snapshot.
+                        tracing::error!(%error, uploads = outcomes.len(), "recording finished uploads failed");
+                        self.on_error(&error);
+                    }
                 }
                 self.update_upload_gauge();
             }

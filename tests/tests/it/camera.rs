@@ -755,6 +755,25 @@ max_bytes_per_sec = 2000000
     agent.kill()?;
     agent.wait()?;
     stack.nats.start_again()?;
+    // The uplink is back: the queue drains slowly (40 kB/s, a picture every second or two),
+    // and the agent is killed again mid-drain, after two pictures went.
+    let fast = std::fs::read_to_string(&config)?;
+    std::fs::write(
+        &config,
+        fast.replace("max_bytes_per_sec = 2000000", "max_bytes_per_sec = 40000"),
+    )?;
+    let mut agent = spawn_agent(&config, &log)?;
+    wait_status(
+        &http,
+        &status_url,
+        "two snapshots uploaded",
+        Duration::from_secs(120),
+        |s| s["uploads"]["sent"].as_u64().unwrap_or(0) >= 2,
+    )
+    .await?;
+    agent.kill()?;
+    agent.wait()?;
+    std::fs::write(&config, fast)?;
     let mut agent = spawn_agent(&config, &log)?;
     wait_status(
         &http,

@@ -102,6 +102,11 @@ fn exported() -> anyhow::Result<(Families, BTreeSet<String>)> {
     let edge = sightline_edge_agent::metrics::Metrics::new(&mut registry);
     edge.dropped(DropReason::Invalid, 0);
     edge.refused(DropReason::StorageFull, 0);
+    let _ = edge.snapshot_uploads_dropped.get_or_create(
+        &sightline_edge_agent::metrics::UploadDropLabel {
+            reason: sightline_edge_agent::metrics::UploadDrop::Rotated,
+        },
+    );
     let camera = CameraLabel {
         camera: "gate".into(),
     };

@@ -259,13 +259,17 @@ async fn bad_uploads_are_dead_lettered_with_a_reason_and_counted() -> anyhow::Re
     let ghost = Owner::Event(EventId::new_v7(sightline_runtime::now()));
     let ghost_header = header_for(ghost, sightline_runtime::now(), &person);
     publish_upload(&js, "edge-b", "yard", &ghost_header, person.clone()).await?;
+    // A capture time that is not its event's.
+    let mut misdated = header_of(event, &person);
+    misdated.captured_at = Timestamp::from_millis(event.captured_at.as_millis() - 60_000);
+    publish_upload(&js, "edge-b", "yard", &misdated, person.clone()).await?;
     // Headers missing: published raw.
     js.publish("sightline.snapshots.edge-b.yard", person.clone())
         .await?
         .await?;
 
     let metrics = stack
-        .wait_for_ingest_metrics("seven dead letters", Duration::from_secs(60), |m| {
+        .wait_for_ingest_metrics("eight dead letters", Duration::from_secs(60), |m| {
             metric(
                 m,
                 "sightline_ingest_dead_letters_total",
@@ -286,7 +290,7 @@ async fn bad_uploads_are_dead_lettered_with_a_reason_and_counted() -> anyhow::Re
         .await?;
     assert!(metric(&metrics, "sightline_ingest_snapshots_waiting_total", "") >= 1.0);
     let letters = stack.dead_letters(100).await?;
-    assert_eq!(letters.len(), 7, "{letters:#?}");
+    assert_eq!(letters.len(), 8, "{letters:#?}");
     let reason_of = |needle: &str| {
         letters
             .iter()
@@ -297,6 +301,11 @@ async fn bad_uploads_are_dead_lettered_with_a_reason_and_counted() -> anyhow::Re
     reason_of("over the limit of 150000");
     reason_of("SHA-256 mismatch");
     reason_of("does not end with the EOI marker");
+    reason_of(&format!(
+        "the picture says it was captured at {} ms, its event at {} ms",
+        misdated.captured_at.as_millis(),
+        event.captured_at.as_millis()
+    ));
     let foreign = reason_of(
         "of edge \"edge-b\" camera \"yard\", but came on sightline.snapshots.edge-x.yard",
     );
@@ -307,7 +316,7 @@ async fn bad_uploads_are_dead_lettered_with_a_reason_and_counted() -> anyhow::Re
         foreign.reason
     );
     reason_of(&format!(
-        "the {ghost} it shows did not reach the cloud from edge \"edge-b\" within 2 s"
+        "the {ghost} it shows did not reach the cloud from edge \"edge-b\" while the writer waited 2 s"
     ));
     reason_of("header Content-Type is missing");
     // The payloads are kept, byte for byte, for a replay after a fix.
@@ -561,5 +570,39 @@ async fn with_nats_users_an_edge_uploads_only_as_itself_and_the_api_only_reads()
     )
     .await?;
     assert_eq!(served, dog);
+    stack.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_that_waited_out_an_ingest_outage_still_wait_for_their_events() -> anyhow::Result<()>
+{
+    let mut stack = Stack::start_with(|config| config.snapshots.owner_wait_secs = 6).await?;
+    // Ingest is down; a picture is uploaded and sits in the stream longer than the owner
+    // wait, its event not even sent yet (an edge whose events came through another path,
+    // or a backlog of events ahead of it).
+    stack.crash_ingest().await;
+    let events = known_events("edge-w", "lane", 1);
+    let dog = picture("dog.jpg");
+    let header = header_of(&events[0], &dog);
+    let js = stack.jetstream().await?;
+    publish_upload(&js, "edge-w", "lane", &header, dog.clone()).await?;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Ingest comes back: the writer sees the picture before its event and puts it back
+    // (its own wait starts now, not at the upload); then the event arrives, and the picture
+    // is stored.
+    stack.start_ingest().await?;
+    stack
+        .wait_for_ingest_metrics("the picture put back", Duration::from_secs(30), |m| {
+            metric(m, "sightline_ingest_snapshots_waiting_total", "") >= 1.0
+        })
+        .await?;
+    stack.publish(events.clone(), Encoding::Bincode).await?;
+    let (served, _) = fetch_picture(
+        &stack,
+        &format!("/v1/events/{}/snapshot", events[0].event_id),
+    )
+    .await?;
+    assert_eq!(served, dog);
+    assert!(stack.dead_letters(10).await?.is_empty());
     stack.stop().await
 }

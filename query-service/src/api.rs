@@ -218,6 +218,8 @@ fn handler(endpoint: &Endpoint, document: &bytes::Bytes) -> Option<MethodRouter<
         ("get", "/v1/events/{id}/snapshot") => get(event_snapshot),
         ("get", "/v1/tracks/{id}/snapshot") => get(track_snapshot),
         ("get", "/v1/cameras") => get(cameras),
+        ("get", "/v1/edges") => get(list_edges),
+        ("get", "/v1/edges/{id}") => get(get_edge),
         ("get", "/v1/stats") => get(stats),
         ("get", "/v1/tracks") => get(list_tracks),
         ("get", "/v1/tracks/{id}") => get(get_track),
@@ -667,6 +669,47 @@ async fn cameras(
         cameras,
     })
     .await
+}
+
+#[derive(Serialize)]
+struct EdgeList {
+    count: usize,
+    edges: Vec<crate::fleet::Edge>,
+}
+
+async fn list_edges(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let (online, sort) = params::edges_query(query.as_deref())?;
+    let place = query_place(&state).await?;
+    let rows = state.store.edges(None).await?;
+    drop(place);
+    let edges = crate::fleet::arrange(rows, online, sort);
+    json_body(EdgeList {
+        count: edges.len(),
+        edges,
+    })
+    .await
+}
+
+async fn get_edge(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<crate::fleet::Edge>, ApiError> {
+    params::none(query.as_deref())?;
+    if !sightline_shared::validate::is_identifier(&id) {
+        return Err(ParamError::new("id", "must be an edge id: 1-64 of A-Z a-z 0-9 _ -").into());
+    }
+    let _place = query_place(&state).await?;
+    let row = state
+        .store
+        .edges(Some(&id))
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::NotFound(format!("no heartbeat from edge {id}")))?;
+    Ok(Json(crate::fleet::Edge::from(row)))
 }
 
 #[derive(Serialize)]

@@ -3,7 +3,8 @@
 //! [`params`] turns query strings into typed requests ([`model`]) from one table of
 //! parameter specs (every mistake is a 400 naming the parameter), [`store`] runs
 //! parameterized SQL for them against the tables of the `sightline-store` contract, [`export`] streams NDJSON and CSV, [`replay`]
-//! republishes history to NATS, `snapshots` serves pictures from the snapshot store, [`auth`] checks bearer tokens, [`openapi`] describes it all
+//! republishes history to NATS, `snapshots` serves pictures from the snapshot store, [`fleet`]
+//! is the edges as their heartbeats show them, [`auth`] checks bearer tokens, [`openapi`] describes it all
 //! from the same specs, [`api`] holds the routes and maps errors to status codes in one
 //! place, and [`service`] runs the server with graceful shutdown.
 
@@ -11,6 +12,7 @@ mod api;
 mod auth;
 mod config;
 pub mod export;
+pub mod fleet;
 pub mod metrics;
 pub mod model;
 pub mod openapi;

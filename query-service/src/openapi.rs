@@ -126,6 +126,24 @@ pub const ENDPOINTS: &[Endpoint] = &[
     op(
         Scope::Read,
         "get",
+        "/v1/edges",
+        "Every edge as its latest heartbeat shows it: online or offline (no heartbeat for three of its intervals), backlog and the age of its oldest unsent event, storage used against its budget and free space, clock offset, agent version, snapshot uploads and each camera's state and fps; offline edges first.",
+        params::EDGES_QUERY,
+        (200, Some("EdgeList")),
+        &[400, 429],
+    ),
+    op(
+        Scope::Read,
+        "get",
+        "/v1/edges/{id}",
+        "One edge by id, as its latest heartbeat shows it; 404 if the cloud has none (within heartbeat retention).",
+        &[],
+        (200, Some("Edge")),
+        &[400, 404, 429],
+    ),
+    op(
+        Scope::Read,
+        "get",
         "/v1/stats",
         "Detections per time bucket, grouped by camera and/or label, from the hourly rollup where it can answer exactly; or, with measure=objects, distinct objects (ended tracks, counted in the bucket they started in) and their dwell time, also by zone.",
         params::STATS_QUERY,
@@ -259,6 +277,9 @@ fn parameters(endpoint: &Endpoint, settings: &Settings) -> Vec<Value> {
             let schema = if endpoint.path.starts_with("/v1/tracks/") {
                 json!({"type": "string", "pattern": format!("^[A-Za-z0-9_-]{{1,{MAX_ID_LEN}}}:[1-9][0-9]*$"),
                     "examples": ["edge-01:42"]})
+            } else if endpoint.path.starts_with("/v1/edges/") {
+                json!({"type": "string", "pattern": format!("^[A-Za-z0-9_-]{{1,{MAX_ID_LEN}}}$"),
+                    "examples": ["edge-01"]})
             } else {
                 json!({"type": "string", "format": "uuid"})
             };
@@ -437,6 +458,42 @@ fn track_schema() -> Value {
             "attributes": {"type": "object", "additionalProperties": {"type": "string"}}}})
 }
 
+/// An edge as `GET /v1/edges` shows it (`crate::fleet::Edge`).
+fn edge_schema() -> Value {
+    let count = json!({"type": "integer", "minimum": 0});
+    let object = |props: Value| {
+        let required: Vec<&String> = props
+            .as_object()
+            .map(|m| m.keys().collect())
+            .unwrap_or_default();
+        json!({"type": "object", "additionalProperties": false, "required": required, "properties": props})
+    };
+    object(json!({
+        "edge_id": {"type": "string"},
+        "status": {"type": "string", "enum": ["online", "offline"], "description": "offline: no heartbeat received for three of its intervals (30 s assumed for an agent that states none)"},
+        "last_heartbeat_at": {"type": "string", "format": "date-time", "description": "when the edge sent its latest heartbeat, by its clock"},
+        "seconds_since_heartbeat": count,
+        "interval_secs": {"type": "integer", "minimum": 0, "description": "0: not stated (a v1 agent)"},
+        "agent_version": {"type": "string"},
+        "uptime_secs": count,
+        "backlog": object(json!({
+            "events": count,
+            "oldest_unsent_at": {"type": ["string", "null"], "format": "date-time"},
+            "oldest_unsent_age_secs": {"type": ["number", "null"]}})),
+        "storage": object(json!({
+            "used_bytes": count, "limit_bytes": count,
+            "free_bytes": {"type": ["integer", "null"]},
+            "used_percent": {"type": "number"}})),
+        "clock_offset_ms": {"type": ["integer", "null"], "description": "the edge clock minus the cloud's"},
+        "cpu_percent": {"type": "number"},
+        "rss_bytes": count,
+        "events": object(json!({"created": count, "sent": count, "dropped": count, "quarantined": count, "refused": count})),
+        "uploads": object(json!({"pending": count, "sent": count, "dropped": count, "errors": count, "bytes": count})),
+        "cameras": {"type": "array", "items": object(json!({
+            "camera_id": {"type": "string"}, "state": {"type": "string"}, "fps": {"type": "number"},
+            "events_created": count, "errors": count}))}}))
+}
+
 /// `GET /v1/events/{id}`: the event, and the tracks its detections belong to.
 fn event_detail_schema() -> Value {
     let mut schema = event_schema();
@@ -530,6 +587,9 @@ fn schemas() -> Value {
                         "dwell_p95_secs": {"type": "number", "description": "measure=objects: 95th percentile, the value at position floor(0.95 n) of the n sorted"},
                         "max_confidence": {"type": "number"}}}}}},
         "Track": track_schema(),
+        "Edge": edge_schema(),
+        "EdgeList": {"type": "object", "additionalProperties": false, "required": ["count", "edges"],
+            "properties": {"count": {"type": "integer"}, "edges": {"type": "array", "items": {"$ref": "#/components/schemas/Edge"}}}},
         "TrackPage": {"type": "object", "additionalProperties": false, "required": ["count", "tracks", "next_cursor"],
             "properties": {
                 "count": {"type": "integer"},

@@ -286,6 +286,25 @@ pub const FILTER: &[Param] = &[
     IN_CLOUD,
 ];
 
+/// Edge states of `GET /v1/edges`.
+pub const EDGE_STATUSES: &[&str] = &["online", "offline"];
+/// Orders of `GET /v1/edges`.
+pub const EDGE_SORTS: &[&str] = &["status", "edge", "backlog"];
+
+/// `GET /v1/edges`.
+pub const EDGES: &[Param] = &[
+    optional(
+        "status",
+        Kind::Choice(EDGE_STATUSES),
+        "Only edges online (a heartbeat within three of their intervals) or offline.",
+    ),
+    optional(
+        "sort",
+        Kind::Choice(EDGE_SORTS),
+        "status (default: offline first, then by edge id), edge (by id) or backlog (largest first).",
+    ),
+];
+
 /// `GET /v1/events/{id}/snapshot` and `GET /v1/tracks/{id}/snapshot`.
 pub const SNAPSHOT: &[Param] = &[optional(
     "max_width",
@@ -412,6 +431,7 @@ pub const STATS_QUERY: &[&[Param]] = &[STATS];
 pub const REPLAY_QUERY: &[&[Param]] = &[FILTER, REPLAY];
 pub const TRACKS_QUERY: &[&[Param]] = &[TRACKS];
 pub const SNAPSHOT_QUERY: &[&[Param]] = &[SNAPSHOT];
+pub const EDGES_QUERY: &[&[Param]] = &[EDGES];
 
 /// One parsed value.
 #[derive(Debug, Clone, PartialEq)]
@@ -888,6 +908,29 @@ pub fn tracks_query(
 }
 
 /// Rejects any parameter: for endpoints that take none.
+/// `GET /v1/edges`: which edges (`Some(true)`: online only) and in what order.
+pub fn edges_query(raw: Option<&str>) -> Result<(Option<bool>, EdgeSort), ParamError> {
+    let values = parse(raw, EDGES_QUERY)?;
+    let online = values.word("status").map(|w| w == "online");
+    let sort = match values.word("sort") {
+        Some("edge") => EdgeSort::Edge,
+        Some("backlog") => EdgeSort::Backlog,
+        _ => EdgeSort::Status,
+    };
+    Ok((online, sort))
+}
+
+/// The order of `GET /v1/edges`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeSort {
+    /// Offline first, then by edge id.
+    Status,
+    /// By edge id.
+    Edge,
+    /// Largest backlog first, then by edge id.
+    Backlog,
+}
+
 /// A snapshot's query: the thumbnail width, if one is asked for.
 pub fn snapshot_query(raw: Option<&str>) -> Result<Option<u32>, ParamError> {
     let values = parse(raw, SNAPSHOT_QUERY)?;
@@ -904,6 +947,26 @@ pub fn none(raw: Option<&str>) -> Result<(), ParamError> {
 mod tests {
     use super::*;
     use uuid::Uuid;
+
+    #[test]
+    fn the_fleet_takes_a_status_and_an_order() {
+        assert_eq!(edges_query(None), Ok((None, EdgeSort::Status)));
+        assert_eq!(
+            edges_query(Some("status=offline&sort=backlog")),
+            Ok((Some(false), EdgeSort::Backlog))
+        );
+        for (raw, named) in [
+            ("status=up", "status"),
+            ("sort=name", "sort"),
+            ("limit=5", "limit"),
+        ] {
+            assert_eq!(
+                edges_query(Some(raw)).unwrap_err().parameter,
+                named,
+                "{raw}"
+            );
+        }
+    }
 
     #[test]
     fn a_snapshot_takes_a_bounded_width_and_nothing_else() {

@@ -18,7 +18,8 @@ use sightline_shared::snapshot::Owner;
 use sightline_shared::track::{TrackKey, TrackRecord};
 use sightline_shared::{DetectionEvent, EventId, Timestamp};
 use sightline_store::tables::{
-    DETECTIONS, DETECTIONS_HOURLY, EVENTS, EVENTS_BY_ID, SNAPSHOTS, TRACKS, TRACKS_BY_ID,
+    DETECTIONS, DETECTIONS_HOURLY, EDGE_HEARTBEATS, EVENTS, EVENTS_BY_ID, SNAPSHOTS, TRACKS,
+    TRACKS_BY_ID,
 };
 use sightline_store::{ErrorKind, EventRow, SnapshotRow, TrackRow};
 use thiserror::Error;
@@ -355,6 +356,40 @@ pub struct CameraRow {
     pub events: u64,
 }
 
+/// An edge's latest heartbeat, and how long ago (by ClickHouse's clock) it arrived.
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct EdgeRow {
+    pub edge_id: String,
+    pub sent_at_ms: i64,
+    pub seconds_since: i64,
+    pub agent_version: String,
+    pub uptime_secs: u64,
+    pub interval_secs: u32,
+    pub backlog: u64,
+    pub oldest_unsent_at_ms: Option<i64>,
+    pub storage_used_bytes: u64,
+    pub storage_limit_bytes: u64,
+    pub storage_free_bytes: Option<u64>,
+    pub clock_offset_ms: Option<i64>,
+    pub cpu_percent: f64,
+    pub rss_bytes: u64,
+    pub events_created: u64,
+    pub events_sent: u64,
+    pub events_dropped: u64,
+    pub events_quarantined: u64,
+    pub events_refused: u64,
+    pub uploads_pending: u64,
+    pub uploads_sent: u64,
+    pub uploads_dropped: u64,
+    pub upload_errors: u64,
+    pub upload_bytes: u64,
+    pub camera_ids: Vec<String>,
+    pub camera_states: Vec<String>,
+    pub camera_fps: Vec<f64>,
+    pub camera_events_created: Vec<u64>,
+    pub camera_errors: Vec<u64>,
+}
+
 /// One bucket of `GET /v1/stats`; `camera_id` and `label` are empty when not grouped by.
 #[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
 pub struct StatsRow {
@@ -602,6 +637,33 @@ impl Store {
             )
             .await?;
         Ok(row.map(EventRow::into_event))
+    }
+
+    /// Each edge's latest heartbeat (of `edge` only, if given), by edge id: the fleet as the
+    /// cloud last heard from it, within heartbeat retention.
+    pub async fn edges(&self, edge: Option<&str>) -> Result<Vec<EdgeRow>, StoreError> {
+        let mut sql = Sql::new(&format!(
+            "SELECT edge_id, sent_at_ms, toInt64(now()) - toInt64(received_at), agent_version, \
+             uptime_secs, interval_secs, backlog, oldest_unsent_at_ms, storage_used_bytes, \
+             storage_limit_bytes, storage_free_bytes, clock_offset_ms, cpu_percent, rss_bytes, \
+             events_created, events_sent, events_dropped, events_quarantined, events_refused, \
+             uploads_pending, uploads_sent, uploads_dropped, upload_errors, upload_bytes, \
+             camera_ids, camera_states, camera_fps, camera_events_created, camera_errors \
+             FROM {EDGE_HEARTBEATS} WHERE 1"
+        ));
+        if let Some(edge) = edge {
+            sql.push(" AND edge_id = ?")
+                .bind(BindValue::Str(edge.to_owned()));
+        }
+        sql.push(" ORDER BY edge_id, sent_at_ms DESC LIMIT 1 BY edge_id LIMIT ?")
+            .bind(BindValue::U64(self.max_result_rows + 1));
+        let rows = self
+            .call(sql.query(&self.client).fetch_all::<EdgeRow>())
+            .await?;
+        if rows.len() as u64 > self.max_result_rows {
+            return Err(StoreError::TooLarge(self.max_result_rows));
+        }
+        Ok(rows)
     }
 
     /// Every camera with events in the range: its edges, first and last capture, and how

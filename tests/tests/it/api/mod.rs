@@ -1,11 +1,12 @@
 //! The query API against real ClickHouse (read as the read-only user) and real NATS, one
-//! file per feature: filters, pagination, cameras and stats, export, replay, auth, hostile
+//! file per feature: filters, pagination, cameras and stats, the fleet, export, replay, auth, hostile
 //! parameters, and the docs' SQL. Handler-level tests (routing, the error mapping) are
 //! `query-service/src/api.rs`'s own.
 
 mod auth;
 mod export;
 mod filters;
+mod fleet;
 mod hostile;
 mod limits;
 mod pagination;

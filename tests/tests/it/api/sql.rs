@@ -10,8 +10,31 @@ use crate::known_events;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sql_examples_in_the_docs_run_as_the_reader() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
+    let events = known_events("edge-s", "lobby", 200);
+    stack.insert_direct(&events).await?;
+    // A picture in the cloud, of an event with a car.
+    let car = events
+        .iter()
+        .find(|e| e.detections.iter().any(|d| d.label == "car"))
+        .context("an event with a car")?;
+    let dog = crate::snapshots::picture("dog.jpg");
+    let header = crate::snapshots::header_for(
+        sightline_shared::snapshot::Owner::Event(car.event_id),
+        car.captured_at,
+        &dog,
+    );
+    sightline_runtime::objects::publish_upload(
+        &stack.jetstream().await?,
+        "edge-s",
+        "lobby",
+        &header,
+        dog,
+    )
+    .await?;
     stack
-        .insert_direct(&known_events("edge-s", "lobby", 200))
+        .wait_for_ingest_metrics("the picture stored", Duration::from_secs(30), |m| {
+            sightline_tests::stack::metric(m, "sightline_ingest_snapshots_stored_total", "") >= 1.0
+        })
         .await?;
     // A heartbeat from that edge, the way the agent sends it (through ingest).
     let heartbeat = sightline_shared::heartbeat::HeartbeatV1 {

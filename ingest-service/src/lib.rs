@@ -10,7 +10,7 @@
 //! (insert through [`sink`], retry, bisect, then ack) and [`deadletter`]; `side` stores
 //! the edge agents' heartbeats and track records with consumers of their own; `snapshots`
 //! checks snapshot uploads and keeps them in the object store; `retention` runs the
-//! partition sweep on servers without TTL; [`backlog`] watches the
+//! partition sweep on servers without TTL and the snapshot sweep on all; [`backlog`] watches the
 //! durable's position (backlog gauges, ack floor, events the stream removed before delivery);
 //! [`leader`] elects the replica that runs the singleton jobs; [`service`] wires them with
 //! [`http`] and [`metrics`].

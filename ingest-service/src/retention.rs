@@ -30,16 +30,8 @@ pub(crate) async fn run_sweeps(
     leadership: Leadership,
     cancel: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(Duration::from_secs(settings.sweep_interval_secs));
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        // One replica sweeps: the Lease holder (or the only instance).
-        if !leadership.is_leader() {
-            continue;
-        }
+    let interval = Duration::from_secs(settings.sweep_interval_secs);
+    on_the_leader(interval, &leadership, &cancel, || async {
         match sweep(&client, &db, &settings, OffsetDateTime::now_utc()).await {
             Ok(n) => {
                 metrics.retention_partitions_dropped.inc_by(n as u64);
@@ -49,7 +41,8 @@ pub(crate) async fn run_sweeps(
                 tracing::error!(%error, "retention sweep failed; will try again");
             }
         }
-    }
+    })
+    .await;
 }
 
 /// Runs [`sweep_snapshots`] every `sweep_interval_secs` until `cancel` fires.
@@ -61,15 +54,8 @@ pub(crate) async fn run_snapshot_sweeps(
     leadership: Leadership,
     cancel: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(Duration::from_secs(settings.sweep_interval_secs));
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        if !leadership.is_leader() {
-            continue;
-        }
+    let interval = Duration::from_secs(settings.sweep_interval_secs);
+    on_the_leader(interval, &leadership, &cancel, || async {
         let now = sightline_runtime::now().as_millis();
         match sweep_snapshots(&client, store.as_ref(), &settings, now).await {
             Ok(n) => {
@@ -79,6 +65,27 @@ pub(crate) async fn run_snapshot_sweeps(
                 metrics.retention_errors.inc();
                 tracing::error!(%error, "snapshot retention sweep failed; will try again");
             }
+        }
+    })
+    .await;
+}
+
+/// Runs `pass` every `interval` (the first at once) until `cancel` fires, on the replica
+/// that leads (the Lease holder, or the only instance).
+async fn on_the_leader<F: Future<Output = ()>>(
+    interval: Duration,
+    leadership: &Leadership,
+    cancel: &CancellationToken,
+    mut pass: impl FnMut() -> F,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if leadership.is_leader() {
+            pass().await;
         }
     }
 }

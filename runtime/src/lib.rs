@@ -159,7 +159,7 @@ pub async fn connect_nats(
     }
     // A user and password in the URL (`nats://user:password@host:4222`), as other NATS
     // clients take them: async-nats reads them only from its options.
-    let (urls, user) = split_user(&config.url);
+    let (urls, user) = sightline_shared::config::split_user(&config.url);
     if let Some((user, password)) = user {
         options = options.user_and_password(user, password);
     }
@@ -169,81 +169,8 @@ pub async fn connect_nats(
         .with_context(|| format!("failed to connect to NATS at {urls}"))
 }
 
-/// `text` with its `%XX` escapes decoded (a user or password in a URL must escape `@`, `:`
-/// and `/`); an escape that does not decode is kept as it is.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(high), Some(low)) => {
-                out.push((high * 16 + low) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// `urls` (comma separated) without the `user:password@` any of them holds, and the first
-/// such user and password (percent-decoded).
-fn split_user(urls: &str) -> (String, Option<(String, String)>) {
-    let mut user = None;
-    let stripped: Vec<String> = urls
-        .split(',')
-        .map(|url| {
-            let url = url.trim();
-            let Some((scheme, rest)) = url.split_once("://") else {
-                return url.to_owned();
-            };
-            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            match authority.rsplit_once('@') {
-                Some((info, host)) => {
-                    if user.is_none() {
-                        let (name, password) = info.split_once(':').unwrap_or((info, ""));
-                        user = Some((percent_decode(name), percent_decode(password)));
-                    }
-                    format!("{scheme}://{host}{path}")
-                }
-                None => url.to_owned(),
-            }
-        })
-        .collect();
-    (stripped.join(","), user)
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn a_user_in_the_url_is_taken_out_of_it() {
-        assert_eq!(
-            super::split_user("nats://query:s3cr:et@10.0.0.1:4222, nats://10.0.0.2:4222"),
-            (
-                "nats://10.0.0.1:4222,nats://10.0.0.2:4222".to_owned(),
-                Some(("query".to_owned(), "s3cr:et".to_owned()))
-            )
-        );
-        assert_eq!(
-            super::split_user("nats://127.0.0.1:4222"),
-            ("nats://127.0.0.1:4222".to_owned(), None)
-        );
-        // Escaped characters, as a URL must carry them.
-        assert_eq!(
-            super::split_user("nats://edge%2D1:p%40ss%2Fw%3Ard@host:4222").1,
-            Some(("edge-1".to_owned(), "p@ss/w:rd".to_owned()))
-        );
-    }
-
     use super::*;
 
     #[derive(Debug, serde::Deserialize)]

@@ -103,25 +103,75 @@ fn default_nats_url() -> String {
     "nats://127.0.0.1:4222".into()
 }
 
+/// A URL's user info: `(scheme, user info, host and path)` for `scheme://info@host/path`,
+/// `None` for a URL without one.
+fn user_info(url: &str) -> Option<(&str, &str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let end = rest.find('/').unwrap_or(rest.len());
+    let (info, _) = rest[..end].rsplit_once('@')?;
+    Some((scheme, info, &rest[info.len() + 1..]))
+}
+
 /// `urls` (comma separated) with any password in them replaced by `<redacted>`: for logs
 /// and printed configs.
 pub fn redacted_urls(urls: &str) -> String {
     urls.split(',')
-        .map(|url| {
-            let Some((scheme, rest)) = url.split_once("://") else {
-                return url.to_owned();
-            };
-            let end = rest.find('/').unwrap_or(rest.len());
-            match rest[..end].rsplit_once('@') {
-                Some((info, host)) if info.contains(':') => {
-                    let user = info.split(':').next().unwrap_or_default();
-                    format!("{scheme}://{user}:<redacted>@{host}{}", &rest[end..])
-                }
-                _ => url.to_owned(),
+        .map(|url| match user_info(url.trim()) {
+            Some((scheme, info, rest)) if info.contains(':') => {
+                let user = info.split(':').next().unwrap_or_default();
+                format!("{scheme}://{user}:<redacted>@{rest}")
             }
+            _ => url.trim().to_owned(),
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// `urls` (comma separated) without the `user:password@` any of them holds, and the first
+/// such user and password (percent-decoded): what a NATS client connects to and with.
+pub fn split_user(urls: &str) -> (String, Option<(String, String)>) {
+    let mut user = None;
+    let stripped: Vec<String> = urls
+        .split(',')
+        .map(|url| match user_info(url.trim()) {
+            Some((scheme, info, rest)) => {
+                if user.is_none() {
+                    let (name, password) = info.split_once(':').unwrap_or((info, ""));
+                    user = Some((percent_decode(name), percent_decode(password)));
+                }
+                format!("{scheme}://{rest}")
+            }
+            None => url.trim().to_owned(),
+        })
+        .collect();
+    (stripped.join(","), user)
+}
+
+/// `text` with its `%XX` escapes decoded (a user or password in a URL must escape `@`, `:`
+/// and `/`); an escape that does not decode is kept as it is.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        let escape = bytes
+            .get(i + 1)
+            .copied()
+            .and_then(hex)
+            .zip(bytes.get(i + 2).copied().and_then(hex));
+        match (bytes[i], escape) {
+            (b'%', Some((high, low))) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn redact_password<S: serde::Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
@@ -221,6 +271,26 @@ const fn default_clickhouse_timeout_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_user_in_the_url_is_taken_out_of_it() {
+        assert_eq!(
+            split_user("nats://query:s3cr:et@10.0.0.1:4222, nats://10.0.0.2:4222"),
+            (
+                "nats://10.0.0.1:4222,nats://10.0.0.2:4222".to_owned(),
+                Some(("query".to_owned(), "s3cr:et".to_owned()))
+            )
+        );
+        assert_eq!(
+            split_user("nats://127.0.0.1:4222"),
+            ("nats://127.0.0.1:4222".to_owned(), None)
+        );
+        // Escaped characters, as a URL must carry them.
+        assert_eq!(
+            split_user("nats://edge%2D1:p%40ss%2Fw%3Ard@host:4222").1,
+            Some(("edge-1".to_owned(), "p@ss/w:rd".to_owned()))
+        );
+    }
 
     #[test]
     fn a_password_in_a_nats_url_is_never_printed() {

@@ -17,11 +17,10 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
 use sightline_edge_agent::buffer::Buffer;
-use sightline_edge_agent::buffer::worker::{self, BUFFER_FILE, Settings};
+use sightline_edge_agent::buffer::worker::{self, BUFFER_FILE};
 use sightline_edge_agent::heartbeat::ProcessUsage;
 use sightline_edge_agent::metrics::Metrics;
 use sightline_edge_agent::publisher::Publisher;
-use sightline_edge_agent::storage::{Budget, FreeSpace, FullPolicy};
 use sightline_ingest::IngestConfig;
 use sightline_shared::{DetectionEvent, Encoding};
 use sightline_tests::NatsServer;
@@ -44,21 +43,6 @@ fn events(n: usize) -> Vec<DetectionEvent> {
     (0..n)
         .map(|i| sightline_tests::data::event(i, Some(now), &mut track, &mut rng))
         .collect()
-}
-
-fn settings(dir: &std::path::Path) -> Settings {
-    Settings {
-        data_dir: dir.to_owned(),
-        budget: Budget {
-            limit_bytes: 100_000_000_000,
-            min_retention_days: 7,
-            policy: FullPolicy::RejectNew,
-            min_free_bytes: 0,
-            free_space: FreeSpace::Filesystem,
-        },
-        check_interval: Duration::from_secs(10),
-        daily_logs: false,
-    }
 }
 
 fn rate(n: usize, elapsed: Duration) -> f64 {
@@ -103,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
     // 2. The drain through the agent's publisher.
     let metrics = Metrics::new(&mut Registry::default());
     let (handle, thread) = worker::start(
-        settings(dir.path()),
+        sightline_tests::data::bench_buffer_settings(dir.path()),
         metrics.clone(),
         CancellationToken::new(),
     )?;
@@ -170,8 +154,11 @@ async fn steady_run(
     let mut ticker = tokio::time::interval(Duration::from_millis(1000 / 30));
     if buffer {
         let metrics = Metrics::default();
-        let (handle, thread) =
-            worker::start(settings(dir), metrics.clone(), CancellationToken::new())?;
+        let (handle, thread) = worker::start(
+            sightline_tests::data::bench_buffer_settings(dir),
+            metrics.clone(),
+            CancellationToken::new(),
+        )?;
         let closed = CancellationToken::new();
         let mut outbox = handle.outbox(worker::PAGE_SIZE, closed.clone());
         let publisher = Publisher::new(js, Encoding::Bincode, WINDOW, metrics);

@@ -8,14 +8,13 @@
 //! acknowledged, over the whole drain and past the bucket's first second (the burst it
 //! starts with), against the cap.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use prometheus_client::registry::Registry;
-use sightline_edge_agent::buffer::worker::{self, BUFFER_FILE, Settings};
+use sightline_edge_agent::buffer::worker::{self, BUFFER_FILE};
 use sightline_edge_agent::buffer::{Buffer, UploadRequest};
 use sightline_edge_agent::config::{UploadConfig, UploadSend};
 use sightline_edge_agent::metrics::Metrics;
-use sightline_edge_agent::storage::{Budget, FreeSpace, FullPolicy};
 use sightline_edge_agent::uploader::Uploader;
 use sightline_ingest::IngestConfig;
 use sightline_shared::snapshot::Owner;
@@ -29,21 +28,6 @@ const PICTURES: [&str; 5] = [
     "horses.jpg",
     "person.jpg",
 ];
-
-fn settings(dir: &std::path::Path) -> Settings {
-    Settings {
-        data_dir: dir.to_owned(),
-        budget: Budget {
-            limit_bytes: 100_000_000_000,
-            min_retention_days: 7,
-            policy: FullPolicy::RejectNew,
-            min_free_bytes: 0,
-            free_space: FreeSpace::Filesystem,
-        },
-        check_interval: Duration::from_secs(10),
-        daily_logs: false,
-    }
-}
 
 /// Queues `n` uploads in a new buffer under `dir`, their events marked sent.
 fn queue(dir: &std::path::Path, n: usize) -> anyhow::Result<u64> {
@@ -97,7 +81,7 @@ async fn main() -> anyhow::Result<()> {
         let queued = queue(dir.path(), n)?;
         let metrics = Metrics::new(&mut Registry::default());
         let (handle, thread) = worker::start(
-            settings(dir.path()),
+            sightline_tests::data::bench_buffer_settings(dir.path()),
             metrics.clone(),
             CancellationToken::new(),
         )?;

@@ -58,3 +58,23 @@ pub fn event(
     }
     event
 }
+
+/// Buffer worker settings for benches: the buffer in `dir`, a budget that never fills, no
+/// day logs, a storage check every 10 s.
+pub fn bench_buffer_settings(
+    dir: &std::path::Path,
+) -> sightline_edge_agent::buffer::worker::Settings {
+    use sightline_edge_agent::storage::{Budget, FreeSpace, FullPolicy};
+    sightline_edge_agent::buffer::worker::Settings {
+        data_dir: dir.to_owned(),
+        budget: Budget {
+            limit_bytes: 100_000_000_000,
+            min_retention_days: 7,
+            policy: FullPolicy::RejectNew,
+            min_free_bytes: 0,
+            free_space: FreeSpace::Filesystem,
+        },
+        check_interval: std::time::Duration::from_secs(10),
+        daily_logs: false,
+    }
+}

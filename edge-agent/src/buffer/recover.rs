@@ -379,7 +379,7 @@ fn keep_uploads(conn: &Connection, copy: &Path, buffer: &mut Buffer) -> Result<(
     if conn.prepare("SELECT state FROM uploads LIMIT 0").is_err() {
         return Ok(());
     }
-    let uploads = match super::uploads::all_pending(conn) {
+    let uploads = match super::uploads::pending_in(conn, None) {
         Ok(uploads) => uploads,
         Err(error) => {
             tracing::error!(copy = %copy.display(), %error, "the set-aside buffer's snapshot upload queue cannot be read: those pictures stay on the box");

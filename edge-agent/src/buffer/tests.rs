@@ -882,3 +882,34 @@ fn a_set_aside_buffers_pending_uploads_are_queued_again() {
     // Sendable at once: their events came back as new rows, and they name none.
     assert_eq!(buffer.pending_uploads(10, u64::MAX).unwrap().0.len(), 3);
 }
+
+#[test]
+fn a_quarantined_events_upload_is_dropped_not_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let events: Vec<_> = (0..5).map(|i| event(i, 0)).collect();
+    let mut buffer = open(&dir);
+    // Row 3's upload; then its payload is garbled, as a bad block would.
+    let upload = upload_of(&events[2]);
+    let uploads: Vec<_> = (0..5).map(|i| (i == 2).then(|| upload.clone())).collect();
+    buffer.append_with_uploads(&events, &uploads, T0).unwrap();
+    buffer
+        .conn
+        .execute(
+            "UPDATE outbox SET payload = '\\x00\\x01'::BLOB WHERE seq = 3",
+            [],
+        )
+        .unwrap();
+    // Reopened, so the rows are read from the file (not from the appends kept in memory).
+    drop(buffer);
+    let mut buffer = open(&dir);
+    let sent: Vec<u64> = drain(&mut buffer, 10).iter().map(|r| r.seq).collect();
+    buffer.mark_sent(&sent).unwrap();
+    assert_eq!(buffer.take_quarantined(), 1);
+    // Its event never reaches the cloud: its picture must not go, and is counted dropped.
+    assert_eq!(
+        buffer.upload_state(upload.snapshot_id).unwrap(),
+        Some(("dropped".into(), Some("event quarantined".into())))
+    );
+    assert_eq!(buffer.take_uploads_dropped_with_events(), 1);
+    assert!(buffer.pending_uploads(10, 100).unwrap().0.is_empty());
+}

@@ -116,14 +116,17 @@ fn request(r: &duckdb::Row<'_>) -> duckdb::Result<Option<UploadRequest>> {
     }))
 }
 
-/// Every pending upload in `conn`'s queue, in the order queued (a row that does not read
-/// is skipped and logged).
-pub(super) fn all_pending(conn: &duckdb::Connection) -> duckdb::Result<Vec<UploadRequest>> {
-    let mut stmt = conn.prepare(
+/// The pending uploads in `conn`'s queue (of `day` only, if given), in the order queued (a
+/// row that does not read is skipped and logged).
+pub(super) fn pending_in(
+    conn: &duckdb::Connection,
+    day: Option<i32>,
+) -> duckdb::Result<Vec<UploadRequest>> {
+    let mut stmt = conn.prepare_cached(
         "SELECT CAST(snapshot_id AS VARCHAR), owner, camera_id, path, captured_ms, day FROM uploads \
-         WHERE state = 'pending' ORDER BY created_ms, seq",
+         WHERE state = 'pending' AND (?::INTEGER IS NULL OR day = ?::INTEGER) ORDER BY created_ms, seq",
     )?;
-    let rows = stmt.query_map([], request)?;
+    let rows = stmt.query_map(params![day, day], request)?;
     rows.filter_map(Result::transpose).collect()
 }
 
@@ -219,19 +222,7 @@ impl Buffer {
     /// returns the ones still pending: never sent, now dropped.
     pub fn delete_uploads_of_day(&mut self, day: i32) -> Result<Vec<PendingUpload>, BufferError> {
         let db = db_err(&self.path);
-        let pending = {
-            let mut stmt = self
-                .conn
-                .prepare_cached(
-                    "SELECT CAST(snapshot_id AS VARCHAR), owner, camera_id, path, captured_ms, day FROM uploads \
-                     WHERE day = ? AND state = 'pending' ORDER BY created_ms",
-                )
-                .map_err(db)?;
-            let rows = stmt.query_map(params![day], request).map_err(db)?;
-            rows.filter_map(Result::transpose)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(db)?
-        };
+        let pending = pending_in(&self.conn, Some(day)).map_err(db)?;
         self.conn
             .execute("DELETE FROM uploads WHERE day = ?", params![day])
             .map_err(db)?;

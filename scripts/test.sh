@@ -5,7 +5,8 @@
 # format check, clippy with -D warnings, unit and property tests, and the integration and
 # end-to-end suite twice: once against each generation (SIGHTLINE_SERVERS). The tests start
 # their own servers on free loopback ports. A cold machine takes about 50 minutes (apt, pip,
-# and a first build that compiles DuckDB); a warm one about 10.
+# and a first build that compiles DuckDB); a warm one about 13. The console's browser tests
+# (Debian's chromium, driven by playwright-core) run inside the integration suite.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -31,6 +32,18 @@ python3 -c 'import onnx' 2>/dev/null || python3 -m pip install -q --disable-pip-
 # Helm's engine (render, lint) and the Kubernetes schemas, for the chart's tests.
 python3 -c 'import helm_python, kubernetes_validate, yaml' 2>/dev/null \
   || python3 -m pip install -q --disable-pip-version-check helm-python-sdk kubernetes-validate pyyaml
+# The console: its npm packages, Debian's chromium for its browser tests, and a check that
+# the committed build (console/dist, compiled into the query service) is what its sources
+# build to today.
+deploy/local/stack.sh install-browser-tests
+log "console: type check, then rebuild and compare with the committed console/dist"
+console_build=$(mktemp -d)
+(cd console && npx tsc --noEmit && npx vite build --outDir "$console_build/dist" --emptyOutDir --logLevel warn)
+if ! diff -r "$console_build/dist" console/dist >&2; then
+  log "error: console/dist is not what console/ builds to: run 'npm run build' in console/ and commit console/dist"
+  exit 1
+fi
+rm -rf "$console_build"
 # The edge agent's detector loads ONNX Runtime from pip's wheel (stack.sh install put it there).
 ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$(deploy/local/stack.sh ort-library)}
 export ORT_DYLIB_PATH

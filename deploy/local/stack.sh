@@ -8,6 +8,9 @@
 #
 #   deploy/local/stack.sh install [--servers modern|debian|all]
 #                                   # what the servers, the build and the agent need, if missing
+#   deploy/local/stack.sh install-browser-tests
+#                                   # the console's browser tests: Debian's chromium, a check
+#                                   # of Node.js (20.19+), and console/'s npm packages (npm ci)
 #   deploy/local/stack.sh ort-library # print the path of pip's libonnxruntime.so
 #   deploy/local/stack.sh venv      # print the virtualenv's path
 #   deploy/local/stack.sh start [--servers modern|debian]
@@ -84,6 +87,19 @@ install() {
     apt_install "${missing[@]}"
   fi
   [ "$servers" = debian ] || install_modern
+}
+
+# The console's browser tests (scripts/test.sh): Debian's Chromium, driven by playwright-core
+# from console/'s npm packages. Node.js comes from the machine: Vite 7 needs 20.19 or newer,
+# and Debian bookworm's own nodejs is 18.
+install_browser_tests() {
+  command -v chromium >/dev/null || apt_install chromium
+  command -v node >/dev/null && command -v npm >/dev/null \
+    || die "the console's build and browser tests need Node.js 20.19+ and npm (bookworm's nodejs 18 is too old): install Node.js 20 or 22"
+  node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)' \
+    || die "Node.js $(node --version) is too old for the console's build (Vite 7): install 20.19 or newer"
+  log "console: npm ci (the npm registry only; package-lock.json pins every package)"
+  (cd "$root/console" && npm ci --no-audit --no-fund --loglevel=error)
 }
 
 apt_install() {
@@ -250,10 +266,11 @@ status() {
 
 case "$command" in
   install) install ;;
+  install-browser-tests) install_browser_tests ;;
   ort-library) ort_library ;;
   venv) echo "$venv" ;;
   start) install; start ;;
   stop) stop_one nats; stop_one clickhouse; rm -f "$run_dir/servers" ;;
   status) status ;;
-  *) echo "usage: $0 {install|start|stop|status|ort-library|venv} [--servers modern|debian]" >&2; exit 2 ;;
+  *) echo "usage: $0 {install|install-browser-tests|start|stop|status|ort-library|venv} [--servers modern|debian]" >&2; exit 2 ;;
 esac

@@ -230,6 +230,8 @@ fn handler(endpoint: &Endpoint, document: &bytes::Bytes) -> Option<MethodRouter<
         ("get", "/healthz") => get(|| async { Json(json!({"status": "ok"})) }),
         ("get", "/readyz") => get(readyz),
         ("get", "/metrics") => get(metrics),
+        ("get", "/") => get(crate::console::index),
+        ("get", "/assets/{file}") => get(crate::console::asset),
         ("get", "/openapi.json") => {
             let document = document.clone();
             get(move || async move {
@@ -933,6 +935,10 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
     let holder = state
         .clients
         .holder(request.headers().get(header::AUTHORIZATION));
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned());
     let caller = match holder {
         Some(client) => {
             let needed = request
@@ -952,7 +958,7 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
             }
             client.name.clone()
         }
-        None if !state.clients.enabled() || openapi::is_open(request.uri().path()) => {
+        None if !state.clients.enabled() || route.as_deref().is_some_and(openapi::is_open) => {
             "anonymous".to_owned()
         }
         None => {
@@ -1119,7 +1125,13 @@ mod tests {
 
     /// A path of the endpoint table with its `{id}` filled in.
     fn concrete(path: &str) -> String {
+        let script = crate::console::ASSETS
+            .iter()
+            .find(|(path, _, _)| path.ends_with(".js"))
+            .map(|(path, _, _)| path.trim_start_matches("/assets/"))
+            .expect("the console has a script");
         path.replace("{id}", "0190a0e4-4f0e-7c1a-9d3e-2b4c6d8e0f11")
+            .replace("{file}", script)
     }
 
     fn method(endpoint: &Endpoint) -> Method {

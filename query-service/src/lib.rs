@@ -11,6 +11,7 @@
 mod api;
 mod auth;
 mod config;
+mod console;
 pub mod export;
 pub mod fleet;
 pub mod metrics;

@@ -225,6 +225,16 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ),
     open("/metrics", "Prometheus metrics (text format).", (200, None)),
     open("/openapi.json", "This document.", (200, None)),
+    open(
+        "/",
+        "The web console (HTML): events, the fleet and activity, shown from this API with the tab's token.",
+        (200, None),
+    ),
+    open(
+        "/assets/{file}",
+        "The console's scripts and styles (content-hashed names: cached for good).",
+        (200, None),
+    ),
 ];
 
 fn param_schema(kind: Kind, settings: &Settings) -> Value {
@@ -277,6 +287,9 @@ fn parameters(endpoint: &Endpoint, settings: &Settings) -> Vec<Value> {
             let schema = if endpoint.path.starts_with("/v1/tracks/") {
                 json!({"type": "string", "pattern": format!("^[A-Za-z0-9_-]{{1,{MAX_ID_LEN}}}:[1-9][0-9]*$"),
                     "examples": ["edge-01:42"]})
+            } else if endpoint.path.starts_with("/assets/") {
+                json!({"type": "string", "pattern": "^[A-Za-z0-9._-]+$",
+                    "examples": ["index-P1kptxfQ.js"]})
             } else if endpoint.path.starts_with("/v1/edges/") {
                 json!({"type": "string", "pattern": format!("^[A-Za-z0-9_-]{{1,{MAX_ID_LEN}}}$"),
                     "examples": ["edge-01"]})
@@ -322,6 +335,10 @@ fn response_body(schema: Option<&str>, path: &str) -> Value {
         (None, EXPORT_PATH) => json!({"content": {
             "application/x-ndjson": {"schema": {"$ref": "#/components/schemas/Event"}},
             "text/csv": {"schema": {"type": "string", "description": format!("header: {}", crate::export::CSV_HEADER.trim_end())}}}}),
+        (None, "/") => json!({"content": {"text/html": {"schema": {"type": "string"}}}}),
+        (None, "/assets/{file}") => json!({"content": {
+            "text/javascript": {"schema": {"type": "string"}},
+            "text/css": {"schema": {"type": "string"}}}}),
         (None, path) if path.ends_with("/snapshot") => {
             json!({"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
                 "headers": {"ETag": {"schema": {"type": "string"}, "description": "the picture's SHA-256 (with -w<max_width> for a thumbnail), quoted"},
@@ -338,7 +355,8 @@ pub fn endpoint(method: &str, path: &str) -> Option<&'static Endpoint> {
         .find(|e| e.path == path && e.method.eq_ignore_ascii_case(method))
 }
 
-/// Whether `path` is open without a token: the probes, metrics and this document.
+/// Whether the route template `path` is open without a token: the probes, metrics, this
+/// document and the console's page and assets (which hold no data).
 pub fn is_open(path: &str) -> bool {
     ENDPOINTS
         .iter()

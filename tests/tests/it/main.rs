@@ -5,6 +5,7 @@ mod api;
 mod backup;
 mod camera;
 mod clock;
+mod console;
 mod deadletter;
 mod deploy;
 mod e2e;

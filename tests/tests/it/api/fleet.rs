@@ -7,9 +7,10 @@ use sightline_shared::heartbeat::{CONTENT_TYPE, CameraHeartbeat, Heartbeat, Hear
 use sightline_tests::Stack;
 use sightline_tests::fixtures::poll_until;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_fleet_shows_every_edge_online_or_offline_offline_first() -> anyhow::Result<()> {
-    let stack = Stack::start().await?;
+/// Two edges as their heartbeats show them: `fleet-a` reporting now (every 10 s, backlog 3,
+/// cameras `gate` running and `yard` retrying, v2 fields set) and `fleet-b` last heard from
+/// an hour ago (backlog 42). The console's browser test shows the same fleet.
+pub(crate) async fn seed_fleet(stack: &Stack) -> anyhow::Result<()> {
     let now = sightline_runtime::now();
     // An edge that just reported, as an agent does.
     let mut heartbeat = Heartbeat::from(HeartbeatV1 {
@@ -70,6 +71,13 @@ async fn the_fleet_shows_every_edge_online_or_offline_offline_first() -> anyhow:
         )
         .await?;
 
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_shows_every_edge_online_or_offline_offline_first() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    seed_fleet(&stack).await?;
     let answer = poll_until(
         Duration::from_secs(30),
         || async { stack.get("/v1/edges").await },

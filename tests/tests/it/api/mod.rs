@@ -6,7 +6,7 @@
 mod auth;
 mod export;
 mod filters;
-mod fleet;
+pub(crate) mod fleet;
 mod hostile;
 mod limits;
 mod pagination;
@@ -45,13 +45,13 @@ pub(super) fn dataset() -> Vec<DetectionEvent> {
 
 /// The API's order key: capture time, then event id as ClickHouse orders UUIDs (by their
 /// second half first).
-pub(super) fn order_key(e: &DetectionEvent) -> (Timestamp, u64, u64) {
+pub(crate) fn order_key(e: &DetectionEvent) -> (Timestamp, u64, u64) {
     let (high, low) = e.event_id.as_uuid().as_u64_pair();
     (e.captured_at, low, high)
 }
 
 /// Newest first: the order key, descending.
-pub(super) fn newest_first(events: &mut [DetectionEvent]) {
+pub(crate) fn newest_first(events: &mut [DetectionEvent]) {
     events.sort_by_key(|e| std::cmp::Reverse(order_key(e)));
 }
 

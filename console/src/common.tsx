@@ -1,0 +1,136 @@
+// Pieces every view uses: loading, error and empty states, and pictures.
+import type { ComponentChildren } from "preact";
+import { useEffect, useRef, useState } from "preact/hooks";
+import { ApiError, picture } from "./api";
+
+/** What went wrong, said plainly, with a way to try again. */
+export function Problem({ error, retry }: { error: unknown; retry?: () => void }) {
+  let title = "Something went wrong";
+  let detail = error instanceof Error ? error.message : String(error);
+  if (error instanceof ApiError) {
+    if (error.unreachable) {
+      title = "The query service cannot be reached";
+      detail = "It may be down or restarting, or the network is cut. Nothing is lost: try again in a moment.";
+    } else if (error.status === 503) {
+      title = "The event store is unavailable";
+    } else if (error.status === 403) {
+      title = "Not allowed";
+    } else if (error.status === 400) {
+      title = error.parameter ? `Check the ${error.parameter} filter` : "Check the filters";
+    } else if (error.status === 404) {
+      title = "Not found";
+    }
+  }
+  return (
+    <div class="problem" role="alert">
+      <strong>{title}</strong>
+      <p>{detail}</p>
+      {retry && (
+        <button type="button" onClick={retry}>
+          Try again
+        </button>
+      )}
+    </div>
+  );
+}
+
+export function Empty({ children }: { children: ComponentChildren }) {
+  return (
+    <p class="empty" role="status">
+      {children}
+    </p>
+  );
+}
+
+export function Loading({ what }: { what: string }) {
+  return (
+    <p class="loading" role="status" aria-live="polite">
+      Loading {what}…
+    </p>
+  );
+}
+
+/** State of one request: its value, its error, and a way to run it again. */
+export function useLoad<T>(load: () => Promise<T>, deps: unknown[]) {
+  const [state, setState] = useState<{ value?: T; error?: unknown; loading: boolean }>({ loading: true });
+  const [attempt, setAttempt] = useState(0);
+  useEffect(() => {
+    let live = true;
+    setState((s) => ({ ...s, loading: true, error: undefined }));
+    load().then(
+      (value) => live && setState({ value, loading: false }),
+      (error) => live && setState({ error, loading: false }),
+    );
+    return () => {
+      live = false;
+    };
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [...deps, attempt]);
+  return { ...state, retry: () => setAttempt((n) => n + 1) };
+}
+
+/**
+ * A picture from the API, fetched with the token once it scrolls near the screen (`lazy`),
+ * with a placeholder before and when the cloud has none.
+ */
+export function Picture({
+  path,
+  alt,
+  lazy = true,
+  class: className,
+  onLoad,
+}: {
+  path: string | undefined;
+  alt: string;
+  lazy?: boolean;
+  class?: string;
+  onLoad?: (img: HTMLImageElement) => void;
+}) {
+  const holder = useRef<HTMLDivElement>(null);
+  const [visible, setVisible] = useState(!lazy);
+  const [state, setState] = useState<{ url?: string | null; failed?: boolean }>({});
+  useEffect(() => {
+    if (visible || !holder.current) return;
+    const observer = new IntersectionObserver(
+      (entries) => {
+        if (entries.some((e) => e.isIntersecting)) {
+          setVisible(true);
+          observer.disconnect();
+        }
+      },
+      { rootMargin: "300px" },
+    );
+    observer.observe(holder.current);
+    return () => observer.disconnect();
+  }, [visible]);
+  useEffect(() => {
+    if (!visible || !path) return;
+    let live = true;
+    setState({});
+    picture(path).then(
+      (url) => live && setState({ url }),
+      () => live && setState({ failed: true }),
+    );
+    return () => {
+      live = false;
+    };
+  }, [visible, path]);
+  const placeholder = !path
+    ? "No picture in the cloud"
+    : state.failed
+      ? "Picture unavailable"
+      : state.url === null
+        ? "No picture in the cloud"
+        : "";
+  return (
+    <div ref={holder} class={`picture ${className ?? ""}`}>
+      {state.url ? (
+        <img src={state.url} alt={alt} onLoad={(e) => onLoad?.(e.currentTarget)} />
+      ) : (
+        <span class="placeholder" aria-label={placeholder || "Loading picture"}>
+          {placeholder}
+        </span>
+      )}
+    </div>
+  );
+}

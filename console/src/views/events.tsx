@@ -1,0 +1,262 @@
+// Events, newest first: filters kept in the URL, thumbnails loaded as they scroll into view,
+// and the next page fetched on the keyset cursor when the end of the list comes near.
+import { useEffect, useRef, useState } from "preact/hooks";
+import { type ApiEvent, type Camera, type EventPage, getJson } from "../api";
+import { Empty, Picture, Problem } from "../common";
+import { fromLocalInput, percent, toLocalInput, when } from "../format";
+import { href, navigate } from "../route";
+
+/** Events per page: a screenful or two on a desktop, and cheap on a large store. */
+export const PAGE_SIZE = 50;
+/** Thumbnails come at one width, so the service's thumbnail cache serves them all. */
+export const THUMBNAIL_WIDTH = 320;
+
+/** The filters the events view takes from the URL, by their API names. */
+export const FILTERS = ["camera", "edge", "label", "zone", "since", "until", "min_confidence", "in_cloud"] as const;
+
+type Filters = Partial<Record<(typeof FILTERS)[number], string>>;
+
+export function filtersOf(params: URLSearchParams): Filters {
+  const filters: Filters = {};
+  for (const name of FILTERS) {
+    const value = params.get(name);
+    if (value) filters[name] = value;
+  }
+  return filters;
+}
+
+function query(filters: Filters, cursor?: string): string {
+  const params = new URLSearchParams({ limit: String(PAGE_SIZE) });
+  for (const [name, value] of Object.entries(filters)) if (value) params.set(name, value);
+  if (cursor) params.set("cursor", cursor);
+  return `/v1/events?${params}`;
+}
+
+interface Listing {
+  events: ApiEvent[];
+  cursor: string | null;
+  loading: boolean;
+  error?: unknown;
+}
+
+export function EventsView({ params }: { params: URLSearchParams }) {
+  const filters = filtersOf(params);
+  const key = JSON.stringify(filters);
+  const [listing, setListing] = useState<Listing>({ events: [], cursor: null, loading: true });
+  const seen = useRef(new Set<string>());
+  const generation = useRef(0);
+
+  const load = (cursor: string | null, reset: boolean) => {
+    const mine = ++generation.current;
+    setListing((l) => ({ ...(reset ? { events: [], cursor: null } : l), loading: true, error: undefined }));
+    getJson<EventPage>(query(filters, cursor ?? undefined)).then(
+      (page) => {
+        if (mine !== generation.current) return;
+        if (reset) seen.current = new Set();
+        // A page must bring events not shown yet: a cursor that gives back what it already
+        // gave would otherwise scroll forever.
+        const fresh = page.events.filter((e) => !seen.current.has(e.event_id));
+        if (page.events.length > 0 && fresh.length < page.events.length) {
+          setListing((l) => ({
+            ...l,
+            loading: false,
+            cursor: null,
+            error: new Error(
+              `The API repeated ${page.events.length - fresh.length} event(s) already listed; stopped loading more.`,
+            ),
+          }));
+          return;
+        }
+        fresh.forEach((e) => seen.current.add(e.event_id));
+        setListing((l) => ({
+          events: reset ? fresh : [...l.events, ...fresh],
+          cursor: page.next_cursor,
+          loading: false,
+        }));
+      },
+      (error) => mine === generation.current && setListing((l) => ({ ...l, loading: false, error })),
+    );
+  };
+
+  useEffect(() => load(null, true), [key]);
+
+  // The next page when the end of the list comes within a screen.
+  const end = useRef<HTMLDivElement>(null);
+  useEffect(() => {
+    if (!end.current || !listing.cursor || listing.loading || listing.error) return;
+    const observer = new IntersectionObserver(
+      (entries) => entries.some((e) => e.isIntersecting) && load(listing.cursor, false),
+      { rootMargin: "600px" },
+    );
+    observer.observe(end.current);
+    return () => observer.disconnect();
+  }, [listing.cursor, listing.loading, listing.error]);
+
+  return (
+    <section aria-labelledby="events-title">
+      <h1 id="events-title">Events</h1>
+      <FilterForm filters={filters} />
+      <p class="summary" role="status" aria-live="polite">
+        {listing.events.length > 0 &&
+          `${listing.events.length} event${listing.events.length === 1 ? "" : "s"}${listing.cursor ? " so far" : ""}, newest first`}
+      </p>
+      {listing.events.length > 0 && (
+        <ol class="events" aria-label="Events, newest first">
+          {listing.events.map((event) => (
+            <EventCard key={event.event_id} event={event} />
+          ))}
+        </ol>
+      )}
+      {!listing.loading && !listing.error && listing.events.length === 0 && (
+        <Empty>
+          {Object.keys(filters).length > 0
+            ? "No events match these filters. Widen the time range or clear a filter."
+            : "No events yet. They appear here as the edges send them."}
+        </Empty>
+      )}
+      {listing.error !== undefined && (
+        <Problem error={listing.error} retry={() => load(listing.events.length ? listing.cursor : null, listing.events.length === 0)} />
+      )}
+      <div ref={end} class="list-end">
+        {listing.loading && <p role="status">Loading events…</p>}
+        {!listing.loading && listing.cursor && !listing.error && (
+          <button type="button" onClick={() => load(listing.cursor, false)}>
+            Load more
+          </button>
+        )}
+        {!listing.loading && !listing.cursor && listing.events.length > 0 && !listing.error && (
+          <p class="muted">End of the list.</p>
+        )}
+      </div>
+    </section>
+  );
+}
+
+function EventCard({ event }: { event: ApiEvent }) {
+  const best = [...event.detections].sort((a, b) => b.confidence - a.confidence);
+  const labels = best.map((d) => `${d.label} ${percent(d.confidence)}`).join(", ");
+  return (
+    <li class="event-card" data-event-id={event.event_id}>
+      <a href={href(`/events/${event.event_id}`)} class="card-link">
+        <Picture
+          path={event.snapshot_url && `${event.snapshot_url}?max_width=${THUMBNAIL_WIDTH}`}
+          alt={`${event.camera_id}: ${labels || "no detections"}`}
+          class="thumbnail"
+        />
+        <span class="card-text">
+          <span class="card-title">{best.length ? best.map((d) => d.label).filter(unique).join(", ") : "no detections"}</span>
+          <time dateTime={event.captured_at}>{when(event.captured_at)}</time>
+          <span class="muted">
+            {event.camera_id} · {event.edge_id}
+          </span>
+          <span class="muted">{labels}</span>
+        </span>
+      </a>
+    </li>
+  );
+}
+
+function unique<T>(value: T, index: number, all: T[]): boolean {
+  return all.indexOf(value) === index;
+}
+
+function FilterForm({ filters }: { filters: Filters }) {
+  const [cameras, setCameras] = useState<Camera[]>([]);
+  useEffect(() => {
+    // Suggestions only: the form works without them.
+    getJson<{ cameras: Camera[] }>("/v1/cameras").then(
+      (answer) => setCameras(answer.cameras),
+      () => {},
+    );
+  }, []);
+  const edges = [...new Set(cameras.flatMap((c) => c.edges))].sort();
+  const submit = (e: Event) => {
+    e.preventDefault();
+    const form = new FormData(e.currentTarget as HTMLFormElement);
+    const text = (name: string) => String(form.get(name) ?? "").trim() || undefined;
+    navigate("/events", {
+      camera: text("camera"),
+      edge: text("edge"),
+      label: text("label"),
+      zone: text("zone"),
+      since: fromLocalInput(text("since") ?? ""),
+      until: fromLocalInput(text("until") ?? ""),
+      min_confidence: text("min_confidence"),
+      in_cloud: text("in_cloud"),
+    });
+  };
+  const active = Object.keys(filters).length;
+  // Open on a wide screen; on a phone the list comes first and the filters fold away.
+  const wide = typeof matchMedia === "function" && matchMedia("(min-width: 700px)").matches;
+  return (
+    <details class="filter-panel" open={wide || undefined}>
+      <summary>Filters{active ? ` (${active} on)` : ""}</summary>
+    <form class="filters" onSubmit={submit} key={JSON.stringify(filters)} aria-label="Filter events">
+      <label>
+        Camera
+        <input name="camera" list="cameras" defaultValue={filters.camera} placeholder="any" autocomplete="off" />
+      </label>
+      <label>
+        Edge
+        <input name="edge" list="edges" defaultValue={filters.edge} placeholder="any" autocomplete="off" />
+      </label>
+      <label>
+        Label
+        <input name="label" defaultValue={filters.label} placeholder="person, car" autocomplete="off" />
+      </label>
+      <label>
+        Zone
+        <input name="zone" defaultValue={filters.zone} placeholder="any" autocomplete="off" />
+      </label>
+      <label>
+        From
+        <input name="since" type="datetime-local" step="1" defaultValue={toLocalInput(filters.since ?? null)} />
+      </label>
+      <label>
+        Until
+        <input name="until" type="datetime-local" step="1" defaultValue={toLocalInput(filters.until ?? null)} />
+      </label>
+      <label>
+        Confidence at least
+        <input
+          name="min_confidence"
+          type="number"
+          min="0"
+          max="1"
+          step="0.05"
+          defaultValue={filters.min_confidence}
+          placeholder="0–1"
+        />
+      </label>
+      <label>
+        Picture
+        <select name="in_cloud">
+          <option value="" selected={!filters.in_cloud}>
+            any
+          </option>
+          <option value="true" selected={filters.in_cloud === "true"}>
+            in the cloud
+          </option>
+          <option value="false" selected={filters.in_cloud === "false"}>
+            not in the cloud
+          </option>
+        </select>
+      </label>
+      <div class="filter-actions">
+        <button type="submit">Apply</button>
+        <a href={href("/events")}>Clear</a>
+      </div>
+      <datalist id="cameras">
+        {cameras.map((c) => (
+          <option key={c.camera_id} value={c.camera_id} />
+        ))}
+      </datalist>
+      <datalist id="edges">
+        {edges.map((edge) => (
+          <option key={edge} value={edge} />
+        ))}
+      </datalist>
+    </form>
+    </details>
+  );
+}

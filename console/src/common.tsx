@@ -3,6 +3,9 @@ import type { ComponentChildren } from "preact";
 import { useEffect, useRef, useState } from "preact/hooks";
 import { ApiError, picture } from "./api";
 
+/** Thumbnails come at one width, so the service's thumbnail cache serves them all. */
+export const THUMBNAIL_WIDTH = 320;
+
 /** What went wrong, said plainly, with a way to try again. */
 export function Problem({ error, retry }: { error: unknown; retry?: () => void }) {
   let title = "Something went wrong";
@@ -79,12 +82,15 @@ export function Picture({
   lazy = true,
   class: className,
   onLoad,
+  empty = "No picture in the cloud",
 }: {
   path: string | undefined;
   alt: string;
   lazy?: boolean;
   class?: string;
   onLoad?: (img: HTMLImageElement) => void;
+  /** What the placeholder says when there is no picture. */
+  empty?: string;
 }) {
   const holder = useRef<HTMLDivElement>(null);
   const [visible, setVisible] = useState(!lazy);
@@ -115,13 +121,7 @@ export function Picture({
       live = false;
     };
   }, [visible, path]);
-  const placeholder = !path
-    ? "No picture in the cloud"
-    : state.failed
-      ? "Picture unavailable"
-      : state.url === null
-        ? "No picture in the cloud"
-        : "";
+  const placeholder = !path ? empty : state.failed ? "Picture unavailable" : state.url === null ? empty : "";
   return (
     <div ref={holder} class={`picture ${className ?? ""}`}>
       {state.url ? (

@@ -15,7 +15,7 @@
 import { mkdirSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const require = createRequire(import.meta.url);
 const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
@@ -75,6 +75,10 @@ const scenarios = {
     await until(page, "the first page of events", () => document.querySelectorAll("li.event-card").length >= 50);
     const first = await listed(page);
     check(first[0] === expect.newest, `newest first: the first card is ${first[0]}, not ${expect.newest}`);
+    // The cameras strip: each camera, with its latest picture in the cloud.
+    const strip = await page.$$eval(".cameras-strip li", (tiles) => tiles.map((t) => t.dataset.cameraId));
+    check(expect.cameras.every((c) => strip.includes(c)), `the cameras strip shows ${expect.cameras}: ${strip}`);
+    await page.waitForSelector(`.cameras-strip li[data-camera-id="${expect.picture.camera}"] img`, { timeout: 15_000 });
     await accessible(page, "events");
     await page.screenshot({ path: join(shots, "events.png") });
 
@@ -153,10 +157,10 @@ const scenarios = {
     await page.screenshot({ path: join(shots, "event.png"), fullPage: true });
 
     // The range around it: the list link, and an export downloaded with the token.
-    const [download] = await Promise.all([page.waitForEvent("download"), page.click("text=Export these ten minutes")]);
+    const [download] = await Promise.all([page.waitForEvent("download"), page.getByRole("button", { name: /Export these ten minutes/ }).click()]);
     const exported = readFileSync(await download.path(), "utf8").trim().split("\n");
     check(exported.some((line) => line.includes(expect.picture.id)), "the export around the event has the event");
-    await page.click(`text=Events at ${expect.picture.camera} five minutes either side`);
+    await page.getByRole("link", { name: `Events at ${expect.picture.camera} five minutes either side` }).click();
     await until(page, "the range around the event", (id) => document.querySelector(`li.event-card[data-event-id="${id}"]`) !== null, expect.picture.id);
     check(errors.length === 0, `console errors: ${errors.join(" | ")}`);
   },
@@ -174,7 +178,7 @@ const scenarios = {
     await accessible(page, "fleet");
     await page.screenshot({ path: join(shots, "fleet.png"), fullPage: true });
     // Sorting by id puts the online one first.
-    await page.click("text=Edge id");
+    await page.getByRole("link", { name: "Edge id" }).click();
     await until(page, "sorted by id", (id) => document.querySelector("table.fleet tbody tr")?.dataset.edgeId === id, expect.online);
     check(errors.length === 0, `console errors: ${errors.join(" | ")}`);
   },
@@ -234,8 +238,10 @@ const scenarios = {
     await until(page, "the unreachable message", () => document.body.innerText.includes("The query service cannot be reached"));
     await page.screenshot({ path: join(shots, "unreachable.png") });
     await page.unroute("**/v1/**");
-    await page.click("text=Try again");
-    await page.waitForSelector("table.fleet tbody tr");
+    // The button: the message above it also says "try again".
+    await page.getByRole("button", { name: "Try again" }).click();
+    // At once, not at the view's next 10 s refresh.
+    await page.waitForSelector("table.fleet tbody tr", { timeout: 5_000 });
     const unexpected = errors.filter((e) => !e.includes("net::ERR_CONNECTION_REFUSED") && !e.includes("Failed to load resource"));
     check(unexpected.length === 0, `console errors: ${unexpected.join(" | ")}`);
   },
@@ -267,19 +273,7 @@ const scenarios = {
   },
 };
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  args: [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
+const browser = await launch();
 const unknown = only.filter((name) => !(name in scenarios));
 if (unknown.length) {
   console.error(`browser.mjs: no scenario ${unknown.join(", ")} (there are ${Object.keys(scenarios).join(", ")})`);

@@ -97,6 +97,9 @@ Sightline is running: an edge agent with a camera panning over pictures (real Na
 in ONNX Runtime) and a synthetic camera -> NATS JetStream -> ingest -> ClickHouse -> query API,
 on the $servers servers.
 
+  The console:      http://$api/   (open it in a browser: the cameras' events with their pictures,
+                    the edges, activity; an SSH tunnel reaches it from another machine:
+                    ssh -L 8080:$api <this host>)
   The API:          curl -s 'http://$api/v1/events?limit=5'
                     curl -s 'http://$api/v1/events?camera=yard&limit=3'
   A snapshot:       $snapshot

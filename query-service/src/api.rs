@@ -1139,6 +1139,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_console_is_served_open_with_its_policy_and_cache_headers() {
+        // With tokens on: the page and its assets hold no data, so they need none.
+        let app = app(&["s3cret"]);
+        let get = |uri: String| {
+            let app = app.clone();
+            async move {
+                app.oneshot(Request::get(uri).body(Body::empty()).expect("request"))
+                    .await
+                    .expect("the router answers")
+            }
+        };
+        let page = get("/".into()).await;
+        assert_eq!(page.status(), StatusCode::OK);
+        let headers = page.headers();
+        assert_eq!(headers[header::CONTENT_TYPE], "text/html; charset=utf-8");
+        assert_eq!(headers[header::CACHE_CONTROL], "no-cache");
+        let policy = headers[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .expect("ASCII");
+        assert!(policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'"));
+        for (path, kind, bytes) in crate::console::ASSETS.iter().filter(|a| a.0 != "/") {
+            let asset = get((*path).to_owned()).await;
+            assert_eq!(asset.status(), StatusCode::OK, "{path}");
+            assert_eq!(asset.headers()[header::CONTENT_TYPE], *kind, "{path}");
+            assert_eq!(
+                asset.headers()[header::CACHE_CONTROL],
+                "public, max-age=31536000, immutable"
+            );
+            let body = axum::body::to_bytes(asset.into_body(), 1 << 24)
+                .await
+                .expect("body");
+            assert_eq!(&body[..], *bytes, "{path}");
+        }
+        // An unknown asset is the API's 404, and other paths are not the console.
+        let (status, body) = call(&app, Method::GET, "/assets/nothing.js", None).await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (StatusCode::NOT_FOUND, &"not_found".into())
+        );
+        let (status, _) = call(&app, Method::GET, "/index.html", None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "not an open route");
+    }
+
+    #[tokio::test]
     async fn every_documented_operation_is_routed() {
         let app = app(&[]);
         for endpoint in openapi::ENDPOINTS {

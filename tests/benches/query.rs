@@ -12,7 +12,11 @@
 //! Queries: the latest 100 events of a camera; 100 events of one label within one hour; one
 //! event by id; 24 hours of hourly detection counts for every camera. Then the latest 100 of
 //! a camera read with each page plan (two steps, one query), to show which is faster on the
-//! server at hand.
+//! server at hand. Last, the console's first screen on this store: the requests its events
+//! view makes on load (the newest 50 events, and the cameras of the last day beside them)
+//! through the API, and the time from navigation to the first page of events drawn in a
+//! real browser (Debian's Chromium, `console/tests/first-screen.mjs`; needs `npm ci` in
+//! `console/`, which scripts/test.sh runs).
 
 use std::time::{Duration, Instant};
 
@@ -98,7 +102,9 @@ async fn main() -> anyhow::Result<()> {
         clickhouse: config_clickhouse.clone(),
         ..Default::default()
     };
-    config.replay.enabled = false; // replay needs NATS, which this benchmark does not start
+    // Replay and snapshots need NATS, which this benchmark does not start.
+    config.replay.enabled = false;
+    config.snapshots.enabled = false;
     let limits = Limits::from(&config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let api = format!("http://{}", listener.local_addr()?);
@@ -239,7 +245,75 @@ async fn main() -> anyhow::Result<()> {
             quantile(&mut plan_ms[k], 0.99)
         );
     }
+    console_first_screen(&http, &api, rounds.min(100), end).await?;
     stop.cancel();
     service.await??;
+    Ok(())
+}
+
+/// The console's first screen on this store: its events view's requests on load through the
+/// API (the events it shows first, and the cameras strip's list beside them, at once), then
+/// the same page in a real browser, from navigation to the first events drawn.
+async fn console_first_screen(
+    http: &reqwest::Client,
+    api: &str,
+    rounds: usize,
+    end: i64,
+) -> anyhow::Result<()> {
+    let fetch = |path: String| async move {
+        let t = Instant::now();
+        let response = http.get(format!("{api}{path}")).send().await?;
+        anyhow::ensure!(response.status() == 200, "{path}: {}", response.status());
+        let _ = response.bytes().await?;
+        Ok::<_, anyhow::Error>(t.elapsed())
+    };
+    let (mut events_ms, mut cameras_ms) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let (events, cameras) = tokio::join!(
+            fetch("/v1/events?limit=50".into()),
+            fetch(format!("/v1/cameras?since={}", end - DAY_MS))
+        );
+        events_ms.push(events?);
+        cameras_ms.push(cameras?);
+    }
+    println!("  the console's first screen ({rounds} rounds):");
+    println!(
+        "  {:<34} {:>7.1}ms {:>7.1}ms",
+        "API: newest 50 events",
+        quantile(&mut events_ms, 0.5),
+        quantile(&mut events_ms, 0.99)
+    );
+    println!(
+        "  {:<34} {:>7.1}ms {:>7.1}ms",
+        "API: the cameras of the day, beside",
+        quantile(&mut cameras_ms, 0.5),
+        quantile(&mut cameras_ms, 0.99)
+    );
+    let console = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../console");
+    if !console.join("node_modules/playwright-core").is_dir() {
+        println!("  browser: not measured (run `npm ci` in console/ for playwright-core)");
+        return Ok(());
+    }
+    let mut command = std::process::Command::new("node");
+    command
+        .arg("tests/first-screen.mjs")
+        .current_dir(&console)
+        .env("CONSOLE_URL", api)
+        .env("ROUNDS", "20");
+    let output = tokio::task::spawn_blocking(move || command.output()).await??;
+    anyhow::ensure!(
+        output.status.success(),
+        "first-screen.mjs failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let figures: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    println!(
+        "  {:<34} {:>7.0}ms {:>7.0}ms  (p50, p95 of {} page loads, nothing cached)",
+        "browser: navigation to first events",
+        figures["p50_ms"].as_f64().unwrap_or(f64::NAN),
+        figures["p95_ms"].as_f64().unwrap_or(f64::NAN),
+        figures["rounds"]
+    );
     Ok(())
 }

@@ -23,8 +23,14 @@ export class ApiError extends Error {
 
 export const token = {
   get: (): string | null => sessionStorage.getItem(TOKEN_KEY),
-  set: (value: string) => sessionStorage.setItem(TOKEN_KEY, value),
-  clear: () => sessionStorage.removeItem(TOKEN_KEY),
+  set: (value: string) => {
+    forgetPictures();
+    sessionStorage.setItem(TOKEN_KEY, value);
+  },
+  clear: () => {
+    forgetPictures();
+    sessionStorage.removeItem(TOKEN_KEY);
+  },
 };
 
 type Listener = () => void;
@@ -59,7 +65,8 @@ async function send(path: string, init: RequestInit = {}, bearer = token.get()):
   } catch {
     // Not the API's JSON error (a proxy's page, say): keep the status line.
   }
-  if (response.status === 401) unauthorizedListeners.forEach((listener) => listener());
+  // A 401 to a candidate being checked is the prompt's to say, not a new prompt.
+  if (response.status === 401 && bearer === token.get()) unauthorizedListeners.forEach((listener) => listener());
   throw new ApiError(response.status, code, message, parameter);
 }
 
@@ -69,13 +76,17 @@ export async function getJson<T>(path: string, init?: RequestInit): Promise<T> {
   return (await response.json()) as T;
 }
 
-/** Checks `candidate` against the service without keeping it: true when it is accepted. */
-export async function tokenWorks(candidate: string): Promise<boolean> {
+/**
+ * Checks `candidate` against the service without keeping it: `ok`, `refused` (not a token
+ * of this service) or `no-read` (a token whose client lacks the read scope).
+ */
+export async function checkToken(candidate: string): Promise<"ok" | "refused" | "no-read"> {
   try {
     await send("/v1/edges?status=offline", {}, candidate);
-    return true;
+    return "ok";
   } catch (e) {
-    if (e instanceof ApiError && (e.status === 401 || e.status === 403)) return false;
+    if (e instanceof ApiError && e.status === 401) return "refused";
+    if (e instanceof ApiError && e.status === 403) return "no-read";
     throw e;
   }
 }
@@ -94,9 +105,27 @@ export async function download(path: string, filename: string): Promise<void> {
 }
 
 // Pictures: an <img src> cannot carry the token, so they are fetched and shown from blob
-// URLs, kept for the most recent PICTURES_KEPT paths (older ones are revoked).
-const PICTURES_KEPT = 300;
-const pictures = new Map<string, Promise<string | null>>();
+// URLs, the most recent kept up to PICTURE_BYTES in all (older ones are revoked), and all of
+// them forgotten when the token changes (they were fetched with the old one).
+const PICTURE_BYTES = 64 * 1024 * 1024;
+interface Kept {
+  url: Promise<string | null>;
+  bytes: number;
+}
+const pictures = new Map<string, Kept>();
+let pictureBytes = 0;
+
+function release(path: string) {
+  const kept = pictures.get(path);
+  if (!kept) return;
+  pictures.delete(path);
+  pictureBytes -= kept.bytes;
+  kept.url.then((u) => u && URL.revokeObjectURL(u)).catch(() => {});
+}
+
+function forgetPictures() {
+  [...pictures.keys()].forEach(release);
+}
 
 /** A blob URL of the picture at `path`, or null when the cloud has none (404). */
 export function picture(path: string): Promise<string | null> {
@@ -104,22 +133,34 @@ export function picture(path: string): Promise<string | null> {
   if (known) {
     pictures.delete(path);
     pictures.set(path, known);
-    return known;
+    return known.url;
   }
-  const loading = send(path)
-    .then(async (response) => URL.createObjectURL(await response.blob()))
+  const kept: Kept = { url: Promise.resolve(null), bytes: 0 };
+  kept.url = send(path)
+    .then(async (response) => {
+      const blob = await response.blob();
+      if (pictures.get(path) !== kept) {
+        // Forgotten while it loaded (a new token): shown once, then let go.
+        const url = URL.createObjectURL(blob);
+        setTimeout(() => URL.revokeObjectURL(url), 60_000);
+        return url;
+      }
+      kept.bytes = blob.size;
+      pictureBytes += blob.size;
+      // Oldest first out, never the one just fetched.
+      for (const oldest of pictures.keys()) {
+        if (pictureBytes <= PICTURE_BYTES || oldest === path) break;
+        release(oldest);
+      }
+      return URL.createObjectURL(blob);
+    })
     .catch((e) => {
-      pictures.delete(path);
+      if (pictures.get(path) === kept) pictures.delete(path);
       if (e instanceof ApiError && e.status === 404) return null;
       throw e;
     });
-  pictures.set(path, loading);
-  while (pictures.size > PICTURES_KEPT) {
-    const [oldest, url] = pictures.entries().next().value as [string, Promise<string | null>];
-    pictures.delete(oldest);
-    url.then((u) => u && URL.revokeObjectURL(u)).catch(() => {});
-  }
-  return loading;
+  pictures.set(path, kept);
+  return kept.url;
 }
 
 // The API's shapes, as far as the console reads them (openapi.json has them whole).

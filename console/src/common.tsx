@@ -53,23 +53,46 @@ export function Loading({ what }: { what: string }) {
   );
 }
 
-/** State of one request: its value, its error, and a way to run it again. */
-export function useLoad<T>(load: () => Promise<T>, deps: unknown[]) {
-  const [state, setState] = useState<{ value?: T; error?: unknown; loading: boolean }>({ loading: true });
+/**
+ * State of one request: its value, its error, and a way to run it again. The value and the
+ * error belong to `deps`: when they change, the old ones are not shown while the new ones
+ * load. A retry or a refresh of the same `deps` keeps them shown until the answer comes.
+ * With `refreshMs`, the request runs again that long after each answer, while the tab is
+ * visible (never two at once).
+ */
+export function useLoad<T>(load: () => Promise<T>, deps: unknown[], refreshMs?: number) {
+  const key = JSON.stringify(deps);
+  const [state, setState] = useState<{ key?: string; value?: T; error?: unknown; loading: boolean }>({
+    loading: true,
+  });
   const [attempt, setAttempt] = useState(0);
   useEffect(() => {
     let live = true;
-    setState((s) => ({ ...s, loading: true, error: undefined }));
-    load().then(
-      (value) => live && setState({ value, loading: false }),
-      (error) => live && setState({ error, loading: false }),
-    );
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    setState((s) => (s.key === key ? { ...s, loading: true } : { key, loading: true }));
+    load()
+      .then(
+        (value) => live && setState({ key, value, loading: false }),
+        (error) => live && setState((s) => ({ key, value: s.key === key ? s.value : undefined, error, loading: false })),
+      )
+      .finally(() => {
+        if (!live || !refreshMs) return;
+        const again = () => (document.hidden ? (timer = setTimeout(again, refreshMs)) : setAttempt((n) => n + 1));
+        timer = setTimeout(again, refreshMs);
+      });
     return () => {
       live = false;
+      clearTimeout(timer);
     };
     // eslint-disable-next-line react-hooks/exhaustive-deps
-  }, [...deps, attempt]);
-  return { ...state, retry: () => setAttempt((n) => n + 1) };
+  }, [key, attempt]);
+  const current = state.key === key;
+  return {
+    value: current ? state.value : undefined,
+    error: current ? state.error : undefined,
+    loading: state.loading || !current,
+    retry: () => setAttempt((n) => n + 1),
+  };
 }
 
 /**
@@ -127,7 +150,7 @@ export function Picture({
       {state.url ? (
         <img src={state.url} alt={alt} onLoad={(e) => onLoad?.(e.currentTarget)} />
       ) : (
-        <span class="placeholder" aria-label={placeholder || "Loading picture"}>
+        <span class="placeholder" role="img" aria-label={placeholder || `${alt} (loading)`}>
           {placeholder}
         </span>
       )}

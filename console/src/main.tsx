@@ -2,8 +2,8 @@
 // With authentication on, the first 401 brings up the token prompt; the token is checked
 // against the service before it is kept for the tab.
 import { render } from "preact";
-import { useEffect, useState } from "preact/hooks";
-import { ApiError, onUnauthorized, token, tokenWorks } from "./api";
+import { useEffect, useRef, useState } from "preact/hooks";
+import { ApiError, checkToken, onUnauthorized, token } from "./api";
 import { ActivityView } from "./views/activity";
 import { EventView } from "./views/event";
 import { EventsView } from "./views/events";
@@ -28,6 +28,16 @@ function App() {
     const name = VIEWS.find(([path]) => path === section)?.[1] ?? "Not found";
     document.title = `${name} · Sightline`;
   }, [section]);
+  // A new view takes the focus (the link that had it is gone), so keyboard and screen
+  // reader users start on it; not on the first load, where the page starts at the top.
+  const first = useRef(true);
+  useEffect(() => {
+    if (first.current) {
+      first.current = false;
+      return;
+    }
+    document.getElementById("main")?.focus({ preventScroll: true });
+  }, [route.path]);
 
   let view;
   if (signIn) {
@@ -41,8 +51,8 @@ function App() {
     );
   } else if (route.path === "/events") {
     view = <EventsView params={route.params} />;
-  } else if (route.path.startsWith("/events/")) {
-    view = <EventView id={decodeURIComponent(route.path.slice("/events/".length))} />;
+  } else if (route.path.startsWith("/events/") && decoded(route.path.slice("/events/".length))) {
+    view = <EventView id={decoded(route.path.slice("/events/".length))!} />;
   } else if (route.path === "/fleet") {
     view = <FleetView params={route.params} />;
   } else if (route.path === "/activity") {
@@ -59,7 +69,15 @@ function App() {
   }
   return (
     <>
-      <a class="skip" href="#main">
+      {/* Not href="#main": the fragment holds the view, and the skip link must not change it. */}
+      <a
+        class="skip"
+        href={location.hash || "#/events"}
+        onClick={(e) => {
+          e.preventDefault();
+          document.getElementById("main")?.focus();
+        }}
+      >
         Skip to content
       </a>
       <header class="top">
@@ -93,16 +111,26 @@ function App() {
   );
 }
 
+/** A path segment decoded, or undefined when it is not valid percent-encoding. */
+function decoded(segment: string): string | undefined {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return undefined;
+  }
+}
+
 function TokenPrompt({ onAccepted }: { onAccepted: () => void }) {
-  const [state, setState] = useState<{ checking?: boolean; refused?: boolean; error?: unknown }>({});
+  const [state, setState] = useState<{ checking?: boolean; refused?: boolean; noRead?: boolean; error?: unknown }>({});
   const submit = (e: Event) => {
     e.preventDefault();
     const candidate = String(new FormData(e.currentTarget as HTMLFormElement).get("token") ?? "").trim();
     if (!candidate) return setState({ refused: true });
     setState({ checking: true });
-    tokenWorks(candidate).then(
-      (ok) => {
-        if (!ok) return setState({ refused: true });
+    checkToken(candidate).then(
+      (verdict) => {
+        if (verdict === "refused") return setState({ refused: true });
+        if (verdict === "no-read") return setState({ noRead: true });
         token.set(candidate);
         onAccepted();
       },
@@ -124,8 +152,8 @@ function TokenPrompt({ onAccepted }: { onAccepted: () => void }) {
             type="password"
             autocomplete="off"
             required
-            aria-invalid={state.refused ? "true" : undefined}
-            aria-describedby={state.refused ? "token-refused" : undefined}
+            aria-invalid={state.refused || state.noRead ? "true" : undefined}
+            aria-describedby={state.refused || state.noRead ? "token-refused" : undefined}
           />
         </label>
         <button type="submit" disabled={state.checking}>
@@ -135,6 +163,11 @@ function TokenPrompt({ onAccepted }: { onAccepted: () => void }) {
       {state.refused && (
         <p id="token-refused" class="problem" role="alert">
           The service refused that token. Check it and try again.
+        </p>
+      )}
+      {state.noRead && (
+        <p id="token-refused" class="problem" role="alert">
+          That token works, but its client lacks the read scope the console needs. Use a token with the read scope.
         </p>
       )}
       {state.error !== undefined && (

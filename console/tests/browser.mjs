@@ -75,6 +75,8 @@ const scenarios = {
     await until(page, "the first page of events", () => document.querySelectorAll("li.event-card").length >= 50);
     const first = await listed(page);
     check(first[0] === expect.newest, `newest first: the first card is ${first[0]}, not ${expect.newest}`);
+    // At once, while the pictures are still loading (their placeholders must pass too).
+    await accessible(page, "events, pictures loading");
     // The cameras strip: each camera, with its latest picture in the cloud.
     const strip = await page.$$eval(".cameras-strip li", (tiles) => tiles.map((t) => t.dataset.cameraId));
     check(expect.cameras.every((c) => strip.includes(c)), `the cameras strip shows ${expect.cameras}: ${strip}`);
@@ -120,6 +122,33 @@ const scenarios = {
     await until(other, "the shared view", (n) => document.querySelectorAll("li.event-card").length === n, expect.filter.count);
     await other.close();
 
+    // A time range typed in the browser's zone (New York here) is sent as the same instant.
+    const times = expect.times.map((t) => Math.floor(t / 1000) * 1000);
+    const [from, to] = [times[60], times[20]]; // 40 events: one page
+    const local = (ms) =>
+      new Intl.DateTimeFormat("sv-SE", { timeZone: "America/New_York", dateStyle: "short", timeStyle: "medium" }).format(new Date(ms)).replace(" ", "T");
+    await page.goto(base + "/#/events");
+    await page.waitForSelector("li.event-card");
+    await page.fill('input[name="since"]', local(from));
+    await page.fill('input[name="until"]', local(to));
+    await page.getByRole("button", { name: "Apply" }).click();
+    await until(page, "the range in the URL", (iso) => new URLSearchParams(location.hash.split("?")[1]).get("since") === iso, new Date(from).toISOString());
+    const inRange = times.filter((t) => t >= from && t < to).length;
+    await until(page, `the ${inRange} events of the range`, (n) => document.body.innerText.includes("End of the list.") && document.querySelectorAll("li.event-card").length === n, inRange);
+    // Lists typed with spaces mean what they say; the picture filters are the API's.
+    await page.goto(base + "/#/events");
+    await page.waitForSelector("li.event-card");
+    await page.fill('input[name="label"]', " car , traffic light ");
+    await page.getByRole("button", { name: "Apply" }).click();
+    await until(page, "the list in the URL", () => new URLSearchParams(location.hash.split("?")[1]).get("label") === "car,traffic light");
+    for (const [filter, count] of [
+      ["has_snapshot=true", expect.snapshots],
+      ["in_cloud=true", expect.in_cloud],
+    ]) {
+      await page.goto(base + `/#/events?${filter}`);
+      await until(page, `${count} events with ${filter}`, (n) => document.body.innerText.includes("End of the list.") && document.querySelectorAll("li.event-card").length === n, count);
+    }
+
     // Nothing matches: a clear empty state.
     await page.goto(base + "/#/events?label=unicorn");
     await until(page, "the empty state", () => document.body.innerText.includes("No events match these filters"));
@@ -141,9 +170,14 @@ const scenarios = {
     expect.picture.detections.forEach((d, i) => {
       const box = boxes[i];
       check(box.label === d.label && box.text.includes(`${Math.round(d.confidence * 100)}%`), `box ${i}: ${box.text}`);
-      const left = (box.rect.left - picture.left) / picture.width;
-      const top = (box.rect.top - picture.top) / picture.height;
-      check(Math.abs(left - d.bbox.x_min) < 0.02 && Math.abs(top - d.bbox.y_min) < 0.02, `box ${i} at (${left.toFixed(3)}, ${top.toFixed(3)}), expected (${d.bbox.x_min}, ${d.bbox.y_min})`);
+      const edges = [
+        (box.rect.left - picture.left) / picture.width,
+        (box.rect.top - picture.top) / picture.height,
+        (box.rect.right - picture.left) / picture.width,
+        (box.rect.bottom - picture.top) / picture.height,
+      ];
+      const want = [d.bbox.x_min, d.bbox.y_min, d.bbox.x_max, d.bbox.y_max];
+      check(edges.every((e, k) => Math.abs(e - want[k]) < 0.02), `box ${i} at ${edges.map((e) => e.toFixed(3))}, expected ${want}`);
     });
     if (expect.picture.track) {
       await until(page, "the track", (id) => document.body.innerText.includes(`Track ${id}`), expect.picture.track.id);
@@ -188,6 +222,10 @@ const scenarios = {
     await page.goto(base + "/#/activity?range=24h&group_by=label");
     await page.waitForSelector("table.totals tbody tr", { timeout: 15_000 });
     await page.waitForSelector(".chart canvas");
+    const drawn = await page.$eval(".chart [data-series]", (c) => ({ series: c.dataset.series, total: Number(c.dataset.total) }));
+    const labels = Object.keys(expect.detections).sort();
+    const sum = Object.values(expect.detections).reduce((a, b) => a + b, 0);
+    check(drawn.series === labels.join("|") && drawn.total === sum, `the chart draws ${JSON.stringify(drawn)}, expected ${labels} totalling ${sum}`);
     const totals = Object.fromEntries(await page.$$eval("table.totals tbody tr", (r) => r.map((x) => [x.cells[0].innerText, Number(x.cells[1].innerText.replace(/[^0-9]/g, ""))])));
     for (const [label, count] of Object.entries(expect.detections)) check(totals[label] === count, `activity: ${label} ${totals[label]}, expected ${count}`);
     await accessible(page, "activity");
@@ -198,10 +236,14 @@ const scenarios = {
   // A phone: nothing wider than the screen, and the events readable.
   async phone(page, errors) {
     await page.setViewportSize({ width: 375, height: 812 });
-    for (const view of ["#/events", "#/fleet", "#/activity", `#/events/${expect.picture.id}`]) {
+    for (const [view, content] of [
+      ["#/events", "li.event-card"],
+      ["#/fleet", "table.fleet tbody tr"],
+      ["#/activity", "table.totals tbody tr"],
+      [`#/events/${expect.picture.id}`, ".event-picture img"],
+    ]) {
       await page.goto(base + "/" + view);
-      await page.waitForSelector("main h1");
-      await page.waitForTimeout(500);
+      await page.waitForSelector(content, { timeout: 15_000 });
       const width = await page.evaluate(() => document.documentElement.scrollWidth);
       check(width <= 375, `${view} is ${width} px wide on a 375 px screen`);
     }
@@ -217,6 +259,10 @@ const scenarios = {
     await page.waitForSelector("li.event-card");
     await page.keyboard.press("Tab");
     check((await page.evaluate(() => document.activeElement?.textContent)) === "Skip to content", "the first Tab reaches the skip link");
+    const before = page.url();
+    await page.keyboard.press("Enter");
+    check(page.url() === before, `the skip link keeps the view (${before} became ${page.url()})`);
+    check(await page.evaluate(() => document.activeElement?.id === "main"), "the skip link moves the focus to the content");
     // Tab until focus is on an event card's link, then Enter opens the event.
     for (let i = 0; i < 40; i++) {
       await page.keyboard.press("Tab");
@@ -257,9 +303,15 @@ const scenarios = {
     await page.click('button[type="submit"]');
     await page.waitForSelector("text=The service refused that token");
     await page.screenshot({ path: join(shots, "token-refused.png") });
+    // A token of a client without the read scope is named as such.
+    await page.fill('input[name="token"]', need("CONSOLE_EXPORT_TOKEN"));
+    await page.click('button[type="submit"]');
+    await page.waitForSelector("text=lacks the read scope");
     await page.fill('input[name="token"]', need("CONSOLE_TOKEN"));
     await page.click('button[type="submit"]');
     await page.waitForSelector("li.event-card", { timeout: 15_000 });
+    // From here on, every request carries the token: no 401 is expected any more.
+    errors.length = 0;
     check(!page.url().includes(need("CONSOLE_TOKEN")), "the token is never in the URL");
     const storage = await page.evaluate(() => ({ local: JSON.stringify(localStorage), session: sessionStorage.getItem("sightline.token") }));
     check(!storage.local.includes(need("CONSOLE_TOKEN")), "the token is not in localStorage");
@@ -285,7 +337,12 @@ try {
   for (const [name, run] of Object.entries(scenarios)) {
     if (only.length && !only.includes(name)) continue;
     ran += 1;
-    const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, acceptDownloads: true });
+    // A time zone that is not the machine's (UTC here), so a time zone mistake shows.
+    const context = await browser.newContext({
+      viewport: { width: 1280, height: 900 },
+      acceptDownloads: true,
+      timezoneId: "America/New_York",
+    });
     const page = await context.newPage();
     const errors = [];
     page.on("console", (message) => message.type() === "error" && errors.push(message.text()));

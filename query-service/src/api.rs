@@ -22,6 +22,7 @@ use sightline_shared::{DetectionEvent, EventId, Timestamp};
 use uuid::Uuid;
 
 use crate::auth::Clients;
+use crate::console;
 use crate::metrics::{Metrics, Route, RouteStatus};
 use crate::model::Format;
 use crate::openapi::{self, EXPORT_PATH, Endpoint};
@@ -230,8 +231,8 @@ fn handler(endpoint: &Endpoint, document: &bytes::Bytes) -> Option<MethodRouter<
         ("get", "/healthz") => get(|| async { Json(json!({"status": "ok"})) }),
         ("get", "/readyz") => get(readyz),
         ("get", "/metrics") => get(metrics),
-        ("get", "/") => get(crate::console::index),
-        ("get", "/assets/{file}") => get(crate::console::asset),
+        ("get", "/") => get(|| async { console::page() }),
+        ("get", "/assets/{file}") => get(console_asset),
         ("get", "/openapi.json") => {
             let document = document.clone();
             get(move || async move {
@@ -923,6 +924,12 @@ impl Readiness {
             }
         }
     }
+}
+
+/// A file of the console's build, or the API's 404.
+async fn console_asset(Path(name): Path<String>) -> Result<Response, ApiError> {
+    console::asset(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("the console has no asset {name:?}")))
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -2,11 +2,8 @@
 //! compiled into the binary by `build.rs`. They are open routes (the page holds no data; it
 //! asks the API, with the tab's token, for everything it shows).
 
-use axum::extract::Path;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-
-use crate::api::ApiError;
 
 /// `(URL path, content type, bytes)` of every file of `console/dist`; `/` is `index.html`.
 pub(crate) const ASSETS: &[(&str, &str, &[u8])] =
@@ -26,7 +23,7 @@ fn file(path: &str) -> Option<(&'static str, &'static [u8])> {
 }
 
 /// `GET /`: the console's page, revalidated on every load (it names the current assets).
-pub(crate) async fn index() -> Response {
+pub(crate) fn page() -> Response {
     let (kind, bytes) = file("/").expect("build.rs refuses a console without index.html");
     (
         [
@@ -42,19 +39,20 @@ pub(crate) async fn index() -> Response {
 }
 
 /// `GET /assets/{file}`: a script or stylesheet; its name carries its content's hash, so a
-/// browser keeps it for good.
-pub(crate) async fn asset(Path(name): Path<String>) -> Result<Response, ApiError> {
-    let (kind, bytes) = file(&format!("/assets/{name}"))
-        .ok_or_else(|| ApiError::NotFound(format!("the console has no asset {name:?}")))?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, kind),
-            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        ],
-        bytes,
+/// browser keeps it for good. `None` for a name the console does not have.
+pub(crate) fn asset(name: &str) -> Option<Response> {
+    let (kind, bytes) = file(&format!("/assets/{name}"))?;
+    Some(
+        (
+            [
+                (header::CONTENT_TYPE, kind),
+                (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            ],
+            bytes,
+        )
+            .into_response(),
     )
-        .into_response())
 }
 
 #[cfg(test)]

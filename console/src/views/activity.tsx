@@ -8,13 +8,41 @@ import { Empty, Loading, Problem, useLoad } from "../common";
 import { duration, percent } from "../format";
 import { href } from "../route";
 
-/** Range presets: how far back, and the bucket that keeps the chart readable. */
+/** Range presets: how many buckets back, and the bucket that keeps the chart readable. */
 const RANGES = {
-  "1h": { ms: 3_600_000, interval: "1m", step: 60_000, name: "Last hour" },
-  "24h": { ms: 86_400_000, interval: "1h", step: 3_600_000, name: "Last 24 hours" },
-  "7d": { ms: 7 * 86_400_000, interval: "1h", step: 3_600_000, name: "Last 7 days" },
-  "30d": { ms: 30 * 86_400_000, interval: "1d", step: 86_400_000, name: "Last 30 days" },
+  "1h": { buckets: 60, interval: "1m", name: "Last hour" },
+  "24h": { buckets: 24, interval: "1h", name: "Last 24 hours" },
+  "7d": { buckets: 7 * 24, interval: "1h", name: "Last 7 days" },
+  "30d": { buckets: 30, interval: "1d", name: "Last 30 days" },
 } as const;
+
+/** The browser's time zone: buckets start on its hours and days, as the chart shows them. */
+const TZ = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+
+/** The start of the bucket after the one `at` is in, in local time. */
+function nextBoundary(at: Date, interval: string): Date {
+  const d = new Date(at);
+  if (interval === "1m") {
+    d.setSeconds(0, 0);
+    d.setMinutes(d.getMinutes() + 1);
+  } else if (interval === "1h") {
+    d.setMinutes(0, 0, 0);
+    d.setHours(d.getHours() + 1);
+  } else {
+    d.setHours(0, 0, 0, 0);
+    d.setDate(d.getDate() + 1);
+  }
+  return d;
+}
+
+/** `n` buckets before `at` (local days are 23 to 25 hours around a clock change). */
+function back(at: Date, interval: string, n: number): Date {
+  const d = new Date(at);
+  if (interval === "1m") d.setMinutes(d.getMinutes() - n);
+  else if (interval === "1h") d.setTime(d.getTime() - n * 3_600_000);
+  else d.setDate(d.getDate() - n);
+  return d;
+}
 type RangeName = keyof typeof RANGES;
 const GROUPS = ["label", "camera", "none"] as const;
 const MEASURES = [
@@ -32,13 +60,15 @@ export function ActivityView({ params }: { params: URLSearchParams }) {
   const group = pick(params.get("group_by"), GROUPS, "label");
   const measure = pick(params.get("measure"), MEASURES.map(([m]) => m), "detections");
   const preset = RANGES[range];
-  // Whole buckets, ending at the next boundary: hour and day buckets then come from the
-  // hourly rollup, which stays fast at any age (UTC days).
-  const until = Math.ceil(Date.now() / preset.step) * preset.step;
-  const since = until - preset.ms;
+  // Whole buckets of the browser's time zone, ending at the next boundary: hour and day
+  // buckets then come from the hourly rollup (in whole-hour zones), fast at any age.
+  const untilDate = nextBoundary(new Date(), preset.interval);
+  const until = untilDate.getTime();
+  const since = back(untilDate, preset.interval, preset.buckets).getTime();
   const base = {
     measure,
     group_by: group,
+    tz: TZ,
     since: new Date(since).toISOString(),
     until: new Date(until).toISOString(),
   };
@@ -48,7 +78,7 @@ export function ActivityView({ params }: { params: URLSearchParams }) {
         getJson<Stats>(`/v1/stats?${new URLSearchParams({ ...base, interval: preset.interval })}`),
         getJson<Stats>(`/v1/stats?${new URLSearchParams({ ...base, interval: "all" })}`),
       ]),
-    [range, group, measure, Math.floor(until / preset.step)],
+    [range, group, measure, until],
   );
   const link = (change: Record<string, string>) => href("/activity", { range, group_by: group, measure, ...change });
   return (
@@ -81,7 +111,7 @@ export function ActivityView({ params }: { params: URLSearchParams }) {
       )}
       {stats.value && stats.value[1].buckets.length > 0 && (
         <>
-          <Chart stats={stats.value[0]} group={group} measure={measure} since={since} until={until} step={preset.step} />
+          <Chart stats={stats.value[0]} group={group} measure={measure} since={since} until={until} interval={preset.interval} />
           <Totals totals={stats.value[1]} group={group} measure={measure} />
         </>
       )}
@@ -99,14 +129,14 @@ function valueOf(bucket: Bucket, measure: string): number {
   return (measure === "objects" ? bucket.objects : bucket.detections) ?? 0;
 }
 
-function Chart(props: { stats: Stats; group: string; measure: string; since: number; until: number; step: number }) {
+function Chart(props: { stats: Stats; group: string; measure: string; since: number; until: number; interval: string }) {
   const holder = useRef<HTMLDivElement>(null);
   useEffect(() => {
     const element = holder.current;
     if (!element) return;
-    const { stats, group, measure, since, until, step } = props;
+    const { stats, group, measure, since, until, interval } = props;
     const xs: number[] = [];
-    for (let t = since; t < until; t += step) xs.push(t / 1000);
+    for (let t = new Date(since); t.getTime() < until; t = back(t, interval, -1)) xs.push(t.getTime() / 1000);
     const index = new Map(xs.map((x, i) => [x, i]));
     const series = new Map<string, number[]>();
     for (const bucket of stats.buckets) {
@@ -116,6 +146,9 @@ function Chart(props: { stats: Stats; group: string; measure: string; since: num
       if (i !== undefined) series.get(name)![i] += valueOf(bucket, measure);
     }
     const names = [...series.keys()].sort();
+    // What is drawn, for the browser tests (a canvas cannot be read back).
+    element.dataset.series = names.join("|");
+    element.dataset.total = String([...series.values()].flat().reduce((a, b) => a + b, 0));
     const options: uPlot.Options = {
       width: element.clientWidth,
       height: 280,

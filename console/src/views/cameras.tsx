@@ -26,17 +26,13 @@ export function CamerasStrip({ cameras, selected }: { cameras: Camera[]; selecte
 
 function CameraTile({ camera, selected }: { camera: Camera; selected: boolean }) {
   const tile = useRef<HTMLLIElement>(null);
-  const [latest, setLatest] = useState<string | null | undefined>(undefined);
+  const [latestUrl, setLatest] = useState<string | null | undefined>(undefined);
   useEffect(() => {
     if (!tile.current) return;
     const observer = new IntersectionObserver((entries) => {
       if (!entries.some((e) => e.isIntersecting)) return;
       observer.disconnect();
-      const query = new URLSearchParams({ camera: camera.camera_id, in_cloud: "true", limit: "1" });
-      getJson<EventPage>(`/v1/events?${query}`).then(
-        (page) => setLatest(page.events[0]?.snapshot_url ?? null),
-        () => setLatest(null),
-      );
+      latestPicture(camera.camera_id).then(setLatest, () => setLatest(null));
     });
     observer.observe(tile.current);
     return () => observer.disconnect();
@@ -46,10 +42,10 @@ function CameraTile({ camera, selected }: { camera: Camera; selected: boolean })
     <li ref={tile} class={selected ? "selected" : undefined} data-camera-id={camera.camera_id}>
       <a href={href("/events", { camera: camera.camera_id })} aria-current={selected ? "true" : undefined}>
         <Picture
-          path={latest ? `${latest}?max_width=${THUMBNAIL_WIDTH}` : undefined}
+          path={latestUrl ? `${latestUrl}?max_width=${THUMBNAIL_WIDTH}` : undefined}
           alt={`The latest picture from ${camera.camera_id}`}
           class="thumbnail"
-          empty={latest === undefined ? "" : "No picture in the cloud yet"}
+          empty={latestUrl === undefined ? "" : "No picture in the cloud today"}
         />
         <span class="card-text">
           <span class="card-title">{camera.camera_id}</span>
@@ -62,12 +58,31 @@ function CameraTile({ camera, selected }: { camera: Camera; selected: boolean })
   );
 }
 
+// Each camera's latest picture, asked for at most once a minute however often the view is
+// shown, and only within the day the strip covers (never a scan of a camera's history).
+const latest = new Map<string, { at: number; url: Promise<string | null> }>();
+const LATEST_MS = 60_000;
+
+function latestPicture(camera: string): Promise<string | null> {
+  const known = latest.get(camera);
+  if (known && Date.now() - known.at < LATEST_MS) return known.url;
+  const query = new URLSearchParams({ camera, in_cloud: "true", since: dayAgo(), limit: "1" });
+  const url = getJson<EventPage>(`/v1/events?${query}`).then((page) => page.events[0]?.snapshot_url ?? null);
+  latest.set(camera, { at: Date.now(), url });
+  url.catch(() => latest.delete(camera));
+  return url;
+}
+
+/** A day ago, to the minute (so that requests within a minute are the same). */
+function dayAgo(): string {
+  return new Date(Math.floor((Date.now() - DAY_MS) / 60_000) * 60_000).toISOString();
+}
+
 /** Cameras seen in the last day (for the strip and the filter's suggestions). */
 export function useCameras(): Camera[] {
   const [cameras, setCameras] = useState<Camera[]>([]);
   useEffect(() => {
-    const since = new Date(Math.floor((Date.now() - DAY_MS) / 60_000) * 60_000).toISOString();
-    getJson<{ cameras: Camera[] }>(`/v1/cameras?since=${encodeURIComponent(since)}`).then(
+    getJson<{ cameras: Camera[] }>(`/v1/cameras?since=${encodeURIComponent(dayAgo())}`).then(
       (answer) => setCameras(answer.cameras),
       // The strip and the suggestions are extras: the list says what is wrong, if anything.
       () => {},

@@ -1,7 +1,7 @@
 // One event: its picture with the detection boxes drawn over it, each detection's label and
 // score, the tracks it belongs to (start, end, duration, path), and the range around it to
 // look at, export or replay.
-import { useState } from "preact/hooks";
+import { useEffect, useState } from "preact/hooks";
 import { ApiError, type EventDetail, type Track, download, getJson } from "../api";
 import { Loading, Picture, Problem, useLoad } from "../common";
 import { duration, percent, when } from "../format";
@@ -15,16 +15,28 @@ const COLOURS = ["#ffd60a", "#00e5ff", "#ff4d9d", "#7dff6a", "#ff8c1a", "#b388ff
 
 export function EventView({ id }: { id: string }) {
   const event = useLoad(() => getJson<EventDetail>(`/v1/events/${encodeURIComponent(id)}`), [id]);
+  // A track answers 404 until its edge sent its first record: then it is not shown. Any
+  // other failure is said.
   const tracks = useLoad(
     () =>
       event.value
-        ? Promise.all(event.value.tracks.map((t) => getJson<Track>(t.href).catch(() => null)))
+        ? Promise.all(
+            event.value.tracks.map((t) =>
+              getJson<Track>(t.href).catch((e) => {
+                if (e instanceof ApiError && e.status === 404) return null;
+                throw e;
+              }),
+            ),
+          )
         : Promise.resolve([] as (Track | null)[]),
-    [event.value],
+    [event.value?.event_id, event.value?.tracks.length],
   );
+  const [pictureShown, setPictureShown] = useState(false);
+  useEffect(() => setPictureShown(false), [id]);
   if (event.loading && !event.value) return <Loading what="the event" />;
   if (event.error || !event.value) {
-    const notYet = event.error instanceof ApiError && event.error.status === 404;
+    // Not an id (400) or no such event (404): both are "not found" to a person.
+    const notYet = event.error instanceof ApiError && (event.error.status === 404 || event.error.status === 400);
     return (
       <section>
         <h1>Event</h1>
@@ -63,8 +75,9 @@ export function EventView({ id }: { id: string }) {
               lazy={false}
               alt={`What camera ${e.camera_id} saw at ${when(e.captured_at)}`}
               class="full"
+              onLoad={() => setPictureShown(true)}
             />
-            {e.snapshot_url && (
+            {pictureShown && (
               <div class="overlay" aria-hidden="true">
                 {known.map((t) => (
                   <svg key={t.id} class="path" viewBox="0 0 1 1" preserveAspectRatio="none">
@@ -144,6 +157,7 @@ export function EventView({ id }: { id: string }) {
           {known.map((t) => (
             <TrackFacts key={t.id} track={t} />
           ))}
+          {tracks.error !== undefined && <Problem error={tracks.error} retry={tracks.retry} />}
           <h2>Around this event</h2>
           <ul class="actions">
             <li>

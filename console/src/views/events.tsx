@@ -1,7 +1,7 @@
 // Events, newest first: filters kept in the URL, thumbnails loaded as they scroll into view,
 // and the next page fetched on the keyset cursor when the end of the list comes near.
 import { useEffect, useRef, useState } from "preact/hooks";
-import { type ApiEvent, type Camera, type EventPage, getJson } from "../api";
+import { type ApiEvent, ApiError, type Camera, type EventPage, getJson } from "../api";
 import { CamerasStrip, useCameras } from "./cameras";
 import { Empty, Picture, Problem, THUMBNAIL_WIDTH } from "../common";
 import { fromLocalInput, percent, toLocalInput, when } from "../format";
@@ -13,7 +13,17 @@ export const PAGE_SIZE = 50;
 const FIRST_EVENTS_MARK = "sightline:first-events";
 
 /** The filters the events view takes from the URL, by their API names. */
-export const FILTERS = ["camera", "edge", "label", "zone", "since", "until", "min_confidence", "in_cloud"] as const;
+export const FILTERS = [
+  "camera",
+  "edge",
+  "label",
+  "zone",
+  "since",
+  "until",
+  "min_confidence",
+  "has_snapshot",
+  "in_cloud",
+] as const;
 
 type Filters = Partial<Record<(typeof FILTERS)[number], string>>;
 
@@ -26,8 +36,11 @@ export function filtersOf(params: URLSearchParams): Filters {
   return filters;
 }
 
-function query(filters: Filters, cursor?: string): string {
-  const params = new URLSearchParams({ limit: String(PAGE_SIZE) });
+// A service whose max_limit is below PAGE_SIZE refuses it: then its own default is asked for.
+let pageSize: number | undefined = PAGE_SIZE;
+
+function query(filters: Filters, cursor: string | null): string {
+  const params = new URLSearchParams(pageSize ? { limit: String(pageSize) } : {});
   for (const [name, value] of Object.entries(filters)) if (value) params.set(name, value);
   if (cursor) params.set("cursor", cursor);
   return `/v1/events?${params}`;
@@ -35,23 +48,38 @@ function query(filters: Filters, cursor?: string): string {
 
 interface Listing {
   events: ApiEvent[];
+  /** Where the next page starts; null at the end. */
   cursor: string | null;
   loading: boolean;
   error?: unknown;
+  /** The API gave back events already listed: only a fresh start helps. */
+  repeated?: boolean;
 }
+
+/** The list last shown, with its scroll position, so that coming back to it (from an
+ *  event) within RESTORE_MS finds it as it was, not reloaded from the top. Later, it loads
+ *  afresh, with what arrived meanwhile. */
+let remembered: { key: string; listing: Listing; seen: Set<string>; scrollY: number; at: number } | undefined;
+const RESTORE_MS = 5 * 60_000;
 
 export function EventsView({ params }: { params: URLSearchParams }) {
   const filters = filtersOf(params);
   const key = JSON.stringify(filters);
-  const [listing, setListing] = useState<Listing>({ events: [], cursor: null, loading: true });
+  const restored =
+    remembered?.key === key && !remembered.listing.loading && Date.now() - remembered.at < RESTORE_MS
+      ? remembered
+      : undefined;
+  const [listing, setListing] = useState<Listing>(
+    restored?.listing ?? { events: [], cursor: null, loading: true },
+  );
   const cameras = useCameras();
-  const seen = useRef(new Set<string>());
+  const seen = useRef(restored?.seen ?? new Set<string>());
   const generation = useRef(0);
 
   const load = (cursor: string | null, reset: boolean) => {
     const mine = ++generation.current;
     setListing((l) => ({ ...(reset ? { events: [], cursor: null } : l), loading: true, error: undefined }));
-    getJson<EventPage>(query(filters, cursor ?? undefined)).then(
+    getJson<EventPage>(query(filters, cursor)).then(
       (page) => {
         if (mine !== generation.current) return;
         if (reset) seen.current = new Set();
@@ -62,7 +90,7 @@ export function EventsView({ params }: { params: URLSearchParams }) {
           setListing((l) => ({
             ...l,
             loading: false,
-            cursor: null,
+            repeated: true,
             error: new Error(
               `The API repeated ${page.events.length - fresh.length} event(s) already listed; stopped loading more.`,
             ),
@@ -76,11 +104,37 @@ export function EventsView({ params }: { params: URLSearchParams }) {
           loading: false,
         }));
       },
-      (error) => mine === generation.current && setListing((l) => ({ ...l, loading: false, error })),
+      (error) => {
+        if (mine !== generation.current) return;
+        if (error instanceof ApiError && error.parameter === "limit" && pageSize) {
+          pageSize = undefined;
+          load(cursor, reset);
+          return;
+        }
+        setListing((l) => ({ ...l, loading: false, error }));
+      },
     );
   };
 
-  useEffect(() => load(null, true), [key]);
+  useEffect(() => {
+    if (restored) {
+      // Back to the list it was: where it was.
+      requestAnimationFrame(() => window.scrollTo(0, restored.scrollY));
+      return;
+    }
+    load(null, true);
+  }, [key]);
+  // Remembered as it changes; the scroll position when the view goes.
+  useEffect(() => {
+    const scrollY = remembered?.key === key ? remembered.scrollY : 0;
+    remembered = { key, listing, seen: seen.current, scrollY, at: Date.now() };
+  }, [key, listing]);
+  useEffect(
+    () => () => {
+      if (remembered) remembered.scrollY = window.scrollY;
+    },
+    [],
+  );
 
   // When the first page is on screen: the first-screen bench (tests/first-screen.mjs) reads
   // this mark, and so can anyone profiling the console in their browser.
@@ -101,6 +155,8 @@ export function EventsView({ params }: { params: URLSearchParams }) {
     return () => observer.disconnect();
   }, [listing.cursor, listing.loading, listing.error]);
 
+  const retry = () =>
+    listing.repeated || listing.events.length === 0 ? load(null, true) : load(listing.cursor, false);
   return (
     <section aria-labelledby="events-title">
       <h1 id="events-title">Events</h1>
@@ -124,16 +180,19 @@ export function EventsView({ params }: { params: URLSearchParams }) {
             : "No events yet. They appear here as the edges send them."}
         </Empty>
       )}
-      {listing.error !== undefined && (
-        <Problem error={listing.error} retry={() => load(listing.events.length ? listing.cursor : null, listing.events.length === 0)} />
-      )}
+      {listing.error !== undefined && <Problem error={listing.error} retry={retry} />}
       <div ref={end} class="list-end">
-        {listing.loading && <p role="status">Loading events…</p>}
-        {!listing.loading && listing.cursor && !listing.error && (
-          <button type="button" onClick={() => load(listing.cursor, false)}>
-            Load more
+        {/* One button that stays put while the next page loads, so keyboard focus stays too. */}
+        {listing.cursor && !listing.error && (
+          <button
+            type="button"
+            onClick={() => !listing.loading && load(listing.cursor, false)}
+            aria-disabled={listing.loading ? "true" : undefined}
+          >
+            {listing.loading ? "Loading events…" : "Load more"}
           </button>
         )}
+        {listing.loading && !listing.cursor && <p role="status">Loading events…</p>}
         {!listing.loading && !listing.cursor && listing.events.length > 0 && !listing.error && (
           <p class="muted">End of the list.</p>
         )}
@@ -177,14 +236,22 @@ function FilterForm({ filters, cameras }: { filters: Filters; cameras: Camera[] 
     e.preventDefault();
     const form = new FormData(e.currentTarget as HTMLFormElement);
     const text = (name: string) => String(form.get(name) ?? "").trim() || undefined;
+    // "person, car" means person and car: the API takes lists without spaces.
+    const list = (name: string) =>
+      text(name)
+        ?.split(",")
+        .map((part) => part.trim())
+        .filter(Boolean)
+        .join(",") || undefined;
     navigate("/events", {
-      camera: text("camera"),
-      edge: text("edge"),
-      label: text("label"),
-      zone: text("zone"),
+      camera: list("camera"),
+      edge: list("edge"),
+      label: list("label"),
+      zone: list("zone"),
       since: fromLocalInput(text("since") ?? ""),
       until: fromLocalInput(text("until") ?? ""),
       min_confidence: text("min_confidence"),
+      has_snapshot: text("has_snapshot"),
       in_cloud: text("in_cloud"),
     });
   };
@@ -226,25 +293,13 @@ function FilterForm({ filters, cameras }: { filters: Filters; cameras: Camera[] 
           type="number"
           min="0"
           max="1"
-          step="0.05"
+          step="any"
           defaultValue={filters.min_confidence}
           placeholder="0–1"
         />
       </label>
-      <label>
-        Picture
-        <select name="in_cloud">
-          <option value="" selected={!filters.in_cloud}>
-            any
-          </option>
-          <option value="true" selected={filters.in_cloud === "true"}>
-            in the cloud
-          </option>
-          <option value="false" selected={filters.in_cloud === "false"}>
-            not in the cloud
-          </option>
-        </select>
-      </label>
+      <YesNo name="has_snapshot" label="Picture taken" value={filters.has_snapshot} />
+      <YesNo name="in_cloud" label="Picture in the cloud" value={filters.in_cloud} />
       <div class="filter-actions">
         <button type="submit">Apply</button>
         <a href={href("/events")}>Clear</a>
@@ -261,5 +316,25 @@ function FilterForm({ filters, cameras }: { filters: Filters; cameras: Camera[] 
       </datalist>
     </form>
     </details>
+  );
+}
+
+/** A filter that is `true`, `false` or not given. */
+function YesNo({ name, label, value }: { name: string; label: string; value?: string }) {
+  return (
+    <label>
+      {label}
+      <select name={name}>
+        {[
+          ["", "any"],
+          ["true", "yes"],
+          ["false", "no"],
+        ].map(([option, text]) => (
+          <option key={option} value={option} selected={(value ?? "") === option}>
+            {text}
+          </option>
+        ))}
+      </select>
+    </label>
   );
 }

@@ -1,6 +1,5 @@
 // The fleet: every edge as its latest heartbeat shows it, offline ones first by default,
-// refreshed every ten seconds.
-import { useEffect } from "preact/hooks";
+// refreshed ten seconds after each answer while the tab is visible.
 import { type Edge, getJson } from "../api";
 import { Empty, Loading, Problem, useLoad } from "../common";
 import { bytes, duration, when } from "../format";
@@ -18,11 +17,7 @@ export function FleetView({ params }: { params: URLSearchParams }) {
   const sort = SORTS.some(([s]) => s === params.get("sort")) ? params.get("sort")! : "status";
   const status = params.get("status") ?? "";
   const query = new URLSearchParams({ sort, ...(status ? { status } : {}) });
-  const fleet = useLoad(() => getJson<{ count: number; edges: Edge[] }>(`/v1/edges?${query}`), [sort, status]);
-  useEffect(() => {
-    const timer = setInterval(fleet.retry, REFRESH_MS);
-    return () => clearInterval(timer);
-  }, [sort, status]);
+  const fleet = useLoad(() => getJson<{ count: number; edges: Edge[] }>(`/v1/edges?${query}`), [sort, status], REFRESH_MS);
   const edges = fleet.value?.edges ?? [];
   const offline = edges.filter((e) => e.status === "offline").length;
   return (

@@ -25,6 +25,8 @@ use crate::{known_events, repo};
 
 /// The token of the service with authentication on.
 const TOKEN: &str = "console-test-token-0123456789";
+/// A token of the same service whose client may export but not read.
+const EXPORT_TOKEN: &str = "console-export-token-0123456789";
 
 /// What was seeded, for the script to check the page against.
 struct Seeded {
@@ -164,6 +166,9 @@ async fn seed(stack: &Stack) -> anyhow::Result<Seeded> {
             "track": {"id": format!("{}:{}", shown.edge_id, tracks[0].track_id), "duration": "15 s", "points": 5, "count": tracks.len()},
         },
         "filter": {"label": "car", "camera": "gate", "count": filtered},
+        "times": events.iter().map(|e| e.captured_at.as_millis()).collect::<Vec<_>>(),
+        "snapshots": events.iter().filter(|e| e.snapshot.is_some()).count(),
+        "in_cloud": with_three.len(),
         "detections": detections,
         "online": "fleet-a",
         "offline": "fleet-b",
@@ -198,6 +203,7 @@ async fn browser(
             repo().join("target/console-screenshots").join(screenshots),
         )
         .env("CONSOLE_TOKEN", TOKEN)
+        .env("CONSOLE_EXPORT_TOKEN", EXPORT_TOKEN)
         .stdin(Stdio::null());
     if let Some(auth_url) = auth_url {
         command.env("CONSOLE_AUTH_URL", auth_url);
@@ -225,12 +231,20 @@ async fn the_console_shows_events_pictures_the_fleet_and_activity_in_a_real_brow
     let seeded = seed(&stack).await?;
     let auth_url = stack
         .start_query(|c| {
-            c.auth.clients = vec![sightline_query::ClientConfig {
-                name: "console".into(),
-                scopes: vec![sightline_query::Scope::Read, sightline_query::Scope::Export],
-                token: Some(TOKEN.into()),
-                token_file: None,
-            }];
+            c.auth.clients = vec![
+                sightline_query::ClientConfig {
+                    name: "console".into(),
+                    scopes: vec![sightline_query::Scope::Read, sightline_query::Scope::Export],
+                    token: Some(TOKEN.into()),
+                    token_file: None,
+                },
+                sightline_query::ClientConfig {
+                    name: "nightly-export".into(),
+                    scopes: vec![sightline_query::Scope::Export],
+                    token: Some(EXPORT_TOKEN.into()),
+                    token_file: None,
+                },
+            ];
         })
         .await?;
     let (passed, output) = browser(&stack.api, Some(&auth_url), &seeded, "", "").await?;

@@ -92,7 +92,13 @@ impl Metrics {
             ack_errors: Counter::default(),
             dead_letters: Family::default(),
             inserts: Family::default(),
-            insert_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            // 1 ms to 46 s, each bound 1.41x the last: fine enough to tell a 45 ms p95 from
+            // a 64 ms one (the freshness target is 50 ms at 1,000 events/s).
+            insert_seconds: Histogram::new(exponential_buckets(
+                0.001,
+                std::f64::consts::SQRT_2,
+                32,
+            )),
             batch_rows: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
             pending_rows: Gauge::default(),
             insert_retries: Counter::default(),

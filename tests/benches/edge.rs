@@ -86,22 +86,11 @@ async fn main() -> anyhow::Result<()> {
 
     // 2. The drain through the agent's publisher.
     let metrics = Metrics::new(&mut Registry::default());
-    let (handle, thread) = worker::start(
-        sightline_tests::data::bench_buffer_settings(dir.path()),
-        metrics.clone(),
-        CancellationToken::new(),
-    )?;
+    let (handle, thread) = sightline_tests::data::bench_buffer(dir.path(), &metrics)?;
     let closed = CancellationToken::new();
     closed.cancel();
     let mut outbox = handle.outbox(worker::PAGE_SIZE, closed);
-    let publisher = Publisher::new(
-        async_nats::jetstream::context::ContextBuilder::new()
-            .max_ack_inflight(WINDOW)
-            .build(client.clone()),
-        Encoding::Bincode,
-        WINDOW,
-        metrics.clone(),
-    );
+    let publisher = sightline_tests::data::bench_publisher(&client, WINDOW, &metrics);
     let started = Instant::now();
     let report = publisher.run(&mut outbox, &CancellationToken::new()).await;
     outbox.flush();
@@ -154,11 +143,7 @@ async fn steady_run(
     let mut ticker = tokio::time::interval(Duration::from_millis(1000 / 30));
     if buffer {
         let metrics = Metrics::default();
-        let (handle, thread) = worker::start(
-            sightline_tests::data::bench_buffer_settings(dir),
-            metrics.clone(),
-            CancellationToken::new(),
-        )?;
+        let (handle, thread) = sightline_tests::data::bench_buffer(dir, &metrics)?;
         let closed = CancellationToken::new();
         let mut outbox = handle.outbox(worker::PAGE_SIZE, closed.clone());
         let publisher = Publisher::new(js, Encoding::Bincode, WINDOW, metrics);

@@ -3,7 +3,8 @@
 //! `cargo bench -p sightline-tests --bench ingest` starts its own nats-server and
 //! clickhouse-server, fills the stream with N realistic events (default 1,000,000; set
 //! `SIGHTLINE_BENCH_EVENTS`; `SIGHTLINE_BENCH_BATCH_ROWS` changes the batch from the
-//! default 50,000 rows), then measures, in one run:
+//! default 50,000 rows; `SIGHTLINE_BENCH_ACK_WAIT_SECS` the consumer's ack wait from the
+//! default 8 s), then measures, in one run:
 //!
 //! 1. NATS alone: a pull consumer drains the stream, decoding, validating and acking every
 //!    message (what ingest does without ClickHouse);
@@ -82,6 +83,13 @@ async fn main() -> anyhow::Result<()> {
         clickhouse: clickhouse.config(),
         ..Default::default()
     };
+    // Another ack wait than the default (60: as before issue 21), to compare in one sitting.
+    if let Some(secs) = std::env::var("SIGHTLINE_BENCH_ACK_WAIT_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.consumer.ack_wait_secs = secs;
+    }
     if let Some(rows) = std::env::var("SIGHTLINE_BENCH_BATCH_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -93,8 +101,9 @@ async fn main() -> anyhow::Result<()> {
     sightline_ingest::nats::declare(&js, &config, None).await?;
 
     println!(
-        "ingest benchmark: {n} events, batch {} rows, on the {} servers (ClickHouse {}, nats-server {})",
+        "ingest benchmark: {n} events, batch {} rows, ack wait {} s, on the {} servers (ClickHouse {}, nats-server {})",
         config.batch.max_rows,
+        config.consumer.ack_wait_secs,
         clickhouse.servers().name(),
         clickhouse.query("SELECT version()").await?,
         client.server_info().version,

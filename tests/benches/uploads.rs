@@ -11,7 +11,7 @@
 use std::time::Instant;
 
 use prometheus_client::registry::Registry;
-use sightline_edge_agent::buffer::worker::{self, BUFFER_FILE};
+use sightline_edge_agent::buffer::worker::BUFFER_FILE;
 use sightline_edge_agent::buffer::{Buffer, UploadRequest};
 use sightline_edge_agent::config::{UploadConfig, UploadSend};
 use sightline_edge_agent::metrics::Metrics;
@@ -80,11 +80,7 @@ async fn main() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let queued = queue(dir.path(), n)?;
         let metrics = Metrics::new(&mut Registry::default());
-        let (handle, thread) = worker::start(
-            sightline_tests::data::bench_buffer_settings(dir.path()),
-            metrics.clone(),
-            CancellationToken::new(),
-        )?;
+        let (handle, thread) = sightline_tests::data::bench_buffer(dir.path(), &metrics)?;
         let uploader = Uploader {
             buffer: handle.clone(),
             js: js.clone(),

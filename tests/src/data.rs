@@ -59,6 +59,41 @@ pub fn event(
     event
 }
 
+/// A buffer thread for benches over [`bench_buffer_settings`] in `dir`.
+///
+/// # Errors
+/// When the buffer cannot be opened.
+pub fn bench_buffer(
+    dir: &std::path::Path,
+    metrics: &sightline_edge_agent::metrics::Metrics,
+) -> anyhow::Result<(
+    sightline_edge_agent::buffer::worker::BufferHandle,
+    std::thread::JoinHandle<()>,
+)> {
+    Ok(sightline_edge_agent::buffer::worker::start(
+        bench_buffer_settings(dir),
+        metrics.clone(),
+        tokio_util::sync::CancellationToken::new(),
+    )?)
+}
+
+/// The edge agent's publisher for benches: bincode, `window` publishes in flight on a
+/// JetStream context of its own with the same window.
+pub fn bench_publisher(
+    client: &async_nats::Client,
+    window: usize,
+    metrics: &sightline_edge_agent::metrics::Metrics,
+) -> sightline_edge_agent::publisher::Publisher {
+    sightline_edge_agent::publisher::Publisher::new(
+        async_nats::jetstream::context::ContextBuilder::new()
+            .max_ack_inflight(window)
+            .build(client.clone()),
+        sightline_shared::Encoding::Bincode,
+        window,
+        metrics.clone(),
+    )
+}
+
 /// Buffer worker settings for benches: the buffer in `dir`, a budget that never fills, no
 /// day logs, a storage check every 10 s.
 pub fn bench_buffer_settings(

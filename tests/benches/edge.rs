@@ -21,9 +21,7 @@ use sightline_edge_agent::buffer::worker::{self, BUFFER_FILE};
 use sightline_edge_agent::heartbeat::ProcessUsage;
 use sightline_edge_agent::metrics::Metrics;
 use sightline_edge_agent::publisher::Publisher;
-use sightline_ingest::IngestConfig;
 use sightline_shared::{DetectionEvent, Encoding};
-use sightline_tests::NatsServer;
 use sightline_tests::stack::publish_via;
 use tokio_util::sync::CancellationToken;
 
@@ -53,14 +51,7 @@ fn rate(n: usize, elapsed: Duration) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let n = env("SIGHTLINE_BENCH_EVENTS", 1_000_000) as usize;
     let steady_secs = env("SIGHTLINE_BENCH_STEADY_SECS", 30);
-    let nats = NatsServer::start()?;
-    let client = async_nats::connect(nats.url()).await?;
-    let js = async_nats::jetstream::new(client.clone());
-    let config = IngestConfig {
-        nats: nats.config(),
-        ..Default::default()
-    };
-    sightline_ingest::nats::declare(&js, &config, None).await?;
+    let (_nats, client, js) = sightline_tests::stack::bench_nats().await?;
     let dir = tempfile::tempdir()?;
     println!("edge buffer benchmark: {n} events, {WINDOW} publishes in flight");
 

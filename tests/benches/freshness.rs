@@ -28,7 +28,7 @@ use sightline_query::QueryConfig;
 use sightline_shared::EventId;
 use sightline_shared::config::ClickHouseConfig;
 use sightline_tests::NatsServer;
-use sightline_tests::fixtures::{KillOnDrop, free_port, workspace_binary};
+use sightline_tests::fixtures::{KillOnDrop, free_port, spawn_ingest};
 use tokio_util::sync::CancellationToken;
 
 const WINDOW: usize = 256;
@@ -57,18 +57,11 @@ struct Ingest {
 
 impl Ingest {
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let child = std::process::Command::new(workspace_binary("ingest-service"))
-            .args([
-                "--config",
-                self.config.to_str().context("a UTF-8 path")?,
-                "--listen",
-                &format!("127.0.0.1:{}", self.metrics_port),
-            ])
-            .env("SIGHTLINE_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()?;
-        self.child = Some(KillOnDrop(child));
+        self.child = Some(spawn_ingest(
+            &self.config,
+            &format!("127.0.0.1:{}", self.metrics_port),
+            std::process::Stdio::inherit(),
+        )?);
         Ok(())
     }
 

@@ -289,17 +289,14 @@ async fn console_first_screen(
         quantile(&mut cameras_ms, 0.5),
         quantile(&mut cameras_ms, 0.99)
     );
-    let console = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../console");
-    if !console.join("node_modules/playwright-core").is_dir() {
-        println!("  browser: not measured (run `npm ci` in console/ for playwright-core)");
-        return Ok(());
-    }
-    let mut command = std::process::Command::new("node");
-    command
-        .arg("tests/first-screen.mjs")
-        .current_dir(&console)
-        .env("CONSOLE_URL", api)
-        .env("ROUNDS", "20");
+    let mut command = match sightline_tests::fixtures::console_script("tests/first-screen.mjs") {
+        Ok(command) => command,
+        Err(missing) => {
+            println!("  browser: not measured ({missing})");
+            return Ok(());
+        }
+    };
+    command.env("CONSOLE_URL", api).env("ROUNDS", "20");
     let output = tokio::task::spawn_blocking(move || command.output()).await??;
     anyhow::ensure!(
         output.status.success(),

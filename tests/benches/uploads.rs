@@ -16,9 +16,7 @@ use sightline_edge_agent::buffer::{Buffer, UploadRequest};
 use sightline_edge_agent::config::{UploadConfig, UploadSend};
 use sightline_edge_agent::metrics::Metrics;
 use sightline_edge_agent::uploader::Uploader;
-use sightline_ingest::IngestConfig;
 use sightline_shared::snapshot::Owner;
-use sightline_tests::NatsServer;
 use tokio_util::sync::CancellationToken;
 
 const PICTURES: [&str; 5] = [
@@ -67,14 +65,7 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(120);
-    let nats = NatsServer::start()?;
-    let client = async_nats::connect(nats.url()).await?;
-    let js = async_nats::jetstream::new(client.clone());
-    let config = IngestConfig {
-        nats: nats.config(),
-        ..Default::default()
-    };
-    sightline_ingest::nats::declare(&js, &config, None).await?;
+    let (_nats, _client, js) = sightline_tests::stack::bench_nats().await?;
     println!("snapshot upload benchmark: {n} uploads of the test pictures, 4 in flight");
     for cap in [1u64 << 30, 4 << 20, 1 << 20] {
         let dir = tempfile::tempdir()?;

@@ -471,6 +471,47 @@ impl Drop for ClickHouseServer {
     }
 }
 
+/// The workspace's `ingest-service` binary started on `config`, serving health and metrics
+/// on `listen`, logging warnings and worse to `stderr`: a real process, to `kill -9`.
+///
+/// # Errors
+/// When the binary cannot be started.
+pub fn spawn_ingest(
+    config: &Path,
+    listen: &str,
+    stderr: std::process::Stdio,
+) -> anyhow::Result<KillOnDrop> {
+    let child = std::process::Command::new(workspace_binary("ingest-service"))
+        .arg("--config")
+        .arg(config)
+        .args(["--listen", listen])
+        .env("SIGHTLINE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()?;
+    Ok(KillOnDrop(child))
+}
+
+/// `node <script>` in the repository's `console/` (where its npm packages are), for the
+/// console's browser tests and the first-screen bench.
+///
+/// # Errors
+/// When `console/node_modules` has no playwright-core (`npm ci` in `console/` installs it;
+/// `deploy/local/stack.sh install-browser-tests` does that and installs chromium).
+pub fn console_script(script: &str) -> anyhow::Result<std::process::Command> {
+    let console = Path::new(env!("CARGO_MANIFEST_DIR")).join("../console");
+    anyhow::ensure!(
+        console.join("node_modules/playwright-core").is_dir(),
+        "console/node_modules has no playwright-core: run `npm ci` in console/ (deploy/local/stack.sh install-browser-tests)"
+    );
+    let mut command = std::process::Command::new("node");
+    command
+        .arg(script)
+        .current_dir(console)
+        .stdin(std::process::Stdio::null());
+    Ok(command)
+}
+
 /// A child process that is killed when dropped, so a failing test leaves no agent or
 /// service running behind it.
 #[derive(Debug)]

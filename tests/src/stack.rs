@@ -541,6 +541,24 @@ pub fn proc_status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
     Ok(kb * 1024)
 }
 
+/// A nats-server for a benchmark, a client of it, and the event streams declared as ingest
+/// declares them (with its default settings).
+pub async fn bench_nats() -> anyhow::Result<(
+    NatsServer,
+    async_nats::Client,
+    async_nats::jetstream::Context,
+)> {
+    let nats = NatsServer::start()?;
+    let client = async_nats::connect(nats.url()).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let config = IngestConfig {
+        nats: nats.config(),
+        ..Default::default()
+    };
+    sightline_ingest::nats::declare(&js, &config, None).await?;
+    Ok((nats, client, js))
+}
+
 /// A ClickHouse of the `SIGHTLINE_SERVERS` generation for a benchmark, with the schema in
 /// database `sightline`, an admin client of it and a sink that writes as ingest does.
 pub async fn bench_clickhouse() -> anyhow::Result<(ClickHouseServer, clickhouse::Client, Sink)> {

@@ -4,7 +4,6 @@
 //! broken on purpose (a cursor that repeats a page), which it must catch.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -186,15 +185,8 @@ async fn browser(
     scenarios: &str,
     screenshots: &str,
 ) -> anyhow::Result<(bool, String)> {
-    let console = repo().join("console");
-    anyhow::ensure!(
-        console.join("node_modules/playwright-core").is_dir(),
-        "console/node_modules has no playwright-core: run `npm ci` in console/ (scripts/test.sh does)"
-    );
-    let mut command = std::process::Command::new("node");
+    let mut command = sightline_tests::fixtures::console_script("tests/browser.mjs")?;
     command
-        .arg("tests/browser.mjs")
-        .current_dir(&console)
         .env("CONSOLE_URL", url)
         .env("CONSOLE_EXPECT", seeded.expect.to_string())
         .env("CONSOLE_SCENARIOS", scenarios)
@@ -203,8 +195,7 @@ async fn browser(
             repo().join("target/console-screenshots").join(screenshots),
         )
         .env("CONSOLE_TOKEN", TOKEN)
-        .env("CONSOLE_EXPORT_TOKEN", EXPORT_TOKEN)
-        .stdin(Stdio::null());
+        .env("CONSOLE_EXPORT_TOKEN", EXPORT_TOKEN);
     if let Some(auth_url) = auth_url {
         command.env("CONSOLE_AUTH_URL", auth_url);
     }

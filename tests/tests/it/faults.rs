@@ -272,20 +272,11 @@ async fn kill_9_ingest_replicas_repeatedly_while_they_drain() -> anyhow::Result<
     assert_eq!(report.published as usize, N);
 
     let spawn = || {
-        std::process::Command::new(sightline_tests::fixtures::workspace_binary(
-            "ingest-service",
-        ))
-        .args([
-            "--config",
-            config_path.to_str().expect("utf-8 path"),
-            "--listen",
+        sightline_tests::fixtures::spawn_ingest(
+            &config_path,
             "127.0.0.1:0",
-        ])
-        .env("SIGHTLINE_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map(sightline_tests::fixtures::KillOnDrop)
+            std::process::Stdio::null(),
+        )
     };
     let distinct =
         "SELECT count() FROM (SELECT event_id FROM sightline.events LIMIT 1 BY event_id)";

@@ -17,16 +17,21 @@ use sightline_shared::{Detection, DetectionEvent, EventId, SCHEMA_VERSION, Track
 use tokio_util::sync::CancellationToken;
 
 use crate::buffer::UploadRequest;
-use crate::buffer::worker::BufferHandle;
+use crate::buffer::worker::{AppendError, BufferHandle, Commit};
 use crate::capture::{self, CaptureError, Frame};
 use crate::config::{CameraConfig, SnapshotConfig};
 use crate::daylog::day_of;
 use crate::detect::{Detector, Found};
 use crate::metrics::{CameraLabel, Metrics};
 use crate::motion::MotionGate;
+use crate::outbox::Message;
 use crate::snapshot::{self, BestFrame, BestFrames};
 use crate::track::{self, TrackIds, Tracker};
 use crate::uploader;
+
+/// Appends a camera has handed to the buffer whose commits have not reported yet; past
+/// this it waits for the oldest (the buffer is behind).
+pub(crate) const MAX_UNCOMMITTED: usize = 256;
 
 /// Inference times kept for the status quantiles.
 const RECENT_INFERENCES: usize = 512;
@@ -180,6 +185,39 @@ struct Pipeline {
     detect_interval: Option<Duration>,
     last_detect: Option<Instant>,
     fps_window: (Instant, u64),
+    /// Appends handed to the buffer, oldest first, with what to do once each is committed
+    /// (or refused): the camera never waits for a commit on its frame path, so appends of
+    /// close frames share a transaction (group commit), and nothing is counted before its
+    /// commit. Settled at every frame.
+    uncommitted: VecDeque<Uncommitted>,
+}
+
+/// An append whose commit the camera has not heard of yet. The commit is awaited on the
+/// runtime, so its time is taken when it happens, not when the camera looks.
+#[derive(Debug)]
+struct Uncommitted {
+    commit: tokio::task::JoinHandle<(Result<u64, AppendError>, Instant)>,
+    then: AfterCommit,
+}
+
+/// What depends on an append's outcome.
+#[derive(Debug)]
+enum AfterCommit {
+    Event {
+        event_id: EventId,
+        /// Tracks this event reported the arrival of (noted in the tracker already).
+        new_tracks: Vec<u64>,
+        /// Its snapshot file, removed if the event is refused.
+        saved: Option<PathBuf>,
+        captured: Instant,
+    },
+    Track {
+        track_id: u64,
+        revision: u32,
+        ended: bool,
+        /// The picture of `at_ms` went with it (and was taken off the unsent list).
+        queued: Option<i64>,
+    },
 }
 
 impl Camera {
@@ -215,6 +253,7 @@ impl Camera {
                 .then(|| Duration::from_secs_f64(motion.detect_interval_secs)),
             last_detect: None,
             fps_window: (Instant::now(), 0),
+            uncommitted: VecDeque::new(),
         };
         'open: while !stop.is_cancelled() {
             let Some(opened) = capture::open(&self.config.source) else {
@@ -224,6 +263,8 @@ impl Camera {
                 Ok(source) => source,
                 Err(error) => {
                     self.failed(&label, &error);
+                    // Nothing counted waits for the source to come back.
+                    self.settle(&mut pipeline, &label, rt, 0);
                     if !pause(stop, backoff.next_delay(rand::random())) {
                         break;
                     }
@@ -250,6 +291,7 @@ impl Camera {
                     }
                     Err(error) => {
                         self.failed(&label, &error);
+                        self.settle(&mut pipeline, &label, rt, 0);
                         if !pause(stop, backoff.next_delay(rand::random())) {
                             break 'open;
                         }
@@ -258,10 +300,12 @@ impl Camera {
                 }
             }
         }
+        self.settle(&mut pipeline, &label, rt, 0);
         pipeline
             .tracker
             .close(sightline_runtime::now().as_millis(), &mut pipeline.records);
         self.store_tracks(&mut pipeline, &label, rt);
+        self.settle(&mut pipeline, &label, rt, 0);
         m.up.get_or_create(&label).set(0);
         self.set_fps(&label, 0.0);
     }
@@ -292,6 +336,7 @@ impl Camera {
         label: &CameraLabel,
         rt: &tokio::runtime::Handle,
     ) {
+        self.settle(p, label, rt, MAX_UNCOMMITTED);
         let m = &self.metrics.cameras;
         m.frames_captured.get_or_create(label).inc();
         p.fps_window.1 += 1;
@@ -430,22 +475,127 @@ impl Camera {
             }
             _ => None,
         };
-        match rt.block_on(self.buffer.append_with_upload(event, upload)) {
-            Ok(_) => {
-                for new in assignments.iter().filter(|a| a.new) {
-                    p.tracker.set_arrival(new.track_id, event_id);
-                }
+        let new_tracks: Vec<u64> = assignments
+            .iter()
+            .filter(|a| a.new)
+            .map(|a| a.track_id)
+            .collect();
+        // Noted now, so a record made before the commit reports names it; taken back if
+        // the buffer refuses the event.
+        for &track_id in &new_tracks {
+            p.tracker.set_arrival(track_id, event_id);
+        }
+        let commit = self.buffer.submit(Message::Event(event), upload);
+        self.hand_over(
+            p,
+            rt,
+            commit,
+            AfterCommit::Event {
+                event_id,
+                new_tracks,
+                saved,
+                captured: frame.captured,
+            },
+        );
+    }
+
+    /// Keeps an append's commit to settle later, waiting for the oldest first if too many
+    /// are outstanding.
+    fn hand_over(
+        &self,
+        p: &mut Pipeline,
+        rt: &tokio::runtime::Handle,
+        commit: Commit,
+        then: AfterCommit,
+    ) {
+        let commit = rt.spawn(async move {
+            let result = commit.await;
+            (result, Instant::now())
+        });
+        p.uncommitted.push_back(Uncommitted { commit, then });
+    }
+
+    /// Applies the outcome of every append whose commit has reported, oldest first, and
+    /// waits for the oldest until at most `keep` are outstanding (0: all of them).
+    fn settle(
+        &self,
+        p: &mut Pipeline,
+        label: &CameraLabel,
+        rt: &tokio::runtime::Handle,
+        keep: usize,
+    ) {
+        while let Some(front) = p.uncommitted.front() {
+            if !front.commit.is_finished() && p.uncommitted.len() <= keep {
+                break;
+            }
+            let Uncommitted { commit, then } = p.uncommitted.pop_front().expect("a front");
+            let (result, at) = rt.block_on(commit).unwrap_or_else(|_| {
+                (
+                    Err(AppendError::Failed("the commit task failed".into())),
+                    Instant::now(),
+                )
+            });
+            self.committed(p, label, result, at, then);
+        }
+    }
+
+    /// What follows an append's commit (or its refusal): counts, and the state that
+    /// depended on it.
+    fn committed(
+        &self,
+        p: &mut Pipeline,
+        label: &CameraLabel,
+        result: Result<u64, AppendError>,
+        at: Instant,
+        then: AfterCommit,
+    ) {
+        let m = &self.metrics.cameras;
+        match (then, result) {
+            (AfterCommit::Event { captured, .. }, Ok(_)) => {
                 self.metrics.events_created.inc();
                 m.capture_to_buffer_seconds
                     .get_or_create(label)
-                    .observe(frame.captured.elapsed().as_secs_f64());
+                    .observe(at.saturating_duration_since(captured).as_secs_f64());
                 self.state.update(|s| s.events_created += 1);
             }
-            Err(error) => {
+            (
+                AfterCommit::Event {
+                    event_id,
+                    new_tracks,
+                    saved,
+                    ..
+                },
+                Err(error),
+            ) => {
                 self.metrics.refused(error.drop_reason(), 1);
                 tracing::error!(camera = %self.config.id, %event_id, %error, "the buffer refused a new event");
+                for track_id in new_tracks {
+                    p.tracker.clear_arrival(track_id, event_id);
+                }
                 if let Some(path) = saved {
                     let _ = std::fs::remove_file(self.data_dir.join(path));
+                }
+            }
+            (AfterCommit::Track { .. }, Ok(_)) => {
+                self.metrics.tracks_recorded.inc();
+            }
+            (
+                AfterCommit::Track {
+                    track_id,
+                    revision,
+                    ended,
+                    queued,
+                },
+                Err(error),
+            ) => {
+                self.metrics.refused(error.drop_reason(), 1);
+                tracing::error!(camera = %self.config.id, track_id, revision, %error, "the buffer refused a track record");
+                // Its picture was not queued after all: a later record of the track (one
+                // that still matches the rules) sends it, unless a newer one came since.
+                if let Some(at_ms) = queued
+                    && !ended
+                {
+                    p.unsent_track_snapshots.entry(track_id).or_insert(at_ms);
                 }
             }
         }
@@ -456,7 +606,7 @@ impl Camera {
     /// came since its last record; one the buffer refuses is counted and logged like a
     /// refused event.
     fn store_tracks(&self, p: &mut Pipeline, label: &CameraLabel, rt: &tokio::runtime::Handle) {
-        for mut record in p.records.drain(..) {
+        for mut record in std::mem::take(&mut p.records) {
             let (track_id, revision) = (record.track_id, record.revision);
             if let Some(best) = p.best_frames.take(track_id)
                 && let Some(path) =
@@ -483,24 +633,25 @@ impl Camera {
                 _ => None,
             };
             let ended = record.ended_by.is_some();
-            let queued = upload.is_some();
-            match rt.block_on(self.buffer.append_track(record, upload)) {
-                Ok(_) => {
-                    self.metrics.tracks_recorded.inc();
-                    // Sent, or never to be: otherwise a later record that matches the rules
-                    // (the track entered a zone) still sends the picture.
-                    if queued || ended {
-                        p.unsent_track_snapshots.remove(&track_id);
-                    }
-                }
-                Err(error) => {
-                    self.metrics.refused(error.drop_reason(), 1);
-                    tracing::error!(camera = %self.config.id, track_id, revision, %error, "the buffer refused a track record");
-                    if ended {
-                        p.unsent_track_snapshots.remove(&track_id);
-                    }
-                }
+            let queued = upload.as_ref().map(|u| u.captured_ms);
+            // Sent, or never to be (taken back if the buffer refuses the record): otherwise
+            // a later record that matches the rules (the track entered a zone) still sends
+            // the picture.
+            if queued.is_some() || ended {
+                p.unsent_track_snapshots.remove(&track_id);
             }
+            let commit = self.buffer.submit(Message::Track(record), upload);
+            self.hand_over(
+                p,
+                rt,
+                commit,
+                AfterCommit::Track {
+                    track_id,
+                    revision,
+                    ended,
+                    queued,
+                },
+            );
         }
     }
 

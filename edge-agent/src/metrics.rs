@@ -183,6 +183,9 @@ pub struct Metrics {
     pub buffer_unsent: Gauge,
     pub backlog_age_seconds: Gauge<f64, AtomicU64>,
     pub buffer_recovered: Counter,
+    /// Buffer transactions that committed appends (group commit: appends per commit is
+    /// `(events_created + tracks_recorded) / buffer_commits`).
+    pub buffer_commits: Counter,
     pub events_recovered: Counter,
     pub events_unrecoverable: Counter,
     pub events_quarantined: Counter,
@@ -276,6 +279,11 @@ impl Metrics {
             "backlog_age_seconds",
             "Age of the oldest unsent event (0 when none)",
             metrics.backlog_age_seconds.clone(),
+        );
+        r.register(
+            "buffer_commits",
+            "Buffer transactions that committed new events or track records (appends close together share one: see storage.group_commit_ms)",
+            metrics.buffer_commits.clone(),
         );
         r.register(
             "buffer_recovered",

@@ -14,9 +14,10 @@ use tokio_util::sync::CancellationToken;
 use std::sync::Arc;
 
 use crate::buffer::worker::BufferHandle;
-use crate::camera::CameraState;
+use crate::camera::{CameraState, MAX_UNCOMMITTED};
 use crate::config::SyntheticConfig;
 use crate::metrics::Metrics;
+use crate::outbox::Message;
 
 /// Emits events for one camera until `stop` fires or `max_events` is reached. Each event
 /// counts as created once the buffer has committed it; one the buffer refuses (storage full,
@@ -34,6 +35,7 @@ pub async fn run(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut frame_seq = 0u64;
     let mut next_track = 1u64;
+    let mut commits = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
@@ -54,19 +56,29 @@ pub async fn run(
         );
         frame_seq += 1;
         let event_id = event.event_id;
-        // Not raced against `stop`: an append in progress completes (it is quick), so an
-        // event is either committed or counted as refused, never in between.
-        match buffer.append(event).await {
-            Ok(_) => {
-                metrics.events_created.inc();
-                state.count_event();
+        // Handed over without waiting for the commit (group commit, as a real camera), and
+        // counted when it reports. Not raced against `stop`: every append handed over is
+        // waited for below, so an event is either committed or counted as refused.
+        let commit = buffer.submit(Message::Event(event), None);
+        let (metrics, state, camera_id) = (metrics.clone(), state.clone(), camera_id.clone());
+        commits.spawn(async move {
+            match commit.await {
+                Ok(_) => {
+                    metrics.events_created.inc();
+                    state.count_event();
+                }
+                Err(error) => {
+                    metrics.refused(error.drop_reason(), 1);
+                    tracing::error!(camera = %camera_id, %event_id, %error, "the buffer refused a new event");
+                }
             }
-            Err(error) => {
-                metrics.refused(error.drop_reason(), 1);
-                tracing::error!(camera = %camera_id, %event_id, %error, "the buffer refused a new event");
-            }
+        });
+        while commits.try_join_next().is_some() {}
+        if commits.len() > MAX_UNCOMMITTED {
+            commits.join_next().await;
         }
     }
+    while commits.join_next().await.is_some() {}
 }
 
 /// One synthetic event captured now.

@@ -333,6 +333,15 @@ impl Tracker {
         }
     }
 
+    /// Forgets a track's arrival event if it is `event_id` (the buffer refused it).
+    pub fn clear_arrival(&mut self, track_id: u64, event_id: EventId) {
+        if let Some(track) = self.tracks.iter_mut().find(|t| t.id == track_id)
+            && track.arrival_event_id == Some(event_id)
+        {
+            track.arrival_event_id = None;
+        }
+    }
+
     /// Notes where a track's best frame's snapshot was written.
     pub fn set_snapshot(&mut self, track_id: u64, path: String) {
         if let Some(track) = self.tracks.iter_mut().find(|t| t.id == track_id) {

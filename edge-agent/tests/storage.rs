@@ -198,6 +198,7 @@ fn settings(dir: &Path, limit_bytes: u64, policy: FullPolicy, daily_logs: bool) 
         },
         check_interval: Duration::from_millis(50),
         daily_logs,
+        group_window: Duration::ZERO,
     }
 }
 
@@ -552,4 +553,45 @@ async fn drop_oldest_does_not_empty_the_buffer_for_a_disk_others_filled() {
     );
     handle.close().await;
     thread.join().unwrap();
+}
+
+/// Group commit: appends submitted within the window share one transaction, and none
+/// reports stored before it commits; with no window, appends made one after the other
+/// commit one by one.
+#[tokio::test]
+async fn appends_within_the_group_window_share_one_commit() {
+    use sightline_edge_agent::outbox::Message;
+    let tmp = tempfile::tempdir().unwrap();
+    for (window, expected) in [(Duration::from_secs(5), 1), (Duration::ZERO, 20)] {
+        let dir = tmp.path().join(format!("w{}", window.as_millis()));
+        let mut settings = settings(&dir, 1_000 * MB, FullPolicy::RejectNew, false);
+        settings.group_window = window;
+        let metrics = Metrics::default();
+        let (handle, thread) =
+            worker::start(settings, metrics.clone(), CancellationToken::new()).unwrap();
+        let events: Vec<_> = (0..20).map(|i| event(i, now_ms())).collect();
+        let seqs = if window.is_zero() {
+            let mut seqs = Vec::new();
+            for e in events {
+                seqs.push(handle.append(e).await.unwrap());
+            }
+            seqs
+        } else {
+            let mut commits: Vec<_> = events
+                .into_iter()
+                .map(|e| handle.submit(Message::Event(e), None))
+                .collect();
+            // Within a 5 s window nothing has committed yet.
+            assert!(commits[0].try_result().is_none());
+            let mut seqs = Vec::new();
+            for commit in commits {
+                seqs.push(commit.await.unwrap());
+            }
+            seqs
+        };
+        assert_eq!(seqs, (1..=20).collect::<Vec<u64>>());
+        assert_eq!(metrics.buffer_commits.get(), expected, "window {window:?}");
+        handle.close().await;
+        thread.join().unwrap();
+    }
 }

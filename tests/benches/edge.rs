@@ -20,6 +20,7 @@ use sightline_edge_agent::buffer::Buffer;
 use sightline_edge_agent::buffer::worker::{self, BUFFER_FILE};
 use sightline_edge_agent::heartbeat::ProcessUsage;
 use sightline_edge_agent::metrics::Metrics;
+use sightline_edge_agent::outbox::Message;
 use sightline_edge_agent::publisher::Publisher;
 use sightline_shared::{DetectionEvent, Encoding};
 use sightline_tests::stack::publish_via;
@@ -130,11 +131,14 @@ async fn steady_run(
 ) -> anyhow::Result<f64> {
     let js = async_nats::jetstream::new(client.clone());
     let events = events(count);
-    let before = ProcessUsage::read();
     let mut ticker = tokio::time::interval(Duration::from_millis(1000 / 30));
+    // Steady state: from after the buffer is open (its migrations checked) to when the
+    // last event is out, before the close's checkpoint.
+    let (before, after);
     if buffer {
         let metrics = Metrics::default();
         let (handle, thread) = sightline_tests::data::bench_buffer(dir, &metrics)?;
+        before = ProcessUsage::read();
         let closed = CancellationToken::new();
         let mut outbox = handle.outbox(worker::PAGE_SIZE, closed.clone());
         let publisher = Publisher::new(js, Encoding::Bincode, WINDOW, metrics);
@@ -143,21 +147,28 @@ async fn steady_run(
             outbox.flush();
             report
         });
+        // As a camera does: hand each event over and go on; the commits are checked after.
+        let mut commits = Vec::with_capacity(count);
         for event in events {
             ticker.tick().await;
-            handle.append(event).await.map_err(anyhow::Error::msg)?;
+            commits.push(handle.submit(Message::Event(event), None));
+        }
+        for commit in commits {
+            commit.await.map_err(anyhow::Error::msg)?;
         }
         closed.cancel();
         let report = publishing.await?;
+        after = ProcessUsage::read();
         assert_eq!(report.published as usize, count);
         handle.close().await;
         let _ = thread.join();
     } else {
+        before = ProcessUsage::read();
         for event in events {
             ticker.tick().await;
             publish_via(js.clone(), vec![event], Encoding::Bincode, WINDOW).await;
         }
+        after = ProcessUsage::read();
     }
-    let after = ProcessUsage::read();
     Ok((after.cpu_secs - before.cpu_secs) / count as f64)
 }

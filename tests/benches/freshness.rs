@@ -24,6 +24,7 @@ use futures::future::join_all;
 use prometheus_client::registry::Registry;
 use sightline_edge_agent::buffer::worker;
 use sightline_edge_agent::metrics::Metrics;
+use sightline_edge_agent::outbox::Message;
 use sightline_query::QueryConfig;
 use sightline_shared::EventId;
 use sightline_shared::config::ClickHouseConfig;
@@ -337,6 +338,7 @@ async fn run_phase(
     let mut restart_at: Option<i64> = None;
     let mut killed = false;
     let mut respawn_at: Option<Instant> = None;
+    let mut commits = Vec::new();
     while started.elapsed() < Duration::from_secs(secs) || respawn_at.is_some() {
         ticker.tick().await;
         // With `kill`: ingest killed halfway, started again 2 s later; the cameras go on.
@@ -352,6 +354,7 @@ async fn run_phase(
         }
         i = tick(
             &handle,
+            &mut commits,
             &probes_tx,
             &probe_camera,
             per_tick,
@@ -361,6 +364,11 @@ async fn run_phase(
             &mut track,
         )
         .await?;
+    }
+    for commit in commits {
+        for result in commit.await? {
+            result.map_err(|e| anyhow::anyhow!("append: {e:?}"))?;
+        }
     }
     drop(probes_tx);
     closed.cancel();
@@ -405,6 +413,7 @@ async fn run_phase(
 #[allow(clippy::too_many_arguments)]
 async fn tick(
     handle: &worker::BufferHandle,
+    commits: &mut Vec<tokio::task::JoinHandle<Vec<Result<u64, worker::AppendError>>>>,
     probes: &tokio::sync::mpsc::UnboundedSender<(EventId, i64)>,
     probe_camera: &str,
     per_tick: u64,
@@ -423,11 +432,10 @@ async fn tick(
                 .send((event.event_id, now.as_millis()))
                 .map_err(|_| anyhow::anyhow!("the reader stopped"))?;
         }
-        appends.push(handle.append(event));
+        appends.push(handle.submit(Message::Event(event), None));
         i += 1;
     }
-    for result in join_all(appends).await {
-        result.map_err(|e| anyhow::anyhow!("append: {e:?}"))?;
-    }
+    // The cameras go on to their next frames; the commits are checked at the end.
+    commits.push(tokio::spawn(join_all(appends)));
     Ok(i)
 }

@@ -95,7 +95,7 @@ pub fn bench_publisher(
 }
 
 /// Buffer worker settings for benches: the buffer in `dir`, a budget that never fills, no
-/// day logs, a storage check every 10 s.
+/// day logs, a storage check every 10 s, the agent's default group commit window.
 pub fn bench_buffer_settings(
     dir: &std::path::Path,
 ) -> sightline_edge_agent::buffer::worker::Settings {
@@ -111,5 +111,8 @@ pub fn bench_buffer_settings(
         },
         check_interval: std::time::Duration::from_secs(10),
         daily_logs: false,
+        group_window: std::time::Duration::from_millis(
+            sightline_edge_agent::config::StorageConfig::default().group_commit_ms,
+        ),
     }
 }

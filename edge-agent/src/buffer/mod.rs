@@ -63,6 +63,21 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
     ),
 ];
 
+/// Groups of at most this many rows are written through prepared statements, bigger ones
+/// through appenders (see [`Buffer::insert`]).
+const SMALL_GROUP: usize = 64;
+
+/// The most rows one prepared `INSERT` of [`Buffer::insert_prepared`] takes.
+const MAX_ROWS_PER_INSERT: usize = 16;
+
+/// Acks in at most this many runs of consecutive seqs are deleted run by run with a prepared
+/// statement; more in one statement made for them.
+const FEW_RUNS: usize = 4;
+
+/// Prepared statements a connection keeps (duckdb's default of 16 is fewer than the
+/// buffer's hot statements).
+const STATEMENT_CACHE: usize = 64;
+
 /// How far past the last track id it can read a recovered buffer starts: a damaged WAL may
 /// have held reservations made since the last checkpoint (cameras reserve small blocks, so
 /// this covers thousands of them).
@@ -131,6 +146,10 @@ pub struct DroppedRow {
 /// The DuckDB buffer. Not `Sync`: one thread owns it.
 pub struct Buffer {
     conn: Connection,
+    /// A second connection to the same database for the steady appends, without the query
+    /// optimizer (an `INSERT ... VALUES` gains nothing from it and its set-up costs on every
+    /// execution). Made when first needed; dropped with `conn` whenever the file is closed.
+    appends: Option<Connection>,
     path: PathBuf,
     next_seq: u64,
     /// Next seq the live cursor reads.
@@ -249,6 +268,7 @@ impl Buffer {
     /// replaced the buffer is [`Buffer::unusable`].
     fn close_for_replacement(&mut self) {
         self.unusable = Some("the database is being replaced".to_owned());
+        self.appends = None;
         match Connection::open_in_memory() {
             Ok(placeholder) => drop(std::mem::replace(&mut self.conn, placeholder)),
             // Cannot happen short of memory exhaustion; the file then stays open.
@@ -266,9 +286,7 @@ impl Buffer {
     fn open_existing(path: &Path) -> Result<Self, BufferError> {
         let db = db_err(path);
         remove_leftover(&compact_path(path));
-        let mut conn = Connection::open(path).map_err(db)?;
-        // Every statement here is small; one thread saves waking a pool for each.
-        conn.execute_batch("SET threads = 1").map_err(db)?;
+        let mut conn = connect(path).map_err(db)?;
         migrate(&mut conn, path)?;
         // buffer_state is written before anything is deleted; between those, the newest row
         // says where the sequence is.
@@ -297,6 +315,7 @@ impl Buffer {
             quarantined: 0,
             unusable: None,
             fresh: VecDeque::new(),
+            appends: None,
             uploads_superseded: 0,
             uploads_dropped_with_events: 0,
         })
@@ -353,49 +372,147 @@ impl Buffer {
 
     /// Commits rows in one transaction, into the history and the outbox. Their seqs must
     /// continue the sequence from `next_seq`, which moves past them.
+    ///
+    /// Every DuckDB statement is parsed, bound and planned afresh unless it is prepared, and
+    /// an appender's flush is such a statement: a group of [`SMALL_GROUP`] rows or fewer (the
+    /// steady case, a few events per commit) goes through cached prepared statements, bigger
+    /// ones (catching up, recovery) through appenders.
     fn insert<'a>(
         &mut self,
         rows: impl Iterator<Item = (&'a Outgoing, i64)>,
         uploads: &[(u64, &UploadRequest)],
         now_ms: i64,
     ) -> Result<(), BufferError> {
-        let db = db_err(&self.path);
-        let tx = self.conn.transaction().map_err(db)?;
-        let mut last = None;
+        let rows: Vec<(&Outgoing, i64)> = rows.collect();
+        let Some(last) = rows.last().map(|(row, _)| row.seq) else {
+            return Ok(());
+        };
+        let superseded = if rows.len() <= SMALL_GROUP {
+            self.insert_prepared(&rows, uploads, now_ms)
+        } else {
+            self.insert_appended(&rows, uploads, now_ms)
+        }
+        .map_err(db_err(&self.path))?;
+        self.uploads_superseded += superseded;
+        self.next_seq = self.next_seq.max(last + 1);
+        Ok(())
+    }
+
+    /// [`Self::insert`] through appenders, in a transaction.
+    fn insert_appended(
+        &mut self,
+        rows: &[(&Outgoing, i64)],
+        uploads: &[(u64, &UploadRequest)],
+        now_ms: i64,
+    ) -> duckdb::Result<u64> {
+        let tx = self.conn.transaction()?;
         {
-            let mut history = tx.appender("events").map_err(db)?;
-            let mut outbox = tx.appender("outbox").map_err(db)?;
-            for (row, captured) in rows {
+            let mut history = tx.appender("events")?;
+            let mut outbox = tx.appender("outbox")?;
+            for &(row, captured) in rows {
                 let (seq, payload) = (row.seq as i64, row.payload.as_ref());
                 let content_type = row.content_type.to_string();
                 let day = day_of(captured);
-                history
-                    .append_row(params![
-                        seq,
-                        row.head.event_id.to_string(),
-                        row.head.camera_id,
+                history.append_row(params![
+                    seq,
+                    row.head.event_id.to_string(),
+                    row.head.camera_id,
+                    captured,
+                    day,
+                    now_ms,
+                    payload,
+                    content_type,
+                ])?;
+                outbox.append_row(params![seq, captured, day, payload, content_type])?;
+            }
+            history.flush()?;
+            outbox.flush()?;
+        }
+        let superseded = uploads::queue(&tx, uploads, now_ms)?;
+        tx.commit()?;
+        Ok(superseded)
+    }
+
+    /// [`Self::insert`] through cached prepared statements: rows go in multi-row `INSERT`s
+    /// of 16, 8, 4, 2 or 1 rows (a statement costs about the same whatever its row count),
+    /// so a group takes a handful of statements at most and the cache holds ten of them.
+    fn insert_prepared(
+        &mut self,
+        rows: &[(&Outgoing, i64)],
+        uploads: &[(u64, &UploadRequest)],
+        now_ms: i64,
+    ) -> duckdb::Result<u64> {
+        use duckdb::ToSql;
+        if self.appends.is_none() {
+            let conn = self.conn.try_clone()?;
+            conn.execute_batch("SET enable_optimizer = false")?;
+            conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+            self.appends = Some(conn);
+        }
+        let conn = self.appends.as_ref().expect("made above");
+        // BEGIN and COMMIT cost less as plain statements than prepared ones (a prepared
+        // statement's execution is planned as an EXECUTE).
+        conn.execute_batch("BEGIN TRANSACTION")?;
+        let written = (|| {
+            let mut rest = rows;
+            while !rest.is_empty() {
+                let n = 1 << rest.len().min(MAX_ROWS_PER_INSERT).ilog2();
+                let (chunk, tail) = rest.split_at(n);
+                rest = tail;
+                let owned: Vec<(i64, String, i32, String, &[u8])> = chunk
+                    .iter()
+                    .map(|(row, captured)| {
+                        (
+                            row.seq as i64,
+                            row.head.event_id.to_string(),
+                            day_of(*captured),
+                            row.content_type.to_string(),
+                            row.payload.as_ref(),
+                        )
+                    })
+                    .collect();
+                let mut history: Vec<&dyn ToSql> = Vec::with_capacity(8 * n);
+                let mut outbox: Vec<&dyn ToSql> = Vec::with_capacity(5 * n);
+                for ((row, captured), (seq, id, day, content_type, payload)) in
+                    chunk.iter().zip(&owned)
+                {
+                    history.extend([
+                        seq as &dyn ToSql,
+                        id,
+                        &row.head.camera_id,
                         captured,
                         day,
-                        now_ms,
+                        &now_ms,
                         payload,
                         content_type,
-                    ])
-                    .map_err(db)?;
-                outbox
-                    .append_row(params![seq, captured, day, payload, content_type])
-                    .map_err(db)?;
-                last = Some(row.seq);
+                    ]);
+                    outbox.extend([seq as &dyn ToSql, captured, day, payload, content_type]);
+                }
+                // A parameter's value must have the type it was prepared with, or DuckDB
+                // prepares the statement again on every execution: the id is bound as text.
+                conn.prepare_cached(&values_sql(
+                    "INSERT INTO events (seq, event_id, camera_id, captured_ms, day, created_ms, payload, content_type) VALUES ",
+                    "(?, CAST(CAST(? AS VARCHAR) AS UUID), ?, ?, ?, ?, ?, ?)",
+                    n,
+                ))?
+                .execute(duckdb::params_from_iter(history))?;
+                conn.prepare_cached(&values_sql(
+                    "INSERT INTO outbox (seq, captured_ms, day, payload, content_type) VALUES ",
+                    "(?, ?, ?, ?, ?)",
+                    n,
+                ))?
+                .execute(duckdb::params_from_iter(outbox))?;
             }
-            history.flush().map_err(db)?;
-            outbox.flush().map_err(db)?;
+            let superseded = uploads::queue(conn, uploads, now_ms)?;
+            conn.execute_batch("COMMIT")?;
+            Ok(superseded)
+        })();
+        if written.is_err() {
+            // Nothing of the group stays (a failed COMMIT has rolled back already, and then
+            // this fails harmlessly).
+            let _ = conn.execute_batch("ROLLBACK");
         }
-        let superseded = uploads::queue(&tx, uploads, now_ms).map_err(db)?;
-        tx.commit().map_err(db)?;
-        self.uploads_superseded += superseded;
-        if let Some(last) = last {
-            self.next_seq = self.next_seq.max(last + 1);
-        }
-        Ok(())
+        written
     }
 
     /// Stores payloads recovered from a damaged buffer or the day logs as new unsent rows
@@ -709,6 +826,18 @@ impl Buffer {
                 _ => runs.push((seq, seq)),
             }
         }
+        let db = db_err(&self.path);
+        if runs.len() <= FEW_RUNS {
+            // The steady case: acks in order, a prepared statement per run.
+            let mut delete = self
+                .conn
+                .prepare_cached("DELETE FROM outbox WHERE seq BETWEEN ? AND ?")
+                .map_err(db)?;
+            for (a, b) in runs {
+                delete.execute(params![a as i64, b as i64]).map_err(db)?;
+            }
+            return Ok(());
+        }
         let predicate = runs
             .iter()
             .map(|(a, b)| format!("seq BETWEEN {a} AND {b}"))
@@ -910,9 +1039,7 @@ impl Buffer {
         // The buffer never runs on the placeholder: the file at the path (the copy, or the
         // old file if the rename failed) opens, or the buffer is unusable and the agent
         // stops (to be restarted by its supervisor).
-        let reopened = Connection::open(&self.path)
-            .and_then(|conn| conn.execute_batch("SET threads = 1").map(|()| conn))
-            .map_err(db_err(&self.path));
+        let reopened = connect(&self.path).map_err(db_err(&self.path));
         match reopened {
             Ok(conn) => {
                 self.conn = conn;
@@ -939,6 +1066,28 @@ struct Page {
 }
 
 /// Removes a compaction copy (and its WAL) that an earlier attempt or a crash left behind.
+/// Opens the database at `path` as the buffer uses it.
+fn connect(path: &Path) -> duckdb::Result<Connection> {
+    let conn = Connection::open(path)?;
+    // Every statement here is small; one thread saves waking a pool for each.
+    conn.execute_batch("SET threads = 1")?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
+/// `INSERT ... VALUES` with `n` rows of `row`.
+fn values_sql(insert: &str, row: &str, n: usize) -> String {
+    let mut sql = String::with_capacity(insert.len() + n * (row.len() + 2));
+    sql.push_str(insert);
+    for i in 0..n {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(row);
+    }
+    sql
+}
+
 fn remove_leftover(tmp: &Path) {
     let _ = std::fs::remove_file(tmp);
     let _ = std::fs::remove_file(wal_path(tmp));

@@ -189,6 +189,55 @@ fn compaction_gives_space_back() {
     assert_eq!(buffer.append(&[event(1, 1)], T0).unwrap(), vec![20_001]);
 }
 
+/// Small groups go through a second connection: after a compaction replaced the file, they
+/// must land in the new one.
+#[test]
+fn small_appends_after_a_compaction_land_in_the_new_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut buffer = open(&dir);
+    let events: Vec<_> = (0..6).map(|i| event(i, 0)).collect();
+    // One group of 3 (prepared statements) before, one after.
+    assert_eq!(buffer.append(&events[..3], T0).unwrap(), vec![1, 2, 3]);
+    buffer.mark_sent(&[1]).unwrap();
+    buffer.compact().unwrap();
+    assert_eq!(buffer.append(&events[3..], T0).unwrap(), vec![4, 5, 6]);
+    drop(buffer);
+    let mut buffer = open(&dir);
+    let unsent = drain(&mut buffer, 100);
+    assert_eq!(
+        unsent.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![2, 3, 4, 5, 6]
+    );
+    assert_eq!(ids(&unsent), ids_of(&events[1..]));
+    assert_eq!(buffer.stats().unwrap().rows, 6);
+}
+
+/// Every group size, on both sides of the prepared-statement path (chunks of 16, 8, 4, 2
+/// and 1 rows; appenders past 64), stores each row once with its own payload.
+#[test]
+fn groups_of_every_size_store_each_row_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut buffer = open(&dir);
+    let mut all = Vec::new();
+    let mut i = 0;
+    for size in [1, 2, 3, 15, 16, 17, 31, 37, 63, 64, 65, 200] {
+        let group: Vec<_> = (i..i + size).map(|j| event(j, 0)).collect();
+        i += size;
+        let seqs = buffer.append(&group, T0).unwrap();
+        assert_eq!(seqs.len(), group.len());
+        all.extend(group);
+    }
+    drop(buffer);
+    let mut buffer = open(&dir);
+    let rows = drain(&mut buffer, 1000);
+    assert_eq!(rows.len(), all.len());
+    assert_eq!(ids(&rows), ids_of(&all));
+    for (row, event) in rows.iter().zip(&all) {
+        assert_eq!(row.head.event_id, event.event_id, "seq {}", row.seq);
+        assert_eq!(event.encode(row.seq).unwrap().payload, row.payload);
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     /// Append this many events, captured on this day.

@@ -8,7 +8,7 @@
 //! best frame of the same track supersedes the track's pending one (its file holds the new
 //! picture by then): `dropped` with reason `superseded`, which loses nothing.
 
-use duckdb::{OptionalExt, Transaction, params};
+use duckdb::{OptionalExt, params};
 use sightline_shared::snapshot::Owner;
 use uuid::Uuid;
 
@@ -58,7 +58,7 @@ pub const SUPERSEDED: &str = "superseded";
 /// Queues `uploads` (each with the seq of the row it belongs to) in `tx`. A track's new
 /// upload supersedes the track's pending one. Returns how many were superseded.
 pub(super) fn queue(
-    tx: &Transaction<'_>,
+    tx: &duckdb::Connection,
     uploads: &[(u64, &UploadRequest)],
     now_ms: i64,
 ) -> duckdb::Result<u64> {
@@ -66,15 +66,16 @@ pub(super) fn queue(
     for (seq, upload) in uploads {
         let owner = upload.owner.to_string();
         if matches!(upload.owner, Owner::Track(_)) {
-            superseded += tx.execute(
+            superseded += tx.prepare_cached(
                 "UPDATE uploads SET state = 'dropped', reason = ?, done_ms = ? WHERE owner = ? AND state = 'pending'",
-                params![SUPERSEDED, now_ms, owner],
-            )? as u64;
+            )?
+            .execute(params![SUPERSEDED, now_ms, owner])? as u64;
         }
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO uploads (snapshot_id, seq, owner, camera_id, path, captured_ms, day, created_ms, state) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
-            params![
+        )?
+        .execute(params![
                 upload.snapshot_id.to_string(),
                 *seq as i64,
                 owner,
@@ -83,8 +84,7 @@ pub(super) fn queue(
                 upload.captured_ms,
                 upload.day,
                 now_ms,
-            ],
-        )?;
+            ])?;
     }
     Ok(superseded)
 }

@@ -365,11 +365,20 @@ async fn run_phase(
         )
         .await?;
     }
+    let generated = started.elapsed();
     for commit in commits {
         for result in commit.await? {
             result.map_err(|e| anyhow::anyhow!("append: {e:?}"))?;
         }
     }
+    // The rate the cameras really kept (the buffer never holds them back: if the pipeline
+    // cannot keep up, the latencies say so).
+    println!(
+        "    {i} events in {:.1} s ({:.0}/s), all committed {:.1} s after the start",
+        generated.as_secs_f64(),
+        i as f64 / generated.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
     drop(probes_tx);
     closed.cancel();
     let report = publishing.await?;

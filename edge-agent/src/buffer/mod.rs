@@ -65,7 +65,7 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
 
 /// Groups of at most this many rows are written through prepared statements, bigger ones
 /// through appenders (see [`Buffer::insert`]).
-const SMALL_GROUP: usize = 64;
+const SMALL_GROUP: usize = 32;
 
 /// The most rows one prepared `INSERT` of [`Buffer::insert_prepared`] takes.
 const MAX_ROWS_PER_INSERT: usize = 16;

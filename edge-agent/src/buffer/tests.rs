@@ -213,7 +213,7 @@ fn small_appends_after_a_compaction_land_in_the_new_file() {
 }
 
 /// Every group size, on both sides of the prepared-statement path (chunks of 16, 8, 4, 2
-/// and 1 rows; appenders past 64), stores each row once with its own payload.
+/// and 1 rows; appenders past 32), stores each row once with its own payload.
 #[test]
 fn groups_of_every_size_store_each_row_once() {
     let dir = tempfile::tempdir().unwrap();

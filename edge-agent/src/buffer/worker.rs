@@ -26,6 +26,8 @@ use crate::outbox::{Message, Outbox, Outgoing, Stored};
 
 /// Most appends committed in one transaction.
 const MAX_GROUP: usize = 4096;
+/// A group this big pays for its transaction: it commits without waiting out the window.
+const GROUP_ENOUGH: usize = 1024;
 /// Acks are written back in groups of this many, or after [`ACK_FLUSH`]. Each write is a
 /// `DELETE` (about half a millisecond of CPU at a steady rate); acks not yet written when
 /// the agent dies are published again after the restart and deduplicated downstream.
@@ -513,23 +515,38 @@ impl Worker {
 
     /// Group commit on a timer: a transaction costs about the same for one row as for a
     /// few (its statements and the WAL's fsync), so when an append arrived, appends that
-    /// follow within [`Settings::group_window`] of it join its transaction. The cameras do
-    /// not wait for their commits (they count an event once its commit reports), so a
-    /// camera's next events can join; what the window costs is latency, at most the window,
-    /// and events not yet committed when the power goes (they were never counted).
-    fn linger(&self, rx: &std_mpsc::Receiver<Command>, commands: &mut Vec<Command>) {
+    /// follow within [`Settings::group_window`] of it join its transaction, until the group
+    /// has [`GROUP_ENOUGH`] (at high rates a group fills at once and nothing waits). Other
+    /// requests (the publisher's pages and acks, status) are answered as they come, not
+    /// held by the window. The cameras do not wait for their commits (they count an event
+    /// once its commit reports), so a camera's next events can join; what the window costs
+    /// is latency, at most the window, and events not yet committed when the power goes
+    /// (they were never counted).
+    fn linger(&mut self, rx: &std_mpsc::Receiver<Command>, commands: &mut Vec<Command>) {
         let window = self.settings.group_window;
-        if window.is_zero() || !commands.iter().any(|c| matches!(c, Command::Append(..))) {
+        let appends = |commands: &Vec<Command>| {
+            commands
+                .iter()
+                .filter(|c| matches!(c, Command::Append(..)))
+                .count()
+        };
+        let mut appended = appends(commands);
+        if window.is_zero() || appended == 0 {
             return;
         }
         let deadline = Instant::now() + window;
         let mut closing = commands.iter().any(|c| matches!(c, Command::Close(_)));
-        while commands.len() < MAX_GROUP && !closing {
+        while appended < GROUP_ENOUGH && commands.len() < MAX_GROUP && !closing {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(command) => {
-                    closing = matches!(command, Command::Close(_));
+                Ok(command @ Command::Append(..)) => {
+                    appended += 1;
                     commands.push(command);
                 }
+                Ok(command @ Command::Close(_)) => {
+                    closing = true;
+                    commands.push(command);
+                }
+                Ok(other) => self.handle(other),
                 Err(_) => return,
             }
         }

@@ -499,8 +499,8 @@ impl Camera {
         );
     }
 
-    /// Keeps an append's commit to settle later, waiting for the oldest first if too many
-    /// are outstanding.
+    /// Keeps an append's commit to settle later (the next frame's [`Self::settle`] waits
+    /// for the oldest if more than [`MAX_UNCOMMITTED`] are outstanding).
     fn hand_over(
         &self,
         p: &mut Pipeline,

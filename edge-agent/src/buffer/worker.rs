@@ -46,7 +46,7 @@ pub struct Settings {
     pub check_interval: Duration,
     pub daily_logs: bool,
     /// How long the first append of a group waits for others to share its transaction
-    /// (zero: it commits with whatever arrived with it). See [`Worker::run`].
+    /// (zero: it commits with whatever arrived with it). See `Worker::linger`.
     pub group_window: Duration,
 }
 
@@ -516,7 +516,7 @@ impl Worker {
     /// Group commit on a timer: a transaction costs about the same for one row as for a
     /// few (its statements and the WAL's fsync), so when an append arrived, appends that
     /// follow within [`Settings::group_window`] of it join its transaction, until the group
-    /// has [`GROUP_ENOUGH`] (at high rates a group fills at once and nothing waits). Other
+    /// has [`GROUP_ENOUGH`] (at high rates it fills within milliseconds). Other
     /// requests (the publisher's pages and acks, status) are answered as they come, not
     /// held by the window. The cameras do not wait for their commits (they count an event
     /// once its commit reports), so a camera's next events can join; what the window costs
@@ -524,13 +524,10 @@ impl Worker {
     /// (they were never counted).
     fn linger(&mut self, rx: &std_mpsc::Receiver<Command>, commands: &mut Vec<Command>) {
         let window = self.settings.group_window;
-        let appends = |commands: &Vec<Command>| {
-            commands
-                .iter()
-                .filter(|c| matches!(c, Command::Append(..)))
-                .count()
-        };
-        let mut appended = appends(commands);
+        let mut appended = commands
+            .iter()
+            .filter(|c| matches!(c, Command::Append(..)))
+            .count();
         if window.is_zero() || appended == 0 {
             return;
         }

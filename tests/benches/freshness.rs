@@ -417,8 +417,10 @@ async fn run_phase(
     })
 }
 
-/// One tick of the cameras: `per_tick` events appended at once (the buffer thread groups
-/// them into one commit), every `probe_every`th a probe. Returns the next event number.
+/// One tick of the cameras: `per_tick` events handed to the buffer at once without waiting
+/// for their commits (as the agent's cameras do; the buffer thread groups them), every
+/// `probe_every`th a probe. Their commits go to `commits`, checked at the end of the phase.
+/// Returns the next event number.
 #[allow(clippy::too_many_arguments)]
 async fn tick(
     handle: &worker::BufferHandle,

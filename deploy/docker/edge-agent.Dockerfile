@@ -6,8 +6,9 @@
 #   docker run --device /dev/video0 -v sightline-data:/var/lib/sightline \
 #     -v /etc/sightline:/etc/sightline:ro sightline/edge-agent
 FROM rust:1.95-bookworm AS build
-# DuckDB builds from its bundled C++ sources; the V4L2 bindings need libclang.
-RUN apt-get update && apt-get install -y --no-install-recommends g++ libclang-dev \
+# DuckDB builds from its bundled C++ sources; the V4L2 bindings need libclang; libjpeg-turbo
+# builds from its bundled sources with cmake (and nasm for its x86 SIMD code).
+RUN apt-get update && apt-get install -y --no-install-recommends g++ libclang-dev cmake nasm \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

@@ -82,6 +82,12 @@ install() {
   command -v g++ >/dev/null || missing+=(g++)
   # The v4l crate generates its V4L2 bindings with bindgen, which needs libclang.
   dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
+  # libjpeg-turbo (the cameras' JPEG decoder) is built from its bundled sources with cmake;
+  # its x86 SIMD code needs nasm.
+  command -v cmake >/dev/null || missing+=(cmake)
+  case "$(uname -m)" in
+    x86_64 | i?86) command -v nasm >/dev/null || missing+=(nasm) ;;
+  esac
   install_onnxruntime
   if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"

@@ -255,8 +255,13 @@ impl Camera {
             fps_window: (Instant::now(), 0),
             uncommitted: VecDeque::new(),
         };
+        // Frames are decoded no larger than detection and snapshots need.
+        let size = capture::DecodeSize::for_camera(
+            self.detector.input_size(),
+            self.snapshots.enabled.then_some(self.snapshots.max_width),
+        );
         'open: while !stop.is_cancelled() {
-            let Some(opened) = capture::open(&self.config.source) else {
+            let Some(opened) = capture::open(&self.config.source, size) else {
                 return;
             };
             let mut source = match opened {

@@ -15,7 +15,7 @@
 mod agent;
 pub mod buffer;
 mod camera;
-mod capture;
+pub mod capture;
 pub mod config;
 pub mod daylog;
 pub mod detect;

@@ -84,6 +84,64 @@ fn the_shipped_model_finds_the_dog_and_the_person_where_they_are() {
     assert!(horse.bbox.x_min > person.bbox.x_max - 0.05, "{horse:?}");
 }
 
+/// A 720p camera's frames are decoded at half size (capture/jpeg.rs): the detector must find
+/// the same objects in the same places as in the full-size decode of every test picture.
+#[test]
+fn the_half_size_decode_finds_what_the_full_size_one_finds() {
+    use sightline_edge_agent::capture::jpeg::{DecodeSize, JpegDecoder};
+    let detector = Detector::load(&nanodet()).expect("load the shipped model");
+    let camera = DecodeSize::for_camera(detector.input_size(), Some(640));
+    let (mut half, mut full) = (
+        JpegDecoder::new(camera).unwrap(),
+        JpegDecoder::new(DecodeSize::FULL).unwrap(),
+    );
+    for name in [
+        "dog.jpg",
+        "eagle.jpg",
+        "giraffe.jpg",
+        "horses.jpg",
+        "person.jpg",
+    ] {
+        let frame = image::imageops::resize(
+            &picture(name),
+            1280,
+            720,
+            image::imageops::FilterType::Triangle,
+        );
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85)
+            .encode_image(&frame)
+            .unwrap();
+        let small = half.decode(&jpeg).unwrap();
+        assert_eq!(small.dimensions(), (640, 360), "{name}");
+        let (a, _) = detector.detect(&small).unwrap();
+        let (b, _) = detector.detect(&full.decode(&jpeg).unwrap()).unwrap();
+        let named = |found: &[Found]| -> Vec<String> {
+            found
+                .iter()
+                .map(|f| format!("{} {:.2} {:?}", detector.label(f.class_id), f.score, f.bbox))
+                .collect()
+        };
+        // Every confident object (0.4, the camera test's bar) of one decode is in the other,
+        // in the same place and about as sure.
+        for (these, those) in [(&a, &b), (&b, &a)] {
+            for f in these.iter().filter(|f| f.score >= 0.4) {
+                let twin = those.iter().find(|g| {
+                    g.class_id == f.class_id
+                        && sightline_edge_agent::detect::decode::iou(&f.bbox, &g.bbox) > 0.85
+                        && (g.score - f.score).abs() < 0.1
+                });
+                assert!(
+                    twin.is_some(),
+                    "{name}: half size {:?}\nfull size {:?}",
+                    named(&a),
+                    named(&b)
+                );
+            }
+        }
+    }
+}
+
 fn tiny_yolo(dir: &Path, layout: &str) -> ModelConfig {
     let model = dir.join(format!("tiny_{layout}.onnx"));
     let status = std::process::Command::new("python3")

@@ -1,5 +1,6 @@
-//! The cost of one frame on this CPU: JPEG decode + resize/normalize + inference + decoding
-//! and NMS with the shipped NanoDet model, next to plain ONNX Runtime (PyPI's
+//! The cost of one frame on this CPU: JPEG decode (scaled, as the agent does; the full-size
+//! decode it replaced runs beside it as the baseline) + resize/normalize + inference +
+//! decoding and NMS with the shipped NanoDet model, next to plain ONNX Runtime (PyPI's
 //! `onnxruntime`, same library version, same model, same input tensor, same thread count) in
 //! the same run.
 //!
@@ -18,6 +19,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use sightline_edge_agent::capture::jpeg::{DecodeSize, JpegDecoder};
 use sightline_edge_agent::config::{ModelConfig, SnapshotConfig, TrackerConfig};
 use sightline_edge_agent::detect::{Detector, preprocess};
 use sightline_edge_agent::snapshot::{self, BestFrame, BestFrames};
@@ -81,27 +83,31 @@ fn main() -> anyhow::Result<()> {
     let mut jpeg = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85).encode_image(&frame)?;
 
+    // The agent decodes at the smallest scale that keeps the model's input and a default
+    // snapshot (capture/jpeg.rs); the full-size decode it replaced runs beside it, frame by
+    // frame, as the baseline.
+    let size = DecodeSize::for_camera(
+        detector.input_size(),
+        Some(SnapshotConfig::default().max_width),
+    );
+    let mut decoder = JpegDecoder::new(size).map_err(anyhow::Error::msg)?;
+    let scaled = decoder.decode(&jpeg).map_err(anyhow::Error::msg)?;
     for _ in 0..5 {
         detector.detect(&frame)?;
+        detector.detect(&scaled)?;
     }
-    let (mut decode, mut pre, mut infer, mut post, mut total) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut found = 0;
-    for _ in 0..frames {
-        let started = Instant::now();
-        let image = image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg)?.to_rgb8();
-        decode.push(started.elapsed());
-        let (detections, timings) = detector.detect(&image)?;
-        total.push(started.elapsed());
-        found = detections.len();
-        pre.push(timings.preprocess);
-        infer.push(timings.inference);
-        post.push(timings.postprocess);
-    }
+    let costs = frame_costs(&detector, &mut decoder, &jpeg, frames)?;
+    // The same picture as UVC cameras send MJPEG: 4:2:2 chroma (the frame above is 4:4:4,
+    // as the image crate encodes, with twice the chroma to decode).
+    let mut camera_jpeg = Vec::new();
+    let mut encoder = jpeg_encoder::Encoder::new(&mut camera_jpeg, 85);
+    encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_2);
+    encoder.encode(frame.as_raw(), 1280, 720, jpeg_encoder::ColorType::Rgb)?;
+    let camera_costs = frame_costs(&detector, &mut decoder, &camera_jpeg, frames)?;
 
     // The same tensor for Python.
     let mut tensor = vec![0.0f32; 3 * 416 * 416];
-    preprocess(&frame, 416, 416, &mut tensor);
+    preprocess(&scaled, 416, 416, &mut tensor);
     let mut file = tempfile::NamedTempFile::new()?;
     for v in &tensor {
         file.write_all(&v.to_le_bytes())?;
@@ -123,36 +129,135 @@ fn main() -> anyhow::Result<()> {
     let python: serde_json::Value = serde_json::from_slice(&output.stdout)?;
     let python_p50 = python["p50"].as_f64().unwrap_or(f64::NAN);
 
+    let (w, h) = scaled.dimensions();
+    let Costs {
+        decode,
+        pre,
+        infer,
+        post,
+        total,
+        full_decode,
+        full_pre,
+        full_total,
+        found,
+    } = costs;
+    let (total_p50, full_p50) = (summary(total.clone()).0, summary(full_total.clone()).0);
     let rows = [
-        ("JPEG decode 1280x720", summary(decode)),
-        ("resize + normalize to 416x416", summary(pre)),
-        ("inference (ort, Rust)", summary(infer.clone())),
-        ("decode outputs + NMS", summary(post)),
-        ("whole frame", summary(total.clone())),
+        (format!("JPEG decode 1280x720 to {w}x{h}"), summary(decode)),
+        ("resize + normalize to 416x416".into(), summary(pre)),
+        ("inference (ort, Rust)".into(), summary(infer.clone())),
+        ("decode outputs + NMS".into(), summary(post)),
+        ("whole frame".into(), summary(total)),
+        (
+            "baseline: full-size JPEG decode".into(),
+            summary(full_decode),
+        ),
+        ("baseline: resize + normalize".into(), summary(full_pre)),
+        ("baseline: whole frame".into(), summary(full_total)),
+        (
+            "4:2:2 frame: JPEG decode".into(),
+            summary(camera_costs.decode),
+        ),
+        (
+            "4:2:2 frame: whole frame".into(),
+            summary(camera_costs.total.clone()),
+        ),
+        (
+            "4:2:2 frame: baseline whole frame".into(),
+            summary(camera_costs.full_total.clone()),
+        ),
     ];
     println!(
-        "detect: {frames} frames of 1280x720 JPEG, {threads} intra-op threads, {found} detections per frame"
+        "detect: {frames} frames of 1280x720 JPEG (4:4:4, {} kB; 4:2:2, {} kB), {threads} intra-op threads, {found} detections per frame (the same at full size)",
+        jpeg.len() / 1000,
+        camera_jpeg.len() / 1000
     );
-    println!("  {:<32} {:>9} {:>9}", "stage", "p50 ms", "mean ms");
+    println!("  {:<36} {:>9} {:>9}", "stage", "p50 ms", "mean ms");
     for (name, (p50, mean)) in rows {
-        println!("  {name:<32} {p50:>9.2} {mean:>9.2}");
+        println!("  {name:<36} {p50:>9.2} {mean:>9.2}");
     }
     println!(
-        "  {:<32} {:>9.2} {:>9.2}   (onnxruntime {})",
+        "  {:<36} {:>9.2} {:>9.2}   (onnxruntime {})",
         "inference (Python onnxruntime)",
         python_p50,
         python["mean"].as_f64().unwrap_or(f64::NAN),
         python["version"].as_str().unwrap_or("?")
     );
     let (infer_p50, _) = summary(infer);
-    let (total_p50, _) = summary(total);
     println!(
-        "  ratio inference Rust / Python: {:.2}; whole frame / Python inference: {:.2}; frames/s per camera at p50: {:.1}",
+        "  ratio inference Rust / Python: {:.2}; whole frame / Python inference: {:.2} (baseline {:.2}; 4:2:2 {:.2}, baseline {:.2}); frames/s per camera at p50: {:.1} (baseline {:.1})",
         infer_p50 / python_p50,
         total_p50 / python_p50,
-        1000.0 / total_p50
+        full_p50 / python_p50,
+        summary(camera_costs.total).0 / python_p50,
+        summary(camera_costs.full_total).0 / python_p50,
+        1000.0 / total_p50,
+        1000.0 / full_p50
     );
     track_path(&detector, &repo)
+}
+
+/// Per-frame stage times of the agent's path (scaled decode, detect) and of the full-size
+/// decode it replaced (the image crate's, then the same detector), frame by frame.
+struct Costs {
+    decode: Vec<Duration>,
+    pre: Vec<Duration>,
+    infer: Vec<Duration>,
+    post: Vec<Duration>,
+    total: Vec<Duration>,
+    full_decode: Vec<Duration>,
+    full_pre: Vec<Duration>,
+    full_total: Vec<Duration>,
+    /// Objects found per frame.
+    found: usize,
+}
+
+fn frame_costs(
+    detector: &Detector,
+    decoder: &mut JpegDecoder,
+    jpeg: &[u8],
+    frames: usize,
+) -> anyhow::Result<Costs> {
+    let mut costs = Costs {
+        decode: Vec::new(),
+        pre: Vec::new(),
+        infer: Vec::new(),
+        post: Vec::new(),
+        total: Vec::new(),
+        full_decode: Vec::new(),
+        full_pre: Vec::new(),
+        full_total: Vec::new(),
+        found: 0,
+    };
+    for _ in 0..frames {
+        let started = Instant::now();
+        let image = image::load_from_memory_with_format(jpeg, image::ImageFormat::Jpeg)?.to_rgb8();
+        costs.full_decode.push(started.elapsed());
+        let (full_found, timings) = detector.detect(&image)?;
+        costs.full_total.push(started.elapsed());
+        costs.full_pre.push(timings.preprocess);
+
+        let started = Instant::now();
+        let image = decoder.decode(jpeg).map_err(anyhow::Error::msg)?;
+        costs.decode.push(started.elapsed());
+        let (found, timings) = detector.detect(&image)?;
+        costs.total.push(started.elapsed());
+        costs.pre.push(timings.preprocess);
+        costs.infer.push(timings.inference);
+        costs.post.push(timings.postprocess);
+        // The smaller decode must not change what is found.
+        anyhow::ensure!(
+            found.len() == full_found.len()
+                && found
+                    .iter()
+                    .zip(&full_found)
+                    .all(|(a, b)| a.class_id == b.class_id
+                        && sightline_edge_agent::detect::decode::iou(&a.bbox, &b.bbox) > 0.9),
+            "the scaled decode found {found:?}, the full-size one {full_found:?}"
+        );
+        costs.found = found.len();
+    }
+    Ok(costs)
 }
 
 /// Frames of a camera panning over each test picture (a window of 80 % of it sliding from
@@ -192,6 +297,11 @@ fn track_path(detector: &Detector, repo: &Path) -> anyhow::Result<()> {
     let frames = panning_frames(repo, steps)?;
     let data = tempfile::tempdir()?;
     let snapshots = SnapshotConfig::default();
+    let mut decoder = JpegDecoder::new(DecodeSize::for_camera(
+        detector.input_size(),
+        Some(snapshots.max_width),
+    ))
+    .map_err(anyhow::Error::msg)?;
     let mut next_id = 0;
     let mut tracker = Tracker::new(
         Settings::from(&TrackerConfig::default()),
@@ -224,9 +334,7 @@ fn track_path(detector: &Detector, repo: &Path) -> anyhow::Result<()> {
         for (i, jpeg) in frames.iter().enumerate() {
             let now_ms = 1_795_000_000_000 + (round * frames.len() + i) as i64 * 100;
             let started = Instant::now();
-            let image = std::sync::Arc::new(
-                image::load_from_memory_with_format(jpeg, image::ImageFormat::Jpeg)?.to_rgb8(),
-            );
+            let image = std::sync::Arc::new(decoder.decode(jpeg).map_err(anyhow::Error::msg)?);
             let (found, _) = detector.detect(&image)?;
             let detected = started.elapsed();
             // The track path: matching and bookkeeping, the records due...

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 
+use super::jpeg::{DecodeSize, JpegDecoder};
 use super::{CaptureError, Frame, FrameSource, Pacer};
 use crate::config::FileSourceConfig;
 
@@ -20,6 +21,7 @@ pub(crate) struct FileSource {
     step: u32,
     current: Option<RgbImage>,
     seq: u64,
+    decoder: JpegDecoder,
 }
 
 #[derive(Debug)]
@@ -40,7 +42,7 @@ impl Media {
 }
 
 impl FileSource {
-    pub(crate) fn open(config: &FileSourceConfig) -> Result<Self, CaptureError> {
+    pub(crate) fn open(config: &FileSourceConfig, size: DecodeSize) -> Result<Self, CaptureError> {
         let open_error = |problem: String| CaptureError::Open {
             source_name: config.path.display().to_string(),
             problem,
@@ -80,6 +82,7 @@ impl FileSource {
             step: 0,
             current: None,
             seq: 0,
+            decoder: JpegDecoder::new(size).map_err(open_error)?,
         })
     }
 
@@ -90,7 +93,7 @@ impl FileSource {
         }
     }
 
-    fn load(&self, index: usize) -> Result<RgbImage, CaptureError> {
+    fn load(&mut self, index: usize) -> Result<RgbImage, CaptureError> {
         let (name, bytes) = match &self.media {
             Media::Images(paths) => {
                 let path = &paths[index];
@@ -100,8 +103,8 @@ impl FileSource {
             }
             Media::Mjpeg(frames) => (format!("frame {index}"), frames[index].clone()),
         };
-        image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)
-            .map(image::DynamicImage::into_rgb8)
+        self.decoder
+            .decode(&bytes)
             .map_err(|e| self.read_error(format!("{name} is not a readable JPEG: {e}")))
     }
 }
@@ -235,7 +238,7 @@ mod tests {
             .flat_map(|&c| jpeg(c, 32, 16))
             .collect();
         std::fs::write(&path, bytes).unwrap();
-        let mut source = FileSource::open(&config(&path)).unwrap();
+        let mut source = FileSource::open(&config(&path), DecodeSize::FULL).unwrap();
         let greys: Vec<u8> = (0..4)
             .map(|_| source.next_frame().unwrap().image.get_pixel(5, 5)[0])
             .collect();
@@ -249,12 +252,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.jpg"), jpeg(50, 100, 50)).unwrap();
         std::fs::write(dir.path().join("notes.txt"), b"not a picture").unwrap();
-        let mut source = FileSource::open(&FileSourceConfig {
-            repeat: false,
-            pan: true,
-            pan_frames: 3,
-            ..config(dir.path())
-        })
+        let mut source = FileSource::open(
+            &FileSourceConfig {
+                repeat: false,
+                pan: true,
+                pan_frames: 3,
+                ..config(dir.path())
+            },
+            DecodeSize::FULL,
+        )
         .unwrap();
         for seq in 0..3 {
             let frame = source.next_frame().unwrap();
@@ -266,19 +272,19 @@ mod tests {
     #[test]
     fn bad_paths_and_files_are_named() {
         let dir = tempfile::tempdir().unwrap();
-        let err = FileSource::open(&config(&dir.path().join("none")))
+        let err = FileSource::open(&config(&dir.path().join("none")), DecodeSize::FULL)
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("none") && err.contains("no such file"),
             "{err}"
         );
-        let err = FileSource::open(&config(dir.path()))
+        let err = FileSource::open(&config(dir.path()), DecodeSize::FULL)
             .unwrap_err()
             .to_string();
         assert!(err.contains("no frames"), "{err}");
         std::fs::write(dir.path().join("broken.jpg"), b"\xFF\xD8\xFFgarbage").unwrap();
-        let mut source = FileSource::open(&config(dir.path())).unwrap();
+        let mut source = FileSource::open(&config(dir.path()), DecodeSize::FULL).unwrap();
         let err = source.next_frame().unwrap_err().to_string();
         assert!(
             err.contains("broken.jpg") && err.contains("not a readable JPEG"),

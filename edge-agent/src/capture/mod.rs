@@ -5,6 +5,7 @@
 //! Sources are blocking: each camera reads its source on its own thread.
 
 pub(crate) mod file;
+pub mod jpeg;
 pub(crate) mod pattern;
 pub(crate) mod v4l2;
 
@@ -15,6 +16,7 @@ use image::RgbImage;
 use sightline_shared::Timestamp;
 
 use crate::config::SourceConfig;
+pub use jpeg::DecodeSize;
 
 /// One captured frame. The picture is shared: a track holds on to its best frame until its
 /// next record writes the snapshot, without copying it.
@@ -71,13 +73,16 @@ pub(crate) trait FrameSource: Send {
     fn describe(&self) -> String;
 }
 
-/// Opens the source a camera config names. `None` for the synthetic source, which makes
-/// events rather than frames.
-pub(crate) fn open(config: &SourceConfig) -> Option<Result<Box<dyn FrameSource>, CaptureError>> {
+/// Opens the source a camera config names, decoding JPEG frames no smaller than `size`.
+/// `None` for the synthetic source, which makes events rather than frames.
+pub(crate) fn open(
+    config: &SourceConfig,
+    size: DecodeSize,
+) -> Option<Result<Box<dyn FrameSource>, CaptureError>> {
     Some(match config {
         SourceConfig::Synthetic(_) => return None,
-        SourceConfig::File(c) => file::FileSource::open(c).map(|s| Box::new(s) as _),
-        SourceConfig::V4l2(c) => v4l2::V4l2Source::open(c).map(|s| Box::new(s) as _),
+        SourceConfig::File(c) => file::FileSource::open(c, size).map(|s| Box::new(s) as _),
+        SourceConfig::V4l2(c) => v4l2::V4l2Source::open(c, size).map(|s| Box::new(s) as _),
         SourceConfig::Pattern(c) => Ok(Box::new(pattern::PatternSource::new(c)) as _),
     })
 }

@@ -11,6 +11,7 @@ use v4l::io::traits::CaptureStream;
 use v4l::video::Capture;
 use v4l::{Device, FourCC};
 
+use super::jpeg::{DecodeSize, JpegDecoder};
 use super::{CaptureError, Frame, FrameSource};
 use crate::config::{PixelFormat, V4l2Config};
 
@@ -25,6 +26,7 @@ pub(crate) struct V4l2Source {
     height: u32,
     format: PixelFormat,
     seq: u64,
+    decoder: JpegDecoder,
 }
 
 impl std::fmt::Debug for V4l2Source {
@@ -36,7 +38,7 @@ impl std::fmt::Debug for V4l2Source {
 }
 
 impl V4l2Source {
-    pub(crate) fn open(config: &V4l2Config) -> Result<Self, CaptureError> {
+    pub(crate) fn open(config: &V4l2Config, size: DecodeSize) -> Result<Self, CaptureError> {
         let name = config.device.display().to_string();
         let open_error = |problem: String| CaptureError::Open {
             source_name: name.clone(),
@@ -77,6 +79,7 @@ impl V4l2Source {
             interval = %format!("{}/{}", params.interval.numerator, params.interval.denominator),
             "camera opened"
         );
+        let decoder = JpegDecoder::new(size).map_err(open_error)?;
         Ok(Self {
             name,
             stream,
@@ -84,6 +87,7 @@ impl V4l2Source {
             height: format.height,
             format: config.format,
             seq: 0,
+            decoder,
         })
     }
 }
@@ -101,11 +105,10 @@ impl FrameSource for V4l2Source {
         let used = (meta.bytesused as usize).min(data.len());
         let data = &data[..used];
         let image = match self.format {
-            PixelFormat::Mjpeg => {
-                image::load_from_memory_with_format(data, image::ImageFormat::Jpeg)
-                    .map(image::DynamicImage::into_rgb8)
-                    .map_err(|e| read_error(format!("undecodable MJPEG frame: {e}")))?
-            }
+            PixelFormat::Mjpeg => self
+                .decoder
+                .decode(data)
+                .map_err(|e| read_error(format!("undecodable MJPEG frame: {e}")))?,
             PixelFormat::Yuyv => yuyv_to_rgb(data, self.width, self.height)
                 .ok_or_else(|| read_error(format!("short YUYV frame: {used} bytes")))?,
         };
@@ -168,7 +171,7 @@ mod tests {
             device: "/dev/video-sightline-none".into(),
             ..V4l2Config::default()
         };
-        let err = V4l2Source::open(&config).unwrap_err();
+        let err = V4l2Source::open(&config, DecodeSize::FULL).unwrap_err();
         assert!(matches!(err, CaptureError::Open { .. }), "{err}");
         assert!(err.to_string().contains("/dev/video-sightline-none"));
     }

@@ -372,7 +372,8 @@ type TrackSummary = (String, i64, i64, u64, i64, f32);
 /// (dog, person, bicycle, horse at 0.4 or more) and the default tracker, ordered by first
 /// frame, label and frames: (label, first frame, last frame, frames, best frame, best score).
 fn worked_out_tracks(pictures: &[&str], steps: u32) -> anyhow::Result<Vec<TrackSummary>> {
-    use sightline_edge_agent::config::{ModelConfig, TrackerConfig};
+    use sightline_edge_agent::capture::jpeg::{DecodeSize, JpegDecoder};
+    use sightline_edge_agent::config::{ModelConfig, SnapshotConfig, TrackerConfig};
     use sightline_edge_agent::detect::Detector;
     use sightline_edge_agent::track::{Settings, Tracker};
     let repo = crate::repo();
@@ -396,8 +397,16 @@ fn worked_out_tracks(pictures: &[&str], steps: u32) -> anyhow::Result<Vec<TrackS
     let mut records = Vec::new();
     let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/images");
     let mut frame = 0i64;
+    // Decoded as the camera decodes them (its snapshots are the default width).
+    let mut decoder = JpegDecoder::new(DecodeSize::for_camera(
+        detector.input_size(),
+        Some(SnapshotConfig::default().max_width),
+    ))
+    .map_err(anyhow::Error::msg)?;
     for name in pictures {
-        let picture = image::open(from.join(name))?.to_rgb8();
+        let picture = decoder
+            .decode(&std::fs::read(from.join(name))?)
+            .map_err(anyhow::Error::msg)?;
         for step in 0..steps {
             let image = sightline_edge_agent::pan_window(&picture, step, steps);
             let (found, _) = detector.detect(&image)?;

@@ -26,11 +26,13 @@ use sightline_edge_agent::snapshot::{self, BestFrame, BestFrames};
 use sightline_edge_agent::track::{Settings, Tracker};
 use sightline_shared::Detection;
 
-/// ONNX Runtime from Python, timing `session.run` alone on the tensor the agent made.
+/// ONNX Runtime from Python, timing `session.run` alone on the tensor the agent made: it
+/// prints its version once ready, then for each line `N` on stdin runs `N` times and prints
+/// their times (ms) as a JSON list, so that the Rust frames and Python's runs alternate.
 const PYTHON: &str = r#"
 import json, sys, time
 import numpy as np, onnxruntime as ort
-model, tensor, frames, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+model, tensor, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
 options = ort.SessionOptions()
 options.intra_op_num_threads = threads
 session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
@@ -38,14 +40,80 @@ x = np.fromfile(tensor, dtype=np.float32).reshape(1, 3, 416, 416)
 name = session.get_inputs()[0].name
 for _ in range(5):
     session.run(None, {name: x})
-times = []
-for _ in range(frames):
-    t = time.perf_counter()
-    session.run(None, {name: x})
-    times.append((time.perf_counter() - t) * 1000)
-times.sort()
-print(json.dumps({"p50": times[len(times) // 2], "mean": sum(times) / len(times), "version": ort.__version__}))
+print(ort.__version__, flush=True)
+for line in sys.stdin:
+    times = []
+    for _ in range(int(line)):
+        t = time.perf_counter()
+        session.run(None, {name: x})
+        times.append((time.perf_counter() - t) * 1000)
+    print(json.dumps(times), flush=True)
 "#;
+
+/// Frames measured between two turns of Python's.
+const TURN: usize = 10;
+
+/// The Python side, running.
+struct Python {
+    child: std::process::Child,
+    output: std::io::BufReader<std::process::ChildStdout>,
+    version: String,
+    times: Vec<Duration>,
+}
+
+impl Python {
+    fn start(model: &Path, tensor: &Path, threads: usize) -> anyhow::Result<Self> {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(PYTHON)
+            .arg(model)
+            .arg(tensor)
+            .arg(threads.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let mut output =
+            std::io::BufReader::new(child.stdout.take().expect("python's stdout is piped"));
+        let mut version = String::new();
+        output.read_line(&mut version)?;
+        anyhow::ensure!(
+            !version.trim().is_empty(),
+            "python onnxruntime did not start (needs python3 with onnxruntime and numpy)"
+        );
+        Ok(Self {
+            child,
+            output,
+            version: version.trim().to_owned(),
+            times: Vec::new(),
+        })
+    }
+
+    /// `n` inferences on Python's side, their times kept.
+    fn turn(&mut self, n: usize) -> anyhow::Result<()> {
+        use std::io::BufRead as _;
+        let stdin = self.child.stdin.as_mut().expect("python's stdin is piped");
+        writeln!(stdin, "{n}")?;
+        stdin.flush()?;
+        let mut line = String::new();
+        self.output.read_line(&mut line)?;
+        let times: Vec<f64> = serde_json::from_str(&line)
+            .map_err(|e| anyhow::anyhow!("python onnxruntime answered {line:?}: {e}"))?;
+        self.times.extend(
+            times
+                .into_iter()
+                .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Python {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -92,20 +160,7 @@ fn main() -> anyhow::Result<()> {
     );
     let mut decoder = JpegDecoder::new(size).map_err(anyhow::Error::msg)?;
     let scaled = decoder.decode(&jpeg).map_err(anyhow::Error::msg)?;
-    for _ in 0..5 {
-        detector.detect(&frame)?;
-        detector.detect(&scaled)?;
-    }
-    let costs = frame_costs(&detector, &mut decoder, &jpeg, frames)?;
-    // The same picture as UVC cameras send MJPEG: 4:2:2 chroma (the frame above is 4:4:4,
-    // as the image crate encodes, with twice the chroma to decode).
-    let mut camera_jpeg = Vec::new();
-    let mut encoder = jpeg_encoder::Encoder::new(&mut camera_jpeg, 85);
-    encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_2);
-    encoder.encode(frame.as_raw(), 1280, 720, jpeg_encoder::ColorType::Rgb)?;
-    let camera_costs = frame_costs(&detector, &mut decoder, &camera_jpeg, frames)?;
-
-    // The same tensor for Python.
+    // The same tensor for Python, whose runs take turns with the frames below.
     let mut tensor = vec![0.0f32; 3 * 416 * 416];
     preprocess(&scaled, 416, 416, &mut tensor);
     let mut file = tempfile::NamedTempFile::new()?;
@@ -113,21 +168,21 @@ fn main() -> anyhow::Result<()> {
         file.write_all(&v.to_le_bytes())?;
     }
     file.flush()?;
-    let output = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(PYTHON)
-        .arg(&model)
-        .arg(file.path())
-        .arg(frames.to_string())
-        .arg(threads.to_string())
-        .output()?;
-    anyhow::ensure!(
-        output.status.success(),
-        "python onnxruntime failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let python: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    let python_p50 = python["p50"].as_f64().unwrap_or(f64::NAN);
+    let mut python = Python::start(&model, file.path(), threads)?;
+
+    for _ in 0..5 {
+        detector.detect(&frame)?;
+        detector.detect(&scaled)?;
+    }
+    let costs = frame_costs(&detector, &mut decoder, &jpeg, frames, &mut python)?;
+    // The same picture as UVC cameras send MJPEG: 4:2:2 chroma (the frame above is 4:4:4,
+    // as the image crate encodes, with twice the chroma to decode).
+    let mut camera_jpeg = Vec::new();
+    let mut encoder = jpeg_encoder::Encoder::new(&mut camera_jpeg, 85);
+    encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_2);
+    encoder.encode(frame.as_raw(), 1280, 720, jpeg_encoder::ColorType::Rgb)?;
+    let camera_costs = frame_costs(&detector, &mut decoder, &camera_jpeg, frames, &mut python)?;
+    let (python_p50, python_mean) = summary(std::mem::take(&mut python.times));
 
     let (w, h) = scaled.dimensions();
     let Costs {
@@ -177,20 +232,18 @@ fn main() -> anyhow::Result<()> {
         println!("  {name:<36} {p50:>9.2} {mean:>9.2}");
     }
     println!(
-        "  {:<36} {:>9.2} {:>9.2}   (onnxruntime {})",
-        "inference (Python onnxruntime)",
-        python_p50,
-        python["mean"].as_f64().unwrap_or(f64::NAN),
-        python["version"].as_str().unwrap_or("?")
+        "  {:<36} {:>9.2} {:>9.2}   (onnxruntime {}, taking turns with the frames above)",
+        "inference (Python onnxruntime)", python_p50, python_mean, python.version
     );
     let (infer_p50, _) = summary(infer);
     println!(
-        "  ratio inference Rust / Python: {:.2}; whole frame / Python inference: {:.2} (baseline {:.2}; 4:2:2 {:.2}, baseline {:.2}); frames/s per camera at p50: {:.1} (baseline {:.1})",
+        "  ratio inference Rust / Python: {:.2}; whole frame / Python inference: {:.2} (baseline {:.2}; 4:2:2 {:.2}, baseline {:.2}); whole frame / Rust inference: {:.2}; frames/s per camera at p50: {:.1} (baseline {:.1})",
         infer_p50 / python_p50,
         total_p50 / python_p50,
         full_p50 / python_p50,
         summary(camera_costs.total).0 / python_p50,
         summary(camera_costs.full_total).0 / python_p50,
+        total_p50 / infer_p50,
         1000.0 / total_p50,
         1000.0 / full_p50
     );
@@ -217,6 +270,7 @@ fn frame_costs(
     decoder: &mut JpegDecoder,
     jpeg: &[u8],
     frames: usize,
+    python: &mut Python,
 ) -> anyhow::Result<Costs> {
     let mut costs = Costs {
         decode: Vec::new(),
@@ -229,7 +283,10 @@ fn frame_costs(
         full_total: Vec::new(),
         found: 0,
     };
-    for _ in 0..frames {
+    for i in 0..frames {
+        if i % TURN == 0 {
+            python.turn(TURN.min(frames - i))?;
+        }
         let started = Instant::now();
         let image = image::load_from_memory_with_format(jpeg, image::ImageFormat::Jpeg)?.to_rgb8();
         costs.full_decode.push(started.elapsed());

@@ -7,7 +7,8 @@
 //! 64 cameras on 8 sites and 12 labels, through the same sink the ingest service uses (so the
 //! per-object table and the hourly rollup are filled by their views), then runs each query
 //! `SIGHTLINE_BENCH_ROUNDS` times (default 200) both ways, interleaved, and prints p50 and p99
-//! for each, and the overhead ratio API / direct.
+//! for each, and the overhead ratio API / direct. `SIGHTLINE_BENCH_HOLD_SECS` holds the
+//! loaded store that long before the queries, for profiling by hand.
 //!
 //! Queries: the latest 100 events of a camera; 100 events of one label within one hour; one
 //! event by id; 24 hours of hourly detection counts for every camera. Then the latest 100 of
@@ -92,6 +93,18 @@ async fn main() -> anyhow::Result<()> {
         .await
         .ok();
     tokio::time::sleep(Duration::from_secs(10)).await;
+    // For profiling by hand (clickhouse-client, EXPLAIN, system.query_log) on the loaded store.
+    if let Some(secs) = std::env::var("SIGHTLINE_BENCH_HOLD_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        println!(
+            "  holding the store at {} (tcp {}) for {secs} s",
+            clickhouse.url(),
+            clickhouse.tcp_port()
+        );
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+    }
 
     // The query service, in-process, as the read-only user.
     let config_clickhouse = ClickHouseConfig {

@@ -114,7 +114,8 @@ impl BestFrame {
 
 /// Most best frames one camera holds for its tracks (each up to a frame's size, shared when
 /// tracks have their best in the same frame): past it, the longest-held is rendered early.
-/// 16 frames of 1280x720 are 44 MB.
+/// 16 frames of 1280x720 would be 44 MB; a 720p camera's frames are decoded at 640x360
+/// (capture/jpeg.rs): 11 MB.
 pub const MAX_HELD_BEST_FRAMES: usize = 16;
 
 /// The best frames of a camera's tracks, held (shared, not copied) until each track's next

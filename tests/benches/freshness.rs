@@ -13,6 +13,9 @@
 //! capture-to-visible time (until the answer that first listed it). Printed per rate: p50,
 //! p95, p99 and max of capture-to-visible, and ingest's INSERT latency over the phase (its
 //! `sightline_ingest_insert_duration_seconds` histogram: bucket bounds, so "p95 <= x ms").
+//! Each rate also prints how many cores each part kept busy (nats-server, ClickHouse, ingest,
+//! the edge buffer's thread and the rest of this process, from /proc), to show where the
+//! time goes when the machine cannot keep up.
 //! Then the same at the first rate with ingest killed (`kill -9`) halfway and restarted 2 s
 //! later: how long after the restart the last held event appeared.
 
@@ -135,6 +138,11 @@ struct Phase {
     latencies: Vec<f64>,
     /// When the last probe captured before `restart` became visible, after it.
     after_restart: Option<f64>,
+    /// With a kill: how many probes captured before it became visible only after the
+    /// restart, and the last of them, seconds after the restart.
+    held: Option<(usize, f64)>,
+    /// CPU seconds of the edge buffer's thread (one per phase).
+    buffer_cpu: f64,
 }
 
 #[tokio::main]
@@ -211,7 +219,14 @@ async fn main() -> anyhow::Result<()> {
     );
     for (k, &rate) in rates.iter().enumerate() {
         let before = ingest.insert_histogram(&http).await?;
+        let processes = [
+            ("nats-server", nats.pid()),
+            ("ClickHouse", clickhouse.pid()),
+            ("ingest", ingest.child.as_ref().map(|c| c.id())),
+        ];
+        let cpu_before = Cpu::sample(&processes);
         let phase = run_phase(&client, &http, &api, &mut ingest, rate, secs, k, false).await?;
+        let cpu = Cpu::sample(&processes).since(&cpu_before);
         let after = ingest.insert_histogram(&http).await?;
         let ms = |q| quantile(&phase.latencies, q) * 1000.0;
         let insert = |q| insert_quantile(&before, &after, q);
@@ -227,6 +242,10 @@ async fn main() -> anyhow::Result<()> {
             insert(0.99).0,
             insert(1.0).1,
         );
+        println!(
+            "    {cpu} (the edge buffer's thread {:.2} of this process's)",
+            phase.buffer_cpu / cpu.elapsed
+        );
     }
     let rate = rates[0];
     let phase = run_phase(
@@ -240,8 +259,9 @@ async fn main() -> anyhow::Result<()> {
         true,
     )
     .await?;
+    let (held, held_last) = phase.held.unwrap_or((0, f64::NAN));
     println!(
-        "  {rate} events/s, ingest killed (kill -9) halfway and restarted 2 s later: every held event visible {:.1} s after the restart (capture -> visible max {:.1} s)",
+        "  {rate} events/s, ingest killed (kill -9) halfway and restarted 2 s later: every held event visible {:.1} s after the restart (capture -> visible max {:.1} s); {held} probes captured before the kill appeared after the restart, the last {held_last:.1} s after it",
         phase.after_restart.unwrap_or(f64::NAN),
         quantile(&phase.latencies, 1.0)
     );
@@ -249,6 +269,110 @@ async fn main() -> anyhow::Result<()> {
     service.await??;
     ingest.kill_9()?;
     Ok(())
+}
+
+/// CPU time (user + system) of the servers and of this process, from /proc: where a phase's
+/// time goes on a machine they all share.
+struct Cpu {
+    at: Instant,
+    /// Seconds since the earlier sample, once taken [`Cpu::since`] it.
+    elapsed: f64,
+    /// (name, seconds), in the order sampled.
+    seconds: Vec<(String, f64)>,
+}
+
+impl Cpu {
+    fn sample(processes: &[(&str, Option<u32>)]) -> Self {
+        let mut seconds: Vec<(String, f64)> = processes
+            .iter()
+            .map(|(name, pid)| {
+                let used = pid
+                    .and_then(|pid| cpu_seconds(&format!("/proc/{pid}/stat")))
+                    .unwrap_or(f64::NAN);
+                ((*name).to_owned(), used)
+            })
+            .collect();
+        seconds.push((
+            "this process (edge buffer, publisher, cameras, query API, reader)".into(),
+            cpu_seconds("/proc/self/stat").unwrap_or(f64::NAN),
+        ));
+        Self {
+            at: Instant::now(),
+            elapsed: 0.0,
+            seconds,
+        }
+    }
+
+    /// Cores kept busy by each between `earlier` and this sample.
+    fn since(&self, earlier: &Self) -> Self {
+        let elapsed = self.at.duration_since(earlier.at).as_secs_f64();
+        Self {
+            at: self.at,
+            elapsed,
+            seconds: self
+                .seconds
+                .iter()
+                .zip(&earlier.seconds)
+                .map(|((name, now), (_, then))| (name.clone(), (now - then) / elapsed))
+                .collect(),
+        }
+    }
+}
+
+impl std::fmt::Display for Cpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cores busy:")?;
+        for (name, cores) in &self.seconds {
+            write!(f, " {name} {cores:.2},")?;
+        }
+        let total: f64 = self.seconds.iter().map(|(_, c)| c).sum();
+        write!(
+            f,
+            " in all {total:.2} of {}",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        )
+    }
+}
+
+/// Messages in the events stream so far (its last sequence) and acknowledged by ingest's
+/// durable consumer (its ack floor; 0 before ingest made it).
+async fn progress(client: &async_nats::Client) -> anyhow::Result<(u64, u64)> {
+    let js = async_nats::jetstream::new(client.clone());
+    let Ok(stream) = js
+        .get_stream(sightline_shared::subjects::EVENTS_STREAM)
+        .await
+    else {
+        return Ok((0, 0));
+    };
+    let published = stream.get_info().await?.state.last_sequence;
+    let acked = stream
+        .consumer_info("sightline-ingest")
+        .await
+        .map_or(0, |info| info.ack_floor.stream_sequence);
+    Ok((published, acked))
+}
+
+/// CPU seconds of this process's threads named `name` (as the kernel truncates it, 15 bytes).
+fn thread_cpu_seconds(name: &str) -> f64 {
+    std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
+        })
+        .filter_map(|task| cpu_seconds(&task.path().join("stat").display().to_string()))
+        .sum()
+}
+
+/// User + system seconds from a `/proc/.../stat` file (fields 14 and 15, in clock ticks;
+/// the command name before them may hold spaces, so fields count from its closing `)`).
+fn cpu_seconds(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ: 100 on Linux, whatever the kernel's own tick rate.
+    Some(ticks as f64 / 100.0)
 }
 
 /// `rate` events/s for `secs` through a fresh edge buffer and publisher; probes on camera
@@ -279,6 +403,7 @@ async fn run_phase(
     // The reader: every probe's first sighting.
     let probe_camera = format!("probe-{n}");
     let phase_start = sightline_runtime::now();
+    let start_progress = progress(client).await?;
     let (probes_tx, mut probes_rx) = tokio::sync::mpsc::unbounded_channel::<(EventId, i64)>();
     let reading = {
         let (http, api, camera) = (http.clone(), api.to_owned(), probe_camera.clone());
@@ -336,15 +461,15 @@ async fn run_phase(
     let started = Instant::now();
     let mut i: u64 = 0;
     let mut restart_at: Option<i64> = None;
-    let mut killed = false;
+    let mut killed_at: Option<i64> = None;
     let mut respawn_at: Option<Instant> = None;
     let mut commits = Vec::new();
     while started.elapsed() < Duration::from_secs(secs) || respawn_at.is_some() {
         ticker.tick().await;
         // With `kill`: ingest killed halfway, started again 2 s later; the cameras go on.
-        if kill && !killed && started.elapsed() >= Duration::from_secs(secs / 2) {
+        if kill && killed_at.is_none() && started.elapsed() >= Duration::from_secs(secs / 2) {
             ingest.kill_9()?;
-            killed = true;
+            killed_at = Some(sightline_runtime::now().as_millis());
             respawn_at = Some(Instant::now() + Duration::from_secs(2));
         }
         if respawn_at.is_some_and(|at| Instant::now() >= at) {
@@ -366,6 +491,7 @@ async fn run_phase(
         .await?;
     }
     let generated = started.elapsed();
+    let (published, ingested) = progress(client).await?;
     for commit in commits {
         for result in commit.await? {
             result.map_err(|e| anyhow::anyhow!("append: {e:?}"))?;
@@ -373,11 +499,14 @@ async fn run_phase(
     }
     // The rate the cameras really kept (the buffer never holds them back: if the pipeline
     // cannot keep up, the latencies say so).
+    let buffer_cpu = thread_cpu_seconds("sightline-buffe");
     println!(
-        "    {i} events in {:.1} s ({:.0}/s), all committed {:.1} s after the start",
+        "    {i} events in {:.1} s ({:.0}/s), all committed {:.1} s after the start; when the cameras stopped, {} published to JetStream and {} acknowledged by ingest (of the phase's)",
         generated.as_secs_f64(),
         i as f64 / generated.as_secs_f64(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        published - start_progress.0,
+        ingested - start_progress.1,
     );
     drop(probes_tx);
     closed.cancel();
@@ -408,12 +537,24 @@ async fn run_phase(
             .map(|(_, visible)| (visible - restart) as f64 / 1000.0)
             .fold(0.0, f64::max)
     });
+    // Probes captured before the kill that were not visible until after the restart: those
+    // the killed ingest held unacknowledged, and those still on their way to it.
+    let held = killed_at.zip(restart_at).map(|(killed, restart)| {
+        let held: Vec<f64> = seen
+            .iter()
+            .filter(|(captured, visible)| *captured < killed && *visible >= restart)
+            .map(|(_, visible)| (visible - restart) as f64 / 1000.0)
+            .collect();
+        (held.len(), held.into_iter().fold(f64::NAN, f64::max))
+    });
     if kill {
         ingest.wait_ready(http).await?;
     }
     Ok(Phase {
         latencies,
         after_restart,
+        held,
+        buffer_cpu,
     })
 }
 

@@ -313,6 +313,11 @@ impl NatsServer {
     }
 
     /// `nats://127.0.0.1:<port>`.
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
@@ -411,6 +416,11 @@ impl ClickHouseServer {
     }
 
     /// `http://127.0.0.1:<http port>`.
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
     }

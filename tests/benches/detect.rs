@@ -72,7 +72,8 @@ impl Python {
             .arg(threads.to_string())
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
-            .spawn()?;
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start python3 (for onnxruntime): {e}"))?;
         let mut output =
             std::io::BufReader::new(child.stdout.take().expect("python's stdout is piped"));
         let mut version = String::new();
@@ -96,7 +97,9 @@ impl Python {
         writeln!(stdin, "{n}")?;
         stdin.flush()?;
         let mut line = String::new();
-        self.output.read_line(&mut line)?;
+        if self.output.read_line(&mut line)? == 0 {
+            anyhow::bail!("python onnxruntime exited (its error is above)");
+        }
         let times: Vec<f64> = serde_json::from_str(&line)
             .map_err(|e| anyhow::anyhow!("python onnxruntime answered {line:?}: {e}"))?;
         self.times.extend(
@@ -158,8 +161,8 @@ fn main() -> anyhow::Result<()> {
         detector.input_size(),
         Some(SnapshotConfig::default().max_width),
     );
-    let mut decoder = JpegDecoder::new(size).map_err(anyhow::Error::msg)?;
-    let scaled = decoder.decode(&jpeg).map_err(anyhow::Error::msg)?;
+    let mut decoder = JpegDecoder::new(size)?;
+    let scaled = decoder.decode(&jpeg)?;
     // The same tensor for Python, whose runs take turns with the frames below.
     let mut tensor = vec![0.0f32; 3 * 416 * 416];
     preprocess(&scaled, 416, 416, &mut tensor);
@@ -295,7 +298,7 @@ fn frame_costs(
         costs.full_pre.push(timings.preprocess);
 
         let started = Instant::now();
-        let image = decoder.decode(jpeg).map_err(anyhow::Error::msg)?;
+        let image = decoder.decode(jpeg)?;
         costs.decode.push(started.elapsed());
         let (found, timings) = detector.detect(&image)?;
         costs.total.push(started.elapsed());
@@ -357,8 +360,7 @@ fn track_path(detector: &Detector, repo: &Path) -> anyhow::Result<()> {
     let mut decoder = JpegDecoder::new(DecodeSize::for_camera(
         detector.input_size(),
         Some(snapshots.max_width),
-    ))
-    .map_err(anyhow::Error::msg)?;
+    ))?;
     let mut next_id = 0;
     let mut tracker = Tracker::new(
         Settings::from(&TrackerConfig::default()),
@@ -391,7 +393,7 @@ fn track_path(detector: &Detector, repo: &Path) -> anyhow::Result<()> {
         for (i, jpeg) in frames.iter().enumerate() {
             let now_ms = 1_795_000_000_000 + (round * frames.len() + i) as i64 * 100;
             let started = Instant::now();
-            let image = std::sync::Arc::new(decoder.decode(jpeg).map_err(anyhow::Error::msg)?);
+            let image = std::sync::Arc::new(decoder.decode(jpeg)?);
             let (found, _) = detector.detect(&image)?;
             let detected = started.elapsed();
             // The track path: matching and bookkeeping, the records due...

@@ -243,7 +243,7 @@ async fn main() -> anyhow::Result<()> {
             insert(1.0).1,
         );
         println!(
-            "    {cpu} (the edge buffer's thread {:.2} of this process's)",
+            "    {cpu} (the edge buffer's thread alone {:.2} cores)",
             phase.buffer_cpu / cpu.elapsed
         );
     }
@@ -499,14 +499,13 @@ async fn run_phase(
     }
     // The rate the cameras really kept (the buffer never holds them back: if the pipeline
     // cannot keep up, the latencies say so).
-    let buffer_cpu = thread_cpu_seconds("sightline-buffe");
     println!(
         "    {i} events in {:.1} s ({:.0}/s), all committed {:.1} s after the start; when the cameras stopped, {} published to JetStream and {} acknowledged by ingest (of the phase's)",
         generated.as_secs_f64(),
         i as f64 / generated.as_secs_f64(),
         started.elapsed().as_secs_f64(),
-        published - start_progress.0,
-        ingested - start_progress.1,
+        published.saturating_sub(start_progress.0),
+        ingested.saturating_sub(start_progress.1),
     );
     drop(probes_tx);
     closed.cancel();
@@ -516,6 +515,8 @@ async fn run_phase(
         "{} events unpublished",
         report.unpublished
     );
+    // The buffer's thread ends with the phase: its CPU is read while it still runs.
+    let buffer_cpu = thread_cpu_seconds("sightline-buffe");
     handle.close().await;
     let _ = thread.join();
     let seen = tokio::time::timeout(Duration::from_secs(180), reading)

@@ -312,12 +312,12 @@ impl NatsServer {
         Ok(())
     }
 
-    /// `nats://127.0.0.1:<port>`.
     /// The server's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
+    /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
@@ -415,12 +415,12 @@ impl ClickHouseServer {
         Ok(())
     }
 
-    /// `http://127.0.0.1:<http port>`.
     /// The server's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
+    /// `http://127.0.0.1:<http port>`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
     }

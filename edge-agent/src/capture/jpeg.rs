@@ -4,20 +4,58 @@
 //! in the inverse DCT: at 1/2, 1/4 or 1/8 it skips most of the transform's work and never
 //! writes a full-size picture. The decoder picks the smallest of those scales whose picture
 //! still has at least as many pixels as the model's input and is at least as wide as the
-//! snapshots: the detector then resizes down to its input from a picture about twice its
-//! size (720p decodes to 640x360 for a 416x416 model) instead of one six times its size, and
+//! snapshots: a 720p camera decodes to 640x360 for a 416x416 model (1.3 times its input's
+//! pixels, where the full frame has 5.3; the detector stretches 360 rows to 416), and
 //! snapshots (640 wide by default) are scaled down from no less than they show. Motion
-//! scoring, held best frames and snapshots all work on the smaller picture too.
+//! scoring (its grey copy is at most as wide as the decoded frame), held best frames and
+//! snapshots all work on the smaller picture too.
 //!
 //! Entropy decoding cannot be scaled away: every coefficient is still read, so a 1/2-scale
-//! decode costs about 80 % of a full one (docs/benchmarks.md, "Detect").
+//! decode takes about 68 % of the full-size decode it replaced (docs/benchmarks.md,
+//! "Detection"). libjpeg-turbo cannot turn CMYK JPEGs into RGB; cameras do not send them.
 
 use image::RgbImage;
 use turbojpeg::{Decompressor, Image, PixelFormat, ScalingFactor};
 
-/// The most bytes one decoded frame may take (a 16k x 10k picture), so that a corrupt or
-/// hostile header cannot make the agent allocate without bound.
-pub const MAX_FRAME_BYTES: usize = 512 << 20;
+/// The largest picture the agent decodes, in pixels before scaling (64 Mpx: 8K by 8K). A
+/// corrupt or hostile header cannot make the agent allocate beyond it, in its own buffer or
+/// in libjpeg's (a progressive JPEG keeps every coefficient of the whole picture).
+pub const MAX_PIXELS: u64 = 64 << 20;
+
+/// Most scans of a progressive JPEG (libjpeg-turbo's own tools suggest 500): cameras send
+/// baseline JPEGs, and a crafted one with thousands of scans would take the CPU for seconds.
+const MAX_SCANS: u32 = 500;
+
+/// The texts libjpeg gives its warnings (`JWRN_*` in libjpeg-turbo's jerror.h): the picture
+/// was decoded whole (damaged parts grey or smeared) and TurboJPEG still reports an error.
+/// Cheap cameras send such frames now and then (a few bytes lost over USB); they are kept.
+const WARNINGS: &[&str] = &[
+    "Corrupt JPEG data",
+    "Premature end of JPEG file",
+    "Unknown Adobe color transform code",
+    "Inconsistent progression sequence",
+    "Warning: unknown JFIF revision",
+    "Invalid SOS parameters for sequential JPEG",
+    "Application transferred too many scanlines",
+];
+
+/// Why a JPEG frame gave no picture.
+#[derive(Debug, thiserror::Error)]
+pub enum JpegError {
+    #[error("cannot start libjpeg-turbo: {0}")]
+    Start(String),
+    #[error("not a JPEG ({0})")]
+    NotJpeg(String),
+    #[error("the JPEG says it is {width}x{height}, which has no pixels")]
+    Empty { width: usize, height: usize },
+    #[error(
+        "the JPEG says it is {width}x{height}, more than the {} Mpx the agent decodes",
+        MAX_PIXELS >> 20
+    )]
+    TooLarge { width: usize, height: usize },
+    #[error("undecodable JPEG data ({0})")]
+    Undecodable(String),
+}
 
 /// How small a camera's frames may be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,52 +104,58 @@ impl DecodeSize {
 pub struct JpegDecoder {
     inner: Decompressor,
     size: DecodeSize,
+    /// Frames decoded despite a libjpeg warning.
+    damaged: u64,
 }
 
 impl std::fmt::Debug for JpegDecoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JpegDecoder")
             .field("size", &self.size)
+            .field("damaged", &self.damaged)
             .finish_non_exhaustive()
     }
 }
 
 impl JpegDecoder {
-    pub fn new(size: DecodeSize) -> Result<Self, String> {
-        let inner =
-            Decompressor::new().map_err(|e| format!("cannot start the JPEG decoder: {e}"))?;
-        Ok(Self { inner, size })
+    /// A decoder that decodes no smaller than `size`.
+    pub fn new(size: DecodeSize) -> Result<Self, JpegError> {
+        let start = |e: turbojpeg::Error| JpegError::Start(e.to_string());
+        let mut inner = Decompressor::new().map_err(start)?;
+        inner.set_scan_limit(MAX_SCANS).map_err(start)?;
+        Ok(Self {
+            inner,
+            size,
+            damaged: 0,
+        })
     }
 
-    /// Decodes `data` to RGB at the smallest scale [`DecodeSize`] allows. The error says
-    /// what is wrong with the data (libjpeg-turbo's own words).
-    pub fn decode(&mut self, data: &[u8]) -> Result<RgbImage, String> {
+    /// Frames decoded so far despite a libjpeg warning (damaged data, kept).
+    pub fn damaged(&self) -> u64 {
+        self.damaged
+    }
+
+    /// Decodes `data` to RGB at the smallest scale [`DecodeSize`] allows. A picture libjpeg
+    /// decodes with a warning (damaged data) is kept, counted in [`Self::damaged`] and
+    /// logged (the 1st, 2nd, 4th, 8th... time).
+    pub fn decode(&mut self, data: &[u8]) -> Result<RgbImage, JpegError> {
         let header = self
             .inner
             .read_header(data)
-            .map_err(|e| format!("not a JPEG: {e}"))?;
-        if header.width == 0 || header.height == 0 {
-            return Err(format!("a JPEG of {}x{}", header.width, header.height));
+            .map_err(|e| JpegError::NotJpeg(message(&e)))?;
+        let (width, height) = (header.width, header.height);
+        if width == 0 || height == 0 {
+            return Err(JpegError::Empty { width, height });
         }
-        let factor = self.size.scale(header.width, header.height);
+        if width as u64 * height as u64 > MAX_PIXELS {
+            return Err(JpegError::TooLarge { width, height });
+        }
+        let factor = self.size.scale(width, height);
         let scaled = header.scaled(factor);
-        let bytes = scaled
-            .width
-            .checked_mul(scaled.height)
-            .and_then(|p| p.checked_mul(3))
-            .filter(|&b| b <= MAX_FRAME_BYTES)
-            .ok_or_else(|| {
-                format!(
-                    "a JPEG of {}x{} is larger than the agent decodes ({} MiB of pixels at most)",
-                    header.width,
-                    header.height,
-                    MAX_FRAME_BYTES >> 20
-                )
-            })?;
         self.inner
             .set_scaling_factor(factor)
-            .map_err(|e| format!("cannot scale the decode by {factor:?}: {e}"))?;
-        let mut pixels = vec![0u8; bytes];
+            .map_err(|e| JpegError::Undecodable(message(&e)))?;
+        let mut pixels = vec![0u8; scaled.width * scaled.height * 3];
         let image = Image {
             pixels: pixels.as_mut_slice(),
             width: scaled.width,
@@ -119,11 +163,29 @@ impl JpegDecoder {
             height: scaled.height,
             format: PixelFormat::RGB,
         };
-        self.inner
-            .decompress(data, image)
-            .map_err(|e| format!("undecodable JPEG: {e}"))?;
-        RgbImage::from_raw(scaled.width as u32, scaled.height as u32, pixels)
-            .ok_or_else(|| format!("a JPEG of {}x{}", scaled.width, scaled.height))
+        if let Err(e) = self.inner.decompress(data, image) {
+            let problem = message(&e);
+            if !WARNINGS.iter().any(|w| problem.starts_with(w)) {
+                return Err(JpegError::Undecodable(problem));
+            }
+            self.damaged += 1;
+            // The 1st, 2nd, 4th, 8th...: a camera that sends many does not flood the log.
+            if self.damaged.is_power_of_two() {
+                tracing::warn!(%problem, damaged = self.damaged, "a damaged JPEG frame, decoded and kept");
+            }
+        }
+        Ok(
+            RgbImage::from_raw(scaled.width as u32, scaled.height as u32, pixels)
+                .expect("the buffer holds width x height RGB pixels"),
+        )
+    }
+}
+
+/// libjpeg-turbo's message, without the crate's "TurboJPEG error: " prefix.
+fn message(error: &turbojpeg::Error) -> String {
+    match error {
+        turbojpeg::Error::TurboJpegError(message) => message.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -184,13 +246,45 @@ mod tests {
     #[test]
     fn bad_data_is_an_error_that_says_so() {
         let mut decoder = JpegDecoder::new(DecodeSize::FULL).unwrap();
-        let err = decoder.decode(b"not a picture").unwrap_err();
-        assert!(err.starts_with("not a JPEG"), "{err}");
-        let err = decoder.decode(&[]).unwrap_err();
-        assert!(err.starts_with("not a JPEG"), "{err}");
-        // A header without its picture.
-        let data = jpeg(64, 48);
-        let err = decoder.decode(&data[..data.len() / 8]).unwrap_err();
-        assert!(!err.is_empty());
+        for data in [&b"not a picture"[..], &[]] {
+            let err = decoder.decode(data).unwrap_err();
+            assert!(matches!(err, JpegError::NotJpeg(_)), "{err}");
+            assert!(err.to_string().starts_with("not a JPEG ("), "{err}");
+        }
+        // A header that claims 20000x20000 (SOF0: length, precision, height, width).
+        let mut huge = jpeg(64, 48);
+        let sof = huge.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        huge[sof + 5..sof + 9].copy_from_slice(&[0x4E, 0x20, 0x4E, 0x20]);
+        let err = decoder.decode(&huge).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                JpegError::TooLarge {
+                    width: 20000,
+                    height: 20000
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("20000x20000"), "{err}");
+        assert_eq!(decoder.damaged(), 0);
+    }
+
+    #[test]
+    fn a_damaged_frame_is_decoded_whole_and_counted() {
+        // A frame cut short, as a camera's USB transfer loses its end: libjpeg warns and
+        // fills the rest; the picture is kept.
+        let data = jpeg(320, 240);
+        let mut decoder = JpegDecoder::new(DecodeSize::FULL).unwrap();
+        let picture = decoder.decode(&data[..data.len() * 2 / 3]).unwrap();
+        assert_eq!(picture.dimensions(), (320, 240));
+        assert_eq!(decoder.damaged(), 1);
+        // The top survived.
+        let whole = decoder.decode(&data).unwrap();
+        let (p, q) = (picture.get_pixel(100, 10), whole.get_pixel(100, 10));
+        for c in 0..3 {
+            assert!(p[c].abs_diff(q[c]) <= 2, "{p:?} against {q:?}");
+        }
+        assert_eq!(decoder.damaged(), 1);
     }
 }

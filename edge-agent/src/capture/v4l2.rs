@@ -79,7 +79,7 @@ impl V4l2Source {
             interval = %format!("{}/{}", params.interval.numerator, params.interval.denominator),
             "camera opened"
         );
-        let decoder = JpegDecoder::new(size).map_err(open_error)?;
+        let decoder = JpegDecoder::new(size).map_err(|e| open_error(e.to_string()))?;
         Ok(Self {
             name,
             stream,
@@ -108,7 +108,7 @@ impl FrameSource for V4l2Source {
             PixelFormat::Mjpeg => self
                 .decoder
                 .decode(data)
-                .map_err(|e| read_error(format!("undecodable MJPEG frame: {e}")))?,
+                .map_err(|e| read_error(format!("MJPEG frame: {e}")))?,
             PixelFormat::Yuyv => yuyv_to_rgb(data, self.width, self.height)
                 .ok_or_else(|| read_error(format!("short YUYV frame: {used} bytes")))?,
         };

@@ -401,12 +401,9 @@ fn worked_out_tracks(pictures: &[&str], steps: u32) -> anyhow::Result<Vec<TrackS
     let mut decoder = JpegDecoder::new(DecodeSize::for_camera(
         detector.input_size(),
         Some(SnapshotConfig::default().max_width),
-    ))
-    .map_err(anyhow::Error::msg)?;
+    ))?;
     for name in pictures {
-        let picture = decoder
-            .decode(&std::fs::read(from.join(name))?)
-            .map_err(anyhow::Error::msg)?;
+        let picture = decoder.decode(&std::fs::read(from.join(name))?)?;
         for step in 0..steps {
             let image = sightline_edge_agent::pan_window(&picture, step, steps);
             let (found, _) = detector.detect(&image)?;

@@ -29,6 +29,10 @@ use crate::snapshot::{self, BestFrame, BestFrames};
 use crate::track::{self, TrackIds, Tracker};
 use crate::uploader;
 
+/// Undecodable frames in a row a camera skips before it takes its source for broken and
+/// opens it again (a few seconds at camera rates).
+const MAX_BAD_FRAMES: u32 = 30;
+
 /// Appends a camera has handed to the buffer whose commits have not reported yet; past
 /// this it waits for the oldest (the buffer is behind).
 pub(crate) const MAX_UNCOMMITTED: usize = 256;
@@ -260,6 +264,8 @@ impl Camera {
             self.detector.input_size(),
             self.snapshots.enabled.then_some(self.snapshots.max_width),
         );
+        // Undecodable frames skipped since the camera started.
+        let mut bad_frames: u64 = 0;
         'open: while !stop.is_cancelled() {
             let Some(opened) = capture::open(&self.config.source, size) else {
                 return;
@@ -283,11 +289,19 @@ impl Camera {
                 s.source = Some(described);
             });
             m.up.get_or_create(&label).set(1);
+            // Undecodable frames in a row; past MAX_BAD_FRAMES the source is reopened.
+            let mut bad_in_a_row = 0;
             while !stop.is_cancelled() {
                 match source.next_frame() {
                     Ok(frame) => {
                         backoff.reset();
+                        bad_in_a_row = 0;
                         self.process(&frame, &mut pipeline, &label, rt);
+                    }
+                    Err(error @ CaptureError::Frame { .. }) if bad_in_a_row < MAX_BAD_FRAMES => {
+                        bad_in_a_row += 1;
+                        bad_frames += 1;
+                        self.bad_frame(&label, &error, bad_frames);
                     }
                     Err(CaptureError::Ended(source)) => {
                         tracing::info!(camera = %self.config.id, %source, "camera finished: no more frames");
@@ -319,6 +333,19 @@ impl Camera {
     fn set_fps(&self, label: &CameraLabel, fps: f64) {
         self.metrics.cameras.fps.get_or_create(label).set(fps);
         self.state.update(|s| s.fps = fps);
+    }
+
+    /// One frame could not be decoded: counted as an error and reported, but the camera is
+    /// running and goes on to the next frame. Logged the 1st, 2nd, 4th, 8th... time.
+    fn bad_frame(&self, label: &CameraLabel, error: &CaptureError, total: u64) {
+        self.metrics.cameras.errors.get_or_create(label).inc();
+        if total.is_power_of_two() {
+            tracing::warn!(camera = %self.config.id, %error, skipped = total, "an undecodable frame, skipped");
+        }
+        self.state.update(|s| {
+            s.errors += 1;
+            s.last_error = Some(error.to_string());
+        });
     }
 
     fn failed(&self, label: &CameraLabel, error: &CaptureError) {

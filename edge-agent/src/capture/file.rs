@@ -105,7 +105,10 @@ impl FileSource {
         };
         self.decoder
             .decode(&bytes)
-            .map_err(|e| self.read_error(format!("{name}: {e}")))
+            .map_err(|e| CaptureError::Frame {
+                source_name: self.config.path.display().to_string(),
+                problem: format!("{name}: {e}"),
+            })
     }
 }
 
@@ -128,7 +131,15 @@ impl FrameSource for FileSource {
             self.picture = 0;
         }
         if self.current.is_none() {
-            self.current = Some(self.load(self.picture)?);
+            match self.load(self.picture) {
+                Ok(picture) => self.current = Some(picture),
+                Err(error) => {
+                    // The next frame comes from the next picture; the same pace either way.
+                    self.step = steps;
+                    self.pacer.wait();
+                    return Err(error);
+                }
+            }
         }
         let picture = self
             .current
@@ -284,8 +295,25 @@ mod tests {
             .to_string();
         assert!(err.contains("no frames"), "{err}");
         std::fs::write(dir.path().join("broken.jpg"), b"\xFF\xD8\xFFgarbage").unwrap();
-        let mut source = FileSource::open(&config(dir.path()), DecodeSize::FULL).unwrap();
-        let err = source.next_frame().unwrap_err().to_string();
-        assert!(err.contains("broken.jpg") && err.contains("JPEG"), "{err}");
+        std::fs::write(dir.path().join("c.jpg"), jpeg(200, 32, 16)).unwrap();
+        let mut source = FileSource::open(
+            &FileSourceConfig {
+                repeat: false,
+                ..config(dir.path())
+            },
+            DecodeSize::FULL,
+        )
+        .unwrap();
+        // One bad frame, named; then the picture after it; then the end.
+        let err = source.next_frame().unwrap_err();
+        assert!(matches!(err, CaptureError::Frame { .. }), "{err}");
+        let err = err.to_string();
+        assert!(
+            err.contains("broken.jpg") && err.contains("not a JPEG"),
+            "{err}"
+        );
+        let frame = source.next_frame().unwrap();
+        assert!(frame.image.get_pixel(5, 5)[0].abs_diff(200) < 6);
+        assert!(matches!(source.next_frame(), Err(CaptureError::Ended(_))));
     }
 }

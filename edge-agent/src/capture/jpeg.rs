@@ -120,11 +120,8 @@ impl std::fmt::Debug for JpegDecoder {
 impl JpegDecoder {
     /// A decoder that decodes no smaller than `size`.
     pub fn new(size: DecodeSize) -> Result<Self, JpegError> {
-        let start = |e: turbojpeg::Error| JpegError::Start(e.to_string());
-        let mut inner = Decompressor::new().map_err(start)?;
-        inner.set_scan_limit(MAX_SCANS).map_err(start)?;
         Ok(Self {
-            inner,
+            inner: start()?,
             size,
             damaged: 0,
         })
@@ -139,6 +136,16 @@ impl JpegDecoder {
     /// decodes with a warning (damaged data) is kept, counted in [`Self::damaged`] and
     /// logged (the 1st, 2nd, 4th, 8th... time).
     pub fn decode(&mut self, data: &[u8]) -> Result<RgbImage, JpegError> {
+        let decoded = self.try_decode(data);
+        if decoded.is_err() {
+            // libjpeg keeps some of a failed read's state (a marker it could not use) and
+            // would fail the next frame with it: start afresh.
+            self.inner = start()?;
+        }
+        decoded
+    }
+
+    fn try_decode(&mut self, data: &[u8]) -> Result<RgbImage, JpegError> {
         let header = self
             .inner
             .read_header(data)
@@ -179,6 +186,14 @@ impl JpegDecoder {
                 .expect("the buffer holds width x height RGB pixels"),
         )
     }
+}
+
+/// A decompressor with the agent's limits.
+fn start() -> Result<Decompressor, JpegError> {
+    let failed = |e: turbojpeg::Error| JpegError::Start(e.to_string());
+    let mut inner = Decompressor::new().map_err(failed)?;
+    inner.set_scan_limit(MAX_SCANS).map_err(failed)?;
+    Ok(inner)
 }
 
 /// libjpeg-turbo's message, without the crate's "TurboJPEG error: " prefix.
@@ -268,6 +283,12 @@ mod tests {
         );
         assert!(err.to_string().contains("20000x20000"), "{err}");
         assert_eq!(decoder.damaged(), 0);
+        // Garbage after a JPEG start leaves libjpeg mid-marker: the next frame still decodes.
+        assert!(decoder.decode(b"\xFF\xD8\xFF\xE0garbage").is_err());
+        assert_eq!(
+            decoder.decode(&jpeg(64, 48)).unwrap().dimensions(),
+            (64, 48)
+        );
     }
 
     #[test]

@@ -54,9 +54,16 @@ pub(crate) enum CaptureError {
         source_name: String,
         problem: String,
     },
-    /// A frame could not be read or decoded; the camera reopens the source.
+    /// No frame could be read; the camera reopens the source.
     #[error("{source_name}: {problem}")]
     Read {
+        source_name: String,
+        problem: String,
+    },
+    /// One frame was read but cannot be decoded; the source is fine and the camera goes on
+    /// to the next frame (the source moves past this one).
+    #[error("{source_name}: {problem}")]
+    Frame {
         source_name: String,
         problem: String,
     },

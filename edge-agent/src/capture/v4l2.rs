@@ -105,10 +105,10 @@ impl FrameSource for V4l2Source {
         let used = (meta.bytesused as usize).min(data.len());
         let data = &data[..used];
         let image = match self.format {
-            PixelFormat::Mjpeg => self
-                .decoder
-                .decode(data)
-                .map_err(|e| read_error(format!("MJPEG frame: {e}")))?,
+            PixelFormat::Mjpeg => self.decoder.decode(data).map_err(|e| CaptureError::Frame {
+                source_name: self.name.clone(),
+                problem: format!("MJPEG frame: {e}"),
+            })?,
             PixelFormat::Yuyv => yuyv_to_rgb(data, self.width, self.height)
                 .ok_or_else(|| read_error(format!("short YUYV frame: {used} bytes")))?,
         };

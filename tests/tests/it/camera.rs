@@ -683,6 +683,82 @@ source = {{ kind = "pattern", width = 320, height = 240, fps = 5.0 }}
     Ok(())
 }
 
+/// A picture that cannot be decoded is one bad frame, not a broken camera: it is counted,
+/// reported and skipped, and the camera keeps running on the pictures around it (before,
+/// the camera reopened its source at every bad frame and, with the bad picture first in the
+/// directory, never captured a frame).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_picture_is_skipped_and_counted_while_the_camera_runs() -> anyhow::Result<()>
+{
+    let nats = NatsServer::start()?;
+    let client = async_nats::connect(nats.url()).await?;
+    sightline_ingest::nats::declare(
+        &async_nats::jetstream::new(client),
+        &sightline_ingest::IngestConfig::default(),
+        None,
+    )
+    .await?;
+    let tmp = tempfile::tempdir()?;
+    let pictures = tmp.path().join("pictures");
+    copy_pictures(&pictures, &["dog.jpg", "person.jpg"])?;
+    // First in name order: a JPEG start, then nothing a decoder can use.
+    std::fs::write(pictures.join("broken.jpg"), b"\xFF\xD8\xFF\xE0garbage")?;
+    let (config, base) = write_agent_config(
+        tmp.path(),
+        &nats.url(),
+        "edge-bad-frame",
+        &format!(
+            r#"[[cameras]]
+id = "door"
+source = {{ kind = "file", path = "{}", fps = 10.0 }}
+"#,
+            pictures.display()
+        ),
+    )?;
+    let mut agent = spawn_agent(&config, &tmp.path().join("agent.log"))?;
+    let http = reqwest::Client::new();
+    let status = wait_status(
+        &http,
+        &base,
+        "the door camera past the broken picture, twice",
+        Duration::from_secs(60),
+        |s| {
+            camera(s, "door")["frames_captured"].as_u64() >= Some(8)
+                && camera(s, "door")["errors"].as_u64() >= Some(2)
+        },
+    )
+    .await?;
+    let door = camera(&status, "door");
+    assert_eq!(door["state"], "running", "{status}");
+    let error = door["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("broken.jpg") && error.contains("JPEG"),
+        "{error}"
+    );
+    // Two good pictures for each bad one: the bad one is skipped, not retried.
+    let (frames, errors) = (
+        door["frames_captured"].as_u64().unwrap_or(0),
+        door["errors"].as_u64().unwrap_or(0),
+    );
+    assert!(frames >= 2 * errors - 2, "{frames} frames, {errors} errors");
+    let metrics = metrics_text(&http, &base).await?;
+    assert!(
+        sightline_tests::stack::metric(
+            &metrics,
+            "sightline_edge_camera_errors_total",
+            "camera=\"door\""
+        ) >= 2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sightline_tests::stack::metric(&metrics, "sightline_edge_camera_up", "camera=\"door\""),
+        1.0
+    );
+    let exit = agent.terminate().await?;
+    anyhow::ensure!(exit.success(), "the agent exited with {exit}");
+    Ok(())
+}
+
 /// Every message of `stream` (up to 10,000), in stream order: its headers and when the
 /// server stored it.
 async fn stream_messages(

@@ -575,11 +575,10 @@ fn camera<'a>(status: &'a serde_json::Value, id: &str) -> &'a serde_json::Value 
         .unwrap_or(&serde_json::Value::Null)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_camera_that_fails_is_retried_and_reported_while_the_others_run() -> anyhow::Result<()> {
+/// A nats-server with the streams as ingest declares them, so that an agent's publishes land
+/// and its shutdown drain is quick.
+async fn nats_with_streams() -> anyhow::Result<NatsServer> {
     let nats = NatsServer::start()?;
-    // The streams, as ingest declares them, so the agent's publishes land and its shutdown
-    // drain is quick.
     let client = async_nats::connect(nats.url()).await?;
     sightline_ingest::nats::declare(
         &async_nats::jetstream::new(client),
@@ -587,6 +586,12 @@ async fn a_camera_that_fails_is_retried_and_reported_while_the_others_run() -> a
         None,
     )
     .await?;
+    Ok(nats)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_that_fails_is_retried_and_reported_while_the_others_run() -> anyhow::Result<()> {
+    let nats = nats_with_streams().await?;
     let tmp = tempfile::tempdir()?;
     let pictures = tmp.path().join("pictures");
     copy_pictures(&pictures, &["dog.jpg"])?;
@@ -690,14 +695,7 @@ source = {{ kind = "pattern", width = 320, height = 240, fps = 5.0 }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecodable_picture_is_skipped_and_counted_while_the_camera_runs() -> anyhow::Result<()>
 {
-    let nats = NatsServer::start()?;
-    let client = async_nats::connect(nats.url()).await?;
-    sightline_ingest::nats::declare(
-        &async_nats::jetstream::new(client),
-        &sightline_ingest::IngestConfig::default(),
-        None,
-    )
-    .await?;
+    let nats = nats_with_streams().await?;
     let tmp = tempfile::tempdir()?;
     let pictures = tmp.path().join("pictures");
     copy_pictures(&pictures, &["dog.jpg", "person.jpg"])?;

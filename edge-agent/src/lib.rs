@@ -21,7 +21,7 @@ pub mod daylog;
 pub mod detect;
 pub mod heartbeat;
 pub mod metrics;
-mod motion;
+pub mod motion;
 pub mod outbox;
 pub mod publisher;
 pub mod snapshot;

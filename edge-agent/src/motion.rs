@@ -7,7 +7,7 @@ use crate::config::MotionConfig;
 
 /// Compares each frame with the one before it.
 #[derive(Debug)]
-pub(crate) struct MotionGate {
+pub struct MotionGate {
     config: MotionConfig,
     previous: Option<Grey>,
 }
@@ -22,7 +22,7 @@ struct Grey {
 }
 
 impl MotionGate {
-    pub(crate) fn new(config: MotionConfig) -> Self {
+    pub fn new(config: MotionConfig) -> Self {
         Self {
             config,
             previous: None,
@@ -32,7 +32,7 @@ impl MotionGate {
     /// The fraction of (unmasked) pixels that changed by more than `pixel_threshold` since
     /// the previous frame, `0.0..=1.0`. The first frame, and a frame whose size changed,
     /// count as all motion.
-    pub(crate) fn score(&mut self, frame: &RgbImage) -> f32 {
+    pub fn score(&mut self, frame: &RgbImage) -> f32 {
         let grey = self.downscale(frame);
         let score = match &self.previous {
             Some(p) if p.width == grey.width && p.height == grey.height => {
@@ -60,7 +60,7 @@ impl MotionGate {
     }
 
     /// Whether `score` is motion.
-    pub(crate) fn is_motion(&self, score: f32) -> bool {
+    pub fn is_motion(&self, score: f32) -> bool {
         !self.config.enabled || score >= self.config.threshold
     }
 

@@ -20,8 +20,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sightline_edge_agent::capture::jpeg::{DecodeSize, JpegDecoder};
-use sightline_edge_agent::config::{ModelConfig, SnapshotConfig, TrackerConfig};
+use sightline_edge_agent::config::{ModelConfig, MotionConfig, SnapshotConfig, TrackerConfig};
 use sightline_edge_agent::detect::{Detector, preprocess};
+use sightline_edge_agent::motion::MotionGate;
 use sightline_edge_agent::snapshot::{self, BestFrame, BestFrames};
 use sightline_edge_agent::track::{Settings, Tracker};
 use sightline_shared::Detection;
@@ -186,6 +187,7 @@ fn main() -> anyhow::Result<()> {
     encoder.encode(frame.as_raw(), 1280, 720, jpeg_encoder::ColorType::Rgb)?;
     let camera_costs = frame_costs(&detector, &mut decoder, &camera_jpeg, frames, &mut python)?;
     let (python_p50, python_mean) = summary(std::mem::take(&mut python.times));
+    let idle = idle_costs(&mut decoder, &camera_jpeg, frames)?;
 
     let (w, h) = scaled.dimensions();
     let Costs {
@@ -250,7 +252,48 @@ fn main() -> anyhow::Result<()> {
         1000.0 / total_p50,
         1000.0 / full_p50
     );
+    let (idle_p50, idle_full_p50) = (summary(idle.0).0, summary(idle.1).0);
+    println!(
+        "  idle camera (4:2:2 frame decoded, motion scored, no detection): {idle_p50:.2} ms per frame (baseline {idle_full_p50:.2}); at 10 fps {:.1} % of a core (baseline {:.1} %)",
+        idle_p50 * 10.0 / 1000.0 * 100.0,
+        idle_full_p50 * 10.0 / 1000.0 * 100.0
+    );
     track_path(&detector, &repo)
+}
+
+/// A still camera's frames: decoded and scored by the motion gate, which keeps them from the
+/// detector. The agent's scaled decode and the full-size one, frame by frame.
+fn idle_costs(
+    decoder: &mut JpegDecoder,
+    jpeg: &[u8],
+    frames: usize,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+    let (mut gate, mut full_gate) = (
+        MotionGate::new(MotionConfig::default()),
+        MotionGate::new(MotionConfig::default()),
+    );
+    let (mut scaled, mut full) = (Vec::new(), Vec::new());
+    for _ in 0..frames {
+        let started = Instant::now();
+        let image = image::load_from_memory_with_format(jpeg, image::ImageFormat::Jpeg)?.to_rgb8();
+        let score = full_gate.score(&image);
+        // A still camera: no motion after the first frame.
+        anyhow::ensure!(
+            full.is_empty() || !full_gate.is_motion(score),
+            "motion {score}"
+        );
+        full.push(started.elapsed());
+
+        let started = Instant::now();
+        let image = decoder.decode(jpeg)?;
+        let score = gate.score(&image);
+        anyhow::ensure!(
+            scaled.is_empty() || !gate.is_motion(score),
+            "motion {score}"
+        );
+        scaled.push(started.elapsed());
+    }
+    Ok((scaled, full))
 }
 
 /// Per-frame stage times of the agent's path (scaled decode, detect) and of the full-size

@@ -291,11 +291,20 @@ impl Camera {
             m.up.get_or_create(&label).set(1);
             // Undecodable frames in a row; past MAX_BAD_FRAMES the source is reopened.
             let mut bad_in_a_row = 0;
+            // Damaged frames this source has decoded, as counted so far.
+            let mut damaged = 0;
             while !stop.is_cancelled() {
                 match source.next_frame() {
                     Ok(frame) => {
                         backoff.reset();
                         bad_in_a_row = 0;
+                        let now_damaged = source.damaged();
+                        if now_damaged > damaged {
+                            m.frames_damaged
+                                .get_or_create(&label)
+                                .inc_by(now_damaged - damaged);
+                            damaged = now_damaged;
+                        }
                         self.process(&frame, &mut pipeline, &label, rt);
                     }
                     Err(error @ CaptureError::Frame { .. }) if bad_in_a_row < MAX_BAD_FRAMES => {

@@ -69,6 +69,7 @@ pub struct CameraMetrics {
     pub frames_captured: Family<CameraLabel, Counter>,
     pub frames_processed: Family<CameraLabel, Counter>,
     pub frames_skipped: Family<CameraLabel, Counter>,
+    pub frames_damaged: Family<CameraLabel, Counter>,
     pub fps: Family<CameraLabel, Gauge<f64, AtomicU64>>,
     pub up: Family<CameraLabel, Gauge>,
     pub errors: Family<CameraLabel, Counter>,
@@ -86,6 +87,7 @@ impl Default for CameraMetrics {
             frames_captured: Family::default(),
             frames_processed: Family::default(),
             frames_skipped: Family::default(),
+            frames_damaged: Family::default(),
             fps: Family::default(),
             up: Family::default(),
             errors: Family::default(),
@@ -118,6 +120,11 @@ impl CameraMetrics {
             c.frames_skipped,
         );
         r.register(
+            "camera_frames_damaged",
+            "Frames decoded despite damaged JPEG data (kept; the damaged part grey or smeared)",
+            c.frames_damaged,
+        );
+        r.register(
             "camera_fps",
             "Frames captured per second, last few seconds",
             c.fps,
@@ -129,7 +136,7 @@ impl CameraMetrics {
         );
         r.register(
             "camera_errors",
-            "Camera open and read failures (each is retried)",
+            "Camera open and read failures (each is retried) and undecodable frames (skipped)",
             c.errors,
         );
         r.register(

@@ -155,6 +155,10 @@ impl FrameSource for FileSource {
         Ok(Frame::capture(image, &mut self.seq))
     }
 
+    fn damaged(&self) -> u64 {
+        self.decoder.damaged()
+    }
+
     fn describe(&self) -> String {
         format!(
             "{} ({} frames at {} fps{})",

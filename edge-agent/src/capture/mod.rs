@@ -78,6 +78,10 @@ pub(crate) trait FrameSource: Send {
     fn next_frame(&mut self) -> Result<Frame, CaptureError>;
     /// A short description for logs and status (`/dev/video0 1280x720 MJPG`).
     fn describe(&self) -> String;
+    /// Frames decoded so far despite damaged JPEG data (kept).
+    fn damaged(&self) -> u64 {
+        0
+    }
 }
 
 /// Opens the source a camera config names, decoding JPEG frames no smaller than `size`.

@@ -115,6 +115,10 @@ impl FrameSource for V4l2Source {
         Ok(Frame::capture(image, &mut self.seq))
     }
 
+    fn damaged(&self) -> u64 {
+        self.decoder.damaged()
+    }
+
     fn describe(&self) -> String {
         format!(
             "{} {}x{} {}",

@@ -701,6 +701,9 @@ async fn an_undecodable_picture_is_skipped_and_counted_while_the_camera_runs() -
     copy_pictures(&pictures, &["dog.jpg", "person.jpg"])?;
     // First in name order: a JPEG start, then nothing a decoder can use.
     std::fs::write(pictures.join("broken.jpg"), b"\xFF\xD8\xFF\xE0garbage")?;
+    // A picture whose end was lost, as over a bad USB link: decoded, kept and counted.
+    let dog = std::fs::read(pictures.join("dog.jpg"))?;
+    std::fs::write(pictures.join("cut.jpg"), &dog[..dog.len() * 2 / 3])?;
     let (config, base) = write_agent_config(
         tmp.path(),
         &nats.url(),
@@ -733,12 +736,12 @@ source = {{ kind = "file", path = "{}", fps = 10.0 }}
         error.contains("broken.jpg") && error.contains("JPEG"),
         "{error}"
     );
-    // Two good pictures for each bad one: the bad one is skipped, not retried.
+    // Three pictures decoded (one damaged) for each bad one: the bad one is skipped.
     let (frames, errors) = (
         door["frames_captured"].as_u64().unwrap_or(0),
         door["errors"].as_u64().unwrap_or(0),
     );
-    assert!(frames >= 2 * errors - 2, "{frames} frames, {errors} errors");
+    assert!(frames >= 3 * errors - 3, "{frames} frames, {errors} errors");
     let metrics = metrics_text(&http, &base).await?;
     assert!(
         sightline_tests::stack::metric(
@@ -751,6 +754,14 @@ source = {{ kind = "file", path = "{}", fps = 10.0 }}
     assert_eq!(
         sightline_tests::stack::metric(&metrics, "sightline_edge_camera_up", "camera=\"door\""),
         1.0
+    );
+    assert!(
+        sightline_tests::stack::metric(
+            &metrics,
+            "sightline_edge_camera_frames_damaged_total",
+            "camera=\"door\""
+        ) >= 2.0,
+        "{metrics}"
     );
     let exit = agent.terminate().await?;
     anyhow::ensure!(exit.success(), "the agent exited with {exit}");

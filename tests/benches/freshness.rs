@@ -16,8 +16,9 @@
 //! Each rate also prints how many cores each part kept busy (nats-server, ClickHouse, ingest,
 //! the edge buffer's thread and the rest of this process, from /proc), to show where the
 //! time goes when the machine cannot keep up.
-//! Then the same at the first rate with ingest killed (`kill -9`) halfway and restarted 2 s
-//! later: how long after the restart the last held event appeared.
+//! Then the same at the first rate with ingest killed (`kill -9`) halfway (plus a random
+//! part of a second) and restarted 2 s later: how long after the restart the last held event
+//! appeared, and how many probes it held.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -261,7 +262,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let (held, held_last) = phase.held.unwrap_or((0, f64::NAN));
     println!(
-        "  {rate} events/s, ingest killed (kill -9) halfway and restarted 2 s later: every held event visible {:.1} s after the restart (capture -> visible max {:.1} s); {held} probes captured before the kill appeared after the restart, the last {held_last:.1} s after it",
+        "  {rate} events/s, ingest killed (kill -9) about halfway and restarted 2 s later: every held event visible {:.1} s after the restart (capture -> visible max {:.1} s); {held} probes captured before the kill appeared after the restart, the last {held_last:.1} s after it",
         phase.after_restart.unwrap_or(f64::NAN),
         quantile(&phase.latencies, 1.0)
     );
@@ -464,10 +465,14 @@ async fn run_phase(
     let mut killed_at: Option<i64> = None;
     let mut respawn_at: Option<Instant> = None;
     let mut commits = Vec::new();
+    // Halfway, plus up to a second: a kill at a whole second after the start can land
+    // between two of ingest's one-second batches, with nothing held.
+    let kill_after = Duration::from_secs(secs / 2)
+        + Duration::from_millis(rand::Rng::random_range(&mut rng, 0..1000));
     while started.elapsed() < Duration::from_secs(secs) || respawn_at.is_some() {
         ticker.tick().await;
         // With `kill`: ingest killed halfway, started again 2 s later; the cameras go on.
-        if kill && killed_at.is_none() && started.elapsed() >= Duration::from_secs(secs / 2) {
+        if kill && killed_at.is_none() && started.elapsed() >= kill_after {
             ingest.kill_9()?;
             killed_at = Some(sightline_runtime::now().as_millis());
             respawn_at = Some(Instant::now() + Duration::from_secs(2));

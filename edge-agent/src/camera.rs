@@ -347,24 +347,28 @@ impl Camera {
     /// One frame could not be decoded: counted as an error and reported, but the camera is
     /// running and goes on to the next frame. Logged the 1st, 2nd, 4th, 8th... time.
     fn bad_frame(&self, label: &CameraLabel, error: &CaptureError, total: u64) {
-        self.metrics.cameras.errors.get_or_create(label).inc();
         if total.is_power_of_two() {
             tracing::warn!(camera = %self.config.id, %error, skipped = total, "an undecodable frame, skipped");
         }
-        self.state.update(|s| {
-            s.errors += 1;
-            s.last_error = Some(error.to_string());
-        });
+        self.count_error(label, error, false);
     }
 
     fn failed(&self, label: &CameraLabel, error: &CaptureError) {
         let m = &self.metrics.cameras;
-        m.errors.get_or_create(label).inc();
         m.up.get_or_create(label).set(0);
         self.set_fps(label, 0.0);
         tracing::error!(camera = %self.config.id, %error, "camera failed; retrying");
+        self.count_error(label, error, true);
+    }
+
+    /// An error in the metric and the status (which says `retrying` when the source is
+    /// reopened).
+    fn count_error(&self, label: &CameraLabel, error: &CaptureError, retrying: bool) {
+        self.metrics.cameras.errors.get_or_create(label).inc();
         self.state.update(|s| {
-            s.state = "retrying";
+            if retrying {
+                s.state = "retrying";
+            }
             s.errors += 1;
             s.last_error = Some(error.to_string());
         });

@@ -298,6 +298,7 @@ fn idle_costs(
 
 /// Per-frame stage times of the agent's path (scaled decode, detect) and of the full-size
 /// decode it replaced (the image crate's, then the same detector), frame by frame.
+#[derive(Default)]
 struct Costs {
     decode: Vec<Duration>,
     pre: Vec<Duration>,
@@ -318,17 +319,7 @@ fn frame_costs(
     frames: usize,
     python: &mut Python,
 ) -> anyhow::Result<Costs> {
-    let mut costs = Costs {
-        decode: Vec::new(),
-        pre: Vec::new(),
-        infer: Vec::new(),
-        post: Vec::new(),
-        total: Vec::new(),
-        full_decode: Vec::new(),
-        full_pre: Vec::new(),
-        full_total: Vec::new(),
-        found: 0,
-    };
+    let mut costs = Costs::default();
     for i in 0..frames {
         if i % TURN == 0 {
             python.turn(TURN.min(frames - i))?;

@@ -32,7 +32,21 @@ pub struct Capabilities {
     /// migration runner adds only missing columns on any server; this decides how the printed
     /// schema (`--print-schema`) spells such a statement.
     pub add_column_if_not_exists: bool,
+    /// The `min_compress_block_size` / `max_compress_block_size` MergeTree settings (a
+    /// table's own compressed block sizes): not in 18.16, where they are server-wide. See
+    /// [`SMALL_BLOCKS`].
+    pub table_compress_blocks: bool,
 }
+
+/// The compressed block sizes of `events` where the table can have its own: 4-64 kB
+/// instead of 64 kB-1 MB. A read of a few rows decompresses whole blocks of every column,
+/// so with the 1,024-row granules of migration 0012 this is what makes reading 100 events
+/// spread over 50 cameras about 2.5x cheaper (docs/benchmarks.md, issue 21). Whole-table
+/// scans read the same bytes; the files compress a little less well.
+pub const SMALL_BLOCKS: &str = "min_compress_block_size = 4096, max_compress_block_size = 65536";
+
+/// The tables given [`SMALL_BLOCKS`].
+pub const SMALL_BLOCK_TABLES: [&str; 1] = [tables::EVENTS];
 
 /// How many recent insert blocks each table remembers for deduplication (one per partition
 /// an INSERT touches): a retried batch is recognised if fewer than this many blocks were
@@ -53,6 +67,7 @@ impl Capabilities {
         partitions_per_insert_limit: true,
         insert_dedup_token: true,
         add_column_if_not_exists: true,
+        table_compress_blocks: true,
     };
 
     /// What Debian's ClickHouse 18.16 has.
@@ -63,6 +78,7 @@ impl Capabilities {
         partitions_per_insert_limit: false,
         insert_dedup_token: false,
         add_column_if_not_exists: false,
+        table_compress_blocks: false,
     };
 
     /// Asks the server.
@@ -100,6 +116,11 @@ impl Capabilities {
                 .fetch_one::<u64>()
                 .await?
                 > 0;
+        let table_compress_blocks = client
+            .query("SELECT count() FROM system.merge_tree_settings WHERE name = 'max_compress_block_size'")
+            .fetch_one::<u64>()
+            .await?
+            > 0;
         Ok(Self {
             version,
             ttl,
@@ -107,6 +128,7 @@ impl Capabilities {
             partitions_per_insert_limit,
             insert_dedup_token,
             add_column_if_not_exists: version >= (19, 1),
+            table_compress_blocks,
         })
     }
 
@@ -123,6 +145,27 @@ impl Capabilities {
             .map(|table| dedup_statement(db, table))
             .collect()
     }
+
+    /// The statements that give `table` the layout settings this server allows a table
+    /// ([`SMALL_BLOCKS`]); none on 18.16.
+    pub fn layout_statements(self, db: &str, table: &str) -> Vec<String> {
+        if !self.table_compress_blocks {
+            return Vec::new();
+        }
+        vec![format!(
+            "ALTER TABLE `{db}`.{table} MODIFY SETTING {SMALL_BLOCKS}"
+        )]
+    }
+
+    /// Every table setting applied after the migrations: the deduplication windows and the
+    /// layout settings.
+    pub fn table_setting_statements(self, db: &str) -> Vec<String> {
+        let mut statements = self.dedup_statements(db);
+        for table in SMALL_BLOCK_TABLES {
+            statements.extend(self.layout_statements(db, table));
+        }
+        statements
+    }
 }
 
 fn dedup_statement(db: &str, table: &str) -> String {
@@ -132,24 +175,36 @@ fn dedup_statement(db: &str, table: &str) -> String {
 }
 
 /// Gives each table of [`DEDUP_TABLES`] its deduplication window where the server has
-/// insert deduplication tokens and the table lacks it.
-pub async fn apply_dedup_window(
+/// insert deduplication tokens, and each of [`SMALL_BLOCK_TABLES`] its block sizes where
+/// tables can have their own, when the table lacks them.
+pub async fn apply_table_settings(
     client: &Client,
     db: &str,
     caps: Capabilities,
 ) -> Result<(), clickhouse::error::Error> {
-    if !caps.insert_dedup_token {
-        return Ok(());
+    if caps.insert_dedup_token {
+        let wanted = format!("non_replicated_deduplication_window = {DEDUP_WINDOW_BLOCKS}");
+        for table in DEDUP_TABLES {
+            if !engine_full(client, db, table).await?.contains(&wanted) {
+                tracing::info!(
+                    table,
+                    blocks = DEDUP_WINDOW_BLOCKS,
+                    "setting the table's insert deduplication window"
+                );
+                client.query(&dedup_statement(db, table)).execute().await?;
+            }
+        }
     }
-    let wanted = format!("non_replicated_deduplication_window = {DEDUP_WINDOW_BLOCKS}");
-    for table in DEDUP_TABLES {
-        if !engine_full(client, db, table).await?.contains(&wanted) {
-            tracing::info!(
-                table,
-                blocks = DEDUP_WINDOW_BLOCKS,
-                "setting the table's insert deduplication window"
-            );
-            client.query(&dedup_statement(db, table)).execute().await?;
+    for table in SMALL_BLOCK_TABLES {
+        for statement in caps.layout_statements(db, table) {
+            if !engine_full(client, db, table).await?.contains(SMALL_BLOCKS) {
+                tracing::info!(
+                    table,
+                    SMALL_BLOCKS,
+                    "setting the table's compressed block sizes"
+                );
+                client.query(&statement).execute().await?;
+            }
         }
     }
     Ok(())

@@ -6,6 +6,8 @@
 //! * [`schema`]: the row types, in column order ([`EventRow`], [`HeartbeatRow`]).
 //! * [`migrations`]: the versioned DDL (`store/migrations/*.sql`, checksummed), and
 //!   [`setup`], which brings a server up to this build under a caller's [`SchemaLock`].
+//! * [`rebuild`]: a table rebuilt into a layout ClickHouse cannot change in place (copy,
+//!   swap, views), resumable after a crash.
 //! * [`capabilities`]: what the server can do (TTL, deduplication tokens), detected once.
 //! * [`retention`]: how long each table keeps its rows (TTL, or partition sweeps).
 //! * [`error`]: what a ClickHouse error means (bad data, over limit, bad argument, schema
@@ -20,6 +22,7 @@ pub mod capabilities;
 pub mod error;
 pub mod insert;
 pub mod migrations;
+pub mod rebuild;
 pub mod retention;
 pub mod schema;
 pub mod setup;

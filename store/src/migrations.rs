@@ -14,6 +14,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::error::is_unavailable;
+use crate::rebuild::{self, Rebuild};
 
 /// One migration file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +22,9 @@ pub struct Migration {
     pub version: u32,
     pub name: &'static str,
     pub sql: &'static str,
+    /// A table rebuilt into a new layout: the SQL makes the new table, [`rebuild::run`]
+    /// copies and swaps.
+    pub rebuild: Option<Rebuild>,
 }
 
 /// All migrations, in order.
@@ -29,56 +33,78 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 1,
         name: "events",
         sql: include_str!("../migrations/0001_events.sql"),
+        rebuild: None,
     },
     Migration {
         version: 2,
         name: "detections",
         sql: include_str!("../migrations/0002_detections.sql"),
+        rebuild: None,
     },
     Migration {
         version: 3,
         name: "detections_hourly",
         sql: include_str!("../migrations/0003_detections_hourly.sql"),
+        rebuild: None,
     },
     Migration {
         version: 4,
         name: "events_by_id",
         sql: include_str!("../migrations/0004_events_by_id.sql"),
+        rebuild: None,
     },
     Migration {
         version: 5,
         name: "edge_heartbeats",
         sql: include_str!("../migrations/0005_edge_heartbeats.sql"),
+        rebuild: None,
     },
     Migration {
         version: 6,
         name: "edge_heartbeats_v2",
         sql: include_str!("../migrations/0006_edge_heartbeats_v2.sql"),
+        rebuild: None,
     },
     Migration {
         version: 7,
         name: "tracks",
         sql: include_str!("../migrations/0007_tracks.sql"),
+        rebuild: None,
     },
     Migration {
         version: 8,
         name: "tracks_by_id",
         sql: include_str!("../migrations/0008_tracks_by_id.sql"),
+        rebuild: None,
     },
     Migration {
         version: 9,
         name: "event_zones",
         sql: include_str!("../migrations/0009_event_zones.sql"),
+        rebuild: None,
     },
     Migration {
         version: 10,
         name: "snapshots",
         sql: include_str!("../migrations/0010_snapshots.sql"),
+        rebuild: None,
     },
     Migration {
         version: 11,
         name: "heartbeat_uploads",
         sql: include_str!("../migrations/0011_heartbeat_uploads.sql"),
+        rebuild: None,
+    },
+    Migration {
+        version: 12,
+        name: "events_layout",
+        sql: include_str!("../migrations/0012_events_layout.sql"),
+        rebuild: Some(Rebuild {
+            table: crate::tables::EVENTS,
+            marker: "index_granularity = 1024",
+            arrival: "ingested_at",
+            id: "event_id",
+        }),
     },
 ];
 
@@ -108,6 +134,22 @@ pub enum MigrationError {
         applied: String,
         current: String,
     },
+    /// A step of a table rebuild was rejected. Starting again resumes it.
+    #[error("migration {version:04}_{name} failed while {step}: {source}")]
+    Rebuild {
+        version: u32,
+        name: &'static str,
+        step: String,
+        #[source]
+        source: clickhouse::error::Error,
+    },
+    /// A rebuild found its tables in a state it did not leave them in.
+    #[error("migration {version:04}_{name} cannot go on: {state}")]
+    RebuildState {
+        version: u32,
+        name: &'static str,
+        state: String,
+    },
     /// Reading or writing `schema_migrations` failed.
     #[error("failed to read or record schema_migrations: {0}")]
     Bookkeeping(#[source] clickhouse::error::Error),
@@ -128,6 +170,16 @@ impl Migration {
     /// The migration's statements for database `db`.
     pub fn statements(&self, db: &str) -> Vec<String> {
         split_statements(&self.sql.replace("{db}", &format!("`{db}`")))
+    }
+
+    /// The statements to apply the migration by hand on a store nobody writes to meanwhile:
+    /// its SQL, then a rebuild's copy, renames and views.
+    pub fn printed_statements(&self, db: &str) -> Vec<String> {
+        let mut statements = self.statements(db);
+        if let Some(rebuild) = self.rebuild {
+            statements.extend(rebuild.plain_statements(db, self.version));
+        }
+        statements
     }
 
     /// A stable checksum of the file (FNV-1a, 64 bits, hex).
@@ -184,6 +236,12 @@ pub fn bootstrap(db: &str) -> [String; 2] {
 
 /// Applies every migration not yet recorded; returns the versions it applied.
 pub async fn migrate(client: &Client, db: &str) -> Result<Vec<u32>, MigrationError> {
+    migrate_to(client, db, u32::MAX).await
+}
+
+/// Applies the migrations not yet recorded up to version `last`: a store as an older build
+/// left it, for tests of the migrations that come after.
+pub async fn migrate_to(client: &Client, db: &str, last: u32) -> Result<Vec<u32>, MigrationError> {
     for statement in bootstrap(db) {
         client.query(&statement).execute().await.map_err(|e| {
             if is_unavailable(&e) {
@@ -195,9 +253,19 @@ pub async fn migrate(client: &Client, db: &str) -> Result<Vec<u32>, MigrationErr
     }
     let applied = applied(client, db).await?;
     let mut done = Vec::new();
-    for migration in unapplied(&applied)? {
+    for migration in unapplied(&applied)?
+        .into_iter()
+        .filter(|m| m.version <= last)
+    {
         let current = migration.checksum();
-        for (i, statement) in migration.statements(db).iter().enumerate() {
+        let statements = match migration.rebuild {
+            Some(plan) => {
+                rebuild::run(client, db, migration, plan).await?;
+                Vec::new()
+            }
+            None => migration.statements(db),
+        };
+        for (i, statement) in statements.iter().enumerate() {
             run_statement(client, db, statement)
                 .await
                 .map_err(|source| {
@@ -390,7 +458,7 @@ mod tests {
     fn migrations_are_ordered_and_split() {
         assert!(MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version));
         let statements: Vec<_> = MIGRATIONS.iter().flat_map(|m| m.statements("db")).collect();
-        assert_eq!(statements.len(), 17);
+        assert_eq!(statements.len(), 18);
         // Every statement is safe to run twice: DDL with IF NOT EXISTS, backfills that skip
         // what is already there (ADD COLUMN IF NOT EXISTS runs as adds of what is missing).
         assert!(statements.iter().all(|s| s.contains("`db`.")
@@ -436,6 +504,7 @@ mod tests {
             version: 0,
             name: "probe",
             sql: "SELECT 1\r\n",
+            rebuild: None,
         };
         assert_eq!(crlf.checksum(), "72d150e7c77ff168");
         assert_eq!(MIGRATIONS[0].checksum(), "a4e2ca193c0f0aa5");

@@ -1,6 +1,6 @@
 //! Bringing a server's schema up to this build: detect what the server can do, apply the
-//! migrations, set retention TTL and the insert deduplication windows where the server has
-//! them. Where several writers start together, the caller serialises this with a
+//! migrations, set retention TTL and the table settings (insert deduplication windows,
+//! compressed block sizes) where the server has them. Where several writers start together, the caller serialises this with a
 //! [`SchemaLock`] (ingest holds a Kubernetes Lease); the store knows nothing of how.
 
 use std::future::Future;
@@ -75,8 +75,9 @@ impl SetupError {
 }
 
 /// Detects what the server can do, then, under `lock`, applies the migrations and sets
-/// retention TTL and the deduplication windows where the server has them (a second writer
-/// that waited for the lock finds nothing left to migrate and sets the same TTL).
+/// retention TTL and the table settings (deduplication windows, block sizes) where the server
+/// has them (a second writer that waited for the lock finds nothing left to migrate and sets
+/// the same TTL).
 pub async fn prepare(
     admin: &Client,
     db: &str,
@@ -91,7 +92,7 @@ pub async fn prepare(
         retention::apply_ttl(admin, db, retention, caps)
             .await
             .map_err(SetupError::Ttl)?;
-        capabilities::apply_dedup_window(admin, db, caps)
+        capabilities::apply_table_settings(admin, db, caps)
             .await
             .map_err(SetupError::TableSettings)
     };
@@ -100,15 +101,15 @@ pub async fn prepare(
 }
 
 /// Every statement the schema takes on a server with `caps`, in order: the bootstrap, the
-/// migrations, the retention TTL, the deduplication windows (for review, or to apply by
-/// hand: `ingest-service --print-schema`).
+/// migrations (a rebuild as its plain copy and renames), the retention TTL, the table
+/// settings (for review, or to apply by hand: `ingest-service --print-schema`).
 pub fn statements(db: &str, retention: &RetentionSettings, caps: Capabilities) -> Vec<String> {
     migrations::bootstrap(db)
         .into_iter()
         .chain(
             migrations::MIGRATIONS
                 .iter()
-                .flat_map(|m| m.statements(db))
+                .flat_map(|m| m.printed_statements(db))
                 .map(|s| {
                     if caps.add_column_if_not_exists {
                         s
@@ -118,6 +119,6 @@ pub fn statements(db: &str, retention: &RetentionSettings, caps: Capabilities) -
                 }),
         )
         .chain(retention.ttl_statements(db, caps))
-        .chain(caps.dedup_statements(db))
+        .chain(caps.table_setting_statements(db))
         .collect()
 }

@@ -561,14 +561,27 @@ pub async fn bench_nats() -> anyhow::Result<(
 
 /// A ClickHouse of the `SIGHTLINE_SERVERS` generation for a benchmark, with the schema in
 /// database `sightline`, an admin client of it and a sink that writes as ingest does.
+/// `SIGHTLINE_BENCH_SCHEMA=N` stops the migrations at version N: the same bench on the
+/// schema an older build left (for a before-and-after in one sitting).
 pub async fn bench_clickhouse() -> anyhow::Result<(ClickHouseServer, clickhouse::Client, Sink)> {
     let clickhouse = ClickHouseServer::start()?;
     let admin = sightline_store::client(&clickhouse.config())?;
-    sightline_store::migrations::migrate(&admin, "sightline").await?;
-    let sink = Sink::new(
+    let last = match std::env::var("SIGHTLINE_BENCH_SCHEMA") {
+        Ok(version) => version.parse().with_context(|| {
+            format!("SIGHTLINE_BENCH_SCHEMA={version}: not a migration version")
+        })?,
+        Err(_) => u32::MAX,
+    };
+    sightline_store::migrations::migrate_to(&admin, "sightline", last).await?;
+    let sink = sink(&admin);
+    Ok((clickhouse, admin, sink))
+}
+
+/// A sink that writes events to database `sightline` through `admin` as ingest does.
+pub fn sink(admin: &clickhouse::Client) -> Sink {
+    Sink::new(
         admin.clone().with_database("sightline"),
         Duration::from_secs(300),
         IngestMetrics::new(&mut prometheus_client::registry::Registry::default()),
-    );
-    Ok((clickhouse, admin, sink))
+    )
 }

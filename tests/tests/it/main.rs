@@ -12,6 +12,7 @@ mod e2e;
 mod edge;
 mod faults;
 mod monitoring;
+mod rebuild;
 mod schema;
 mod snapshots;
 mod tracks;

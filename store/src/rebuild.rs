@@ -1,0 +1,533 @@
+//! Rebuilding a table whose layout ClickHouse cannot change in place.
+//!
+//! ClickHouse fixes a MergeTree table's granularity and sorting key when the table is made.
+//! A migration that changes them ([`Migration::rebuild`]) makes a new table beside the old
+//! one (its SQL: `CREATE TABLE <table>_rebuild AS <table> ...`) and then, here:
+//!
+//! 1. copies every partition of `<table>` into `<table>_rebuild`, one at a time, while the
+//!    table stays live (ingest may keep writing);
+//! 2. copies again what arrived meanwhile: rows whose arrival time is within a minute of the
+//!    newest one copied, or later. Copying a row twice is harmless: the tables are
+//!    ReplacingMergeTree on a key that includes the event id, and readers use
+//!    `LIMIT 1 BY`; and a view never sees these copies (none reads `<table>_rebuild`);
+//! 3. renames `<table>` to `<table>_old`. Writes fail from here until step 4 (ingest keeps
+//!    the batch and retries it), so `<table>_old` no longer changes and copying what arrived
+//!    since step 2 makes the copy complete;
+//! 4. renames `<table>_rebuild` to `<table>`;
+//! 5. makes the views over the table read the new one. On ClickHouse 18.16 (Ordinary
+//!    databases) a view follows its source's *name* and already does. In an Atomic database
+//!    (modern servers) it followed the renamed old table, so each view is dropped and made
+//!    again from its migration's text, and the rows another writer put in the new table
+//!    before that are passed through the view by hand;
+//! 6. drops `<table>_old`.
+//!
+//! A crash anywhere leaves a state the next start recognises from which tables exist and
+//! which layout `<table>` has (its `engine_full` carries [`Rebuild::marker`]):
+//!
+//! | `<table>` | `_rebuild` | `_old` | resumes at |
+//! |---|---|---|---|
+//! | old layout | any | no | 1 (a half copy is copied into again) |
+//! | missing | yes | yes | 3's copy |
+//! | missing | no | yes | `_old` renamed back, then 1 |
+//! | new layout | no | yes | 5 |
+//! | new layout | no | no | done |
+//!
+//! Two writers may run it at once (replicas starting together without a lock): nothing is
+//! dropped that the other may be filling, and a step that fails because the other moved
+//! the tables on is followed by the next one from the new state.
+//!
+//! What it costs: the copy reads and writes every row once (the query bench's 10M events:
+//! under a minute), and the disk holds both tables until step 6. The views' tables are
+//! never rewritten. One imprecision, only with another writer running during the swap (an
+//! ingest replica of an older build in a rolling upgrade): a row that writer put in the new
+//! table in the moment before step 5 made the views again may be counted twice in the
+//! hourly rollup, as a redelivered event already may be; `events` and `detections` hold it
+//! once.
+
+use clickhouse::Client;
+
+use crate::capabilities::Capabilities;
+use crate::migrations::{MIGRATIONS, Migration, MigrationError};
+
+/// A rebuild of one table into a new layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rebuild {
+    /// The table rebuilt.
+    pub table: &'static str,
+    /// Text the rebuilt table's `engine_full` has and the old one's lacks.
+    pub marker: &'static str,
+    /// The table's arrival-time column (`DateTime`, set by the server on insert): what
+    /// tells rows that arrived during the copy.
+    pub arrival: &'static str,
+    /// The column that names a row (with the sorting key, what makes two copies one).
+    pub id: &'static str,
+}
+
+/// How far back from the newest row copied a catch-up copy reaches: longer than an INSERT
+/// can run between taking its arrival time and becoming visible.
+const CATCH_UP_MARGIN_SECS: u32 = 60;
+
+/// How many times a rebuild goes on after another writer moved the tables under it.
+const MAX_RACES: u32 = 8;
+
+/// What a rebuild does on a server, one step named at a time for errors.
+struct Run<'a> {
+    client: &'a Client,
+    db: &'a str,
+    migration: &'static Migration,
+    rebuild: Rebuild,
+}
+
+/// Which of the tables exist, and the layout of the live one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// `<table>` with the old layout: start (or start again) at the copy.
+    Old,
+    /// Only `_rebuild` and `_old`: the crash came between the renames.
+    BetweenRenames,
+    /// Only `_old`: restore it, then start again.
+    OnlyOld,
+    /// `<table>` rebuilt, `_old` still there: the views and the drop are left.
+    Swapped,
+    /// Nothing left to do.
+    Done,
+}
+
+impl Rebuild {
+    /// The new table's name while it is being filled.
+    pub fn new_name(&self) -> String {
+        format!("{}_rebuild", self.table)
+    }
+
+    /// The old table's name between the swap and its drop.
+    pub fn old_name(&self) -> String {
+        format!("{}_old", self.table)
+    }
+
+    /// The statements a person applying the schema by hand runs after the migration's SQL
+    /// (`ingest-service --print-schema`), on a store nobody writes to meanwhile.
+    pub fn plain_statements(&self, db: &str, before: u32) -> Vec<String> {
+        let (table, new, old) = (self.table, self.new_name(), self.old_name());
+        let mut statements = vec![
+            format!("INSERT INTO `{db}`.{new} SELECT * FROM `{db}`.{table}"),
+            format!("RENAME TABLE `{db}`.{table} TO `{db}`.{old}"),
+            format!("RENAME TABLE `{db}`.{new} TO `{db}`.{table}"),
+        ];
+        // Harmless where views follow the name (18.16), needed where they follow the table.
+        for view in views_over(db, table, before) {
+            statements.push(format!("DROP TABLE IF EXISTS `{db}`.{}", view.name));
+            statements.push(view.create);
+        }
+        statements.push(format!("DROP TABLE `{db}`.{old}"));
+        statements
+    }
+}
+
+/// A materialized view over the rebuilt table, as its migration made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct View {
+    pub(crate) name: String,
+    pub(crate) target: String,
+    /// The `CREATE MATERIALIZED VIEW` statement.
+    pub(crate) create: String,
+    /// Its `SELECT`.
+    pub(crate) select: String,
+}
+
+impl View {
+    /// The view's own insert for the rows of its source that match `condition`.
+    pub(crate) fn backfill(&self, db: &str, condition: &str) -> String {
+        let select = match self.select.find("\nGROUP BY") {
+            Some(at) => format!(
+                "{}\nWHERE {condition}{}",
+                &self.select[..at],
+                &self.select[at..]
+            ),
+            None => format!("{}\nWHERE {condition}", self.select),
+        };
+        format!("INSERT INTO `{db}`.{} {select}", self.target)
+    }
+}
+
+/// Every materialized view that migrations before `before` made over `table`, in order.
+pub(crate) fn views_over(db: &str, table: &str, before: u32) -> Vec<View> {
+    let source = format!("FROM `{db}`.{table}");
+    MIGRATIONS
+        .iter()
+        .filter(|m| m.version < before)
+        .flat_map(|m| m.statements(db))
+        .filter_map(|statement| {
+            let text: String = statement
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let rest = text.strip_prefix("CREATE MATERIALIZED VIEW IF NOT EXISTS ")?;
+            let reads = text.match_indices(&source).any(|(at, _)| {
+                text[at + source.len()..]
+                    .chars()
+                    .next()
+                    .is_none_or(char::is_whitespace)
+            });
+            if !reads {
+                return None;
+            }
+            let unqualify = |name: &str| name.rsplit('.').next().unwrap_or(name).to_owned();
+            let name = unqualify(rest.split_whitespace().next()?);
+            let target = unqualify(rest.split(" TO ").nth(1)?.split_whitespace().next()?);
+            let select = text.split_once(" AS\nSELECT")?.1;
+            Some(View {
+                name,
+                target,
+                select: format!("SELECT{select}"),
+                create: text.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Runs the rebuild of `migration` (whose SQL makes the new table) to its end, from
+/// wherever an earlier run stopped.
+pub async fn run(
+    client: &Client,
+    db: &str,
+    migration: &'static Migration,
+    rebuild: Rebuild,
+) -> Result<(), MigrationError> {
+    Run {
+        client,
+        db,
+        migration,
+        rebuild,
+    }
+    .go()
+    .await
+}
+
+impl Run<'_> {
+    fn failed(&self, step: &str) -> impl FnOnce(clickhouse::error::Error) -> MigrationError {
+        let (version, name, step) = (self.migration.version, self.migration.name, step.to_owned());
+        move |source| {
+            if crate::error::is_unavailable(&source) {
+                MigrationError::Unavailable(source)
+            } else {
+                MigrationError::Rebuild {
+                    version,
+                    name,
+                    step,
+                    source,
+                }
+            }
+        }
+    }
+
+    async fn execute(&self, step: &str, sql: &str) -> Result<(), MigrationError> {
+        self.client
+            .query(sql)
+            .execute()
+            .await
+            .map_err(self.failed(step))
+    }
+
+    fn qualified(&self, table: &str) -> String {
+        format!("`{}`.{table}", self.db)
+    }
+
+    async fn engine_full(&self, table: &str) -> Result<Option<String>, MigrationError> {
+        self.client
+            .query("SELECT engine_full FROM system.tables WHERE database = ? AND name = ?")
+            .bind(self.db)
+            .bind(table)
+            .fetch_optional::<String>()
+            .await
+            .map_err(self.failed("reading the tables' state"))
+    }
+
+    async fn state(&self) -> Result<State, MigrationError> {
+        let live = self.engine_full(self.rebuild.table).await?;
+        let new = self.engine_full(&self.rebuild.new_name()).await?.is_some();
+        let old = self.engine_full(&self.rebuild.old_name()).await?.is_some();
+        let rebuilt = live.as_ref().map(|e| e.contains(self.rebuild.marker));
+        Ok(match (rebuilt, new, old) {
+            (Some(false), _, false) => State::Old,
+            (None, true, true) => State::BetweenRenames,
+            (None, false, true) => State::OnlyOld,
+            (Some(true), false, true) => State::Swapped,
+            (Some(true), false, false) => State::Done,
+            _ => {
+                return Err(MigrationError::RebuildState {
+                    version: self.migration.version,
+                    name: self.migration.name,
+                    state: format!(
+                        "`{}` {}, `{}` {}, `{}` {}: resolve by hand (keep the table with the \
+                         data, drop or rename the others), then start again",
+                        self.rebuild.table,
+                        match rebuilt {
+                            None => "missing",
+                            Some(true) => "rebuilt",
+                            Some(false) => "not rebuilt",
+                        },
+                        self.rebuild.new_name(),
+                        if new { "exists" } else { "missing" },
+                        self.rebuild.old_name(),
+                        if old { "exists" } else { "missing" },
+                    ),
+                });
+            }
+        })
+    }
+
+    async fn go(&self) -> Result<(), MigrationError> {
+        let table = self.rebuild.table;
+        let mut raced = 0;
+        loop {
+            let state = self.state().await?;
+            if state == State::Done {
+                tracing::info!(table, "table rebuilt");
+                return Ok(());
+            }
+            tracing::info!(table, ?state, "rebuilding a table into a new layout");
+            let Err(error) = self.advance(state).await else {
+                continue;
+            };
+            // Another writer running the same rebuild (two replicas without a lock) may
+            // have moved the tables under this one: go on from where it left them. A step
+            // that failed with the tables as they were is an error.
+            let now = self.state().await?;
+            if now == state || raced == MAX_RACES || error.is_transient() {
+                return Err(error);
+            }
+            raced += 1;
+            tracing::info!(table, %error, ?state, ?now, "another writer moved the rebuild on");
+        }
+    }
+
+    /// Takes the tables from `state` to the next state.
+    async fn advance(&self, state: State) -> Result<(), MigrationError> {
+        let (table, new, old) = (
+            self.rebuild.table,
+            self.rebuild.new_name(),
+            self.rebuild.old_name(),
+        );
+        let rename = |from: &str, to: &str| {
+            format!(
+                "RENAME TABLE {} TO {}",
+                self.qualified(from),
+                self.qualified(to)
+            )
+        };
+        match state {
+            State::OnlyOld => {
+                self.execute("restoring the old table", &rename(&old, table))
+                    .await
+            }
+            State::Old => {
+                self.copy().await?;
+                self.execute("renaming the old table", &rename(table, &old))
+                    .await
+            }
+            State::BetweenRenames => {
+                // `_old` is no longer written: this copy completes the new table.
+                self.catch_up(&old).await?;
+                self.execute("renaming the new table", &rename(&new, table))
+                    .await
+            }
+            State::Swapped => {
+                self.follow_views().await?;
+                self.execute(
+                    "dropping the old table",
+                    &format!("DROP TABLE {}", self.qualified(&old)),
+                )
+                .await
+            }
+            State::Done => Ok(()),
+        }
+    }
+
+    /// Steps 1 and 2: makes the new table (or takes the one a stopped run left: copying a
+    /// row twice is harmless) and copies every partition, then what arrived meanwhile.
+    async fn copy(&self) -> Result<(), MigrationError> {
+        let (table, new) = (self.rebuild.table, self.rebuild.new_name());
+        for (i, statement) in self.migration.statements(self.db).iter().enumerate() {
+            self.execute(&format!("statement {}", i + 1), statement)
+                .await?;
+        }
+        // Table settings that depend on the server (small compressed blocks where the
+        // table can have them) are in place before any row is written.
+        let caps = Capabilities::detect(self.client)
+            .await
+            .map_err(self.failed("detecting the server's capabilities"))?;
+        for statement in caps.layout_statements(self.db, &new) {
+            self.execute("setting the new table's layout", &statement)
+                .await?;
+        }
+        let partitions: Vec<String> = self
+            .client
+            .query(
+                "SELECT DISTINCT partition_id FROM system.parts \
+                 WHERE database = ? AND table = ? AND active ORDER BY partition_id",
+            )
+            .bind(self.db)
+            .bind(table)
+            .fetch_all()
+            .await
+            .map_err(self.failed("listing the partitions"))?;
+        let started = std::time::Instant::now();
+        for (i, partition) in partitions.iter().enumerate() {
+            self.client
+                .query(&format!(
+                    "INSERT INTO {} SELECT * FROM {} WHERE _partition_id = ?",
+                    self.qualified(&new),
+                    self.qualified(table)
+                ))
+                .bind(partition)
+                .execute()
+                .await
+                .map_err(self.failed(&format!("copying partition {partition}")))?;
+            tracing::info!(
+                table,
+                partition,
+                done = i + 1,
+                of = partitions.len(),
+                elapsed_s = started.elapsed().as_secs(),
+                "copied a partition"
+            );
+        }
+        self.catch_up(table).await
+    }
+
+    /// Copies the rows of `from` that arrived within [`CATCH_UP_MARGIN_SECS`] of the newest
+    /// row the new table has, or later: every row a copy so far may have missed.
+    async fn catch_up(&self, from: &str) -> Result<(), MigrationError> {
+        let (new, arrival) = (self.rebuild.new_name(), self.rebuild.arrival);
+        let newest: u32 = self
+            .client
+            .query(&format!(
+                "SELECT toUInt32(max({arrival})) FROM {}",
+                self.qualified(&new)
+            ))
+            .fetch_one()
+            .await
+            .map_err(self.failed("reading the newest copied row"))?;
+        let since = newest.saturating_sub(CATCH_UP_MARGIN_SECS);
+        self.execute(
+            &format!("copying the rows of {from} that arrived during the copy"),
+            &format!(
+                "INSERT INTO {} SELECT * FROM {} WHERE {arrival} >= toDateTime({since})",
+                self.qualified(&new),
+                self.qualified(from)
+            ),
+        )
+        .await?;
+        tracing::info!(from, since, "copied the rows that arrived during the copy");
+        Ok(())
+    }
+
+    /// Step 5: the views over the table read the new one.
+    async fn follow_views(&self) -> Result<(), MigrationError> {
+        let engine: String = self
+            .client
+            .query("SELECT engine FROM system.databases WHERE name = ?")
+            .bind(self.db)
+            .fetch_one()
+            .await
+            .map_err(self.failed("reading the database's engine"))?;
+        if engine == "Ordinary" {
+            // Views follow their source's name: they read the new table already.
+            return Ok(());
+        }
+        let (table, old, arrival, id) = (
+            self.rebuild.table,
+            self.rebuild.old_name(),
+            self.rebuild.arrival,
+            self.rebuild.id,
+        );
+        let views = views_over(self.db, table, self.migration.version);
+        for view in &views {
+            self.execute(
+                &format!("dropping view {}", view.name),
+                &format!("DROP TABLE IF EXISTS {}", self.qualified(&view.name)),
+            )
+            .await?;
+            self.execute(&format!("making view {} again", view.name), &view.create)
+                .await?;
+        }
+        // Rows another writer put in the new table before the views were made again: the
+        // ones `_old` does not have (those went through the views when first written), up
+        // to now (later ones went through the views just made; within this second, one may
+        // be counted twice by the rollup).
+        let until: u32 = self
+            .client
+            .query("SELECT toUInt32(now())")
+            .fetch_one()
+            .await
+            .map_err(self.failed("reading the server's clock"))?;
+        let newest_old: u32 = self
+            .client
+            .query(&format!(
+                "SELECT toUInt32(max({arrival})) FROM {}",
+                self.qualified(&old)
+            ))
+            .fetch_one()
+            .await
+            .map_err(self.failed("reading the old table's newest row"))?;
+        let since = newest_old.saturating_sub(CATCH_UP_MARGIN_SECS);
+        let condition = format!(
+            "{arrival} >= toDateTime({since}) AND {arrival} <= toDateTime({until}) AND {id} NOT IN \
+             (SELECT {id} FROM {} WHERE {arrival} >= toDateTime({since}))",
+            self.qualified(&old)
+        );
+        for view in &views {
+            self.execute(
+                &format!("passing new rows through view {}", view.name),
+                &view.backfill(self.db, &condition),
+            )
+            .await?;
+        }
+        tracing::info!(
+            table,
+            views = views.len(),
+            "views made again over the rebuilt table"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_views_over_events_with_their_targets() {
+        let views = views_over("db", "events", 12);
+        let names: Vec<_> = views
+            .iter()
+            .map(|v| (v.name.as_str(), v.target.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("detections_mv", "detections"),
+                ("detections_hourly_mv", "detections_hourly"),
+                ("events_by_id_mv", "events_by_id"),
+            ]
+        );
+        assert!(
+            views
+                .iter()
+                .all(|v| v.create.starts_with("CREATE MATERIALIZED VIEW"))
+        );
+        // No view over `events_by_id` is taken for one over `events`.
+        assert!(views_over("db", "events_by", 12).is_empty());
+    }
+
+    #[test]
+    fn a_backfill_filters_before_grouping() {
+        let views = views_over("db", "events", 12);
+        let hourly = views[1].backfill("db", "x = 1");
+        assert!(hourly.starts_with("INSERT INTO `db`.detections_hourly SELECT\n"));
+        assert!(hourly.contains("AS confidence\nWHERE x = 1\nGROUP BY hour"));
+        let by_id = views[2].backfill("db", "x = 1");
+        assert!(by_id.ends_with("FROM `db`.events\nWHERE x = 1"));
+    }
+}

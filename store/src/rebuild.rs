@@ -6,10 +6,11 @@
 //!
 //! 1. copies every partition of `<table>` into `<table>_rebuild`, one at a time, while the
 //!    table stays live (ingest may keep writing);
-//! 2. copies again what arrived meanwhile: rows whose arrival time is within a minute of the
-//!    newest one copied, or later. Copying a row twice is harmless: the tables are
-//!    ReplacingMergeTree on a key that includes the event id, and readers use
-//!    `LIMIT 1 BY`; and a view never sees these copies (none reads `<table>_rebuild`);
+//! 2. copies what arrived meanwhile: the rows the new table lacks among those whose arrival
+//!    time is within a minute of the newest one copied, or later. A view never sees these
+//!    copies (none reads `<table>_rebuild`). Should a row be copied twice anyway (two
+//!    writers running the rebuild at once), that is harmless: the tables are
+//!    ReplacingMergeTree on a key that includes the event id, and readers use `LIMIT 1 BY`;
 //! 3. renames `<table>` to `<table>_old`. Writes fail from here until step 4 (ingest keeps
 //!    the batch and retries it), so `<table>_old` no longer changes and copying what arrived
 //!    since step 2 makes the copy complete;
@@ -26,7 +27,7 @@
 //!
 //! | `<table>` | `_rebuild` | `_old` | resumes at |
 //! |---|---|---|---|
-//! | old layout | any | no | 1 (a half copy is copied into again) |
+//! | old layout | any | no | 1 (partitions copied are kept, a half-copied one completed) |
 //! | missing | yes | yes | 3's copy |
 //! | missing | no | yes | `_old` renamed back, then 1 |
 //! | new layout | no | yes | 5 |
@@ -233,20 +234,49 @@ impl Run<'_> {
         format!("`{}`.{table}", self.db)
     }
 
-    async fn engine_full(&self, table: &str) -> Result<Option<String>, MigrationError> {
-        self.client
-            .query("SELECT engine_full FROM system.tables WHERE database = ? AND name = ?")
-            .bind(self.db)
-            .bind(table)
-            .fetch_optional::<String>()
-            .await
-            .map_err(self.failed("reading the tables' state"))
+    /// The three tables' `engine_full`, read at once (`None` for one that does not exist).
+    /// ClickHouse 18.16 fails a read of `system.tables` that meets a table being renamed or
+    /// dropped: such a read is tried again.
+    async fn tables(&self) -> Result<[Option<String>; 3], MigrationError> {
+        let names = [
+            self.rebuild.table.to_owned(),
+            self.rebuild.new_name(),
+            self.rebuild.old_name(),
+        ];
+        let mut tries = 0;
+        let found: Vec<(String, String)> = loop {
+            let read = self
+                .client
+                .query(
+                    "SELECT name, engine_full FROM system.tables \
+                     WHERE database = ? AND name IN (?, ?, ?)",
+                )
+                .bind(self.db)
+                .bind(&names[0])
+                .bind(&names[1])
+                .bind(&names[2])
+                .fetch_all()
+                .await;
+            match read {
+                Ok(found) => break found,
+                Err(error) if tries < 10 && !crate::error::is_unavailable(&error) => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(error) => return Err(self.failed("reading the tables' state")(error)),
+            }
+        };
+        Ok(names.map(|name| {
+            found
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, engine)| engine.clone())
+        }))
     }
 
     async fn state(&self) -> Result<State, MigrationError> {
-        let live = self.engine_full(self.rebuild.table).await?;
-        let new = self.engine_full(&self.rebuild.new_name()).await?.is_some();
-        let old = self.engine_full(&self.rebuild.old_name()).await?.is_some();
+        let [live, new, old] = self.tables().await?;
+        let (new, old) = (new.is_some(), old.is_some());
         let rebuilt = live.as_ref().map(|e| e.contains(self.rebuild.marker));
         Ok(match (rebuilt, new, old) {
             (Some(false), _, false) => State::Old,
@@ -374,16 +404,7 @@ impl Run<'_> {
             .map_err(self.failed("listing the partitions"))?;
         let started = std::time::Instant::now();
         for (i, partition) in partitions.iter().enumerate() {
-            self.client
-                .query(&format!(
-                    "INSERT INTO {} SELECT * FROM {} WHERE _partition_id = ?",
-                    self.qualified(&new),
-                    self.qualified(table)
-                ))
-                .bind(partition)
-                .execute()
-                .await
-                .map_err(self.failed(&format!("copying partition {partition}")))?;
+            self.copy_partition(partition).await?;
             tracing::info!(
                 table,
                 partition,
@@ -396,10 +417,57 @@ impl Run<'_> {
         self.catch_up(table).await
     }
 
+    /// Copies one partition of the table into the new one. A partition a stopped run began
+    /// is completed with the rows it lacks, and one it finished is left, so a resumed
+    /// rebuild does not store rows twice (readers would skip the copies, but a page whose
+    /// rows have unmerged copies costs a second read).
+    async fn copy_partition(&self, partition: &str) -> Result<(), MigrationError> {
+        let (table, new, id) = (self.rebuild.table, self.rebuild.new_name(), self.rebuild.id);
+        let count = |of: String| async move {
+            self.client
+                .query(&format!("SELECT count() FROM {of} WHERE _partition_id = ?"))
+                .bind(partition)
+                .fetch_one::<u64>()
+                .await
+                .map_err(self.failed(&format!("counting the rows of partition {partition}")))
+        };
+        let copied = count(self.qualified(&new)).await?;
+        let missing = if copied == 0 {
+            String::new()
+        } else if copied >= count(self.qualified(table)).await? {
+            return Ok(());
+        } else {
+            format!(
+                " AND {id} NOT IN (SELECT {id} FROM {} WHERE _partition_id = ?)",
+                self.qualified(&new)
+            )
+        };
+        let mut query = self
+            .client
+            .query(&format!(
+                "INSERT INTO {} SELECT * FROM {} WHERE _partition_id = ?{missing}",
+                self.qualified(&new),
+                self.qualified(table)
+            ))
+            .bind(partition);
+        if copied > 0 {
+            query = query.bind(partition);
+        }
+        query
+            .execute()
+            .await
+            .map_err(self.failed(&format!("copying partition {partition}")))
+    }
+
     /// Copies the rows of `from` that arrived within [`CATCH_UP_MARGIN_SECS`] of the newest
-    /// row the new table has, or later: every row a copy so far may have missed.
+    /// row the new table has, or later, and that it lacks: every row a copy so far may have
+    /// missed.
     async fn catch_up(&self, from: &str) -> Result<(), MigrationError> {
-        let (new, arrival) = (self.rebuild.new_name(), self.rebuild.arrival);
+        let (new, arrival, id) = (
+            self.rebuild.new_name(),
+            self.rebuild.arrival,
+            self.rebuild.id,
+        );
         let newest: u32 = self
             .client
             .query(&format!(
@@ -413,9 +481,10 @@ impl Run<'_> {
         self.execute(
             &format!("copying the rows of {from} that arrived during the copy"),
             &format!(
-                "INSERT INTO {} SELECT * FROM {} WHERE {arrival} >= toDateTime({since})",
-                self.qualified(&new),
-                self.qualified(from)
+                "INSERT INTO {new_q} SELECT * FROM {} WHERE {arrival} >= toDateTime({since}) \
+                 AND {id} NOT IN (SELECT {id} FROM {new_q} WHERE {arrival} >= toDateTime({since}))",
+                self.qualified(from),
+                new_q = self.qualified(&new),
             ),
         )
         .await?;

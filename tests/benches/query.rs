@@ -7,7 +7,9 @@
 //! 64 cameras on 8 sites and 12 labels, through the same sink the ingest service uses (so the
 //! per-object table and the hourly rollup are filled by their views), then runs each query
 //! `SIGHTLINE_BENCH_ROUNDS` times (default 200) both ways, interleaved, and prints p50 and p99
-//! for each, and the overhead ratio API / direct. `SIGHTLINE_BENCH_HOLD_SECS` holds the
+//! for each, and the overhead ratio API / direct. With `SIGHTLINE_BENCH_SCHEMA=N` the store
+//! is loaded on the schema as migration N left it, measured, migrated to this build's
+//! schema (timed) and measured again. `SIGHTLINE_BENCH_HOLD_SECS` holds the
 //! loaded store that long before the queries, for profiling by hand.
 //!
 //! Queries: the latest 100 events of a camera; 100 events of one label within one hour; one
@@ -93,18 +95,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .ok();
     tokio::time::sleep(Duration::from_secs(10)).await;
-    // For profiling by hand (clickhouse-client, EXPLAIN, system.query_log) on the loaded store.
-    if let Some(secs) = std::env::var("SIGHTLINE_BENCH_HOLD_SECS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        println!(
-            "  holding the store at {} (tcp {}) for {secs} s",
-            clickhouse.url(),
-            clickhouse.tcp_port()
-        );
-        tokio::time::sleep(Duration::from_secs(secs)).await;
-    }
+    hold(&clickhouse).await;
 
     // The query service, in-process, as the read-only user.
     let config_clickhouse = ClickHouseConfig {
@@ -136,6 +127,85 @@ async fn main() -> anyhow::Result<()> {
         limits,
     );
 
+    lookups(&http, &api, &store, &mut rng, rounds, end, &sample_ids).await?;
+    // On a store an older build left (`SIGHTLINE_BENCH_SCHEMA`): the migrations since, timed,
+    // then the same lookups on the same events, for a before-and-after in one sitting.
+    if std::env::var_os("SIGHTLINE_BENCH_SCHEMA").is_some() {
+        let migrating = Instant::now();
+        let applied = sightline_store::migrations::migrate(&admin, "sightline").await?;
+        println!(
+            "  migrations {applied:?} applied to the loaded store in {:.1} s",
+            migrating.elapsed().as_secs_f64()
+        );
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        hold(&clickhouse).await;
+        println!("  after the migrations:");
+        lookups(&http, &api, &store, &mut rng, rounds, end, &sample_ids).await?;
+    }
+
+    // The page plans against each other on this server: a camera's latest 100 (an open
+    // range, which is where they differ), read directly with each, interleaved.
+    let plans = [PagePlan::TwoStep, PagePlan::OneQuery];
+    let mut plan_ms: Vec<Vec<Duration>> = vec![Vec::new(); plans.len()];
+    for round in 0..rounds {
+        let camera = data::camera(rng.random_range(0..data::CAMERAS));
+        let filter = EventFilter {
+            cameras: vec![camera],
+            ..EventFilter::default()
+        };
+        for k in 0..plans.len() {
+            let k = (k + round) % plans.len();
+            let store = store.clone().with_page_plan(plans[k]);
+            let t = Instant::now();
+            store.list_events(&filter, Sort::Newest, None, 100).await?;
+            plan_ms[k].push(t.elapsed());
+        }
+    }
+    println!(
+        "  latest 100 for a camera by page plan (direct; the service uses {:?}):",
+        PagePlan::default()
+    );
+    for (k, plan) in plans.iter().enumerate() {
+        println!(
+            "  {:<34} {:>7.1}ms {:>7.1}ms",
+            format!("{plan:?}"),
+            quantile(&mut plan_ms[k], 0.5),
+            quantile(&mut plan_ms[k], 0.99)
+        );
+    }
+    console_first_screen(&http, &api, rounds.min(100), end).await?;
+    stop.cancel();
+    service.await??;
+    Ok(())
+}
+
+/// For profiling by hand (clickhouse-client, EXPLAIN, system.query_log) on the loaded store:
+/// holds it `SIGHTLINE_BENCH_HOLD_SECS`.
+async fn hold(clickhouse: &sightline_tests::ClickHouseServer) {
+    if let Some(secs) = std::env::var("SIGHTLINE_BENCH_HOLD_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        println!(
+            "  holding the store at {} (tcp {}) for {secs} s",
+            clickhouse.url(),
+            clickhouse.tcp_port()
+        );
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+    }
+}
+
+/// `rounds` rounds of the four lookups, each through the API and directly, interleaved;
+/// prints p50 and p99 of each and the API's overhead.
+async fn lookups(
+    http: &reqwest::Client,
+    api: &str,
+    store: &Store,
+    rng: &mut impl rand::Rng,
+    rounds: usize,
+    end: i64,
+    sample_ids: &[sightline_shared::EventId],
+) -> anyhow::Result<()> {
     let names = [
         "latest 100 for a camera",
         "a label over one hour (100)",
@@ -228,39 +298,6 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    // The page plans against each other on this server: a camera's latest 100 (an open
-    // range, which is where they differ), read directly with each, interleaved.
-    let plans = [PagePlan::TwoStep, PagePlan::OneQuery];
-    let mut plan_ms: Vec<Vec<Duration>> = vec![Vec::new(); plans.len()];
-    for round in 0..rounds {
-        let camera = data::camera(rng.random_range(0..data::CAMERAS));
-        let filter = EventFilter {
-            cameras: vec![camera],
-            ..EventFilter::default()
-        };
-        for k in 0..plans.len() {
-            let k = (k + round) % plans.len();
-            let store = store.clone().with_page_plan(plans[k]);
-            let t = Instant::now();
-            store.list_events(&filter, Sort::Newest, None, 100).await?;
-            plan_ms[k].push(t.elapsed());
-        }
-    }
-    println!(
-        "  latest 100 for a camera by page plan (direct; the service uses {:?}):",
-        PagePlan::default()
-    );
-    for (k, plan) in plans.iter().enumerate() {
-        println!(
-            "  {:<34} {:>7.1}ms {:>7.1}ms",
-            format!("{plan:?}"),
-            quantile(&mut plan_ms[k], 0.5),
-            quantile(&mut plan_ms[k], 0.99)
-        );
-    }
-    console_first_screen(&http, &api, rounds.min(100), end).await?;
-    stop.cancel();
-    service.await??;
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::error::is_unavailable;
-use crate::rebuild::{self, Rebuild};
+use crate::rebuild::{self, Rebuild, RebuildError};
 
 /// One migration file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,21 +134,13 @@ pub enum MigrationError {
         applied: String,
         current: String,
     },
-    /// A step of a table rebuild was rejected. Starting again resumes it.
-    #[error("migration {version:04}_{name} failed while {step}: {source}")]
+    /// A table rebuild stopped. Starting again resumes it.
+    #[error("migration {version:04}_{name} {source}")]
     Rebuild {
         version: u32,
         name: &'static str,
-        step: String,
         #[source]
-        source: clickhouse::error::Error,
-    },
-    /// A rebuild found its tables in a state it did not leave them in.
-    #[error("migration {version:04}_{name} cannot go on: {state}")]
-    RebuildState {
-        version: u32,
-        name: &'static str,
-        state: String,
+        source: RebuildError,
     },
     /// Reading or writing `schema_migrations` failed.
     #[error("failed to read or record schema_migrations: {0}")]
@@ -161,6 +153,7 @@ impl MigrationError {
         match self {
             Self::Unavailable(_) => true,
             Self::Bookkeeping(e) => is_unavailable(e),
+            Self::Rebuild { source, .. } => source.is_transient(),
             _ => false,
         }
     }
@@ -177,7 +170,7 @@ impl Migration {
     pub fn printed_statements(&self, db: &str) -> Vec<String> {
         let mut statements = self.statements(db);
         if let Some(rebuild) = self.rebuild {
-            statements.extend(rebuild.plain_statements(db, self.version));
+            statements.extend(rebuild.plain_statements(db, &statements_before(db, self.version)));
         }
         statements
     }
@@ -194,6 +187,15 @@ impl Migration {
             });
         format!("{hash:016x}")
     }
+}
+
+/// Every statement of the migrations before `version`, in order.
+pub fn statements_before(db: &str, version: u32) -> Vec<String> {
+    MIGRATIONS
+        .iter()
+        .filter(|m| m.version < version)
+        .flat_map(|m| m.statements(db))
+        .collect()
 }
 
 /// Splits SQL text into statements at lines that end with `;` (trailing spaces and CRLF line
@@ -260,7 +262,15 @@ pub async fn migrate_to(client: &Client, db: &str, last: u32) -> Result<Vec<u32>
         let current = migration.checksum();
         let statements = match migration.rebuild {
             Some(plan) => {
-                rebuild::run(client, db, migration, plan).await?;
+                let create = migration.statements(db);
+                let earlier = statements_before(db, migration.version);
+                rebuild::run(client, db, plan, &create, &earlier)
+                    .await
+                    .map_err(|source| MigrationError::Rebuild {
+                        version: migration.version,
+                        name: migration.name,
+                        source,
+                    })?;
                 Vec::new()
             }
             None => migration.statements(db),

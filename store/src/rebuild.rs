@@ -1,7 +1,7 @@
 //! Rebuilding a table whose layout ClickHouse cannot change in place.
 //!
 //! ClickHouse fixes a MergeTree table's granularity and sorting key when the table is made.
-//! A migration that changes them ([`Migration::rebuild`]) makes a new table beside the old
+//! A migration that changes them (`Migration::rebuild`) makes a new table beside the old
 //! one (its SQL: `CREATE TABLE <table>_rebuild AS <table> ...`) and then, here:
 //!
 //! 1. copies every partition of `<table>` into `<table>_rebuild`, one at a time, while the
@@ -48,7 +48,33 @@
 use clickhouse::Client;
 
 use crate::capabilities::Capabilities;
-use crate::migrations::{MIGRATIONS, Migration, MigrationError};
+use thiserror::Error;
+
+/// Why a rebuild stopped. Starting again resumes it.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RebuildError {
+    /// ClickHouse is unreachable; worth retrying.
+    #[error("stopped: ClickHouse unreachable: {0}")]
+    Unavailable(#[source] clickhouse::error::Error),
+    /// A step was rejected.
+    #[error("failed while {step}: {source}")]
+    Step {
+        step: String,
+        #[source]
+        source: clickhouse::error::Error,
+    },
+    /// The tables are in a state the rebuild did not leave them in.
+    #[error("cannot go on: {0}")]
+    State(String),
+}
+
+impl RebuildError {
+    /// Whether retrying later can help.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
 
 /// A rebuild of one table into a new layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,8 +101,11 @@ const MAX_RACES: u32 = 8;
 struct Run<'a> {
     client: &'a Client,
     db: &'a str,
-    migration: &'static Migration,
     rebuild: Rebuild,
+    /// The migration's statements: what makes the new table.
+    create: &'a [String],
+    /// Every statement of the migrations before it: where the views over the table are.
+    earlier: &'a [String],
 }
 
 /// Which of the tables exist, and the layout of the live one.
@@ -106,8 +135,9 @@ impl Rebuild {
     }
 
     /// The statements a person applying the schema by hand runs after the migration's SQL
-    /// (`ingest-service --print-schema`), on a store nobody writes to meanwhile.
-    pub fn plain_statements(&self, db: &str, before: u32) -> Vec<String> {
+    /// (`ingest-service --print-schema`), on a store nobody writes to meanwhile; `earlier`
+    /// are the statements of the migrations before.
+    pub fn plain_statements(&self, db: &str, earlier: &[String]) -> Vec<String> {
         let (table, new, old) = (self.table, self.new_name(), self.old_name());
         let mut statements = vec![
             format!("INSERT INTO `{db}`.{new} SELECT * FROM `{db}`.{table}"),
@@ -115,7 +145,7 @@ impl Rebuild {
             format!("RENAME TABLE `{db}`.{new} TO `{db}`.{table}"),
         ];
         // Harmless where views follow the name (18.16), needed where they follow the table.
-        for view in views_over(db, table, before) {
+        for view in views_over(db, table, earlier) {
             statements.push(format!("DROP TABLE IF EXISTS `{db}`.{}", view.name));
             statements.push(view.create);
         }
@@ -150,13 +180,11 @@ impl View {
     }
 }
 
-/// Every materialized view that migrations before `before` made over `table`, in order.
-pub(crate) fn views_over(db: &str, table: &str, before: u32) -> Vec<View> {
+/// Every materialized view that `statements` make over `table`, in order.
+pub(crate) fn views_over(db: &str, table: &str, statements: &[String]) -> Vec<View> {
     let source = format!("FROM `{db}`.{table}");
-    MIGRATIONS
+    statements
         .iter()
-        .filter(|m| m.version < before)
-        .flat_map(|m| m.statements(db))
         .filter_map(|statement| {
             let text: String = statement
                 .lines()
@@ -187,42 +215,40 @@ pub(crate) fn views_over(db: &str, table: &str, before: u32) -> Vec<View> {
         .collect()
 }
 
-/// Runs the rebuild of `migration` (whose SQL makes the new table) to its end, from
-/// wherever an earlier run stopped.
+/// Runs `rebuild` to its end, from wherever an earlier run stopped: `create` are its
+/// migration's statements (they make the new table), `earlier` those of the migrations
+/// before (they made the views over the table).
 pub async fn run(
     client: &Client,
     db: &str,
-    migration: &'static Migration,
     rebuild: Rebuild,
-) -> Result<(), MigrationError> {
+    create: &[String],
+    earlier: &[String],
+) -> Result<(), RebuildError> {
     Run {
         client,
         db,
-        migration,
         rebuild,
+        create,
+        earlier,
     }
     .go()
     .await
 }
 
 impl Run<'_> {
-    fn failed(&self, step: &str) -> impl FnOnce(clickhouse::error::Error) -> MigrationError {
-        let (version, name, step) = (self.migration.version, self.migration.name, step.to_owned());
+    fn failed(&self, step: &str) -> impl FnOnce(clickhouse::error::Error) -> RebuildError {
+        let step = step.to_owned();
         move |source| {
             if crate::error::is_unavailable(&source) {
-                MigrationError::Unavailable(source)
+                RebuildError::Unavailable(source)
             } else {
-                MigrationError::Rebuild {
-                    version,
-                    name,
-                    step,
-                    source,
-                }
+                RebuildError::Step { step, source }
             }
         }
     }
 
-    async fn execute(&self, step: &str, sql: &str) -> Result<(), MigrationError> {
+    async fn execute(&self, step: &str, sql: &str) -> Result<(), RebuildError> {
         self.client
             .query(sql)
             .execute()
@@ -237,7 +263,7 @@ impl Run<'_> {
     /// The three tables' `engine_full`, read at once (`None` for one that does not exist).
     /// ClickHouse 18.16 fails a read of `system.tables` that meets a table being renamed or
     /// dropped: such a read is tried again.
-    async fn tables(&self) -> Result<[Option<String>; 3], MigrationError> {
+    async fn tables(&self) -> Result<[Option<String>; 3], RebuildError> {
         let names = [
             self.rebuild.table.to_owned(),
             self.rebuild.new_name(),
@@ -274,7 +300,7 @@ impl Run<'_> {
         }))
     }
 
-    async fn state(&self) -> Result<State, MigrationError> {
+    async fn state(&self) -> Result<State, RebuildError> {
         let [live, new, old] = self.tables().await?;
         let (new, old) = (new.is_some(), old.is_some());
         let rebuilt = live.as_ref().map(|e| e.contains(self.rebuild.marker));
@@ -285,29 +311,25 @@ impl Run<'_> {
             (Some(true), false, true) => State::Swapped,
             (Some(true), false, false) => State::Done,
             _ => {
-                return Err(MigrationError::RebuildState {
-                    version: self.migration.version,
-                    name: self.migration.name,
-                    state: format!(
-                        "`{}` {}, `{}` {}, `{}` {}: resolve by hand (keep the table with the \
+                return Err(RebuildError::State(format!(
+                    "`{}` {}, `{}` {}, `{}` {}: resolve by hand (keep the table with the \
                          data, drop or rename the others), then start again",
-                        self.rebuild.table,
-                        match rebuilt {
-                            None => "missing",
-                            Some(true) => "rebuilt",
-                            Some(false) => "not rebuilt",
-                        },
-                        self.rebuild.new_name(),
-                        if new { "exists" } else { "missing" },
-                        self.rebuild.old_name(),
-                        if old { "exists" } else { "missing" },
-                    ),
-                });
+                    self.rebuild.table,
+                    match rebuilt {
+                        None => "missing",
+                        Some(true) => "rebuilt",
+                        Some(false) => "not rebuilt",
+                    },
+                    self.rebuild.new_name(),
+                    if new { "exists" } else { "missing" },
+                    self.rebuild.old_name(),
+                    if old { "exists" } else { "missing" },
+                )));
             }
         })
     }
 
-    async fn go(&self) -> Result<(), MigrationError> {
+    async fn go(&self) -> Result<(), RebuildError> {
         let table = self.rebuild.table;
         let mut raced = 0;
         loop {
@@ -333,7 +355,7 @@ impl Run<'_> {
     }
 
     /// Takes the tables from `state` to the next state.
-    async fn advance(&self, state: State) -> Result<(), MigrationError> {
+    async fn advance(&self, state: State) -> Result<(), RebuildError> {
         let (table, new, old) = (
             self.rebuild.table,
             self.rebuild.new_name(),
@@ -376,9 +398,9 @@ impl Run<'_> {
 
     /// Steps 1 and 2: makes the new table (or takes the one a stopped run left: copying a
     /// row twice is harmless) and copies every partition, then what arrived meanwhile.
-    async fn copy(&self) -> Result<(), MigrationError> {
+    async fn copy(&self) -> Result<(), RebuildError> {
         let (table, new) = (self.rebuild.table, self.rebuild.new_name());
-        for (i, statement) in self.migration.statements(self.db).iter().enumerate() {
+        for (i, statement) in self.create.iter().enumerate() {
             self.execute(&format!("statement {}", i + 1), statement)
                 .await?;
         }
@@ -421,7 +443,7 @@ impl Run<'_> {
     /// is completed with the rows it lacks, and one it finished is left, so a resumed
     /// rebuild does not store rows twice (readers would skip the copies, but a page whose
     /// rows have unmerged copies costs a second read).
-    async fn copy_partition(&self, partition: &str) -> Result<(), MigrationError> {
+    async fn copy_partition(&self, partition: &str) -> Result<(), RebuildError> {
         let (table, new, id) = (self.rebuild.table, self.rebuild.new_name(), self.rebuild.id);
         let count = |of: String| async move {
             self.client
@@ -462,7 +484,7 @@ impl Run<'_> {
     /// Copies the rows of `from` that arrived within [`CATCH_UP_MARGIN_SECS`] of the newest
     /// row the new table has, or later, and that it lacks: every row a copy so far may have
     /// missed.
-    async fn catch_up(&self, from: &str) -> Result<(), MigrationError> {
+    async fn catch_up(&self, from: &str) -> Result<(), RebuildError> {
         let (new, arrival, id) = (
             self.rebuild.new_name(),
             self.rebuild.arrival,
@@ -493,7 +515,7 @@ impl Run<'_> {
     }
 
     /// Step 5: the views over the table read the new one.
-    async fn follow_views(&self) -> Result<(), MigrationError> {
+    async fn follow_views(&self) -> Result<(), RebuildError> {
         let engine: String = self
             .client
             .query("SELECT engine FROM system.databases WHERE name = ?")
@@ -511,7 +533,7 @@ impl Run<'_> {
             self.rebuild.arrival,
             self.rebuild.id,
         );
-        let views = views_over(self.db, table, self.migration.version);
+        let views = views_over(self.db, table, self.earlier);
         for view in &views {
             self.execute(
                 &format!("dropping view {}", view.name),
@@ -566,9 +588,13 @@ impl Run<'_> {
 mod tests {
     use super::*;
 
+    fn earlier() -> Vec<String> {
+        crate::migrations::statements_before("db", 12)
+    }
+
     #[test]
     fn finds_the_views_over_events_with_their_targets() {
-        let views = views_over("db", "events", 12);
+        let views = views_over("db", "events", &earlier());
         let names: Vec<_> = views
             .iter()
             .map(|v| (v.name.as_str(), v.target.as_str()))
@@ -587,12 +613,12 @@ mod tests {
                 .all(|v| v.create.starts_with("CREATE MATERIALIZED VIEW"))
         );
         // No view over `events_by_id` is taken for one over `events`.
-        assert!(views_over("db", "events_by", 12).is_empty());
+        assert!(views_over("db", "events_by", &earlier()).is_empty());
     }
 
     #[test]
     fn a_backfill_filters_before_grouping() {
-        let views = views_over("db", "events", 12);
+        let views = views_over("db", "events", &earlier());
         let hourly = views[1].backfill("db", "x = 1");
         assert!(hourly.starts_with("INSERT INTO `db`.detections_hourly SELECT\n"));
         assert!(hourly.contains("AS confidence\nWHERE x = 1\nGROUP BY hour"));

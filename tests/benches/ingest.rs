@@ -4,7 +4,8 @@
 //! clickhouse-server, fills the stream with N realistic events (default 1,000,000; set
 //! `SIGHTLINE_BENCH_EVENTS`; `SIGHTLINE_BENCH_BATCH_ROWS` changes the batch from the
 //! default 50,000 rows; `SIGHTLINE_BENCH_ACK_WAIT_SECS` the consumer's ack wait from the
-//! default 8 s), then measures, in one run:
+//! default 8 s; `SIGHTLINE_BENCH_SCHEMA=N` gives step 2 the schema as migration N left
+//! it), then measures, in one run:
 //!
 //! 1. NATS alone: a pull consumer drains the stream, decoding, validating and acking every
 //!    message (what ingest does without ClickHouse);
@@ -161,7 +162,12 @@ async fn main() -> anyhow::Result<()> {
 
     // 2. ClickHouse alone.
     let admin = sightline_store::client(&clickhouse.config())?;
-    sightline_store::migrations::migrate(&admin, "bench_ch").await?;
+    sightline_store::migrations::migrate_to(
+        &admin,
+        "bench_ch",
+        sightline_tests::stack::bench_schema()?,
+    )
+    .await?;
     let sink = Sink::new(
         admin.clone().with_database("bench_ch"),
         Duration::from_secs(60),

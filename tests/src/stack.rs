@@ -566,15 +566,22 @@ pub async fn bench_nats() -> anyhow::Result<(
 pub async fn bench_clickhouse() -> anyhow::Result<(ClickHouseServer, clickhouse::Client, Sink)> {
     let clickhouse = ClickHouseServer::start()?;
     let admin = sightline_store::client(&clickhouse.config())?;
-    let last = match std::env::var("SIGHTLINE_BENCH_SCHEMA") {
-        Ok(version) => version.parse().with_context(|| {
-            format!("SIGHTLINE_BENCH_SCHEMA={version}: not a migration version")
-        })?,
-        Err(_) => u32::MAX,
-    };
-    sightline_store::migrations::migrate_to(&admin, "sightline", last).await?;
+    sightline_store::migrations::migrate_to(&admin, "sightline", bench_schema()?).await?;
     let sink = sink(&admin);
     Ok((clickhouse, admin, sink))
+}
+
+/// The last migration a benchmark's store gets: `SIGHTLINE_BENCH_SCHEMA`, or all of them.
+///
+/// # Errors
+/// When the variable is not a number.
+pub fn bench_schema() -> anyhow::Result<u32> {
+    match std::env::var("SIGHTLINE_BENCH_SCHEMA") {
+        Ok(version) => version
+            .parse()
+            .with_context(|| format!("SIGHTLINE_BENCH_SCHEMA={version}: not a migration version")),
+        Err(_) => Ok(u32::MAX),
+    }
 }
 
 /// A sink that writes events to database `sightline` through `admin` as ingest does.

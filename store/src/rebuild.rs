@@ -20,7 +20,9 @@
 //!    (modern servers) it followed the renamed old table, so each view is dropped and made
 //!    again from its migration's text, and the rows another writer put in the new table
 //!    before that are passed through the view by hand;
-//! 6. drops `<table>_old`.
+//! 6. drops `<table>_old`, after copying what an INSERT already running at step 3 wrote
+//!    into it since (a modern server lets it finish into the renamed table; 18.16's
+//!    rename waits for it).
 //!
 //! A crash anywhere leaves a state the next start recognises from which tables exist and
 //! which layout `<table>` has (its `engine_full` carries [`Rebuild::marker`]):
@@ -96,6 +98,9 @@ const CATCH_UP_MARGIN_SECS: u32 = 60;
 
 /// How many times a rebuild goes on after another writer moved the tables under it.
 const MAX_RACES: u32 = 8;
+
+/// How many steps a rebuild takes at most: the four of one run, and those of every race.
+const MAX_STEPS: u32 = 4 * (MAX_RACES + 1);
 
 /// What a rebuild does on a server, one step named at a time for errors.
 struct Run<'a> {
@@ -332,7 +337,7 @@ impl Run<'_> {
     async fn go(&self) -> Result<(), RebuildError> {
         let table = self.rebuild.table;
         let mut raced = 0;
-        loop {
+        for _ in 0..MAX_STEPS {
             let state = self.state().await?;
             if state == State::Done {
                 tracing::info!(table, "table rebuilt");
@@ -352,6 +357,9 @@ impl Run<'_> {
             raced += 1;
             tracing::info!(table, %error, ?state, ?now, "another writer moved the rebuild on");
         }
+        Err(RebuildError::State(format!(
+            "`{table}` still not rebuilt after {MAX_STEPS} steps"
+        )))
     }
 
     /// Takes the tables from `state` to the next state.
@@ -385,6 +393,11 @@ impl Run<'_> {
                     .await
             }
             State::Swapped => {
+                // An INSERT already running when `<table>` was renamed away goes on into
+                // the old table on a modern server (18.16's rename waits for it): what it
+                // wrote after step 3's copy is copied now, before the views are made again
+                // (it went through the old ones).
+                self.copy_recent(&old, table, &old).await?;
                 self.follow_views().await?;
                 self.execute(
                     "dropping the old table",
@@ -485,32 +498,40 @@ impl Run<'_> {
     /// row the new table has, or later, and that it lacks: every row a copy so far may have
     /// missed.
     async fn catch_up(&self, from: &str) -> Result<(), RebuildError> {
-        let (new, arrival, id) = (
-            self.rebuild.new_name(),
-            self.rebuild.arrival,
-            self.rebuild.id,
-        );
+        let new = self.rebuild.new_name();
+        self.copy_recent(from, &new, &new).await
+    }
+
+    /// Copies into `into` the rows of `from` it lacks among those that arrived within
+    /// [`CATCH_UP_MARGIN_SECS`] of the newest row of `newest_of`, or later.
+    async fn copy_recent(
+        &self,
+        from: &str,
+        into: &str,
+        newest_of: &str,
+    ) -> Result<(), RebuildError> {
+        let (arrival, id) = (self.rebuild.arrival, self.rebuild.id);
         let newest: u32 = self
             .client
             .query(&format!(
                 "SELECT toUInt32(max({arrival})) FROM {}",
-                self.qualified(&new)
+                self.qualified(newest_of)
             ))
             .fetch_one()
             .await
-            .map_err(self.failed("reading the newest copied row"))?;
+            .map_err(self.failed(&format!("reading the newest row of {newest_of}")))?;
         let since = newest.saturating_sub(CATCH_UP_MARGIN_SECS);
         self.execute(
-            &format!("copying the rows of {from} that arrived during the copy"),
+            &format!("copying the rows of {from} that {into} lacks"),
             &format!(
-                "INSERT INTO {new_q} SELECT * FROM {} WHERE {arrival} >= toDateTime({since}) \
-                 AND {id} NOT IN (SELECT {id} FROM {new_q} WHERE {arrival} >= toDateTime({since}))",
+                "INSERT INTO {into_q} SELECT * FROM {} WHERE {arrival} >= toDateTime({since}) \
+                 AND {id} NOT IN (SELECT {id} FROM {into_q} WHERE {arrival} >= toDateTime({since}))",
                 self.qualified(from),
-                new_q = self.qualified(&new),
+                into_q = self.qualified(into),
             ),
         )
         .await?;
-        tracing::info!(from, since, "copied the rows that arrived during the copy");
+        tracing::info!(from, into, since, "copied the rows that arrived meanwhile");
         Ok(())
     }
 

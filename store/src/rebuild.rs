@@ -185,9 +185,20 @@ impl View {
     }
 }
 
+/// Whether SQL `text` reads `db`.`table` (`FROM`, names quoted or not).
+fn reads_table(text: &str, db: &str, table: &str) -> bool {
+    let unquoted = text.replace('`', "");
+    let source = format!("FROM {db}.{table}");
+    unquoted.match_indices(&source).any(|(at, _)| {
+        unquoted[at + source.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'))
+    })
+}
+
 /// Every materialized view that `statements` make over `table`, in order.
 pub(crate) fn views_over(db: &str, table: &str, statements: &[String]) -> Vec<View> {
-    let source = format!("FROM `{db}`.{table}");
     statements
         .iter()
         .filter_map(|statement| {
@@ -197,13 +208,7 @@ pub(crate) fn views_over(db: &str, table: &str, statements: &[String]) -> Vec<Vi
                 .collect::<Vec<_>>()
                 .join("\n");
             let rest = text.strip_prefix("CREATE MATERIALIZED VIEW IF NOT EXISTS ")?;
-            let reads = text.match_indices(&source).any(|(at, _)| {
-                text[at + source.len()..]
-                    .chars()
-                    .next()
-                    .is_none_or(char::is_whitespace)
-            });
-            if !reads {
+            if !reads_table(&text, db, table) {
                 return None;
             }
             let unqualify = |name: &str| name.rsplit('.').next().unwrap_or(name).to_owned();
@@ -535,6 +540,36 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Logs, as an error, each materialized view in the database that reads the table and
+    /// is not the schema's own (a power user's): in an Atomic database it stopped with the
+    /// rename, and only its owner can make it again.
+    async fn warn_of_other_views(&self, ours: &[View]) -> Result<(), RebuildError> {
+        let all: Vec<(String, String)> = self
+            .client
+            .query(
+                "SELECT name, create_table_query FROM system.tables \
+                 WHERE database = ? AND engine = 'MaterializedView'",
+            )
+            .bind(self.db)
+            .fetch_all()
+            .await
+            .map_err(self.failed("listing the database's views"))?;
+        for (name, create) in all {
+            if reads_table(&create, self.db, self.rebuild.table)
+                && !ours.iter().any(|v| v.name == name)
+            {
+                tracing::error!(
+                    view = name,
+                    table = self.rebuild.table,
+                    "a materialized view that is not the schema's reads the rebuilt table and \
+                     no longer receives its rows: make it again over the new table \
+                     (docs/operations.md, \"Schema upgrades that rebuild a table\")"
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Step 5: the views over the table read the new one.
     async fn follow_views(&self) -> Result<(), RebuildError> {
         let engine: String = self
@@ -555,6 +590,7 @@ impl Run<'_> {
             self.rebuild.id,
         );
         let views = views_over(self.db, table, self.earlier);
+        self.warn_of_other_views(&views).await?;
         for view in &views {
             self.execute(
                 &format!("dropping view {}", view.name),
@@ -635,6 +671,15 @@ mod tests {
         );
         // No view over `events_by_id` is taken for one over `events`.
         assert!(views_over("db", "events_by", &earlier()).is_empty());
+        // A power user's view, as a modern server shows it.
+        let theirs = "CREATE MATERIALIZED VIEW db.mine TO db.t (`x` UInt8) AS SELECT 1 AS x FROM db.events WHERE 1";
+        assert!(reads_table(theirs, "db", "events"));
+        assert!(!reads_table(theirs, "db", "event"));
+        assert!(!reads_table(
+            "SELECT 1 FROM db.events_by_id",
+            "db",
+            "events"
+        ));
     }
 
     #[test]

@@ -109,10 +109,16 @@ def test_ttl_removes_exactly_the_expired_rows_and_keeps_rollups(db):
     tables = [s for s in statements if not s.startswith("ALTER TABLE")]
     retention = [s for s in statements if s.startswith("ALTER TABLE")]
     # TTL and ttl_only_drop_parts on seven tables, the arrival column of the three tables
-    # kept by views, and the dedup window of events and the three tables its views write.
-    assert len(retention) == 21
+    # kept by views, the dedup window of events and the three tables its views write, and
+    # the compressed block sizes of events.
+    assert len(retention) == 22
     assert sum("non_replicated_deduplication_window" in s for s in retention) == 4
+    assert sum("max_compress_block_size = 65536" in s for s in retention) == 1
     apply(db, tables)
+    # Migration 0012 printed as its plain copy and renames: events in 1,024-row granules.
+    engine = rows(db, "SELECT engine_full FROM system.tables WHERE database = 'sightline' AND name = 'events'")
+    assert "index_granularity = 1024" in engine[0][0]
+    assert rows(db, "SELECT count() FROM system.tables WHERE database = 'sightline' AND name LIKE 'events_%' AND name NOT IN ('events_by_id', 'events_by_id_mv')") == [["0"]]
     insert_events(db)
     for days in (0, 40):
         db.query(

@@ -168,7 +168,7 @@ impl Capabilities {
     }
 }
 
-fn dedup_statement(db: &str, table: &str) -> String {
+pub(crate) fn dedup_statement(db: &str, table: &str) -> String {
     format!(
         "ALTER TABLE `{db}`.{table} MODIFY SETTING non_replicated_deduplication_window = {DEDUP_WINDOW_BLOCKS}"
     )

@@ -6,23 +6,25 @@
 //!
 //! 1. copies every partition of `<table>` into `<table>_rebuild`, one at a time, while the
 //!    table stays live (ingest may keep writing);
-//! 2. copies what arrived meanwhile: the rows the new table lacks among those whose arrival
-//!    time is within a minute of the newest one copied, or later. A view never sees these
-//!    copies (none reads `<table>_rebuild`). Should a row be copied twice anyway (two
-//!    writers running the rebuild at once), that is harmless: the tables are
-//!    ReplacingMergeTree on a key that includes the event id, and readers use `LIMIT 1 BY`;
-//! 3. renames `<table>` to `<table>_old`. Writes fail from here until step 4 (ingest keeps
-//!    the batch and retries it), so `<table>_old` no longer changes and copying what arrived
-//!    since step 2 makes the copy complete;
+//! 2. copies what arrived meanwhile, into any partition (an edge back online sends old
+//!    days): each partition whose row count grew is completed with the rows the new table
+//!    lacks. A view never sees these copies (none reads `<table>_rebuild`). Should a row be
+//!    copied twice anyway (two writers running the rebuild at once), that is harmless: the
+//!    tables are ReplacingMergeTree on a key that includes the event id, and readers use
+//!    `LIMIT 1 BY`;
+//! 3. renames `<table>` to `<table>_old`. New writes fail from here until step 4 (ingest
+//!    keeps the batch and retries it), and every partition is completed from `<table>_old`
+//!    once more;
 //! 4. renames `<table>_rebuild` to `<table>`;
 //! 5. makes the views over the table read the new one. On ClickHouse 18.16 (Ordinary
 //!    databases) a view follows its source's *name* and already does. In an Atomic database
 //!    (modern servers) it followed the renamed old table, so each view is dropped and made
 //!    again from its migration's text, and the rows another writer put in the new table
 //!    before that are passed through the view by hand;
-//! 6. drops `<table>_old`, after copying what an INSERT already running at step 3 wrote
-//!    into it since (a modern server lets it finish into the renamed table; 18.16's
-//!    rename waits for it).
+//! 6. drops `<table>_old`, after waiting for the INSERTs already running at step 3 and
+//!    copying what they wrote into it since (a modern server lets them finish into the
+//!    renamed table; 18.16's rename waits for them): renamed `<table>_dropped` at once,
+//!    then dropped a partition at a time (a crash meanwhile: dropped at the next start).
 //!
 //! A crash anywhere leaves a state the next start recognises from which tables exist and
 //! which layout `<table>` has (its `engine_full` carries [`Rebuild::marker`]):
@@ -96,6 +98,10 @@ pub struct Rebuild {
 /// can run between taking its arrival time and becoming visible.
 const CATCH_UP_MARGIN_SECS: u32 = 60;
 
+/// How long the swap waits for INSERTs that began before it (a batch's INSERT is bounded by
+/// ingest's ClickHouse timeout, 30 s by default).
+const INSERT_WAIT_SECS: u32 = 120;
+
 /// How many times a rebuild goes on after another writer moved the tables under it.
 const MAX_RACES: u32 = 8;
 
@@ -137,6 +143,11 @@ impl Rebuild {
     /// The old table's name between the swap and its drop.
     pub fn old_name(&self) -> String {
         format!("{}_old", self.table)
+    }
+
+    /// The old table's name once nothing needs it, while it is dropped.
+    pub fn dropped_name(&self) -> String {
+        format!("{}_dropped", self.table)
     }
 
     /// The statements a person applying the schema by hand runs after the migration's SQL
@@ -183,6 +194,17 @@ impl View {
         };
         format!("INSERT INTO `{db}`.{} {select}", self.target)
     }
+}
+
+/// Whether `engine_full` has `setting` (`name = value`) exactly, not as a prefix of a
+/// longer value.
+fn has_setting(engine_full: &str, setting: &str) -> bool {
+    engine_full.match_indices(setting).any(|(at, _)| {
+        engine_full[at + setting.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !c.is_ascii_alphanumeric())
+    })
 }
 
 /// Whether SQL `text` reads `db`.`table` (`FROM`, names quoted or not).
@@ -313,7 +335,7 @@ impl Run<'_> {
     async fn state(&self) -> Result<State, RebuildError> {
         let [live, new, old] = self.tables().await?;
         let (new, old) = (new.is_some(), old.is_some());
-        let rebuilt = live.as_ref().map(|e| e.contains(self.rebuild.marker));
+        let rebuilt = live.as_ref().map(|e| has_setting(e, self.rebuild.marker));
         Ok(match (rebuilt, new, old) {
             (Some(false), _, false) => State::Old,
             (None, true, true) => State::BetweenRenames,
@@ -345,6 +367,8 @@ impl Run<'_> {
         for _ in 0..MAX_STEPS {
             let state = self.state().await?;
             if state == State::Done {
+                // A crash may have left the old table set aside and not yet dropped.
+                self.drop_set_aside().await?;
                 tracing::info!(table, "table rebuilt");
                 return Ok(());
             }
@@ -392,8 +416,10 @@ impl Run<'_> {
                     .await
             }
             State::BetweenRenames => {
-                // `_old` is no longer written: this copy completes the new table.
-                self.catch_up(&old).await?;
+                // `_old` is written no more (but by INSERTs already running on a modern
+                // server: see `Swapped`): completing every partition from it completes
+                // the new table.
+                self.copy_all(&old).await?;
                 self.execute("renaming the new table", &rename(&new, table))
                     .await
             }
@@ -401,14 +427,18 @@ impl Run<'_> {
                 // An INSERT already running when `<table>` was renamed away goes on into
                 // the old table on a modern server (18.16's rename waits for it): what it
                 // wrote after step 3's copy is copied now, before the views are made again
-                // (it went through the old ones).
+                // (it went through the old ones). Those still running are waited for.
+                self.wait_for_inserts().await?;
                 self.copy_recent(&old, table, &old).await?;
                 self.follow_views().await?;
+                // Out of the way at once (a second writer finds the rebuild done), then
+                // dropped.
                 self.execute(
-                    "dropping the old table",
-                    &format!("DROP TABLE {}", self.qualified(&old)),
+                    "setting the old table aside",
+                    &rename(&old, &self.rebuild.dropped_name()),
                 )
-                .await
+                .await?;
+                self.drop_set_aside().await
             }
             State::Done => Ok(()),
         }
@@ -427,12 +457,77 @@ impl Run<'_> {
         let caps = Capabilities::detect(self.client)
             .await
             .map_err(self.failed("detecting the server's capabilities"))?;
-        for statement in caps.layout_statements(self.db, &new) {
+        // And its insert deduplication window, so a batch retried meanwhile is recognised.
+        let dedup = caps
+            .insert_dedup_token
+            .then(|| crate::capabilities::dedup_statement(self.db, &new));
+        for statement in caps
+            .layout_statements(self.db, &new)
+            .into_iter()
+            .chain(dedup)
+        {
             self.execute("setting the new table's layout", &statement)
                 .await?;
         }
-        let partitions: Vec<String> = self
+        self.copy_all(table).await?;
+        // Step 2: what arrived meanwhile, in any partition (an edge back online sends old
+        // days): each partition is compared again and completed.
+        self.copy_all(table).await
+    }
+
+    /// Drops the old table set aside at the end, if there is one: partition by partition
+    /// first, as ClickHouse refuses to drop a table over `max_table_size_to_drop` (50 GB
+    /// by default) at once.
+    async fn drop_set_aside(&self) -> Result<(), RebuildError> {
+        // A second writer dropping it too makes some of these fail (18.16: "Deleting data
+        // part ... doesn't exist"): what is left is looked at again.
+        let mut tries = 0;
+        loop {
+            match self.try_drop_set_aside().await {
+                Err(error) if tries < 5 && !error.is_transient() => {
+                    tries += 1;
+                    tracing::info!(%error, "dropping the old table again");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    async fn try_drop_set_aside(&self) -> Result<(), RebuildError> {
+        let aside = self.rebuild.dropped_name();
+        let exists: u64 = self
             .client
+            .query("SELECT count() FROM system.tables WHERE database = ? AND name = ?")
+            .bind(self.db)
+            .bind(&aside)
+            .fetch_one()
+            .await
+            .map_err(self.failed("looking for the old table set aside"))?;
+        if exists == 0 {
+            return Ok(());
+        }
+        for partition in self.partitions(&aside).await? {
+            self.client
+                .query(&format!(
+                    "ALTER TABLE {} DROP PARTITION ID ?",
+                    self.qualified(&aside)
+                ))
+                .bind(&partition)
+                .execute()
+                .await
+                .map_err(self.failed(&format!("dropping the old table's partition {partition}")))?;
+        }
+        self.execute(
+            "dropping the old table",
+            &format!("DROP TABLE IF EXISTS {}", self.qualified(&aside)),
+        )
+        .await
+    }
+
+    /// The ids of `table`'s partitions, in order.
+    async fn partitions(&self, table: &str) -> Result<Vec<String>, RebuildError> {
+        self.client
             .query(
                 "SELECT DISTINCT partition_id FROM system.parts \
                  WHERE database = ? AND table = ? AND active ORDER BY partition_id",
@@ -441,12 +536,17 @@ impl Run<'_> {
             .bind(table)
             .fetch_all()
             .await
-            .map_err(self.failed("listing the partitions"))?;
+            .map_err(self.failed(&format!("listing the partitions of {table}")))
+    }
+
+    /// Copies every partition of `from` into the new table, completing those it has begun.
+    async fn copy_all(&self, from: &str) -> Result<(), RebuildError> {
+        let partitions = self.partitions(from).await?;
         let started = std::time::Instant::now();
         for (i, partition) in partitions.iter().enumerate() {
-            self.copy_partition(partition).await?;
+            self.copy_partition(from, partition).await?;
             tracing::info!(
-                table,
+                from,
                 partition,
                 done = i + 1,
                 of = partitions.len(),
@@ -454,15 +554,15 @@ impl Run<'_> {
                 "copied a partition"
             );
         }
-        self.catch_up(table).await
+        Ok(())
     }
 
-    /// Copies one partition of the table into the new one. A partition a stopped run began
+    /// Copies one partition of `from` into the new table. A partition a stopped run began
     /// is completed with the rows it lacks, and one it finished is left, so a resumed
     /// rebuild does not store rows twice (readers would skip the copies, but a page whose
     /// rows have unmerged copies costs a second read).
-    async fn copy_partition(&self, partition: &str) -> Result<(), RebuildError> {
-        let (table, new, id) = (self.rebuild.table, self.rebuild.new_name(), self.rebuild.id);
+    async fn copy_partition(&self, from: &str, partition: &str) -> Result<(), RebuildError> {
+        let (new, id) = (self.rebuild.new_name(), self.rebuild.id);
         let count = |of: String| async move {
             self.client
                 .query(&format!("SELECT count() FROM {of} WHERE _partition_id = ?"))
@@ -474,7 +574,7 @@ impl Run<'_> {
         let copied = count(self.qualified(&new)).await?;
         let missing = if copied == 0 {
             String::new()
-        } else if copied >= count(self.qualified(table)).await? {
+        } else if copied >= count(self.qualified(from)).await? {
             return Ok(());
         } else {
             format!(
@@ -487,7 +587,7 @@ impl Run<'_> {
             .query(&format!(
                 "INSERT INTO {} SELECT * FROM {} WHERE _partition_id = ?{missing}",
                 self.qualified(&new),
-                self.qualified(table)
+                self.qualified(from)
             ))
             .bind(partition);
         if copied > 0 {
@@ -499,12 +599,44 @@ impl Run<'_> {
             .map_err(self.failed(&format!("copying partition {partition}")))
     }
 
-    /// Copies the rows of `from` that arrived within [`CATCH_UP_MARGIN_SECS`] of the newest
-    /// row the new table has, or later, and that it lacks: every row a copy so far may have
-    /// missed.
-    async fn catch_up(&self, from: &str) -> Result<(), RebuildError> {
-        let new = self.rebuild.new_name();
-        self.copy_recent(from, &new, &new).await
+    /// On a modern server, waits (at most [`INSERT_WAIT_SECS`]) until no INSERT that was
+    /// running when this step began is still running: one that began before the rename
+    /// writes into the old table. (18.16 has no `query_kind`, and its rename waited.)
+    async fn wait_for_inserts(&self) -> Result<(), RebuildError> {
+        if self.database_engine().await? == "Ordinary" {
+            return Ok(());
+        }
+        let began = std::time::Instant::now();
+        loop {
+            let waited = began.elapsed().as_secs_f64();
+            let running: u64 = self
+                .client
+                .query(
+                    "SELECT count() FROM system.processes \
+                     WHERE query_kind = 'Insert' AND elapsed >= ?",
+                )
+                .bind(waited)
+                .fetch_one()
+                .await
+                .map_err(self.failed("looking for INSERTs still running"))?;
+            if running == 0 {
+                return Ok(());
+            }
+            if waited >= f64::from(INSERT_WAIT_SECS) {
+                tracing::warn!(running, "INSERTs from before the swap still run; going on");
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn database_engine(&self) -> Result<String, RebuildError> {
+        self.client
+            .query("SELECT engine FROM system.databases WHERE name = ?")
+            .bind(self.db)
+            .fetch_one()
+            .await
+            .map_err(self.failed("reading the database's engine"))
     }
 
     /// Copies into `into` the rows of `from` it lacks among those that arrived within
@@ -572,14 +704,7 @@ impl Run<'_> {
 
     /// Step 5: the views over the table read the new one.
     async fn follow_views(&self) -> Result<(), RebuildError> {
-        let engine: String = self
-            .client
-            .query("SELECT engine FROM system.databases WHERE name = ?")
-            .bind(self.db)
-            .fetch_one()
-            .await
-            .map_err(self.failed("reading the database's engine"))?;
-        if engine == "Ordinary" {
+        if self.database_engine().await? == "Ordinary" {
             // Views follow their source's name: they read the new table already.
             return Ok(());
         }
@@ -675,6 +800,18 @@ mod tests {
         let theirs = "CREATE MATERIALIZED VIEW db.mine TO db.t (`x` UInt8) AS SELECT 1 AS x FROM db.events WHERE 1";
         assert!(reads_table(theirs, "db", "events"));
         assert!(!reads_table(theirs, "db", "event"));
+        assert!(has_setting(
+            "MergeTree ORDER BY a SETTINGS index_granularity = 1024",
+            "index_granularity = 1024"
+        ));
+        assert!(has_setting(
+            "X SETTINGS index_granularity = 1024, min_compress_block_size = 4096",
+            "index_granularity = 1024"
+        ));
+        assert!(!has_setting(
+            "X SETTINGS index_granularity = 10240",
+            "index_granularity = 1024"
+        ));
         assert!(!reads_table(
             "SELECT 1 FROM db.events_by_id",
             "db",

@@ -82,7 +82,7 @@ async fn assert_rebuilt(
         .await?;
     anyhow::ensure!(engine.contains("index_granularity = 1024"), "{engine}");
     let leftovers = clickhouse
-        .query("SELECT groupArray(name) FROM system.tables WHERE database = 'sightline' AND (name LIKE '%_rebuild' OR name LIKE '%_old')")
+        .query("SELECT groupArray(name) FROM system.tables WHERE database = 'sightline' AND (name LIKE '%_rebuild' OR name LIKE '%_old' OR name LIKE '%_dropped')")
         .await?;
     anyhow::ensure!(leftovers.trim() == "[]", "left over: {leftovers}");
     for (what, sql, want) in [

@@ -639,6 +639,21 @@ impl Run<'_> {
             .map_err(self.failed("reading the database's engine"))
     }
 
+    /// [`CATCH_UP_MARGIN_SECS`] before the newest arrival in `table` (seconds).
+    async fn since_newest(&self, table: &str) -> Result<u32, RebuildError> {
+        let arrival = self.rebuild.arrival;
+        let newest: u32 = self
+            .client
+            .query(&format!(
+                "SELECT toUInt32(max({arrival})) FROM {}",
+                self.qualified(table)
+            ))
+            .fetch_one()
+            .await
+            .map_err(self.failed(&format!("reading the newest row of {table}")))?;
+        Ok(newest.saturating_sub(CATCH_UP_MARGIN_SECS))
+    }
+
     /// Copies into `into` the rows of `from` it lacks among those that arrived within
     /// [`CATCH_UP_MARGIN_SECS`] of the newest row of `newest_of`, or later.
     async fn copy_recent(
@@ -648,16 +663,7 @@ impl Run<'_> {
         newest_of: &str,
     ) -> Result<(), RebuildError> {
         let (arrival, id) = (self.rebuild.arrival, self.rebuild.id);
-        let newest: u32 = self
-            .client
-            .query(&format!(
-                "SELECT toUInt32(max({arrival})) FROM {}",
-                self.qualified(newest_of)
-            ))
-            .fetch_one()
-            .await
-            .map_err(self.failed(&format!("reading the newest row of {newest_of}")))?;
-        let since = newest.saturating_sub(CATCH_UP_MARGIN_SECS);
+        let since = self.since_newest(newest_of).await?;
         self.execute(
             &format!("copying the rows of {from} that {into} lacks"),
             &format!(
@@ -735,16 +741,7 @@ impl Run<'_> {
             .fetch_one()
             .await
             .map_err(self.failed("reading the server's clock"))?;
-        let newest_old: u32 = self
-            .client
-            .query(&format!(
-                "SELECT toUInt32(max({arrival})) FROM {}",
-                self.qualified(&old)
-            ))
-            .fetch_one()
-            .await
-            .map_err(self.failed("reading the old table's newest row"))?;
-        let since = newest_old.saturating_sub(CATCH_UP_MARGIN_SECS);
+        let since = self.since_newest(&old).await?;
         let condition = format!(
             "{arrival} >= toDateTime({since}) AND {arrival} <= toDateTime({until}) AND {id} NOT IN \
              (SELECT {id} FROM {} WHERE {arrival} >= toDateTime({since}))",

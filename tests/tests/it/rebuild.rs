@@ -21,11 +21,16 @@ const DB: &str = "sightline";
 const BEFORE: u32 = 11;
 const DAY_MS: i64 = 86_400_000;
 
-fn rebuild_migration() -> &'static migrations::Migration {
-    MIGRATIONS
+/// The rebuild migration and its plain statements (`--print-schema`), to make by hand the
+/// states a crash leaves.
+fn rebuild_statements() -> (&'static migrations::Migration, Vec<String>) {
+    let migration = MIGRATIONS
         .iter()
         .find(|m| m.rebuild.is_some())
-        .expect("a rebuild migration")
+        .expect("a rebuild migration");
+    let rebuild = migration.rebuild.expect("a rebuild");
+    let plain = rebuild.plain_statements(DB, &migrations::statements_before(DB, migration.version));
+    (migration, plain)
 }
 
 /// `n` events numbered from `first`, spread over `days` days back from now (one partition
@@ -247,9 +252,7 @@ async fn a_rebuild_killed_in_its_copy_finishes_after_the_restart() -> anyhow::Re
 /// writer could put them; each resumes and ends with every event once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_resumes_from_each_state_a_crash_leaves() -> anyhow::Result<()> {
-    let migration = rebuild_migration();
-    let rebuild = migration.rebuild.expect("a rebuild");
-    let plain = rebuild.plain_statements(DB, &migrations::statements_before(DB, migration.version));
+    let (migration, plain) = rebuild_statements();
     // (statements run, after how many of them late events reach `events`, the copy dropped
     // by hand):
     // - after the copy, late events in the live table;
@@ -323,9 +326,7 @@ async fn two_writers_rebuilding_at_once_both_finish_and_lose_nothing() -> anyhow
 /// the resumed rebuild moves them into `events` before dropping the old table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_that_reach_the_old_table_after_the_swap_are_kept() -> anyhow::Result<()> {
-    let migration = rebuild_migration();
-    let rebuild = migration.rebuild.expect("a rebuild");
-    let plain = rebuild.plain_statements(DB, &migrations::statements_before(DB, migration.version));
+    let (migration, plain) = rebuild_statements();
     let before = rows(0, 3_000, 3);
     let (clickhouse, admin, _sink) = old_store(&before).await?;
     for statement in migration.statements(DB).iter().chain(plain.iter().take(3)) {

@@ -4,8 +4,8 @@
 //! clickhouse-server, fills the stream with N realistic events (default 1,000,000; set
 //! `SIGHTLINE_BENCH_EVENTS`; `SIGHTLINE_BENCH_BATCH_ROWS` changes the batch from the
 //! default 50,000 rows; `SIGHTLINE_BENCH_ACK_WAIT_SECS` the consumer's ack wait from the
-//! default 8 s; `SIGHTLINE_BENCH_SCHEMA=N` gives step 2 the schema as migration N left
-//! it), then measures, in one run:
+//! default 8 s; `SIGHTLINE_BENCH_SCHEMA=N` gives steps 2 and 3 the schema as migration N
+//! left it), then measures, in one run:
 //!
 //! 1. NATS alone: a pull consumer drains the stream, decoding, validating and acking every
 //!    message (what ingest does without ClickHouse);
@@ -181,7 +181,28 @@ async fn main() -> anyhow::Result<()> {
     let clickhouse_alone = rate(n, started.elapsed());
     println!("  2. ClickHouse alone (RowBinary INSERTs):     {clickhouse_alone:>10.0} events/s");
 
-    // 3. The ingest service, end to end.
+    // 3. The ingest service, end to end. On `SIGHTLINE_BENCH_SCHEMA=N` its store is made as
+    // migration N left it and the later migrations are recorded as applied without running
+    // them, so ingest (which migrates at start) writes the old layout: the same code on
+    // either schema, for an A/B of the schema alone.
+    if std::env::var_os("SIGHTLINE_BENCH_SCHEMA").is_some() {
+        let last = sightline_tests::stack::bench_schema()?;
+        sightline_store::migrations::migrate_to(&admin, "sightline", last).await?;
+        for later in sightline_store::migrations::MIGRATIONS
+            .iter()
+            .filter(|m| m.version > last)
+        {
+            admin
+                .query(
+                    "INSERT INTO sightline.schema_migrations (version, name, checksum) VALUES (?, ?, ?)",
+                )
+                .bind(later.version)
+                .bind(later.name)
+                .bind(later.checksum())
+                .execute()
+                .await?;
+        }
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let metrics_url = format!("http://{}/metrics", listener.local_addr()?);
     let stop = CancellationToken::new();

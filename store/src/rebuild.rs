@@ -427,7 +427,8 @@ impl Run<'_> {
                 // An INSERT already running when `<table>` was renamed away goes on into
                 // the old table on a modern server (18.16's rename waits for it): what it
                 // wrote after step 3's copy is copied now, before the views are made again
-                // (it went through the old ones). Those still running are waited for.
+                // (it went through the views it started with, which still write to their
+                // tables: tested). Those still running are waited for.
                 self.wait_for_inserts().await?;
                 self.copy_recent(&old, table, &old).await?;
                 self.follow_views().await?;

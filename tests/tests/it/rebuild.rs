@@ -1,6 +1,7 @@
 //! Migration 0012 rebuilds `events` into 1,024-row granules (`store/src/rebuild.rs`), on a
 //! real ClickHouse of either generation: with a writer inserting throughout, after a
-//! `kill -9` of the server in the middle of the copy, and from each state a crash can leave.
+//! `kill -9` of the server in the middle of the copy, from each state a crash can leave, and
+//! with an INSERT still running when `events` is renamed away.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -349,5 +350,62 @@ async fn rows_that_reach_the_old_table_after_the_swap_are_kept() -> anyhow::Resu
     ] {
         assert_eq!(clickhouse.query(sql).await?.trim(), want, "{sql}");
     }
+    Ok(())
+}
+
+/// An INSERT that is still running when the rebuild renames `events` away: on a modern
+/// server it finishes into the old table through the views it started with (the rebuild
+/// waits for it, then copies its rows into the new `events`); on 18.16 the rename waits for
+/// it. Either way its rows end up once in `events` and in every view's table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_running_at_the_swap_reaches_events_and_every_view() -> anyhow::Result<()> {
+    let before = rows(0, 3_000, 3);
+    let (clickhouse, admin, _sink) = old_store(&before).await?;
+    // 20 events, one block per row and a quarter of a second per row: the server spends
+    // 5 s on the INSERT and writes its part (and the views' parts) at the end.
+    const SLOW: u64 = 20;
+    let slow = tokio::spawn({
+        let admin = admin.clone();
+        async move {
+            admin
+                .query(&format!(
+                    "INSERT INTO sightline.events (schema_version, event_id, edge_id, camera_id, \
+                     captured_at, captured_at_ms, frame_seq, motion_score, detections.label, \
+                     detections.class_id, detections.confidence, detections.x_min, \
+                     detections.y_min, detections.x_max, detections.y_max, detections.track_id, \
+                     model_name, model_version, inference_ms) \
+                     SELECT 1, generateUUIDv4(), 'edge-slow', 'cam-slow', \
+                     toDateTime(intDiv({now}, 1000), 'UTC'), {now} + number, number, 0.5, \
+                     ['person', 'dog'], [0, 16], [0.9, 0.8], [0.1, 0.2], [0.1, 0.2], \
+                     [0.3, 0.4], [0.3, 0.4], [NULL, NULL], 'nanodet', '1', 20 \
+                     FROM numbers({SLOW}) WHERE sleepEachRow(0.25) = 0 \
+                     SETTINGS max_block_size = 1",
+                    now = now().as_millis(),
+                ))
+                .execute()
+                .await?;
+            anyhow::Ok(std::time::Instant::now())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(migrations::migrate(&admin, DB).await?, [12]);
+    let ended = std::time::Instant::now();
+    let inserted = slow.await??;
+    assert_rebuilt(
+        &clickhouse,
+        before.len() as u64 + SLOW,
+        detections(&before) + 2 * SLOW,
+        0,
+        false,
+    )
+    .await?;
+    // The rebuild overlapped the INSERT and did not end before it.
+    anyhow::ensure!(
+        started < inserted && inserted <= ended,
+        "the INSERT ended {:?} after the rebuild started and the rebuild {:?} after that",
+        inserted.saturating_duration_since(started),
+        ended.saturating_duration_since(inserted)
+    );
     Ok(())
 }

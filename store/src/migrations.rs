@@ -259,7 +259,6 @@ pub async fn migrate_to(client: &Client, db: &str, last: u32) -> Result<Vec<u32>
         .into_iter()
         .filter(|m| m.version <= last)
     {
-        let current = migration.checksum();
         let statements = match migration.rebuild {
             Some(plan) => {
                 let create = migration.statements(db);
@@ -291,16 +290,7 @@ pub async fn migrate_to(client: &Client, db: &str, last: u32) -> Result<Vec<u32>
                     }
                 })?;
         }
-        client
-            .query(&format!(
-                "INSERT INTO `{db}`.schema_migrations (version, name, checksum) VALUES (?, ?, ?)"
-            ))
-            .bind(migration.version)
-            .bind(migration.name)
-            .bind(current.as_str())
-            .execute()
-            .await
-            .map_err(MigrationError::Bookkeeping)?;
+        record_applied(client, db, migration).await?;
         tracing::info!(
             version = migration.version,
             name = migration.name,
@@ -317,6 +307,28 @@ pub async fn migrate_to(client: &Client, db: &str, last: u32) -> Result<Vec<u32>
         );
     }
     Ok(done)
+}
+
+/// Records `migration` as applied (its statements have run). Benchmarks also use it to keep
+/// a store on an older schema while a build that would migrate it runs.
+///
+/// # Errors
+/// When ClickHouse refuses the write or cannot be reached.
+pub async fn record_applied(
+    client: &Client,
+    db: &str,
+    migration: &Migration,
+) -> Result<(), MigrationError> {
+    client
+        .query(&format!(
+            "INSERT INTO `{db}`.schema_migrations (version, name, checksum) VALUES (?, ?, ?)"
+        ))
+        .bind(migration.version)
+        .bind(migration.name)
+        .bind(migration.checksum())
+        .execute()
+        .await
+        .map_err(MigrationError::Bookkeeping)
 }
 
 /// Runs one migration statement. `ALTER TABLE t ADD COLUMN IF NOT EXISTS ...` is run as a

@@ -429,9 +429,14 @@ impl Run<'_> {
                 // wrote after step 3's copy is copied now, before the views are made again
                 // (it went through the views it started with, which still write to their
                 // tables: tested). Those still running are waited for.
-                self.wait_for_inserts().await?;
-                self.copy_recent(&old, table, &old).await?;
-                self.follow_views().await?;
+                let views_follow_names = self.database_engine().await? == "Ordinary";
+                if !views_follow_names {
+                    self.wait_for_inserts().await?;
+                }
+                self.copy_recent(&old, table).await?;
+                if !views_follow_names {
+                    self.follow_views().await?;
+                }
                 // Out of the way at once (a second writer finds the rebuild done), then
                 // dropped.
                 self.execute(
@@ -600,13 +605,11 @@ impl Run<'_> {
             .map_err(self.failed(&format!("copying partition {partition}")))
     }
 
-    /// On a modern server, waits (at most [`INSERT_WAIT_SECS`]) until no INSERT that was
-    /// running when this step began is still running: one that began before the rename
-    /// writes into the old table. (18.16 has no `query_kind`, and its rename waited.)
+    /// On a modern server (an Atomic database), waits (at most [`INSERT_WAIT_SECS`]) until
+    /// no INSERT that was running when this step began is still running: one that began
+    /// before the rename writes into the old table. (18.16 has no `query_kind`, and its
+    /// rename waited.)
     async fn wait_for_inserts(&self) -> Result<(), RebuildError> {
-        if self.database_engine().await? == "Ordinary" {
-            return Ok(());
-        }
         let began = std::time::Instant::now();
         loop {
             let waited = began.elapsed().as_secs_f64();
@@ -656,15 +659,10 @@ impl Run<'_> {
     }
 
     /// Copies into `into` the rows of `from` it lacks among those that arrived within
-    /// [`CATCH_UP_MARGIN_SECS`] of the newest row of `newest_of`, or later.
-    async fn copy_recent(
-        &self,
-        from: &str,
-        into: &str,
-        newest_of: &str,
-    ) -> Result<(), RebuildError> {
+    /// [`CATCH_UP_MARGIN_SECS`] of the newest row of `from`, or later.
+    async fn copy_recent(&self, from: &str, into: &str) -> Result<(), RebuildError> {
         let (arrival, id) = (self.rebuild.arrival, self.rebuild.id);
-        let since = self.since_newest(newest_of).await?;
+        let since = self.since_newest(from).await?;
         self.execute(
             &format!("copying the rows of {from} that {into} lacks"),
             &format!(
@@ -709,12 +707,10 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Step 5: the views over the table read the new one.
+    /// Step 5 in an Atomic database (modern servers): the views over the table are made
+    /// again over the new one. (In an Ordinary one, 18.16's, views follow their source's
+    /// name and read the new table already.)
     async fn follow_views(&self) -> Result<(), RebuildError> {
-        if self.database_engine().await? == "Ordinary" {
-            // Views follow their source's name: they read the new table already.
-            return Ok(());
-        }
         let (table, old, arrival, id) = (
             self.rebuild.table,
             self.rebuild.old_name(),

@@ -162,12 +162,8 @@ async fn main() -> anyhow::Result<()> {
 
     // 2. ClickHouse alone.
     let admin = sightline_store::client(&clickhouse.config())?;
-    sightline_store::migrations::migrate_to(
-        &admin,
-        "bench_ch",
-        sightline_tests::stack::bench_schema()?,
-    )
-    .await?;
+    let schema = sightline_tests::stack::bench_schema()?;
+    sightline_store::migrations::migrate_to(&admin, "bench_ch", schema).await?;
     let sink = Sink::new(
         admin.clone().with_database("bench_ch"),
         Duration::from_secs(60),
@@ -185,22 +181,13 @@ async fn main() -> anyhow::Result<()> {
     // migration N left it and the later migrations are recorded as applied without running
     // them, so ingest (which migrates at start) writes the old layout: the same code on
     // either schema, for an A/B of the schema alone.
-    if std::env::var_os("SIGHTLINE_BENCH_SCHEMA").is_some() {
-        let last = sightline_tests::stack::bench_schema()?;
-        sightline_store::migrations::migrate_to(&admin, "sightline", last).await?;
+    if schema < u32::MAX {
+        sightline_store::migrations::migrate_to(&admin, "sightline", schema).await?;
         for later in sightline_store::migrations::MIGRATIONS
             .iter()
-            .filter(|m| m.version > last)
+            .filter(|m| m.version > schema)
         {
-            admin
-                .query(
-                    "INSERT INTO sightline.schema_migrations (version, name, checksum) VALUES (?, ?, ?)",
-                )
-                .bind(later.version)
-                .bind(later.name)
-                .bind(later.checksum())
-                .execute()
-                .await?;
+            sightline_store::migrations::record_applied(&admin, "sightline", later).await?;
         }
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -193,6 +193,9 @@ pub struct Metrics {
     /// Buffer transactions that committed appends (group commit: appends per commit is
     /// `(events_created + tracks_recorded) / buffer_commits`).
     pub buffer_commits: Counter,
+    /// Unsent rows the publisher's pages read from the buffer file: the backlog after an
+    /// outage or a restart (live rows come from memory while it holds them).
+    pub buffer_rows_read_from_file: Counter,
     pub events_recovered: Counter,
     pub events_unrecoverable: Counter,
     pub events_quarantined: Counter,
@@ -291,6 +294,11 @@ impl Metrics {
             "buffer_commits",
             "Buffer transactions that committed new events or track records (appends close together share one: see storage.group_commit_ms)",
             metrics.buffer_commits.clone(),
+        );
+        r.register(
+            "buffer_rows_read_from_file",
+            "Unsent rows the publisher read from the buffer file (a backlog: after an outage, a restart, or a burst bigger than the in-memory cache) rather than from memory",
+            metrics.buffer_rows_read_from_file.clone(),
         );
         r.register(
             "buffer_recovered",

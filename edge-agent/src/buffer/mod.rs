@@ -13,6 +13,7 @@
 //! `seq` order; across kinds it is not (consumers order by capture time, which every event
 //! carries).
 
+mod fresh;
 mod recover;
 pub mod storage;
 #[cfg(test)]
@@ -162,10 +163,12 @@ pub struct Buffer {
     quarantined: u64,
     /// Set when the buffer lost its database (see [`Buffer::unusable`]).
     unusable: Option<String>,
-    /// The latest appends, kept in memory so that live pages need no query (every DuckDB
-    /// statement costs milliseconds of planning; at a steady rate this halves the CPU per
-    /// event). Contiguous seqs; cleared whenever unsent rows are deleted.
-    fresh: VecDeque<Outgoing>,
+    /// The latest appends, kept in memory so that live pages need no query (see
+    /// [`fresh`]). Cleared whenever unsent rows are deleted.
+    fresh: fresh::Fresh,
+    /// Rows the publisher's pages read from the file rather than memory, since
+    /// [`Buffer::take_rows_read_from_file`].
+    rows_read_from_file: u64,
     /// Pending uploads a newer best frame of their track replaced since
     /// [`Buffer::take_superseded`].
     uploads_superseded: u64,
@@ -173,9 +176,6 @@ pub struct Buffer {
     /// [`Buffer::take_uploads_dropped_with_events`].
     uploads_dropped_with_events: u64,
 }
-
-/// Most recent appends kept in memory for live pages.
-const FRESH_CACHE: usize = 4096;
 
 impl std::fmt::Debug for Buffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -314,7 +314,8 @@ impl Buffer {
             live_turn: true,
             quarantined: 0,
             unusable: None,
-            fresh: VecDeque::new(),
+            fresh: fresh::Fresh::new(fresh::CAPACITY_BYTES),
+            rows_read_from_file: 0,
             appends: None,
             uploads_superseded: 0,
             uploads_dropped_with_events: 0,
@@ -364,9 +365,6 @@ impl Buffer {
         self.insert(out.iter().zip(captured), &uploads, now_ms)?;
         let next = self.next_seq;
         self.fresh.extend(out);
-        while self.fresh.len() > FRESH_CACHE {
-            self.fresh.pop_front();
-        }
         Ok((first..next).collect())
     }
 
@@ -586,11 +584,18 @@ impl Buffer {
     /// Each unsent event is returned once per open; an empty page means nothing is waiting.
     pub fn next_page(&mut self, limit: usize) -> Result<Vec<Outgoing>, BufferError> {
         let limit = limit.max(1);
-        // A live lag longer than a page is an outage's backlog: hand it to the backlog
-        // cursor so the newest events are not stuck behind it.
+        // A live lag longer than two pages that memory no longer holds is an outage's
+        // backlog: hand what only the file holds to the backlog cursor, so the newest events
+        // are not stuck behind it. A lag memory holds (a burst) goes out from memory, in
+        // order: reading it from the file instead is what would make the publisher fall
+        // behind at high rates.
         let lag = self.next_seq - self.live_next;
-        if lag > 2 * limit as u64 {
-            let split = self.next_seq - limit as u64;
+        if lag > 2 * limit as u64 && !self.fresh.holds_from(self.live_next) {
+            let newest_page = self.next_seq - limit as u64;
+            let split = self
+                .fresh
+                .first_seq()
+                .map_or(newest_page, |first| first.min(newest_page));
             self.push_backlog(self.live_next..split);
             self.live_next = split;
         }
@@ -640,14 +645,17 @@ impl Buffer {
 
     /// A live page from memory, if the cache holds the live cursor's next row.
     fn fresh_page(&mut self, limit: usize) -> Option<Vec<Outgoing>> {
-        while self.fresh.front().is_some_and(|s| s.seq < self.live_next) {
-            self.fresh.pop_front();
-        }
-        if self.fresh.front()?.seq != self.live_next {
+        self.fresh.forget_before(self.live_next);
+        if self.fresh.first_seq()? != self.live_next {
             return None;
         }
-        let n = limit.min(self.fresh.len());
-        Some(self.fresh.drain(..n).collect())
+        Some(self.fresh.take(limit))
+    }
+
+    /// Rows the publisher's pages read from the file (the backlog, or live rows memory no
+    /// longer held) since the last call.
+    pub fn take_rows_read_from_file(&mut self) -> u64 {
+        std::mem::take(&mut self.rows_read_from_file)
     }
 
     /// Reserves `n` track ids: the range is committed and checkpointed into the main file
@@ -739,6 +747,7 @@ impl Buffer {
             }
         }
         drop(stmt);
+        self.rows_read_from_file += read as u64;
         if !bad.is_empty() {
             self.quarantine(&bad)?;
         }

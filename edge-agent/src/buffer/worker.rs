@@ -670,6 +670,9 @@ impl Worker {
                 }
                 let page = page.map_err(|e| e.to_string());
                 self.metrics
+                    .buffer_rows_read_from_file
+                    .inc_by(self.buffer.take_rows_read_from_file());
+                self.metrics
                     .events_quarantined
                     .inc_by(self.buffer.take_quarantined());
                 self.metrics.uploads_dropped(

@@ -505,12 +505,13 @@ async fn run_phase(
     // The rate the cameras really kept (the buffer never holds them back: if the pipeline
     // cannot keep up, the latencies say so).
     println!(
-        "    {i} events in {:.1} s ({:.0}/s), all committed {:.1} s after the start; when the cameras stopped, {} published to JetStream and {} acknowledged by ingest (of the phase's)",
+        "    {i} events in {:.1} s ({:.0}/s), all committed {:.1} s after the start; when the cameras stopped, {} published to JetStream and {} acknowledged by ingest (of the phase's); {} read back from the buffer file (the rest from memory)",
         generated.as_secs_f64(),
         i as f64 / generated.as_secs_f64(),
         started.elapsed().as_secs_f64(),
         published.saturating_sub(start_progress.0),
         ingested.saturating_sub(start_progress.1),
+        metrics.buffer_rows_read_from_file.get(),
     );
     drop(probes_tx);
     closed.cancel();

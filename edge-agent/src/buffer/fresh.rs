@@ -2,10 +2,10 @@
 //!
 //! Every DuckDB statement costs milliseconds of planning, and a page read from the file
 //! decompresses what the checkpoints compressed: at a steady rate serving pages from memory
-//! halves the CPU per event, and at high rates (a burst, or tens of thousands of events a
-//! second) it is what lets the publisher keep up at all. The cache is bounded by bytes, not
-//! rows, so a burst of a hundred milliseconds at 50,000 events/s fits while an outage's
-//! backlog cannot grow it without limit; whatever falls out is read from the file.
+//! halves the CPU per event, and a burst (a group commit of 100 ms at 50,000 events/s holds
+//! 5,000) goes out in order without being read back. The cache is bounded by bytes, not
+//! rows, so an outage's backlog cannot grow it without limit; whatever falls out is read
+//! from the file.
 
 use std::collections::VecDeque;
 

@@ -587,8 +587,8 @@ impl Buffer {
         // A live lag longer than two pages that memory no longer holds is an outage's
         // backlog: hand what only the file holds to the backlog cursor, so the newest events
         // are not stuck behind it. A lag memory holds (a burst) goes out from memory, in
-        // order: reading it from the file instead is what would make the publisher fall
-        // behind at high rates.
+        // order, rather than being read back from the file (a query and a decompression for
+        // rows memory has).
         let lag = self.next_seq - self.live_next;
         if lag > 2 * limit as u64 && !self.fresh.holds_from(self.live_next) {
             let newest_page = self.next_seq - limit as u64;

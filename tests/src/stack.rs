@@ -566,21 +566,24 @@ pub async fn bench_nats() -> anyhow::Result<(
 pub async fn bench_clickhouse() -> anyhow::Result<(ClickHouseServer, clickhouse::Client, Sink)> {
     let clickhouse = ClickHouseServer::start()?;
     let admin = sightline_store::client(&clickhouse.config())?;
-    sightline_store::migrations::migrate_to(&admin, "sightline", bench_schema()?).await?;
+    let last = bench_schema()?.unwrap_or(u32::MAX);
+    sightline_store::migrations::migrate_to(&admin, "sightline", last).await?;
     let sink = sink(&admin);
     Ok((clickhouse, admin, sink))
 }
 
-/// The last migration a benchmark's store gets: `SIGHTLINE_BENCH_SCHEMA`, or all of them.
+/// The last migration a benchmark's store gets when `SIGHTLINE_BENCH_SCHEMA` holds one
+/// back (`None`: all of them).
 ///
 /// # Errors
 /// When the variable is not a number.
-pub fn bench_schema() -> anyhow::Result<u32> {
+pub fn bench_schema() -> anyhow::Result<Option<u32>> {
     match std::env::var("SIGHTLINE_BENCH_SCHEMA") {
         Ok(version) => version
             .parse()
+            .map(Some)
             .with_context(|| format!("SIGHTLINE_BENCH_SCHEMA={version}: not a migration version")),
-        Err(_) => Ok(u32::MAX),
+        Err(_) => Ok(None),
     }
 }
 

@@ -109,6 +109,10 @@ async fn main() -> anyhow::Result<()> {
         clickhouse.query("SELECT version()").await?,
         client.server_info().version,
     );
+    println!(
+        "  servers' data in {}",
+        sightline_tests::fixtures::data_filesystem()
+    );
     let all = events(n);
     let started = Instant::now();
     let report = publish_via(js.clone(), all.clone(), Encoding::Bincode, 4096).await;

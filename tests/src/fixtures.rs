@@ -15,6 +15,43 @@ const CLICKHOUSE_CONFIG: &str = include_str!("../../deploy/local/clickhouse-conf
 /// The ClickHouse users file, shared with `deploy/local/stack.sh`.
 const CLICKHOUSE_USERS: &str = include_str!("../../deploy/local/clickhouse-users.xml");
 
+/// Where the servers keep their data (the temporary directory their fixtures make their own
+/// directories in) and on what file system, for benchmarks to print: "/tmp: ext4 on /dev/vda,
+/// no journal". ClickHouse creates and deletes a dozen files per part, and ext4 without a
+/// journal makes every file it creates search past each inode deleted in the last minutes,
+/// which shows in INSERT latency (docs/benchmarks.md, "The file system under ClickHouse").
+pub fn data_filesystem() -> String {
+    let dir = std::env::temp_dir();
+    let dir = dir.canonicalize().unwrap_or(dir);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // Each line: id parent major:minor root mount-point options [optional fields] - type
+    // source super-options.
+    let mount = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?;
+            let mut right = right.split(' ');
+            let (kind, source) = (right.next()?, right.next()?);
+            dir.starts_with(point).then_some((point, kind, source))
+        })
+        .max_by_key(|(point, _, _)| point.len());
+    let Some((_, kind, source)) = mount else {
+        return format!("{}: file system unknown", dir.display());
+    };
+    let journal = if kind == "ext4" {
+        let device = source.rsplit('/').next().unwrap_or(source);
+        match std::fs::read_to_string(format!("/sys/fs/ext4/{device}/journal_task")) {
+            Ok(task) if task.trim() == "<none>" => ", no journal",
+            Ok(_) => ", journaled",
+            Err(_) => "",
+        }
+    } else {
+        ""
+    };
+    format!("{}: {kind} on {source}{journal}", dir.display())
+}
+
 /// The launcher that runs ClickHouse 26.x from PyPI's chdb-core as a real server.
 const CLICKHOUSE_MODERN: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),

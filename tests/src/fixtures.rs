@@ -30,10 +30,11 @@ pub fn data_filesystem() -> String {
         .lines()
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
-            let point = left.split(' ').nth(4)?;
+            // The kernel writes a space in a mount point as \040.
+            let point = left.split(' ').nth(4)?.replace("\\040", " ");
             let mut right = right.split(' ');
             let (kind, source) = (right.next()?, right.next()?);
-            dir.starts_with(point).then_some((point, kind, source))
+            dir.starts_with(&point).then_some((point, kind, source))
         })
         .max_by_key(|(point, _, _)| point.len());
     let Some((_, kind, source)) = mount else {

@@ -103,9 +103,7 @@ def optimize(s):
                 s.query(f"OPTIMIZE TABLE sightline.{table} FINAL SETTINGS optimize_throw_if_noop = 1")
                 break
             except Exception as error:  # chdb raises its own type; the message names the cause
-                if attempt == 99:
-                    raise
-                if "merg" not in str(error).lower():
+                if attempt == 99 or "merg" not in str(error).lower():
                     raise
                 time.sleep(0.1)
 

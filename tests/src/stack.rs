@@ -38,7 +38,21 @@ pub fn init_tracing() {
 /// service and every task it spawned (its writers, its side consumers), mid-whatever.
 struct Ingest {
     task: JoinHandle<anyhow::Result<()>>,
-    runtime: tokio::runtime::Runtime,
+    runtime: OwnRuntime,
+}
+
+/// A runtime that, dropped, shuts down in the background. Dropping a plain `Runtime` waits
+/// for its blocking threads, which tokio refuses in an async context with a panic: a test
+/// that returned early with an error (`?`) dropped its stack there and showed that panic
+/// instead of its error.
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for Ingest {
@@ -192,7 +206,10 @@ impl Stack {
             let listener = TcpListener::from_std(listener)?;
             sightline_ingest::run(config, listener, shutdown).await
         });
-        self.ingest = Some(Ingest { task, runtime });
+        self.ingest = Some(Ingest {
+            task,
+            runtime: OwnRuntime(Some(runtime)),
+        });
         Ok(())
     }
 
@@ -200,7 +217,7 @@ impl Stack {
     /// Its runtime goes with every task on it, and its connections close.
     pub async fn crash_ingest(&mut self) {
         if let Some(ingest) = self.ingest.take() {
-            ingest.runtime.shutdown_background();
+            drop(ingest.runtime);
             let _ = ingest.task.await;
         }
     }
@@ -385,7 +402,7 @@ impl Stack {
         self.stop.cancel();
         if let Some(ingest) = self.ingest {
             let stopped = tokio::time::timeout(Duration::from_secs(30), ingest.task).await;
-            ingest.runtime.shutdown_background();
+            drop(ingest.runtime);
             stopped.context("ingest did not stop in 30 s")???;
         }
         for query in std::iter::once(self.query).chain(self.more_queries) {

@@ -132,12 +132,16 @@ def test_ttl_removes_exactly_the_expired_rows_and_keeps_rollups(db):
     assert rows(db, "SELECT count() FROM system.tables WHERE database = 'sightline' AND name LIKE 'events_%' AND name NOT IN ('events_by_id', 'events_by_id_mv')") == [["0"]]
     insert_events(db)
     for days in (0, 40):
+        # One moment for the heartbeat and both of the track's records: `now()` in each INSERT
+        # could fall in the next second, and a track's revisions collapse only when they share
+        # their sorting key, which includes `started_at_ms`.
+        then = f"toDateTime({int(time.time()) - days * 86_400}, 'UTC')"
         db.query(
             "INSERT INTO sightline.edge_heartbeats (edge_id, sent_at, sent_at_ms, agent_version, uptime_secs,"
             " cameras, fps, events_created, events_sent, events_dropped, backlog, oldest_unsent_at_ms,"
             " storage_used_bytes, storage_limit_bytes, cpu_percent, rss_bytes)"
             f" SELECT 'edge', t, toUnixTimestamp(t) * 1000, '0.1.0', 1, 2, 0, 3, 3, 0, 0, NULL, 1, 2, 0.5, 1"
-            f" FROM (SELECT now() - INTERVAL {days} DAY AS t)"
+            f" FROM (SELECT {then} AS t)"
         )
         # A track that started then, with two records (revisions).
         for revision in (0, 1):
@@ -152,7 +156,7 @@ def test_ttl_removes_exactly_the_expired_rows_and_keeps_rollups(db):
                 f" toUnixTimestamp(t) * 1000, toUnixTimestamp(t) * 1000 + 5000, '', 3, 0.9, 0.8,"
                 " toUnixTimestamp(t) * 1000, 0.1, 0.1, 0.2, 0.2, 0.9, [], [], [], ['gate'],"
                 " [toUnixTimestamp(t) * 1000], [NULL], NULL, NULL, [], []"
-                f" FROM (SELECT now() - INTERVAL {days} DAY AS t)"
+                f" FROM (SELECT {then} AS t)"
             )
     assert rows(db, "SELECT count() FROM sightline.events") == [["4"]]
     assert rows(db, "SELECT count() FROM sightline.detections") == [["7"]]

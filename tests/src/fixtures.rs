@@ -40,15 +40,25 @@ pub fn data_filesystem() -> String {
     let Some((_, kind, source)) = mount else {
         return format!("{}: file system unknown", dir.display());
     };
-    let journal = if kind == "ext4" {
-        let device = source.rsplit('/').next().unwrap_or(source);
-        match std::fs::read_to_string(format!("/sys/fs/ext4/{device}/journal_task")) {
-            Ok(task) if task.trim() == "<none>" => ", no journal",
-            Ok(_) => ", journaled",
-            Err(_) => "",
+    let journal = match kind {
+        "ext4" => {
+            // ext4 names a device in /sys by its kernel name: /dev/mapper/vg-root is dm-0.
+            let device = Path::new(source).canonicalize();
+            let device = device.as_deref().unwrap_or(Path::new(source));
+            let name = device.file_name().map(|name| name.to_string_lossy());
+            let task = name.and_then(|name| {
+                std::fs::read_to_string(format!("/sys/fs/ext4/{name}/journal_task")).ok()
+            });
+            match task.as_deref().map(str::trim) {
+                Some("<none>") => ", no journal",
+                Some(_) => ", journaled",
+                None => ", journal unknown",
+            }
         }
-    } else {
-        ""
+        // XFS and btrfs always log their metadata; tmpfs keeps no files on disk.
+        "xfs" => ", journaled",
+        "btrfs" | "tmpfs" => "",
+        _ => ", journal unknown",
     };
     format!("{}: {kind} on {source}{journal}", dir.display())
 }

@@ -89,15 +89,18 @@ fn live_events_are_not_stuck_behind_a_backlog() {
     assert_eq!(first.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![51]);
     let second = buffer.next_page(10).unwrap();
     assert_eq!(second.first().map(|s| s.seq), Some(1));
-    // An outage while running, longer than memory holds (here 20 events): the live lag
-    // grows past two pages, and what memory holds (the newest of seqs 52..=100) jumps
-    // ahead of what only the file has.
+    // An outage while running, longer than memory holds (here about 20 events' worth of
+    // bytes): the live lag grows past two pages, and what memory holds (the newest of seqs
+    // 52..=100) jumps ahead of what only the file has.
     let capacity = 20 * fresh::cost(&event(0, 0).encode(1).unwrap());
     buffer.fresh = fresh::Fresh::new(capacity);
     let more: Vec<_> = (51..100).map(|i| event(i, 0)).collect();
     // Memory keeps the newest rows whose costs fit: seqs `held_from..=100`.
     let mut bytes = 0;
-    let held_from = (more.iter().enumerate().rev())
+    let held_from = more
+        .iter()
+        .enumerate()
+        .rev()
         .map(|(i, e)| (52 + i as u64, e))
         .take_while(|(seq, e)| {
             bytes += fresh::cost(&e.encode(*seq).unwrap());

@@ -55,7 +55,8 @@ pub fn data_filesystem() -> String {
                 None => ", journal unknown",
             }
         }
-        // XFS and btrfs always log their metadata; tmpfs keeps no files on disk.
+        // XFS always logs its metadata; btrfs copies on write and tmpfs keeps nothing on
+        // disk: neither has a journal to speak of.
         "xfs" => ", journaled",
         "btrfs" | "tmpfs" => "",
         _ => ", journal unknown",

@@ -726,3 +726,13 @@ async fn events_the_stream_discards_before_delivery_are_counted_as_lost() -> any
     );
     stack.stop().await
 }
+
+/// A test that fails through `?` drops its stack in its async body, ingest's own runtime
+/// with it: that must shut everything down quietly, so the test shows its own error rather
+/// than tokio's "Cannot drop a runtime in a context where blocking is not allowed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stack_dropped_without_stop_goes_quietly() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    drop(stack);
+    Ok(())
+}

@@ -144,6 +144,10 @@ impl Uploader {
         let mut bucket = TokenBucket::new(self.config.max_bytes_per_sec);
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         while !stop.is_cancelled() {
+            // Read before the round asks for the queue: shutdown writes the publisher's last
+            // acks back before it fires `finish`, and the buffer answers in order, so only a
+            // round that started after `finish` sees every event that will be sent.
+            let finishing = finish.is_cancelled();
             let round = tokio::select! {
                 () = stop.cancelled() => return,
                 round = self.round(&mut bucket) => round,
@@ -153,7 +157,7 @@ impl Uploader {
                     backoff.reset();
                     continue;
                 }
-                Round::Idle if finish.is_cancelled() => return,
+                Round::Idle if finishing => return,
                 Round::Idle => {
                     // Until the next second, or at once when shutdown asks to finish.
                     tokio::select! {

@@ -606,3 +606,93 @@ async fn uploads_that_waited_out_an_ingest_outage_still_wait_for_their_events() 
     assert!(stack.dead_letters(10).await?.is_empty());
     stack.stop().await
 }
+
+/// The agent's shutdown writes the publisher's last acks back to the buffer, then tells the
+/// uploader to finish. An uploader whose read of the queue was answered before those acks
+/// (nothing sendable: the events were unsent) must read it again, not stop and leave the
+/// pictures those acks released for the next start.
+#[tokio::test] // one thread: the uploader runs only when this test lets it
+async fn an_uploader_told_to_finish_sends_what_the_last_acks_released() -> anyhow::Result<()> {
+    use prometheus_client::registry::Registry;
+    use sightline_edge_agent::buffer::worker::BUFFER_FILE;
+    use sightline_edge_agent::buffer::{Buffer, UploadRequest};
+    use sightline_edge_agent::config::{UploadConfig, UploadSend};
+    use sightline_edge_agent::metrics::Metrics;
+    use sightline_edge_agent::outbox::Outbox;
+    use sightline_edge_agent::uploader::Uploader;
+    use tokio_util::sync::CancellationToken;
+
+    let (_nats, _client, js) = sightline_tests::stack::bench_nats().await?;
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("dog.jpg"), picture("dog.jpg"))?;
+    // One event with its picture queued, the event not yet sent.
+    let event = known_events("edge-f", "gate", 1).remove(0);
+    let upload = UploadRequest {
+        snapshot_id: Uuid::now_v7(),
+        owner: Owner::Event(event.event_id),
+        camera_id: event.camera_id.clone(),
+        path: "dog.jpg".into(),
+        captured_ms: event.captured_at.as_millis(),
+        day: sightline_edge_agent::daylog::day_of(event.captured_at.as_millis()),
+    };
+    let (mut buffer, _) = Buffer::open(&dir.path().join(BUFFER_FILE))?;
+    buffer.append_with_uploads(
+        &[event],
+        &[Some(upload)],
+        sightline_runtime::now().as_millis(),
+    )?;
+    drop(buffer);
+    let metrics = Metrics::new(&mut Registry::default());
+    let (handle, thread) = sightline_tests::data::bench_buffer(dir.path(), &metrics)?;
+
+    // The publisher sends the event and holds its ack (acks are written back in groups).
+    let mut outbox = handle.outbox(16, CancellationToken::new());
+    let row = outbox.next().await.expect("the unsent event");
+    outbox.confirm(row.seq).await;
+
+    let finish = CancellationToken::new();
+    let uploading = tokio::spawn(
+        Uploader {
+            buffer: handle.clone(),
+            js,
+            edge_id: "edge-f".into(),
+            data_dir: dir.path().to_owned(),
+            config: UploadConfig {
+                send: UploadSend::All,
+                ..UploadConfig::default()
+            },
+            metrics: metrics.clone(),
+        }
+        .run(CancellationToken::new(), finish.clone()),
+    );
+    // The uploader asks for the queue ...
+    tokio::task::yield_now().await;
+    // ... and the buffer thread answers (it answers in order: once a later question is
+    // answered, so is the uploader's), while this thread keeps the uploader from reading
+    // the answer.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .map(|rt| rt.block_on(handle.status()))
+        })
+        .join()
+    })
+    .expect("the status thread")?
+    .map_err(anyhow::Error::msg)?;
+    // Shutdown: the last acks, then finish.
+    outbox.flush();
+    finish.cancel();
+    tokio::time::timeout(Duration::from_secs(30), uploading).await??;
+    let pending = handle
+        .status()
+        .await
+        .map_err(anyhow::Error::msg)?
+        .uploads
+        .pending;
+    handle.close().await;
+    let _ = thread.join();
+    assert_eq!(pending, 0, "every picture whose event was sent is uploaded");
+    assert_eq!(metrics.snapshot_uploads.get(), 1);
+    Ok(())
+}

@@ -47,6 +47,8 @@ function query(filters: Filters, cursor: string | null): string {
 }
 
 interface Listing {
+  /** The filters (`key`) these events are for. */
+  key: string;
   events: ApiEvent[];
   /** Where the next page starts; null at the end. */
   cursor: string | null;
@@ -70,7 +72,7 @@ export function EventsView({ params }: { params: URLSearchParams }) {
       ? remembered
       : undefined;
   const [listing, setListing] = useState<Listing>(
-    restored?.listing ?? { events: [], cursor: null, loading: true },
+    restored?.listing ?? { key, events: [], cursor: null, loading: true },
   );
   const cameras = useCameras();
   const seen = useRef(restored?.seen ?? new Set<string>());
@@ -78,7 +80,7 @@ export function EventsView({ params }: { params: URLSearchParams }) {
 
   const load = (cursor: string | null, reset: boolean) => {
     const mine = ++generation.current;
-    setListing((l) => ({ ...(reset ? { events: [], cursor: null } : l), loading: true, error: undefined }));
+    setListing((l) => ({ ...(reset ? { key, events: [], cursor: null } : l), loading: true, error: undefined }));
     getJson<EventPage>(query(filters, cursor)).then(
       (page) => {
         if (mine !== generation.current) return;
@@ -99,6 +101,7 @@ export function EventsView({ params }: { params: URLSearchParams }) {
         }
         fresh.forEach((e) => seen.current.add(e.event_id));
         setListing((l) => ({
+          key,
           events: reset ? fresh : [...l.events, ...fresh],
           cursor: page.next_cursor,
           loading: false,
@@ -124,8 +127,10 @@ export function EventsView({ params }: { params: URLSearchParams }) {
     }
     load(null, true);
   }, [key]);
-  // Remembered as it changes; the scroll position when the view goes.
+  // Remembered as it changes (not the list of the filters before, still on screen for the
+  // render in which the filters change); the scroll position when the view goes.
   useEffect(() => {
+    if (listing.key !== key) return;
     const scrollY = remembered?.key === key ? remembered.scrollY : 0;
     remembered = { key, listing, seen: seen.current, scrollY, at: Date.now() };
   }, [key, listing]);
@@ -143,12 +148,26 @@ export function EventsView({ params }: { params: URLSearchParams }) {
     if (shown && performance.getEntriesByName(FIRST_EVENTS_MARK).length === 0) performance.mark(FIRST_EVENTS_MARK);
   }, [shown]);
 
+  // What is on screen, for callbacks an earlier render made: the list end's observer lives
+  // until the effects after a change run, and the browser can call it in between (say, as
+  // new filters empty the list). A page asked for under other filters, or from a cursor
+  // already followed, must not load: it would take the place of the list the filters ask for.
+  const current = useRef({ key, cursor: listing.cursor, loading: listing.loading });
+  current.current = { key, cursor: listing.cursor, loading: listing.loading };
+  const more = (cursor: string | null) => {
+    const now = current.current;
+    if (!cursor || now.key !== key || now.cursor !== cursor || now.loading) return;
+    // Until the next render: a second call meanwhile is not a second load.
+    now.loading = true;
+    load(cursor, false);
+  };
+
   // The next page when the end of the list comes within a screen.
   const end = useRef<HTMLDivElement>(null);
   useEffect(() => {
     if (!end.current || !listing.cursor || listing.loading || listing.error) return;
     const observer = new IntersectionObserver(
-      (entries) => entries.some((e) => e.isIntersecting) && load(listing.cursor, false),
+      (entries) => entries.some((e) => e.isIntersecting) && more(listing.cursor),
       { rootMargin: "600px" },
     );
     observer.observe(end.current);
@@ -186,7 +205,7 @@ export function EventsView({ params }: { params: URLSearchParams }) {
         {listing.cursor && !listing.error && (
           <button
             type="button"
-            onClick={() => !listing.loading && load(listing.cursor, false)}
+            onClick={() => more(listing.cursor)}
             aria-disabled={listing.loading ? "true" : undefined}
           >
             {listing.loading ? "Loading events…" : "Load more"}

@@ -63,9 +63,10 @@ async function accessible(page, where) {
   return result.length;
 }
 
-/** Waits for the events view without filters: its form empty (the form is drawn again for
- *  each set of filters, so typing into it before then types into the view before) and a
- *  list on screen. */
+/** Waits for the events view without filters to be drawn: its form empty (the form is
+ *  drawn again for each set of filters, so typing into it before then types into the view
+ *  before; once drawn, it stays as the list loads) and events listed (perhaps, for a
+ *  frame, still those of the view before). */
 async function unfiltered(page) {
   await until(page, "the events view without filters", () =>
     location.hash === "#/events" &&
@@ -82,12 +83,15 @@ async function unfiltered(page) {
  *  it. */
 function stageObserverRace() {
   const Native = window.IntersectionObserver;
+  // The list end's observer now connected, if any.
   let listEnd = null;
   let staged = null;
   window.sightlineStage = {
     delivered: false,
+    /** Stages the connected one; false while there is none (its effect has not run yet). */
     next() {
       staged = listEnd;
+      return staged !== null;
     },
   };
   window.IntersectionObserver = class extends Native {
@@ -103,6 +107,7 @@ function stageObserverRace() {
       super.observe(target);
     }
     disconnect() {
+      if (this === listEnd) listEnd = null;
       if (this === staged) {
         staged = null;
         window.sightlineStage.delivered = true;
@@ -192,12 +197,15 @@ const scenarios = {
     await page.fill('input[name="label"]', " car , traffic light ");
     await page.getByRole("button", { name: "Apply" }).click();
     await until(page, "the list in the URL", () => new URLSearchParams(location.hash.split("?")[1]).get("label") === "car,traffic light");
-    await until(page, "the first page of cars and traffic lights", () => document.body.innerText.includes("50 events so far"));
+    await until(page, "the first page of cars and traffic lights", () =>
+      document.body.innerText.includes("50 events so far") &&
+      [...document.querySelectorAll("li.event-card .card-title")].every((title) => title.textContent.includes("car")),
+    );
     // The next filters, while the list end's observer of this list (with its cursor) is
     // still connected: the browser may deliver its notification (the list just emptied)
     // before the effects that disconnect it. That must not load this list's next page in
     // place of the list the new filters ask for.
-    await page.evaluate(() => window.sightlineStage.next());
+    await until(page, "the list end's observer of the cars", () => window.sightlineStage.next());
     for (const [filter, count] of [
       ["has_snapshot=true", expect.snapshots],
       ["in_cloud=true", expect.in_cloud],

@@ -145,8 +145,9 @@ impl Uploader {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         while !stop.is_cancelled() {
             // Read before the round asks for the queue: shutdown writes the publisher's last
-            // acks back before it fires `finish`, and the buffer answers in order, so only a
-            // round that started after `finish` sees every event that will be sent.
+            // acks back before it fires `finish`, and with no append waiting (the cameras
+            // have stopped by then) the buffer answers in order, so only a round that
+            // started after `finish` sees every event that will be sent.
             let finishing = finish.is_cancelled();
             let round = tokio::select! {
                 () = stop.cancelled() => return,

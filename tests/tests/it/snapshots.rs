@@ -667,10 +667,10 @@ async fn an_uploader_told_to_finish_sends_what_the_last_acks_released() -> anyho
     );
     // The uploader asks for the queue ...
     tokio::task::yield_now().await;
-    // ... and the buffer thread answers (it answers in order: once a later question is
-    // answered, so is the uploader's), while this thread keeps the uploader from reading
-    // the answer.
-    std::thread::scope(|s| {
+    // ... and the buffer thread answers (with no append waiting it answers in order: once
+    // a later question is answered, so is the uploader's), while this thread keeps the
+    // uploader from reading the answer.
+    let status = std::thread::scope(|s| {
         s.spawn(|| {
             tokio::runtime::Builder::new_current_thread()
                 .build()
@@ -680,6 +680,8 @@ async fn an_uploader_told_to_finish_sends_what_the_last_acks_released() -> anyho
     })
     .expect("the status thread")?
     .map_err(anyhow::Error::msg)?;
+    // The ack is still held: the uploader's answer had the event unsent.
+    assert_eq!(status.stats.unsent, 1, "the staged order");
     // Shutdown: the last acks, then finish.
     outbox.flush();
     finish.cancel();

@@ -382,6 +382,9 @@ impl Camera {
         rt: &tokio::runtime::Handle,
     ) {
         self.settle(p, label, rt, MAX_UNCOMMITTED);
+        // Each frame's number and capture time (what tracks and events are stamped with),
+        // for `--log info,sightline_edge_agent::camera=debug`.
+        tracing::debug!(camera = %self.config.id, frame = frame.seq, captured_ms = frame.captured_at.as_millis(), "frame");
         let m = &self.metrics.cameras;
         m.frames_captured.get_or_create(label).inc();
         p.fps_window.1 += 1;

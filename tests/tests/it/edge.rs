@@ -78,6 +78,15 @@ labels = "{labels}"
 }
 
 pub(crate) fn spawn_agent(config: &Path, log: &Path) -> anyhow::Result<KillOnDrop> {
+    spawn_agent_logging(config, log, "info")
+}
+
+/// [`spawn_agent`] with its own log filter (`SIGHTLINE_LOG`).
+pub(crate) fn spawn_agent_logging(
+    config: &Path,
+    log: &Path,
+    filter: &str,
+) -> anyhow::Result<KillOnDrop> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -87,7 +96,7 @@ pub(crate) fn spawn_agent(config: &Path, log: &Path) -> anyhow::Result<KillOnDro
             .arg("--config")
             .arg(config)
             .arg("run")
-            .env("RUST_LOG", "info")
+            .env("SIGHTLINE_LOG", filter)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?,

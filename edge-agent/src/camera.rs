@@ -512,14 +512,11 @@ impl Camera {
         let event_id = event.event_id;
         let upload = match &event.snapshot {
             Some(path) if uploader::wants_event(&self.snapshots.upload, &event) => {
-                Some(UploadRequest {
-                    snapshot_id: *EventId::new_v7(sightline_runtime::now()).as_uuid(),
-                    owner: Owner::Event(event_id),
-                    camera_id: event.camera_id.clone(),
-                    path: path.clone(),
-                    captured_ms: event.captured_at.as_millis(),
-                    day: day_of(event.captured_at.as_millis()),
-                })
+                Some(UploadRequest::of_event(
+                    *EventId::new_v7(sightline_runtime::now()).as_uuid(),
+                    &event,
+                    path.clone(),
+                ))
             }
             _ => None,
         };

@@ -16,7 +16,6 @@ use sightline_edge_agent::buffer::{Buffer, UploadRequest};
 use sightline_edge_agent::config::{UploadConfig, UploadSend};
 use sightline_edge_agent::metrics::Metrics;
 use sightline_edge_agent::uploader::Uploader;
-use sightline_shared::snapshot::Owner;
 use tokio_util::sync::CancellationToken;
 
 const PICTURES: [&str; 5] = [
@@ -44,14 +43,8 @@ fn queue(dir: &std::path::Path, n: usize) -> anyhow::Result<u64> {
         event.edge_id = "edge-bench".into();
         let name = PICTURES[i % PICTURES.len()];
         bytes += std::fs::metadata(dir.join("pictures").join(name))?.len();
-        let upload = UploadRequest {
-            snapshot_id: uuid::Uuid::now_v7(),
-            owner: Owner::Event(event.event_id),
-            camera_id: event.camera_id.clone(),
-            path: format!("pictures/{name}"),
-            captured_ms: event.captured_at.as_millis(),
-            day: sightline_edge_agent::daylog::day_of(event.captured_at.as_millis()),
-        };
+        let upload =
+            UploadRequest::of_event(uuid::Uuid::now_v7(), &event, format!("pictures/{name}"));
         let seqs = buffer.append_with_uploads(&[event], &[Some(upload)], now.as_millis())?;
         buffer.mark_sent(&seqs)?;
     }

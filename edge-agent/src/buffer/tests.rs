@@ -811,14 +811,11 @@ fn a_version_1_event_is_stored_under_its_own_version() {
 }
 
 fn upload_of(e: &DetectionEvent) -> UploadRequest {
-    UploadRequest {
-        snapshot_id: uuid::Uuid::now_v7(),
-        owner: sightline_shared::snapshot::Owner::Event(e.event_id),
-        camera_id: e.camera_id.clone(),
-        path: format!("snapshots/{}.jpg", e.event_id),
-        captured_ms: e.captured_at.as_millis(),
-        day: crate::daylog::day_of(e.captured_at.as_millis()),
-    }
+    UploadRequest::of_event(
+        uuid::Uuid::now_v7(),
+        e,
+        format!("snapshots/{}.jpg", e.event_id),
+    )
 }
 
 #[test]

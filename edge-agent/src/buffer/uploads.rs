@@ -28,6 +28,26 @@ pub struct UploadRequest {
     pub day: i32,
 }
 
+impl UploadRequest {
+    /// The upload of `event`'s picture, `path` (relative to the data directory), filed
+    /// under the event's capture time.
+    pub fn of_event(
+        snapshot_id: Uuid,
+        event: &sightline_shared::DetectionEvent,
+        path: String,
+    ) -> Self {
+        let captured_ms = event.captured_at.as_millis();
+        Self {
+            snapshot_id,
+            owner: Owner::Event(event.event_id),
+            camera_id: event.camera_id.clone(),
+            path,
+            captured_ms,
+            day: crate::daylog::day_of(captured_ms),
+        }
+    }
+}
+
 /// A queued upload the uploader reads: the request and when it was queued.
 pub type PendingUpload = UploadRequest;
 

@@ -249,6 +249,8 @@ points = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
             .map(|l| l.split('\t').collect::<Vec<_>>())
             .collect();
         if stored.len() == arrivals.len() {
+            // The logged frames' span: no track outlasts it.
+            let run = frames.keys().last().unwrap_or(&0) - frames.keys().next().unwrap_or(&0);
             for (row, (track, (event_id, label))) in stored.iter().zip(&arrivals) {
                 assert_eq!(row[0], track.to_string(), "{rows}");
                 assert_eq!(row[1], label, "{rows}");
@@ -256,7 +258,6 @@ points = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
                 assert!(row[3].parse::<u64>()? >= 1, "{rows}");
                 assert_eq!(row[4], event_id, "{rows}");
                 // A track seen in one frame lasts 0 ms, and none outlasts the 16 frames.
-                let run = frames.keys().last().unwrap_or(&0) - frames.keys().next().unwrap_or(&0);
                 assert!(
                     row[5].parse::<i64>()? <= run,
                     "{rows} (frames over {run} ms)"

@@ -627,14 +627,7 @@ async fn an_uploader_told_to_finish_sends_what_the_last_acks_released() -> anyho
     std::fs::write(dir.path().join("dog.jpg"), picture("dog.jpg"))?;
     // One event with its picture queued, the event not yet sent.
     let event = known_events("edge-f", "gate", 1).remove(0);
-    let upload = UploadRequest {
-        snapshot_id: Uuid::now_v7(),
-        owner: Owner::Event(event.event_id),
-        camera_id: event.camera_id.clone(),
-        path: "dog.jpg".into(),
-        captured_ms: event.captured_at.as_millis(),
-        day: sightline_edge_agent::daylog::day_of(event.captured_at.as_millis()),
-    };
+    let upload = UploadRequest::of_event(Uuid::now_v7(), &event, "dog.jpg".into());
     let (mut buffer, _) = Buffer::open(&dir.path().join(BUFFER_FILE))?;
     buffer.append_with_uploads(
         &[event],
